@@ -1,0 +1,253 @@
+"""Configs are plain data: nested dataclasses loaded from YAML, overridden with dotted key=value.
+
+Unknown keys (with the closest known key suggested) and wrong types are errors, raised before
+anything runs. The resolved config is saved next to every run's outputs (config.yaml).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mtkd.errors import ConfigError
+from mtkd.sampler import SamplingMode
+
+
+class Optimizer(str, Enum):
+    ADAMAX = "adamax"  # the paper's
+    ADAMW = "adamw"
+
+
+class Precision(str, Enum):
+    AUTO = "auto"  # CUDA: bf16 where supported, else fp16 with a grad scaler; CPU: fp32
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class Stage(str, Enum):
+    SINGLE_TASK = "single_task"  # fine-tune the bare encoder per task (the paper's BERT row)
+    MTL = "mtl"  # Algorithm 1 over all tasks
+    FINETUNE = "finetune"  # fine-tune the MTL model per task
+    EVALUATE = "evaluate"  # dev metrics of the fine-tuned models
+    PREDICT = "predict"  # test predictions + GLUE submission zip
+    TEACH = "teach"  # train teacher candidates, pick top k, fine-tune, write soft targets
+    DISTILL = "distill"  # MTL with soft targets (MT-DNN-KD) + fine-tune + evaluate
+
+
+@dataclass
+class EncoderConfig:
+    name: str = "default"  # 'default' = bundled all-MiniLM-L6-v2; else a local folder or hub name
+    num_hidden_layers: int | None = None  # keep only the first N layers (smaller student)
+    dropout: float | None = None  # shared-layer dropout; None keeps the encoder's own (0.1)
+    init: str = "pretrained"  # 'pretrained' | 'random' (tests)
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None  # GLUE folder; None -> $MTKD_DATA_ROOT -> ../shared/data/glue
+    cache_dir: str | None = None  # tokenised caches; None -> $MTKD_CACHE -> ~/.cache/mtkd
+    max_seq_len: int = 512  # wordpiece inputs are cut here (paper: 512)
+    cap_seed: int = 0  # seed of the random subsets drawn by train_cap / dev_cap
+
+
+@dataclass
+class TaskOptions:
+    train_cap: int | None = None  # use a seeded random subset of at most this many training examples
+    dev_cap: int | None = None
+    override: dict = field(default_factory=dict)  # changes to the task definition (splits, note, dropout)
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 5
+    batch_size: int = 32
+    lr: float = 5e-5
+    optimizer: Optimizer = Optimizer.ADAMAX
+    weight_decay: float = 0.0
+    warmup: float = 0.1  # fraction of steps with linear warm-up, then linear decay to 0
+    grad_clip: float = 1.0
+    sampling: SamplingMode = SamplingMode.PROPORTIONAL
+    temperature: float = 1.0  # sampling=temperature: p_t ∝ n_t^(1/T)
+    epoch_size: int | None = None  # sampling=temperature: batches per epoch (None: same as proportional)
+    bucket: int = 50  # length-bucketing window in batches (0: off); batches stay single-task and shuffled
+    max_steps: int | None = None  # stop early (smoke runs)
+    checkpoint_every: int = 500  # steps between checkpoints (also one at every epoch end)
+    keep_checkpoints: int = 2
+    precision: Precision = Precision.AUTO
+    log_every: int = 20
+
+
+@dataclass
+class PredictConfig:
+    batch_size: int = 128
+    submission: bool = True
+
+
+@dataclass
+class KDConfig:
+    teacher_tasks: list[str] = field(default_factory=list)  # paper: MNLI, QQP, RTE, QNLI
+    candidates: list[dict] = field(default_factory=list)  # [{seed, dropout, encoder?}], paper: 6
+    top_k: int = 3  # members kept per ensemble (paper: 3)
+    select_by: list[str] = field(default_factory=list)  # tasks whose mean dev score ranks candidates
+    soft_weight: float = 0.5  # weight of Eq. 4 in the student's loss (paper: average -> 0.5)
+    temperature: float = 1.0  # T for teacher and student logits; soft term scaled by T² (T=1: paper)
+
+
+@dataclass
+class RunConfig:
+    seeds: list[int] = field(default_factory=lambda: [42])
+    stages: list[Stage] = field(default_factory=lambda: [Stage.MTL, Stage.FINETUNE, Stage.EVALUATE, Stage.PREDICT])
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tasks: dict[str, TaskOptions] = field(default_factory=dict)
+    tasks_file: str | None = None  # YAML with custom task definitions (same format as GLUE's)
+    mtl: TrainConfig = field(default_factory=TrainConfig)
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1))
+    finetune_tasks: list[str] | None = None  # None: every task with training data
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
+    notes: str = ""  # free text saved with the results
+
+
+# ------------------------------------------------------------------------------ loading/validation
+def _suggest(key, options):
+    m = difflib.get_close_matches(key, list(options), n=1)
+    return f" (did you mean {m[0]!r}?)" if m else ""
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _convert(value, non_none[0], where)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise ConfigError(f"{where}: {value!r} is not one of {[e.value for e in tp]}") from None
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        if args:
+            return {k: _convert({} if v is None and dataclasses.is_dataclass(args[1]) else v, args[1], f"{where}.{k}")
+                    for k, v in value.items()}
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls, d: dict | None, where: str = "config"):
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__} {d!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    if cls is TaskOptions:  # anything besides the caps is a change to the task definition
+        d = dict(d)
+        override = {k: d.pop(k) for k in list(d) if k not in names}
+        d.setdefault("override", {}).update(override)
+    kwargs = {}
+    for k, v in d.items():
+        if k not in names:
+            raise ConfigError(f"{where}: unknown key {k!r}{_suggest(k, names)}")
+        kwargs[k] = _convert(v, hints[k], f"{where}.{k}")
+    return cls(**kwargs)
+
+
+def to_dict(obj) -> Any:
+    if dataclasses.is_dataclass(obj):
+        out = {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, TaskOptions):  # flatten back to the YAML form
+            out.update(out.pop("override"))
+        return out
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """`a.b.c=value` (value parsed as YAML) sets raw['a']['b']['c']; `~a.b` deletes it."""
+    if item.startswith("~"):
+        *parents, last = item[1:].split(".")
+        node = raw
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(last, None)
+        return
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value")
+    key, value = item.split("=", 1)
+    *parents, last = key.strip().split(".")
+    node = raw
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {p!r} is not a section")
+    node[last] = yaml.safe_load(value)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: invalid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+    for item in overrides:
+        apply_override(raw, item)
+    cfg = from_dict(RunConfig, raw, where=str(path or "config"))
+    if cfg.tasks_file and path is not None and not Path(cfg.tasks_file).is_absolute():
+        candidate = Path(path).parent / cfg.tasks_file
+        if candidate.is_file():
+            cfg.tasks_file = str(candidate)
+    if not cfg.seeds:
+        raise ConfigError(f"{path}: seeds must hold at least one seed")
+    return cfg
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

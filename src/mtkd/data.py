@@ -1,0 +1,366 @@
+"""Data: read a task's file -> tokenise once -> memory-mapped cache -> dynamically padded batches.
+
+Reading is strict: every refused row names the file, the line and the field (errors.DataError).
+Tokenising happens once per (tokenizer, max length, file contents, field mapping); the result is a
+folder of flat numpy arrays opened with mmap, so a 400k-example task costs no Python object per
+token and training never tokenises.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtkd.errors import DataError
+from mtkd.tasks import FileFormat, HeadKind, TaskSpec
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+DEFAULT_DATA_ROOT = Path("../shared/data/glue")
+
+
+def resolve_data_root(root: str | Path | None) -> Path:
+    """`root` if given, else $MTKD_DATA_ROOT, else ../shared/data/glue (this machine's layout)."""
+    return Path(root or os.environ.get("MTKD_DATA_ROOT") or DEFAULT_DATA_ROOT).expanduser()
+
+
+# ----------------------------------------------------------------------------------------- reading
+@dataclass
+class RawSplit:
+    """A split as read from disk, before tokenising. `labels` is None for unlabelled (test) files."""
+
+    path: Path
+    ids: list[str]
+    text_a: list[str]
+    text_b: list[str] | None
+    labels: list[Any] | None
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, reason), skip_malformed only
+    fingerprint: str = ""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def file_fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _decode(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(path, f"bytes are not valid UTF-8 (byte {e.start}: {data[e.start:e.start + 4]!r})", line=line) from None
+
+
+def _rows_delimited(path: Path, text: str, fmt: FileFormat, columns):
+    """Yield (line_number, {column: value}) for TSV/CSV; checks the field count of every row."""
+    if fmt == FileFormat.TSV:
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        records = ((i + 1, ln[:-1].split("\t") if ln.endswith("\r") else ln.split("\t")) for i, ln in enumerate(lines))
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        records = ((reader.line_num, row) for row in reader)
+    records = iter(records)
+    if columns is None:
+        try:
+            _, header = next(records)
+        except StopIteration:
+            raise DataError(path, "file has no header line") from None
+        header = [h.strip() for h in header]
+    else:
+        header = list(columns)
+    yield 0, header
+    for line, values in records:
+        yield line, values
+
+
+def _rows_json(path: Path, text: str, fmt: FileFormat):
+    """Yield (line_or_key, record_id, {column: value}) for JSONL/JSON."""
+    if fmt == FileFormat.JSONL:
+        for i, ln in enumerate(text.split("\n")):
+            if not ln.strip():
+                continue
+            try:
+                obj = json.loads(ln)
+            except json.JSONDecodeError as e:
+                raise DataError(path, f"invalid JSON ({e.msg})", line=i + 1) from None
+            if not isinstance(obj, dict):
+                raise DataError(path, f"expected a JSON object, got {type(obj).__name__}", line=i + 1)
+            yield i + 1, None, obj
+        return
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"invalid JSON ({e.msg})", line=e.lineno) from None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else None
+    if items is None:
+        raise DataError(path, "expected a JSON object {id: record} or a list of records")
+    for key, rec in items:
+        if not isinstance(rec, dict):
+            raise DataError(path, f"record {key!r}: expected a JSON object, got {type(rec).__name__}")
+        yield f"record {key!r}", str(key), rec
+
+
+def read_split(spec: TaskSpec, split: str, root: str | Path | None = None) -> RawSplit:
+    """Read one split of a task, validating every row against the task definition."""
+    if split not in spec.splits:
+        raise DataError(f"task {spec.name}", f"has no split {split!r}; it has {list(spec.splits)}")
+    src = spec.splits[split]
+    path = Path(src.path)
+    if not path.is_absolute():
+        path = resolve_data_root(root) / path
+    if not path.is_file():
+        raise DataError(path, f"file not found (task {spec.name}, split {split}; set data.root or $MTKD_DATA_ROOT)")
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError(path, "file is empty")
+    text = _decode(path, data)
+    fields = spec.fields_for(split)
+    if split.startswith("test") and "label" in fields and not _has_column(text, src, fields["label"]):
+        del fields["label"]  # test files carry no labels: the label column may be absent
+    id_col, a_col, b_col, y_col = (fields.get(k) for k in ("id", "text_a", "text_b", "label"))
+    out = RawSplit(path, [], [], [] if b_col else None, [] if y_col else None, fingerprint=hashlib.sha256(data).hexdigest())
+    seen: dict[str, Any] = {}
+
+    def add(line, record_id, row: dict):
+        def get(col, role):
+            if col not in row or row[col] is None:
+                raise DataError(path, f"missing field for {role}", line=line, field=col)
+            return row[col]
+
+        ex_id = str(get(id_col, "id")).strip() if id_col else (record_id if record_id is not None else str(len(out.ids)))
+        if ex_id in seen:
+            raise DataError(path, f"duplicate example id {ex_id!r} (first seen at line {seen[ex_id]})", line=line, field=id_col or "id")
+        seen[ex_id] = line
+        a = str(get(a_col, "text_a"))
+        if not a.strip():
+            raise DataError(path, "empty text", line=line, field=a_col)
+        out.ids.append(ex_id)
+        out.text_a.append(a)
+        if b_col:
+            b = str(get(b_col, "text_b"))
+            if not b.strip():
+                raise DataError(path, "empty text", line=line, field=b_col)
+            out.text_b.append(b)
+        if y_col:
+            out.labels.append(_parse_label(spec, str(get(y_col, "label")).strip(), path, line, y_col))
+
+    if src.format in (FileFormat.TSV, FileFormat.CSV):
+        rows = _rows_delimited(path, text, src.format, src.columns)
+        _, header = next(rows)
+        for role, col in fields.items():
+            if col not in header:
+                raise DataError(path, f"header has no column {col!r} for {role} (task {spec.name}); header is {header}",
+                                line=None if src.columns else 1, field=col)
+        for line, values in rows:
+            if len(values) != len(header):
+                reason = f"expected {len(header)} fields {header}, found {len(values)}"
+                if src.skip_malformed:
+                    out.skipped.append((line, reason))
+                    continue
+                raise DataError(path, reason, line=line)
+            add(line, None, dict(zip(header, values)))
+    else:
+        for line, record_id, row in _rows_json(path, text, src.format):
+            add(line, record_id, row)
+    if not out.ids:
+        raise DataError(path, "file has no data rows")
+    if out.skipped:
+        log.warning("%s: skipped %d malformed rows (lines %s)", path, len(out.skipped), [s[0] for s in out.skipped][:20])
+    return out
+
+
+def _has_column(text: str, src, column: str) -> bool:
+    if src.format in (FileFormat.TSV, FileFormat.CSV):
+        if src.columns is not None:
+            return column in src.columns
+        first = text.split("\n", 1)[0].rstrip("\r")
+        header = first.split("\t") if src.format == FileFormat.TSV else next(csv.reader([first]))
+        return column in [h.strip() for h in header]
+    return f'"{column}"' in text[:100_000]
+
+
+def _parse_label(spec: TaskSpec, value: str, path, line, col):
+    if spec.head == HeadKind.REGRESSION:
+        try:
+            y = float(value)
+        except ValueError:
+            raise DataError(path, f"regression label {value!r} is not a number", line=line, field=col) from None
+        if not math.isfinite(y):
+            raise DataError(path, f"regression label {value!r} is not finite", line=line, field=col)
+        return y
+    if value not in spec.labels:
+        raise DataError(path, f"unknown label {value!r}; task {spec.name} expects one of {list(spec.labels)}", line=line, field=col)
+    return spec.labels.index(value)
+
+
+# ------------------------------------------------------------------------------------- tokenising
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise DataError("tokenizer", f"{type(tokenizer).__name__} is not a fast tokenizer; mtkd needs one (use_fast=True)")
+    return hashlib.sha256(backend.to_str().encode()).hexdigest()[:16]
+
+
+@dataclass
+class EncodedSplit:
+    """A tokenised split: flat token arrays + offsets (memory-mapped), labels, example ids.
+
+    Example i's tokens are input_ids[offsets[i]:offsets[i+1]].
+    """
+
+    task: str
+    split: str
+    ids: list[str]
+    input_ids: np.ndarray  # (total_tokens,) int32
+    token_type_ids: np.ndarray | None  # (total_tokens,) int8
+    offsets: np.ndarray  # (n + 1,) int64
+    labels: np.ndarray | None  # (n,) int64 (classification/ranking) or float32 (regression)
+    meta: dict
+    groups: np.ndarray | None = None  # (n,) int64 query group (ranking tasks)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["data_fingerprint"]
+
+
+def _cache_key(spec: TaskSpec, split: str, raw_fp: str, tok_fp: str, max_len: int) -> str:
+    payload = json.dumps([CACHE_VERSION, spec.head.value, list(spec.labels), spec.fields_for(split),
+                          raw_fp, tok_fp, max_len], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def encode_split(spec: TaskSpec, split: str, tokenizer, max_len: int, cache_dir: str | Path,
+                 root: str | Path | None = None, chunk: int = 8192) -> EncodedSplit:
+    """Tokenise a split once (cached by tokenizer + max length + file contents) and open it by mmap.
+
+    Truncation cuts tokens (longest-first for pairs), never examples; the count of truncated
+    examples is kept in meta['n_truncated'] and logged.
+    """
+    src = spec.splits.get(split)
+    if src is None:
+        raise DataError(f"task {spec.name}", f"has no split {split!r}; it has {list(spec.splits)}")
+    path = Path(src.path) if Path(src.path).is_absolute() else resolve_data_root(root) / src.path
+    if not path.is_file():
+        raise DataError(path, f"file not found (task {spec.name}, split {split}; set data.root or $MTKD_DATA_ROOT)")
+    tok_fp = tokenizer_fingerprint(tokenizer)
+    key = _cache_key(spec, split, file_fingerprint(path), tok_fp, max_len)
+    folder = Path(cache_dir) / f"{spec.name}.{split}.{key}"
+    if not (folder / "meta.json").is_file():
+        _write_cache(spec, split, tokenizer, max_len, root, folder, tok_fp, chunk)
+    return load_encoded(folder)
+
+
+def _write_cache(spec, split, tokenizer, max_len, root, folder: Path, tok_fp, chunk):
+    raw = read_split(spec, split, root)
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()
+    backend.enable_truncation(max_len, strategy="longest_first")
+    n = len(raw)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    ids_parts, type_parts, n_trunc = [], [], 0
+    for start in range(0, n, chunk):
+        a = raw.text_a[start:start + chunk]
+        inputs = list(zip(a, raw.text_b[start:start + chunk])) if raw.text_b is not None else a
+        for j, enc in enumerate(backend.encode_batch(inputs)):
+            offsets[start + j + 1] = offsets[start + j] + len(enc.ids)
+            n_trunc += bool(enc.overflowing)
+            ids_parts.append(np.asarray(enc.ids, dtype=np.int32))
+            type_parts.append(np.asarray(enc.type_ids, dtype=np.int8))
+    if n_trunc:
+        log.info("%s/%s: %d of %d examples truncated to %d tokens", spec.name, split, n_trunc, n, max_len)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=folder.parent))
+    np.save(tmp / "input_ids.npy", np.concatenate(ids_parts))
+    np.save(tmp / "token_type_ids.npy", np.concatenate(type_parts))
+    np.save(tmp / "offsets.npy", offsets)
+    if raw.labels is not None:
+        dtype = np.float32 if spec.head == HeadKind.REGRESSION else np.int64
+        np.save(tmp / "labels.npy", np.asarray(raw.labels, dtype=dtype))
+    if spec.head == HeadKind.RANKING:  # one group per query text (text_a)
+        np.save(tmp / "groups.npy", np.unique(np.asarray(raw.text_a, dtype=object), return_inverse=True)[1].astype(np.int64))
+    meta = {"cache_version": CACHE_VERSION, "task": spec.name, "split": split, "path": str(raw.path),
+            "data_fingerprint": raw.fingerprint, "tokenizer_fingerprint": tok_fp, "max_len": max_len,
+            "n": n, "n_truncated": n_trunc, "skipped_rows": raw.skipped, "ids": raw.ids}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    try:
+        os.rename(tmp, folder)  # atomic: a reader sees either no cache or a complete one
+    except OSError:  # another process won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_encoded(folder: Path) -> EncodedSplit:
+    meta = json.loads((folder / "meta.json").read_text())
+    ids = meta.pop("ids")
+    labels = np.load(folder / "labels.npy", mmap_mode="r") if (folder / "labels.npy").is_file() else None
+    groups = np.load(folder / "groups.npy") if (folder / "groups.npy").is_file() else None
+    return EncodedSplit(meta["task"], meta["split"], ids,
+                        np.load(folder / "input_ids.npy", mmap_mode="r"),
+                        np.load(folder / "token_type_ids.npy", mmap_mode="r"),
+                        np.load(folder / "offsets.npy"), labels, meta, groups)
+
+
+# -------------------------------------------------------------------------------------- batching
+def collate(data: EncodedSplit, indices, pad_id: int = 0, pad_multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Pad examples `indices` of `data` to the longest in the batch (dynamic padding).
+
+    Returns input_ids/attention_mask/token_type_ids (B, L) int64, `index` (B,) positions in the
+    split (used to look up soft targets) and `labels` (B,) when the split is labelled.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    starts, ends = data.offsets[indices], data.offsets[indices + 1]
+    lens = ends - starts
+    width = int(lens.max())
+    if pad_multiple > 1:
+        width = -(-width // pad_multiple) * pad_multiple
+    ids = np.full((len(indices), width), pad_id, dtype=np.int64)
+    types = np.zeros((len(indices), width), dtype=np.int64)
+    mask = np.zeros((len(indices), width), dtype=np.int64)
+    for r, (s, e) in enumerate(zip(starts, ends)):
+        ids[r, : e - s] = data.input_ids[s:e]
+        types[r, : e - s] = data.token_type_ids[s:e]
+        mask[r, : e - s] = 1
+    batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+             "token_type_ids": torch.from_numpy(types), "index": torch.from_numpy(indices)}
+    if data.groups is not None:
+        batch["groups"] = torch.from_numpy(data.groups[indices])
+    if data.labels is not None:
+        batch["labels"] = torch.from_numpy(np.asarray(data.labels[indices]))
+    return batch
+
+
+def subsample(n: int, cap: int | None, seed: int) -> np.ndarray:
+    """Indices of a seeded random subset of size `cap` (all, in order, when cap is None or >= n)."""
+    if cap is None or cap >= n:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:cap]).astype(np.int64)

@@ -1,0 +1,224 @@
+"""The one training loop (every recipe calls it) and evaluation.
+
+Reads top to bottom in execution order: build sampler and optimizer, resume if a checkpoint is
+there, then for each batch: learning rate, forward on that task's head, loss, backward, clip,
+step, log, checkpoint. Distributed via Accelerate (`torchrun` / `accelerate launch`): every rank
+takes its shard of the same single-task batch; only rank 0 logs and saves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mtkd.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from mtkd.config import Optimizer, Precision, TrainConfig
+from mtkd.data import EncodedSplit, collate
+from mtkd.errors import TrainingDiverged
+from mtkd.losses import hard_loss
+from mtkd.sampler import MultiTaskBatchSampler
+
+log = logging.getLogger(__name__)
+
+# loss_fn(task, logits, batch) -> per-example losses (B,)
+LossFn = Callable[[str, torch.Tensor, dict], torch.Tensor]
+
+
+@dataclass
+class TrainSet:
+    data: EncodedSplit
+    indices: np.ndarray  # which examples of `data` to train on (after caps)
+
+
+class TrainingInterrupted(SystemExit):
+    """SIGINT/SIGTERM: the current step finished and a checkpoint was written."""
+
+
+def make_accelerator(precision: Precision):
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    mp = "no"
+    if torch.cuda.is_available():
+        if precision == Precision.AUTO:
+            mp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        elif precision in (Precision.BF16, Precision.FP16):
+            mp = precision.value
+    # each step uses one task's head only, so DDP must expect unused parameters
+    return Accelerator(mixed_precision=mp, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over the first `warmup` fraction of steps, then linear decay to 0."""
+    warm = int(cfg.warmup * total)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return cfg.lr * max(0.0, (total - step) / max(1, total - warm))
+
+
+def default_loss(model) -> LossFn:
+    def fn(task, logits, batch):
+        return hard_loss(model.tasks[task].head, logits, batch["labels"], batch.get("groups"))
+    return fn
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a request to stop after the current step."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, out_dir: Path, accelerator,
+          loss_fn: LossFn | None = None, run_config: dict | None = None, desc: str = "train") -> dict:
+    """Algorithm 1 with the paper's optimiser settings; resumes from out_dir/checkpoints if present.
+
+    Returns {"steps", "epochs", "seconds", "examples", "tokens"} for this call (not counting work
+    done before a resume)."""
+    out_dir = Path(out_dir)
+    main = accelerator.is_main_process
+    loss_fn = loss_fn or default_loss(model)
+    torch.manual_seed(seed)
+    sampler = MultiTaskBatchSampler(
+        {t: s.indices for t, s in train_sets.items()}, cfg.batch_size, seed, cfg.sampling, cfg.temperature,
+        cfg.epoch_size, lengths={t: s.data.lengths for t, s in train_sets.items()}, bucket=cfg.bucket,
+        groups={t: s.data.groups for t, s in train_sets.items() if s.data.groups is not None},
+        rank=accelerator.process_index, world_size=accelerator.num_processes)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(sampler)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt_cls = torch.optim.Adamax if cfg.optimizer == Optimizer.ADAMAX else torch.optim.AdamW
+    optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ddp_model, optimizer = accelerator.prepare(model, optimizer)
+    expect = {"tasks": sorted(train_sets), "encoder": model.encoder_name, "total_steps": total}
+    step = 0
+    ckpts = list_checkpoints(out_dir / "checkpoints")
+    if ckpts:
+        state = load_checkpoint(ckpts[-1], model, optimizer, expect)
+        sampler.load_state_dict(state["sampler"])
+        step = state["step"]
+        log.info("resumed %s from %s (step %d of %d)", desc, ckpts[-1], step, total)
+
+    def checkpoint():
+        accelerator.wait_for_everyone()
+        if main:
+            save_checkpoint(out_dir / "checkpoints", accelerator.unwrap_model(ddp_model), optimizer,
+                            {**expect, "step": step, "sampler": sampler.state_dict(), "config": run_config},
+                            keep=cfg.keep_checkpoints)
+
+    metrics_f = open(out_dir / "metrics.jsonl", "a") if main else None
+    tb = _tensorboard(out_dir / "tensorboard") if main else None
+    running: dict[str, float] = {}
+    pad = 8 if accelerator.mixed_precision != "no" else 1
+    n_examples = n_tokens = 0
+    t0 = time.time()
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not main, dynamic_ncols=True, mininterval=2)
+    ddp_model.train()
+    with _StopFlag() as stop:
+        while step < total:
+            for task, idx, global_n in sampler:
+                # -- one Algorithm 1 update on this batch's task
+                lr = lr_at(step, total, cfg)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                batch = {k: v.to(accelerator.device) for k, v in collate(train_sets[task].data, idx, pad_multiple=pad).items()}
+                with accelerator.autocast():
+                    logits = ddp_model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], task=task)
+                per_example = loss_fn(task, logits, batch)
+                # sum / (global batch / ranks): DDP's gradient average then equals the global mean
+                loss = per_example.sum() * accelerator.num_processes / global_n
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    checkpoint()  # the weights are still the last good ones: no step was taken
+                    ids = [train_sets[task].data.ids[i] for i in idx[:10]]
+                    raise TrainingDiverged(f"{desc}: loss is {loss_value} at step {step}, task {task}, batch of "
+                                           f"{len(idx)} examples with ids {ids}...; checkpoint of the last good state saved")
+                accelerator.backward(loss)
+                if cfg.grad_clip > 0:
+                    accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                # -- bookkeeping
+                n_examples += len(idx)
+                n_tokens += int(batch["attention_mask"].sum())
+                running[task] = loss_value if task not in running else 0.95 * running[task] + 0.05 * loss_value
+                if main:
+                    rec = {"step": step, "epoch": sampler.epoch, "task": task, "loss": round(loss_value, 6), "lr": lr,
+                           "time": round(time.time() - t0, 3)}
+                    metrics_f.write(json.dumps(rec) + "\n")
+                    if tb is not None:
+                        tb.add_scalar(f"loss/{task}", loss_value, step)
+                        tb.add_scalar("lr", lr, step)
+                    if step % cfg.log_every == 0:
+                        bar.set_postfix({t: f"{v:.3f}" for t, v in running.items()}, refresh=False)
+                    bar.update(1)
+                at_epoch_end = sampler.position == len(sampler)
+                if step % cfg.checkpoint_every == 0 or at_epoch_end or step == total or stop.signum:
+                    if main:
+                        metrics_f.flush()
+                    checkpoint()
+                if stop.signum:
+                    bar.close()
+                    raise TrainingInterrupted(f"{desc}: stopped by signal {stop.signum} after step {step}; "
+                                              f"checkpoint saved in {out_dir / 'checkpoints'}; rerun the same command to resume")
+                if step >= total:
+                    break
+    bar.close()
+    if metrics_f:
+        metrics_f.close()
+    if tb is not None:
+        tb.close()
+    accelerator.free_memory()  # drop the prepared references so the next stage's model can be freed
+    return {"steps": step, "epochs": round(step / len(sampler), 3), "seconds": round(time.time() - t0, 2),
+            "examples": n_examples, "tokens": n_tokens}
+
+
+def _tensorboard(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional dependency
+        return None
+    return SummaryWriter(str(folder))
+
+
+@torch.inference_mode()
+def predict_logits(model, data: EncodedSplit, task: str, indices=None, batch_size: int = 128,
+                   device=None) -> np.ndarray:
+    """Logits (N, C) for examples `indices` of `data` (default: all), in the given order.
+    Examples are run sorted by length, so batches carry little padding."""
+    model.eval()
+    device = device or next(model.parameters()).device
+    indices = np.arange(len(data)) if indices is None else np.asarray(indices)
+    order = np.argsort(data.lengths[indices], kind="stable")
+    out = np.zeros((len(indices), model.heads[model.tasks[task].head_name].out.out_features), dtype=np.float32)
+    for i in range(0, len(order), batch_size):
+        sel = order[i:i + batch_size]
+        b = collate(data, indices[sel])
+        logits = model(b["input_ids"].to(device), b["attention_mask"].to(device), b["token_type_ids"].to(device), task=task)
+        out[sel] = logits.float().cpu().numpy()
+    return out

@@ -1,0 +1,69 @@
+"""Losses, each returning one value per example (B,) so the loop can reduce them exactly under DDP.
+
+hard_loss: the task's own objective (Eq. 2 cross-entropy; MSE for regression; listwise ranking).
+soft_cross_entropy: Eq. 4, cross-entropy against the teachers' averaged probabilities.
+kd_loss: the student's objective on a task with a teacher: a weighted average of the two.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mtkd.tasks import HeadKind
+
+
+def hard_loss(kind: HeadKind, logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """logits (B, C) or (B, 1); labels (B,) class index or float target. Returns (B,)."""
+    if kind == HeadKind.CLASSIFICATION:
+        return F.cross_entropy(logits.float(), labels.long(), reduction="none")
+    if kind == HeadKind.REGRESSION:
+        return (logits.float().squeeze(-1) - labels.float()) ** 2
+    return ranking_loss(logits.float().squeeze(-1), labels, groups)
+
+
+def ranking_loss(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Pairwise ranking of the paper (QNLI as ranking): for each group (one question and its
+    candidate answers), -log softmax over the group's scores at each positive candidate.
+    scores, labels, groups: (B,). Returns (B,): the loss sits on the positives, 0 elsewhere; a
+    group with no positive contributes nothing."""
+    out = torch.zeros_like(scores)
+    for g in torch.unique(groups):
+        m = groups == g
+        pos = labels[m] > 0
+        if pos.any():
+            logp = torch.log_softmax(scores[m], dim=0)
+            vals = torch.zeros_like(logp)
+            vals[pos] = -logp[pos] / pos.sum()
+            out[m] = vals
+    return out
+
+
+def soft_cross_entropy(logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Eq. 4: -sum_c Q(c|X) log P_r(c|X), with Q the teachers' averaged probabilities.
+
+    logits (B, C); teacher_probs (B, C), rows summing to 1, computed by the teachers at the same
+    temperature. With T > 1 the student's logits are divided by T and the loss is multiplied by T²
+    (Hinton et al.), so the soft term's gradient scale does not shrink with T. T = 1 is the paper.
+    Returns (B,)."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return -(teacher_probs.float() * logp).sum(-1) * (temperature ** 2)
+
+
+def kd_loss(kind: HeadKind, logits: torch.Tensor, labels: torch.Tensor | None, soft: torch.Tensor,
+            soft_weight: float = 0.5, temperature: float = 1.0, has_label: torch.Tensor | None = None) -> torch.Tensor:
+    """The student's loss on a task with a teacher: (1 - w) * hard + w * soft; w = 0.5 is the
+    paper's average of Eq. 2 and Eq. 4. Regression: soft = MSE to the teachers' mean prediction
+    `soft` (B,). Examples without a label (has_label False: extra unlabeled text) get the soft
+    loss alone. Returns (B,)."""
+    if kind == HeadKind.REGRESSION:
+        soft_term = (logits.float().squeeze(-1) - soft.float()) ** 2
+    else:
+        soft_term = soft_cross_entropy(logits, soft, temperature)
+    if labels is None:
+        return soft_term
+    hard_term = hard_loss(kind, logits, labels)
+    mixed = (1.0 - soft_weight) * hard_term + soft_weight * soft_term
+    if has_label is not None:
+        mixed = torch.where(has_label, mixed, soft_term)
+    return mixed

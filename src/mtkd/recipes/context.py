@@ -1,0 +1,124 @@
+"""What every recipe needs: the resolved config, task definitions, tokenizer, encoded data, output
+folders and the accelerator. Built once per `mtkd run`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mtkd.config import RunConfig, to_dict
+from mtkd.data import EncodedSplit, encode_split, subsample
+from mtkd.loop import TrainSet, make_accelerator
+from mtkd.model import MTModel, resolve_encoder
+from mtkd.tasks import TaskSpec, load_task_specs
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MTKD_CACHE") or Path.home() / ".cache" / "mtkd")
+
+
+@dataclass
+class RunContext:
+    cfg: RunConfig
+    out_dir: Path
+    specs: dict[str, TaskSpec] = field(init=False)
+    accelerator: object = field(init=False)
+    _encoded: dict = field(default_factory=dict, init=False)
+    _tokenizer: object = field(default=None, init=False)
+
+    def __post_init__(self):
+        self.out_dir = Path(self.out_dir)
+        self.specs = load_task_specs({n: o.override for n, o in self.cfg.tasks.items()}, self.cfg.tasks_file)
+        self.accelerator = make_accelerator(self.cfg.mtl.precision)
+        self.cache_dir = Path(self.cfg.data.cache_dir) if self.cfg.data.cache_dir else default_cache_dir()
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(self.cfg.encoder.name), use_fast=True)
+        return self._tokenizer
+
+    # ----------------------------------------------------------------------------------- data
+    def encoded(self, task: str, split: str) -> EncodedSplit:
+        key = (task, split)
+        if key not in self._encoded:
+            with self.accelerator.main_process_first():  # rank 0 writes the cache, the others read it
+                self._encoded[key] = encode_split(self.specs[task], split, self.tokenizer, self.cfg.data.max_seq_len,
+                                                  self.cache_dir, self.cfg.data.root)
+        return self._encoded[key]
+
+    def train_tasks(self) -> list[str]:
+        return [t for t, s in self.specs.items() if "train" in s.splits and s.head_of is None]
+
+    def train_set(self, task: str) -> TrainSet:
+        data = self.encoded(task, "train")
+        return TrainSet(data, subsample(len(data), self.cfg.tasks[task].train_cap, self.cfg.data.cap_seed))
+
+    def dev_sets(self, task: str) -> dict[str, tuple[EncodedSplit, np.ndarray]]:
+        """report name (MNLI-m, ...) -> (encoded dev split, indices after dev_cap)."""
+        out = {}
+        for split in self.specs[task].eval_splits("dev"):
+            data = self.encoded(task, split)
+            out[self.specs[task].report_name(split)] = (data, subsample(len(data), self.cfg.tasks[task].dev_cap, self.cfg.data.cap_seed))
+        return out
+
+    def data_report(self) -> dict:
+        """Per task: examples used / available per split, truncations, skipped rows, notes."""
+        rep = {}
+        for t, spec in self.specs.items():
+            r = {"note": spec.note} if spec.note else {}
+            for split in spec.splits:
+                d = self.encoded(t, split)
+                used = len(self.train_set(t).indices) if split == "train" else len(d)
+                r[split] = {"file": d.meta["path"], "examples": len(d), "used": used,
+                            "truncated": d.meta["n_truncated"], "skipped_rows": len(d.meta["skipped_rows"])}
+            rep[t] = r
+        return rep
+
+    # ---------------------------------------------------------------------------------- model
+    def new_model(self, dropout: float | None = None, encoder: str | None = None) -> MTModel:
+        e = self.cfg.encoder
+        return MTModel.from_encoder(encoder or e.name, self.specs, num_hidden_layers=e.num_hidden_layers,
+                                    dropout=e.dropout if dropout is None else dropout, init=e.init)
+
+    def load_model(self, folder: Path) -> MTModel:
+        return MTModel.from_pretrained(folder, tasks=self.specs)
+
+    # ------------------------------------------------------------------------------ stage done
+    def stage_done(self, folder: Path) -> dict | None:
+        f = Path(folder) / "DONE.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def mark_done(self, folder: Path, info: dict) -> None:
+        if self.main:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            tmp = Path(folder) / "DONE.json.tmp"
+            tmp.write_text(json.dumps(info, indent=2))
+            tmp.replace(Path(folder) / "DONE.json")
+        self.accelerator.wait_for_everyone()
+
+    def config_dict(self) -> dict:
+        return to_dict(self.cfg)
+
+
+class Timer:
+    def __enter__(self):
+        self.t0 = time.time()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = round(time.time() - self.t0, 1)

@@ -1,0 +1,99 @@
+"""Recipe: the experiment a config describes, stage by stage (`mtkd run CONFIG --output-dir DIR`).
+
+Stages (config `stages`): single_task, mtl, finetune, evaluate, predict; teach and distill for
+MT-DNN-KD. Each stage writes DONE.json when it finishes, so a rerun of the same command skips
+finished stages and resumes the unfinished one from its checkpoints.
+
+Outputs: DIR/config.yaml (resolved config), DIR/data_report.json, DIR/seed-<s>/<stage>/...,
+DIR/metrics.json + metrics.md (dev results of MT-DNN: MTL + fine-tune; mean over seeds),
+DIR/submission.zip (GLUE leaderboard files, first seed), DIR/timings.json (wall time per stage).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from mtkd.config import RunConfig, Stage, save_config
+from mtkd.metrics import markdown_table
+from mtkd.recipes import evaluate, finetune, mtl, predict
+from mtkd.recipes.context import RunContext, Timer
+
+log = logging.getLogger(__name__)
+
+
+def mean_std(per_seed: list[dict[str, dict[str, float]]]) -> tuple[dict, dict]:
+    """Cell-wise mean and standard deviation over seeds of {task: {metric: value}}."""
+    mean, std = {}, {}
+    for task in per_seed[0]:
+        mean[task], std[task] = {}, {}
+        for m in per_seed[0][task]:
+            vals = [r[task][m] for r in per_seed if task in r]
+            mean[task][m] = round(float(np.mean(vals)), 4)
+            std[task][m] = round(float(np.std(vals)), 4)
+    return mean, std
+
+
+def run(cfg: RunConfig, out_dir: Path) -> dict:
+    ctx = RunContext(cfg, out_dir)
+    out_dir = ctx.out_dir
+    if ctx.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    timings_path = out_dir / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+
+    def timed(name, fn):
+        with Timer() as t:
+            result = fn()
+        timings.setdefault(name, t.seconds)  # first (real) run's time; a skipped rerun takes ~0 s
+        if ctx.main:
+            timings_path.write_text(json.dumps(timings, indent=2))
+        return result
+
+    if ctx.main:
+        report = timed("data", ctx.data_report)
+        (out_dir / "data_report.json").write_text(json.dumps(report, indent=2))
+    stages = set(cfg.stages)
+    if Stage.TEACH in stages or Stage.DISTILL in stages:
+        from mtkd.recipes import distill
+
+        return distill.run_experiment(ctx, timed)
+
+    per_seed = []
+    for i, seed in enumerate(cfg.seeds):
+        sd = out_dir / f"seed-{seed}"
+        models: dict[str, Path] = {}
+        if Stage.MTL in stages:
+            timed(f"seed-{seed}/mtl", lambda: mtl.run(ctx, sd / "mtl", seed))
+            models = {t: sd / "mtl" / "model" for t in ctx.specs}
+        if Stage.FINETUNE in stages:
+            init = sd / "mtl" / "model" if Stage.MTL in stages else None
+            timed(f"seed-{seed}/finetune", lambda: finetune.run(ctx, sd / "finetune", seed, init))
+            models.update({t: sd / "finetune" / t / "model" for t in (cfg.finetune_tasks or ctx.train_tasks())})
+        if Stage.SINGLE_TASK in stages and not models:
+            timed(f"seed-{seed}/single_task",
+                  lambda: finetune.run(ctx, sd / "single_task", seed, None, cfg=cfg.mtl, desc="single-task"))
+            models = {t: sd / "single_task" / t / "model" for t in ctx.train_tasks()}
+        for t, spec in ctx.specs.items():  # AX is served by MNLI's (fine-tuned) model
+            if spec.head_of and spec.head_of in models:
+                models[t] = models[spec.head_of]
+        if Stage.EVALUATE in stages:
+            per_seed.append(timed(f"seed-{seed}/evaluate", lambda: evaluate.run(ctx, models, sd)))
+        if Stage.PREDICT in stages and i == 0 and cfg.predict.submission:
+            missing = timed(f"seed-{seed}/predict", lambda: predict.run(ctx, models, sd))
+            if ctx.main:
+                (out_dir / "submission.zip").write_bytes((sd / "submission.zip").read_bytes())
+    results = {}
+    if per_seed and ctx.main:
+        results, std = mean_std(per_seed)
+        (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+        if len(per_seed) > 1:
+            (out_dir / "metrics_std.json").write_text(json.dumps(std, indent=2))
+        notes = {t: s.note for t, s in ctx.specs.items() if s.note}
+        (out_dir / "metrics.md").write_text(markdown_table(results, notes))
+        log.info("dev results:\n%s", markdown_table(results, notes))
+    return results
