@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -100,6 +101,8 @@ class KDConfig:
     select_by: list[str] = field(default_factory=list)  # tasks whose mean dev score ranks candidates
     soft_weight: float = 0.5  # weight of Eq. 4 in the student's loss (paper: average -> 0.5)
     temperature: float = 1.0  # T for teacher and student logits; soft term scaled by T² (T=1: paper)
+    student: EncoderConfig | None = None  # the student's encoder (e.g. fewer layers); None: `encoder`
+    finetune_with_soft: bool = True  # the student's per-task fine-tuning keeps the KD loss on teacher tasks
 
 
 @dataclass
@@ -122,6 +125,9 @@ class RunConfig:
 def _suggest(key, options):
     m = difflib.get_close_matches(key, list(options), n=1)
     return f" (did you mean {m[0]!r}?)" if m else ""
+
+
+_SCI_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
@@ -151,6 +157,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                     for k, v in value.items()}
         return value
     if tp is float:
+        if isinstance(value, str) and _SCI_FLOAT.fullmatch(value.strip()):
+            return float(value)  # `5e-5`: a float in YAML 1.2, a string to PyYAML (YAML 1.1 needs `5.0e-5`)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
         return float(value)
@@ -210,19 +218,27 @@ def apply_override(raw: dict, item: str) -> None:
         *parents, last = item[1:].split(".")
         node = raw
         for p in parents:
-            node = node.get(p, {})
+            node = node.get(p)
+            if not isinstance(node, dict):  # absent or empty (null) section: nothing to delete
+                return
         node.pop(last, None)
         return
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected key=value")
     key, value = item.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({e})") from None
     *parents, last = key.strip().split(".")
     node = raw
     for p in parents:
-        node = node.setdefault(p, {})
+        if node.get(p) is None:  # absent, or an empty section written as `name:` / `name: null`
+            node[p] = {}
+        node = node[p]
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {p!r} is not a section")
-    node[last] = yaml.safe_load(value)
+    node[last] = parsed
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:

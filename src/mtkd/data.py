@@ -80,7 +80,15 @@ def _rows_delimited(path: Path, text: str, fmt: FileFormat, columns):
         records = ((i + 1, ln[:-1].split("\t") if ln.endswith("\r") else ln.split("\t")) for i, ln in enumerate(lines))
     else:
         reader = csv.reader(io.StringIO(text, newline=""))
-        records = ((reader.line_num, row) for row in reader)
+
+        def _csv_records():
+            try:
+                for row in reader:
+                    yield reader.line_num, row
+            except csv.Error as e:  # e.g. a field over csv's size limit
+                raise DataError(path, f"malformed CSV ({e})", line=reader.line_num + 1) from None
+
+        records = _csv_records()
     records = iter(records)
     if columns is None:
         try:
@@ -95,6 +103,21 @@ def _rows_delimited(path: Path, text: str, fmt: FileFormat, columns):
         yield line, values
 
 
+def _json_object(path: Path, line=None):
+    """object_pairs_hook for json.loads: a repeated key (e.g. a duplicate example id in an
+    {id: record} file) is an error instead of silently keeping the last value."""
+
+    def hook(pairs):
+        out = {}
+        for k, v in pairs:
+            if k in out:
+                raise DataError(path, f"duplicate JSON key {k!r} (in an {{id: record}} file: a duplicate example id)", line=line)
+            out[k] = v
+        return out
+
+    return hook
+
+
 def _rows_json(path: Path, text: str, fmt: FileFormat):
     """Yield (line_or_key, record_id, {column: value}) for JSONL/JSON."""
     if fmt == FileFormat.JSONL:
@@ -102,17 +125,17 @@ def _rows_json(path: Path, text: str, fmt: FileFormat):
             if not ln.strip():
                 continue
             try:
-                obj = json.loads(ln)
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"invalid JSON ({e.msg})", line=i + 1) from None
+                obj = json.loads(ln, object_pairs_hook=_json_object(path, i + 1))
+            except (ValueError, RecursionError) as e:  # JSONDecodeError, huge integers, deep nesting
+                raise DataError(path, f"invalid JSON ({getattr(e, 'msg', e)})", line=i + 1) from None
             if not isinstance(obj, dict):
                 raise DataError(path, f"expected a JSON object, got {type(obj).__name__}", line=i + 1)
             yield i + 1, None, obj
         return
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"invalid JSON ({e.msg})", line=e.lineno) from None
+        obj = json.loads(text, object_pairs_hook=_json_object(path))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, huge integers, deep nesting
+        raise DataError(path, f"invalid JSON ({getattr(e, 'msg', e)})", line=getattr(e, "lineno", None)) from None
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else None
     if items is None:
         raise DataError(path, "expected a JSON object {id: record} or a list of records")
@@ -196,7 +219,10 @@ def _has_column(text: str, src, column: str) -> bool:
         if src.columns is not None:
             return column in src.columns
         first = text.split("\n", 1)[0].rstrip("\r")
-        header = first.split("\t") if src.format == FileFormat.TSV else next(csv.reader([first]))
+        try:
+            header = first.split("\t") if src.format == FileFormat.TSV else next(csv.reader([first]), [])
+        except csv.Error:
+            return False  # reading the file reports the malformed header
         return column in [h.strip() for h in header]
     return f'"{column}"' in text[:100_000]
 

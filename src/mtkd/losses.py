@@ -62,6 +62,8 @@ def kd_loss(kind: HeadKind, logits: torch.Tensor, labels: torch.Tensor | None, s
         soft_term = soft_cross_entropy(logits, soft, temperature)
     if labels is None:
         return soft_term
+    if has_label is not None:  # placeholder labels of unlabeled rows (NaN, -1) must not reach the hard loss
+        labels = torch.where(has_label, labels, torch.zeros_like(labels))
     hard_term = hard_loss(kind, logits, labels)
     mixed = (1.0 - soft_weight) * hard_term + soft_weight * soft_term
     if has_label is not None:

@@ -46,6 +46,7 @@ class MultiTaskBatchSampler:
         natural = sum(self.batches_per_task.values())
         self.epoch_size = natural if (self.mode == SamplingMode.PROPORTIONAL or not epoch_size) else int(epoch_size)
         self.epoch, self.position = 0, 0
+        self._pass_len: dict[tuple[str, int], int] = {}  # (grouped task, pass) -> its number of batches
 
     # -- one task's batches for its `rep`-th pass over its data
     def _task_batches(self, task: str, rep: int) -> list[np.ndarray]:
@@ -103,13 +104,26 @@ class MultiTaskBatchSampler:
         out, cache = [], {}
         for ti in self._draws(epoch):
             t = self.tasks[ti]
-            per = self.batches_per_task[t]
-            rep, k = divmod(int(consumed[ti]), per)
+            rep, k = self._locate(t, int(consumed[ti]))
             if (t, rep) not in cache:
                 cache[(t, rep)] = self._task_batches(t, rep)
             out.append((t, cache[(t, rep)][k]))
             consumed[ti] += 1
         return out
+
+    def _locate(self, task: str, consumed: int) -> tuple[int, int]:
+        """(pass, batch within the pass) of a task's `consumed`-th batch. Packing whole groups makes
+        the number of batches of a grouped task vary from pass to pass, so those passes are walked."""
+        if task not in self.groups:
+            return divmod(consumed, self.batches_per_task[task])
+        rep = 0
+        while True:
+            if (task, rep) not in self._pass_len:
+                self._pass_len[(task, rep)] = len(self._task_batches(task, rep))
+            if consumed < self._pass_len[(task, rep)]:
+                return rep, consumed
+            consumed -= self._pass_len[(task, rep)]
+            rep += 1
 
     def shard(self, indices: np.ndarray) -> np.ndarray:
         """This rank's part of a global batch (a batch smaller than world_size is repeated to fit)."""

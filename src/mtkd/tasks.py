@@ -170,12 +170,16 @@ def task_from_dict(name: str, d: dict[str, Any], where: str = "task definition")
         swhere = f"{where}, split {sname!r}"
         if isinstance(sd, str):
             sd = {"path": sd}
+        if not isinstance(sd, dict):
+            raise ConfigError(f"{swhere}: expected a path or a mapping, got {type(sd).__name__} {sd!r}")
         _check_keys(sd, _SPLIT_KEYS, swhere)
         if "path" not in sd:
             raise ConfigError(f"{swhere}: missing 'path'")
         fmt = _enum(FileFormat, sd.get("format") or _guess_format(sd["path"]), f"{swhere}, field 'format'")
         sf = sd.get("fields")
         if sf is not None:
+            if not isinstance(sf, dict):
+                raise ConfigError(f"{swhere}, field 'fields': expected a mapping of {FIELD_ROLES} to column names")
             _check_keys(sf, FIELD_ROLES, f"{swhere}, field 'fields'")
         splits[sname] = SplitSource(
             path=str(sd["path"]),

@@ -90,8 +90,10 @@ class RunContext:
         return rep
 
     # ---------------------------------------------------------------------------------- model
-    def new_model(self, dropout: float | None = None, encoder: str | None = None) -> MTModel:
-        e = self.cfg.encoder
+    def new_model(self, dropout: float | None = None, encoder: str | None = None, encoder_cfg=None) -> MTModel:
+        """A fresh MT-DNN from the config's encoder (or `encoder_cfg`, e.g. a smaller student);
+        `dropout` and `encoder` override its shared-layer dropout and weights (teacher candidates)."""
+        e = encoder_cfg or self.cfg.encoder
         return MTModel.from_encoder(encoder or e.name, self.specs, num_hidden_layers=e.num_hidden_layers,
                                     dropout=e.dropout if dropout is None else dropout, init=e.init)
 

@@ -20,7 +20,7 @@ from mtkd.recipes.context import RunContext
 
 def run(ctx: RunContext, out: Path, seed: int, tasks: list[str] | None = None, cfg: TrainConfig | None = None,
         init_from: Path | None = None, dropout: float | None = None, encoder: str | None = None,
-        loss_fn_factory=None, desc: str = "mtl") -> dict:
+        loss_fn_factory=None, desc: str = "mtl", encoder_cfg=None) -> dict:
     """Train (or resume) and save to out/model. Returns the stage summary (also in out/DONE.json)."""
     done = ctx.stage_done(out)
     if done is not None:
@@ -28,7 +28,10 @@ def run(ctx: RunContext, out: Path, seed: int, tasks: list[str] | None = None, c
     cfg = cfg or ctx.cfg.mtl
     tasks = tasks or ctx.train_tasks()
     train_sets = {t: ctx.train_set(t) for t in tasks}
-    model = ctx.load_model(init_from) if init_from else ctx.new_model(dropout=dropout, encoder=encoder)
+    if init_from:
+        model = ctx.load_model(init_from)
+    else:
+        model = ctx.new_model(dropout=dropout, encoder=encoder, encoder_cfg=encoder_cfg)
     loss_fn: LossFn | None = loss_fn_factory(model) if loss_fn_factory else None
     out.mkdir(parents=True, exist_ok=True)
     summary = train(model, train_sets, cfg, seed, out, ctx.accelerator, loss_fn=loss_fn,

@@ -1,0 +1,189 @@
+"""Recipe: MT-DNN-KD, the distilled student (paper Section 3), and the Table 3 experiment.
+
+run(): MTL with Algorithm 1 where a task with soft targets is trained on
+    (1 - w) * hard cross-entropy (Eq. 2) + w * soft cross-entropy (Eq. 4)   (w = kd.soft_weight = 0.5)
+and every other task keeps its hard loss; then per-task fine-tuning (by default with the same KD
+loss on teacher tasks, kd.finetune_with_soft). The student's encoder may differ from the teachers'
+(kd.student, e.g. fewer layers): soft targets are per example, so nothing else changes.
+Refuses soft targets written for other data (fingerprint) or missing training examples.
+
+run_experiment(): the paper's Table 3 from one config: single-task fine-tuning (the BERT row),
+vanilla MT-DNN (MTL + fine-tune), the teacher ensembles and MT-DNN-KD, for each seed. Writes
+DIR/results.json, DIR/results.md and DIR/charts/<task>.png; each stage is cached (DONE.json).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mtkd.config import Stage
+from mtkd.losses import hard_loss, kd_loss
+from mtkd.recipes import evaluate, finetune, mtl, teach
+from mtkd.recipes.context import RunContext
+from mtkd.soft_targets import SoftTargets
+
+log = logging.getLogger(__name__)
+
+SYSTEMS = ("single_task", "mtdnn", "ensemble", "mtdnn_kd")
+SYSTEM_NAMES = {"single_task": "Single-task fine-tuning", "mtdnn": "MT-DNN", "ensemble": "MT-DNN ensemble (teachers)",
+                "mtdnn_kd": "MT-DNN-KD"}
+
+
+def kd_loss_factory(ctx: RunContext, soft_dir: Path):
+    """loss_fn factory for mtkd.loop.train: the KD loss on teacher tasks, the hard loss elsewhere.
+    Soft targets are aligned to each split's row order once, so a batch's `index` looks them up."""
+    kd = ctx.cfg.kd
+    tables = {}
+    for task in kd.teacher_tasks:
+        ts = ctx.train_set(task)
+        tables[task] = torch.from_numpy(SoftTargets.load(soft_dir, task).aligned_to(ts.data, ts.indices))
+
+    def factory(model):
+        def loss_fn(task, logits, batch):
+            kind = model.tasks[task].head
+            if task in tables:
+                soft = tables[task][batch["index"].cpu()].to(logits.device)
+                return kd_loss(kind, logits, batch.get("labels"), soft, kd.soft_weight, kd.temperature)
+            return hard_loss(kind, logits, batch["labels"], batch.get("groups"))
+        return loss_fn
+    return factory
+
+
+def run(ctx: RunContext, out: Path, seed: int, soft_dir: Path) -> dict[str, Path]:
+    """Train the student (MTL with soft targets, then fine-tune). Returns task -> model folder."""
+    factory = kd_loss_factory(ctx, soft_dir)
+    student = ctx.cfg.kd.student
+    mtl.run(ctx, out / "mtl", seed, loss_fn_factory=factory, encoder_cfg=student, desc="student mtl")
+    finetune.run(ctx, out / "finetune", seed, out / "mtl" / "model",
+                 loss_fn_factory=factory if ctx.cfg.kd.finetune_with_soft else None, desc="student finetune")
+    return {t: out / "finetune" / t / "model" for t in (ctx.cfg.finetune_tasks or ctx.train_tasks())}
+
+
+# ------------------------------------------------------------------------------- the experiment
+def run_experiment(ctx: RunContext, timed) -> dict:
+    cfg, out_dir = ctx.cfg, ctx.out_dir
+    stages = set(cfg.stages)
+    tasks = cfg.finetune_tasks or ctx.train_tasks()
+    per_seed: dict[str, list[dict]] = {s: [] for s in SYSTEMS}
+    for seed in cfg.seeds:
+        sd = out_dir / f"seed-{seed}"
+        if Stage.SINGLE_TASK in stages:
+            timed(f"seed-{seed}/single_task", lambda: finetune.run(ctx, sd / "single_task", seed, None, cfg=cfg.mtl,
+                                                                   tasks=tasks, desc="single-task"))
+            per_seed["single_task"].append(_evaluate(ctx, {t: sd / "single_task" / t / "model" for t in tasks}, sd / "eval" / "single_task"))
+        if Stage.MTL in stages:
+            timed(f"seed-{seed}/mtl", lambda: mtl.run(ctx, sd / "mtl", seed))
+            timed(f"seed-{seed}/finetune", lambda: finetune.run(ctx, sd / "finetune", seed, sd / "mtl" / "model", tasks=tasks))
+            per_seed["mtdnn"].append(_evaluate(ctx, {t: sd / "finetune" / t / "model" for t in tasks}, sd / "eval" / "mtdnn"))
+        if Stage.TEACH in stages or Stage.DISTILL in stages:
+            summary = timed(f"seed-{seed}/teach", lambda: teach.run(ctx, sd / "teach", seed))
+            per_seed["ensemble"].append(summary["ensemble_dev"])
+        if Stage.DISTILL in stages:
+            models = timed(f"seed-{seed}/distill", lambda: run(ctx, sd / "distill", seed, sd / "teach" / "soft_targets"))
+            per_seed["mtdnn_kd"].append(_evaluate(ctx, models, sd / "eval" / "mtdnn_kd"))
+    results = aggregate(per_seed, cfg.seeds)
+    if ctx.main:
+        timings = json.loads((out_dir / "timings.json").read_text()) if (out_dir / "timings.json").is_file() else {}
+        results.update(timings=timings, config=ctx.config_dict(),
+                       notes={t: s.note for t, s in ctx.specs.items() if s.note})
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+        (out_dir / "results.md").write_text(results_markdown(results))
+        plot_charts(results, out_dir / "charts")
+        log.info("results:\n%s", results_markdown(results))
+    return results
+
+
+def _evaluate(ctx, models, out):
+    res = evaluate.run(ctx, models, out)
+    ctx.accelerator.wait_for_everyone()
+    return json.loads((out / "metrics.json").read_text())
+
+
+def aggregate(per_seed: dict[str, list[dict]], seeds: list[int]) -> dict:
+    """{"systems": {system: {task: {metric: mean}}}, "std": same shape, "seeds": [...]} (x100)."""
+    systems, std = {}, {}
+    for name, runs in per_seed.items():
+        if not runs:
+            continue
+        systems[name], std[name] = {}, {}
+        for task in runs[0]:
+            systems[name][task], std[name][task] = {}, {}
+            for m in runs[0][task]:
+                vals = [r[task][m] for r in runs]
+                systems[name][task][m] = round(float(np.mean(vals)), 4)
+                std[name][task][m] = round(float(np.std(vals)), 4)
+    return {"systems": systems, "std": std, "seeds": list(seeds)}
+
+
+def _cell_value(metrics: dict[str, float]) -> float:
+    return float(np.mean(list(metrics.values())))
+
+
+def results_markdown(results: dict) -> str:
+    """Rows = systems, columns = tasks + mean; the best single-model number per column in bold
+    (the ensemble is not a single model). With several seeds cells read mean ± std."""
+    systems, std = results["systems"], results.get("std", {})
+    tasks = sorted({t for s in systems.values() for t in s}, key=lambda t: list(next(iter(systems.values()))).index(t)
+                   if t in next(iter(systems.values())) else 99)
+    single = [s for s in systems if s != "ensemble"]
+    best = {t: max((_cell_value(systems[s][t]) for s in single if t in systems[s]), default=None) for t in tasks}
+    means = {s: float(np.mean([_cell_value(v) for v in systems[s].values()])) for s in systems}
+    best_mean = max((means[s] for s in single), default=None)
+    multi = len(results.get("seeds", [])) > 1
+    head = "| system | " + " | ".join(f"{t} ({'/'.join(next(systems[s][t] for s in systems if t in systems[s]))})" for t in tasks) + " | mean |"
+    lines = [head, "|---" * (len(tasks) + 2) + "|"]
+    for s in systems:
+        cells = []
+        for t in tasks:
+            if t not in systems[s]:
+                cells.append("–")
+                continue
+            txt = "/".join(f"{v:.1f}" + (f" ± {std[s][t][m]:.1f}" if multi else "") for m, v in systems[s][t].items())
+            cells.append(f"**{txt}**" if s != "ensemble" and abs(_cell_value(systems[s][t]) - best[t]) < 1e-9 else txt)
+        mean = f"{means[s]:.1f}"
+        if s != "ensemble" and best_mean is not None and abs(means[s] - best_mean) < 1e-9:
+            mean = f"**{mean}**"
+        lines.append(f"| {SYSTEM_NAMES.get(s, s)} | " + " | ".join(cells) + f" | {mean} |")
+    lines.append("")
+    lines.append(f"Dev results x100, seeds {results.get('seeds')}; bold: best single model per column "
+                 "(the ensemble row covers the teacher tasks only; its mean is over those). Mean = mean over tasks of each task's mean metric.")
+    for t, n in (results.get("notes") or {}).items():
+        lines.append(f"- {t}: {n}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_charts(results: dict, folder: Path) -> list[Path]:
+    """One bar chart per task: each system's score (mean metric), with std error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    systems, std = results["systems"], results.get("std", {})
+    tasks = {t for s in systems.values() for t in s}
+    paths = []
+    for t in sorted(tasks):
+        names = [s for s in systems if t in systems[s]]
+        vals = [_cell_value(systems[s][t]) for s in names]
+        errs = [_cell_value(std[s][t]) if s in std and t in std[s] else 0.0 for s in names]
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.bar([SYSTEM_NAMES.get(s, s).replace(" ", "\n", 1) for s in names], vals, yerr=errs, capsize=4,
+               color=["#999999", "#4c72b0", "#dd8452", "#55a868"][: len(names)])
+        ax.set_ylabel(" / ".join(next(iter(systems[names[0]][t].keys())) for _ in [0]) + " (dev, x100)")
+        ax.set_title(t)
+        lo = min(vals) - 5
+        ax.set_ylim(max(0, lo), max(vals) + 3)
+        for x, v in enumerate(vals):
+            ax.text(x, v + 0.3, f"{v:.1f}", ha="center", fontsize=8)
+        fig.tight_layout()
+        p = folder / f"{t}.png"
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        paths.append(p)
+    return paths

@@ -1,0 +1,139 @@
+"""Shared fixtures: a tiny randomly initialised BERT with the default encoder's tokenizer, and a
+small GLUE-like data root reproducing the real files' quirks (CoLA without header, MRPC's BOM,
+STS-B's many columns, JSON samples, test files without labels)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+POS = ["good", "great", "fine", "lovely", "superb"]
+NEG = ["bad", "awful", "poor", "dull", "terrible"]
+NOUNS = ["film", "movie", "plot", "cast", "story", "show"]
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-64 BERT with random weights, saved as a Hugging Face folder together with
+    the bundled MiniLM tokenizer (so tokenisation is the real one, the model tiny)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from mtkd.model import resolve_encoder
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(resolve_encoder("default"), use_fast=True)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=128, max_position_embeddings=128)
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _sentence(rng, positive: bool) -> str:
+    return f"the {rng.choice(NOUNS)} was {rng.choice(POS if positive else NEG)} ."
+
+
+def write_glue_fixture(root: Path, n_train: int = 48, n_dev: int = 16, n_test: int = 12, seed: int = 0) -> Path:
+    """Small files in the official GLUE layouts; the label is learnable from one word."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+
+    def rows(n):
+        return [(i, rng.random() < 0.5) for i in range(n)]
+
+    # CoLA: no header in train/dev: source, label, original label, sentence; test has a header
+    (root / "CoLA").mkdir(exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        (root / "CoLA" / f"{split}.tsv").write_text("".join(f"gj04\t{int(y)}\t\t{_sentence(rng, y)}\n" for _, y in rows(n)))
+    (root / "CoLA" / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\t{_sentence(rng, y)}\n" for i, y in rows(n_test)))
+    # SST-2
+    (root / "SST-2").mkdir(exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        (root / "SST-2" / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{_sentence(rng, y)} \t{int(y)}\n" for _, y in rows(n)))
+    (root / "SST-2" / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\t{_sentence(rng, y)}\n" for i, y in rows(n_test)))
+    # MRPC: header with a UTF-8 BOM, quotes inside text (no quoting in GLUE TSVs)
+    (root / "MRPC").mkdir(exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        body = "".join(f"{int(y)}\t{100 + i}\t{200 + i}\tHe said \" {_sentence(rng, y)}\t{_sentence(rng, y)}\n" for i, y in rows(n))
+        (root / "MRPC" / f"{split}.tsv").write_text("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + body, encoding="utf-8")
+    (root / "MRPC" / "test.tsv").write_text("index\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + "".join(
+        f"{i}\t{i}\t{i}\t{_sentence(rng, y)}\t{_sentence(rng, y)}\n" for i, y in rows(n_test)))
+    # STS-B: ten columns, score in [0, 5]
+    (root / "STS-B").mkdir(exist_ok=True)
+    head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2"
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        body = "".join(f"{i}\tmain\tf\t2012\t{i:04d}\tnone\tnone\t{_sentence(rng, y)}\t{_sentence(rng, y)}\t{4.5 if y else 0.5:.3f}\n" for i, y in rows(n))
+        (root / "STS-B" / f"{split}.tsv").write_text(head + "\tscore\n" + body)
+    (root / "STS-B" / "test.tsv").write_text(head + "\n" + "".join(
+        f"{i}\tmain\tf\t2012\t{i:04d}\tnone\tnone\t{_sentence(rng, y)}\t{_sentence(rng, y)}\n" for i, y in rows(n_test)))
+    # RTE / WNLI / QNLI: index, two texts, label names
+    for task, labels, a, b in (("RTE", ("entailment", "not_entailment"), "sentence1", "sentence2"),
+                               ("QNLI", ("entailment", "not_entailment"), "question", "sentence"),
+                               ("WNLI", ("1", "0"), "sentence1", "sentence2")):
+        (root / task).mkdir(exist_ok=True)
+        for split, n in (("train", n_train), ("dev", n_dev)):
+            (root / task / f"{split}.tsv").write_text(f"index\t{a}\t{b}\tlabel\n" + "".join(
+                f"{i}\tsome premise {i}\t{_sentence(rng, y)}\t{labels[0] if y else labels[1]}\n" for i, y in rows(n)))
+        (root / task / "test.tsv").write_text(f"index\t{a}\t{b}\n" + "".join(
+            f"{i}\tsome premise {i}\t{_sentence(rng, y)}\n" for i, y in rows(n_test)))
+    # MNLI / QQP: the JSON samples used here ({"0": {"text_a", "text_b", "label"}})
+    for task, labels in (("MNLI", ("entailment", "contradiction", "neutral")), ("QQP", ("1", "0"))):
+        d = root / task / "partial" / "powerfulpromptft_sample"
+        d.mkdir(parents=True, exist_ok=True)
+        for split, n in (("train", n_train), ("dev", n_dev)):
+            recs = {}
+            for i in range(n):
+                k = rng.randrange(len(labels))
+                recs[str(i)] = {"text_a": f"premise {i}", "text_b": f"the {rng.choice(NOUNS)} is {['good', 'bad', 'fine'][k % 3]}",
+                                "label": labels[k]}
+            (d / f"{split}.json").write_text(json.dumps(recs, indent=4))
+    # AX: diagnostic, no labels
+    (root / "diagnostic").mkdir(exist_ok=True)
+    (root / "diagnostic" / "diagnostic.tsv").write_text("index\tsentence1\tsentence2\n" + "".join(
+        f"{i}\tThe cat sat.\t{_sentence(rng, y)}\n" for i, y in rows(n_test)))
+    return root
+
+
+@pytest.fixture
+def glue_root(tmp_path) -> Path:
+    return write_glue_fixture(tmp_path / "glue")
+
+
+JSON_TASK = {"fields": {"text_a": "text_a", "text_b": "text_b", "label": "label"}}
+
+
+def tiny_config(glue_root: Path, encoder: Path, cache: Path, tasks=("SST-2", "MRPC", "STS-B"), **sections) -> dict:
+    """A raw config dict for a tiny run: tiny encoder, the fixture data, a few steps."""
+    task_entries = {}
+    for t in tasks:
+        if t in ("MNLI", "QQP"):
+            dev = "dev_matched" if t == "MNLI" else "dev"
+            splits = {"train": {"path": f"{t}/partial/powerfulpromptft_sample/train.json"},
+                      dev: {"path": f"{t}/partial/powerfulpromptft_sample/dev.json", "report_as": t}}
+            if t == "MNLI":
+                splits.update(dev_mismatched=None, test_matched=None, test_mismatched=None)
+            else:
+                splits["test"] = None
+            task_entries[t] = {**JSON_TASK, "splits": splits}
+        else:
+            task_entries[t] = {}
+    cfg = {
+        "seeds": [0],
+        "encoder": {"name": str(encoder)},
+        "data": {"root": str(glue_root), "cache_dir": str(cache), "max_seq_len": 32},
+        "tasks": task_entries,
+        "mtl": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "checkpoint_every": 1000},
+        "finetune": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "checkpoint_every": 1000},
+    }
+    for k, v in sections.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    return cfg

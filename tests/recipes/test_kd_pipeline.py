@@ -1,0 +1,64 @@
+"""The Table 3 experiment end to end on a tiny encoder: four systems, cached stages, smaller student."""
+
+import json
+
+import yaml
+
+from conftest import tiny_config
+from mtkd.cli import main
+
+
+def _kd_config(glue_root, tiny_encoder, tmp_path, **kd):
+    cfg = tiny_config(glue_root, tiny_encoder, tmp_path / "cache", tasks=("SST-2", "STS-B", "RTE", "MNLI"))
+    cfg["stages"] = ["single_task", "mtl", "finetune", "teach", "distill"]
+    cfg["mtl"]["epochs"] = 1
+    cfg["kd"] = {"teacher_tasks": ["RTE", "MNLI", "STS-B"], "select_by": ["RTE"],
+                 "candidates": [{"dropout": 0.1}, {"dropout": 0.2}, {"dropout": 0.3}], "top_k": 2, **kd}
+    path = tmp_path / "kd.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_kd_experiment_writes_four_systems_and_reuses_stages(glue_root, tiny_encoder, tmp_path):
+    path = _kd_config(glue_root, tiny_encoder, tmp_path)
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--output-dir", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["systems"]) == {"single_task", "mtdnn", "ensemble", "mtdnn_kd"}
+    for system in ("single_task", "mtdnn", "mtdnn_kd"):
+        assert set(res["systems"][system]) == {"SST-2", "STS-B", "RTE", "MNLI"}
+    assert set(res["systems"]["ensemble"]) == {"STS-B", "RTE", "MNLI"}  # teacher tasks only
+    for metrics in res["systems"]["mtdnn_kd"].values():
+        assert all(-100 <= v <= 100 for v in metrics.values())
+    assert res["seeds"] == [0] and "config" in res and res["timings"]
+    md = (out / "results.md").read_text()
+    for row in ("Single-task fine-tuning", "MT-DNN", "MT-DNN ensemble", "MT-DNN-KD"):
+        assert row in md
+    assert "**" in md  # best single-model number marked
+    assert {p.name for p in (out / "charts").glob("*.png")} == {"SST-2.png", "STS-B.png", "RTE.png", "MNLI.png"}
+    # teachers: 2 of 3 candidates kept, soft targets with provenance for each teacher task
+    teach = json.loads((out / "seed-0" / "teach" / "DONE.json").read_text())
+    assert len(teach["members"]) == 2 and len(teach["selection_scores"]) == 3
+    prov = json.loads((out / "seed-0" / "teach" / "soft_targets" / "MNLI.json").read_text())["provenance"]
+    assert len(prov["members"]) == 2 and len(prov["data_fingerprint"]) == 64
+    # rerun: every stage is cached, nothing retrains
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
+    assert main(["run", str(path), "--output-dir", str(out)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == stamps
+    assert json.loads((out / "results.json").read_text())["systems"] == res["systems"]
+
+
+def test_smaller_student_and_soft_weight(glue_root, tiny_encoder, tmp_path):
+    path = _kd_config(glue_root, tiny_encoder, tmp_path, student={"name": str(tiny_encoder), "num_hidden_layers": 1},
+                      soft_weight=0.7, temperature=2.0)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["stages"] = ["teach", "distill"]
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--output-dir", str(out)]) == 0
+    student_cfg = json.loads((out / "seed-0" / "distill" / "mtl" / "model" / "config.json").read_text())
+    assert student_cfg["encoder_config"]["num_hidden_layers"] == 1
+    teacher_cfg = json.loads((out / "seed-0" / "teach" / "candidate-0" / "mtl" / "model" / "config.json").read_text())
+    assert teacher_cfg["encoder_config"]["num_hidden_layers"] == 2
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["systems"]) == {"ensemble", "mtdnn_kd"}
