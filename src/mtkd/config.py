@@ -262,6 +262,17 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             cfg.tasks_file = str(candidate)
     if not cfg.seeds:
         raise ConfigError(f"{path}: seeds must hold at least one seed")
+    if cfg.data.max_seq_len < 8:
+        raise ConfigError(f"{path}: data.max_seq_len must be at least 8, got {cfg.data.max_seq_len}")
+    for name, opts in cfg.tasks.items():
+        for key in ("train_cap", "dev_cap"):
+            v = getattr(opts, key)
+            if v is not None and v < 1:
+                raise ConfigError(f"{path}: tasks.{name}.{key} must be a positive integer, got {v}")
+    for section in ("mtl", "finetune"):
+        tc = getattr(cfg, section)
+        if tc.batch_size < 1 or tc.lr <= 0 or tc.epochs <= 0:
+            raise ConfigError(f"{path}: {section}: batch_size, lr and epochs must be positive")
     return cfg
 
 

@@ -279,8 +279,9 @@ class EncodedSplit:
 
 
 def _cache_key(spec: TaskSpec, split: str, raw_fp: str, tok_fp: str, max_len: int) -> str:
+    src = spec.splits[split]
     payload = json.dumps([CACHE_VERSION, spec.head.value, list(spec.labels), spec.fields_for(split),
-                          raw_fp, tok_fp, max_len], sort_keys=True)
+                          src.format.value, list(src.columns or ()), raw_fp, tok_fp, max_len], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

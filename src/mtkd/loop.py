@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -53,8 +54,12 @@ def make_accelerator(precision: Precision):
             mp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         elif precision in (Precision.BF16, Precision.FP16):
             mp = precision.value
+    # Accelerate treats a `torchrun` launch without a GPU as N unrelated single processes (each
+    # training alone and writing the same files) unless told to use the CPU: say so explicitly.
+    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     # each step uses one task's head only, so DDP must expect unused parameters
-    return Accelerator(mixed_precision=mp, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    return Accelerator(mixed_precision=mp, cpu=cpu,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -98,8 +103,8 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
           loss_fn: LossFn | None = None, run_config: dict | None = None, desc: str = "train") -> dict:
     """Algorithm 1 with the paper's optimiser settings; resumes from out_dir/checkpoints if present.
 
-    Returns {"steps", "epochs", "seconds", "examples", "tokens"} for this call (not counting work
-    done before a resume)."""
+    Returns {"steps", "epochs"}: where the run ended (all updates, resumed ones included), and
+    {"seconds", "examples", "tokens"} for this call (not counting work done before a resume)."""
     out_dir = Path(out_dir)
     main = accelerator.is_main_process
     loss_fn = loss_fn or default_loss(model)
@@ -129,7 +134,10 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
             save_checkpoint(out_dir / "checkpoints", accelerator.unwrap_model(ddp_model), optimizer,
                             {**expect, "step": step, "sampler": sampler.state_dict(), "config": run_config},
                             keep=cfg.keep_checkpoints)
+        accelerator.wait_for_everyone()  # no rank leaves (e.g. exits after a stop) before the checkpoint is complete
 
+    if main and step and (out_dir / "metrics.jsonl").is_file():
+        _truncate_log(out_dir / "metrics.jsonl", step)  # drop records of steps the checkpoint does not hold
     metrics_f = open(out_dir / "metrics.jsonl", "a") if main else None
     tb = _tensorboard(out_dir / "tensorboard") if main else None
     running: dict[str, float] = {}
@@ -138,64 +146,90 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
     t0 = time.time()
     bar = tqdm(total=total, initial=step, desc=desc, disable=not main, dynamic_ncols=True, mininterval=2)
     ddp_model.train()
-    with _StopFlag() as stop:
-        while step < total:
-            for task, idx, global_n in sampler:
-                # -- one Algorithm 1 update on this batch's task
-                lr = lr_at(step, total, cfg)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                batch = {k: v.to(accelerator.device) for k, v in collate(train_sets[task].data, idx, pad_multiple=pad).items()}
-                with accelerator.autocast():
-                    logits = ddp_model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], task=task)
-                per_example = loss_fn(task, logits, batch)
-                # sum / (global batch / ranks): DDP's gradient average then equals the global mean
-                loss = per_example.sum() * accelerator.num_processes / global_n
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    checkpoint()  # the weights are still the last good ones: no step was taken
-                    ids = [train_sets[task].data.ids[i] for i in idx[:10]]
-                    raise TrainingDiverged(f"{desc}: loss is {loss_value} at step {step}, task {task}, batch of "
-                                           f"{len(idx)} examples with ids {ids}...; checkpoint of the last good state saved")
-                accelerator.backward(loss)
-                if cfg.grad_clip > 0:
-                    accelerator.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                # -- bookkeeping
-                n_examples += len(idx)
-                n_tokens += int(batch["attention_mask"].sum())
-                running[task] = loss_value if task not in running else 0.95 * running[task] + 0.05 * loss_value
-                if main:
-                    rec = {"step": step, "epoch": sampler.epoch, "task": task, "loss": round(loss_value, 6), "lr": lr,
-                           "time": round(time.time() - t0, 3)}
-                    metrics_f.write(json.dumps(rec) + "\n")
-                    if tb is not None:
-                        tb.add_scalar(f"loss/{task}", loss_value, step)
-                        tb.add_scalar("lr", lr, step)
-                    if step % cfg.log_every == 0:
-                        bar.set_postfix({t: f"{v:.3f}" for t, v in running.items()}, refresh=False)
-                    bar.update(1)
-                at_epoch_end = sampler.position == len(sampler)
-                if step % cfg.checkpoint_every == 0 or at_epoch_end or step == total or stop.signum:
+    try:
+        with _StopFlag() as stop:
+            while step < total:
+                for task, idx, global_n in sampler:
+                    # -- one Algorithm 1 update on this batch's task
+                    lr = lr_at(step, total, cfg)
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr
+                    batch = {k: v.to(accelerator.device) for k, v in collate(train_sets[task].data, idx, pad_multiple=pad).items()}
+                    with accelerator.autocast():
+                        logits = ddp_model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], task=task)
+                    per_example = loss_fn(task, logits, batch)
+                    # sum / (global batch / ranks): DDP's gradient average then equals the global mean
+                    loss = per_example.sum() * accelerator.num_processes / global_n
+                    loss_value = float(loss.detach())
+                    diverged, stop_now = not math.isfinite(loss_value), stop.signum is not None
+                    if accelerator.num_processes > 1:
+                        # every rank must stop (diverged / signal) at the same step, else the others wait
+                        # forever in the next collective: share both flags
+                        flags = accelerator.reduce(torch.tensor([float(diverged), float(stop_now)], device=accelerator.device), "sum")
+                        diverged, stop_now = bool(flags[0] > 0), bool(flags[1] > 0)
+                    if diverged:
+                        checkpoint()  # the weights are still the last good ones: no step was taken
+                        ids = [train_sets[task].data.ids[i] for i in idx[:10]]
+                        raise TrainingDiverged(f"{desc}: loss is {loss_value} at step {step}, task {task}, batch of "
+                                               f"{len(idx)} examples with ids {ids}...; checkpoint of the last good state saved")
+                    accelerator.backward(loss)
+                    if cfg.grad_clip > 0:
+                        accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    # -- bookkeeping
+                    n_examples += len(idx)
+                    n_tokens += int(batch["attention_mask"].sum())
+                    running[task] = loss_value if task not in running else 0.95 * running[task] + 0.05 * loss_value
                     if main:
-                        metrics_f.flush()
-                    checkpoint()
-                if stop.signum:
-                    bar.close()
-                    raise TrainingInterrupted(f"{desc}: stopped by signal {stop.signum} after step {step}; "
-                                              f"checkpoint saved in {out_dir / 'checkpoints'}; rerun the same command to resume")
-                if step >= total:
-                    break
-    bar.close()
-    if metrics_f:
-        metrics_f.close()
-    if tb is not None:
-        tb.close()
-    accelerator.free_memory()  # drop the prepared references so the next stage's model can be freed
+                        rec = {"step": step, "epoch": sampler.epoch, "task": task, "loss": round(loss_value, 6), "lr": lr,
+                               "time": round(time.time() - t0, 3)}
+                        metrics_f.write(json.dumps(rec) + "\n")
+                        if tb is not None:
+                            tb.add_scalar(f"loss/{task}", loss_value, step)
+                            tb.add_scalar("lr", lr, step)
+                        if step % cfg.log_every == 0:
+                            bar.set_postfix({t: f"{v:.3f}" for t, v in running.items()}, refresh=False)
+                        bar.update(1)
+                    at_epoch_end = sampler.position == len(sampler)
+                    if accelerator.num_processes == 1:
+                        stop_now = stop.signum is not None  # a signal that came during this step
+                    if step % cfg.checkpoint_every == 0 or at_epoch_end or step == total or stop_now:
+                        if main:
+                            metrics_f.flush()
+                        checkpoint()
+                    if stop_now:
+                        raise TrainingInterrupted(f"{desc}: stopped by signal {stop.signum or '(on another rank)'} after step {step}; "
+                                                  f"checkpoint saved in {out_dir / 'checkpoints'}; rerun the same command to resume")
+                    if step >= total:
+                        break
+    finally:  # also on an interruption / divergence: the log is complete up to the checkpoint
+        bar.close()
+        if metrics_f:
+            metrics_f.close()
+        if tb is not None:
+            tb.close()
+        accelerator.free_memory()  # drop the prepared references so the next stage's model can be freed
     return {"steps": step, "epochs": round(step / len(sampler), 3), "seconds": round(time.time() - t0, 2),
             "examples": n_examples, "tokens": n_tokens}
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the records of steps <= `step`: after a crash the log may hold steps past the checkpoint
+    the run resumes from, which the resumed run logs again."""
+    lines = path.read_text().splitlines(keepends=True)
+    keep = []
+    for ln in lines:
+        try:
+            if json.loads(ln)["step"] <= step:
+                keep.append(ln)
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line
+    if len(keep) != len(lines):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(keep))
+        tmp.replace(path)
 
 
 def _tensorboard(folder: Path):

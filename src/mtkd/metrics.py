@@ -67,11 +67,14 @@ SUBMISSION_FILES = ("CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI-m", "MNLI-mm"
 def write_submission_file(path: Path, ids, predictions, spec: TaskSpec) -> None:
     """The GLUE leaderboard layout: header `index\\tprediction`, label names (regression: the score
     clipped to [0, 5] with 3 decimals)."""
+    if len(ids) != len(predictions):
+        raise ValueError(f"{path}: {len(ids)} ids but {len(predictions)} predictions")
     with open(path, "w", encoding="utf-8") as f:
         f.write("index\tprediction\n")
         for i, p in zip(ids, predictions):
             if spec.head == HeadKind.REGRESSION:
-                f.write(f"{i}\t{float(p):.3f}\n")
+                v = float(np.clip(float(p), *spec.label_range)) if spec.label_range else float(p)
+                f.write(f"{i}\t{v:.3f}\n")
             else:
                 f.write(f"{i}\t{spec.labels[int(p)]}\n")
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
+
 from mtkd.config import TrainConfig
 from mtkd.loop import LossFn, train
 from mtkd.recipes.context import RunContext
@@ -28,6 +30,7 @@ def run(ctx: RunContext, out: Path, seed: int, tasks: list[str] | None = None, c
     cfg = cfg or ctx.cfg.mtl
     tasks = tasks or ctx.train_tasks()
     train_sets = {t: ctx.train_set(t) for t in tasks}
+    torch.manual_seed(seed)  # the fresh heads' initialisation depends on the seed only
     if init_from:
         model = ctx.load_model(init_from)
     else:
