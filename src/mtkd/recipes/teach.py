@@ -51,6 +51,8 @@ def run(ctx: RunContext, out: Path, seed: int) -> dict:
     for t in list(kd.teacher_tasks) + list(kd.select_by):
         if t not in ctx.specs:
             raise ConfigError(f"kd: task {t!r} is not in the config's task list {list(ctx.specs)}")
+        if t in kd.teacher_tasks and ctx.specs[t].head == HeadKind.RANKING:
+            raise ConfigError(f"kd: task {t!r} is a ranking task; teachers for ranking tasks are not supported yet")
     cands = candidates(ctx, seed)
     if not 1 <= kd.top_k <= len(cands):
         raise ConfigError(f"kd.top_k={kd.top_k} but there are {len(cands)} candidates")

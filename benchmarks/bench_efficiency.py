@@ -1,0 +1,225 @@
+"""Efficiency: achieved FLOP/s of mtkd's training step against the CPU's fp32 matmul peak, and the
+peak resident memory of MTL training on configs/glue-cpu.yaml's data path.
+
+FLOPs: `torch.utils.flop_counter.FlopCounterMode` counts the matmul FLOPs (mm/addmm/bmm: linear
+layers and attention) of one forward + backward of the MTModel in training mode. A step on a batch
+of B examples padded to width L costs exactly B * (c + a*L + b*L^2); c, a, b are fitted from counts at
+three small shapes and checked at a fourth. The FLOPs of the timed steps (their real shapes, padding
+included: what the CPU executes) divided by their time (first forward -> last optimizer step, the loop's
+bookkeeping and the optimizer included) is the achieved FLOP/s. The analytic BERT estimate
+(6 * non-embedding params * tokens + 12 * layers * hidden * L^2 * B) is reported beside it.
+
+Peak: a square fp32 `torch.mm` (2048 x 2048 in --quick/--full), the median of repeats, measured in the
+same rounds as the training runs (interleaved). Fraction = achieved / peak, paired per round.
+
+Peak RSS: a fresh subprocess builds the run context from configs/glue-cpu.yaml (all nine tasks
+tokenised and memory-mapped, capped train sets), a fresh model, and runs `mtkd.loop.train` for a few
+hundred MTL steps with the config's checkpointing; ru_maxrss at the end is the peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import (fixed_train_sets, interleave, md_table, mmm, paired_ratio, payload, ratio_table, run_mtkd,
+                    standalone, stats, summarize)
+
+NAME = "efficiency"
+KEYS_TRAIN = ["flop_per_s", "examples_per_s", "tokens_per_s", "seconds", "flops", "steps", "padding_fraction"]
+
+
+# ---------------------------------------------------------------------------------------- FLOPs
+def count_step_flops(model, task: str, batch: int, width: int) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train()
+    g = torch.Generator().manual_seed(width)
+    ids = torch.randint(1000, 2000, (batch, width), generator=g)
+    mask = torch.ones_like(ids)
+    with FlopCounterMode(display=False) as fc:
+        model(ids, mask, torch.zeros_like(ids), task=task).float().sum().backward()
+    model.zero_grad(set_to_none=True)
+    return int(fc.get_total_flops())
+
+
+def fit_flop_model(model, task: str) -> dict:
+    """Per-example FLOPs of a training step = c + a*L + b*L^2, fitted exactly at L = 8, 16, 32 and
+    checked at (B=3, L=24)."""
+    ls = np.array([8.0, 16.0, 32.0])
+    per_ex = np.array([count_step_flops(model, task, 2, int(L)) / 2 for L in ls])
+    c, a, b = np.linalg.solve(np.stack([np.ones(3), ls, ls ** 2], 1), per_ex)
+    check = count_step_flops(model, task, 3, 24)
+    pred = 3 * (c + a * 24 + b * 24 ** 2)
+    enc = model.encoder.config
+    nonemb = sum(p.numel() for n, p in model.encoder.named_parameters() if "embeddings" not in n)
+    return {"c": float(c), "a": float(a), "b": float(b), "check_counted": check, "check_predicted": float(pred),
+            "check_rel_error": abs(pred - check) / check, "nonembedding_params": nonemb,
+            "layers": enc.num_hidden_layers, "hidden": enc.hidden_size,
+            "counter_flops_per_token_L128": float(c / 128 + a + b * 128),
+            "analytic_flops_per_token_L128": float(6 * nonemb + 12 * enc.num_hidden_layers * enc.hidden_size * 128)}
+
+
+def step_flops(fm: dict, shapes) -> float:
+    return float(sum(bsz * (fm["c"] + fm["a"] * w + fm["b"] * w * w) for bsz, w, _ in shapes))
+
+
+def analytic_flops(fm: dict, shapes) -> float:
+    return float(sum(6 * fm["nonembedding_params"] * bsz * w + 12 * fm["layers"] * fm["hidden"] * w * w * bsz
+                     for bsz, w, _ in shapes))
+
+
+# ------------------------------------------------------------------------------------- matmul peak
+def matmul_peak(n: int, reps: int) -> dict:
+    import torch
+
+    g = torch.Generator().manual_seed(n)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    c = torch.empty(n, n)
+    torch.mm(a, b, out=c)  # first call: allocation, kernel selection
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {"n": n, "reps": reps, "seconds_median": med, "seconds_min": min(times), "flop_per_s": 2 * n ** 3 / med,
+            "flop_per_s_best": 2 * n ** 3 / min(times)}
+
+
+# ----------------------------------------------------------------------------------------- RSS
+def _rss_now_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def rss_child(args) -> None:
+    """Runs in a fresh process: MTL training on the config's data path; prints one JSON line."""
+    import tempfile
+
+    import common
+
+    common.quiet_hf()
+    import torch
+
+    from mtkd.config import load_config
+    from mtkd.loop import train
+    from mtkd.recipes.context import RunContext
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    marks = {"after_imports": _rss_now_mb()}
+    work = Path(tempfile.mkdtemp(prefix="mtkd-rss-"))
+    ctx = RunContext(load_config(common.CONFIG, json.loads(args.overrides)), out_dir=work)
+    train_sets = {t: ctx.train_set(t) for t in ctx.train_tasks()}
+    marks["after_data"] = _rss_now_mb()
+    model = ctx.new_model()
+    marks["after_model"] = _rss_now_mb()
+    cfg = dataclasses.replace(ctx.cfg.mtl, max_steps=args.steps)  # the config's checkpointing kept
+    run_dir = work / "run"
+    run_dir.mkdir()
+    t0 = time.time()
+    summary = train(model, train_sets, cfg, 0, run_dir, ctx.accelerator, desc="rss")
+    marks["after_train"] = _rss_now_mb()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({"peak_rss_mb": peak, "rss_marks_mb": marks, "steps": summary["steps"],
+                      "examples": summary["examples"], "seconds": time.time() - t0,
+                      "train_examples": {t: len(s.indices) for t, s in train_sets.items()},
+                      "checkpoint_every": cfg.checkpoint_every}))
+
+
+def measure_rss(env) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", "--steps", str(env.mode.rss_steps),
+           "--overrides", json.dumps(env.overrides), "--threads", str(env.threads)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"peak-RSS subprocess failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["wall_s"] = time.perf_counter() - t0
+    print(f"  [{NAME}] peak RSS of {res['steps']} MTL steps: {res['peak_rss_mb']:.0f} MB ({res['wall_s']:.1f} s)",
+          file=sys.stderr, flush=True)
+    return res
+
+
+# ------------------------------------------------------------------------------------------ run
+def run(env) -> dict:
+    m = env.mode
+    ctx = env.ctx
+    tasks = ctx.train_tasks()
+    probe = ctx.new_model()
+    fm = fit_flop_model(probe, "SST-2" if "SST-2" in ctx.specs else tasks[0])
+    del probe
+    cache: dict = {}
+
+    def sets(r):
+        if r not in cache:
+            cache[r] = fixed_train_sets(env, tasks, m.warmup_steps if r < 0 else m.flops_steps, seed=5000 + r)
+        return cache[r]
+
+    def train_fn(r):
+        res = run_mtkd(env, sets(r), 5000 + r)
+        shapes = [tuple(s) for s in res.pop("shapes")]
+        res["flops"] = step_flops(fm, shapes)
+        res["flops_analytic"] = analytic_flops(fm, shapes)
+        res["flop_per_s"] = res["flops"] / res["seconds"]
+        res["flop_per_s_analytic"] = res["flops_analytic"] / res["seconds"]
+        return res
+
+    runs = interleave([("matmul_peak", lambda r: matmul_peak(m.matmul_n, m.matmul_reps)), ("mtkd_mtl_train_step", train_fn)],
+                      m.repeats, warmup=m.warmup_round, label=NAME)
+    rss = measure_rss(env)
+
+    ratios = {"train_step_fraction_of_matmul_peak": paired_ratio(runs["mtkd_mtl_train_step"], runs["matmul_peak"], "flop_per_s")}
+    rss_stats = stats([rss["peak_rss_mb"]])
+    summ = {"matmul_peak": summarize(runs["matmul_peak"], ["flop_per_s", "flop_per_s_best", "seconds_median"]),
+            "mtkd_mtl_train_step": summarize(runs["mtkd_mtl_train_step"], KEYS_TRAIN + ["flop_per_s_analytic"])}
+    def gflops(s):
+        return {k: s[k] / 1e9 for k in ("median", "min", "max")}
+
+    mm_s, tr_s = summ["matmul_peak"], summ["mtkd_mtl_train_step"]
+    rows = [["fp32 matmul peak", f"{m.matmul_n}x{m.matmul_n} mm, median of {m.matmul_reps}", mmm(gflops(mm_s["flop_per_s"]))],
+            ["mtkd MTL training step", f"{m.flops_steps} steps, FlopCounterMode FLOPs", mmm(gflops(tr_s["flop_per_s"]))],
+            ["  (analytic FLOPs)", "6*P*tokens + attention", mmm(gflops(tr_s["flop_per_s_analytic"]))]]
+    t1 = md_table(["what", "how", "GFLOP/s median (min-max)"], rows)
+    ratios_all = {**ratios, "peak_rss_mtl_mb": rss_stats}
+    what = {"train_step_fraction_of_matmul_peak": "achieved training FLOP/s / matmul peak",
+            "peak_rss_mtl_mb": f"ru_maxrss, {rss['steps']} MTL steps, fresh process"}
+    t2 = ratio_table(ratios_all, what)
+    title = f"## Efficiency ({env.encoder_label}; {env.threads} threads; {m.repeats} rounds interleaved)"
+    print(f"\n{title}\n\n{t1}\n\n{t2}\n", flush=True)
+    settings = {"flop_model": fm, "matmul_n": m.matmul_n, "matmul_reps": m.matmul_reps, "timed_steps": m.flops_steps,
+                "rss_steps": m.rss_steps, "rounds": m.repeats,
+                "flops_note": "matmul FLOPs (mm/addmm/bmm) of forward+backward at the executed (padded) shapes"}
+    return payload(env, NAME, settings, summ, ratios, [title, t1, t2], what=what, peak_rss_mtl_mb=rss["peak_rss_mb"],
+                   rss=rss)
+
+
+if __name__ == "__main__":
+    if "--rss-child" in sys.argv:
+        p = argparse.ArgumentParser()
+        p.add_argument("--rss-child", action="store_true")
+        p.add_argument("--steps", type=int, required=True)
+        p.add_argument("--overrides", required=True)
+        p.add_argument("--threads", type=int, default=0)
+        rss_child(p.parse_args())
+    else:
+        standalone(NAME, run)

@@ -1,0 +1,85 @@
+"""The benchmark suite runs end to end in smoke mode (tiny random encoder, a handful of steps on the
+real GLUE files) and writes the JSON documents with every expected key. No timing assertions: the
+numbers of a smoke run measure nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DATA_ROOT = Path(os.environ.get("MTKD_DATA_ROOT") or REPO.parent / "shared" / "data" / "glue")
+
+RATIOS = {
+    "train": [f"train_vs_trainer_{kind}_{w}" for w in ("sst2", "mrpc", "mtl") for kind in ("padded", "dynamic")],
+    "distill": ["distill_offline_vs_live"],
+    "inference": ["softtarget_gen_vs_padded_forward", "all_heads_one_pass_vs_per_task_models"],
+    "efficiency": ["train_step_fraction_of_matmul_peak"],
+}
+CONTENDERS = {
+    "train": ["sst2:mtkd", "sst2:trainer_padded", "sst2:trainer_dynamic", "mrpc:mtkd", "mrpc:trainer_dynamic",
+              "mtl:mtkd", "mtl:trainer_dynamic"],
+    "distill": ["offline_soft_targets", "live_teachers_x3"],
+    "inference": ["mtkd_predict_logits_b128_sorted", "hf_forward_b64_padded128", "all_heads_one_encoder_pass"],
+    "efficiency": ["matmul_peak", "mtkd_mtl_train_step"],
+}
+
+
+def _positive_finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def smoke_out(tmp_path_factory) -> Path:
+    needed = [DATA_ROOT / "SST-2" / "train.tsv", DATA_ROOT / "MRPC" / "train.tsv",
+              DATA_ROOT / "MNLI" / "partial" / "powerfulpromptft_sample" / "train.json"]
+    if not all(p.is_file() for p in needed):
+        pytest.skip(f"GLUE data not found under {DATA_ROOT} (set MTKD_DATA_ROOT)")
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--smoke", "--out", str(out),
+                           "--data-root", str(DATA_ROOT)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, f"run_all --smoke failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert "## Summary" in proc.stdout
+    return out
+
+
+@pytest.mark.parametrize("name", list(RATIOS))
+def test_benchmark_json(smoke_out, name):
+    doc = json.loads((smoke_out / f"{name}.json").read_text())
+    assert doc["benchmark"] == name and doc["mode"] == "smoke"
+    for key in ("cpu", "logical_cpus", "torch_threads", "torch", "date"):
+        assert doc["machine"][key] not in (None, "")
+    for key in RATIOS[name]:
+        assert _positive_finite(doc["ratios"][key]), (key, doc["ratios"].get(key))
+        s = doc["ratio_stats"][key]
+        assert s["min"] <= s["median"] <= s["max"]
+    for c in CONTENDERS[name]:
+        metric = "flop_per_s" if c == "matmul_peak" else "examples_per_s"
+        s = doc["contenders"][c][metric]
+        assert all(_positive_finite(s[k]) for k in ("median", "min", "max")), (c, s)
+    assert doc["tables"] and all(t.strip() for t in doc["tables"])
+
+
+def test_combined_json(smoke_out):
+    doc = json.loads((smoke_out / "bench.json").read_text())
+    assert doc["errors"] == {}
+    expected = [k for keys in RATIOS.values() for k in keys]
+    assert set(expected) <= set(doc["ratios"])
+    assert all(_positive_finite(doc["ratios"][k]) for k in expected)
+    assert _positive_finite(doc["peak_rss_mtl_mb"])
+    assert set(doc["benchmarks"]) == set(RATIOS)
+    assert doc["targets"]["train_step_fraction_of_matmul_peak"] == [">=", 0.6]
+
+
+def test_training_contenders_saw_the_same_batches(smoke_out):
+    doc = json.loads((smoke_out / "train.json").read_text())
+    assert all(doc["settings"]["trainer_dynamic_same_batches_as_mtkd"].values())
+    runs = doc["contenders"]["sst2:mtkd"]["runs"] + doc["contenders"]["sst2:trainer_dynamic"]["runs"]
+    assert len({(r["examples"], r["tokens"]) for r in runs}) == 1
