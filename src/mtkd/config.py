@@ -103,6 +103,9 @@ class KDConfig:
     temperature: float = 1.0  # T for teacher and student logits; soft term scaled by T² (T=1: paper)
     student: EncoderConfig | None = None  # the student's encoder (e.g. fewer layers); None: `encoder`
     finetune_with_soft: bool = True  # the student's per-task fine-tuning keeps the KD loss on teacher tasks
+    # beyond the paper: extra unlabeled text per teacher task, e.g. {SST-2: {path: x.tsv, fields: {text_a: s}}};
+    # the teachers label it with soft targets and the student trains on it with the soft loss alone
+    unlabeled: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass

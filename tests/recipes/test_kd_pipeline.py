@@ -62,3 +62,28 @@ def test_smaller_student_and_soft_weight(glue_root, tiny_encoder, tmp_path):
     assert teacher_cfg["encoder_config"]["num_hidden_layers"] == 2
     res = json.loads((out / "results.json").read_text())
     assert set(res["systems"]) == {"ensemble", "mtdnn_kd"}
+
+
+def test_unlabeled_text_gets_soft_targets_and_self_distillation(glue_root, tiny_encoder, tmp_path):
+    """Beyond the paper: extra unlabeled RTE text labelled by the teacher, and a one-member teacher
+    of the student's own architecture (self-distillation)."""
+    extra = tmp_path / "rte_unlabeled.tsv"
+    extra.write_text("sentence1\tsentence2\n" + "".join(f"premise {i}\tthe film was {'good' if i % 2 else 'bad'} .\n" for i in range(20)))
+    path = _kd_config(glue_root, tiny_encoder, tmp_path, candidates=[{"dropout": 0.1}], top_k=1,
+                      unlabeled={"RTE": {"path": str(extra), "fields": {"text_a": "sentence1", "text_b": "sentence2"}}})
+    cfg = yaml.safe_load(path.read_text())
+    cfg["stages"] = ["teach", "distill"]
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--output-dir", str(out)]) == 0
+    soft = json.loads((out / "seed-0" / "teach" / "soft_targets" / "RTE+unlabeled.json").read_text())
+    assert len(soft["ids"]) == 20 and soft["provenance"]["data_file"] == str(extra)
+    steps = [json.loads(l)["task"] for l in (out / "seed-0" / "distill" / "mtl" / "metrics.jsonl").read_text().splitlines()]
+    assert steps.count("RTE+unlabeled") == 20 // 8 + 1  # every unlabeled example trained once (batch 8)
+    student = json.loads((out / "seed-0" / "distill" / "mtl" / "model" / "config.json").read_text())
+    assert student["tasks"]["RTE+unlabeled"]["head_of"] == "RTE"
+
+
+def test_unlabeled_text_for_a_task_without_teacher_is_refused(glue_root, tiny_encoder, tmp_path):
+    path = _kd_config(glue_root, tiny_encoder, tmp_path, unlabeled={"SST-2": {"path": "x.tsv"}})
+    assert main(["run", str(path), "--output-dir", str(tmp_path / "out")]) == 2

@@ -16,9 +16,32 @@ from mtkd.config import RunConfig, to_dict
 from mtkd.data import EncodedSplit, encode_split, subsample
 from mtkd.loop import TrainSet, make_accelerator
 from mtkd.model import MTModel, resolve_encoder
-from mtkd.tasks import TaskSpec, load_task_specs
+from mtkd.errors import ConfigError
+from mtkd.tasks import TaskSpec, load_task_specs, task_from_dict
 
 log = logging.getLogger(__name__)
+
+
+UNLABELED_SUFFIX = "+unlabeled"
+
+
+def unlabeled_specs(cfg: RunConfig, specs: dict[str, TaskSpec]) -> dict[str, TaskSpec]:
+    """kd.unlabeled entries as pseudo-tasks that share their task's head and have no labels."""
+    out = {}
+    for task, src in cfg.kd.unlabeled.items():
+        if task not in specs:
+            raise ConfigError(f"kd.unlabeled: task {task!r} is not in the task list {list(specs)}")
+        if task not in cfg.kd.teacher_tasks:
+            raise ConfigError(f"kd.unlabeled: task {task!r} has no teacher (kd.teacher_tasks) to label its text")
+        if not isinstance(src, dict) or "path" not in src:
+            raise ConfigError(f"kd.unlabeled.{task}: expected a mapping with 'path' (and optional format, fields)")
+        base = specs[task]
+        fields = src.get("fields") or {k: v for k, v in base.fields.items() if k in ("text_a", "text_b")}
+        split = {k: v for k, v in src.items() if k != "fields"}
+        name = f"{task}{UNLABELED_SUFFIX}"
+        out[name] = task_from_dict(name, {"head": base.head.value, "labels": list(base.labels), "head_of": task,
+                                          "fields": fields, "splits": {"train": split}}, "kd.unlabeled")
+    return out
 
 
 def default_cache_dir() -> Path:
@@ -37,6 +60,7 @@ class RunContext:
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
         self.specs = load_task_specs({n: o.override for n, o in self.cfg.tasks.items()}, self.cfg.tasks_file)
+        self.specs.update(unlabeled_specs(self.cfg, self.specs))
         self.accelerator = make_accelerator(self.cfg.mtl.precision)
         self.cache_dir = Path(self.cfg.data.cache_dir) if self.cfg.data.cache_dir else default_cache_dir()
 
@@ -62,18 +86,27 @@ class RunContext:
         return self._encoded[key]
 
     def train_tasks(self) -> list[str]:
+        """Tasks with labelled training data (not AX, not the unlabeled-text pseudo-tasks)."""
         return [t for t, s in self.specs.items() if "train" in s.splits and s.head_of is None]
+
+    def unlabeled_tasks(self) -> dict[str, str]:
+        """pseudo-task (e.g. 'SST-2+unlabeled') -> the task whose head and teachers it uses."""
+        return {f"{t}{UNLABELED_SUFFIX}": t for t in self.cfg.kd.unlabeled}
 
     def train_set(self, task: str) -> TrainSet:
         data = self.encoded(task, "train")
-        return TrainSet(data, subsample(len(data), self.cfg.tasks[task].train_cap, self.cfg.data.cap_seed))
+        return TrainSet(data, subsample(len(data), self._cap(task, 'train_cap'), self.cfg.data.cap_seed))
+
+    def _cap(self, task: str, key: str) -> int | None:
+        opts = self.cfg.tasks.get(task)
+        return getattr(opts, key) if opts is not None else None
 
     def dev_sets(self, task: str) -> dict[str, tuple[EncodedSplit, np.ndarray]]:
         """report name (MNLI-m, ...) -> (encoded dev split, indices after dev_cap)."""
         out = {}
         for split in self.specs[task].eval_splits("dev"):
             data = self.encoded(task, split)
-            out[self.specs[task].report_name(split)] = (data, subsample(len(data), self.cfg.tasks[task].dev_cap, self.cfg.data.cap_seed))
+            out[self.specs[task].report_name(split)] = (data, subsample(len(data), self._cap(task, 'dev_cap'), self.cfg.data.cap_seed))
         return out
 
     def data_report(self) -> dict:

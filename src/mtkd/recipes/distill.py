@@ -39,7 +39,7 @@ def kd_loss_factory(ctx: RunContext, soft_dir: Path):
     Soft targets are aligned to each split's row order once, so a batch's `index` looks them up."""
     kd = ctx.cfg.kd
     tables = {}
-    for task in kd.teacher_tasks:
+    for task in list(kd.teacher_tasks) + list(ctx.unlabeled_tasks()):
         ts = ctx.train_set(task)
         tables[task] = torch.from_numpy(SoftTargets.load(soft_dir, task).aligned_to(ts.data, ts.indices))
 
@@ -58,7 +58,8 @@ def run(ctx: RunContext, out: Path, seed: int, soft_dir: Path) -> dict[str, Path
     """Train the student (MTL with soft targets, then fine-tune). Returns task -> model folder."""
     factory = kd_loss_factory(ctx, soft_dir)
     student = ctx.cfg.kd.student
-    mtl.run(ctx, out / "mtl", seed, loss_fn_factory=factory, encoder_cfg=student, desc="student mtl")
+    tasks = ctx.train_tasks() + list(ctx.unlabeled_tasks())  # unlabeled text: soft loss only (no labels)
+    mtl.run(ctx, out / "mtl", seed, tasks=tasks, loss_fn_factory=factory, encoder_cfg=student, desc="student mtl")
     finetune.run(ctx, out / "finetune", seed, out / "mtl" / "model",
                  loss_fn_factory=factory if ctx.cfg.kd.finetune_with_soft else None, desc="student finetune")
     return {t: out / "finetune" / t / "model" for t in (ctx.cfg.finetune_tasks or ctx.train_tasks())}

@@ -85,6 +85,12 @@ def run(ctx: RunContext, out: Path, seed: int) -> dict:
                 "temperature": kd.temperature, "kind": spec.head.value, "labels": list(spec.labels),
             }
             SoftTargets(task, [ts.data.ids[i] for i in ts.indices], ensemble_average(train_out), provenance).save(out / "soft_targets")
+            for pseudo in [p for p, base in ctx.unlabeled_tasks().items() if base == task]:
+                us = ctx.train_set(pseudo)  # extra unlabeled text: labelled by the same ensemble
+                outs = [_member_outputs(ctx, m, task, us.data, us.indices, kd.temperature) for m in models]
+                SoftTargets(pseudo, [us.data.ids[i] for i in us.indices], ensemble_average(outs),
+                            {**provenance, "data_file": us.data.meta["path"], "data_fingerprint": us.data.fingerprint}
+                            ).save(out / "soft_targets")
             for name, (data, idx) in ctx.dev_sets(task).items():
                 avg = ensemble_average([_member_outputs(ctx, m, task, data, idx, 1.0) for m in models])
                 logits = np.log(np.clip(avg, 1e-12, None)) if spec.head == HeadKind.CLASSIFICATION else avg[:, None]
