@@ -102,7 +102,14 @@ def _dispatch(args) -> int:
 
         if not args.task or not args.text:
             raise SystemExit("mtkd predict: give --task and --text (or CONFIG --output-dir for a submission)")
+        from mtkd.errors import ConfigError
+
         model = MTModel.from_pretrained(args.model)
+        unknown = [t for t in args.task if t not in model.tasks]
+        if unknown:
+            raise ConfigError(f"--task {', '.join(unknown)}: not a task of {args.model} (it has {', '.join(model.tasks)})")
+        if args.pair is not None and len(args.pair) != len(args.text):
+            raise ConfigError(f"give one --pair per --text ({len(args.text)} --text, {len(args.pair)} --pair)")
         print(json.dumps(model.predict(args.task, args.text, args.pair), indent=2, default=float))
         return 0
     cfg = load_config(args.config, args.overrides)

@@ -136,7 +136,7 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
                             keep=cfg.keep_checkpoints)
         accelerator.wait_for_everyone()  # no rank leaves (e.g. exits after a stop) before the checkpoint is complete
 
-    if main and step and (out_dir / "metrics.jsonl").is_file():
+    if main and (out_dir / "metrics.jsonl").is_file():
         _truncate_log(out_dir / "metrics.jsonl", step)  # drop records of steps the checkpoint does not hold
     metrics_f = open(out_dir / "metrics.jsonl", "a") if main else None
     tb = _tensorboard(out_dir / "tensorboard") if main else None
@@ -170,7 +170,8 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
                     if diverged:
                         checkpoint()  # the weights are still the last good ones: no step was taken
                         ids = [train_sets[task].data.ids[i] for i in idx[:10]]
-                        raise TrainingDiverged(f"{desc}: loss is {loss_value} at step {step}, task {task}, batch of "
+                        shown = loss_value if not math.isfinite(loss_value) else "not finite on another rank"
+                        raise TrainingDiverged(f"{desc}: loss is {shown} at step {step}, task {task}, batch of "
                                                f"{len(idx)} examples with ids {ids}...; checkpoint of the last good state saved")
                     accelerator.backward(loss)
                     if cfg.grad_clip > 0:
