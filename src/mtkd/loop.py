@@ -155,6 +155,7 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
                     for g in optimizer.param_groups:
                         g["lr"] = lr
                     batch = {k: v.to(accelerator.device) for k, v in collate(train_sets[task].data, idx, pad_multiple=pad).items()}
+                    rng_before = torch.get_rng_state()  # to checkpoint the exact state before a bad step
                     with accelerator.autocast():
                         logits = ddp_model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], task=task)
                     per_example = loss_fn(task, logits, batch)
@@ -168,7 +169,11 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
                         flags = accelerator.reduce(torch.tensor([float(diverged), float(stop_now)], device=accelerator.device), "sum")
                         diverged, stop_now = bool(flags[0] > 0), bool(flags[1] > 0)
                     if diverged:
-                        checkpoint()  # the weights are still the last good ones: no step was taken
+                        # the weights are still the last good ones (no step was taken); rewind the sampler
+                        # and RNG so the checkpoint is exactly the state before this batch
+                        sampler.position -= 1
+                        torch.set_rng_state(rng_before)
+                        checkpoint()
                         ids = [train_sets[task].data.ids[i] for i in idx[:10]]
                         shown = loss_value if not math.isfinite(loss_value) else "not finite on another rank"
                         raise TrainingDiverged(f"{desc}: loss is {shown} at step {step}, task {task}, batch of "

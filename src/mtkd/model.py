@@ -160,6 +160,7 @@ class MTModel(nn.Module):
         for t in names:
             if t not in self.tasks:
                 raise KeyError(f"unknown task {t!r}; this model has {list(self.tasks)}")
+        max_len = min(max_len, getattr(self.encoder.config, "max_position_embeddings", max_len))
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device

@@ -3,6 +3,7 @@ folders and the accelerator. Built once per `mtkd run`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -134,15 +135,33 @@ class RunContext:
         return MTModel.from_pretrained(folder, tasks=self.specs)
 
     # ------------------------------------------------------------------------------ stage done
+    def config_hash(self, folder: Path) -> str:
+        """Hash of the config sections a stage's result depends on (kd only for teach/distill)."""
+        d = self.config_dict()
+        keys = ["encoder", "data", "tasks", "tasks_file", "mtl", "finetune", "finetune_tasks"]
+        if {"teach", "distill"} & set(Path(folder).parts):
+            keys.append("kd")
+        payload = {k: d[k] for k in keys}
+        payload["data"] = {k: v for k, v in payload["data"].items() if k != "cache_dir"}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     def stage_done(self, folder: Path) -> dict | None:
+        """The finished stage's summary, or None. A stage finished under a different config is
+        refused: reusing it would mix results of two experiments."""
         f = Path(folder) / "DONE.json"
-        return json.loads(f.read_text()) if f.is_file() else None
+        if not f.is_file():
+            return None
+        info = json.loads(f.read_text())
+        if info.get("config_hash") not in (None, self.config_hash(folder)):
+            raise ConfigError(f"{folder} was produced with a different config (encoder/data/tasks/training "
+                              "settings changed); use a new --output-dir, or delete that folder to redo it")
+        return info
 
     def mark_done(self, folder: Path, info: dict) -> None:
         if self.main:
             Path(folder).mkdir(parents=True, exist_ok=True)
             tmp = Path(folder) / "DONE.json.tmp"
-            tmp.write_text(json.dumps(info, indent=2))
+            tmp.write_text(json.dumps({**info, "config_hash": self.config_hash(folder)}, indent=2))
             tmp.replace(Path(folder) / "DONE.json")
         self.accelerator.wait_for_everyone()
 
