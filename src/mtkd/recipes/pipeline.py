@@ -15,26 +15,14 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 
 from mtkd.config import RunConfig, Stage, save_config
 from mtkd.metrics import markdown_table
 from mtkd.recipes import evaluate, finetune, mtl, predict
+from mtkd.recipes.distill import aggregate
 from mtkd.recipes.context import RunContext, Timer
 
 log = logging.getLogger(__name__)
-
-
-def mean_std(per_seed: list[dict[str, dict[str, float]]]) -> tuple[dict, dict]:
-    """Cell-wise mean and standard deviation over seeds of {task: {metric: value}}."""
-    mean, std = {}, {}
-    for task in per_seed[0]:
-        mean[task], std[task] = {}, {}
-        for m in per_seed[0][task]:
-            vals = [r[task][m] for r in per_seed if task in r]
-            mean[task][m] = round(float(np.mean(vals)), 4)
-            std[task][m] = round(float(np.std(vals)), 4)
-    return mean, std
 
 
 def run(cfg: RunConfig, out_dir: Path) -> dict:
@@ -89,7 +77,8 @@ def run(cfg: RunConfig, out_dir: Path) -> dict:
                 (out_dir / "submission.zip").write_bytes((sd / "submission.zip").read_bytes())
     results = {}
     if per_seed and ctx.main:
-        results, std = mean_std(per_seed)
+        agg = aggregate({"mtdnn": per_seed}, cfg.seeds)  # the one seed-mean/std helper
+        results, std = agg["systems"]["mtdnn"], agg["std"]["mtdnn"]
         (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
         if len(per_seed) > 1:
             (out_dir / "metrics_std.json").write_text(json.dumps(std, indent=2))
