@@ -1,8 +1,9 @@
 """Inference: soft-target generation and serving every task head.
 
 1. Soft-target generation (a teacher's pass over a training set; MNLI train, the largest teacher
-   task): `mtkd.loop.predict_logits` (examples sorted by length, dynamic padding, batch 128, from the
-   tokenised cache) against a plain Hugging Face forward pass (AutoModelForSequenceClassification, eval,
+   task): `mtkd.loop.predict_logits` with the config's `predict` settings (examples sorted by
+   length, dynamic padding, batches of up to 128 examples and 8192 padded tokens, from the tokenised
+   cache) against a plain Hugging Face forward pass (AutoModelForSequenceClassification, eval,
    inference_mode) over the same examples in dataset order, batch 64, padded to max length 128 as
    run_glue tokenises (the padded batches are built before timing: the HF side is timed on the model
    alone, mtkd's side includes its collation).
@@ -58,7 +59,8 @@ def run(env) -> dict:
     def mtkd_gen(r):
         idx = gen_idx(r)
         t0 = time.perf_counter()
-        out = predict_logits(student, data, GEN_TASK, indices=idx, batch_size=128)
+        out = predict_logits(student, data, GEN_TASK, indices=idx, batch_size=ctx.cfg.predict.batch_size,
+                             max_tokens=ctx.cfg.predict.max_tokens)
         dt = time.perf_counter() - t0
         assert out.shape == (len(idx), n_labels)
         tok = int(data.lengths[idx].sum())
@@ -82,7 +84,7 @@ def run(env) -> dict:
         tok = int(data.lengths[idx].sum())
         return {"examples": len(idx), "tokens": tok, "seconds": dt, "examples_per_s": len(idx) / dt, "tokens_per_s": tok / dt}
 
-    gen_runs = interleave([("mtkd_predict_logits_b128_sorted", mtkd_gen), ("hf_forward_b64_padded128", hf_padded)],
+    gen_runs = interleave([("mtkd_predict_logits_sorted", mtkd_gen), ("hf_forward_b64_padded128", hf_padded)],
                           m.repeats, warmup=m.warmup_round, label=NAME)
     del hf
 
@@ -125,7 +127,7 @@ def run(env) -> dict:
 
     runs = {**gen_runs, **head_runs}
     ratios = {
-        "softtarget_gen_vs_padded_forward": paired_ratio(gen_runs["mtkd_predict_logits_b128_sorted"], gen_runs["hf_forward_b64_padded128"]),
+        "softtarget_gen_vs_padded_forward": paired_ratio(gen_runs["mtkd_predict_logits_sorted"], gen_runs["hf_forward_b64_padded128"]),
         "all_heads_one_pass_vs_per_task_models": paired_ratio(head_runs["all_heads_one_encoder_pass"],
                                                               head_runs[f"per_task_models_x{len(head_tasks)}"]),
     }
@@ -138,7 +140,8 @@ def run(env) -> dict:
     title = (f"## Inference ({env.encoder_label}; soft targets on {m.infer_examples} {GEN_TASK} examples, "
              f"all heads on {m.heads_examples}; {m.repeats} rounds interleaved)")
     print(f"\n{title}\n\n{t1}\n\n{t2}\n", flush=True)
-    settings = {"softtarget_task": GEN_TASK, "softtarget_examples": m.infer_examples, "mtkd_batch_size": 128,
+    settings = {"softtarget_task": GEN_TASK, "softtarget_examples": m.infer_examples, "mtkd_batch_size": ctx.cfg.predict.batch_size,
+                "mtkd_max_tokens": ctx.cfg.predict.max_tokens,
                 "hf_batch_size": 64, "hf_padding": f"max_length {max_len}", "heads_examples": m.heads_examples,
                 "head_tasks": head_tasks, "heads_batch_size": 128, "rounds": m.repeats,
                 "grad_mode": "torch.inference_mode for every contender"}

@@ -12,7 +12,7 @@ import torch
 
 import mtkd.data as data_mod
 from conftest import NEG, POS
-from mtkd.data import collate, encode_split, read_split, subsample
+from mtkd.data import collate, encode_split, length_batches, read_split, subsample
 from mtkd.errors import DataError, MtkdError
 from mtkd.tasks import HeadKind, glue_tasks, load_task_specs, task_from_dict
 
@@ -610,3 +610,47 @@ def test_subsample():
     np.testing.assert_array_equal(subsample(7, 50, 0), np.arange(7))
     assert len(subsample(5, 0, 0)) == 0
 
+
+
+# ============================================================================ inference batches
+@pytest.mark.parametrize("batch_size,max_tokens", [(4, None), (128, 40), (3, 25), (128, 5)])
+def test_length_batches_sorted_capped_and_complete(batch_size, max_tokens):
+    lengths = np.random.default_rng(0).integers(3, 30, size=57)
+    batches = length_batches(lengths, batch_size, max_tokens)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(57))  # every example exactly once
+    assert np.all(np.diff(lengths[flat]) >= 0)  # shortest first
+    for b in batches:
+        assert 1 <= len(b) <= batch_size
+        if max_tokens is not None and len(b) > 1:
+            assert len(b) * lengths[b].max() <= max_tokens
+    if max_tokens == 40:  # greedy: each batch as large as the budget allows
+        for b, nxt in zip(batches, batches[1:]):
+            assert (len(b) + 1) * lengths[nxt[0]] > 40
+
+
+def test_length_batches_known_split():
+    # sorted lengths 2,2,3,5,10 with a budget of 8 tokens: [2,2,(3? 3*3=9>8)] [3,(5? 2*5=10>8)] [5] [10 alone]
+    lengths = np.array([10, 2, 5, 2, 3])
+    got = [b.tolist() for b in length_batches(lengths, 128, 8)]
+    assert got == [[1, 3], [4], [2], [0]]
+    with pytest.raises(ValueError, match="positive"):
+        length_batches(lengths, 0, 8)
+
+
+def test_predict_logits_does_not_depend_on_batching(glue_root, tmp_path, tokenizer, tiny_encoder):
+    from mtkd.loop import predict_logits
+    from mtkd.model import MTModel
+
+    spec = GLUE["MRPC"]
+    data = encode_split(spec, "train", tokenizer, 64, tmp_path / "cache", root=glue_root)
+    torch.manual_seed(0)
+    model = MTModel.from_encoder(str(tiny_encoder), {"MRPC": spec}, init="pretrained")
+    idx = np.array([5, 0, 17, 3, 3, 40, 11])  # any order, repeats allowed: rows come back in this order
+    one = predict_logits(model, data, "MRPC", idx, batch_size=1)
+    budget = predict_logits(model, data, "MRPC", idx, batch_size=128, max_tokens=3 * int(data.lengths.max()))
+    assert one.shape == (7, 2)
+    np.testing.assert_allclose(budget, one, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(one[3], one[4])
+    alone = predict_logits(model, data, "MRPC", [40], batch_size=1)
+    np.testing.assert_allclose(one[5], alone[0], rtol=1e-5, atol=1e-6)

@@ -89,7 +89,10 @@ class TrainConfig:
 
 @dataclass
 class PredictConfig:
-    batch_size: int = 128
+    batch_size: int = 128  # most examples per inference batch
+    # most padded tokens per batch (batch rows x longest row): length-sorted short examples go in
+    # batches of up to batch_size, long ones in smaller batches; None: always batch_size
+    max_tokens: int | None = 8192
     submission: bool = True
 
 
@@ -276,6 +279,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         tc = getattr(cfg, section)
         if tc.batch_size < 1 or tc.lr <= 0 or tc.epochs <= 0:
             raise ConfigError(f"{path}: {section}: batch_size, lr and epochs must be positive")
+    if cfg.predict.batch_size < 1 or (cfg.predict.max_tokens is not None and cfg.predict.max_tokens < 1):
+        raise ConfigError(f"{path}: predict: batch_size and max_tokens must be positive, got "
+                          f"{cfg.predict.batch_size} and {cfg.predict.max_tokens}")
     return cfg
 
 

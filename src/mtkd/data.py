@@ -386,6 +386,28 @@ def collate(data: EncodedSplit, indices, pad_id: int = 0, pad_multiple: int = 1)
     return batch
 
 
+def length_batches(lengths, batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
+    """Inference batches: positions into `lengths`, sorted by length, each batch holding at most
+    `batch_size` examples and at most `max_tokens` padded tokens (rows x longest row; a single
+    example longer than that gets a batch of its own). Sorting keeps padding small; the token
+    budget lets short examples go in large batches (fewer, better-filled matmuls) and long ones in
+    small batches (bounded activation memory)."""
+    if batch_size < 1 or (max_tokens is not None and max_tokens < 1):
+        raise ValueError(f"batch_size and max_tokens must be positive, got {batch_size} and {max_tokens}")
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    sorted_lens = np.asarray(lengths)[order]
+    batches, i = [], 0
+    while i < len(order):
+        size = min(batch_size, len(order) - i)
+        if max_tokens is not None:
+            # padded cost of taking the next k examples = k * length of the k-th (lengths ascend)
+            cost = np.arange(1, size + 1) * sorted_lens[i:i + size]
+            size = max(1, int(np.searchsorted(cost, max_tokens, side="right")))
+        batches.append(order[i:i + size])
+        i += size
+    return batches
+
+
 def subsample(n: int, cap: int | None, seed: int) -> np.ndarray:
     """Indices of a seeded random subset of size `cap` (all, in order, when cap is None or >= n)."""
     if cap is None or cap >= n:

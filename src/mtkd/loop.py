@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from mtkd.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from mtkd.config import Optimizer, Precision, TrainConfig
-from mtkd.data import EncodedSplit, collate
+from mtkd.data import EncodedSplit, collate, length_batches
 from mtkd.errors import TrainingDiverged
 from mtkd.losses import hard_loss
 from mtkd.sampler import MultiTaskBatchSampler
@@ -248,16 +248,15 @@ def _tensorboard(folder: Path):
 
 @torch.inference_mode()
 def predict_logits(model, data: EncodedSplit, task: str, indices=None, batch_size: int = 128,
-                   device=None) -> np.ndarray:
+                   device=None, max_tokens: int | None = None) -> np.ndarray:
     """Logits (N, C) for examples `indices` of `data` (default: all), in the given order.
-    Examples are run sorted by length, so batches carry little padding."""
+    Examples are run sorted by length in batches of at most `batch_size` examples and `max_tokens`
+    padded tokens (see `length_batches`), so batches carry little padding."""
     model.eval()
     device = device or next(model.parameters()).device
     indices = np.arange(len(data)) if indices is None else np.asarray(indices)
-    order = np.argsort(data.lengths[indices], kind="stable")
     out = np.zeros((len(indices), model.heads[model.tasks[task].head_name].out.out_features), dtype=np.float32)
-    for i in range(0, len(order), batch_size):
-        sel = order[i:i + batch_size]
+    for sel in length_batches(data.lengths[indices], batch_size, max_tokens):
         b = collate(data, indices[sel])
         logits = model(b["input_ids"].to(device), b["attention_mask"].to(device), b["token_type_ids"].to(device), task=task)
         out[sel] = logits.float().cpu().numpy()

@@ -26,7 +26,8 @@ def run(ctx: RunContext, models: dict[str, Path], out: Path | None = None) -> di
                 cache = {folder: ctx.load_model(folder).to(ctx.accelerator.device)}
             model = cache[folder]
             for name, (data, idx) in ctx.dev_sets(task).items():
-                logits = predict_logits(model, data, task, idx, ctx.cfg.predict.batch_size)
+                logits = predict_logits(model, data, task, idx, ctx.cfg.predict.batch_size,
+                                        max_tokens=ctx.cfg.predict.max_tokens)
                 groups = data.groups[idx] if data.groups is not None else None
                 preds = predictions_from_logits(spec, logits, groups)
                 results[name] = compute_metrics(spec, data.labels[idx], preds)

@@ -37,7 +37,8 @@ def run(ctx: RunContext, models: dict[str, Path], out: Path) -> list[str]:
                     continue
                 if folder not in cache:
                     cache = {folder: ctx.load_model(folder).to(ctx.accelerator.device)}
-                logits = predict_logits(cache[folder], data, task, None, ctx.cfg.predict.batch_size)
+                logits = predict_logits(cache[folder], data, task, None, ctx.cfg.predict.batch_size,
+                                        max_tokens=ctx.cfg.predict.max_tokens)
                 groups = data.groups if data.groups is not None else None
                 preds = predictions_from_logits(spec, logits, groups)
                 write_submission_file(sub / f"{spec.report_name(split)}.tsv", data.ids, preds, spec)

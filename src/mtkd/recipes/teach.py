@@ -37,7 +37,8 @@ def candidates(ctx: RunContext, seed: int) -> list[dict]:
 
 
 def _member_outputs(ctx, model, task, data, indices, temperature):
-    logits = predict_logits(model, data, task, indices, ctx.cfg.predict.batch_size)
+    logits = predict_logits(model, data, task, indices, ctx.cfg.predict.batch_size,
+                            max_tokens=ctx.cfg.predict.max_tokens)
     if ctx.specs[task].head == HeadKind.CLASSIFICATION:
         return softmax(logits, temperature)
     return logits[:, 0]
@@ -113,7 +114,8 @@ def _dev_score(ctx: RunContext, model_dir: Path, tasks: list[str], cdir: Path) -
         for t in tasks:
             spec = ctx.specs[t]
             for _, (data, idx) in ctx.dev_sets(t).items():
-                logits = predict_logits(model, data, t, idx, ctx.cfg.predict.batch_size)
+                logits = predict_logits(model, data, t, idx, ctx.cfg.predict.batch_size,
+                                        max_tokens=ctx.cfg.predict.max_tokens)
                 per_task.append(np.mean(list(compute_metrics(spec, data.labels[idx], predictions_from_logits(spec, logits)).values())))
         path.write_text(json.dumps({"tasks": tasks, "score": float(np.mean(per_task))}))
     ctx.accelerator.wait_for_everyone()
