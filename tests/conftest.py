@@ -21,21 +21,10 @@ NOUNS = ["film", "movie", "plot", "cast", "story", "show"]
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory) -> Path:
-    """A 2-layer, hidden-64 BERT with random weights, saved as a Hugging Face folder together with
-    the bundled MiniLM tokenizer (so tokenisation is the real one, the model tiny)."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    """A tiny random BERT with the bundled MiniLM tokenizer (so tokenisation is the real one)."""
+    from mtkd.testing import save_tiny_encoder
 
-    from mtkd.model import resolve_encoder
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tok = AutoTokenizer.from_pretrained(resolve_encoder("default"), use_fast=True)
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=128, max_position_embeddings=128)
-    BertModel(cfg, add_pooling_layer=False).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"), max_positions=128)
 
 
 def _sentence(rng, positive: bool) -> str:
