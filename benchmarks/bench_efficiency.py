@@ -9,6 +9,10 @@ included: what the CPU executes) divided by their time (first forward -> last op
 bookkeeping and the optimizer included) is the achieved FLOP/s. The analytic BERT estimate
 (6 * non-embedding params * tokens + 12 * layers * hidden * L^2 * B) is reported beside it.
 
+Two workloads: the MTL mix of configs/glue-cpu.yaml (real GLUE lengths, mean ~40 tokens: small,
+less efficient matmuls), and the issue's reference shape, batch 32 x 128 tokens (synthetic SST-2
+examples of exactly 128 tokens through the same unmodified training loop).
+
 Peak: a square fp32 `torch.mm` (2048 x 2048 in --quick/--full), the median of repeats, measured in the
 same rounds as the training runs (interleaved). Fraction = achieved / peak, paired per round.
 
@@ -33,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (fixed_train_sets, interleave, md_table, mmm, paired_ratio, payload, ratio_table, run_mtkd,
+from common import (BATCH, fixed_train_sets, interleave, md_table, mmm, paired_ratio, payload, ratio_table, run_mtkd,
                     standalone, stats, summarize)
 
 NAME = "efficiency"
@@ -79,6 +83,23 @@ def step_flops(fm: dict, shapes) -> float:
 def analytic_flops(fm: dict, shapes) -> float:
     return float(sum(6 * fm["nonembedding_params"] * bsz * w + 12 * fm["layers"] * fm["hidden"] * w * w * bsz
                      for bsz, w, _ in shapes))
+
+
+def full_width_sets(env, n_batches: int, seed: int, width: int = 128) -> dict:
+    """One task's TrainSet of n_batches * BATCH synthetic examples of exactly `width` tokens
+    (random word pieces, random labels): every step runs at batch BATCH x width."""
+    from mtkd.data import EncodedSplit
+    from mtkd.loop import TrainSet
+
+    task = "SST-2" if "SST-2" in env.ctx.specs else env.ctx.train_tasks()[0]
+    n = n_batches * BATCH
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, 2000, size=n * width).astype(np.int32)
+    ids[::width] = 101  # [CLS]
+    data = EncodedSplit(task, "synthetic", [f"s{i}" for i in range(n)], ids, np.zeros(n * width, dtype=np.int8),
+                        np.arange(n + 1, dtype=np.int64) * width, rng.integers(0, 2, size=n).astype(np.int64),
+                        {"data_fingerprint": "synthetic", "max_len": width})
+    return {task: TrainSet(data, np.arange(n, dtype=np.int64))}
 
 
 # ------------------------------------------------------------------------------------- matmul peak
@@ -175,8 +196,15 @@ def run(env) -> dict:
             cache[r] = fixed_train_sets(env, tasks, m.warmup_steps if r < 0 else m.flops_steps, seed=5000 + r)
         return cache[r]
 
-    def train_fn(r):
-        res = run_mtkd(env, sets(r), 5000 + r)
+    wide: dict = {}
+
+    def wide_sets(r):
+        if r not in wide:
+            wide[r] = full_width_sets(env, m.warmup_steps if r < 0 else m.flops_steps, seed=6000 + r)
+        return wide[r]
+
+    def timed_flops(train_sets, seed):
+        res = run_mtkd(env, train_sets, seed)
         shapes = [tuple(s) for s in res.pop("shapes")]
         res["flops"] = step_flops(fm, shapes)
         res["flops_analytic"] = analytic_flops(fm, shapes)
@@ -184,24 +212,32 @@ def run(env) -> dict:
         res["flop_per_s_analytic"] = res["flops_analytic"] / res["seconds"]
         return res
 
-    runs = interleave([("matmul_peak", lambda r: matmul_peak(m.matmul_n, m.matmul_reps)), ("mtkd_mtl_train_step", train_fn)],
+    runs = interleave([("matmul_peak", lambda r: matmul_peak(m.matmul_n, m.matmul_reps)),
+                       ("mtkd_mtl_train_step", lambda r: timed_flops(sets(r), 5000 + r)),
+                       ("mtkd_train_step_32x128", lambda r: timed_flops(wide_sets(r), 6000 + r))],
                       m.repeats, warmup=m.warmup_round, label=NAME)
     rss = measure_rss(env)
 
-    ratios = {"train_step_fraction_of_matmul_peak": paired_ratio(runs["mtkd_mtl_train_step"], runs["matmul_peak"], "flop_per_s")}
+    ratios = {"train_step_fraction_of_matmul_peak": paired_ratio(runs["mtkd_mtl_train_step"], runs["matmul_peak"], "flop_per_s"),
+              "train_step_32x128_fraction_of_matmul_peak": paired_ratio(runs["mtkd_train_step_32x128"], runs["matmul_peak"],
+                                                                         "flop_per_s")}
     rss_stats = stats([rss["peak_rss_mb"]])
     summ = {"matmul_peak": summarize(runs["matmul_peak"], ["flop_per_s", "flop_per_s_best", "seconds_median"]),
-            "mtkd_mtl_train_step": summarize(runs["mtkd_mtl_train_step"], KEYS_TRAIN + ["flop_per_s_analytic"])}
+            "mtkd_mtl_train_step": summarize(runs["mtkd_mtl_train_step"], KEYS_TRAIN + ["flop_per_s_analytic"]),
+            "mtkd_train_step_32x128": summarize(runs["mtkd_train_step_32x128"], KEYS_TRAIN + ["flop_per_s_analytic"])}
     def gflops(s):
         return {k: s[k] / 1e9 for k in ("median", "min", "max")}
 
-    mm_s, tr_s = summ["matmul_peak"], summ["mtkd_mtl_train_step"]
+    mm_s, tr_s, wide_s = summ["matmul_peak"], summ["mtkd_mtl_train_step"], summ["mtkd_train_step_32x128"]
     rows = [["fp32 matmul peak", f"{m.matmul_n}x{m.matmul_n} mm, median of {m.matmul_reps}", mmm(gflops(mm_s["flop_per_s"]))],
             ["mtkd MTL training step", f"{m.flops_steps} steps, FlopCounterMode FLOPs", mmm(gflops(tr_s["flop_per_s"]))],
-            ["  (analytic FLOPs)", "6*P*tokens + attention", mmm(gflops(tr_s["flop_per_s_analytic"]))]]
+            ["  (analytic FLOPs)", "6*P*tokens + attention", mmm(gflops(tr_s["flop_per_s_analytic"]))],
+            ["mtkd training step, batch 32 x 128", f"{m.flops_steps} steps, synthetic full-width SST-2",
+             mmm(gflops(wide_s["flop_per_s"]))]]
     t1 = md_table(["what", "how", "GFLOP/s median (min-max)"], rows)
     ratios_all = {**ratios, "peak_rss_mtl_mb": rss_stats}
-    what = {"train_step_fraction_of_matmul_peak": "achieved training FLOP/s / matmul peak",
+    what = {"train_step_fraction_of_matmul_peak": "achieved training FLOP/s / matmul peak (MTL mix, real lengths)",
+            "train_step_32x128_fraction_of_matmul_peak": "achieved training FLOP/s / matmul peak (batch 32 x 128)",
             "peak_rss_mtl_mb": f"ru_maxrss, {rss['steps']} MTL steps, fresh process"}
     t2 = ratio_table(ratios_all, what)
     title = f"## Efficiency ({env.encoder_label}; {env.threads} threads; {m.repeats} rounds interleaved)"
