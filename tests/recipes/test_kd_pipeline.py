@@ -35,6 +35,11 @@ def test_kd_experiment_writes_four_systems_and_reuses_stages(glue_root, tiny_enc
     for row in ("Single-task fine-tuning", "MT-DNN", "MT-DNN ensemble", "MT-DNN-KD"):
         assert row in md
     assert "**" in md  # best single-model number marked
+    comp = res["comparison"]
+    assert set(comp["kd_minus_mtdnn"]) == {"SST-2", "STS-B", "RTE", "MNLI"}
+    assert comp["kd_beats_mtdnn"]["of"] == 4 and comp["kd_beats_mtdnn"]["of_without_teacher"] == 1
+    assert set(comp["ensemble_minus_mtdnn"]) == {"STS-B", "RTE", "MNLI"}
+    assert "The paper's Table 3 questions" in md and "MT-DNN-KD better than MT-DNN on" in md
     assert {p.name for p in (out / "charts").glob("*.png")} == {"SST-2.png", "STS-B.png", "RTE.png", "MNLI.png"}
     # teachers: 2 of 3 candidates kept, soft targets with provenance for each teacher task
     teach = json.loads((out / "seed-0" / "teach" / "DONE.json").read_text())
@@ -87,3 +92,26 @@ def test_unlabeled_text_gets_soft_targets_and_self_distillation(glue_root, tiny_
 def test_unlabeled_text_for_a_task_without_teacher_is_refused(glue_root, tiny_encoder, tmp_path):
     path = _kd_config(glue_root, tiny_encoder, tmp_path, unlabeled={"SST-2": {"path": "x.tsv"}})
     assert main(["run", str(path), "--output-dir", str(tmp_path / "out")]) == 2
+
+
+def test_compare_answers_the_table3_questions_from_known_numbers():
+    from mtkd.recipes.distill import compare, results_markdown
+
+    systems = {
+        "single_task": {"SST-2": {"accuracy": 80.0}, "RTE": {"accuracy": 60.0}, "MRPC": {"accuracy": 80.0, "f1": 86.0}},
+        "mtdnn": {"SST-2": {"accuracy": 82.0}, "RTE": {"accuracy": 63.0}, "MRPC": {"accuracy": 78.0, "f1": 84.0}},
+        "ensemble": {"RTE": {"accuracy": 67.0}},
+        "mtdnn_kd": {"SST-2": {"accuracy": 83.0}, "RTE": {"accuracy": 66.0}, "MRPC": {"accuracy": 77.0, "f1": 85.0}},
+    }
+    c = compare(systems, ["RTE"])
+    assert c["kd_minus_mtdnn"] == {"SST-2": 1.0, "RTE": 3.0, "MRPC": 0.0}  # MRPC: mean 81 vs 81
+    assert c["kd_beats_mtdnn"] == {"tasks": ["RTE", "SST-2"], "of": 3, "mean_diff": round(4 / 3, 4),
+                                   "tasks_without_teacher": ["SST-2"], "of_without_teacher": 2,
+                                   "mean_diff_without_teacher": 0.5}
+    assert c["ensemble_minus_mtdnn"] == {"RTE": 4.0} and c["ensemble_gain_kept"] == {"RTE": 0.75}
+    assert c["mtdnn_minus_single_task"] == {"SST-2": 2.0, "RTE": 3.0, "MRPC": -2.0}
+    assert c["mtdnn_beats_single_task"]["tasks"] == ["RTE", "SST-2"]
+    md = results_markdown({"systems": systems, "seeds": [1], "comparison": c, "notes": {"RTE": "a note"}})
+    assert "MT-DNN-KD better than MT-DNN on 2 of 3 tasks (mean +1.33)" in md
+    assert "RTE 75%" in md and "- RTE: a note" in md
+    assert compare({"mtdnn": systems["mtdnn"]}, ["RTE"]) == {}  # nothing to compare

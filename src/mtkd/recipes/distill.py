@@ -88,6 +88,7 @@ def run_experiment(ctx: RunContext, timed) -> dict:
             models = timed(f"seed-{seed}/distill", lambda: run(ctx, sd / "distill", seed, sd / "teach" / "soft_targets"))
             per_seed["mtdnn_kd"].append(_evaluate(ctx, models, sd / "eval" / "mtdnn_kd"))
     results = aggregate(per_seed, cfg.seeds)
+    results["comparison"] = compare(results["systems"], cfg.kd.teacher_tasks)
     if ctx.main:
         timings = json.loads((out_dir / "timings.json").read_text()) if (out_dir / "timings.json").is_file() else {}
         results.update(timings=timings, config=ctx.config_dict(),
@@ -125,6 +126,64 @@ def _cell_value(metrics: dict[str, float]) -> float:
     return float(np.mean(list(metrics.values())))
 
 
+def compare(systems: dict, teacher_tasks) -> dict:
+    """The paper's Table 3 questions as numbers (x100 points, each task's mean metric):
+    MT-DNN-KD vs MT-DNN per task (also on tasks without a teacher), the ensemble's gain over MT-DNN
+    on the teacher tasks and the share of it the student keeps, MT-DNN vs single-task."""
+    def diff(a: str, b: str, tasks=None) -> dict[str, float]:
+        if a not in systems or b not in systems:
+            return {}
+        common = [t for t in systems[a] if t in systems[b] and (tasks is None or t in tasks)]
+        return {t: round(_cell_value(systems[a][t]) - _cell_value(systems[b][t]), 4) for t in common}
+
+    def wins(d: dict[str, float], tasks=None) -> dict:
+        sel = {t: v for t, v in d.items() if tasks is None or t in tasks}
+        return {"tasks": sorted(t for t, v in sel.items() if v > 0), "of": len(sel),
+                "mean_diff": round(float(np.mean(list(sel.values()))), 4) if sel else None}
+
+    teachers = set(teacher_tasks)
+    out: dict = {}
+    kd = diff("mtdnn_kd", "mtdnn")
+    if kd:
+        no_teacher = [t for t in kd if t not in teachers]
+        w = wins(kd)
+        w_free = wins(kd, no_teacher)
+        out["kd_minus_mtdnn"] = kd
+        out["kd_beats_mtdnn"] = {**w, "tasks_without_teacher": w_free["tasks"], "of_without_teacher": w_free["of"],
+                                 "mean_diff_without_teacher": w_free["mean_diff"]}
+    ens = diff("ensemble", "mtdnn", teachers)
+    if ens:
+        out["ensemble_minus_mtdnn"] = ens
+        # share of the ensemble's gain the student keeps, per task where the ensemble gained
+        out["ensemble_gain_kept"] = {t: round(kd[t] / g, 4) for t, g in ens.items() if g > 0 and t in kd}
+    st = diff("mtdnn", "single_task")
+    if st:
+        out["mtdnn_minus_single_task"] = st
+        out["mtdnn_beats_single_task"] = wins(st)
+    return out
+
+
+def _comparison_lines(c: dict) -> list[str]:
+    lines = ["", "The paper's Table 3 questions (differences in points, each task's mean metric):"]
+    if "kd_beats_mtdnn" in c:
+        k = c["kd_beats_mtdnn"]
+        lines.append(f"- MT-DNN-KD better than MT-DNN on {len(k['tasks'])} of {k['of']} tasks "
+                     f"(mean {k['mean_diff']:+.2f}); on tasks without a teacher {len(k['tasks_without_teacher'])} "
+                     f"of {k['of_without_teacher']}" + (f" (mean {k['mean_diff_without_teacher']:+.2f})"
+                                                         if k["mean_diff_without_teacher"] is not None else "") + ".")
+        lines.append("  per task: " + ", ".join(f"{t} {v:+.1f}" for t, v in c["kd_minus_mtdnn"].items()))
+    if "ensemble_minus_mtdnn" in c:
+        lines.append("- Ensemble minus MT-DNN on the teacher tasks: "
+                     + ", ".join(f"{t} {v:+.1f}" for t, v in c["ensemble_minus_mtdnn"].items())
+                     + "; share of that gain the student keeps (where the ensemble gained): "
+                     + (", ".join(f"{t} {v:.0%}" for t, v in c["ensemble_gain_kept"].items()) or "none gained") + ".")
+    if "mtdnn_beats_single_task" in c:
+        m = c["mtdnn_beats_single_task"]
+        lines.append(f"- MT-DNN better than single-task fine-tuning on {len(m['tasks'])} of {m['of']} tasks "
+                     f"(mean {m['mean_diff']:+.2f}): " + ", ".join(f"{t} {v:+.1f}" for t, v in c["mtdnn_minus_single_task"].items()) + ".")
+    return lines
+
+
 def results_markdown(results: dict) -> str:
     """Rows = systems, columns = tasks + mean; the best single-model number per column in bold
     (the ensemble is not a single model). With several seeds cells read mean ± std."""
@@ -153,8 +212,10 @@ def results_markdown(results: dict) -> str:
     lines.append("")
     lines.append(f"Dev results x100, seeds {results.get('seeds')}; bold: best single model per column "
                  "(the ensemble row covers the teacher tasks only; its mean is over those). Mean = mean over tasks of each task's mean metric.")
-    for t, n in (results.get("notes") or {}).items():
-        lines.append(f"- {t}: {n}")
+    if results.get("comparison"):
+        lines += _comparison_lines(results["comparison"])
+    if results.get("notes"):
+        lines += ["", "Data notes:"] + [f"- {t}: {n}" for t, n in results["notes"].items()]
     return "\n".join(lines) + "\n"
 
 
