@@ -82,13 +82,14 @@ def main() -> None:
         tmp = Path(tmp)
         t0 = time.time()
         path = write_task(tmp, args.n)
+        file_mb = round(path.stat().st_size / 1e6, 1)
         print(f"wrote {args.n} examples ({path.stat().st_size / 1e6:.0f} MB) in {time.time() - t0:.0f}s", file=sys.stderr)
         rows = []
         for mode in ("tokenise", "epoch"):  # the second run reads the cache written by the first
             res = subprocess.run([sys.executable, __file__, "--child", mode, str(path), str(tmp / "cache")],
                                  capture_output=True, text=True, check=True)
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    report = {"n_examples": args.n, "file_mb": round(path.stat().st_size / 1e6, 1) if path.exists() else None, "runs": rows}
+    report = {"n_examples": args.n, "file_mb": file_mb, "runs": rows}
     print("| stage | examples | tokens | peak RSS (MB) | RSS before (MB) | seconds |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -83,3 +83,18 @@ def test_training_contenders_saw_the_same_batches(smoke_out):
     assert all(doc["settings"]["trainer_dynamic_same_batches_as_mtkd"].values())
     runs = doc["contenders"]["sst2:mtkd"]["runs"] + doc["contenders"]["sst2:trainer_dynamic"]["runs"]
     assert len({(r["examples"], r["tokens"]) for r in runs}) == 1
+
+
+def test_bench_memory_smoke(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_memory.py"), "--n", "300", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "memory.json").read_text())
+    assert doc["n_examples"] == 300 and doc["file_mb"] > 0
+    assert [r["mode"] for r in doc["runs"]] == ["tokenise", "epoch"]
+    for r in doc["runs"]:
+        assert r["examples"] == 300 and r["tokens"] > 300 * 10
+        assert _positive_finite(r["peak_rss_mb"]) and r["peak_rss_mb"] >= r["baseline_rss_mb"]
+    assert doc["runs"][1]["batches"] == -(-300 // 32)
+    assert "| tokenise | 300 |" in proc.stdout
