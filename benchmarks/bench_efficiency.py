@@ -18,7 +18,8 @@ same rounds as the training runs (interleaved). Fraction = achieved / peak, pair
 
 Peak RSS: a fresh subprocess builds the run context from configs/glue-cpu.yaml (all nine tasks
 tokenised and memory-mapped, capped train sets), a fresh model, and runs `mtkd.loop.train` for a few
-hundred MTL steps with the config's checkpointing; ru_maxrss at the end is the peak.
+hundred MTL steps with the config's checkpointing; its VmHWM at the end is the peak (not ru_maxrss,
+which a subprocess inherits from its parent: see common.peak_rss_mb).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -121,16 +121,6 @@ def matmul_peak(n: int, reps: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- RSS
-def _rss_now_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
 def rss_child(args) -> None:
     """Runs in a fresh process: MTL training on the config's data path; prints one JSON line."""
     import tempfile
@@ -146,22 +136,24 @@ def rss_child(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    marks = {"after_imports": _rss_now_mb()}
+    marks = {"after_imports": common.rss_now_mb()}
     work = Path(tempfile.mkdtemp(prefix="mtkd-rss-"))
     ctx = RunContext(load_config(common.CONFIG, json.loads(args.overrides)), out_dir=work)
     train_sets = {t: ctx.train_set(t) for t in ctx.train_tasks()}
-    marks["after_data"] = _rss_now_mb()
+    marks["after_data"] = common.rss_now_mb()
+    # the peak so far: tokenising (on a cold cache) can exceed training's peak; reported apart
+    peak_data = common.peak_rss_mb()
     model = ctx.new_model()
-    marks["after_model"] = _rss_now_mb()
+    marks["after_model"] = common.rss_now_mb()
     cfg = dataclasses.replace(ctx.cfg.mtl, max_steps=args.steps)  # the config's checkpointing kept
     run_dir = work / "run"
     run_dir.mkdir()
     t0 = time.time()
     summary = train(model, train_sets, cfg, 0, run_dir, ctx.accelerator, desc="rss")
-    marks["after_train"] = _rss_now_mb()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    marks["after_train"] = common.rss_now_mb()
+    peak = common.peak_rss_mb()
     shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"peak_rss_mb": peak, "rss_marks_mb": marks, "steps": summary["steps"],
+    print(json.dumps({"peak_rss_mb": peak, "peak_rss_data_mb": peak_data, "rss_marks_mb": marks, "steps": summary["steps"],
                       "examples": summary["examples"], "seconds": time.time() - t0,
                       "train_examples": {t: len(s.indices) for t, s in train_sets.items()},
                       "checkpoint_every": cfg.checkpoint_every}))
@@ -238,7 +230,7 @@ def run(env) -> dict:
     ratios_all = {**ratios, "peak_rss_mtl_mb": rss_stats}
     what = {"train_step_fraction_of_matmul_peak": "achieved training FLOP/s / matmul peak (MTL mix, real lengths)",
             "train_step_32x128_fraction_of_matmul_peak": "achieved training FLOP/s / matmul peak (batch 32 x 128)",
-            "peak_rss_mtl_mb": f"ru_maxrss, {rss['steps']} MTL steps, fresh process"}
+            "peak_rss_mtl_mb": f"VmHWM, {rss['steps']} MTL steps, fresh process"}
     t2 = ratio_table(ratios_all, what)
     title = f"## Efficiency ({env.encoder_label}; {env.threads} threads; {m.repeats} rounds interleaved)"
     print(f"\n{title}\n\n{t1}\n\n{t2}\n", flush=True)

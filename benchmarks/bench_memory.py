@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -52,7 +51,9 @@ def child(mode: str, path: str, cache: str) -> None:
     from mtkd.sampler import MultiTaskBatchSampler
 
     tok = AutoTokenizer.from_pretrained(resolve_encoder("default"), use_fast=True)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from common import peak_rss_mb
+
+    base = peak_rss_mb()
     t0 = time.time()
     data = encode_split(_spec(Path(path)), "train", tok, 128, cache)
     out = {"examples": len(data), "tokens": int(data.offsets[-1])}
@@ -66,7 +67,7 @@ def child(mode: str, path: str, cache: str) -> None:
             batches += 1
         out["batches"] = batches
     out.update(mode=mode, seconds=round(time.time() - t0, 1), baseline_rss_mb=round(base, 1),
-               peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+               peak_rss_mb=round(peak_rss_mb(), 1))
     print(json.dumps(out))
 
 

@@ -47,6 +47,33 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# ------------------------------------------------------------------------------------------ memory
+def _status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def rss_now_mb() -> float:
+    return _status_mb("VmRSS") or float("nan")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (MB): VmHWM, the high-water mark of its own address space.
+    Not ru_maxrss: Linux carries ru_maxrss over fork + exec, so a subprocess of a large parent
+    reports at least the parent's RSS at the fork (the 3.4-3.5 GB "peaks" of earlier runs)."""
+    hwm = _status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 # ------------------------------------------------------------------------------------------ modes
 @dataclass(frozen=True)
 class Mode:

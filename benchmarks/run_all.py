@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     summary = dict(ratio_stats)
     if combined["peak_rss_mtl_mb"] is not None:
         summary["peak_rss_mtl_mb"] = common.stats([combined["peak_rss_mtl_mb"]])
-        what["peak_rss_mtl_mb"] = f"ru_maxrss of {docs['efficiency']['rss']['steps']} MTL steps, fresh process"
+        what["peak_rss_mtl_mb"] = f"VmHWM of {docs['efficiency']['rss']['steps']} MTL steps, fresh process"
     print(f"\n## Summary ({env.mode.name}, {combined['wall_s']['total']:.0f} s)\n\n{common.ratio_table(summary, what)}\n")
     print(f"wrote {path} and {', '.join(f'{n}.json' for n in docs)}")
     if errors:
