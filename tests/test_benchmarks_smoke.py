@@ -98,3 +98,12 @@ def test_bench_memory_smoke(tmp_path):
         assert _positive_finite(r["peak_rss_mb"]) and r["peak_rss_mb"] >= r["baseline_rss_mb"]
     assert doc["runs"][1]["batches"] == -(-300 // 32)
     assert "| tokenise | 300 |" in proc.stdout
+
+
+def test_profile_step_smoke():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "profile_step.py"), "--batch", "2", "--width", "8",
+                           "--repeats", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in ("| forward |", "| backward |", "| clip |", "| optimizer |", "| total |", "aten::addmm"):
+        assert row in proc.stdout
