@@ -214,3 +214,17 @@ def test_resume_refuses_a_checkpoint_of_another_task_set(setup, tmp_path):
         mtl.run(RunContext(load_config(setup.cfg, ["mtl.max_steps=4"]), out), out, 0)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
     assert not (out / "model").exists()
+
+
+@pytest.mark.parametrize("precision,cuda,bf16,expected", [
+    ("auto", True, True, "bf16"), ("auto", True, False, "fp16"), ("fp16", True, True, "fp16"),
+    ("bf16", True, True, "bf16"), ("fp32", True, True, "no"),
+    ("auto", False, False, "no"), ("bf16", False, False, "no"), ("fp16", False, False, "no"),
+])
+def test_amp_on_cuda_fp32_on_cpu(precision, cuda, bf16, expected):
+    from mtkd.config import Precision
+    from mtkd.loop import make_accelerator, mixed_precision_mode
+
+    assert mixed_precision_mode(Precision(precision), cuda, bf16) == expected
+    if not torch.cuda.is_available():
+        assert make_accelerator(Precision(precision)).mixed_precision == "no"

@@ -45,15 +45,21 @@ class TrainingInterrupted(SystemExit):
     """SIGINT/SIGTERM: the current step finished and a checkpoint was written."""
 
 
+def mixed_precision_mode(precision: Precision, cuda: bool, bf16_supported: bool) -> str:
+    """Accelerate's mixed_precision: fp32 ("no") on CPU whatever the config says (bf16 is emulated on
+    AVX2 CPUs and far slower); on CUDA, AUTO means bf16 where supported, else fp16 (with a scaler)."""
+    if not cuda or precision == Precision.FP32:
+        return "no"
+    if precision == Precision.AUTO:
+        return "bf16" if bf16_supported else "fp16"
+    return precision.value
+
+
 def make_accelerator(precision: Precision):
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    mp = "no"
-    if torch.cuda.is_available():
-        if precision == Precision.AUTO:
-            mp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        elif precision in (Precision.BF16, Precision.FP16):
-            mp = precision.value
+    cuda = torch.cuda.is_available()
+    mp = mixed_precision_mode(precision, cuda, cuda and torch.cuda.is_bf16_supported())
     # Accelerate treats a `torchrun` launch without a GPU as N unrelated single processes (each
     # training alone and writing the same files) unless told to use the CPU: say so explicitly.
     cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
