@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 SYSTEMS = ("single_task", "mtdnn", "ensemble", "mtdnn_kd")
 SYSTEM_NAMES = {"single_task": "Single-task fine-tuning", "mtdnn": "MT-DNN", "ensemble": "MT-DNN ensemble (teachers)",
                 "mtdnn_kd": "MT-DNN-KD"}
+CHART_LABELS = {"single_task": "single-task", "mtdnn": "MT-DNN", "ensemble": "ensemble\n(teachers)", "mtdnn_kd": "MT-DNN-KD"}
 
 
 def kd_loss_factory(ctx: RunContext, soft_dir: Path):
@@ -235,7 +236,7 @@ def plot_charts(results: dict, folder: Path) -> list[Path]:
         vals = [_cell_value(systems[s][t]) for s in names]
         errs = [_cell_value(std[s][t]) if s in std and t in std[s] else 0.0 for s in names]
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.bar([SYSTEM_NAMES.get(s, s).replace(" ", "\n", 1) for s in names], vals, yerr=errs, capsize=4,
+        ax.bar([CHART_LABELS.get(s, s) for s in names], vals, yerr=errs, capsize=4,
                color=["#999999", "#4c72b0", "#dd8452", "#55a868"][: len(names)])
         ax.set_ylabel(" / ".join(next(iter(systems[names[0]][t].keys())) for _ in [0]) + " (dev, x100)")
         ax.set_title(t)
