@@ -238,7 +238,8 @@ def plot_charts(results: dict, folder: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(5, 3.2))
         ax.bar([CHART_LABELS.get(s, s) for s in names], vals, yerr=errs, capsize=4,
                color=["#999999", "#4c72b0", "#dd8452", "#55a868"][: len(names)])
-        ax.set_ylabel(" / ".join(next(iter(systems[names[0]][t].keys())) for _ in [0]) + " (dev, x100)")
+        metrics = list(systems[names[0]][t])
+        ax.set_ylabel(("mean of " if len(metrics) > 1 else "") + "/".join(metrics) + " (dev, x100)")
         ax.set_title(t)
         lo = min(vals) - 5
         ax.set_ylim(max(0, lo), max(vals) + 3)
