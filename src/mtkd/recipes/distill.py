@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 SYSTEMS = ("single_task", "mtdnn", "ensemble", "mtdnn_kd")
 SYSTEM_NAMES = {"single_task": "Single-task fine-tuning", "mtdnn": "MT-DNN", "ensemble": "MT-DNN ensemble (teachers)",
                 "mtdnn_kd": "MT-DNN-KD"}
+CHART_COLORS = {"single_task": "#999999", "mtdnn": "#4c72b0", "ensemble": "#dd8452", "mtdnn_kd": "#55a868"}
 CHART_LABELS = {"single_task": "single-task", "mtdnn": "MT-DNN", "ensemble": "ensemble\n(teachers)", "mtdnn_kd": "MT-DNN-KD"}
 
 
@@ -237,7 +238,7 @@ def plot_charts(results: dict, folder: Path) -> list[Path]:
         errs = [_cell_value(std[s][t]) if s in std and t in std[s] else 0.0 for s in names]
         fig, ax = plt.subplots(figsize=(5, 3.2))
         ax.bar([CHART_LABELS.get(s, s) for s in names], vals, yerr=errs, capsize=4,
-               color=["#999999", "#4c72b0", "#dd8452", "#55a868"][: len(names)])
+               color=[CHART_COLORS.get(s, "#8172b3") for s in names])
         metrics = list(systems[names[0]][t])
         ax.set_ylabel(("mean of " if len(metrics) > 1 else "") + "/".join(metrics) + " (dev, x100)")
         ax.set_title(t)
