@@ -18,6 +18,7 @@ EPILOG = """examples:
   mtkd finetune configs/glue-cpu.yaml --output-dir runs/ft --init runs/mtl/model
   mtkd evaluate configs/glue-cpu.yaml --model runs/ft/SST-2/model --output-dir runs/eval
   mtkd predict --model runs/mtl/model --task SST-2 --text "a gripping film" --text "dull"
+  mtkd combine runs/kd-seed42 runs/kd-seed43 --output-dir results/kd   (mean ± std over the seeds)
   mtkd tasks
 """
 
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="append", default=[], help="input text (repeatable)")
     p.add_argument("--pair", action="append", default=None, help="second text of a pair task (one per --text)")
     p.add_argument("--output-dir", type=Path, default=None)
+
+    p = sub.add_parser("combine", help="merge experiment results of the same config run with different seeds -> DIR/results.json, .md, charts")
+    p.add_argument("results", nargs="+", type=Path, help="results.json files (or the run folders holding them)")
+    p.add_argument("--output-dir", required=True, type=Path)
 
     p = sub.add_parser("tasks", help="list the built-in GLUE task definitions")
     p = sub.add_parser("check-config", help="load and validate a config, print the resolved YAML")
@@ -111,6 +116,12 @@ def _dispatch(args) -> int:
         if args.pair is not None and len(args.pair) != len(args.text):
             raise ConfigError(f"give one --pair per --text ({len(args.text)} --text, {len(args.pair)} --pair)")
         print(json.dumps(model.predict(args.task, args.text, args.pair), indent=2, default=float))
+        return 0
+    if args.command == "combine":
+        from mtkd.recipes.distill import combine
+
+        res = combine(args.results, args.output_dir)
+        print(f"wrote {args.output_dir / 'results.json'} (seeds {res['seeds']})")
         return 0
     cfg = load_config(args.config, args.overrides)
     if args.command == "check-config":

@@ -31,6 +31,7 @@ def test_kd_experiment_writes_four_systems_and_reuses_stages(glue_root, tiny_enc
     for metrics in res["systems"]["mtdnn_kd"].values():
         assert all(-100 <= v <= 100 for v in metrics.values())
     assert res["seeds"] == [0] and "config" in res and res["timings"]
+    assert res["per_seed"]["mtdnn_kd"] == {"0": res["systems"]["mtdnn_kd"]}  # what `mtkd combine` merges
     md = (out / "results.md").read_text()
     for row in ("Single-task fine-tuning", "MT-DNN", "MT-DNN ensemble", "MT-DNN-KD"):
         assert row in md
@@ -115,3 +116,57 @@ def test_compare_answers_the_table3_questions_from_known_numbers():
     assert "MT-DNN-KD better than MT-DNN on 2 of 3 tasks (mean +1.33)" in md
     assert "RTE 75%" in md and "- RTE: a note" in md
     assert compare({"mtdnn": systems["mtdnn"]}, ["RTE"]) == {}  # nothing to compare
+
+
+def _results(seeds, per_seed, config_extra=None):
+    """A results.json as run_experiment writes it, from {system: {seed: {task: metrics}}}."""
+    from mtkd.recipes.distill import aggregate
+
+    agg = aggregate({s: [runs[str(seed)] for seed in seeds] for s, runs in per_seed.items()}, seeds)
+    cfg = {"seeds": seeds, "mtl": {"lr": 2e-4}, "kd": {"teacher_tasks": ["RTE"]}, **(config_extra or {})}
+    return {**agg, "per_seed": per_seed, "config": cfg, "notes": {},
+            "timings": {"data": 5.0, **{f"seed-{s}/mtl": 100.0 + s for s in seeds}}}
+
+
+def test_combine_merges_seed_runs_into_mean_and_std(tmp_path):
+    a = _results([42], {"mtdnn": {"42": {"RTE": {"accuracy": 60.0}, "SST-2": {"accuracy": 80.0}}},
+                        "ensemble": {"42": {"RTE": {"accuracy": 64.0}}},
+                        "mtdnn_kd": {"42": {"RTE": {"accuracy": 62.0}, "SST-2": {"accuracy": 81.0}}}})
+    del a["per_seed"]  # single-seed files written before per_seed existed still combine
+    b = _results([43], {"mtdnn": {"43": {"RTE": {"accuracy": 64.0}, "SST-2": {"accuracy": 82.0}}},
+                        "ensemble": {"43": {"RTE": {"accuracy": 66.0}}},
+                        "mtdnn_kd": {"43": {"RTE": {"accuracy": 66.0}, "SST-2": {"accuracy": 81.0}}}})
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "results.json").write_text(json.dumps(a))
+    (tmp_path / "b" / "results.json").write_text(json.dumps(b))
+    out = tmp_path / "both"
+    assert main(["combine", str(tmp_path / "a"), str(tmp_path / "b" / "results.json"), "--output-dir", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["seeds"] == [42, 43] and res["config"]["seeds"] == [42, 43]
+    assert res["systems"]["mtdnn"]["RTE"] == {"accuracy": 62.0} and res["std"]["mtdnn"]["RTE"] == {"accuracy": 2.0}
+    assert res["systems"]["mtdnn_kd"]["RTE"] == {"accuracy": 64.0} and res["std"]["mtdnn_kd"]["SST-2"] == {"accuracy": 0.0}
+    assert res["per_seed"]["ensemble"] == {"42": {"RTE": {"accuracy": 64.0}}, "43": {"RTE": {"accuracy": 66.0}}}
+    assert res["comparison"]["kd_minus_mtdnn"] == {"RTE": 2.0, "SST-2": 0.0}
+    assert res["comparison"]["ensemble_gain_kept"] == {"RTE": round(2.0 / 3.0, 4)}
+    assert res["timings"] == {"seed-42/mtl": 142.0, "seed-43/mtl": 143.0}
+    md = (out / "results.md").read_text()
+    assert "64.0 ± 2.0" in md and "seeds [42, 43]" in md
+    assert {p.name for p in (out / "charts").glob("*.png")} == {"RTE.png", "SST-2.png"}
+
+
+def test_combine_refuses_other_configs_repeated_seeds_and_missing_files(tmp_path, capsys):
+    runs = {"mtdnn": {"1": {"RTE": {"accuracy": 60.0}}}}
+    (tmp_path / "a.json").write_text(json.dumps(_results([1], runs)))
+    (tmp_path / "lr.json").write_text(json.dumps(_results([2], {"mtdnn": {"2": {"RTE": {"accuracy": 61.0}}}},
+                                                          {"mtl": {"lr": 1e-4}})))
+    (tmp_path / "same.json").write_text(json.dumps(_results([1], runs)))
+    out = str(tmp_path / "out")
+    assert main(["combine", str(tmp_path / "a.json"), str(tmp_path / "lr.json"), "--output-dir", out]) == 2
+    assert "lr.json: config differs from" in capsys.readouterr().err  # names the file and the key
+    assert main(["combine", str(tmp_path / "a.json"), str(tmp_path / "lr.json"), "--output-dir", out]) == 2
+    assert "mtl.lr: only seeds may differ" in capsys.readouterr().err
+    assert main(["combine", str(tmp_path / "a.json"), str(tmp_path / "same.json"), "--output-dir", out]) == 2
+    assert "seed 1 of mtdnn is also in" in capsys.readouterr().err
+    assert main(["combine", str(tmp_path / "a.json"), str(tmp_path / "nope.json"), "--output-dir", out]) == 2
+    assert "nope.json: no such results file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written on refusal

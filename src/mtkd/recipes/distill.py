@@ -10,6 +10,9 @@ Refuses soft targets written for other data (fingerprint) or missing training ex
 run_experiment(): the paper's Table 3 from one config: single-task fine-tuning (the BERT row),
 vanilla MT-DNN (MTL + fine-tune), the teacher ensembles and MT-DNN-KD, for each seed. Writes
 DIR/results.json, DIR/results.md and DIR/charts/<task>.png; each stage is cached (DONE.json).
+
+combine(): the same outputs from several runs of one config that differ only in their seeds
+(`mtkd combine A/results.json B/results.json --output-dir DIR`), e.g. a second seed run later.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 
 from mtkd.config import Stage
+from mtkd.errors import ConfigError
 from mtkd.losses import hard_loss, kd_loss
 from mtkd.recipes import evaluate, finetune, mtl, teach
 from mtkd.recipes.context import RunContext
@@ -91,14 +95,81 @@ def run_experiment(ctx: RunContext, timed) -> dict:
             per_seed["mtdnn_kd"].append(_evaluate(ctx, models, sd / "eval" / "mtdnn_kd"))
     results = aggregate(per_seed, cfg.seeds)
     results["comparison"] = compare(results["systems"], cfg.kd.teacher_tasks)
+    results["per_seed"] = {s: {str(seed): r for seed, r in zip(cfg.seeds, runs)} for s, runs in per_seed.items() if runs}
     if ctx.main:
         timings = json.loads((out_dir / "timings.json").read_text()) if (out_dir / "timings.json").is_file() else {}
         results.update(timings=timings, config=ctx.config_dict(),
                        notes={t: s.note for t, s in ctx.specs.items() if s.note})
-        (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-        (out_dir / "results.md").write_text(results_markdown(results))
-        plot_charts(results, out_dir / "charts")
-        log.info("results:\n%s", results_markdown(results))
+        write_results(results, out_dir)
+    return results
+
+
+def write_results(results: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "results.md").write_text(results_markdown(results))
+    plot_charts(results, out_dir / "charts")
+    log.info("results:\n%s", results_markdown(results))
+
+
+def _per_seed_of(path: Path, res: dict) -> dict[str, dict[str, dict]]:
+    """{system: {seed: {task: metrics}}} of one results.json (older single-seed files lack per_seed)."""
+    if "per_seed" in res:
+        return res["per_seed"]
+    if len(res.get("seeds", [])) == 1:
+        return {s: {str(res["seeds"][0]): v} for s, v in res["systems"].items()}
+    raise ConfigError(f"{path}: no 'per_seed' field and {len(res.get('seeds', []))} seeds: cannot recover each seed's numbers")
+
+
+def _config_diff(a, b, prefix="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b)) for k in _config_diff(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def combine(paths: list[Path], out_dir: Path) -> dict:
+    """Merge the results.json of runs of one config that differ only in `seeds` into one results.json
+    (mean ± std over all their seeds), results.md and charts. Refuses other differences and repeated seeds."""
+    loaded = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            p = p / "results.json"
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such results file")
+        try:
+            loaded.append((p, json.loads(p.read_text())))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{p}, line {e.lineno}: not valid JSON ({e.msg})") from None
+    (first_path, first), per_seed, seeds_of = loaded[0], {}, {}
+    base_cfg = {k: v for k, v in first.get("config", {}).items() if k != "seeds"}
+    for p, res in loaded:
+        for field in ("systems", "config", "seeds"):
+            if field not in res:
+                raise ConfigError(f"{p}: field {field!r} missing: not an experiment's results.json")
+        diff = _config_diff(base_cfg, {k: v for k, v in res["config"].items() if k != "seeds"})
+        if diff:
+            raise ConfigError(f"{p}: config differs from {first_path} in {', '.join(diff)}: only seeds may differ")
+        for system, runs in _per_seed_of(p, res).items():
+            for seed, metrics in runs.items():
+                if seed in seeds_of.get(system, {}):
+                    raise ConfigError(f"{p}: seed {seed} of {system} is also in {seeds_of[system][seed]}")
+                seeds_of.setdefault(system, {})[seed] = p
+                per_seed.setdefault(system, {})[seed] = metrics
+    seeds = sorted({int(s) for runs in per_seed.values() for s in runs})
+    ordered = {s: [per_seed[s][str(seed)] for seed in seeds if str(seed) in per_seed[s]] for s in SYSTEMS if s in per_seed}
+    missing = {s: [seed for seed in seeds if str(seed) not in per_seed[s]] for s in ordered}
+    if any(missing.values()):
+        raise ConfigError("systems missing seeds: " + "; ".join(f"{s}: {m}" for s, m in missing.items() if m))
+    results = aggregate(ordered, seeds)
+    results["comparison"] = compare(results["systems"], first["config"].get("kd", {}).get("teacher_tasks", []))
+    results["per_seed"] = {s: {str(seed): per_seed[s][str(seed)] for seed in seeds} for s in ordered}
+    timings = {}
+    for _, res in loaded:
+        timings.update({k: v for k, v in res.get("timings", {}).items() if k.startswith("seed-")})
+    results.update(timings=timings, config={**first["config"], "seeds": seeds}, notes=first.get("notes", {}),
+                   combined_from=[str(p) for p, _ in loaded])
+    write_results(results, out_dir)
     return results
 
 
