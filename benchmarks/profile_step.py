@@ -1,21 +1,43 @@
-"""Where a training step's time goes: forward / backward / grad clip / Adamax step of the default
-encoder at a fixed batch shape, then the forward's top operators by self CPU time (torch.profiler).
+"""Where a training step's time goes, and what mtkd's CPU dropout (mtkd.dropout) saves: forward /
+backward / grad clip / Adamax step of the default encoder at a fixed batch shape, for the model as
+mtkd builds it ("mtkd_fast_dropout") and the same model on PyTorch's dropout and SDPA
+("torch_dropout", the baseline), steps interleaved A B A B; then the forward's top operators of each
+by self CPU time (torch.profiler).
 
-    python benchmarks/profile_step.py [--batch 32] [--width 128] [--threads 2] [--repeats 5]
+    python benchmarks/profile_step.py [--batch 32] [--width 128] [--threads 2] [--repeats 5] [--json PATH]
 
-Prints the breakdown (median ms of the repeats, after 2 warm-up steps) and the operator table; not
-part of run_all (it compares nothing, it explains the efficiency benchmark's gap).
+Prints the breakdown (median ms of the repeats, after 2 warm-up steps each, min-max beside it),
+the step-time ratio and the operator tables; --json writes the numbers. Not part of run_all: it
+explains the efficiency benchmark's numbers (bench_efficiency measures the loop's FLOP/s).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
-from common import quiet_hf
+from common import machine_info, quiet_hf
+
+PARTS = ("forward", "backward", "clip", "optimizer")
+
+
+def with_torch_dropout(model):
+    """The baseline: the same weights on nn.Dropout and transformers' SDPA attention."""
+    from mtkd.dropout import FastDropout
+
+    base = copy.deepcopy(model)
+    for parent in base.modules():
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FastDropout):
+                setattr(parent, name, torch.nn.Dropout(child.p, child.inplace))
+    base.encoder.set_attn_implementation("sdpa")
+    return base
 
 
 def main() -> None:
@@ -24,6 +46,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     quiet_hf()
     from torch.profiler import ProfilerActivity, profile
@@ -32,38 +55,60 @@ def main() -> None:
     from mtkd.tasks import glue_tasks
 
     torch.set_num_threads(args.threads)
-    model = MTModel.from_encoder("default", {"SST-2": glue_tasks()["SST-2"]}).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adamax(params, lr=1e-5)
+    torch.manual_seed(0)
+    fast = MTModel.from_encoder("default", {"SST-2": glue_tasks()["SST-2"]}).train()
+    models = {"torch_dropout": with_torch_dropout(fast).train(), "mtkd_fast_dropout": fast}
+    state = {}
+    for name, model in models.items():
+        params = [p for p in model.parameters() if p.requires_grad]
+        state[name] = (model, params, torch.optim.Adamax(params, lr=1e-5))
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 2000, (args.batch, args.width), generator=g)
     mask, types = torch.ones_like(ids), torch.zeros_like(ids)
     labels = torch.randint(0, 2, (args.batch,), generator=g)
-    parts = {"forward": [], "backward": [], "clip": [], "optimizer": []}
+    times = {n: {k: [] for k in PARTS} for n in models}
     for i in range(args.repeats + 2):
-        t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(ids, mask, types, task="SST-2"), labels)
-        t1 = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        t3 = time.perf_counter()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        t4 = time.perf_counter()
-        if i >= 2:
-            for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                parts[k].append(v * 1000)
-    med = {k: statistics.median(v) for k, v in parts.items()}
-    print(f"## Step at batch {args.batch} x {args.width} ({args.threads} threads, median of {args.repeats})\n")
-    print("| part | ms |\n|---|---|")
-    for k, v in med.items():
-        print(f"| {k} | {v:.1f} |")
-    print(f"| total | {sum(med.values()):.1f} |\n")
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        model(ids, mask, types, task="SST-2")
-    print("## Forward pass, top operators by self CPU time\n")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
+        for name, (model, params, optimizer) in state.items():
+            t0 = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(model(ids, mask, types, task="SST-2"), labels)
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            t3 = time.perf_counter()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            t4 = time.perf_counter()
+            if i >= 2:
+                for k, v in zip(PARTS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                    times[name][k].append(v * 1000)
+    for name in models:
+        times[name]["total"] = [sum(parts) for parts in zip(*(times[name][k] for k in PARTS))]
+    med = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
+    print(f"## Step at batch {args.batch} x {args.width} ({args.threads} threads, median (min-max) ms of "
+          f"{args.repeats}, interleaved)\n")
+    print("| part | " + " | ".join(models) + " |\n|---|" + "---|" * len(models))
+    for k in (*PARTS, "total"):
+        print(f"| {k} | " + " | ".join(f"{med[n][k]:.1f} ({min(times[n][k]):.1f}-{max(times[n][k]):.1f})"
+                                       for n in models) + " |")
+    ratio = med["torch_dropout"]["total"] / med["mtkd_fast_dropout"]["total"]
+    print(f"\nstep-time ratio torch_dropout / mtkd_fast_dropout: {ratio:.2f}\n")
+    tops = {}
+    for name, (model, _, _) in state.items():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model(ids, mask, types, task="SST-2")
+        avg = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+        tops[name] = {e.key: round(e.self_cpu_time_total / 1000, 1) for e in avg}
+        print(f"## Forward pass ({name}), top operators by self CPU time\n")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "benchmark": "profile_step", "machine": machine_info(),
+            "settings": {"batch": args.batch, "width": args.width, "threads": args.threads, "repeats": args.repeats},
+            "ms": times, "median_ms": med, "ratios": {"step_torch_dropout_over_fast_dropout": ratio},
+            "forward_top_ops_ms": tops}, indent=1))
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

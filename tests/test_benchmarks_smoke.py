@@ -102,8 +102,16 @@ def test_bench_memory_smoke(tmp_path):
 
 def test_profile_step_smoke():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    out = REPO / ".pytest_cache" / "profile_step_smoke.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "profile_step.py"), "--batch", "2", "--width", "8",
-                           "--repeats", "1"], capture_output=True, text=True, env=env, timeout=300)
+                           "--repeats", "1", "--json", str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for row in ("| forward |", "| backward |", "| clip |", "| optimizer |", "| total |", "aten::addmm"):
+    for row in ("| forward |", "| backward |", "| clip |", "| optimizer |", "| total |", "aten::addmm",
+                "| part | torch_dropout | mtkd_fast_dropout |", "step-time ratio"):
         assert row in proc.stdout
+    doc = json.loads(out.read_text())
+    assert set(doc["median_ms"]) == {"torch_dropout", "mtkd_fast_dropout"}
+    assert _positive_finite(doc["ratios"]["step_torch_dropout_over_fast_dropout"])
+    # the baseline really runs PyTorch's dropout, the contender mtkd's
+    assert any("bernoulli" in k for k in doc["forward_top_ops_ms"]["torch_dropout"])
+    assert not any("bernoulli" in k for k in doc["forward_top_ops_ms"]["mtkd_fast_dropout"])

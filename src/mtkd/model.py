@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from mtkd.dropout import use_fast_dropout
 from mtkd.errors import CheckpointError
 from mtkd.heads import TaskHead
 from mtkd.tasks import HeadKind, TaskSpec, task_from_dict
@@ -54,7 +55,7 @@ class MTModel(nn.Module):
 
     def __init__(self, encoder: nn.Module, tasks: dict[str, TaskSpec], tokenizer=None, encoder_name: str = ""):
         super().__init__()
-        self.encoder = encoder
+        self.encoder = use_fast_dropout(encoder)  # CPU training: 16-bit dropout masks (see mtkd.dropout)
         self.tasks = dict(tasks)
         self.tokenizer = tokenizer
         self.encoder_name = encoder_name

@@ -1,0 +1,101 @@
+"""Dropout that is cheap on CPU: the same regularisation, masks from 16-bit random numbers.
+
+Why: on this CPU, a training step of the default encoder spent ~40 % of its forward pass in
+`aten::bernoulli_` (benchmarks/profile_step.py): PyTorch draws one random number per element and
+builds a float mask. Here one 64-bit draw gives four 16-bit numbers, each kept when it is at or
+above p * 65536, and the mask stays boolean (`torch.where`); attention-probability dropout folds
+its 1/(1-p) scale into the much smaller attention output. The drop rate is p rounded to 1/65536
+and the scale is exact for that rate, so the expectation is unchanged. The masks come from
+PyTorch's default generator: seeding, checkpointed RNG states and exact resume work as before.
+
+Only CPU training changes: on other devices, in eval mode, or for anything unusual (causal or
+grouped-query attention, position biases) the encoder runs PyTorch's own dropout and SDPA.
+`use_fast_dropout(encoder)` applies it to a Hugging Face encoder (MTModel does this).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ATTENTION_NAME = "mtkd_sdpa"
+_LEVELS = 65536
+
+
+def _drop_level(p: float) -> int:
+    return min(_LEVELS, max(0, round(p * _LEVELS)))
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device=None) -> torch.Tensor:
+    """Boolean mask, True with probability 1 - round(p * 65536) / 65536, from the default generator."""
+    n = 1
+    for s in shape:
+        n *= int(s)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2 ** 63), None)  # all 64 bits
+    return words.view(torch.int16)[:n].view(shape) >= (_drop_level(p) - _LEVELS // 2)
+
+
+def keep_scale(p: float) -> float:
+    """1 / (1 - effective p): keeps the expectation exact for the rounded rate."""
+    return _LEVELS / (_LEVELS - _drop_level(p))
+
+
+def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Training-mode dropout of x (any shape) with a 16-bit mask."""
+    return torch.where(keep_mask(x.shape, p, x.device), x, 0.0).mul_(keep_scale(p))
+
+
+class FastDropout(nn.Dropout):
+    """nn.Dropout with the cheap CPU mask; identical to nn.Dropout elsewhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not 0.0 < self.p < 1.0 or x.device.type != "cpu" or self.inplace:
+            return super().forward(x)
+        return fast_dropout(x, self.p)
+
+
+def attention_with_fast_dropout(module, query, key, value, attention_mask, dropout: float = 0.0,
+                                scaling: float | None = None, is_causal: bool | None = None, **kwargs):
+    """A Hugging Face attention function (AttentionInterface): softmax(q k^T * scale + mask) with the
+    cheap dropout, then @ v. Delegates to transformers' SDPA function whenever it would differ."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
+    if (not module.training or not 0.0 < dropout < 1.0 or query.device.type != "cpu" or causal
+            or getattr(module, "num_key_value_groups", 1) > 1 or key.shape[1] != query.shape[1]
+            or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale)
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:  # SDPA's mask: True = attend
+            scores = scores.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
+        else:  # additive
+            scores = scores + attention_mask
+    probs = torch.where(keep_mask(scores.shape, dropout), scores.softmax(-1), 0.0)
+    out = torch.matmul(probs, value).mul_(keep_scale(dropout))  # the 1/(1-p) scale on the small tensor
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    if ATTENTION_NAME not in ALL_MASK_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(ATTENTION_NAME, attention_with_fast_dropout)
+        AttentionMaskInterface.register(ATTENTION_NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])  # same masks as SDPA
+
+
+def use_fast_dropout(encoder: nn.Module) -> nn.Module:
+    """In place: every nn.Dropout of the encoder becomes a FastDropout (same p), and an encoder on
+    transformers' SDPA attention switches to its fast-dropout twin. Weights and eval outputs are unchanged."""
+    for parent in encoder.modules():
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Dropout:
+                setattr(parent, name, FastDropout(child.p, child.inplace))
+    config = getattr(encoder, "config", None)
+    if config is not None and getattr(config, "_attn_implementation", None) == "sdpa":
+        _register()
+        encoder.set_attn_implementation(ATTENTION_NAME)
+    return encoder
