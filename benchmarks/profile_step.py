@@ -7,7 +7,8 @@ by self CPU time (torch.profiler).
     python benchmarks/profile_step.py [--batch 32] [--width 128] [--threads 2] [--repeats 5] [--json PATH]
 
 Prints the breakdown (median ms of the repeats, after 2 warm-up steps each, min-max beside it),
-the step-time ratio and the operator tables; --json writes the numbers. Not part of run_all: it
+the step-time ratio and the operator tables; a third column, "no_dropout_reference" (all dropout
+rates 0), shows what a step costs with no masks at all: the ceiling for this model's step; --json writes the numbers. Not part of run_all: it
 explains the efficiency benchmark's numbers (bench_efficiency measures the loop's FLOP/s).
 """
 
@@ -40,6 +41,16 @@ def with_torch_dropout(model):
     return base
 
 
+def without_dropout(model):
+    """A reference, not a contender: the same weights with every dropout rate 0 (what a step costs
+    when no mask is drawn at all; it trains a differently regularised model)."""
+    ref = copy.deepcopy(model)
+    for m in ref.modules():
+        if isinstance(m, torch.nn.Dropout):  # also attention's: BERT passes its self.dropout.p to attention
+            m.p = 0.0
+    return ref
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
@@ -57,7 +68,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     fast = MTModel.from_encoder("default", {"SST-2": glue_tasks()["SST-2"]}).train()
-    models = {"torch_dropout": with_torch_dropout(fast).train(), "mtkd_fast_dropout": fast}
+    models = {"torch_dropout": with_torch_dropout(fast).train(), "mtkd_fast_dropout": fast,
+              "no_dropout_reference": without_dropout(fast).train()}
     state = {}
     for name, model in models.items():
         params = [p for p in model.parameters() if p.requires_grad]
@@ -95,6 +107,8 @@ def main() -> None:
     print(f"\nstep-time ratio torch_dropout / mtkd_fast_dropout: {ratio:.2f}\n")
     tops = {}
     for name, (model, _, _) in state.items():
+        if name == "no_dropout_reference":
+            continue
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             model(ids, mask, types, task="SST-2")
         avg = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:12]

@@ -107,10 +107,10 @@ def test_profile_step_smoke():
                            "--repeats", "1", "--json", str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for row in ("| forward |", "| backward |", "| clip |", "| optimizer |", "| total |", "aten::addmm",
-                "| part | torch_dropout | mtkd_fast_dropout |", "step-time ratio"):
+                "| part | torch_dropout | mtkd_fast_dropout | no_dropout_reference |", "step-time ratio"):
         assert row in proc.stdout
     doc = json.loads(out.read_text())
-    assert set(doc["median_ms"]) == {"torch_dropout", "mtkd_fast_dropout"}
+    assert set(doc["median_ms"]) == {"torch_dropout", "mtkd_fast_dropout", "no_dropout_reference"}
     assert _positive_finite(doc["ratios"]["step_torch_dropout_over_fast_dropout"])
     # the baseline really runs PyTorch's dropout, the contender mtkd's
     assert any("bernoulli" in k for k in doc["forward_top_ops_ms"]["torch_dropout"])
