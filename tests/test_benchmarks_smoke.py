@@ -115,3 +115,19 @@ def test_profile_step_smoke():
     # the baseline really runs PyTorch's dropout, the contender mtkd's
     assert any("bernoulli" in k for k in doc["forward_top_ops_ms"]["torch_dropout"])
     assert not any("bernoulli" in k for k in doc["forward_top_ops_ms"]["mtkd_fast_dropout"])
+
+
+def test_bench_dropout_ops_smoke():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    out = REPO / ".pytest_cache" / "dropout_ops_smoke.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_dropout_ops.py"), "--batch", "2", "--width", "8",
+                           "--heads", "2", "--hidden", "16", "--repeats", "1", "--json", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| tensor | contender | forward | backward | total |" in proc.stdout
+    doc = json.loads(out.read_text())
+    for op in ("attention", "hidden"):
+        assert set(doc["median_ms"][op]) == {"torch", "mtkd", "compiled", "none"}
+        assert all(_positive_finite(doc["median_ms"][op][c]["total"]) for c in doc["median_ms"][op])
+        assert _positive_finite(doc["ratios"][f"{op}_compiled_over_mtkd"])
+        assert _positive_finite(doc["ratios"][f"{op}_torch_over_mtkd"])
