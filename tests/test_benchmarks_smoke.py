@@ -131,3 +131,38 @@ def test_bench_dropout_ops_smoke():
         assert all(_positive_finite(doc["median_ms"][op][c]["total"]) for c in doc["median_ms"][op])
         assert _positive_finite(doc["ratios"][f"{op}_compiled_over_mtkd"])
         assert _positive_finite(doc["ratios"][f"{op}_torch_over_mtkd"])
+
+
+def test_estimate_gpu_time_counts_the_pipeline(tmp_path):
+    """The GPU-time estimate counts every stage's training steps as the pipeline takes them (checked
+    here on the CPU config: MTL = ceil(epochs x sum of the tasks' batches), single-task and fine-tune
+    one run per task, teach = 4 candidates' MTL + top-k members' fine-tunes on the teacher tasks)."""
+    if not (DATA_ROOT / "SST-2" / "train.tsv").is_file():
+        pytest.skip(f"GLUE data not found under {DATA_ROOT}")
+    import math
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    out = tmp_path / "gpu_estimate.json"
+    config = REPO / "configs" / "glue-kd-cpu.yaml"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "estimate_gpu_time.py"), "--config", str(config),
+                           "--host-steps", "2", "--data-root", str(DATA_ROOT), "--json", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| stage | training runs | steps |" in proc.stdout and "minutes (lower bound" in proc.stdout
+    doc = json.loads(out.read_text())
+    from mtkd.config import load_config
+    from mtkd.recipes.context import RunContext
+
+    cfg = load_config(config, [f"data.root={DATA_ROOT}", f"data.cache_dir={tmp_path / 'cache'}"])
+    ctx = RunContext(cfg, tmp_path / "run")
+    batches = {t: math.ceil(len(ctx.train_set(t).indices) / cfg.mtl.batch_size) for t in ctx.train_tasks()}
+    steps = {s["stage"]: s["train_steps"] for s in doc["stages"]}
+    mtl = math.ceil(cfg.mtl.epochs * sum(batches.values()))
+    assert steps["mtl"] == mtl
+    assert steps["single_task"] == sum(math.ceil(cfg.mtl.epochs * b) for b in batches.values())
+    assert steps["finetune"] == sum(math.ceil(cfg.finetune.epochs * b) for b in batches.values())
+    teacher_ft = sum(math.ceil(cfg.finetune.epochs * batches[t]) for t in cfg.kd.teacher_tasks)
+    assert steps["teach"] == 4 * mtl + cfg.kd.top_k * teacher_ft
+    assert steps["distill"] == mtl + steps["finetune"]
+    assert 0 < doc["total_min_lower"] <= doc["total_min"]
+    assert doc["measured"]["forward_backward_kernels"] > 100

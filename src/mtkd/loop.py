@@ -160,7 +160,9 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
                     lr = lr_at(step, total, cfg)
                     for g in optimizer.param_groups:
                         g["lr"] = lr
-                    batch = {k: v.to(accelerator.device) for k, v in collate(train_sets[task].data, idx, pad_multiple=pad).items()}
+                    host_batch = collate(train_sets[task].data, idx, pad_multiple=pad)
+                    n_batch_tokens = int(host_batch["attention_mask"].sum())  # on the host: no GPU sync
+                    batch = {k: v.to(accelerator.device) for k, v in host_batch.items()}
                     rng_before = torch.get_rng_state()  # to checkpoint the exact state before a bad step
                     with accelerator.autocast():
                         logits = ddp_model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], task=task)
@@ -192,7 +194,7 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
                     step += 1
                     # -- bookkeeping
                     n_examples += len(idx)
-                    n_tokens += int(batch["attention_mask"].sum())
+                    n_tokens += n_batch_tokens
                     running[task] = loss_value if task not in running else 0.95 * running[task] + 0.05 * loss_value
                     if main:
                         rec = {"step": step, "epoch": sampler.epoch, "task": task, "loss": round(loss_value, 6), "lr": lr,
