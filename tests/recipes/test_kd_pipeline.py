@@ -112,10 +112,25 @@ def test_compare_answers_the_table3_questions_from_known_numbers():
     assert c["ensemble_minus_mtdnn"] == {"RTE": 4.0} and c["ensemble_gain_kept"] == {"RTE": 0.75}
     assert c["mtdnn_minus_single_task"] == {"SST-2": 2.0, "RTE": 3.0, "MRPC": -2.0}
     assert c["mtdnn_beats_single_task"]["tasks"] == ["RTE", "SST-2"]
+    assert c["ensemble_gain_too_small"] == []
     md = results_markdown({"systems": systems, "seeds": [1], "comparison": c, "notes": {"RTE": "a note"}})
     assert "MT-DNN-KD better than MT-DNN on 2 of 3 tasks (mean +1.33)" in md
     assert "RTE 75%" in md and "- RTE: a note" in md
     assert compare({"mtdnn": systems["mtdnn"]}, ["RTE"]) == {}  # nothing to compare
+
+
+def test_compare_reports_no_share_of_a_tiny_ensemble_gain():
+    """A 0.1-point ensemble gain would make a 0.7-point student difference '-700 %': no share then."""
+    from mtkd.recipes.distill import compare, results_markdown
+
+    systems = {"mtdnn": {"QNLI": {"accuracy": 80.0}, "QQP": {"accuracy": 80.0}},
+               "ensemble": {"QNLI": {"accuracy": 80.1}, "QQP": {"accuracy": 82.0}},
+               "mtdnn_kd": {"QNLI": {"accuracy": 79.3}, "QQP": {"accuracy": 81.0}}}
+    c = compare(systems, ["QNLI", "QQP"])
+    assert c["ensemble_gain_kept"] == {"QQP": 0.5}
+    assert c["ensemble_gain_too_small"] == ["QNLI"]
+    md = results_markdown({"systems": systems, "seeds": [1], "comparison": c})
+    assert "QQP 50%" in md and "no share: QNLI" in md and "%, QNLI" not in md
 
 
 def _results(seeds, per_seed, config_extra=None):

@@ -199,6 +199,9 @@ def _cell_value(metrics: dict[str, float]) -> float:
     return float(np.mean(list(metrics.values())))
 
 
+MIN_GAIN_FOR_SHARE = 0.5  # points (x100): below this the ensemble's gain is within dev-set rounding noise
+
+
 def compare(systems: dict, teacher_tasks) -> dict:
     """The paper's Table 3 questions as numbers (x100 points, each task's mean metric):
     MT-DNN-KD vs MT-DNN per task (also on tasks without a teacher), the ensemble's gain over MT-DNN
@@ -227,8 +230,10 @@ def compare(systems: dict, teacher_tasks) -> dict:
     ens = diff("ensemble", "mtdnn", teachers)
     if ens:
         out["ensemble_minus_mtdnn"] = ens
-        # share of the ensemble's gain the student keeps, per task where the ensemble gained
-        out["ensemble_gain_kept"] = {t: round(kd[t] / g, 4) for t, g in ens.items() if g > 0 and t in kd}
+        # share of the ensemble's gain the student keeps, per task where the ensemble gained enough
+        # for a share to mean something (a 0.1-point gain would turn a 0.7-point difference into -700 %)
+        out["ensemble_gain_kept"] = {t: round(kd[t] / g, 4) for t, g in ens.items() if g >= MIN_GAIN_FOR_SHARE and t in kd}
+        out["ensemble_gain_too_small"] = sorted(t for t, g in ens.items() if 0 < g < MIN_GAIN_FOR_SHARE)
     st = diff("mtdnn", "single_task")
     if st:
         out["mtdnn_minus_single_task"] = st
@@ -248,8 +253,10 @@ def _comparison_lines(c: dict) -> list[str]:
     if "ensemble_minus_mtdnn" in c:
         lines.append("- Ensemble minus MT-DNN on the teacher tasks: "
                      + ", ".join(f"{t} {v:+.1f}" for t, v in c["ensemble_minus_mtdnn"].items())
-                     + "; share of that gain the student keeps (where the ensemble gained): "
-                     + (", ".join(f"{t} {v:.0%}" for t, v in c["ensemble_gain_kept"].items()) or "none gained") + ".")
+                     + f"; share of that gain the student keeps (where the ensemble gained >= {MIN_GAIN_FOR_SHARE} points): "
+                     + (", ".join(f"{t} {v:.0%}" for t, v in c["ensemble_gain_kept"].items()) or "none")
+                     + (f" (gain under {MIN_GAIN_FOR_SHARE}, no share: {', '.join(c['ensemble_gain_too_small'])})"
+                        if c.get("ensemble_gain_too_small") else "") + ".")
     if "mtdnn_beats_single_task" in c:
         m = c["mtdnn_beats_single_task"]
         lines.append(f"- MT-DNN better than single-task fine-tuning on {len(m['tasks'])} of {m['of']} tasks "
