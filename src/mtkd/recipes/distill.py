@@ -321,9 +321,9 @@ def plot_charts(results: dict, folder: Path) -> list[Path]:
         ax.set_ylabel(("mean of " if len(metrics) > 1 else "") + "/".join(metrics) + " (dev, x100)")
         ax.set_title(t)
         lo = min(vals) - 5
-        ax.set_ylim(max(0, lo), max(vals) + 3)
-        for x, v in enumerate(vals):
-            ax.text(x, v + 0.3, f"{v:.1f}", ha="center", fontsize=8)
+        ax.set_ylim(max(0, lo), max(v + e for v, e in zip(vals, errs)) + 3)
+        for x, (v, e) in enumerate(zip(vals, errs)):  # above the error bar, so the two do not overlap
+            ax.text(x, v + e + 0.3, f"{v:.1f}", ha="center", fontsize=8)
         fig.tight_layout()
         p = folder / f"{t}.png"
         fig.savefig(p, dpi=100)
