@@ -163,6 +163,21 @@ def quiet_hf():
     logging.getLogger("mtkd").setLevel(logging.WARNING)
 
 
+def use_torch_dropout(model):
+    """In place: undo mtkd.dropout.use_fast_dropout, i.e. PyTorch's nn.Dropout and transformers' SDPA
+    attention, as transformers runs the encoder (and as mtkd runs it on a GPU)."""
+    import torch
+
+    from mtkd.dropout import FastDropout
+
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FastDropout):
+                setattr(parent, name, torch.nn.Dropout(child.p, child.inplace))
+    model.encoder.set_attn_implementation("sdpa")
+    return model
+
+
 def make_env(args) -> Env:
     import torch
 
@@ -424,15 +439,10 @@ def mtkd_batches(env: Env, train_sets: dict, seed: int) -> list[tuple[str, np.nd
     """The batches (task, indices), in order, that mtkd.loop.train will draw in its first epoch over
     `train_sets` with this seed: the loop's own sampler built with the loop's arguments. (Checked
     against what the loop actually ran: bench_train compares the step shapes.)"""
-    from mtkd.sampler import MultiTaskBatchSampler
+    from mtkd.loop import make_sampler
 
     steps = sum(len(s.indices) // BATCH for s in train_sets.values())
-    cfg = mtkd_cfg(env, steps)
-    sampler = MultiTaskBatchSampler(
-        {t: s.indices for t, s in train_sets.items()}, cfg.batch_size, seed, cfg.sampling, cfg.temperature,
-        cfg.epoch_size, lengths={t: s.data.lengths for t, s in train_sets.items()}, bucket=cfg.bucket,
-        groups={t: s.data.groups for t, s in train_sets.items() if s.data.groups is not None})
-    return sampler.epoch_batches(0)
+    return make_sampler(train_sets, mtkd_cfg(env, steps), seed).epoch_batches(0)
 
 
 def run_mtkd(env: Env, train_sets: dict, seed: int, loss_fn_factory=None, model=None) -> dict:

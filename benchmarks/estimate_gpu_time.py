@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from common import REPO, machine_info, md_table, quiet_hf
+from common import REPO, machine_info, md_table, quiet_hf, use_torch_dropout
 
 # The host-time batch: tiny, because the attention tensors (batch x 12 heads x L x L) do not shrink with
 # the width; the number of kernels, which is what costs host time, does not depend on the shape.
@@ -54,14 +54,11 @@ def model_flops(config) -> tuple[float, float]:
 
 
 def _sampler(ctx, tasks: list[str], cfg, seed: int):
-    """The training loop's batch sampler for these tasks and training settings."""
-    from mtkd.sampler import MultiTaskBatchSampler
+    """The training loop's own batch sampler (mtkd.loop.make_sampler) for these tasks and settings."""
+    from mtkd.loop import make_sampler
 
     sets = {t: ctx.train_set(t) for t in tasks}
-    sampler = MultiTaskBatchSampler({t: s.indices for t, s in sets.items()}, cfg.batch_size, seed, cfg.sampling,
-                                    cfg.temperature, cfg.epoch_size, lengths={t: s.data.lengths for t, s in sets.items()},
-                                    bucket=cfg.bucket)
-    return sets, sampler
+    return sets, make_sampler(sets, cfg, seed)
 
 
 def train_batches(ctx, tasks: list[str], cfg, seed: int, pad: int) -> list[tuple[str, int, int]]:
@@ -95,6 +92,7 @@ def infer_batches(ctx, task: str, data, indices) -> list[tuple[str, int, int]]:
 
 def plan(ctx, seed: int, pad: int) -> list[dict]:
     """Every stage of the KD experiment: its training runs (batches x epochs), inference batches, saves."""
+    from mtkd.loop import total_steps
     from mtkd.recipes.teach import candidates
 
     cfg, kd = ctx.cfg, ctx.cfg.kd
@@ -102,7 +100,7 @@ def plan(ctx, seed: int, pad: int) -> list[dict]:
 
     def training_run(task_list, cfg_):
         batches = train_batches(ctx, task_list, cfg_, seed, pad)
-        steps = max(1, math.ceil(cfg_.epochs * len(batches)))
+        steps = total_steps(cfg_, len(batches))
         return {"batches": batches, "epochs": cfg_.epochs, "steps": steps,
                 "checkpoints": steps // cfg_.checkpoint_every + math.ceil(cfg_.epochs)}
 
@@ -136,18 +134,12 @@ def tiny_twin(ctx):
     """The default encoder's architecture at hidden 48 (12 heads of 4), PyTorch dropout + SDPA."""
     from transformers import AutoConfig
 
-    from mtkd.dropout import FastDropout
     from mtkd.model import MTModel, _encoder_from, resolve_encoder
 
     path = resolve_encoder(ctx.cfg.encoder.name)
     full = AutoConfig.from_pretrained(path)
     tiny = AutoConfig.from_pretrained(path, hidden_size=4 * full.num_attention_heads, intermediate_size=8 * full.num_attention_heads)
-    model = MTModel(_encoder_from(tiny, None), ctx.specs, None, encoder_name="tiny-twin")
-    for parent in model.modules():
-        for name, child in list(parent.named_children()):
-            if isinstance(child, FastDropout):
-                setattr(parent, name, torch.nn.Dropout(child.p, child.inplace))
-    model.encoder.set_attn_implementation("sdpa")
+    model = use_torch_dropout(MTModel(_encoder_from(tiny, None), ctx.specs, None, encoder_name="tiny-twin"))
     return model, full
 
 

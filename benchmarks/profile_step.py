@@ -8,8 +8,9 @@ by self CPU time (torch.profiler).
 
 Prints the breakdown (median ms of the repeats, after 2 warm-up steps each, min-max beside it),
 the step-time ratio and the operator tables; a third column, "no_dropout_reference" (all dropout
-rates 0), shows what a step costs with no masks at all: the ceiling for this model's step; --json writes the numbers. Not part of run_all: it
-explains the efficiency benchmark's numbers (bench_efficiency measures the loop's FLOP/s).
+rates 0), shows what a step costs with no masks at all: the ceiling for this model's step. --json
+writes the numbers. Not part of run_all: it explains the efficiency benchmark's numbers
+(bench_efficiency measures the loop's FLOP/s).
 """
 
 from __future__ import annotations
@@ -23,22 +24,14 @@ from pathlib import Path
 
 import torch
 
-from common import machine_info, quiet_hf
+from common import machine_info, quiet_hf, use_torch_dropout
 
 PARTS = ("forward", "backward", "clip", "optimizer")
 
 
 def with_torch_dropout(model):
     """The baseline: the same weights on nn.Dropout and transformers' SDPA attention."""
-    from mtkd.dropout import FastDropout
-
-    base = copy.deepcopy(model)
-    for parent in base.modules():
-        for name, child in list(parent.named_children()):
-            if isinstance(child, FastDropout):
-                setattr(parent, name, torch.nn.Dropout(child.p, child.inplace))
-    base.encoder.set_attn_implementation("sdpa")
-    return base
+    return use_torch_dropout(copy.deepcopy(model))
 
 
 def without_dropout(model):

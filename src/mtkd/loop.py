@@ -105,6 +105,21 @@ class _StopFlag:
             signal.signal(s, h)
 
 
+def make_sampler(train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, rank: int = 0,
+                 world_size: int = 1) -> MultiTaskBatchSampler:
+    """The batch sampler `train` draws from (also what benchmarks use to replay its batches)."""
+    return MultiTaskBatchSampler(
+        {t: s.indices for t, s in train_sets.items()}, cfg.batch_size, seed, cfg.sampling, cfg.temperature,
+        cfg.epoch_size, lengths={t: s.data.lengths for t, s in train_sets.items()}, bucket=cfg.bucket,
+        groups={t: s.data.groups for t, s in train_sets.items() if s.data.groups is not None},
+        rank=rank, world_size=world_size)
+
+
+def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
+    """Updates of a training run: max_steps, or epochs x batches per epoch (at least one)."""
+    return cfg.max_steps or max(1, math.ceil(cfg.epochs * batches_per_epoch))
+
+
 def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, out_dir: Path, accelerator,
           loss_fn: LossFn | None = None, run_config: dict | None = None, desc: str = "train") -> dict:
     """Algorithm 1 with the paper's optimiser settings; resumes from out_dir/checkpoints if present.
@@ -115,12 +130,8 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
     main = accelerator.is_main_process
     loss_fn = loss_fn or default_loss(model)
     torch.manual_seed(seed)
-    sampler = MultiTaskBatchSampler(
-        {t: s.indices for t, s in train_sets.items()}, cfg.batch_size, seed, cfg.sampling, cfg.temperature,
-        cfg.epoch_size, lengths={t: s.data.lengths for t, s in train_sets.items()}, bucket=cfg.bucket,
-        groups={t: s.data.groups for t, s in train_sets.items() if s.data.groups is not None},
-        rank=accelerator.process_index, world_size=accelerator.num_processes)
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(sampler)))
+    sampler = make_sampler(train_sets, cfg, seed, rank=accelerator.process_index, world_size=accelerator.num_processes)
+    total = total_steps(cfg, len(sampler))
     params = [p for p in model.parameters() if p.requires_grad]
     opt_cls = torch.optim.Adamax if cfg.optimizer == Optimizer.ADAMAX else torch.optim.AdamW
     optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
