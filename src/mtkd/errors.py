@@ -26,6 +26,10 @@ class CheckpointError(MtkdError):
     """A checkpoint or saved model does not match the run (tasks, encoder) or is incomplete."""
 
 
+class DiskFullError(MtkdError):
+    """A checkpoint or model could not be written for lack of space; the partial write is removed."""
+
+
 class SoftTargetError(MtkdError):
     """Soft targets do not match the data they are applied to (fingerprint, ids)."""
 
