@@ -18,6 +18,7 @@ EPILOG = """examples:
   mtkd finetune configs/glue-cpu.yaml --output-dir runs/ft --init runs/mtl/model
   mtkd evaluate configs/glue-cpu.yaml --model runs/ft/SST-2/model --output-dir runs/eval
   mtkd predict --model runs/mtl/model --task SST-2 --text "a gripping film" --text "dull"
+  mtkd predict --model runs/mtl/model --task SST-2 --input reviews.tsv --output predictions.jsonl
   mtkd combine runs/kd-seed42 runs/kd-seed43 --output-dir results/kd   (mean ± std over the seeds)
   mtkd tasks
 """
@@ -55,13 +56,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, type=Path, help="model folder used for every task")
     p.add_argument("--output-dir", required=True, type=Path)
 
-    p = sub.add_parser("predict", help="predict new text (--text) or write a GLUE submission (CONFIG --output-dir)")
+    p = sub.add_parser("predict", help="predict new text (--text, --input FILE) or write a GLUE submission (CONFIG --output-dir)",
+                       description="Three modes: CONFIG --output-dir DIR writes test predictions and submission.zip; "
+                                   "--task T --text ... prints predictions as JSON; --task T --input FILE --output FILE "
+                                   "writes one prediction per input row. Without --output-dir the config (optional) only "
+                                   "sets predict.batch_size, predict.max_tokens and data.max_seq_len: texts run sorted "
+                                   "by length in batches of at most that many texts and padded tokens.")
     p.add_argument("config", nargs="?", help="with --output-dir: predict every test split of the config's tasks")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--task", action="append", default=[], help="task head(s) to use (repeatable)")
     p.add_argument("--text", action="append", default=[], help="input text (repeatable)")
     p.add_argument("--pair", action="append", default=None, help="second text of a pair task (one per --text)")
+    p.add_argument("--input", type=Path, default=None,
+                   help="file of texts to predict: TSV with a header row (no quoting, as GLUE), CSV, JSONL "
+                        "(one object per line) or JSON; format from the suffix (.tsv/.csv/.jsonl/.json, other: TSV) "
+                        "or --input-format")
+    p.add_argument("--input-format", choices=["tsv", "csv", "jsonl", "json"], default=None)
+    p.add_argument("--id-column", default=None,
+                   help="column/key of the example id (default: id; a JSON {id: record} file: its keys)")
+    p.add_argument("--text-column", default="text", help="column/key of the text (default: text)")
+    p.add_argument("--pair-column", default=None,
+                   help="column/key of the second text, read when a task is a pair task or this is given (default: pair)")
+    p.add_argument("--output", type=Path, default=None,
+                   help="with --input: predictions file, TSV if it ends in .tsv (id, then one column per task), "
+                        "else JSONL ({\"id\", \"predictions\": {task: value}}), rows in input order")
+    p.add_argument("--probs", action="store_true",
+                   help="with --input: also write class probabilities of classification tasks")
     p.add_argument("--output-dir", type=Path, default=None)
 
     p = sub.add_parser("combine", help="merge experiment results of the same config run with different seeds -> DIR/results.json, .md, charts")
@@ -92,31 +113,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _check_output_dir(folder: Path | None, flag: str = "--output-dir") -> None:
+    """A folder to write into must not be a file, nor lie under one (a one-line error, not a traceback)."""
+    if folder is None:
+        return
+    from mtkd.errors import ConfigError
+
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{flag} {folder} is a file, not a folder")
+    for parent in folder.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{flag} {folder}: {parent} is a file, not a folder")
+            break
+
+
 def _dispatch(args) -> int:
     import yaml
 
     from mtkd.config import load_config, to_dict
 
+    _check_output_dir(getattr(args, "output_dir", None))
     if args.command == "tasks":
         from mtkd.tasks import glue_tasks
 
         print(yaml.safe_dump({n: s.to_dict() for n, s in glue_tasks().items()}, sort_keys=False))
         return 0
     if args.command == "predict" and args.output_dir is None:
-        from mtkd.model import MTModel
-
-        if not args.task or not args.text:
-            raise SystemExit("mtkd predict: give --task and --text (or CONFIG --output-dir for a submission)")
-        from mtkd.errors import ConfigError
-
-        model = MTModel.from_pretrained(args.model)
-        unknown = [t for t in args.task if t not in model.tasks]
-        if unknown:
-            raise ConfigError(f"--task {', '.join(unknown)}: not a task of {args.model} (it has {', '.join(model.tasks)})")
-        if args.pair is not None and len(args.pair) != len(args.text):
-            raise ConfigError(f"give one --pair per --text ({len(args.text)} --text, {len(args.pair)} --pair)")
-        print(json.dumps(model.predict(args.task, args.text, args.pair), indent=2, default=float))
-        return 0
+        return _predict_new_text(args, load_config(args.config, args.overrides))
     if args.command == "combine":
         from mtkd.recipes.distill import combine
 
@@ -134,6 +158,7 @@ def _dispatch(args) -> int:
         pipeline.run(cfg, args.output_dir)
         return 0
     ctx = RunContext(cfg, args.output_dir)
+    ctx.prepare_data()  # every rank at the same point: rank 0 tokenises, the others wait
     seed = getattr(args, "seed", None) or cfg.seeds[0]
     if args.command == "mtl":
         print(json.dumps(mtl.run(ctx, ctx.out_dir, seed), indent=2))
@@ -145,6 +170,116 @@ def _dispatch(args) -> int:
         missing = predict.run(ctx, {t: args.model for t in ctx.specs}, ctx.out_dir)
         print(f"wrote {ctx.out_dir / 'submission.zip'}" + (f" (missing: {', '.join(missing)})" if missing else ""))
     return 0
+
+
+def _predict_new_text(args, cfg) -> int:
+    """`mtkd predict --task T (--text ... | --input FILE --output FILE)`: refuses empty texts, a pair
+    task without its second texts, and bad input rows (naming file and line) before predicting."""
+    from mtkd.errors import ConfigError
+
+    if not args.task or bool(args.text) == (args.input is not None):
+        raise ConfigError("predict: give --task and either --text or --input FILE --output FILE "
+                          "(or CONFIG --output-dir DIR for a submission)")
+    file_only = {"--output": args.output, "--id-column": args.id_column, "--pair-column": args.pair_column,
+                 "--input-format": args.input_format, "--probs": args.probs or None}
+    if args.input is None:
+        given = [k for k, v in file_only.items() if v is not None] + (["--text-column"] if args.text_column != "text" else [])
+        if given:
+            raise ConfigError(f"predict: {', '.join(given)} go with --input FILE")
+        for flag, values in (("--text", args.text), ("--pair", args.pair or [])):
+            empty = [str(i + 1) for i, t in enumerate(values) if not t.strip()]
+            if empty:
+                raise ConfigError(f"predict: {flag} number {', '.join(empty)} is empty")
+        if args.pair is not None and len(args.pair) != len(args.text):
+            raise ConfigError(f"give one --pair per --text ({len(args.text)} --text, {len(args.pair)} --pair)")
+    else:
+        if args.pair is not None:
+            raise ConfigError("predict: --pair goes with --text; with --input, name the column with --pair-column")
+        if args.output is None:
+            raise ConfigError("predict: --input needs --output FILE (.tsv for TSV, else JSONL)")
+        if not args.input.is_file():
+            raise ConfigError(f"--input {args.input}: file not found")
+        if args.output.is_dir():
+            raise ConfigError(f"--output {args.output} is a folder, not a file")
+        _check_output_dir(args.output.parent, "--output")
+    from mtkd.model import MTModel
+
+    model = MTModel.from_pretrained(args.model)
+    unknown = [t for t in args.task if t not in model.tasks]
+    if unknown:
+        raise ConfigError(f"--task {', '.join(unknown)}: not a task of {args.model} (it has {', '.join(model.tasks)})")
+    pair_tasks = [t for t in args.task if "text_b" in model.tasks[t].fields]
+    kwargs = {"batch_size": cfg.predict.batch_size, "max_tokens": cfg.predict.max_tokens, "max_len": cfg.data.max_seq_len}
+    if args.input is None:
+        if pair_tasks and args.pair is None:
+            raise ConfigError(f"predict: task {', '.join(pair_tasks)} is a pair task: give one --pair (second text) per --text")
+        print(json.dumps(model.predict(args.task, args.text, args.pair, **kwargs), indent=2, default=float))
+        return 0
+    ids, texts, pairs = _read_predict_input(args, need_pair=bool(pair_tasks))
+    preds = model.predict(list(args.task), texts, pairs, return_probs=args.probs, **kwargs)
+    _write_predictions(args.output, model, ids, preds, args.probs)
+    print(f"wrote {len(ids)} predictions ({', '.join(args.task)}) to {args.output}")
+    return 0
+
+
+def _read_predict_input(args, need_pair: bool):
+    """(ids, texts, pairs or None) from --input, read by mtkd.data's strict readers: a missing
+    column or key, an empty text or a duplicate id is a DataError naming the file and line."""
+    from mtkd.data import read_split
+    from mtkd.tasks import FileFormat, HeadKind, SplitSource, TaskSpec
+
+    suffix = args.input.suffix.lower().lstrip(".")
+    fmt = FileFormat(args.input_format or (suffix if suffix in ("tsv", "csv", "jsonl", "json") else "tsv"))
+    fields = {"text_a": args.text_column}
+    if args.id_column is not None or fmt != FileFormat.JSON:
+        fields["id"] = args.id_column or "id"
+    if need_pair or args.pair_column is not None:
+        fields["text_b"] = args.pair_column or "pair"
+    spec = TaskSpec(name="--input", head=HeadKind.REGRESSION, fields=fields,
+                    splits={"input": SplitSource(path=str(args.input.resolve()), format=fmt)})
+    raw = read_split(spec, "input")
+    return raw.ids, raw.text_a, raw.text_b
+
+
+def _write_predictions(path: Path, model, ids, preds: dict, probs: bool) -> None:
+    """One row per input, in input order: TSV (id, one column per task, then `task:label` probability
+    columns) when `path` ends in .tsv, else JSONL {"id", "predictions": {task: value}, "probabilities"}."""
+    import numpy as np
+
+    from mtkd.errors import DataError
+    from mtkd.tasks import HeadKind
+
+    columns: dict[str, list] = {}  # task -> predicted label/score per row
+    prob_cols: dict[str, tuple] = {}  # task -> (labels, (N, C) probabilities)
+    for t, v in preds.items():
+        spec = model.tasks[t]
+        if probs and spec.head == HeadKind.CLASSIFICATION:
+            prob_cols[t] = (spec.labels, np.asarray(v))
+            columns[t] = [spec.labels[i] for i in np.asarray(v).argmax(-1)]
+        else:
+            columns[t] = list(v)
+    tsv = path.suffix.lower() == ".tsv"
+    bad = next((i for i in ids if any(c in i for c in "\t\r\n")), None) if tsv else None
+    if bad is not None:
+        raise DataError(path, f"example id {bad!r} holds a tab or line break; write JSONL instead (--output X.jsonl)")
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "w", encoding="utf-8") as f:
+        if tsv:
+            header = ["id", *columns] + [f"{t}:{lab}" for t, (labels, _) in prob_cols.items() for lab in labels]
+            f.write("\t".join(header) + "\n")
+        for r, ex_id in enumerate(ids):
+            if tsv:
+                cells = [ex_id] + [str(columns[t][r]) for t in columns]
+                cells += [f"{p:.6f}" for _, (labels, pr) in prob_cols.items() for p in pr[r]]
+                f.write("\t".join(cells) + "\n")
+            else:
+                row = {"id": ex_id, "predictions": {t: columns[t][r] for t in columns}}
+                if prob_cols:
+                    row["probabilities"] = {t: {lab: round(float(p), 6) for lab, p in zip(labels, pr[r])}
+                                            for t, (labels, pr) in prob_cols.items()}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -85,6 +86,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     precision: Precision = Precision.AUTO
     log_every: int = 20
+    # steps between reading the loss on the host (divergence check, loss log): every step costs a
+    # GPU sync per step; with N > 1 a divergence is caught up to N - 1 steps late
+    check_every: int = 1
 
 
 @dataclass
@@ -266,23 +270,100 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         candidate = Path(path).parent / cfg.tasks_file
         if candidate.is_file():
             cfg.tasks_file = str(candidate)
-    if not cfg.seeds:
-        raise ConfigError(f"{path}: seeds must hold at least one seed")
-    if cfg.data.max_seq_len < 8:
-        raise ConfigError(f"{path}: data.max_seq_len must be at least 8, got {cfg.data.max_seq_len}")
-    for name, opts in cfg.tasks.items():
-        for key in ("train_cap", "dev_cap"):
-            v = getattr(opts, key)
-            if v is not None and v < 1:
-                raise ConfigError(f"{path}: tasks.{name}.{key} must be a positive integer, got {v}")
-    for section in ("mtl", "finetune"):
-        tc = getattr(cfg, section)
-        if tc.batch_size < 1 or tc.lr <= 0 or tc.epochs <= 0:
-            raise ConfigError(f"{path}: {section}: batch_size, lr and epochs must be positive")
-    if cfg.predict.batch_size < 1 or (cfg.predict.max_tokens is not None and cfg.predict.max_tokens < 1):
-        raise ConfigError(f"{path}: predict: batch_size and max_tokens must be positive, got "
-                          f"{cfg.predict.batch_size} and {cfg.predict.max_tokens}")
+    validate(cfg, str(path or "config"))
     return cfg
+
+
+def _bad(where: str, key: str, expected: str, value) -> ConfigError:
+    return ConfigError(f"{where}: {key} must be {expected}, got {value!r}")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _check_int(where, key, v, low: int, optional: bool = False) -> None:
+    if v is None and optional:
+        return
+    if v is None or v < low:
+        raise _bad(where, key, "a positive integer" if low == 1 else f"an integer >= {low}", v)
+
+
+def _check_float(where, key, v, low: float, high: float | None = None, low_open: bool = False,
+                 high_open: bool = True, optional: bool = False) -> None:
+    if v is None and optional:
+        return
+    ok = _finite(v) and (v > low if low_open else v >= low)
+    if ok and high is not None:
+        ok = v < high if high_open else v <= high
+    if not ok:
+        if high is None:
+            expected = "a positive number" if (low == 0 and low_open) else f"a number >= {low:g}"
+        else:
+            expected = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise _bad(where, key, expected, v)
+
+
+def _check_encoder(where: str, key: str, enc: EncoderConfig) -> None:
+    _check_int(where, f"{key}.num_hidden_layers", enc.num_hidden_layers, 1, optional=True)
+    _check_float(where, f"{key}.dropout", enc.dropout, 0, 1, optional=True)
+    if enc.init not in ("pretrained", "random"):
+        raise _bad(where, f"{key}.init", "'pretrained' or 'random'", enc.init)
+
+
+def _check_train(where: str, key: str, tc: TrainConfig) -> None:
+    _check_float(where, f"{key}.epochs", tc.epochs, 0, low_open=True)
+    _check_int(where, f"{key}.batch_size", tc.batch_size, 1)
+    _check_float(where, f"{key}.lr", tc.lr, 0, low_open=True)
+    _check_float(where, f"{key}.weight_decay", tc.weight_decay, 0)
+    _check_float(where, f"{key}.warmup", tc.warmup, 0, 1)
+    _check_float(where, f"{key}.grad_clip", tc.grad_clip, 0)
+    _check_float(where, f"{key}.temperature", tc.temperature, 0, low_open=True)
+    _check_int(where, f"{key}.epoch_size", tc.epoch_size, 1, optional=True)
+    _check_int(where, f"{key}.bucket", tc.bucket, 0)
+    _check_int(where, f"{key}.max_steps", tc.max_steps, 1, optional=True)
+    _check_int(where, f"{key}.checkpoint_every", tc.checkpoint_every, 1)
+    _check_int(where, f"{key}.keep_checkpoints", tc.keep_checkpoints, 0)
+    _check_int(where, f"{key}.log_every", tc.log_every, 1)
+
+
+def validate(cfg: RunConfig, where: str = "config") -> None:
+    """Value checks after the type checks of from_dict: every refusal names the key and the value.
+    (data.max_seq_len against the encoder's positions needs the encoder: mtkd.model.check_max_seq_len.)"""
+    from mtkd.tasks import check_name
+
+    if not cfg.seeds:
+        raise ConfigError(f"{where}: seeds must hold at least one seed")
+    _check_encoder(where, "encoder", cfg.encoder)
+    if cfg.kd.student is not None:
+        _check_encoder(where, "kd.student", cfg.kd.student)
+    if cfg.data.max_seq_len < 8:
+        raise ConfigError(f"{where}: data.max_seq_len must be at least 8, got {cfg.data.max_seq_len}")
+    for name, opts in cfg.tasks.items():
+        check_name(name, f"{where}: tasks: task name")
+        for key in ("train_cap", "dev_cap"):
+            _check_int(where, f"tasks.{name}.{key}", getattr(opts, key), 1, optional=True)
+    for key in ("finetune_tasks", "kd.teacher_tasks", "kd.select_by"):
+        obj = cfg
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        for i, name in enumerate(obj or ()):
+            check_name(name, f"{where}: {key}[{i}]")
+    for name in cfg.kd.unlabeled:
+        check_name(name, f"{where}: kd.unlabeled: task name")
+    for section in ("mtl", "finetune"):
+        _check_train(where, section, getattr(cfg, section))
+    _check_int(where, "predict.batch_size", cfg.predict.batch_size, 1)
+    _check_int(where, "predict.max_tokens", cfg.predict.max_tokens, 1, optional=True)
+    _check_int(where, "kd.top_k", cfg.kd.top_k, 1)
+    _check_float(where, "kd.soft_weight", cfg.kd.soft_weight, 0, 1, high_open=False)
+    _check_float(where, "kd.temperature", cfg.kd.temperature, 0, low_open=True)
+    for i, cand in enumerate(cfg.kd.candidates):
+        if not isinstance(cand, dict):
+            raise _bad(where, f"kd.candidates[{i}]", "a mapping {seed, dropout, encoder}", cand)
+        if cand.get("dropout") is not None:
+            d = cand["dropout"]
+            _check_float(where, f"kd.candidates[{i}].dropout", None if isinstance(d, bool) else d, 0, 1)
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:

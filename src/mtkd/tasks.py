@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import resources
@@ -36,6 +37,18 @@ class FileFormat(str, Enum):
 
 FIELD_ROLES = ("id", "text_a", "text_b", "label")
 METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman")
+# Task names, split names and report_as values become file and folder names (DIR/finetune/<task>,
+# <report_as>.tsv, caches, soft targets): letters, digits and . _ + - only, not starting with a
+# symbol ('+' for the pseudo-tasks such as SST-2+unlabeled).
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def check_name(name, where: str) -> str:
+    """Refuse a name that would not be a plain file name (a path, '..', spaces, control characters)."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise ConfigError(f"{where}: {name!r} is not a valid name: use letters, digits and . _ + - "
+                          f"(starting with a letter or digit); it becomes a file name")
+    return name
 
 
 @dataclass(frozen=True)
@@ -64,10 +77,19 @@ class TaskSpec:
     head_of: str | None = None  # predict with another task's head (AX uses MNLI's)
     label_range: tuple[float, float] | None = None  # regression: clip predictions (STS-B: [0, 5])
     note: str | None = None  # shown next to this task's results (e.g. "dev is a train sample")
+    positive_label: str | None = None  # ranking: the label of a relevant candidate (QNLI: entailment)
 
     @property
     def num_outputs(self) -> int:
         return len(self.labels) if self.head == HeadKind.CLASSIFICATION else 1
+
+    @property
+    def positive_index(self) -> int:
+        """Ranking: the index in `labels` of the label that marks a relevant candidate (the encoded
+        labels are indices into `labels`)."""
+        if self.head != HeadKind.RANKING or self.positive_label is None:
+            raise ValueError(f"task {self.name!r} is not a ranking task with a positive_label")
+        return self.labels.index(self.positive_label)
 
     @property
     def head_name(self) -> str:
@@ -93,7 +115,7 @@ class TaskSpec:
             "dropout": self.dropout,
             "splits": {},
         }
-        for k in ("head_of", "label_range", "note"):
+        for k in ("head_of", "label_range", "note", "positive_label"):
             v = getattr(self, k)
             if v is not None:
                 d[k] = list(v) if isinstance(v, tuple) else v
@@ -130,11 +152,13 @@ def _enum(cls, value, where):
 
 
 _SPLIT_KEYS = {"path", "format", "columns", "fields", "skip_malformed", "report_as"}
-_TASK_KEYS = {"head", "fields", "splits", "labels", "metrics", "dropout", "head_of", "label_range", "note"}
+_TASK_KEYS = {"head", "fields", "splits", "labels", "metrics", "dropout", "head_of", "label_range", "note",
+              "positive_label"}
 
 
 def task_from_dict(name: str, d: dict[str, Any], where: str = "task definition") -> TaskSpec:
     """Build and validate a TaskSpec from its YAML form (see glue_tasks.yaml)."""
+    check_name(name, f"{where}: task name")
     where = f"{where}: task {name!r}"
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
@@ -152,10 +176,11 @@ def task_from_dict(name: str, d: dict[str, Any], where: str = "task definition")
     labels = tuple(str(x) for x in d.get("labels") or ())
     if head == HeadKind.CLASSIFICATION and len(labels) < 2:
         raise ConfigError(f"{where}, field 'labels': a classification task needs at least 2 label names")
-    if head == HeadKind.RANKING and not labels:
-        labels = ("0", "1")
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{where}, field 'labels': duplicate label names {list(labels)}")
+    positive = _positive_label(head, labels, d.get("positive_label"), where)
+    if head == HeadKind.RANKING and not labels:
+        labels = ("0", "1")
     metrics = tuple(d.get("metrics") or ())
     for m in metrics:
         if m not in METRICS:
@@ -167,6 +192,7 @@ def task_from_dict(name: str, d: dict[str, Any], where: str = "task definition")
     for sname, sd in raw_splits.items():
         if sd is None:  # removed by an override
             continue
+        check_name(sname, f"{where}, split name")
         swhere = f"{where}, split {sname!r}"
         if isinstance(sd, str):
             sd = {"path": sd}
@@ -175,6 +201,8 @@ def task_from_dict(name: str, d: dict[str, Any], where: str = "task definition")
         _check_keys(sd, _SPLIT_KEYS, swhere)
         if "path" not in sd:
             raise ConfigError(f"{swhere}: missing 'path'")
+        if sd.get("report_as") is not None:
+            check_name(sd["report_as"], f"{swhere}, field 'report_as'")
         fmt = _enum(FileFormat, sd.get("format") or _guess_format(sd["path"]), f"{swhere}, field 'format'")
         sf = sd.get("fields")
         if sf is not None:
@@ -204,7 +232,28 @@ def task_from_dict(name: str, d: dict[str, Any], where: str = "task definition")
         head_of=d.get("head_of"),
         label_range=(float(lr[0]), float(lr[1])) if lr else None,
         note=d.get("note"),
+        positive_label=positive,
     )
+
+
+def _positive_label(head: HeadKind, labels: tuple[str, ...], value, where: str) -> str | None:
+    """Ranking tasks name the label of a relevant candidate. Without `labels` a ranking task's
+    labels are ["0", "1"] and the positive is "1"; with `labels` (exactly two names, e.g. QNLI's
+    [entailment, not_entailment]) `positive_label` is required. Other heads have none."""
+    if head != HeadKind.RANKING:
+        if value is not None:
+            raise ConfigError(f"{where}, field 'positive_label': only ranking tasks have one (head is {head.value})")
+        return None
+    if not labels:
+        labels, value = ("0", "1"), "1" if value is None else value
+    if len(labels) != 2:
+        raise ConfigError(f"{where}, field 'labels': a ranking task has exactly 2 labels (relevant / not), got {list(labels)}")
+    if value is None:
+        raise ConfigError(f"{where}, field 'positive_label': a ranking task with labels {list(labels)} must say which "
+                          f"one marks a relevant candidate, e.g. positive_label: {labels[0]}")
+    if str(value) not in labels:
+        raise ConfigError(f"{where}, field 'positive_label': {value!r} is not one of the labels {list(labels)}")
+    return str(value)
 
 
 def _guess_format(path: str) -> str:
@@ -242,6 +291,7 @@ def load_task_specs(entries: dict[str, dict | None], tasks_file: str | Path | No
     """Resolve a config's task entries: built-in GLUE definitions (or those of `tasks_file`), each
     merged with the entry's overrides (e.g. other files for a split, or `dev_matched: null`)."""
     defs = _glue_raw()
+    from_file: dict[str, str] = {}  # task -> the tasks_file defining it (named in errors)
     if tasks_file is not None:
         p = Path(tasks_file)
         if not p.is_file():
@@ -249,12 +299,17 @@ def load_task_specs(entries: dict[str, dict | None], tasks_file: str | Path | No
         user = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         if not isinstance(user, dict):
             raise ConfigError(f"{p}: expected a mapping task-name -> definition")
+        for name in user:
+            check_name(name, f"tasks_file {str(p)!r}: task name")
+            from_file[name] = str(p)
         defs.update(user)
     specs = {}
     for name, override in entries.items():
+        check_name(name, "tasks: task name")
         if name not in defs:
             raise ConfigError(f"task {name!r} is neither a GLUE task nor defined in tasks_file{_closest(name, defs)}")
-        specs[name] = task_from_dict(name, _merge(defs[name], override or {}), f"tasks.{name}")
+        specs[name] = task_from_dict(name, _merge(defs[name], override or {}),
+                                     f"tasks.{name}" + (f" (defined in {from_file[name]})" if name in from_file else ""))
     for spec in specs.values():
         if spec.head_of and spec.head_of not in specs:
             raise ConfigError(f"task {spec.name!r} uses the head of {spec.head_of!r}, which is not in the task list")
