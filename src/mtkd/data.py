@@ -29,7 +29,7 @@ from mtkd.tasks import FileFormat, HeadKind, TaskSpec
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: meta.json records the tokenizer's pad id
 DEFAULT_DATA_ROOT = Path("../shared/data/glue")
 
 
@@ -306,6 +306,14 @@ def encode_split(spec: TaskSpec, split: str, tokenizer, max_len: int, cache_dir:
     return load_encoded(folder)
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's pad token (RoBERTa 1, ModernBERT 50283, BERT 0),
+    0 for a tokenizer without one. Padded positions are masked out, but RoBERTa-style encoders also
+    derive position ids from it."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return int(pad) if pad is not None else 0
+
+
 def _write_cache(spec, split, tokenizer, max_len, root, folder: Path, tok_fp, chunk):
     raw = read_split(spec, split, root)
     from tokenizers import Tokenizer
@@ -338,7 +346,8 @@ def _write_cache(spec, split, tokenizer, max_len, root, folder: Path, tok_fp, ch
         np.save(tmp / "groups.npy", np.unique(np.asarray(raw.text_a, dtype=object), return_inverse=True)[1].astype(np.int64))
     meta = {"cache_version": CACHE_VERSION, "task": spec.name, "split": split, "path": str(raw.path),
             "data_fingerprint": raw.fingerprint, "tokenizer_fingerprint": tok_fp, "max_len": max_len,
-            "n": n, "n_truncated": n_trunc, "skipped_rows": raw.skipped, "ids": raw.ids}
+            "n": n, "n_truncated": n_trunc, "skipped_rows": raw.skipped, "pad_id": pad_token_id(tokenizer),
+            "ids": raw.ids}
     (tmp / "meta.json").write_text(json.dumps(meta))
     try:
         os.rename(tmp, folder)  # atomic: a reader sees either no cache or a complete one
@@ -358,8 +367,9 @@ def load_encoded(folder: Path) -> EncodedSplit:
 
 
 # -------------------------------------------------------------------------------------- batching
-def collate(data: EncodedSplit, indices, pad_id: int = 0, pad_multiple: int = 1) -> dict[str, torch.Tensor]:
-    """Pad examples `indices` of `data` to the longest in the batch (dynamic padding).
+def collate(data: EncodedSplit, indices, pad_id: int | None = None, pad_multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Pad examples `indices` of `data` to the longest in the batch (dynamic padding), with `pad_id`
+    or by default the tokenizer's pad id recorded in the split's meta (0 where none is recorded).
 
     Returns input_ids/attention_mask/token_type_ids (B, L) int64, `index` (B,) positions in the
     split (used to look up soft targets) and `labels` (B,) when the split is labelled.
@@ -370,6 +380,8 @@ def collate(data: EncodedSplit, indices, pad_id: int = 0, pad_multiple: int = 1)
     width = int(lens.max())
     if pad_multiple > 1:
         width = -(-width // pad_multiple) * pad_multiple
+    if pad_id is None:
+        pad_id = int(data.meta.get("pad_id", 0))
     ids = np.full((len(indices), width), pad_id, dtype=np.int64)
     types = np.zeros((len(indices), width), dtype=np.int64)
     mask = np.zeros((len(indices), width), dtype=np.int64)

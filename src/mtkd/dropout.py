@@ -11,6 +11,14 @@ PyTorch's default generator: seeding, checkpointed RNG states and exact resume w
 Only CPU training changes: on other devices, in eval mode, or for anything unusual (causal or
 grouped-query attention, position biases) the encoder runs PyTorch's own dropout and SDPA.
 `use_fast_dropout(encoder)` applies it to a Hugging Face encoder (MTModel does this).
+
+Families: every nn.Dropout module is swapped, whatever the family, and keeps its rate. The
+attention twin needs an encoder on transformers' SDPA that dispatches through AttentionInterface
+(BERT, RoBERTa, DistilBERT, ELECTRA since transformers 5.0, ModernBERT since 5.7); any other
+encoder (DeBERTa-v2's own disentangled attention, eager attention, older releases) keeps its
+attention as is and gets the cheap masks only where dropout is a module (DeBERTa-v2's attention
+dropout is one). On transformers 4.x, which lacks some of these APIs, the import still works and
+only the module swap applies.
 """
 
 from __future__ import annotations
@@ -78,24 +86,40 @@ def attention_with_fast_dropout(module, query, key, value, attention_mask, dropo
     return out.transpose(1, 2).contiguous(), None
 
 
-def _register() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
+def _register() -> bool:
+    """Register the twin with transformers; False where this transformers lacks the interfaces
+    (AttentionInterface, masking_utils, integrations.sdpa_attention: before 4.53)."""
+    try:
+        from transformers import AttentionInterface
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: F401 (the delegate)
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    except ImportError:
+        return False
     if ATTENTION_NAME not in ALL_MASK_ATTENTION_FUNCTIONS:
         AttentionInterface.register(ATTENTION_NAME, attention_with_fast_dropout)
         AttentionMaskInterface.register(ATTENTION_NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])  # same masks as SDPA
+    return True
+
+
+def _twin_applies(encoder: nn.Module) -> bool:
+    """An encoder on SDPA whose attention goes through AttentionInterface and can be switched."""
+    config = getattr(encoder, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    if not getattr(encoder, "_supports_attention_backend", False) or not hasattr(encoder, "set_attn_implementation"):
+        return False
+    can_set = getattr(encoder, "_can_set_attn_implementation", None)
+    return can_set() if callable(can_set) else True
 
 
 def use_fast_dropout(encoder: nn.Module) -> nn.Module:
     """In place: every nn.Dropout of the encoder becomes a FastDropout (same p), and an encoder on
-    transformers' SDPA attention switches to its fast-dropout twin. Weights and eval outputs are unchanged."""
+    transformers' SDPA attention switches to its fast-dropout twin where it dispatches through
+    AttentionInterface (others keep PyTorch's attention). Weights and eval outputs are unchanged."""
     for parent in encoder.modules():
         for name, child in list(parent.named_children()):
             if type(child) is nn.Dropout:
                 setattr(parent, name, FastDropout(child.p, child.inplace))
-    config = getattr(encoder, "config", None)
-    if config is not None and getattr(config, "_attn_implementation", None) == "sdpa":
-        _register()
+    if _twin_applies(encoder) and _register():
         encoder.set_attn_implementation(ATTENTION_NAME)
     return encoder
