@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mtkd.heads import TaskHead
-from mtkd.losses import hard_loss, kd_loss, ranking_loss, soft_cross_entropy
+from mtkd.losses import hard_loss, kd_loss, ranking_loss, soft_cross_entropy, task_loss
 from mtkd.tasks import HeadKind
 
 C, R = HeadKind.CLASSIFICATION, HeadKind.REGRESSION
@@ -65,7 +65,7 @@ def test_ranking_loss_hand_computed():
     scores = torch.tensor([1.0, 2.0, 0.5, 3.0, -1.0, 0.3, 0.7])
     labels = torch.tensor([0, 1, 0, 1, 0, 0, 0])
     groups = torch.tensor([0, 0, 0, 1, 1, 2, 2])  # group 2 has no positive
-    out = hard_loss(HeadKind.RANKING, scores[:, None], labels, groups)
+    out = hard_loss(HeadKind.RANKING, scores[:, None], labels, groups, positive=1)
     g0 = -log_softmax_np([1.0, 2.0, 0.5])[1]
     g1 = -log_softmax_np([3.0, -1.0])[0]
     expected = [0.0, g0, 0.0, g1, 0.0, 0.0, 0.0]
@@ -74,16 +74,58 @@ def test_ranking_loss_hand_computed():
 
 def test_ranking_loss_two_positives_share_the_group_loss():
     scores = torch.tensor([0.2, 1.0, -0.3])
-    out = ranking_loss(scores, torch.tensor([1, 1, 0]), torch.tensor([4, 4, 4]))
+    out = ranking_loss(scores, torch.tensor([1, 1, 0]), torch.tensor([4, 4, 4]), positive=1)
     lp = log_softmax_np([0.2, 1.0, -0.3])
     np.testing.assert_allclose(out.numpy(), [-lp[0] / 2, -lp[1] / 2, 0.0], rtol=1e-6)
 
 
 def test_ranking_loss_gradient_flows_within_group():
     scores = torch.tensor([1.0, 2.0, 0.5], requires_grad=True)
-    ranking_loss(scores, torch.tensor([0, 1, 0]), torch.tensor([0, 0, 0])).sum().backward()
+    ranking_loss(scores, torch.tensor([0, 1, 0]), torch.tensor([0, 0, 0]), positive=1).sum().backward()
     p = np.exp(log_softmax_np([1.0, 2.0, 0.5]))
     np.testing.assert_allclose(scores.grad.numpy(), p - np.array([0, 1, 0]), rtol=1e-5)
+
+
+def test_ranking_loss_positive_label_index_zero():
+    """QNLI's labels are [entailment, not_entailment]: the relevant candidates have label index 0.
+    The loss sits on them (before: on `label > 0`, i.e. on the irrelevant ones)."""
+    scores = torch.tensor([1.0, 2.0, 0.5, 3.0, -1.0])
+    labels = torch.tensor([0, 1, 1, 1, 0])  # 0 = entailment = relevant
+    groups = torch.tensor([0, 0, 0, 1, 1])
+    out = hard_loss(HeadKind.RANKING, scores[:, None], labels, groups, positive=0)
+    expected = [-log_softmax_np([1.0, 2.0, 0.5])[0], 0.0, 0.0, 0.0, -log_softmax_np([3.0, -1.0])[1]]
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_ranking_loss_of_a_batch_without_positives_backpropagates_zero():
+    """Before: the all-zero loss had no graph, so backward() raised for a batch of queries that
+    have no relevant candidate (possible in QNLI)."""
+    scores = torch.tensor([0.3, -0.2, 1.0], requires_grad=True)
+    out = ranking_loss(scores, torch.tensor([0, 0, 0]), torch.tensor([1, 1, 2]), positive=1)
+    out.sum().backward()
+    assert out.tolist() == [0.0, 0.0, 0.0] and scores.grad.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_ranking_loss_without_groups_or_positive_is_refused():
+    with pytest.raises(ValueError, match="positive label index"):
+        hard_loss(HeadKind.RANKING, torch.zeros(3, 1), torch.tensor([0, 1, 0]), torch.tensor([0, 0, 0]))
+    with pytest.raises(ValueError, match="groups"):
+        hard_loss(HeadKind.RANKING, torch.zeros(3, 1), torch.tensor([0, 1, 0]), None, positive=1)
+
+
+def test_task_loss_reads_the_positive_label_of_the_spec():
+    from mtkd.tasks import task_from_dict
+
+    spec = task_from_dict("QNLIr", {"head": "ranking", "labels": ["entailment", "not_entailment"],
+                                    "positive_label": "entailment", "fields": {"text_a": "q"}, "splits": {}})
+    batch = {"labels": torch.tensor([1, 0, 0]), "groups": torch.tensor([3, 3, 3])}
+    scores = torch.tensor([[0.5], [1.5], [-1.0]])
+    lp = log_softmax_np([0.5, 1.5, -1.0])
+    np.testing.assert_allclose(task_loss(spec, scores, batch).numpy(), [0.0, -lp[1] / 2, -lp[2] / 2], rtol=1e-6)
+    cls = task_from_dict("C", {"head": "classification", "labels": ["a", "b"], "fields": {"text_a": "q"}, "splits": {}})
+    logits = torch.tensor([[2.0, 0.0]])
+    torch.testing.assert_close(task_loss(cls, logits, {"labels": torch.tensor([1])}),
+                               hard_loss(HeadKind.CLASSIFICATION, logits, torch.tensor([1])))
 
 
 # ----------------------------------------------------------------------------------- soft (Eq. 4)

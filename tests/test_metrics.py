@@ -11,8 +11,8 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from mtkd.metrics import (SUBMISSION_FILES, compute_metrics, glue_score, markdown_table, predictions_from_logits,
-                          save_results, write_submission_file, zip_submission)
-from mtkd.tasks import HeadKind, glue_tasks
+                          save_results, score_split, task_scores, write_submission_file, zip_submission)
+from mtkd.tasks import HeadKind, glue_tasks, load_task_specs
 
 SPECS = glue_tasks()
 Y = np.array([1, 0, 1, 1, 0, 1, 0, 0, 1, 1])
@@ -66,18 +66,74 @@ def test_predictions_from_logits_classification():
     assert predictions_from_logits(SPECS["MNLI"], logits).tolist() == [1, 0, 2]
 
 
-def test_predictions_from_logits_regression_clips_to_label_range():
+def test_predictions_from_logits_regression_are_raw_scores():
+    """Correlations are computed on the raw predictions; only the submission file is clipped."""
     logits = np.array([[-1.2], [2.5], [7.0], [5.0]])
-    assert predictions_from_logits(SPECS["STS-B"], logits).tolist() == [0.0, 2.5, 5.0, 5.0]
-    unclipped = dataclasses.replace(SPECS["STS-B"], label_range=None)
-    assert predictions_from_logits(unclipped, logits).tolist() == [-1.2, 2.5, 7.0, 5.0]
+    np.testing.assert_allclose(predictions_from_logits(SPECS["STS-B"], logits), [-1.2, 2.5, 7.0, 5.0])
+
+
+def test_sts_b_correlations_use_unclipped_predictions(tmp_path):
+    """Before: predictions were clipped to [0, 5] before pearson/spearman, so out-of-range
+    predictions were tied at the bounds (here pearson 99.28 / spearman 98.80 instead of the raw
+    predictions' 98.37 / 100)."""
+    y = np.array([0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 4.5, 5.0])
+    logits = np.array([-1.5, -0.5, 0.9, 2.1, 2.8, 4.4, 5.6, 7.5])[:, None]
+    got = score_split(SPECS["STS-B"], logits, y)
+    raw = logits[:, 0]
+    assert got["pearson"] == pytest.approx(100 * pearsonr(y, raw)[0], abs=1e-4)
+    assert got["spearman"] == pytest.approx(100.0)  # the raw order is the label order
+    clipped = np.clip(raw, 0, 5)
+    assert got["pearson"] != pytest.approx(100 * pearsonr(y, clipped)[0], abs=0.5)
+    assert 100 * spearmanr(y, clipped)[0] < 99.0
+    write_submission_file(tmp_path / "STS-B.tsv", list(range(8)), predictions_from_logits(SPECS["STS-B"], logits), SPECS["STS-B"])
+    assert [r[1] for r in read_tsv(tmp_path / "STS-B.tsv")[1:]] == ["0.000", "0.000", "0.900", "2.100", "2.800",
+                                                                     "4.400", "5.000", "5.000"]
+
+
+def _ranking(labels=("entailment", "not_entailment"), positive="entailment"):
+    return dataclasses.replace(SPECS["QNLI"], head=HeadKind.RANKING, labels=labels, positive_label=positive,
+                               metrics=("accuracy", "f1"))
 
 
 def test_predictions_from_logits_ranking_top_per_group():
-    spec = dataclasses.replace(SPECS["QNLI"], head=HeadKind.RANKING, labels=("0", "1"))
+    spec = _ranking(("0", "1"), "1")
     scores = np.array([[0.1], [0.9], [0.3], [-2.0], [-1.0], [4.0]])
     groups = np.array([7, 7, 7, 3, 3, 5])
     assert predictions_from_logits(spec, scores, groups).tolist() == [0, 1, 0, 0, 1, 1]
+    # QNLI's labels: the positive is index 0, so the top candidate gets 0 and the others 1
+    assert predictions_from_logits(_ranking(), scores, groups).tolist() == [1, 0, 1, 1, 0, 0]
+    # ties: the earlier candidate
+    assert predictions_from_logits(spec, np.array([[1.0], [1.0]]), np.array([0, 0])).tolist() == [1, 0]
+    with pytest.raises(ValueError, match="per query group"):
+        predictions_from_logits(spec, scores)
+
+
+def test_ranking_metrics_are_per_group_with_any_number_of_positives():
+    spec = _ranking()  # relevant = label index 0 (entailment)
+    E, N = 0, 1
+    #          group 0 (2 relevant)   group 1 (1)   group 2 (none)   group 3 (1)
+    groups = np.array([0, 0, 0, 1, 1, 1, 2, 2, 3, 3])
+    labels = np.array([E, N, E, N, E, N, N, N, E, N])
+    scores = np.array([0.1, 0.5, 0.9, 2.0, 1.0, 0.0, 3.0, 1.0, -1.0, 0.0])[:, None]
+    # top per group: idx 2 (relevant: hit), idx 3 (not: miss), idx 6 (no relevant: left out), idx 9 (miss)
+    out = score_split(spec, scores, labels, groups)
+    assert out["accuracy"] == pytest.approx(100 / 3, abs=1e-3)
+    # per candidate: picked = {2, 3, 6, 9}, relevant = {0, 2, 4, 8}: tp 1, fp 3, fn 3 -> f1 = 2/8
+    assert out["f1"] == pytest.approx(25.0)
+    # the same data as classification-style index order (positive "1") gives the same scores
+    flipped = _ranking(("not_entailment", "entailment"), "entailment")
+    assert score_split(flipped, scores, 1 - labels, groups) == out
+    with pytest.raises(ValueError, match="per query group"):
+        compute_metrics(spec, labels, np.zeros(10, dtype=int))
+    # no group with a relevant candidate: accuracy 0 (nothing to find)
+    assert score_split(spec, scores[6:8], labels[6:8], groups[6:8])["accuracy"] == 0.0
+
+
+def test_ranking_submission_file_writes_label_names(tmp_path):
+    spec = _ranking()
+    preds = predictions_from_logits(spec, np.array([[0.1], [0.9], [0.3]]), np.array([0, 0, 0]))
+    write_submission_file(tmp_path / "QNLI.tsv", ["a", "b", "c"], preds, spec)
+    assert read_tsv(tmp_path / "QNLI.tsv")[1:] == [["a", "not_entailment"], ["b", "entailment"], ["c", "not_entailment"]]
 
 
 # ------------------------------------------------------------------------------ average, table
@@ -88,6 +144,35 @@ def test_glue_score_averages_per_task_means():
     assert glue_score(results) == pytest.approx(70.0)
     assert glue_score({"MRPC": {"accuracy": 81.0, "f1": 86.0}, "RTE": {"accuracy": 66.0}}) == pytest.approx(74.75)
     assert np.isnan(glue_score({}))
+
+
+MNLI_BOTH = {"MNLI-m": {"accuracy": 80.0}, "MNLI-mm": {"accuracy": 70.0}, "RTE": {"accuracy": 60.0},
+             "MRPC": {"accuracy": 80.0, "f1": 90.0}, "AX": {}}
+
+
+def test_glue_score_counts_mnli_matched_and_mismatched_as_one_task():
+    """Before: (80 + 70 + 60 + 85) / 4 = 73.75, MNLI counted twice. The leaderboard averages
+    MNLI-m and MNLI-mm into one MNLI score first: (75 + 60 + 85) / 3."""
+    assert task_scores(MNLI_BOTH) == {"MNLI": 75.0, "RTE": 60.0, "MRPC": 85.0}
+    assert glue_score(MNLI_BOTH) == pytest.approx(73.3333, abs=1e-4)
+    assert glue_score(MNLI_BOTH, load_task_specs({"MNLI": {}, "RTE": {}, "MRPC": {}})) == pytest.approx(73.3333, abs=1e-4)
+    assert "| **average** | | **73.33** |" in markdown_table(MNLI_BOTH).splitlines()
+    # only the matched set evaluated: MNLI is that one
+    assert task_scores({"MNLI-m": {"accuracy": 80.0}, "RTE": {"accuracy": 60.0}}) == {"MNLI": 80.0, "RTE": 60.0}
+
+
+def test_task_scores_follow_the_specs_report_names(tmp_path):
+    """Teacher selection uses task_scores with the run's specs: a custom task's dev splits with
+    their own report names make one task; a report name no spec knows is a task of its own."""
+    f = tmp_path / "tasks.yaml"
+    f.write_text("Mine:\n  head: classification\n  labels: [a, b]\n  metrics: [accuracy]\n  fields: {text_a: t, label: l}\n"
+                 "  splits:\n    dev_a: {path: a.tsv, report_as: Mine-a}\n    dev_b: {path: b.tsv, report_as: Mine-b}\n")
+    specs = load_task_specs({"Mine": {}, "MNLI": {}}, tasks_file=f)
+    results = {"Mine-a": {"accuracy": 50.0}, "Mine-b": {"accuracy": 70.0}, "MNLI-m": {"accuracy": 90.0},
+               "MNLI-mm": {"accuracy": 80.0}, "Other": {"accuracy": 10.0}}
+    assert task_scores(results, specs) == {"Mine": 60.0, "MNLI": 85.0, "Other": 10.0}
+    assert glue_score(results, specs) == pytest.approx((60 + 85 + 10) / 3, abs=1e-4)
+    assert task_scores(results) == {"Mine-a": 50.0, "Mine-b": 70.0, "MNLI": 85.0, "Other": 10.0}  # GLUE table only
 
 
 def test_markdown_table_rows_and_average():

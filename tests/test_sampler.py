@@ -249,6 +249,17 @@ def test_ddp_batch_smaller_than_world_size_is_repeated():
     assert i0.tolist() == [5] and i1.tolist() == [5] and n0 == n1 == 2
 
 
+def test_ddp_batch_smaller_than_world_size_goes_whole_to_every_rank_and_counts_exactly():
+    """3 examples, 4 ranks: every rank gets all 3 and the count is 12, so the loop's
+    `sum * 4 / 12` averaged over the ranks is the plain mean (before: the batch was resized to
+    [a, b, c, a] and `a` counted twice)."""
+    ranks = [MultiTaskBatchSampler({"t": np.array([5, 6, 7])}, 4, seed=0, rank=r, world_size=4) for r in range(4)]
+    outs = [list(s)[0] for s in ranks]
+    assert all(sorted(i.tolist()) == [5, 6, 7] and n == 12 for _, i, n in outs)
+    loss = {5: 1.0, 6: 2.0, 7: 6.0}
+    assert np.mean([sum(loss[j] for j in i) * 4 / n for _, i, n in outs]) == pytest.approx(3.0)
+
+
 # ------------------------------------------------------------------------------ ranking groups
 def grouped_task(seed=0, n_groups=40):
     rng = np.random.default_rng(seed)
@@ -336,3 +347,61 @@ def test_property_exactly_once_and_shards_partition(sizes, batch_size, bucket, s
         assert all(pt == t for pt, _ in parts)
         if len(b) >= world:
             assert sorted(np.concatenate(shards).tolist()) == sorted(b.tolist())
+
+
+# ------------------------------------------------------------------------------ ranking under DDP
+@pytest.mark.parametrize("world", [2, 3])
+def test_ddp_never_splits_a_group_across_ranks(world):
+    """Before: `indices[rank::world_size]` cut a query's candidates across ranks, so each rank's
+    listwise softmax saw part of the group."""
+    gid = grouped_task(seed=2)
+    tasks = {"rank": np.arange(len(gid)), "cls": np.arange(30)}
+    glob = MultiTaskBatchSampler(tasks, BS, seed=3, groups={"rank": gid})
+    ranks = [MultiTaskBatchSampler(tasks, BS, seed=3, groups={"rank": gid}, rank=r, world_size=world) for r in range(world)]
+    for epoch in range(2):
+        for (t, b), *parts in zip(glob.epoch_batches(epoch), *(r.epoch_batches(epoch) for r in ranks)):
+            assert all(pt == t and np.array_equal(pb, b) for pt, pb in parts)  # batches do not depend on world_size
+            splits = [r.split(b, t) for r in ranks]
+            if t != "rank":
+                continue
+            n_groups = len(set(gid[b].tolist()))
+            if n_groups < world:  # whole batch on every rank, counted world times
+                assert all(np.array_equal(i, b) and n == len(b) * world for i, n in splits)
+                continue
+            assert all(n == len(b) for _, n in splits)
+            assert sorted(np.concatenate([i for i, _ in splits]).tolist()) == sorted(b.tolist())
+            owners = {}
+            for r, (i, _) in enumerate(splits):
+                assert len(i) > 0
+                for g in set(gid[i].tolist()):
+                    assert owners.setdefault(g, r) == r, f"group {g} on ranks {owners[g]} and {r}"
+                    assert int((gid[i] == g).sum()) == int((gid[b] == g).sum())
+            sizes = sorted(Counter(gid[b].tolist()).values(), reverse=True)
+            loads = [len(i) for i, _ in splits]
+            assert max(loads) - min(loads) <= sizes[0]  # greedy balance: off by at most one group
+
+
+def test_ddp_grouped_loss_scaling_equals_the_one_process_mean():
+    """The loop's `per_example.sum() * world_size / count`, averaged over the ranks (DDP), equals
+    one process's `per_example.sum() / len(batch)` for the ranking loss with uneven group splits,
+    and also when a batch has fewer groups than ranks."""
+    import torch
+
+    from mtkd.losses import ranking_loss
+
+    rng = np.random.default_rng(0)
+    gid = np.repeat(np.arange(12), [1, 5, 3, 2, 6, 1, 4, 2, 3, 1, 5, 2])
+    labels = (rng.random(len(gid)) < 0.4).astype(np.int64)
+    scores = rng.normal(size=len(gid))
+
+    def loss_of(i):
+        return ranking_loss(torch.tensor(scores[i]), torch.tensor(labels[i]), torch.tensor(gid[i]), positive=1)
+
+    for world in (2, 3):
+        ranks = [MultiTaskBatchSampler({"q": np.arange(len(gid))}, 6, seed=1, groups={"q": gid}, rank=r,
+                                       world_size=world) for r in range(world)]
+        for batch in [np.arange(len(gid)), np.flatnonzero(gid == 4), *ranks[0].epoch_batches(0)]:
+            batch = batch[1] if isinstance(batch, tuple) else batch
+            one = float(loss_of(batch).sum()) / len(batch)
+            ddp = np.mean([float(loss_of(i).sum()) * world / n for i, n in (r.split(batch, "q") for r in ranks)])
+            assert ddp == pytest.approx(one, rel=1e-9)

@@ -1,4 +1,11 @@
-"""GLUE metrics (x100, as in the paper), the GLUE average, result tables and leaderboard files."""
+"""GLUE metrics (x100, as in the paper), the GLUE average, result tables and leaderboard files.
+
+Ranking tasks (e.g. QNLI run as ranking) are scored per group (one query and its candidates):
+`accuracy` is the share of queries, among those with at least one relevant candidate, whose
+top-scored candidate is relevant (precision at 1; any number of relevant candidates per query);
+`f1` and `mcc` are per candidate, with the top-scored candidate of each query predicted relevant
+and the others not, relevant being the positive class.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,8 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from mtkd.tasks import HeadKind, TaskSpec
+from mtkd.errors import DataError
+from mtkd.tasks import HeadKind, TaskSpec, glue_tasks
 
 METRIC_FUNCS = {
     "accuracy": lambda y, p: accuracy_score(y, p),
@@ -21,40 +29,95 @@ METRIC_FUNCS = {
 }
 
 
-def compute_metrics(spec: TaskSpec, labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
-    """labels/predictions (N,): class indices for classification, floats for regression. x100."""
+def compute_metrics(spec: TaskSpec, labels: np.ndarray, predictions: np.ndarray,
+                    groups: np.ndarray | None = None) -> dict[str, float]:
+    """labels/predictions (N,): label indices for classification and ranking, floats for
+    regression (the raw predictions, not clipped). Ranking needs the query `groups` (N,) and is
+    scored per group (module docstring). x100."""
+    if spec.head == HeadKind.RANKING:
+        return _ranking_metrics(spec, np.asarray(labels), np.asarray(predictions), groups)
     return {m: round(100.0 * float(METRIC_FUNCS[m](labels, predictions)), 4) for m in spec.metrics}
 
 
+def _ranking_metrics(spec: TaskSpec, labels, predictions, groups) -> dict[str, float]:
+    if groups is None:
+        raise ValueError(f"{spec.name}: ranking metrics are per query group: pass the split's groups")
+    relevant = (labels == spec.positive_index).astype(np.int64)
+    picked = (predictions == spec.positive_index).astype(np.int64)
+    _, g = np.unique(np.asarray(groups), return_inverse=True)
+    has_relevant = np.bincount(g, weights=relevant) > 0
+    hit = np.bincount(g, weights=relevant * picked) > 0
+    out = {}
+    for m in spec.metrics:
+        if m == "accuracy":  # per group: the top-scored candidate is relevant
+            v = float(hit[has_relevant].mean()) if has_relevant.any() else 0.0
+        else:
+            v = float(METRIC_FUNCS[m](relevant, picked))
+        out[m] = round(100.0 * v, 4)
+    return out
+
+
 def predictions_from_logits(spec: TaskSpec, logits: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
-    """logits (N, C) or (N, 1) -> class indices (N,) or clipped scores (N,). Ranking: within each
-    group the top-scored candidate is the positive (label index 1), the others negative."""
+    """logits (N, C) or (N, 1) -> label indices (N,) or scores (N,).
+
+    Regression: the raw scores, not clipped (the correlations are computed on them;
+    `write_submission_file` clips to the label range). Ranking (`groups` (N,) required): in each
+    group the top-scored candidate gets the positive label's index, the others the other label's."""
     if spec.head == HeadKind.CLASSIFICATION:
         return logits.argmax(-1)
     scores = logits[:, 0]
     if spec.head == HeadKind.REGRESSION:
-        return np.clip(scores, *spec.label_range) if spec.label_range else scores
-    pred = np.zeros(len(scores), dtype=np.int64)
-    for g in np.unique(groups):
-        m = np.flatnonzero(groups == g)
-        pred[m[np.argmax(scores[m])]] = 1
+        return scores
+    if groups is None:
+        raise ValueError(f"{spec.name}: ranking predictions are per query group: pass the split's groups")
+    groups = np.asarray(groups)
+    pos = spec.positive_index
+    pred = np.full(len(scores), 1 - pos, dtype=np.int64)
+    order = np.lexsort((-scores, groups))  # by group, best score first (ties: the earlier candidate)
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = groups[order][1:] != groups[order][:-1]
+    pred[order[first]] = pos
     return pred
 
 
-def glue_score(results: dict[str, dict[str, float]]) -> float:
-    """The GLUE average: mean over tasks of each task's mean metric (MRPC/QQP/STS-B average their
-    two metrics, as the leaderboard does)."""
-    per_task = [float(np.mean(list(m.values()))) for m in results.values() if m]
+def score_split(spec: TaskSpec, logits: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None) -> dict[str, float]:
+    """The metrics (x100) of one evaluated split: logits (N, C) or (N, 1), labels (N,), groups (N,)
+    for ranking (`EncodedSplit.groups[idx]`)."""
+    return compute_metrics(spec, labels, predictions_from_logits(spec, logits, groups), groups)
+
+
+def task_scores(results: dict[str, dict[str, float]], specs: dict[str, TaskSpec] | None = None) -> dict[str, float]:
+    """One score per task from {report name: {metric: value}}: each report's mean metric
+    (MRPC/QQP/STS-B average their two metrics, as the leaderboard does), then the mean over the
+    report names of one task's dev splits, so MNLI-m and MNLI-mm make one MNLI score as on the
+    GLUE leaderboard. `specs` (default: the built-in GLUE tasks) say which report names belong to
+    which task; other report names count as tasks of their own; reports without metrics (AX) are
+    left out. Not rounded."""
+    task_of: dict[str, str] = {}
+    for name, spec in (glue_tasks() if specs is None else specs).items():
+        for split in spec.eval_splits("dev"):
+            task_of.setdefault(spec.report_name(split), name)
+    per_task: dict[str, list[float]] = {}
+    for report, ms in results.items():
+        if ms:
+            per_task.setdefault(task_of.get(report, report), []).append(float(np.mean(list(ms.values()))))
+    return {t: float(np.mean(v)) for t, v in per_task.items()}
+
+
+def glue_score(results: dict[str, dict[str, float]], specs: dict[str, TaskSpec] | None = None) -> float:
+    """The GLUE average: the mean of `task_scores` (MNLI-m and MNLI-mm averaged into one task first)."""
+    per_task = list(task_scores(results, specs).values())
     return round(float(np.mean(per_task)), 4) if per_task else float("nan")
 
 
-def markdown_table(results: dict[str, dict[str, float]], notes: dict[str, str] | None = None) -> str:
-    """One row per (task, metric) plus the GLUE average; notes flag data caveats."""
+def markdown_table(results: dict[str, dict[str, float]], notes: dict[str, str] | None = None,
+                   specs: dict[str, TaskSpec] | None = None) -> str:
+    """One row per (task, metric) plus the GLUE average (`glue_score` with `specs`); notes flag data caveats."""
     lines = ["| task | metric | dev |", "|---|---|---|"]
     for task, ms in results.items():
         for m, v in ms.items():
             lines.append(f"| {task} | {m} | {v:.2f} |")
-    lines.append(f"| **average** | | **{glue_score(results):.2f}** |")
+    lines.append(f"| **average** | | **{glue_score(results, specs):.2f}** |")
     if notes:
         lines.append("")
         lines += [f"- {t}: {n}" for t, n in notes.items()]
@@ -66,9 +129,14 @@ SUBMISSION_FILES = ("CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI-m", "MNLI-mm"
 
 def write_submission_file(path: Path, ids, predictions, spec: TaskSpec) -> None:
     """The GLUE leaderboard layout: header `index\\tprediction`, label names (regression: the score
-    clipped to [0, 5] with 3 decimals)."""
+    clipped to [0, 5] with 3 decimals). Ids holding a tab or line break (possible in CSV/JSON data)
+    would add columns or rows, so they are refused (DataError) before anything is written."""
     if len(ids) != len(predictions):
         raise ValueError(f"{path}: {len(ids)} ids but {len(predictions)} predictions")
+    for i in ids:
+        if any(c in str(i) for c in "\t\r\n"):
+            raise DataError(path, f"example id {str(i)!r} holds a tab or line break, which would break the "
+                                  f"TSV layout (index<TAB>prediction per line); fix the id in the data file")
     with open(path, "w", encoding="utf-8") as f:
         f.write("index\tprediction\n")
         for i, p in zip(ids, predictions):

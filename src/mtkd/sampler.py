@@ -25,8 +25,8 @@ class MultiTaskBatchSampler:
         sorted by length within each chunk before batching, so a batch holds similar lengths (less
         padding) while the chunk and batch order stay random.
     groups: task -> group id of every example (ranking tasks: a batch holds whole groups).
-    rank, world_size: under DDP every rank takes `indices[rank::world_size]` of the same batch, so
-        each update is on one task across ranks.
+    rank, world_size: under DDP every rank takes its share of the same global batch (`shard`), so
+        each update is on one task across ranks. The batches do not depend on world_size.
     """
 
     def __init__(self, task_indices: dict[str, np.ndarray], batch_size: int, seed: int,
@@ -125,24 +125,48 @@ class MultiTaskBatchSampler:
             consumed -= self._pass_len[(task, rep)]
             rep += 1
 
-    def shard(self, indices: np.ndarray) -> np.ndarray:
-        """This rank's part of a global batch (a batch smaller than world_size is repeated to fit)."""
-        if self.world_size == 1:
-            return indices
-        if len(indices) < self.world_size:
-            indices = np.resize(indices, self.world_size)
-        return indices[self.rank::self.world_size]
+    def shard(self, indices: np.ndarray, task: str | None = None) -> np.ndarray:
+        """This rank's part of a global batch of `task` (see `split`)."""
+        return self.split(indices, task)[0]
+
+    def split(self, indices: np.ndarray, task: str | None = None) -> tuple[np.ndarray, int]:
+        """(this rank's indices, global count) for a global batch of `task`.
+
+        Ungrouped tasks: `indices[rank::world_size]`. Grouped (ranking) tasks: whole groups, never
+        a group split across ranks (the listwise softmax needs all of a query's candidates), dealt
+        largest first to the rank with the fewest examples so far. A batch with fewer examples
+        (groups) than ranks is given whole to every rank and counted world_size times.
+        The global count is what the loop divides by: `per_example.sum() * world_size / count`,
+        averaged over the ranks by DDP, is then the mean over the global batch, as in one process,
+        however unevenly the groups split."""
+        indices = np.asarray(indices)
+        w = self.world_size
+        if w == 1:
+            return indices, len(indices)
+        if task in self.groups:
+            _, first, unit = np.unique(self.groups[task][indices], return_index=True, return_inverse=True)
+            if len(first) < w:
+                return indices, len(indices) * w
+            sizes = np.bincount(unit)
+            load, owner = np.zeros(w, dtype=np.int64), np.empty(len(first), dtype=np.int64)
+            for u in sorted(range(len(first)), key=lambda u: (-sizes[u], first[u])):
+                owner[u] = int(np.argmin(load))
+                load[owner[u]] += sizes[u]
+            return indices[owner[unit] == self.rank], len(indices)
+        if len(indices) < w:
+            return indices, len(indices) * w
+        return indices[self.rank::w], len(indices)
 
     def __len__(self) -> int:
         return self.epoch_size
 
     def __iter__(self):
-        """Yield (task, this rank's indices, global batch size) from the current position to the epoch end."""
+        """Yield (task, this rank's indices, global count; see `split`) from the current position to the epoch end."""
         batches = self.epoch_batches(self.epoch)
         while self.position < len(batches):
             task, idx = batches[self.position]
             self.position += 1
-            yield task, self.shard(idx), max(len(idx), self.world_size)
+            yield (task, *self.split(idx, task))
         self.epoch, self.position = self.epoch + 1, 0
 
     def state_dict(self) -> dict:
