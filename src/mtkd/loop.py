@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mtkd.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from mtkd.checkpoint import STATE_FILE, list_checkpoints, load_latest_checkpoint, save_checkpoint
 from mtkd.config import Optimizer, Precision, TrainConfig
 from mtkd.data import EncodedSplit, collate, length_batches
-from mtkd.errors import TrainingDiverged
-from mtkd.losses import hard_loss
+from mtkd.errors import CheckpointError, TrainingDiverged
+from mtkd.identity import resume_problem
+from mtkd.losses import task_loss
 from mtkd.sampler import MultiTaskBatchSampler
 
 log = logging.getLogger(__name__)
@@ -55,16 +56,24 @@ def mixed_precision_mode(precision: Precision, cuda: bool, bf16_supported: bool)
     return precision.value
 
 
-def make_accelerator(precision: Precision):
+def autocast(precision: Precision, device: torch.device):
+    """The autocast context of a precision on a device (a no-op on CPU: fp32 there) and its mode."""
+    cuda = device.type == "cuda"
+    mode = mixed_precision_mode(precision, cuda, cuda and torch.cuda.is_bf16_supported())
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=mode != "no"), mode
+
+
+def make_accelerator(precision: Precision | None = None):
+    """Process group, device and DDP wrapping. Mixed precision is not Accelerate's here: each
+    stage's own `precision` (mtl, finetune) is applied in `train` (autocast + a grad scaler)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    cuda = torch.cuda.is_available()
-    mp = mixed_precision_mode(precision, cuda, cuda and torch.cuda.is_bf16_supported())
     # Accelerate treats a `torchrun` launch without a GPU as N unrelated single processes (each
     # training alone and writing the same files) unless told to use the CPU: say so explicitly.
     cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     # each step uses one task's head only, so DDP must expect unused parameters
-    return Accelerator(mixed_precision=mp, cpu=cpu,
+    return Accelerator(mixed_precision="no", cpu=cpu,
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
@@ -78,7 +87,7 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 def default_loss(model) -> LossFn:
     def fn(task, logits, batch):
-        return hard_loss(model.tasks[task].head, logits, batch["labels"], batch.get("groups"))
+        return task_loss(model.tasks[task], logits, batch)
     return fn
 
 
@@ -121,11 +130,14 @@ def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
 
 
 def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, out_dir: Path, accelerator,
-          loss_fn: LossFn | None = None, run_config: dict | None = None, desc: str = "train") -> dict:
+          loss_fn: LossFn | None = None, run_config: dict | None = None, desc: str = "train",
+          identity: dict | None = None) -> dict:
     """Algorithm 1 with the paper's optimiser settings; resumes from out_dir/checkpoints if present.
 
-    Returns {"steps", "epochs"}: where the run ended (all updates, resumed ones included), and
-    {"seconds", "examples", "tokens"} for this call (not counting work done before a resume)."""
+    `identity` (what the stage depends on, see mtkd.identity) is stored in every checkpoint; a
+    checkpoint written under another identity is refused. Returns {"steps", "epochs"}: where the
+    run ended (all updates, resumed ones included), and {"seconds", "examples", "tokens"} for this
+    call (not counting work done before a resume)."""
     out_dir = Path(out_dir)
     main = accelerator.is_main_process
     loss_fn = loss_fn or default_loss(model)
@@ -137,19 +149,21 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
     optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ddp_model, optimizer = accelerator.prepare(model, optimizer)
     expect = {"tasks": sorted(train_sets), "encoder": model.encoder_name, "total_steps": total}
-    step = 0
-    ckpts = list_checkpoints(out_dir / "checkpoints")
-    if ckpts:
-        state = load_checkpoint(ckpts[-1], model, optimizer, expect)
+    step, state = 0, {}
+    _refuse_other_identity(out_dir / "checkpoints", identity)
+    resumed = load_latest_checkpoint(out_dir / "checkpoints", model, optimizer, expect)  # skips damaged ones
+    if resumed:
+        path, state = resumed
         sampler.load_state_dict(state["sampler"])
         step = state["step"]
-        log.info("resumed %s from %s (step %d of %d)", desc, ckpts[-1], step, total)
+        log.info("resumed %s from %s (step %d of %d)", desc, path, step, total)
 
     def checkpoint():
         accelerator.wait_for_everyone()
         if main:
             save_checkpoint(out_dir / "checkpoints", accelerator.unwrap_model(ddp_model), optimizer,
-                            {**expect, "step": step, "sampler": sampler.state_dict(), "config": run_config},
+                            {**expect, "step": step, "sampler": sampler.state_dict(), "config": run_config,
+                             "identity": identity, **({"grad_scaler": scaler.state_dict()} if scaler.is_enabled() else {})},
                             keep=cfg.keep_checkpoints)
         accelerator.wait_for_everyone()  # no rank leaves (e.g. exits after a stop) before the checkpoint is complete
 
@@ -158,7 +172,12 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
     metrics_f = open(out_dir / "metrics.jsonl", "a") if main else None
     tb = _tensorboard(out_dir / "tensorboard") if main else None
     running: dict[str, float] = {}
-    pad = 8 if accelerator.mixed_precision != "no" else 1
+    amp, mode = autocast(cfg.precision, accelerator.device)
+    scaler = torch.amp.GradScaler(accelerator.device.type, enabled=mode == "fp16")
+    if step and "grad_scaler" in state and scaler.is_enabled():
+        scaler.load_state_dict(state["grad_scaler"])
+    pad = 8 if mode != "no" else 1  # tensor-core friendly widths under AMP
+    check_every = max(1, cfg.check_every)
     n_examples = n_tokens = 0
     t0 = time.time()
     bar = tqdm(total=total, initial=step, desc=desc, disable=not main, dynamic_ncols=True, mininterval=2)
@@ -175,45 +194,57 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
                     n_batch_tokens = int(host_batch["attention_mask"].sum())  # on the host: no GPU sync
                     batch = {k: v.to(accelerator.device) for k, v in host_batch.items()}
                     rng_before = torch.get_rng_state()  # to checkpoint the exact state before a bad step
-                    with accelerator.autocast():
+                    with amp:
                         logits = ddp_model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], task=task)
                     per_example = loss_fn(task, logits, batch)
                     # sum / (global batch / ranks): DDP's gradient average then equals the global mean
                     loss = per_example.sum() * accelerator.num_processes / global_n
-                    loss_value = float(loss.detach())
-                    diverged, stop_now = not math.isfinite(loss_value), stop.signum is not None
-                    if accelerator.num_processes > 1:
-                        # every rank must stop (diverged / signal) at the same step, else the others wait
-                        # forever in the next collective: share both flags
-                        flags = accelerator.reduce(torch.tensor([float(diverged), float(stop_now)], device=accelerator.device), "sum")
-                        diverged, stop_now = bool(flags[0] > 0), bool(flags[1] > 0)
+                    checking = (step + 1) % check_every == 0 or step + 1 == total
+                    loss_value = diverged = stop_now = None
+                    if checking:
+                        loss_value = float(loss.detach())
+                        diverged, stop_now = not math.isfinite(loss_value), stop.signum is not None
+                        if accelerator.num_processes > 1:
+                            # every rank must stop (diverged / signal) at the same step, else the others wait
+                            # forever in the next collective: share both flags, and the loss for the log
+                            flags = accelerator.reduce(torch.tensor([float(diverged), float(stop_now), loss_value],
+                                                                    device=accelerator.device), "sum")
+                            diverged, stop_now = bool(flags[0] > 0), bool(flags[1] > 0)
+                            # each rank's loss is its share of the global mean scaled by the world size
+                            loss_value = float(flags[2]) / accelerator.num_processes if not diverged else loss_value
                     if diverged:
+                        ids = [train_sets[task].data.ids[i] for i in idx[:10]]
+                        shown = loss_value if not math.isfinite(loss_value) else "not finite on another rank"
+                        where = f"{desc}: loss is {shown} at step {step}, task {task}, batch of {len(idx)} examples with ids {ids}..."
+                        if check_every > 1:  # earlier unchecked steps may already have spoilt the weights
+                            raise TrainingDiverged(f"{where}; the loss is read every {check_every} steps, so the last good "
+                                                   f"state is the newest checkpoint in {out_dir / 'checkpoints'}")
                         # the weights are still the last good ones (no step was taken); rewind the sampler
                         # and RNG so the checkpoint is exactly the state before this batch
                         sampler.position -= 1
                         torch.set_rng_state(rng_before)
                         checkpoint()
-                        ids = [train_sets[task].data.ids[i] for i in idx[:10]]
-                        shown = loss_value if not math.isfinite(loss_value) else "not finite on another rank"
-                        raise TrainingDiverged(f"{desc}: loss is {shown} at step {step}, task {task}, batch of "
-                                               f"{len(idx)} examples with ids {ids}...; checkpoint of the last good state saved")
-                    accelerator.backward(loss)
+                        raise TrainingDiverged(f"{where}; checkpoint of the last good state saved")
+                    accelerator.backward(scaler.scale(loss))
                     if cfg.grad_clip > 0:
+                        scaler.unscale_(optimizer)
                         accelerator.clip_grad_norm_(params, cfg.grad_clip)
-                    optimizer.step()
+                    scaler.step(optimizer)
+                    scaler.update()
                     optimizer.zero_grad(set_to_none=True)
                     step += 1
                     # -- bookkeeping
                     n_examples += len(idx)
                     n_tokens += n_batch_tokens
-                    running[task] = loss_value if task not in running else 0.95 * running[task] + 0.05 * loss_value
                     if main:
-                        rec = {"step": step, "epoch": sampler.epoch, "task": task, "loss": round(loss_value, 6), "lr": lr,
-                               "time": round(time.time() - t0, 3)}
-                        metrics_f.write(json.dumps(rec) + "\n")
-                        if tb is not None:
-                            tb.add_scalar(f"loss/{task}", loss_value, step)
-                            tb.add_scalar("lr", lr, step)
+                        if checking:
+                            running[task] = loss_value if task not in running else 0.95 * running[task] + 0.05 * loss_value
+                            rec = {"step": step, "epoch": sampler.epoch, "task": task, "loss": round(loss_value, 6), "lr": lr,
+                                   "time": round(time.time() - t0, 3)}
+                            metrics_f.write(json.dumps(rec) + "\n")
+                            if tb is not None:
+                                tb.add_scalar(f"loss/{task}", loss_value, step)
+                                tb.add_scalar("lr", lr, step)
                         if step % cfg.log_every == 0:
                             bar.set_postfix({t: f"{v:.3f}" for t, v in running.items()}, refresh=False)
                         bar.update(1)
@@ -238,6 +269,16 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
         accelerator.free_memory()  # drop the prepared references so the next stage's model can be freed
     return {"steps": step, "epochs": round(step / len(sampler), 3), "seconds": round(time.time() - t0, 2),
             "examples": n_examples, "tokens": n_tokens}
+
+
+def _refuse_other_identity(folder: Path, identity: dict | None) -> None:
+    """A checkpoint written for other settings or data is not resumed (it would mix two runs)."""
+    ckpts = list_checkpoints(folder)
+    if ckpts:
+        stored = json.loads((ckpts[-1] / STATE_FILE).read_text()).get("identity")
+        problem = resume_problem(ckpts[-1], stored, identity)
+        if problem:
+            raise CheckpointError(problem)
 
 
 def _truncate_log(path: Path, step: int) -> None:

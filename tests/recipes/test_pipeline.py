@@ -182,13 +182,41 @@ def test_check_config(run, tmp_path, capsys):
     assert "unknown key 'seed' (did you mean 'seeds'?)" in capsys.readouterr().err
 
 
-def test_finetune_from_a_model_of_another_task_set_is_refused(run, tmp_path, capsys):
-    other = {**run.raw, "tasks": {"SST-2": {}, "RTE": {}}}
+def test_finetune_from_a_model_with_other_labels_for_a_task_is_refused(run, tmp_path, capsys):
+    other = {**run.raw, "tasks": {"SST-2": {"labels": ["1", "0"]}}}  # the same names, another order
     path = tmp_path / "other.yaml"
     path.write_text(yaml.safe_dump(other))
     mtl_model = run.seed / "mtl" / "model"
-    with pytest.raises(CheckpointError, match="task 'RTE' has no head in the checkpoint"):
+    with pytest.raises(CheckpointError, match=r"task 'SST-2': checkpoint head is classification \['0', '1'\]"):
         finetune.run(RunContext(load_config(path), tmp_path / "ft"), tmp_path / "ft", 0, mtl_model)
     assert main(["finetune", str(path), "--init", str(mtl_model), "--output-dir", str(tmp_path / "ft2")]) == 2
     assert "checkpoint does not match the configured tasks" in capsys.readouterr().err
     assert not list(tmp_path.rglob("model.safetensors"))  # nothing trained
+
+
+def test_finetune_an_mtl_model_on_a_new_task_adds_a_head(run, tmp_path, caplog):
+    """Paper Section 2.1: the MTL model fine-tuned on a task it was not trained on (RTE)."""
+    new = {**run.raw, "tasks": {"SST-2": {}, "RTE": {}}}
+    path = tmp_path / "new.yaml"
+    path.write_text(yaml.safe_dump(new))
+    mtl_model = run.seed / "mtl" / "model"
+    caplog.set_level("INFO")
+    assert main(["finetune", str(path), "--init", str(mtl_model), "--output-dir", str(tmp_path / "ft")]) == 0
+    assert "new heads for RTE" in caplog.text
+    rte = tmp_path / "ft" / "RTE" / "model"
+    saved = json.loads((rte / "config.json").read_text())["tasks"]
+    assert set(saved) == {"SST-2", "RTE"}  # the config's tasks; the MTL model's other heads left out
+    # the encoder started from the MTL model, not from scratch
+    from safetensors.torch import load_file
+
+    start, tuned = load_file(str(mtl_model / "model.safetensors")), load_file(str(rte / "model.safetensors"))
+    key = "encoder.embeddings.word_embeddings.weight"
+    assert float((start[key] - tuned[key]).abs().max()) < 0.1 and "heads.RTE.out.weight" in tuned
+    assert main(["evaluate", str(path), "--model", str(rte), "--output-dir", str(tmp_path / "ev")]) == 0
+    scores = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert set(scores) == {"SST-2", "RTE"} and 0 <= scores["RTE"]["accuracy"] <= 100
+    # a subset of an MTL model's heads
+    sub = MTModel.from_pretrained(mtl_model, tasks=["SST-2"])
+    assert set(sub.heads) == {"SST-2"} and sub.predict("SST-2", ["a fine film"])[0] in ("0", "1")
+    with pytest.raises(CheckpointError, match="no head for 'RTE'"):
+        MTModel.from_pretrained(mtl_model, tasks=["RTE"])

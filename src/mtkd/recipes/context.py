@@ -1,5 +1,15 @@
-"""What every recipe needs: the resolved config, task definitions, tokenizer, encoded data, output
-folders and the accelerator. Built once per `mtkd run`."""
+"""What every recipe needs: the resolved config, task definitions, tokenizers, encoded data, the
+accelerator, and each stage's identity. Built once per `mtkd run`.
+
+Stage identity: a stage is reused only when everything it depends on is unchanged: its own
+settings, the identity of the model it starts from (an upstream stage's key, or the encoder) and
+the fingerprints of the data it reads. `stage_identity` is that record; its hash is stored in the
+stage's DONE.json and in every checkpoint. A finished stage whose inputs changed is trained again;
+a checkpoint of a stage whose inputs changed is refused (resuming it would mix two experiments).
+
+Distributed runs: nothing here runs a collective except `prepare_data` and `mark_done`, which
+every rank calls at the same point. Inference (`logits`) is sharded across ranks and gathered.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +17,27 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mtkd.config import RunConfig, to_dict
-from mtkd.data import EncodedSplit, encode_split, subsample
-from mtkd.loop import TrainSet, make_accelerator
+from mtkd.config import EncoderConfig, RunConfig, TrainConfig, to_dict
+from mtkd.data import EncodedSplit, encode_split, subsample, tokenizer_fingerprint
+from mtkd.errors import CheckpointError, ConfigError, DataError
+from mtkd.identity import differences, digest, plain, resume_problem
+from mtkd.loop import TrainSet, make_accelerator, predict_logits
 from mtkd.model import MTModel, resolve_encoder
-from mtkd.errors import ConfigError
 from mtkd.tasks import TaskSpec, load_task_specs, task_from_dict
 
 log = logging.getLogger(__name__)
 
 
 UNLABELED_SUFFIX = "+unlabeled"
+# TrainConfig fields that do not change what a stage computes (resume and reuse ignore them)
+NOT_SHAPING = ("checkpoint_every", "keep_checkpoints", "log_every")
 
 
 def unlabeled_specs(cfg: RunConfig, specs: dict[str, TaskSpec]) -> dict[str, TaskSpec]:
@@ -49,14 +63,32 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MTKD_CACHE") or Path.home() / ".cache" / "mtkd")
 
 
+def train_settings(cfg: TrainConfig) -> dict:
+    return {k: v for k, v in to_dict(cfg).items() if k not in NOT_SHAPING}
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 @dataclass
 class RunContext:
     cfg: RunConfig
     out_dir: Path
     specs: dict[str, TaskSpec] = field(init=False)
     accelerator: object = field(init=False)
+    # planning: recipes compute identities and check existing stages, but train and predict nothing
+    planning: bool = field(default=False, init=False)
     _encoded: dict = field(default_factory=dict, init=False)
-    _tokenizer: object = field(default=None, init=False)
+    _tokenizers: dict = field(default_factory=dict, init=False)
+    _models: dict = field(default_factory=dict, init=False)  # model folder -> {"key", "tokenizer"}
+    _weights: dict = field(default_factory=dict, init=False)
+    problems: list = field(default_factory=list, init=False)  # refusals found while planning
+    _reported: set = field(default_factory=set, init=False)
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -69,22 +101,60 @@ class RunContext:
     def main(self) -> bool:
         return self.accelerator.is_main_process
 
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
+    # ------------------------------------------------------------------------------ tokenizers
+    def tokenizer(self, source: str | None = None):
+        """The tokenizer of an encoder name or a model folder (default: the config's encoder)."""
+        source = str(source or self.cfg.encoder.name)
+        if source not in self._tokenizers:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(self.cfg.encoder.name), use_fast=True)
-        return self._tokenizer
+            self._tokenizers[source] = AutoTokenizer.from_pretrained(resolve_encoder(source), use_fast=True)
+        return self._tokenizers[source]
+
+    def tokenizer_sources(self) -> list[str]:
+        """Every encoder whose tokenizer some stage of this config uses (teachers, candidates, student)."""
+        names = [self.cfg.encoder.name] + [c["encoder"] for c in self.cfg.kd.candidates if c.get("encoder")]
+        if self.cfg.kd.student is not None:
+            names.append(self.cfg.kd.student.name)
+        return list(dict.fromkeys(str(n) for n in names))
 
     # ----------------------------------------------------------------------------------- data
-    def encoded(self, task: str, split: str) -> EncodedSplit:
-        key = (task, split)
+    def encoded(self, task: str, split: str, tokenizer=None) -> EncodedSplit:
+        """A split tokenised by `tokenizer` (a tokenizer, an encoder name or a model folder; default:
+        the config's encoder). Not a collective: the on-disk cache is written atomically."""
+        tok = tokenizer if hasattr(tokenizer, "backend_tokenizer") else self.tokenizer(tokenizer)
+        key = (task, split, tokenizer_fingerprint(tok))
         if key not in self._encoded:
-            with self.accelerator.main_process_first():  # rank 0 writes the cache, the others read it
-                self._encoded[key] = encode_split(self.specs[task], split, self.tokenizer, self.cfg.data.max_seq_len,
-                                                  self.cache_dir, self.cfg.data.root)
+            self._encoded[key] = encode_split(self.specs[task], split, tok, self.cfg.data.max_seq_len,
+                                              self.cache_dir, self.cfg.data.root)
         return self._encoded[key]
+
+    def prepare_data(self) -> None:
+        """Tokenise every split of every task once, for every tokenizer the config uses, before any
+        stage starts: every file is checked first, and rank 0 writes the caches while the others
+        wait (the one collective of data loading; every rank calls it at the same point). A missing
+        test file is not an error here: predict reports it."""
+        from transformers import AutoConfig
+
+        from mtkd.model import check_max_seq_len
+
+        for source in self.tokenizer_sources():  # a length beyond the position embeddings fails mid-training
+            check_max_seq_len(AutoConfig.from_pretrained(resolve_encoder(source)), self.cfg.data.max_seq_len,
+                              f"encoder {source}")
+        missing = []
+        with self.accelerator.main_process_first():
+            for source in self.tokenizer_sources():
+                for task, spec in self.specs.items():
+                    for split in spec.splits:
+                        try:
+                            self.encoded(task, split, source)
+                        except DataError as e:
+                            if not split.startswith("test"):
+                                missing.append(str(e))
+                if missing:
+                    break
+        if missing:
+            raise DataError("data", "\n  " + "\n  ".join(missing))
 
     def train_tasks(self) -> list[str]:
         """Tasks with labelled training data (not AX, not the unlabeled-text pseudo-tasks)."""
@@ -94,20 +164,20 @@ class RunContext:
         """pseudo-task (e.g. 'SST-2+unlabeled') -> the task whose head and teachers it uses."""
         return {f"{t}{UNLABELED_SUFFIX}": t for t in self.cfg.kd.unlabeled}
 
-    def train_set(self, task: str) -> TrainSet:
-        data = self.encoded(task, "train")
-        return TrainSet(data, subsample(len(data), self._cap(task, 'train_cap'), self.cfg.data.cap_seed))
+    def train_set(self, task: str, tokenizer=None) -> TrainSet:
+        data = self.encoded(task, "train", tokenizer)
+        return TrainSet(data, subsample(len(data), self._cap(task, "train_cap"), self.cfg.data.cap_seed))
 
     def _cap(self, task: str, key: str) -> int | None:
         opts = self.cfg.tasks.get(task)
         return getattr(opts, key) if opts is not None else None
 
-    def dev_sets(self, task: str) -> dict[str, tuple[EncodedSplit, np.ndarray]]:
+    def dev_sets(self, task: str, tokenizer=None) -> dict[str, tuple[EncodedSplit, np.ndarray]]:
         """report name (MNLI-m, ...) -> (encoded dev split, indices after dev_cap)."""
         out = {}
         for split in self.specs[task].eval_splits("dev"):
-            data = self.encoded(task, split)
-            out[self.specs[task].report_name(split)] = (data, subsample(len(data), self._cap(task, 'dev_cap'), self.cfg.data.cap_seed))
+            data = self.encoded(task, split, tokenizer)
+            out[self.specs[task].report_name(split)] = (data, subsample(len(data), self._cap(task, "dev_cap"), self.cfg.data.cap_seed))
         return out
 
     def data_report(self) -> dict:
@@ -116,54 +186,141 @@ class RunContext:
         for t, spec in self.specs.items():
             r = {"note": spec.note} if spec.note else {}
             for split in spec.splits:
-                d = self.encoded(t, split)
+                try:
+                    d = self.encoded(t, split)
+                except DataError as e:  # only test files may be absent (prepare_data checked the rest)
+                    r[split] = {"missing": str(e)}
+                    continue
                 used = len(self.train_set(t).indices) if split == "train" else len(d)
                 r[split] = {"file": d.meta["path"], "examples": len(d), "used": used,
                             "truncated": d.meta["n_truncated"], "skipped_rows": len(d.meta["skipped_rows"])}
             rep[t] = r
         return rep
 
+    def data_identity(self, task: str, split: str, tokenizer=None) -> dict:
+        """What a stage reading this split depends on: file contents, tokenisation, the task's
+        definition (head, labels, fields, head dropout) and, for training, the subset drawn."""
+        data, spec = self.encoded(task, split, tokenizer), self.specs[task]
+        ident = {"sha256": data.fingerprint, "tokenizer": data.meta["tokenizer_fingerprint"], "max_len": data.meta["max_len"],
+                 "head": spec.head.value, "labels": list(spec.labels), "fields": spec.fields_for(split),
+                 "head_dropout": spec.dropout}
+        if split == "train":
+            ident.update(cap=self._cap(task, "train_cap"), cap_seed=self.cfg.data.cap_seed)
+        return ident
+
     # ---------------------------------------------------------------------------------- model
-    def new_model(self, dropout: float | None = None, encoder: str | None = None, encoder_cfg=None) -> MTModel:
+    def new_model(self, dropout: float | None = None, encoder: str | None = None, encoder_cfg=None,
+                  tasks: dict[str, TaskSpec] | None = None) -> MTModel:
         """A fresh MT-DNN from the config's encoder (or `encoder_cfg`, e.g. a smaller student);
         `dropout` and `encoder` override its shared-layer dropout and weights (teacher candidates)."""
         e = encoder_cfg or self.cfg.encoder
-        return MTModel.from_encoder(encoder or e.name, self.specs, num_hidden_layers=e.num_hidden_layers,
-                                    dropout=e.dropout if dropout is None else dropout, init=e.init)
+        model = MTModel.from_encoder(encoder or e.name, tasks or self.specs, num_hidden_layers=e.num_hidden_layers,
+                                     dropout=e.dropout if dropout is None else dropout, init=e.init)
+        return model.to(self.accelerator.device)
 
-    def load_model(self, folder: Path) -> MTModel:
-        return MTModel.from_pretrained(folder, tasks=self.specs)
+    def load_model(self, folder: Path, new_heads: bool = False) -> MTModel:
+        """A saved model with the heads of this config's tasks, on this rank's device; with
+        `new_heads` a task the model has no head for gets a fresh one (fine-tuning on a new task)."""
+        return MTModel.from_pretrained(folder, tasks=self.specs, new_heads=new_heads).to(self.accelerator.device)
+
+    def encoder_identity(self, encoder_cfg: EncoderConfig | None = None, dropout: float | None = None,
+                         encoder: str | None = None) -> dict:
+        e = encoder_cfg or self.cfg.encoder
+        name = str(encoder or e.name)
+        return {"encoder": name, "weights": self._encoder_weights(name), "num_hidden_layers": e.num_hidden_layers,
+                "dropout": e.dropout if dropout is None else dropout, "init": e.init}
+
+    def _encoder_weights(self, name: str) -> str | None:
+        """sha256 of a local encoder's weights file (a hub name is identified by its name)."""
+        if name not in self._weights:
+            folder = Path(resolve_encoder(name))
+            files = (sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))) if folder.is_dir() else []
+            self._weights[name] = digest([_file_sha256(f) for f in files]) if files else None
+        return self._weights[name]
+
+    def register_model(self, folder: Path, key: str, tokenizer: str) -> None:
+        """Record the identity of a model folder a stage of this run produces (or will produce)."""
+        self._models[str(Path(folder).resolve())] = {"key": key, "tokenizer": str(tokenizer)}
+
+    def model_identity(self, folder: Path) -> dict:
+        """The identity of a model to start from: the producing stage's key when this run made it,
+        else the checksum of its weights."""
+        known = self._models.get(str(Path(folder).resolve()))
+        if known is not None:
+            return {"stage": known["key"]}
+        from mtkd.model import weights_sha256
+
+        if not (Path(folder) / "model.safetensors").is_file():
+            raise CheckpointError(f"{folder}: not an mtkd model folder (no model.safetensors)")
+        return {"weights": weights_sha256(folder)}
+
+    def model_tokenizer(self, folder: Path) -> str:
+        """Where the tokenizer of a model folder comes from (the folder itself once it exists)."""
+        known = self._models.get(str(Path(folder).resolve()))
+        return known["tokenizer"] if known is not None and not (Path(folder) / "config.json").is_file() else str(folder)
+
+    # ------------------------------------------------------------------------------- inference
+    def logits(self, model: MTModel, data: EncodedSplit, task: str, indices=None) -> np.ndarray:
+        """predict_logits on every rank's share of `indices` (round-robin over lengths), gathered:
+        every rank gets all of them, in order. One process: a plain predict_logits."""
+        indices = np.arange(len(data)) if indices is None else np.asarray(indices)
+        n, rank = self.accelerator.num_processes, self.accelerator.process_index
+        kwargs = dict(batch_size=self.cfg.predict.batch_size, max_tokens=self.cfg.predict.max_tokens)
+        with self.accelerator.autocast():
+            if n == 1:
+                return predict_logits(model, data, task, indices, **kwargs)
+            mine = np.arange(rank, len(indices), n)
+            part = predict_logits(model, data, task, indices[mine], **kwargs)
+        from accelerate.utils import gather_object
+
+        out = None
+        for pos, values in gather_object([(mine, part)]):
+            out = np.zeros((len(indices), values.shape[1]), dtype=np.float32) if out is None else out
+            out[pos] = values
+        return out
 
     # ------------------------------------------------------------------------------ stage done
-    def config_hash(self, folder: Path) -> str:
-        """Hash of the config sections a stage's result depends on (kd only for teach/distill)."""
-        d = self.config_dict()
-        keys = ["encoder", "data", "tasks", "tasks_file", "mtl", "finetune", "finetune_tasks"]
-        if {"teach", "distill"} & set(Path(folder).parts):
-            keys.append("kd")
-        payload = {k: d[k] for k in keys}
-        payload["data"] = {k: v for k, v in payload["data"].items() if k != "cache_dir"}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    def stage_done(self, folder: Path) -> dict | None:
-        """The finished stage's summary, or None. A stage finished under a different config is
-        refused: reusing it would mix results of two experiments."""
+    def stage_done(self, folder: Path, identity: dict) -> dict | None:
+        """The finished stage's summary when it was made from exactly `identity`; else None (the
+        stage runs; a stale DONE.json is reported with what changed)."""
         f = Path(folder) / "DONE.json"
         if not f.is_file():
             return None
         info = json.loads(f.read_text())
-        if info.get("config_hash") not in (None, self.config_hash(folder)):
-            raise ConfigError(f"{folder} was produced with a different config (encoder/data/tasks/training "
-                              "settings changed); use a new --output-dir, or delete that folder to redo it")
-        return info
+        if info.get("stage_key") == digest(identity):
+            return info
+        if self.main and str(folder) not in self._reported:  # once (planning sees it first)
+            self._reported.add(str(folder))
+            changed = differences(info.get("identity"), plain(identity)) if "identity" in info else ["made by an older mtkd"]
+            log.warning("%s is out of date, training it again (%s)", folder, "; ".join(changed[:8]))
+        return None
 
-    def mark_done(self, folder: Path, info: dict) -> None:
+    def check_resumable(self, folder: Path, identity: dict) -> None:
+        """Planning: a checkpoint written under other inputs is a refusal (resuming would mix them)."""
+        from mtkd.checkpoint import STATE_FILE, list_checkpoints
+
+        ckpts = list_checkpoints(Path(folder) / "checkpoints")
+        if not ckpts:
+            return
+        state = json.loads((ckpts[-1] / STATE_FILE).read_text())
+        problem = resume_problem(ckpts[-1], state.get("identity"), identity)
+        if problem:
+            self.problems.append(problem)
+
+    def mark_done(self, folder: Path, info: dict, identity: dict) -> None:
         if self.main:
             Path(folder).mkdir(parents=True, exist_ok=True)
             tmp = Path(folder) / "DONE.json.tmp"
-            tmp.write_text(json.dumps({**info, "config_hash": self.config_hash(folder)}, indent=2))
+            tmp.write_text(json.dumps({**info, "stage_key": digest(identity), "identity": identity}, indent=2, default=str))
             tmp.replace(Path(folder) / "DONE.json")
         self.accelerator.wait_for_everyone()
+
+    def remove_inside(self, path: Path) -> None:
+        """Delete a folder of this run (e.g. a finished stage's checkpoints); refuses anything outside."""
+        path, root = Path(path).resolve(), self.out_dir.resolve()
+        if path == root or root not in path.parents:
+            raise ConfigError(f"refusing to delete {path}: it is not inside the run folder {root}")
+        shutil.rmtree(path, ignore_errors=True)
 
     def config_dict(self) -> dict:
         return to_dict(self.cfg)

@@ -26,8 +26,8 @@ import torch
 
 from mtkd.config import Stage
 from mtkd.errors import ConfigError
-from mtkd.losses import hard_loss, kd_loss
-from mtkd.recipes import evaluate, finetune, mtl, teach
+from mtkd.losses import kd_loss, task_loss
+from mtkd.recipes import evaluate, finetune, mtl, predict, teach
 from mtkd.recipes.context import RunContext
 from mtkd.soft_targets import SoftTargets
 
@@ -55,19 +55,34 @@ def kd_loss_factory(ctx: RunContext, soft_dir: Path):
             if task in tables:
                 soft = tables[task][batch["index"].cpu()].to(logits.device)
                 return kd_loss(kind, logits, batch.get("labels"), soft, kd.soft_weight, kd.temperature)
-            return hard_loss(kind, logits, batch["labels"], batch.get("groups"))
+            return task_loss(model.tasks[task], logits, batch)
         return loss_fn
     return factory
 
 
+def soft_loss_identity(ctx: RunContext, soft_dir: Path) -> dict:
+    """What the student's loss depends on: the teachers (their stage's key) and the KD settings."""
+    kd = ctx.cfg.kd
+    known = ctx._models.get(str(Path(soft_dir).resolve()))
+    if known is not None:
+        teachers = known["key"]
+    else:  # soft targets made by another run: their provenance names the teachers
+        teachers = SoftTargets.load(soft_dir, kd.teacher_tasks[0]).provenance.get("teacher_key") if kd.teacher_tasks else None
+    return {"teachers": teachers, "soft_weight": kd.soft_weight, "temperature": kd.temperature,
+            "soft_tasks": list(kd.teacher_tasks) + list(ctx.unlabeled_tasks())}
+
+
 def run(ctx: RunContext, out: Path, seed: int, soft_dir: Path) -> dict[str, Path]:
     """Train the student (MTL with soft targets, then fine-tune). Returns task -> model folder."""
-    factory = kd_loss_factory(ctx, soft_dir)
+    factory = None if ctx.planning else kd_loss_factory(ctx, soft_dir)
+    loss_identity = soft_loss_identity(ctx, soft_dir)
     student = ctx.cfg.kd.student
     tasks = ctx.train_tasks() + list(ctx.unlabeled_tasks())  # unlabeled text: soft loss only (no labels)
-    mtl.run(ctx, out / "mtl", seed, tasks=tasks, loss_fn_factory=factory, encoder_cfg=student, desc="student mtl")
-    finetune.run(ctx, out / "finetune", seed, out / "mtl" / "model",
-                 loss_fn_factory=factory if ctx.cfg.kd.finetune_with_soft else None, desc="student finetune")
+    mtl.run(ctx, out / "mtl", seed, tasks=tasks, loss_fn_factory=factory, loss_identity=loss_identity,
+            encoder_cfg=student, desc="student mtl")
+    with_soft = ctx.cfg.kd.finetune_with_soft
+    finetune.run(ctx, out / "finetune", seed, out / "mtl" / "model", loss_fn_factory=factory if with_soft else None,
+                 loss_identity=loss_identity if with_soft else None, desc="student finetune")
     return {t: out / "finetune" / t / "model" for t in (ctx.cfg.finetune_tasks or ctx.train_tasks())}
 
 
@@ -89,10 +104,20 @@ def run_experiment(ctx: RunContext, timed) -> dict:
             per_seed["mtdnn"].append(_evaluate(ctx, {t: sd / "finetune" / t / "model" for t in tasks}, sd / "eval" / "mtdnn"))
         if Stage.TEACH in stages or Stage.DISTILL in stages:
             summary = timed(f"seed-{seed}/teach", lambda: teach.run(ctx, sd / "teach", seed))
-            per_seed["ensemble"].append(summary["ensemble_dev"])
+            if not ctx.planning:
+                per_seed["ensemble"].append(summary["ensemble_dev"])
         if Stage.DISTILL in stages:
             models = timed(f"seed-{seed}/distill", lambda: run(ctx, sd / "distill", seed, sd / "teach" / "soft_targets"))
             per_seed["mtdnn_kd"].append(_evaluate(ctx, models, sd / "eval" / "mtdnn_kd"))
+        if Stage.PREDICT in stages and seed == cfg.seeds[0] and cfg.predict.submission and stages & {Stage.DISTILL, Stage.MTL}:
+            # the leaderboard files of the model the experiment is about: the student, else MT-DNN
+            served = dict(models) if Stage.DISTILL in stages else {t: sd / "finetune" / t / "model" for t in tasks}
+            served.update({t: served[s.head_of] for t, s in ctx.specs.items() if s.head_of in served})
+            timed(f"seed-{seed}/predict", lambda: predict.run(ctx, served, sd))
+            if ctx.main and not ctx.planning:
+                (out_dir / "submission.zip").write_bytes((sd / "submission.zip").read_bytes())
+    if ctx.planning:
+        return {}
     results = aggregate(per_seed, cfg.seeds)
     results["comparison"] = compare(results["systems"], cfg.kd.teacher_tasks)
     results["per_seed"] = {s: {str(seed): r for seed, r in zip(cfg.seeds, runs)} for s, runs in per_seed.items() if runs}
@@ -174,9 +199,7 @@ def combine(paths: list[Path], out_dir: Path) -> dict:
 
 
 def _evaluate(ctx, models, out):
-    res = evaluate.run(ctx, models, out)
-    ctx.accelerator.wait_for_everyone()
-    return json.loads((out / "metrics.json").read_text())
+    return evaluate.run(ctx, models, out)  # every rank gets the same results
 
 
 def aggregate(per_seed: dict[str, list[dict]], seeds: list[int]) -> dict:

@@ -15,9 +15,10 @@ from mtkd.recipes.context import RunContext
 
 
 def run(ctx: RunContext, out: Path, seed: int, init_from: Path | None, cfg: TrainConfig | None = None,
-        tasks: list[str] | None = None, loss_fn_factory=None, desc: str = "finetune") -> dict[str, dict]:
+        tasks: list[str] | None = None, loss_fn_factory=None, loss_identity: dict | None = None,
+        desc: str = "finetune") -> dict[str, dict]:
     """Returns task -> stage summary."""
     cfg = cfg or ctx.cfg.finetune
     tasks = tasks or ctx.cfg.finetune_tasks or ctx.train_tasks()
     return {t: mtl.run(ctx, out / t, seed, tasks=[t], cfg=cfg, init_from=init_from,
-                       loss_fn_factory=loss_fn_factory, desc=f"{desc} {t}") for t in tasks}
+                       loss_fn_factory=loss_fn_factory, loss_identity=loss_identity, desc=f"{desc} {t}") for t in tasks}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 
 from mtkd.config import RunConfig, Stage, save_config
+from mtkd.errors import CheckpointError
 from mtkd.metrics import markdown_table
 from mtkd.recipes import evaluate, finetune, mtl, predict
 from mtkd.recipes.distill import aggregate
@@ -28,6 +29,14 @@ log = logging.getLogger(__name__)
 def run(cfg: RunConfig, out_dir: Path) -> dict:
     ctx = RunContext(cfg, out_dir)
     out_dir = ctx.out_dir
+    ctx.prepare_data()  # every file read and checked (and tokenised once) before anything trains
+    # plan: every stage's identity, without training; refuse checkpoints of other settings before
+    # anything (config.yaml included) is written
+    ctx.planning = True
+    _stages(ctx, lambda name, fn: fn())
+    ctx.planning = False
+    if ctx.problems:
+        raise CheckpointError("this run cannot resume as asked:\n  " + "\n  ".join(ctx.problems))
     if ctx.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
@@ -45,6 +54,12 @@ def run(cfg: RunConfig, out_dir: Path) -> dict:
     if ctx.main:
         report = timed("data", ctx.data_report)
         (out_dir / "data_report.json").write_text(json.dumps(report, indent=2))
+    return _stages(ctx, timed)
+
+
+def _stages(ctx: RunContext, timed) -> dict:
+    """The stages the config lists, for each seed (planned, or run)."""
+    cfg, out_dir = ctx.cfg, ctx.out_dir
     stages = set(cfg.stages)
     if Stage.TEACH in stages or Stage.DISTILL in stages:
         from mtkd.recipes import distill
@@ -73,16 +88,16 @@ def run(cfg: RunConfig, out_dir: Path) -> dict:
             per_seed.append(timed(f"seed-{seed}/evaluate", lambda: evaluate.run(ctx, models, sd)))
         if Stage.PREDICT in stages and i == 0 and cfg.predict.submission:
             missing = timed(f"seed-{seed}/predict", lambda: predict.run(ctx, models, sd))
-            if ctx.main:
+            if ctx.main and not ctx.planning:
                 (out_dir / "submission.zip").write_bytes((sd / "submission.zip").read_bytes())
     results = {}
-    if per_seed and ctx.main:
+    if per_seed and ctx.main and not ctx.planning:
         agg = aggregate({"mtdnn": per_seed}, cfg.seeds)  # the one seed-mean/std helper
         results, std = agg["systems"]["mtdnn"], agg["std"]["mtdnn"]
         (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
         if len(per_seed) > 1:
             (out_dir / "metrics_std.json").write_text(json.dumps(std, indent=2))
         notes = {t: s.note for t, s in ctx.specs.items() if s.note}
-        (out_dir / "metrics.md").write_text(markdown_table(results, notes))
-        log.info("dev results:\n%s", markdown_table(results, notes))
+        (out_dir / "metrics.md").write_text(markdown_table(results, notes, ctx.specs))
+        log.info("dev results:\n%s", markdown_table(results, notes, ctx.specs))
     return results
