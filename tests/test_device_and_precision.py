@@ -79,10 +79,10 @@ def test_check_every_logs_and_checks_every_n_steps(glue_root, tiny_encoder, tmp_
     out = tmp_path / "out"
     assert main(["run", str(path), "--output-dir", str(out)]) == 0
     steps = [json.loads(line)["step"] for line in (out / "seed-0" / "mtl" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [4, 8, 12]
+    assert steps == [4, 6, 8, 12]  # every 4th, and before each checkpoint (the epoch ends: 6, 12)
 
-    # a NaN at an unchecked step (6) is caught at the next check (8), and the message says the last
-    # good state is the newest checkpoint, not "this" state
+    # a NaN at an unchecked update (the 7th) is caught at the next check (the 8th, also a checkpoint
+    # step), before that checkpoint is written: the newest checkpoint is the last good state
     real = mtkd.loop.default_loss
     calls = []
 
@@ -92,7 +92,7 @@ def test_check_every_logs_and_checks_every_n_steps(glue_root, tiny_encoder, tmp_
         def loss_fn(task, logits, batch):
             calls.append(1)
             loss = fn(task, logits, batch)
-            return loss * float("nan") if len(calls) == 6 else loss
+            return loss * float("nan") if len(calls) == 7 else loss
         return loss_fn
 
     monkeypatch.setattr(mtkd.loop, "default_loss", nan_at_6)
@@ -103,3 +103,10 @@ def test_check_every_logs_and_checks_every_n_steps(glue_root, tiny_encoder, tmp_
     ctx = RunContext(load_config(path, ["mtl.checkpoint_every=2"]), tmp_path / "nan")
     with pytest.raises(TrainingDiverged, match=r"at step 7, .*read every 4 steps, so the last good state is the newest checkpoint"):
         mtl.run(ctx, tmp_path / "nan", 0)
+    from safetensors.torch import load_file
+
+    from mtkd.checkpoint import STATE_FILE, list_checkpoints
+
+    newest = list_checkpoints(tmp_path / "nan" / "checkpoints")[-1]
+    assert json.loads((newest / STATE_FILE).read_text())["step"] == 6
+    assert all(torch.isfinite(v).all() for v in load_file(str(newest / "model.safetensors")).values())

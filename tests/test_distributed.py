@@ -155,6 +155,16 @@ def test_two_processes_train_the_same_model_as_one(runs, tiny_encoder):
             assert abs(v - m2[task][metric]) < 0.01, (task, metric, v, m2[task][metric])
 
 
+def test_the_logged_loss_is_the_global_batch_loss(runs):
+    """Under DDP each rank computes its half of a batch; the log holds the mean over the whole batch
+    (the 1-process run's loss, up to float rounding), not rank 0's half."""
+    one = read_records(runs.single / "metrics.jsonl")
+    two = read_records(runs.ddp / "metrics.jsonl")
+    assert [x["step"] for x in one] == [x["step"] for x in two]
+    diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(one, two)]
+    assert max(diffs) < 1e-3, diffs
+
+
 def test_only_rank_0_writes(runs):
     out = runs.ddp
     logged = read_records(out / "metrics.jsonl")

@@ -214,3 +214,16 @@ def test_evaluate_command_scores_ranking_per_query(runs):
     assert cli_main(["evaluate", str(runs.cfg), "--model", str(runs.single / "model"), "--output-dir", str(out)]) == 0
     got = json.loads((out / "metrics.json").read_text())
     assert got["Rank"] == pytest.approx(dev_metrics(runs.single / "model", runs.spec, runs.dev), abs=0.01)
+
+
+def test_a_ranking_task_can_select_teachers(runs):
+    """kd.select_by with a ranking task: the candidate's selection score is its per-query dev score
+    (groups passed through), equal to scoring the saved model independently."""
+    from mtkd.config import load_config
+    from mtkd.recipes.context import RunContext
+    from mtkd.recipes.teach import _dev_score
+
+    ctx = RunContext(load_config(runs.cfg), runs.base / "select")
+    score = _dev_score(ctx, runs.single / "model", ["Rank"])
+    expected = dev_metrics(runs.single / "model", runs.spec, runs.dev)
+    assert abs(score - float(np.mean(list(expected.values())))) < 1e-4

@@ -158,8 +158,9 @@ def _dispatch(args) -> int:
         pipeline.run(cfg, args.output_dir)
         return 0
     ctx = RunContext(cfg, args.output_dir)
-    ctx.prepare_data()  # every rank at the same point: rank 0 tokenises, the others wait
-    seed = getattr(args, "seed", None) or cfg.seeds[0]
+    # every rank at the same point: rank 0 tokenises what the command reads, the others wait
+    ctx.prepare_data({"mtl": ("train",), "finetune": ("train",), "evaluate": ("dev",), "predict": ("test",)}[args.command])
+    seed = cfg.seeds[0] if getattr(args, "seed", None) is None else args.seed
     if args.command == "mtl":
         print(json.dumps(mtl.run(ctx, ctx.out_dir, seed), indent=2))
     elif args.command == "finetune":
@@ -177,6 +178,8 @@ def _predict_new_text(args, cfg) -> int:
     task without its second texts, and bad input rows (naming file and line) before predicting."""
     from mtkd.errors import ConfigError
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("predict --text/--input runs in one process; start it without torchrun/accelerate launch")
     if not args.task or bool(args.text) == (args.input is not None):
         raise ConfigError("predict: give --task and either --text or --input FILE --output FILE "
                           "(or CONFIG --output-dir DIR for a submission)")

@@ -325,6 +325,7 @@ def _check_train(where: str, key: str, tc: TrainConfig) -> None:
     _check_int(where, f"{key}.checkpoint_every", tc.checkpoint_every, 1)
     _check_int(where, f"{key}.keep_checkpoints", tc.keep_checkpoints, 0)
     _check_int(where, f"{key}.log_every", tc.log_every, 1)
+    _check_int(where, f"{key}.check_every", tc.check_every, 1)
 
 
 def validate(cfg: RunConfig, where: str = "config") -> None:

@@ -246,7 +246,10 @@ def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise DataError("tokenizer", f"{type(tokenizer).__name__} is not a fast tokenizer; mtkd needs one (use_fast=True)")
-    return hashlib.sha256(backend.to_str().encode()).hexdigest()[:16]
+    # the vocabulary and pipeline only: truncation/padding settings differ between an encoder's
+    # tokenizer.json and the one save_pretrained writes, and mtkd sets both itself
+    spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass

@@ -199,7 +199,10 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
                     per_example = loss_fn(task, logits, batch)
                     # sum / (global batch / ranks): DDP's gradient average then equals the global mean
                     loss = per_example.sum() * accelerator.num_processes / global_n
-                    checking = (step + 1) % check_every == 0 or step + 1 == total
+                    # also before every checkpoint: a checkpoint must never hold weights an unchecked NaN spoilt
+                    checking = ((step + 1) % check_every == 0 or step + 1 == total or (step + 1) % cfg.checkpoint_every == 0
+                                or sampler.position == len(sampler)
+                                or (accelerator.num_processes == 1 and stop.signum is not None))
                     loss_value = diverged = stop_now = None
                     if checking:
                         loss_value = float(loss.detach())

@@ -83,3 +83,22 @@ def test_tiny_kd_pipeline_on_cuda_with_every_model_on_the_gpu(glue_root, tiny_en
     res = json.loads((out / "results.json").read_text())
     assert set(res["systems"]) == {"mtdnn", "ensemble", "mtdnn_kd"} and (out / "submission.zip").is_file()
     assert devices == {"cuda"}
+
+
+def test_fp16_resume_restores_the_grad_scaler_exactly(glue_root, tiny_encoder, tmp_path):
+    ctx = _ctx(glue_root, tiny_encoder, tmp_path, precision="fp16", max_steps=6, checkpoint_every=3, keep_checkpoints=3)
+    sets = {t: ctx.train_set(t) for t in ("SST-2", "STS-B")}
+    torch.manual_seed(0)
+    train(ctx.new_model(), sets, ctx.cfg.mtl, 0, tmp_path / "a", ctx.accelerator)
+    full = list_checkpoints(tmp_path / "a" / "checkpoints")
+    # the same run, stopped after step 3: delete step 6 and resume from step 3
+    torch.manual_seed(0)
+    train(ctx.new_model(), sets, ctx.cfg.mtl, 0, tmp_path / "b", ctx.accelerator)
+    import shutil
+
+    shutil.rmtree(list_checkpoints(tmp_path / "b" / "checkpoints")[-1])
+    torch.manual_seed(0)
+    train(ctx.new_model(), sets, ctx.cfg.mtl, 0, tmp_path / "b", ctx.accelerator)
+    a = json.loads((full[-1] / STATE_FILE).read_text())
+    b = json.loads((list_checkpoints(tmp_path / "b" / "checkpoints")[-1] / STATE_FILE).read_text())
+    assert a["step"] == b["step"] == 6 and a["grad_scaler"] == b["grad_scaler"]

@@ -21,7 +21,7 @@ from mtkd.cli import main
 from mtkd.config import load_config, to_dict
 from mtkd.errors import CheckpointError
 from mtkd.metrics import glue_score
-from mtkd.model import MTModel
+from mtkd.model import MTModel, weights_sha256
 from mtkd.recipes import finetune
 from mtkd.recipes.context import RunContext
 
@@ -206,12 +206,11 @@ def test_finetune_an_mtl_model_on_a_new_task_adds_a_head(run, tmp_path, caplog):
     rte = tmp_path / "ft" / "RTE" / "model"
     saved = json.loads((rte / "config.json").read_text())["tasks"]
     assert set(saved) == {"SST-2", "RTE"}  # the config's tasks; the MTL model's other heads left out
-    # the encoder started from the MTL model, not from scratch
     from safetensors.torch import load_file
 
-    start, tuned = load_file(str(mtl_model / "model.safetensors")), load_file(str(rte / "model.safetensors"))
-    key = "encoder.embeddings.word_embeddings.weight"
-    assert float((start[key] - tuned[key]).abs().max()) < 0.1 and "heads.RTE.out.weight" in tuned
+    assert "heads.RTE.out.weight" in load_file(str(rte / "model.safetensors"))
+    init = json.loads((tmp_path / "ft" / "RTE" / "DONE.json").read_text())["identity"]["init"]
+    assert init == {"weights": weights_sha256(mtl_model)}  # started from the MTL model's weights
     assert main(["evaluate", str(path), "--model", str(rte), "--output-dir", str(tmp_path / "ev")]) == 0
     scores = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert set(scores) == {"SST-2", "RTE"} and 0 <= scores["RTE"]["accuracy"] <= 100
@@ -220,3 +219,21 @@ def test_finetune_an_mtl_model_on_a_new_task_adds_a_head(run, tmp_path, caplog):
     assert set(sub.heads) == {"SST-2"} and sub.predict("SST-2", ["a fine film"])[0] in ("0", "1")
     with pytest.raises(CheckpointError, match="no head for 'RTE'"):
         MTModel.from_pretrained(mtl_model, tasks=["RTE"])
+
+
+def test_a_missing_test_file_is_reported_and_the_rest_is_predicted(tiny_encoder, tmp_path):
+    glue = write_glue_fixture(tmp_path / "glue")
+    (glue / "SST-2" / "test.tsv").unlink()
+    raw = tiny_config(glue, tiny_encoder, tmp_path / "cache", tasks=("SST-2", "MRPC"), stages=["mtl", "predict"])
+    raw["mtl"]["max_steps"] = 2
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--output-dir", str(out)]) == 0
+    report = json.loads((out / "data_report.json").read_text())
+    assert "file not found" in report["SST-2"]["test"]["missing"] and report["MRPC"]["test"]["examples"] == 12
+    with zipfile.ZipFile(out / "submission.zip") as z:
+        assert "MRPC.tsv" in z.namelist() and "SST-2" in z.read("MISSING.txt").decode()
+    # a malformed test file is an error, not a missing one
+    (glue / "SST-2" / "test.tsv").write_text("index\tsentence\n0\tok\textra field\n")
+    assert main(["run", str(path), "--output-dir", str(tmp_path / "out2")]) == 2

@@ -119,3 +119,28 @@ def test_cleanup_never_deletes_outside_the_run_folder(glue_root, tiny_encoder, t
     inside.mkdir(parents=True)
     ctx.remove_inside(inside)
     assert not inside.exists()
+
+
+def test_planning_computes_the_keys_the_run_stores(glue_root, tiny_encoder, tmp_path):
+    """The plan (made before anything trains, to refuse mismatched checkpoints) must key every
+    stage exactly as the real run does, for a KD config with stages that start from other stages."""
+    from mtkd.recipes import pipeline
+
+    cfg = tiny_config(glue_root, tiny_encoder, tmp_path / "cache", tasks=("SST-2", "RTE"),
+                      stages=["mtl", "finetune", "teach", "distill"])
+    cfg["kd"] = {"teacher_tasks": ["RTE"], "select_by": ["RTE"], "candidates": [{"dropout": 0.1}, {"dropout": 0.2}], "top_k": 1}
+    path = tmp_path / "kd.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    ctx = RunContext(load_config(path), out)
+    ctx.prepare_data()
+    ctx.planning = True
+    pipeline._stages(ctx, lambda name, fn: fn())
+    planned = {folder: info["key"] for folder, info in ctx._models.items()}
+    assert main(["run", str(path), "--output-dir", str(out)]) == 0
+    done = {p.parent: json.loads(p.read_text())["stage_key"] for p in out.rglob("DONE.json")}
+    trained = {folder: key for folder, key in done.items() if (folder / "model").is_dir()}
+    assert len(trained) >= 9  # mtl, 2 finetunes, 2 candidates, 1 member finetune, student mtl + 2 finetunes
+    for folder, key in trained.items():
+        assert planned[str((folder / "model").resolve())] == key, folder
+    assert planned[str((out / "seed-0" / "teach" / "soft_targets").resolve())] == done[out / "seed-0" / "teach"]

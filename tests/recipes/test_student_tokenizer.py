@@ -55,11 +55,15 @@ def test_student_with_its_own_tokenizer_trains_and_is_scored_on_its_own_ids(glue
     student_batches = [b for b in seen if b[4] == student_fp]
     assert student_batches and len(student_batches) < len(seen)  # the teachers trained on theirs
     raw = {t: read_split(spec, "train", glue_root) for t, spec in load_task_specs({"SST-2": {}, "RTE": {}}).items()}
-    for task, idx, ids, mask, _ in student_batches:
-        for row, i in enumerate(idx):
-            text = student.tokenizer.decode(ids[row][mask[row].bool()], skip_special_tokens=True)
-            want = raw[task].text_a[i] + (raw[task].text_b[i] if raw[task].text_b else "")
-            assert text.replace(" ", "") == want.replace(" ", ""), (task, text, want)
+
+    def assert_decodes(batches, tokenizer):
+        for task, idx, ids, mask, _ in batches:
+            for row, i in enumerate(idx):
+                text = tokenizer.decode(ids[row][mask[row].bool()], skip_special_tokens=True)
+                want = raw[task].text_a[i] + (raw[task].text_b[i] if raw[task].text_b else "")
+                assert text.replace(" ", "").lower() == want.replace(" ", "").lower(), (task, text, want)
+
+    assert_decodes(student_batches, student.tokenizer)
 
     # `mtkd evaluate` on the student's model equals MTModel.predict on the dev texts
     model_dir = out / "seed-0" / "distill" / "finetune" / "RTE" / "model"
@@ -71,3 +75,14 @@ def test_student_with_its_own_tokenizer_trains_and_is_scored_on_its_own_ids(glue
     labels = ["entailment", "not_entailment"]
     expected = 100 * float(np.mean([labels.index(p) == y for p, y in zip(preds, dev.labels)]))
     assert abs(got - expected) < 1e-6, (got, expected)
+
+    # the same output folder with a student of the teachers' family: the student is trained again on
+    # the new tokenizer's ids (nothing of the old vocabulary is reused); the teachers are kept
+    teacher_weights = (out / "seed-0" / "teach" / "candidate-0" / "mtl" / "model" / "model.safetensors").stat().st_mtime_ns
+    seen.clear()
+    assert main(["run", str(path), "--output-dir", str(out), "--set", f"kd.student.name={tiny_encoder}"]) == 0
+    assert (out / "seed-0" / "teach" / "candidate-0" / "mtl" / "model" / "model.safetensors").stat().st_mtime_ns == teacher_weights
+    new_student = MTModel.from_pretrained(out / "seed-0" / "distill" / "finetune" / "RTE" / "model")
+    assert new_student.tokenizer.get_vocab() == teacher.tokenizer.get_vocab()
+    assert seen and {b[4] for b in seen} == {tokenizer_fingerprint(new_student.tokenizer)}
+    assert_decodes(seen, new_student.tokenizer)

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from mtkd.config import EncoderConfig, RunConfig, TrainConfig, to_dict
-from mtkd.data import EncodedSplit, encode_split, subsample, tokenizer_fingerprint
+from mtkd.data import EncodedSplit, encode_split, resolve_data_root, subsample, tokenizer_fingerprint
 from mtkd.errors import CheckpointError, ConfigError, DataError
 from mtkd.identity import differences, digest, plain, resume_problem
-from mtkd.loop import TrainSet, make_accelerator, predict_logits
+from mtkd.loop import TrainSet, autocast, make_accelerator, predict_logits
 from mtkd.model import MTModel, resolve_encoder
 from mtkd.tasks import TaskSpec, load_task_specs, task_from_dict
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 UNLABELED_SUFFIX = "+unlabeled"
 # TrainConfig fields that do not change what a stage computes (resume and reuse ignore them)
-NOT_SHAPING = ("checkpoint_every", "keep_checkpoints", "log_every")
+NOT_SHAPING = ("checkpoint_every", "keep_checkpoints", "log_every", "check_every")
 
 
 def unlabeled_specs(cfg: RunConfig, specs: dict[str, TaskSpec]) -> dict[str, TaskSpec]:
@@ -63,8 +63,12 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MTKD_CACHE") or Path.home() / ".cache" / "mtkd")
 
 
-def train_settings(cfg: TrainConfig) -> dict:
-    return {k: v for k, v in to_dict(cfg).items() if k not in NOT_SHAPING}
+def train_settings(cfg: TrainConfig, device=None) -> dict:
+    """The settings that shape a training run; `precision` as applied on `device` (fp32 on a CPU)."""
+    out = {k: v for k, v in to_dict(cfg).items() if k not in NOT_SHAPING}
+    if device is not None:
+        out["precision"] = autocast(cfg.precision, device)[1]
+    return out
 
 
 def _file_sha256(path: Path) -> str:
@@ -129,11 +133,12 @@ class RunContext:
                                               self.cache_dir, self.cfg.data.root)
         return self._encoded[key]
 
-    def prepare_data(self) -> None:
-        """Tokenise every split of every task once, for every tokenizer the config uses, before any
-        stage starts: every file is checked first, and rank 0 writes the caches while the others
-        wait (the one collective of data loading; every rank calls it at the same point). A missing
-        test file is not an error here: predict reports it."""
+    def prepare_data(self, splits: tuple[str, ...] = ("train", "dev", "test")) -> None:
+        """Tokenise every split of every task once (those whose names start with `splits`), for every
+        tokenizer the config uses, before any stage starts: every file is checked first, and rank 0
+        writes the caches while the others wait (the one collective of data loading; every rank
+        calls it at the same point). A test file that is not there is not an error here: predict
+        reports it (a malformed one is)."""
         from transformers import AutoConfig
 
         from mtkd.model import check_max_seq_len
@@ -145,11 +150,12 @@ class RunContext:
         with self.accelerator.main_process_first():
             for source in self.tokenizer_sources():
                 for task, spec in self.specs.items():
-                    for split in spec.splits:
+                    for split in [s for s in spec.splits if s.startswith(splits)]:
                         try:
                             self.encoded(task, split, source)
                         except DataError as e:
-                            if not split.startswith("test"):
+                            absent = not (resolve_data_root(self.cfg.data.root) / spec.splits[split].path).is_file()
+                            if not (split.startswith("test") and absent):
                                 missing.append(str(e))
                 if missing:
                     break
@@ -203,7 +209,7 @@ class RunContext:
         data, spec = self.encoded(task, split, tokenizer), self.specs[task]
         ident = {"sha256": data.fingerprint, "tokenizer": data.meta["tokenizer_fingerprint"], "max_len": data.meta["max_len"],
                  "head": spec.head.value, "labels": list(spec.labels), "fields": spec.fields_for(split),
-                 "head_dropout": spec.dropout}
+                 "head_dropout": spec.dropout, "positive_label": getattr(spec, "positive_label", None)}
         if split == "train":
             ident.update(cap=self._cap(task, "train_cap"), cap_seed=self.cfg.data.cap_seed)
         return ident
@@ -235,6 +241,7 @@ class RunContext:
         if name not in self._weights:
             folder = Path(resolve_encoder(name))
             files = (sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))) if folder.is_dir() else []
+            files += [folder / "config.json"] if (folder / "config.json").is_file() else []
             self._weights[name] = digest([_file_sha256(f) for f in files]) if files else None
         return self._weights[name]
 
@@ -255,9 +262,11 @@ class RunContext:
         return {"weights": weights_sha256(folder)}
 
     def model_tokenizer(self, folder: Path) -> str:
-        """Where the tokenizer of a model folder comes from (the folder itself once it exists)."""
+        """Where the tokenizer of a model folder comes from: for a model this run makes, the encoder it
+        was built from (the same whether the folder exists yet, or holds a stale model); else the
+        folder itself."""
         known = self._models.get(str(Path(folder).resolve()))
-        return known["tokenizer"] if known is not None and not (Path(folder) / "config.json").is_file() else str(folder)
+        return known["tokenizer"] if known is not None else str(folder)
 
     # ------------------------------------------------------------------------------- inference
     def logits(self, model: MTModel, data: EncodedSplit, task: str, indices=None) -> np.ndarray:
@@ -266,7 +275,7 @@ class RunContext:
         indices = np.arange(len(data)) if indices is None else np.asarray(indices)
         n, rank = self.accelerator.num_processes, self.accelerator.process_index
         kwargs = dict(batch_size=self.cfg.predict.batch_size, max_tokens=self.cfg.predict.max_tokens)
-        with self.accelerator.autocast():
+        with autocast(self.cfg.mtl.precision, self.accelerator.device)[0]:
             if n == 1:
                 return predict_logits(model, data, task, indices, **kwargs)
             mine = np.arange(rank, len(indices), n)
@@ -283,10 +292,10 @@ class RunContext:
     def stage_done(self, folder: Path, identity: dict) -> dict | None:
         """The finished stage's summary when it was made from exactly `identity`; else None (the
         stage runs; a stale DONE.json is reported with what changed)."""
-        f = Path(folder) / "DONE.json"
-        if not f.is_file():
+        try:
+            info = json.loads((Path(folder) / "DONE.json").read_text())
+        except FileNotFoundError:
             return None
-        info = json.loads(f.read_text())
         if info.get("stage_key") == digest(identity):
             return info
         if self.main and str(folder) not in self._reported:  # once (planning sees it first)
@@ -315,12 +324,16 @@ class RunContext:
             tmp.replace(Path(folder) / "DONE.json")
         self.accelerator.wait_for_everyone()
 
-    def remove_inside(self, path: Path) -> None:
-        """Delete a folder of this run (e.g. a finished stage's checkpoints); refuses anything outside."""
+    def check_inside(self, path: Path) -> None:
+        """Refuse a stage folder outside the run folder (nothing of the run is written or deleted there)."""
         path, root = Path(path).resolve(), self.out_dir.resolve()
         if path == root or root not in path.parents:
             raise ConfigError(f"refusing to delete {path}: it is not inside the run folder {root}")
-        shutil.rmtree(path, ignore_errors=True)
+
+    def remove_inside(self, path: Path) -> None:
+        """Delete a folder of this run (e.g. a finished stage's checkpoints); refuses anything outside."""
+        self.check_inside(path)
+        shutil.rmtree(Path(path).resolve(), ignore_errors=True)
 
     def config_dict(self) -> dict:
         return to_dict(self.cfg)

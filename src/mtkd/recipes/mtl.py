@@ -31,10 +31,11 @@ def run(ctx: RunContext, out: Path, seed: int, tasks: list[str] | None = None, c
     hard loss (`loss_identity` says what it depends on, e.g. the soft targets and their weight)."""
     cfg = cfg or ctx.cfg.mtl
     tasks = tasks or ctx.train_tasks()
+    ctx.check_inside(out / "checkpoints")  # before any work: the cleanup at the end must not fail
     # the training data is tokenised by the tokenizer of the model being trained
     tokenizer = ctx.model_tokenizer(init_from) if init_from else str(encoder or (encoder_cfg or ctx.cfg.encoder).name)
     identity = {"seed": seed, "tasks": {t: ctx.data_identity(t, "train", tokenizer) for t in tasks},
-                "train": train_settings(cfg),
+                "train": train_settings(cfg, ctx.accelerator.device),
                 "init": ctx.model_identity(init_from) if init_from else ctx.encoder_identity(encoder_cfg, dropout, encoder),
                 "loss": loss_identity}
     ctx.register_model(out / "model", digest(identity), tokenizer)
@@ -44,8 +45,6 @@ def run(ctx: RunContext, out: Path, seed: int, tasks: list[str] | None = None, c
     if ctx.planning:
         ctx.check_resumable(out, identity)
         return {"planned": str(out)}
-    if ctx.main:
-        (Path(out) / "DONE.json").unlink(missing_ok=True)  # a stale one: this stage is being redone
     train_sets = {t: ctx.train_set(t, tokenizer) for t in tasks}
     torch.manual_seed(seed)  # the fresh heads' initialisation depends on the seed only
     if init_from:

@@ -35,6 +35,7 @@ def run(cfg: RunConfig, out_dir: Path) -> dict:
     ctx.planning = True
     _stages(ctx, lambda name, fn: fn())
     ctx.planning = False
+    ctx.accelerator.wait_for_everyone()  # no rank starts changing the folder while another still plans
     if ctx.problems:
         raise CheckpointError("this run cannot resume as asked:\n  " + "\n  ".join(ctx.problems))
     if ctx.main:

@@ -50,12 +50,12 @@ def teacher_identity(ctx: RunContext, candidate_keys: list[dict]) -> dict:
     """What the ensembles and soft targets depend on: the candidates (each its MTL stage's
     identity), the members' fine-tuning, selection and the data labelled."""
     kd = ctx.cfg.kd
-    return {"candidates": candidate_keys, "finetune": train_settings(ctx.cfg.finetune),
+    return {"candidates": candidate_keys, "finetune": train_settings(ctx.cfg.finetune, ctx.accelerator.device),
             "teacher_tasks": list(kd.teacher_tasks), "select_by": list(kd.select_by), "top_k": kd.top_k,
             "temperature": kd.temperature,
             "selection_data": {f"{t}/{s}": ctx.data_identity(t, s) for t in kd.select_by or kd.teacher_tasks
                                for s in ctx.specs[t].eval_splits("dev")},
-            "dev_caps": {t: ctx._cap(t, "dev_cap") for t in kd.teacher_tasks},
+            "dev_caps": {t: ctx._cap(t, "dev_cap") for t in dict.fromkeys(list(kd.select_by) + list(kd.teacher_tasks))},
             "labelled": {t: ctx.data_identity(t, "train") for t in list(kd.teacher_tasks) + list(ctx.unlabeled_tasks())}}
 
 
