@@ -26,7 +26,7 @@ import yaml
 
 from conftest import tiny_config, write_glue_fixture
 from mtkd.cli import main as cli_main
-from test_distributed import HELPER, _free_port, torchrun
+from test_distributed import _free_port, torchrun
 
 METRIC_TOLERANCE = 0.01  # points (x100)
 STAGES = ["single_task", "mtl", "finetune", "teach", "distill", "evaluate", "predict"]

@@ -35,12 +35,7 @@ LIMIT = 64 * 2**20
 ENCODER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from mtkd.data import file_fingerprint as sha256  # noqa: E402  (src is on the path above)
 
 
 def data_files(config: Path, root: Path) -> list[str]:

@@ -15,7 +15,6 @@ next save.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import math
@@ -44,11 +43,9 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------- file integrity
 def file_digest(path: Path) -> dict:
     """{"size": bytes, "sha256": hex} of a file (read in 1 MiB chunks, about 0.07 s per 100 MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return {"size": Path(path).stat().st_size, "sha256": h.hexdigest()}
+    from mtkd.data import file_fingerprint
+
+    return {"size": Path(path).stat().st_size, "sha256": file_fingerprint(path)}
 
 
 def check_file(path: Path, want: dict | None) -> str | None:

@@ -25,11 +25,27 @@ def _show(value) -> str:
     return text if len(text) < 60 else text[:57] + "..."
 
 
-def differences(old, new, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested records, e.g. ['train.lr: 0.001 -> 0.5']."""
+def changed(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, old value, new value) wherever two nested records differ, in key order."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return [d for k in sorted(set(old) | set(new), key=str) for d in differences(old.get(k), new.get(k), f"{prefix}{k}.")]
-    return [] if old == new else [f"{prefix.rstrip('.')}: {_show(old)} -> {_show(new)}"]
+        return [c for k in sorted(set(old) | set(new), key=str) for c in changed(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def differences(old, new) -> list[str]:
+    """What differs between two nested records, e.g. ['train.lr: 0.001 -> 0.5']."""
+    return [f"{key}: {_show(a)} -> {_show(b)}" for key, a, b in changed(old, new)]
+
+
+def checkpoint_problem(folder: Path, identity: dict | None) -> str | None:
+    """Why the newest checkpoint under `folder` must not be resumed under `identity` (None: it may,
+    or there is none)."""
+    from mtkd.checkpoint import STATE_FILE, list_checkpoints
+
+    ckpts = list_checkpoints(Path(folder))
+    if not ckpts:
+        return None
+    return resume_problem(ckpts[-1], json.loads((ckpts[-1] / STATE_FILE).read_text()).get("identity"), identity)
 
 
 def resume_problem(checkpoint: Path, stored: dict | None, identity: dict | None) -> str | None:

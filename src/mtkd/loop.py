@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mtkd.checkpoint import STATE_FILE, list_checkpoints, load_latest_checkpoint, save_checkpoint
+from mtkd.checkpoint import load_latest_checkpoint, save_checkpoint
 from mtkd.config import Optimizer, Precision, TrainConfig
 from mtkd.data import EncodedSplit, collate, length_batches
 from mtkd.errors import CheckpointError, TrainingDiverged
-from mtkd.identity import resume_problem
+from mtkd.identity import checkpoint_problem
 from mtkd.losses import task_loss
 from mtkd.sampler import MultiTaskBatchSampler
 
@@ -150,7 +150,9 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
     ddp_model, optimizer = accelerator.prepare(model, optimizer)
     expect = {"tasks": sorted(train_sets), "encoder": model.encoder_name, "total_steps": total}
     step, state = 0, {}
-    _refuse_other_identity(out_dir / "checkpoints", identity)
+    problem = checkpoint_problem(out_dir / "checkpoints", identity)  # a checkpoint of other settings or data
+    if problem:
+        raise CheckpointError(problem)
     resumed = load_latest_checkpoint(out_dir / "checkpoints", model, optimizer, expect)  # skips damaged ones
     if resumed:
         path, state = resumed
@@ -272,16 +274,6 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
         accelerator.free_memory()  # drop the prepared references so the next stage's model can be freed
     return {"steps": step, "epochs": round(step / len(sampler), 3), "seconds": round(time.time() - t0, 2),
             "examples": n_examples, "tokens": n_tokens}
-
-
-def _refuse_other_identity(folder: Path, identity: dict | None) -> None:
-    """A checkpoint written for other settings or data is not resumed (it would mix two runs)."""
-    ckpts = list_checkpoints(folder)
-    if ckpts:
-        stored = json.loads((ckpts[-1] / STATE_FILE).read_text()).get("identity")
-        problem = resume_problem(ckpts[-1], stored, identity)
-        if problem:
-            raise CheckpointError(problem)
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -5,7 +5,6 @@ of mtkd's CPU masks, every model on the GPU, and a tiny KD pipeline end to end o
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ import yaml
 from conftest import tiny_config
 from mtkd.checkpoint import STATE_FILE, list_checkpoints
 from mtkd.cli import main
-from mtkd.config import Precision, load_config
+from mtkd.config import load_config
 from mtkd.loop import train
 from mtkd.model import MTModel
 from mtkd.recipes.context import RunContext

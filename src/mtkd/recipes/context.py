@@ -13,7 +13,6 @@ every rank calls at the same point. Inference (`logits`) is sharded across ranks
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from mtkd.config import EncoderConfig, RunConfig, TrainConfig, to_dict
-from mtkd.data import EncodedSplit, encode_split, resolve_data_root, subsample, tokenizer_fingerprint
+from mtkd.data import EncodedSplit, encode_split, file_fingerprint, resolve_data_root, subsample, tokenizer_fingerprint
 from mtkd.errors import CheckpointError, ConfigError, DataError
-from mtkd.identity import differences, digest, plain, resume_problem
+from mtkd.identity import checkpoint_problem, differences, digest, plain
 from mtkd.loop import TrainSet, autocast, make_accelerator, predict_logits
 from mtkd.model import MTModel, resolve_encoder
 from mtkd.tasks import TaskSpec, load_task_specs, task_from_dict
@@ -69,14 +68,6 @@ def train_settings(cfg: TrainConfig, device=None) -> dict:
     if device is not None:
         out["precision"] = autocast(cfg.precision, device)[1]
     return out
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -242,19 +233,24 @@ class RunContext:
             folder = Path(resolve_encoder(name))
             files = (sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))) if folder.is_dir() else []
             files += [folder / "config.json"] if (folder / "config.json").is_file() else []
-            self._weights[name] = digest([_file_sha256(f) for f in files]) if files else None
+            self._weights[name] = digest([file_fingerprint(f) for f in files]) if files else None
         return self._weights[name]
 
     def register_model(self, folder: Path, key: str, tokenizer: str) -> None:
         """Record the identity of a model folder a stage of this run produces (or will produce)."""
         self._models[str(Path(folder).resolve())] = {"key": key, "tokenizer": str(tokenizer)}
 
+    def stage_key(self, folder: Path) -> str | None:
+        """The key of the stage of this run that produces `folder` (a model, the soft targets), if any."""
+        known = self._models.get(str(Path(folder).resolve()))
+        return known["key"] if known is not None else None
+
     def model_identity(self, folder: Path) -> dict:
         """The identity of a model to start from: the producing stage's key when this run made it,
         else the checksum of its weights."""
-        known = self._models.get(str(Path(folder).resolve()))
-        if known is not None:
-            return {"stage": known["key"]}
+        key = self.stage_key(folder)
+        if key is not None:
+            return {"stage": key}
         from mtkd.model import weights_sha256
 
         if not (Path(folder) / "model.safetensors").is_file():
@@ -306,13 +302,7 @@ class RunContext:
 
     def check_resumable(self, folder: Path, identity: dict) -> None:
         """Planning: a checkpoint written under other inputs is a refusal (resuming would mix them)."""
-        from mtkd.checkpoint import STATE_FILE, list_checkpoints
-
-        ckpts = list_checkpoints(Path(folder) / "checkpoints")
-        if not ckpts:
-            return
-        state = json.loads((ckpts[-1] / STATE_FILE).read_text())
-        problem = resume_problem(ckpts[-1], state.get("identity"), identity)
+        problem = checkpoint_problem(Path(folder) / "checkpoints", identity)
         if problem:
             self.problems.append(problem)
 

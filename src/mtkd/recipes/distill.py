@@ -26,6 +26,7 @@ import torch
 
 from mtkd.config import Stage
 from mtkd.errors import ConfigError
+from mtkd.identity import changed
 from mtkd.losses import kd_loss, task_loss
 from mtkd.recipes import evaluate, finetune, mtl, predict, teach
 from mtkd.recipes.context import RunContext
@@ -63,10 +64,8 @@ def kd_loss_factory(ctx: RunContext, soft_dir: Path):
 def soft_loss_identity(ctx: RunContext, soft_dir: Path) -> dict:
     """What the student's loss depends on: the teachers (their stage's key) and the KD settings."""
     kd = ctx.cfg.kd
-    known = ctx._models.get(str(Path(soft_dir).resolve()))
-    if known is not None:
-        teachers = known["key"]
-    else:  # soft targets made by another run: their provenance names the teachers
+    teachers = ctx.stage_key(soft_dir)
+    if teachers is None:  # soft targets made by another run: their provenance names the teachers
         teachers = SoftTargets.load(soft_dir, kd.teacher_tasks[0]).provenance.get("teacher_key") if kd.teacher_tasks else None
     return {"teachers": teachers, "soft_weight": kd.soft_weight, "temperature": kd.temperature,
             "soft_tasks": list(kd.teacher_tasks) + list(ctx.unlabeled_tasks())}
@@ -146,12 +145,6 @@ def _per_seed_of(path: Path, res: dict) -> dict[str, dict[str, dict]]:
     raise ConfigError(f"{path}: no 'per_seed' field and {len(res.get('seeds', []))} seeds: cannot recover each seed's numbers")
 
 
-def _config_diff(a, b, prefix="") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [k for key in sorted(set(a) | set(b)) for k in _config_diff(a.get(key), b.get(key), f"{prefix}{key}.")]
-    return [] if a == b else [prefix.rstrip(".")]
-
-
 def combine(paths: list[Path], out_dir: Path) -> dict:
     """Merge the results.json of runs of one config that differ only in `seeds` into one results.json
     (mean ± std over all their seeds), results.md and charts. Refuses other differences and repeated seeds."""
@@ -172,7 +165,7 @@ def combine(paths: list[Path], out_dir: Path) -> dict:
         for field in ("systems", "config", "seeds"):
             if field not in res:
                 raise ConfigError(f"{p}: field {field!r} missing: not an experiment's results.json")
-        diff = _config_diff(base_cfg, {k: v for k, v in res["config"].items() if k != "seeds"})
+        diff = [key for key, _, _ in changed(base_cfg, {k: v for k, v in res["config"].items() if k != "seeds"})]
         if diff:
             raise ConfigError(f"{p}: config differs from {first_path} in {', '.join(diff)}: only seeds may differ")
         for system, runs in _per_seed_of(p, res).items():
