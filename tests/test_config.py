@@ -168,11 +168,37 @@ def test_unknown_task_name_in_config(tmp_path):
         _specs(cfg)
 
 
-def test_unknown_task_key_in_config_is_refused_when_resolved(tmp_path):
-    cfg = load_config(_write(tmp_path, {"tasks": {"RTE": {"train_cap": 3, "dropot": 0.1}}}))
-    assert cfg.tasks["RTE"].train_cap == 3
-    with pytest.raises(ConfigError, match=r"unknown key 'dropot' \(did you mean 'dropout'\?\)"):
-        _specs(cfg)
+def test_unknown_task_key_in_config_is_refused_at_load(tmp_path):
+    with pytest.raises(ConfigError, match=r"\.tasks\.RTE: unknown key 'dropot' \(did you mean 'dropout'\?\)"):
+        load_config(_write(tmp_path, {"tasks": {"RTE": {"train_cap": 3, "dropot": 0.1}}}))
+    cfg = load_config(_write(tmp_path, {"tasks": {"RTE": {"train_cap": 3, "dropout": 0.2}}}))
+    assert cfg.tasks["RTE"].train_cap == 3 and _specs(cfg)["RTE"].dropout == 0.2
+
+
+def test_typo_in_a_task_override_suggests_options_and_task_keys(tmp_path):
+    """Issue 14 item 7: tasks.<name> holds the run's options (train_cap, dev_cap) and any task key;
+    a typo of either gets a suggestion, and the allowed list holds both."""
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, {"tasks": {"RTE": {"trian_cap": 3}}}))
+    msg = str(e.value)
+    assert "tasks.RTE: unknown key 'trian_cap' (did you mean 'train_cap'?); allowed: [" in msg
+    for key in ("train_cap", "dev_cap", "dropout", "splits", "labels", "max_seq_len"):
+        assert repr(key) in msg
+    with pytest.raises(ConfigError, match=r"tasks\.RTE: unknown key 'dev_cpa' \(did you mean 'dev_cap'\?\)"):
+        load_config(None, ["tasks.RTE.dev_cpa=5"])
+    # the same list when the task specs are built from entries directly
+    with pytest.raises(ConfigError, match=r"tasks\.RTE: unknown key 'trian_cap' \(did you mean 'train_cap'\?\); allowed: .*'dev_cap'"):
+        load_task_specs({"RTE": {"trian_cap": 3}})
+
+
+@pytest.mark.parametrize("raw, msg", [
+    ({"mtl": {"optimizer": "adammax"}}, r"'adammax' is not one of \['adamax', 'adamw'\] \(did you mean 'adamax'\?\)"),
+    ({"mtl": {"sampling": "proportionl"}}, r"\(did you mean 'proportional'\?\)"),
+    ({"Tasks": {}}, r"unknown key 'Tasks' \(did you mean 'tasks'\?\)"),
+])
+def test_one_suggestion_mechanism_for_sections_and_values(tmp_path, raw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        load_config(_write(tmp_path, raw))
 
 
 def test_tasks_file_relative_to_the_config(tmp_path):
@@ -211,3 +237,22 @@ def test_save_and_reload_round_trip(tmp_path):
     assert saved["tasks"]["MNLI"] == {"train_cap": 10, "dev_cap": None, "splits": {"test_matched": None}}
     assert load_config(out) == cfg
     assert to_dict(cfg) == saved
+
+
+def test_a_typo_in_a_kd_unlabeled_task_name_is_named_before_what_the_entry_asks():
+    """kd.unlabeled={Reviws: {from_train: true}} used to say "Reviws has no train_cap"."""
+    base = ["tasks={Reviews: {train_cap: 5}, SST-2: {}}"]
+    for entry in ("{from_train: true}", "{path: x.tsv}"):
+        with pytest.raises(ConfigError, match=r"kd\.unlabeled: no task 'Reviws' in the config's tasks "
+                                              r"\['Reviews', 'SST-2'\] \(did you mean 'Reviews'\?\)"):
+            load_config(None, base + [f"kd.unlabeled={{Reviws: {entry}}}"])
+    assert "Reviews" in load_config(None, base + ["kd.unlabeled={Reviews: {from_train: true}}"]).kd.unlabeled
+
+
+def test_load_config_records_the_keys_given_and_does_not_save_them(tmp_path):
+    cfg = load_config(_write(tmp_path, {"data": {"max_seq_len": 64}}), ["mtl={epochs: 2}", "~data.max_seq_len"])
+    assert "mtl.epochs" in cfg.given and "data.max_seq_len" not in cfg.given and cfg.data.max_seq_len == 512
+    assert "data.max_seq_len" in load_config(None, ["data={max_seq_len: 8}"]).given
+    save_config(cfg, tmp_path / "out.yaml")
+    saved = yaml.safe_load((tmp_path / "out.yaml").read_text())
+    assert "given" not in saved and saved["data"]["max_seq_len"] == 512  # the effective value

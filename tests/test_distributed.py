@@ -175,7 +175,7 @@ def test_only_rank_0_writes(runs):
     assert done["steps"] == STEPS and done["train_examples"] == {t: 48 for t in TASKS}
     assert sorted(p.name for p in out.iterdir()) == ["DONE.json", "metrics.jsonl", "model", "tensorboard"]
     assert sorted(p.name for p in (out / "model").iterdir()) == [
-        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+        "README.md", "config.json", "model.safetensors", "model_card.json", "tokenizer.json", "tokenizer_config.json"]
 
 
 def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step_and_resume_matches(runs, tmp_path):

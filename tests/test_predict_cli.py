@@ -59,6 +59,12 @@ def test_pair_task_without_pair_refused(model_dir, capsys):
     assert "task MNLI is a pair task: give one --pair" in capsys.readouterr().err
 
 
+def test_unknown_task_suggests_the_closest(model_dir, capsys):
+    assert _predict(model_dir, "--task", "SST2", "--text", "good") == 2
+    err = capsys.readouterr().err
+    assert f"--task SST2: not a task of {model_dir} (did you mean 'SST-2'?) (it has SST-2, STS-B, MNLI)" in err
+
+
 def test_file_options_need_input(model_dir, capsys):
     assert _predict(model_dir, "--task", "SST-2", "--text", "x", "--output", "o.jsonl") == 2
     assert "--output go with --input" in capsys.readouterr().err
@@ -149,6 +155,25 @@ def test_input_uses_predict_config_batches(model_dir, tmp_path, capsys, monkeypa
     assert _predict(model_dir, "--task", "SST-2", "--input", inp, "--output", tmp_path / "o.jsonl",
                     "--set", "predict.batch_size=2", "--set", "predict.max_tokens=40", "--set", "data.max_seq_len=16") == 0
     assert (seen["batch_size"], seen["max_tokens"], seen["max_len"]) == (2, 40, 16)
+
+
+@pytest.mark.parametrize("how", ["dotted", "mapping", "file", "unset", "removed"])
+def test_data_max_seq_len_cuts_every_task_however_it_is_given(model_dir, tmp_path, capsys, monkeypatch, how):
+    """One parser: load_config records the keys given, so every way of setting data.max_seq_len counts."""
+    seen = {}
+    real = MTModel.predict
+
+    def spy(self, *a, **kw):
+        seen.update(kw)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(MTModel, "predict", spy)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {max_seq_len: 8}\n" if how in ("file", "removed") else "predict: {batch_size: 4}\n")
+    extra = {"dotted": ["--set", "data.max_seq_len=8"], "mapping": ["--set", "data={max_seq_len: 8}"],
+             "removed": ["--set", "~data.max_seq_len"]}.get(how, [])
+    assert _predict(model_dir, cfg, "--task", "SST-2", "--text", "good", *extra) == 0
+    assert seen["max_len"] == (None if how in ("unset", "removed") else 8)  # None: each task's trained length
 
 
 # ------------------------------------------------------------------------------ MTModel.predict batching

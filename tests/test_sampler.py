@@ -245,7 +245,7 @@ def test_ddp_ranks_get_disjoint_halves_of_the_same_global_batch(mode):
 def test_ddp_batch_smaller_than_world_size_is_repeated():
     s0 = MultiTaskBatchSampler({"t": np.array([5])}, 4, seed=0, rank=0, world_size=2)
     s1 = MultiTaskBatchSampler({"t": np.array([5])}, 4, seed=0, rank=1, world_size=2)
-    ((t0, i0, n0),), ((t1, i1, n1),) = list(s0), list(s1)
+    ((_, i0, n0),), ((_, i1, n1),) = list(s0), list(s1)
     assert i0.tolist() == [5] and i1.tolist() == [5] and n0 == n1 == 2
 
 

@@ -93,12 +93,73 @@ def test_unknown_task_name_suggests_the_closest():
 
 
 def test_unknown_key_in_task_override():
-    with pytest.raises(ConfigError, match=r"tasks\.RTE: task 'RTE': unknown key 'dropuot' \(did you mean 'dropout'\?\)"):
+    with pytest.raises(ConfigError, match=r"tasks\.RTE: unknown key 'dropuot' \(did you mean 'dropout'\?\)"):
         load_task_specs({"RTE": {"dropuot": 0.2}})
-    with pytest.raises(ConfigError, match=r"split 'train': unknown key 'paht' \(did you mean 'path'\?\)"):
+    # a key of the entry is named by its key path in the config, not by the definition's file
+    with pytest.raises(ConfigError, match=r"^tasks\.RTE\.splits\.train: unknown key 'paht' \(did you mean 'path'\?\)"):
         load_task_specs({"RTE": {"splits": {"train": {"paht": "x.tsv"}}}})
-    with pytest.raises(ConfigError, match=r"field 'fields': unknown key 'text_c'"):
+    with pytest.raises(ConfigError, match=r"^tasks\.RTE\.fields: unknown key 'text_c'"):
         load_task_specs({"RTE": {"fields": {"text_a": "a", "text_c": "c"}}})
+    with pytest.raises(ConfigError, match=r"^tasks\.RTE\.splits\.dev\.fields: unknown key 'lable' \(did you mean 'label'\?\)"):
+        load_task_specs({"RTE": {"splits": {"dev": {"fields": {"text_a": "a", "lable": "l"}}}}})
+
+
+def test_run_options_in_an_entry_are_not_task_keys():
+    """train_cap / dev_cap are allowed in an entry (one list: options and task keys) and are not
+    merged into the definition (task_from_dict used to refuse them after the entry check passed)."""
+    specs = load_task_specs({"SST-2": {"train_cap": 5, "dev_cap": 3, "dropout": 0.2}})
+    assert specs["SST-2"].dropout == 0.2 and specs["SST-2"].splits == glue_tasks()["SST-2"].splits
+    with pytest.raises(ConfigError, match=r"^tasks\.SST-2: unknown key 'override'"):
+        load_task_specs({"SST-2": {"override": {}}})
+
+
+def test_a_typo_in_the_config_is_blamed_on_the_config_a_typo_in_the_file_on_the_file(tmp_path):
+    from mtkd.config import load_config
+
+    f = tmp_path / "tasks.yaml"
+    f.write_text(yaml.safe_dump({"Reviews": {"head": "classification", "labels": ["neg", "pos"], "fields": {"text_a": "t"},
+                                             "splits": {"dev": {"path": "d.jsonl"}}}}))
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"tasks_file={f}", "tasks.Reviews.splits.dev.fromat=jsonl"])
+    assert str(e.value).startswith("config.tasks.Reviews.splits.dev: unknown key 'fromat' (did you mean 'format'?)")
+    assert "defined in" not in str(e.value)
+    f.write_text(yaml.safe_dump({"Reviews": {"head": "classification", "labels": ["neg", "pos"], "fields": {"text_a": "t"},
+                                             "splits": {"dev": {"path": "d.jsonl", "fromat": "jsonl"}}}}))
+    with pytest.raises(ConfigError, match=r"^tasks\.Reviews \(defined in .*tasks\.yaml\): task 'Reviews', split 'dev': "
+                                          r"unknown key 'fromat'"):
+        load_task_specs({"Reviews": {}}, f)
+
+
+def test_head_of_a_task_not_in_the_list_suggests_the_closest(tmp_path):
+    f = tmp_path / "tasks.yaml"
+    base = {"head": "classification", "labels": ["neg", "pos"], "fields": {"text_a": "t"}, "splits": {"test": "t.tsv"}}
+    f.write_text(yaml.safe_dump({"Reviews": {**base, "splits": {"train": "r.tsv"}}, "Hard": {**base, "head_of": "Reviws"}}))
+    with pytest.raises(ConfigError, match=r"task 'Hard' uses the head of 'Reviws', which is not in the task list "
+                                          r"\['Reviews', 'Hard'\] \(did you mean 'Reviews'\?\)"):
+        load_task_specs({"Reviews": {}, "Hard": {}}, f)
+
+
+def test_override_of_a_split_given_as_a_bare_path_is_merged_into_it(tmp_path):
+    f = tmp_path / "t.yaml"
+    f.write_text("Mine:\n  head: regression\n  fields: {text_a: a, label: y}\n  splits: {train: m.csv, dev: d.tsv}\n")
+    spec = load_task_specs({"Mine": {"splits": {"train": {"skip_malformed": True}}}}, f)["Mine"]
+    assert spec.splits["train"].path == "m.csv" and spec.splits["train"].format == FileFormat.CSV
+    assert spec.splits["train"].skip_malformed
+
+
+def test_every_task_of_glue_and_a_tasks_file(tmp_path):
+    f = tmp_path / "t.yaml"
+    f.write_text(CUSTOM)
+    specs = load_task_specs(None, f)
+    assert list(specs)[:len(GLUE_TASK_NAMES)] == list(GLUE_TASK_NAMES) and {"MyRank", "MySent", "MyReg"} <= set(specs)
+    assert load_task_specs(None) == glue_tasks()
+
+
+def test_tasks_file_that_is_not_yaml(tmp_path):
+    f = tmp_path / "t.yaml"
+    f.write_text("Mine: {head: [\n")
+    with pytest.raises(ConfigError, match=r"t\.yaml: invalid YAML"):
+        load_task_specs({"Mine": {}}, f)
 
 
 def test_head_of_a_task_not_in_the_list_is_refused():
@@ -120,7 +181,7 @@ MyRank:
 MySent:
   head: classification
   labels: [negative, neutral, positive]
-  metrics: [accuracy, f1]
+  metrics: [accuracy, mcc]
   dropout: 0.2
   fields: {text_a: text, label: sentiment}
   splits:
@@ -143,7 +204,7 @@ def test_custom_tasks_file(tmp_path):
     assert r.head == HeadKind.RANKING and r.labels == ("0", "1") and r.num_outputs == 1
     assert r.splits["train"].format == FileFormat.TSV and r.splits["dev"].format == FileFormat.JSONL
     s = specs["MySent"]
-    assert s.num_outputs == 3 and s.dropout == 0.2 and s.metrics == ("accuracy", "f1")
+    assert s.num_outputs == 3 and s.dropout == 0.2 and s.metrics == ("accuracy", "mcc")
     assert s.splits["train"].format == FileFormat.CSV and s.splits["train"].skip_malformed
     assert s.fields_for("test") == {"id": "uid", "text_a": "text"} and s.report_name("test") == "MySent-test"
     g = specs["MyReg"]
@@ -192,8 +253,44 @@ def test_tasks_file_errors(tmp_path):
     ({"head": "regression", "dropout": 1.5, "fields": {"text_a": "a"}, "splits": {}}, r"field 'dropout': expected a number in \[0, 1\), got 1.5"),
     ({"head": "regression", "dropout": "high", "fields": {"text_a": "a"}, "splits": {}}, r"field 'dropout'"),
     ("not a mapping", r"expected a mapping, got str"),
+    ({"head": "clasification", "fields": {"text_a": "a"}, "splits": {}}, r"'clasification' is not one of .* \(did you mean 'classification'\?\)"),
+    ({"head": "regression", "fields": {"txt_a": "a"}, "splits": {}}, r"field 'fields': unknown key 'txt_a' \(did you mean 'text_a'\?\)"),
+    ({"head": "regression", "fields": {"text_a": 3}, "splits": {}}, r"field 'fields': text_a must name a column \(a string\), got 3"),
+    ({"head": "regression", "fields": {"text_a": "a"}, "splits": {"train": {"path": "x", "fromat": "csv"}}}, r"split 'train': unknown key 'fromat' \(did you mean 'format'\?\)"),
+    ({"head": "regression", "fields": {"text_a": "a"}, "splits": {"train": {"path": "x", "format": "jsnl"}}}, r"\(did you mean 'jsonl'\?\)"),
+    ({"head": "regression", "fields": {"text_a": "a"}, "splits": {"validation": "x"}}, r"split name 'validation': a split is train, dev, dev_<name>"),
+    ({"head": "regression", "fields": {"text_a": "a"}, "splits": {"tset": "x"}}, r"split name 'tset'.*\(did you mean 'test'\?\)"),
+    ({"head": "classification", "labels": "neg,pos", "fields": {"text_a": "a"}, "splits": {}}, r"field 'labels': expected a list, got str"),
+    ({"head": "regression", "metrics": "pearson", "fields": {"text_a": "a"}, "splits": {}}, r"field 'metrics': expected a list, got str"),
+    ({"head": "regression", "metrics": ["accuracy"], "fields": {"text_a": "a"}, "splits": {}}, r"'accuracy' does not score a regression task; use \['pearson', 'spearman'\]"),
+    ({"head": "classification", "labels": ["a", "b"], "metrics": ["pearson"], "fields": {"text_a": "a"}, "splits": {}}, r"'pearson' does not score a classification task"),
+    ({"head": "classification", "labels": ["a", "b", "c"], "metrics": ["f1"], "fields": {"text_a": "a"}, "splits": {}}, r"f1 scores a task with 2 labels"),
+    ({"head": "regression", "label_range": [5, 0], "fields": {"text_a": "a"}, "splits": {}}, r"field 'label_range': expected \[low, high\] with low < high, got \[5, 0\]"),
+    ({"head": "regression", "label_range": 5, "fields": {"text_a": "a"}, "splits": {}}, r"field 'label_range': expected \[low, high\]"),
+    ({"head": "classification", "labels": ["a", "b"], "label_range": [0, 1], "fields": {"text_a": "a"}, "splits": {}}, r"field 'label_range': only regression tasks have one"),
+    ({"head": "regression", "note": ["x"], "fields": {"text_a": "a"}, "splits": {}}, r"field 'note': expected a string, got list"),
+    ({"head": "regression", "head_of": "../x", "fields": {"text_a": "a"}, "splits": {}}, r"field 'head_of': '\.\./x' is not a valid name"),
+    ({"head": "regression", "fields": {"text_a": "a"}, "splits": {"train": {"path": "x.json", "columns": ["a"]}}}, r"field 'columns': only a TSV or CSV file without a header line has columns"),
+    ({"head": "regression", "fields": {"text_a": "a"}, "splits": {"train": {"path": "x", "columns": ["a", "a"]}}}, r"field 'columns': expected distinct column names"),
+    ({"head": "regression", "fields": {"text_a": "a"}, "splits": {"train": {"path": "x", "skip_malformed": "yes"}}}, r"field 'skip_malformed': expected true or false, got 'yes'"),
+    ({"head": "regression", "fields": {"text_a": "a"}, "splits": {"dev": "a", "dev_b": "b"}}, r"splits 'dev' and 'dev_b' both report as 'Mine'; give one of them another report_as"),
 ])
 def test_bad_task_definitions(d, msg):
     with pytest.raises(ConfigError, match=msg) as ei:
         task_from_dict("Mine", d, "my.yaml")
     assert str(ei.value).startswith("my.yaml: task 'Mine'")
+
+
+def test_mtkd_tasks_into_a_closed_pipe_exits_quietly():
+    """`mtkd tasks | head`: the reader goes away; no BrokenPipeError traceback, exit 141 (SIGPIPE)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mtkd.cli", "tasks"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # before the command writes anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -211,3 +211,57 @@ def test_run_refuses_max_seq_len_beyond_the_encoder_before_training(glue_root, t
     err = capsys.readouterr().err
     assert "data.max_seq_len is 200" in err and "at most 128 tokens" in err and str(tiny_encoder) in err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------ missing files (issue 14, item 8)
+def test_missing_file_hint_only_for_relative_paths(tmp_path):
+    from mtkd.data import check_split, read_split
+
+    spec = load_task_specs({"Mine": {}}, _write(tmp_path / "t.yaml", {"Mine": {
+        **MY_TASK, "splits": {"train": "rel/train.tsv", "dev": str(tmp_path / "abs" / "dev.tsv")}}}))["Mine"]
+    for read in (read_split, check_split):
+        with pytest.raises(DataError) as e:
+            read(spec, "train", tmp_path / "root")
+        assert str(e.value) == (f"{tmp_path / 'root' / 'rel' / 'train.tsv'}: file not found (task Mine, split train; "
+                                f"set data.root or $MTKD_DATA_ROOT)")
+        with pytest.raises(DataError) as e:
+            read(spec, "dev", tmp_path / "root")
+        assert str(e.value) == f"{tmp_path / 'abs' / 'dev.tsv'}: file not found (task Mine, split dev)"
+
+
+def test_check_files_names_every_problem_and_notes_absent_test_files(tmp_path):
+    from mtkd.data import check_files
+
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "train.tsv").write_text("sentence\tlabel\nnice\t1\n")
+    (tmp_path / "SST-2" / "dev.tsv").write_text("sentence\tlabels\nnice\t1\n")
+    specs = load_task_specs({"SST-2": {}, "RTE": {"splits": {"test": None}}})
+    with pytest.raises(DataError) as e:
+        check_files(specs, tmp_path)
+    lines = str(e.value).split("\n")
+    assert lines[0] == "data: 3 problems:"
+    assert "SST-2/dev.tsv, line 1, field 'label': header has no column 'label' for label (task SST-2) " \
+           "(did you mean 'labels'?)" in lines[1]
+    assert [ln.strip().split(":")[0] for ln in lines[2:]] == [str(tmp_path / "RTE" / "train.tsv"), str(tmp_path / "RTE" / "dev.tsv")]
+    (tmp_path / "SST-2" / "dev.tsv").write_text("sentence\tlabel\nnice\t1\n")
+    notes = check_files({"SST-2": specs["SST-2"]}, tmp_path)  # the test file is absent: a note, no error
+    assert notes == [f"{tmp_path / 'SST-2' / 'test.tsv'}: file not found (task SST-2, split test; set data.root or $MTKD_DATA_ROOT)"]
+    assert check_files({"SST-2": specs["SST-2"]}, tmp_path, splits=("train",)) == []
+
+
+def test_check_split_reads_the_start_of_the_file_only(tmp_path, monkeypatch):
+    """The header and first row are checked; a bad label further down is left to --data / the run."""
+    from mtkd import data as data_mod
+    from mtkd.data import check_split, read_split
+
+    monkeypatch.setattr(data_mod, "HEAD_BYTES", 64)
+    (tmp_path / "SST-2").mkdir()
+    rows = "".join(f"sentence {i}\t{i % 2}\n" for i in range(50)) + "last\tmaybe\n"
+    (tmp_path / "SST-2" / "train.tsv").write_text("sentence\tlabel\n" + rows)
+    spec = glue_tasks()["SST-2"]
+    check_split(spec, "train", tmp_path)
+    with pytest.raises(DataError, match=r"line 52, field 'label': unknown label 'maybe'"):
+        read_split(spec, "train", tmp_path)
+    (tmp_path / "SST-2" / "train.tsv").write_text("sentence\tlabel\nfirst\tmaybe\n" + rows)
+    with pytest.raises(DataError, match=r"line 2, field 'label': unknown label 'maybe'"):
+        check_split(spec, "train", tmp_path)  # the first row is checked in full

@@ -2,10 +2,17 @@
 
 from mtkd.errors import MtkdError, DataError, ConfigError, CheckpointError
 from mtkd.tasks import TaskSpec, HeadKind, load_task_specs, glue_tasks
-from mtkd.model import MTModel
 
 __version__ = "0.1.0"
 __all__ = [
     "MtkdError", "DataError", "ConfigError", "CheckpointError",
     "TaskSpec", "HeadKind", "load_task_specs", "glue_tasks", "MTModel",
 ]
+
+
+def __getattr__(name):  # MTModel (and torch) load on first use: ONNX serving (mtkd.export) needs no torch
+    if name == "MTModel":
+        from mtkd.model import MTModel
+
+        return MTModel
+    raise AttributeError(f"module 'mtkd' has no attribute {name!r}")

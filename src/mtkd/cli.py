@@ -20,7 +20,10 @@ EPILOG = """examples:
   mtkd predict --model runs/mtl/model --task SST-2 --text "a gripping film" --text "dull"
   mtkd predict --model runs/mtl/model --task SST-2 --input reviews.tsv --output predictions.jsonl
   mtkd combine runs/kd-seed42 runs/kd-seed43 --output-dir results/kd   (mean ± std over the seeds)
-  mtkd tasks
+  mtkd export runs/mtl/model --output-dir runs/onnx --quantize int8   (one ONNX graph, every head; int8)
+  mtkd serve runs/mtl/model --port 8000   (HTTP JSON API: POST /predict, GET /tasks, GET /health)
+  mtkd tasks --tasks-file my_tasks.yaml MyTask   (a custom task, validated, defaults filled in)
+  mtkd check-config configs/glue-cpu.yaml --data   (everything run checks before training, every row)
 """
 
 
@@ -51,17 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", type=Path, default=None, help="MTL model folder; omit for the single-task baseline")
     p.add_argument("--seed", type=int, default=None)
 
-    p = sub.add_parser("evaluate", help="dev metrics of a model -> DIR/metrics.json, metrics.md")
+    p = sub.add_parser("evaluate", help="dev (or labelled test) metrics of a model -> DIR/metrics.json, metrics.md")
     _config_args(p)
     p.add_argument("--model", required=True, type=Path, help="model folder used for every task")
     p.add_argument("--output-dir", required=True, type=Path)
+    p.add_argument("--split", default="dev", metavar="PREFIX",
+                   help="score every split whose name starts with PREFIX (default: dev; test: the labelled test "
+                        "files, written under \"test\" in metrics.json; unlabelled ones are listed, not scored)")
 
     p = sub.add_parser("predict", help="predict new text (--text, --input FILE) or write a GLUE submission (CONFIG --output-dir)",
-                       description="Three modes: CONFIG --output-dir DIR writes test predictions and submission.zip; "
+                       description="Three modes: CONFIG --output-dir DIR writes test predictions (and submission.zip "
+                                   "when a task is a GLUE task); "
                                    "--task T --text ... prints predictions as JSON; --task T --input FILE --output FILE "
                                    "writes one prediction per input row. Without --output-dir the config (optional) only "
                                    "sets predict.batch_size, predict.max_tokens and data.max_seq_len: texts run sorted "
-                                   "by length in batches of at most that many texts and padded tokens.")
+                                   "by length in batches of at most that many texts and padded tokens, cut at "
+                                   "data.max_seq_len when given, else at each task's trained length (saved with the model).")
     p.add_argument("config", nargs="?", help="with --output-dir: predict every test split of the config's tasks")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--model", required=True, type=Path)
@@ -89,9 +97,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", nargs="+", type=Path, help="results.json files (or the run folders holding them)")
     p.add_argument("--output-dir", required=True, type=Path)
 
-    p = sub.add_parser("tasks", help="list the built-in GLUE task definitions")
-    p = sub.add_parser("check-config", help="load and validate a config, print the resolved YAML")
+    p = sub.add_parser("export", help="one ONNX graph for the encoder and every head (+ tokenizer, task specs) -> DIR",
+                       description="Export a model folder to ONNX: DIR/model.onnx (inputs input_ids, attention_mask "
+                                   "[, token_type_ids]; one output per task), the tokenizer and mtkd_export.json "
+                                   "(the tasks, labels, lengths), served by ONNX Runtime without PyTorch "
+                                   "(mtkd.export.OnnxModel, mtkd serve DIR). The graph is checked against PyTorch on "
+                                   "real examples of varied length (max abs diff <= 1e-4) before anything is written. "
+                                   "Needs pip install 'mtkd[onnx]'.")
+    p.add_argument("model", type=Path, help="mtkd model folder (a stage's DIR/model)")
+    p.add_argument("--output-dir", required=True, type=Path)
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="int8: ONNX Runtime dynamic quantization; prints each task's dev metric before and after "
+                        "and the speed ratio against PyTorch")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="where the tasks' dev files are (default $MTKD_DATA_ROOT or ../shared/data/glue): the check's "
+                        "examples and the int8 dev metrics; without them built-in sentences are used")
+    p.add_argument("--dev-cap", type=int, default=1000, help="dev examples per split for the int8 metrics (default 1000)")
+    p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript",
+                   help="PyTorch's ONNX exporter: torchscript (default; the graph ONNX Runtime fuses) or dynamo (torch.export)")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="keep the exporter's graph (no ONNX Runtime transformer fusions)")
+
+    p = sub.add_parser("serve", help="HTTP JSON API over a model folder or ONNX export (POST /predict, GET /tasks, GET /health)",
+                       description="Serve a model folder (PyTorch) or an ONNX export folder over HTTP: POST /predict "
+                                   "{\"texts\": [...], \"pairs\": [...], \"tasks\": [...], \"probabilities\": false}, "
+                                   "GET /tasks, GET /health. Concurrent requests are batched into one model call "
+                                   "(up to --max-batch texts or --max-wait-ms). Needs pip install 'mtkd[serve]'.")
+    p.add_argument("model", type=Path, help="mtkd model folder, or an `mtkd export` folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free port, printed)")
+    p.add_argument("--max-batch", type=int, default=64, help="most texts per model call (default 64)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a request waits for others to share its model call (default 5 ms)")
+    p.add_argument("--max-texts", type=int, default=256, help="most texts per request (default 256; more: 413)")
+    p.add_argument("--max-chars", type=int, default=20000, help="most characters per text (default 20000; more: 413)")
+    p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MB (default 16; more: 413)")
+    p.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+
+    p = sub.add_parser("tasks", help="print task definitions: the built-in GLUE tasks (and those of --tasks-file), resolved")
+    p.add_argument("names", nargs="*", metavar="NAME", help="print only these tasks")
+    p.add_argument("--tasks-file", type=Path, default=None,
+                   help="a YAML of custom task definitions (a config's tasks_file): validated, printed with defaults filled in")
+    p = sub.add_parser("check-config", help="check a config as `run` does before training; print the resolved YAML",
+                       description="Checks what `run` checks before it trains, with the same messages: the config's keys "
+                                   "and values, the tasks_file and every task and split key, each encoder's positions "
+                                   "against data.max_seq_len and the tasks' max_seq_len, and every split file: that it "
+                                   "exists, its header or columns, the field mapping and the first row. With --data it "
+                                   "also reads every row (labels, regression numbers, empty texts, duplicate ids). "
+                                   "Exit 0 and the resolved config on stdout, or exit 2: a problem with the config "
+                                   "itself (its keys and values, the tasks_file, the tasks, the lengths) stops at the "
+                                   "first one; the problems with the split files are all listed in one error.")
     _config_args(p)
+    p.add_argument("--data", action="store_true",
+                   help="also read every row of every split, as run does when it tokenises (no tokenising)")
     return ap
 
 
@@ -107,10 +165,26 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
     try:
-        return _dispatch(args)
+        rc = _dispatch(args)
+        sys.stdout.flush()  # a reader gone away (`mtkd tasks | head`) shows here, not at exit
+        return rc
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE: what a shell reports for a tool stopped by a closed pipe
     except MtkdError as e:
         print(f"mtkd: error: {e}", file=sys.stderr)
         return 2
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null, so the interpreter's final flush of what is
+    still buffered raises nothing (no traceback on `mtkd tasks | head`)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (captured in tests)
+        pass
 
 
 def _check_output_dir(folder: Path | None, flag: str = "--output-dir") -> None:
@@ -129,18 +203,17 @@ def _check_output_dir(folder: Path | None, flag: str = "--output-dir") -> None:
 
 
 def _dispatch(args) -> int:
-    import yaml
-
-    from mtkd.config import load_config, to_dict
+    from mtkd.config import load_config
 
     _check_output_dir(getattr(args, "output_dir", None))
     if args.command == "tasks":
-        from mtkd.tasks import glue_tasks
-
-        print(yaml.safe_dump({n: s.to_dict() for n, s in glue_tasks().items()}, sort_keys=False))
-        return 0
+        return _tasks(args)
     if args.command == "predict" and args.output_dir is None:
         return _predict_new_text(args, load_config(args.config, args.overrides))
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "export":
+        return _export(args)
     if args.command == "combine":
         from mtkd.recipes.distill import combine
 
@@ -149,8 +222,7 @@ def _dispatch(args) -> int:
         return 0
     cfg = load_config(args.config, args.overrides)
     if args.command == "check-config":
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        return 0
+        return _check_config(args, cfg)
     from mtkd.recipes import evaluate, finetune, mtl, pipeline, predict
     from mtkd.recipes.context import RunContext
 
@@ -159,24 +231,103 @@ def _dispatch(args) -> int:
         return 0
     ctx = RunContext(cfg, args.output_dir)
     # every rank at the same point: rank 0 tokenises what the command reads, the others wait
-    ctx.prepare_data({"mtl": ("train",), "finetune": ("train",), "evaluate": ("dev",), "predict": ("test",)}[args.command])
+    ctx.prepare_data({"mtl": ("train",), "finetune": ("train",), "predict": ("test",)}.get(args.command)
+                     or (evaluate.split_prefix(ctx, args.split),))
     seed = cfg.seeds[0] if getattr(args, "seed", None) is None else args.seed
     if args.command == "mtl":
         print(json.dumps(mtl.run(ctx, ctx.out_dir, seed), indent=2))
     elif args.command == "finetune":
         print(json.dumps(finetune.run(ctx, ctx.out_dir, seed, args.init, cfg=cfg.finetune if args.init else cfg.mtl), indent=2))
     elif args.command == "evaluate":
-        print(json.dumps(evaluate.run(ctx, {t: args.model for t in ctx.specs}, ctx.out_dir), indent=2))
+        print(json.dumps(evaluate.run(ctx, {t: args.model for t in ctx.specs}, ctx.out_dir, split=args.split), indent=2))
     elif args.command == "predict":
         missing = predict.run(ctx, {t: args.model for t in ctx.specs}, ctx.out_dir)
-        print(f"wrote {ctx.out_dir / 'submission.zip'}" + (f" (missing: {', '.join(missing)})" if missing else ""))
+        written = ctx.out_dir / ("submission.zip" if predict.is_glue(ctx) else "predictions")
+        print(f"wrote {written}" + (f" (missing: {', '.join(missing)})" if missing else ""))
+    return 0
+
+
+def _export(args) -> int:
+    """`mtkd export MODEL --output-dir DIR [--quantize int8]`: the progress lines and the check's result."""
+    from mtkd.export import export_onnx
+
+    export_onnx(args.model, args.output_dir, quantize=args.quantize, data_root=args.data_root, dev_cap=args.dev_cap,
+                exporter=args.exporter, optimize=not args.no_optimize, echo=lambda line: print(line, flush=True))
+    return 0
+
+
+def _serve(args) -> int:
+    """`mtkd serve MODEL`: refuses bad limits and a missing model before listening."""
+    from mtkd.errors import ConfigError
+    from mtkd.serve import serve
+
+    for flag, v in (("--max-batch", args.max_batch), ("--max-texts", args.max_texts), ("--max-chars", args.max_chars)):
+        if v < 1:
+            raise ConfigError(f"serve: {flag} must be >= 1, got {v}")
+    if not args.max_wait_ms >= 0 or not args.max_body_mb > 0:
+        raise ConfigError(f"serve: --max-wait-ms must be >= 0 and --max-body-mb > 0 "
+                          f"(got {args.max_wait_ms}, {args.max_body_mb})")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"serve: --port must be 0..65535, got {args.port}")
+    serve(args.model, args.host, args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+          max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=max(1, int(args.max_body_mb * 2**20)),
+          access_log=args.access_log, print_fn=lambda line: print(line, flush=True))
+    return 0
+
+
+def _tasks(args) -> int:
+    """`mtkd tasks [NAME ...] [--tasks-file F]`: the task definitions as run resolves them (YAML,
+    defaults filled in): the GLUE tasks, then F's (every one validated)."""
+    import yaml
+
+    from mtkd.errors import ConfigError, did_you_mean
+    from mtkd.tasks import GLUE_TASK_NAMES, load_task_specs, read_tasks_file
+
+    specs = load_task_specs(None, args.tasks_file)
+    for name in args.names:
+        if name not in specs:
+            raise ConfigError(f"mtkd tasks: no task {name!r}{did_you_mean(name, specs)}; "
+                              f"the tasks are {', '.join(specs)}")
+    chosen = {n: s for n, s in specs.items() if not args.names or n in args.names}
+    own = set(read_tasks_file(args.tasks_file)) if args.tasks_file else set()
+    glue = {n: s.to_dict() for n, s in chosen.items() if n not in own}
+    custom = {n: s.to_dict() for n, s in chosen.items() if n in own}
+    if not args.tasks_file:
+        print(yaml.safe_dump(glue, sort_keys=False))
+        return 0
+    if glue:  # one YAML document; a comment heads each part
+        print(f"# built-in GLUE tasks ({', '.join(n for n in GLUE_TASK_NAMES if n in glue)})")
+        print(yaml.safe_dump(glue, sort_keys=False), end="")
+    if custom:
+        print(f"# tasks_file {args.tasks_file}")
+        print(yaml.safe_dump(custom, sort_keys=False), end="")
+    return 0
+
+
+def _check_config(args, cfg) -> int:
+    """`mtkd check-config CONFIG [--data]`: the checks `run` makes before training (RunContext builds
+    the tasks, check_inputs the lengths and files), then the resolved config on stdout."""
+    import yaml
+
+    from mtkd.config import to_dict
+    from mtkd.recipes.context import RunContext
+
+    ctx = RunContext(cfg, Path("."))
+    notes = ctx.check_inputs(rows=args.data)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    for note in notes:
+        print(f"note: {note}: predict skips it with a warning (a GLUE leaderboard entry is also listed "
+              f"in submission.zip's MISSING.txt)", file=sys.stderr)
+    n_files = sum(1 for s in ctx.specs.values() for _ in s.splits) - len(notes)
+    print(f"checked: config, tasks ({len(ctx.specs)}), encoder lengths, files ({n_files}: "
+          f"{'every row' if args.data else 'headers, columns, first rows; rows not read: add --data'})", file=sys.stderr)
     return 0
 
 
 def _predict_new_text(args, cfg) -> int:
     """`mtkd predict --task T (--text ... | --input FILE --output FILE)`: refuses empty texts, a pair
     task without its second texts, and bad input rows (naming file and line) before predicting."""
-    from mtkd.errors import ConfigError
+    from mtkd.errors import ConfigError, did_you_mean
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("predict --text/--input runs in one process; start it without torchrun/accelerate launch")
@@ -208,11 +359,14 @@ def _predict_new_text(args, cfg) -> int:
     from mtkd.model import MTModel
 
     model = MTModel.from_pretrained(args.model)
-    unknown = [t for t in args.task if t not in model.tasks]
-    if unknown:
-        raise ConfigError(f"--task {', '.join(unknown)}: not a task of {args.model} (it has {', '.join(model.tasks)})")
+    for t in args.task:
+        if t not in model.tasks:
+            raise ConfigError(f"--task {t}: not a task of {args.model}{did_you_mean(t, model.tasks)} "
+                              f"(it has {', '.join(model.tasks)})")
     pair_tasks = [t for t in args.task if "text_b" in model.tasks[t].fields]
-    kwargs = {"batch_size": cfg.predict.batch_size, "max_tokens": cfg.predict.max_tokens, "max_len": cfg.data.max_seq_len}
+    kwargs = {"batch_size": cfg.predict.batch_size, "max_tokens": cfg.predict.max_tokens,
+              # the lengths the model was trained at, unless data.max_seq_len is given (config or --set)
+              "max_len": cfg.data.max_seq_len if "data.max_seq_len" in cfg.given else None}
     if args.input is None:
         if pair_tasks and args.pair is None:
             raise ConfigError(f"predict: task {', '.join(pair_tasks)} is a pair task: give one --pair (second text) per --text")

@@ -7,7 +7,6 @@ anything runs. The resolved config is saved next to every run's outputs (config.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 import types
@@ -19,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from mtkd.errors import ConfigError
+from mtkd.errors import ConfigError, did_you_mean, unknown_key
 from mtkd.sampler import SamplingMode
 
 
@@ -100,6 +99,10 @@ class PredictConfig:
     submission: bool = True
 
 
+# teacher candidates when kd.candidates is empty: seeds derived from the run seed, these dropouts
+DEFAULT_CANDIDATE_DROPOUTS = (0.1, 0.2, 0.3, 0.1)
+
+
 @dataclass
 class KDConfig:
     teacher_tasks: list[str] = field(default_factory=list)  # paper: MNLI, QQP, RTE, QNLI
@@ -110,13 +113,24 @@ class KDConfig:
     temperature: float = 1.0  # T for teacher and student logits; soft term scaled by T² (T=1: paper)
     student: EncoderConfig | None = None  # the student's encoder (e.g. fewer layers); None: `encoder`
     finetune_with_soft: bool = True  # the student's per-task fine-tuning keeps the KD loss on teacher tasks
-    # beyond the paper: extra unlabeled text per teacher task, e.g. {SST-2: {path: x.tsv, fields: {text_a: s}}};
-    # the teachers label it with soft targets and the student trains on it with the soft loss alone
+    # beyond the paper: extra unlabeled text per teacher task, from a file ({MNLI: {path: x.tsv, fields:
+    # {text_a: s}}}) or from the task's own training rows that its train_cap leaves unused ({MNLI:
+    # {from_train: true, cap: 3000}}); the teachers label it with soft targets and a second student,
+    # "MT-DNN-KD + unlabeled text", trains on it with the soft loss alone (the paper's student does not)
     unlabeled: dict[str, dict] = field(default_factory=dict)
+    # the teachers' own training budget: TrainConfig keys applied on top of `mtl` for the candidates'
+    # MTL and on top of `finetune` for the members' fine-tuning (e.g. {epochs: 2}); MT-DNN, the
+    # single-task baseline and the students keep `mtl` / `finetune`
+    teacher_mtl: dict = field(default_factory=dict)
+    teacher_finetune: dict = field(default_factory=dict)
 
 
 @dataclass
 class RunConfig:
+    # the dotted keys the config file and --set gave (after every override, `~key` removals
+    # included), set by load_config: what the user chose as opposed to a default (`mtkd predict`
+    # cuts at data.max_seq_len only when it is given). Not a config key, not saved.
+    given: typing.ClassVar[frozenset[str]] = frozenset()
     seeds: list[int] = field(default_factory=lambda: [42])
     stages: list[Stage] = field(default_factory=lambda: [Stage.MTL, Stage.FINETUNE, Stage.EVALUATE, Stage.PREDICT])
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -132,11 +146,6 @@ class RunConfig:
 
 
 # ------------------------------------------------------------------------------ loading/validation
-def _suggest(key, options):
-    m = difflib.get_close_matches(key, list(options), n=1)
-    return f" (did you mean {m[0]!r}?)" if m else ""
-
-
 _SCI_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
@@ -154,7 +163,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         try:
             return tp(value)
         except ValueError:
-            raise ConfigError(f"{where}: {value!r} is not one of {[e.value for e in tp]}") from None
+            values = [e.value for e in tp]
+            raise ConfigError(f"{where}: {value!r} is not one of {values}{did_you_mean(value, values)}") from None
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
@@ -196,13 +206,15 @@ def from_dict(cls, d: dict | None, where: str = "config"):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     if cls is TaskOptions:  # anything besides the caps is a change to the task definition
-        d = dict(d)
-        override = {k: d.pop(k) for k in list(d) if k not in names}
-        d.setdefault("override", {}).update(override)
+        from mtkd.tasks import check_task_entry, task_option_keys
+
+        check_task_entry(d, where)  # the options and every task, split and field key, named here
+        options = set(task_option_keys())
+        d = {k: v for k, v in d.items() if k in options} | {"override": {k: v for k, v in d.items() if k not in options}}
     kwargs = {}
     for k, v in d.items():
         if k not in names:
-            raise ConfigError(f"{where}: unknown key {k!r}{_suggest(k, names)}")
+            raise unknown_key(where, k, names)
         kwargs[k] = _convert(v, hints[k], f"{where}.{k}")
     return cls(**kwargs)
 
@@ -251,6 +263,19 @@ def apply_override(raw: dict, item: str) -> None:
     node[last] = parsed
 
 
+def given_keys(raw: dict, prefix: str = "") -> frozenset[str]:
+    """Every dotted key path of `raw` with a value (not null): {'data', 'data.max_seq_len', ...}, so
+    `--set data.max_seq_len=8` and `--set 'data={max_seq_len: 8}'` give the same keys."""
+    keys: set[str] = set()
+    for k, v in raw.items():
+        if v is None:
+            continue
+        keys.add(prefix + str(k))
+        if isinstance(v, dict):
+            keys |= given_keys(v, f"{prefix}{k}.")
+    return frozenset(keys)
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     raw: dict = {}
     if path is not None:
@@ -266,6 +291,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     for item in overrides:
         apply_override(raw, item)
     cfg = from_dict(RunConfig, raw, where=str(path or "config"))
+    cfg.given = given_keys(raw)
     if cfg.tasks_file and path is not None and not Path(cfg.tasks_file).is_absolute():
         candidate = Path(path).parent / cfg.tasks_file
         if candidate.is_file():
@@ -328,6 +354,43 @@ def _check_train(where: str, key: str, tc: TrainConfig) -> None:
     _check_int(where, f"{key}.check_every", tc.check_every, 1)
 
 
+TEACHER_SECTIONS = ("mtl", "finetune")  # kd.teacher_mtl / kd.teacher_finetune apply on top of these
+
+
+def teacher_train_config(cfg: RunConfig, section: str, where: str = "config") -> TrainConfig:
+    """The teachers' training settings: `mtl` (the candidates' MTL) or `finetune` (the members'
+    fine-tuning) with the keys of kd.teacher_mtl / kd.teacher_finetune applied on top. Unknown keys
+    (with the closest suggested) and wrong types are refused as everywhere in the config."""
+    if section not in TEACHER_SECTIONS:
+        raise ValueError(f"section must be one of {TEACHER_SECTIONS}, got {section!r}")
+    base, overrides = getattr(cfg, section), getattr(cfg.kd, f"teacher_{section}")
+    if not overrides:
+        return base
+    return from_dict(TrainConfig, {**to_dict(base), **overrides}, f"{where}: kd.teacher_{section}")
+
+
+UNLABELED_FROM_TRAIN_KEYS = ("from_train", "cap")
+
+
+def _check_from_train(where: str, task: str, src: dict, cfg: RunConfig) -> None:
+    """kd.unlabeled.<task>: {from_train: true, cap: N}: the rows of the task's training file that its
+    train_cap leaves unused (so there must be a train_cap), at most N of them."""
+    key = f"kd.unlabeled.{task}"
+    for k in src:
+        if k not in UNLABELED_FROM_TRAIN_KEYS:
+            raise unknown_key(f"{where}: {key} (from_train)", k, UNLABELED_FROM_TRAIN_KEYS)
+    if src["from_train"] is not True:
+        raise _bad(where, f"{key}.from_train", "true (or give the text's file as 'path' instead)", src["from_train"])
+    cap = src.get("cap")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise _bad(where, f"{key}.cap", "a positive integer (or absent: every unused row)", cap)
+    opts = cfg.tasks.get(task)
+    if opts is None or opts.train_cap is None:
+        raise ConfigError(f"{where}: {key}: from_train takes the rows of {task}'s training file that "
+                          f"tasks.{task}.train_cap leaves unused, but {task} has no train_cap: every row is "
+                          f"already labelled training data (set tasks.{task}.train_cap, or give a 'path')")
+
+
 def validate(cfg: RunConfig, where: str = "config") -> None:
     """Value checks after the type checks of from_dict: every refusal names the key and the value.
     (data.max_seq_len against the encoder's positions needs the encoder: mtkd.model.check_max_seq_len.)"""
@@ -350,10 +413,16 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
             obj = getattr(obj, part)
         for i, name in enumerate(obj or ()):
             check_name(name, f"{where}: {key}[{i}]")
-    for name in cfg.kd.unlabeled:
+    for name, src in cfg.kd.unlabeled.items():
         check_name(name, f"{where}: kd.unlabeled: task name")
+        if name not in cfg.tasks:  # before what the entry asks of the task (a typo has no train_cap)
+            raise ConfigError(f"{where}: kd.unlabeled: no task {name!r} in the config's tasks "
+                              f"{list(cfg.tasks)}{did_you_mean(name, cfg.tasks)}")
+        if isinstance(src, dict) and "from_train" in src:
+            _check_from_train(where, name, src, cfg)
     for section in ("mtl", "finetune"):
         _check_train(where, section, getattr(cfg, section))
+        _check_train(where, f"kd.teacher_{section}", teacher_train_config(cfg, section, where))
     _check_int(where, "predict.batch_size", cfg.predict.batch_size, 1)
     _check_int(where, "predict.max_tokens", cfg.predict.max_tokens, 1, optional=True)
     _check_int(where, "kd.top_k", cfg.kd.top_k, 1)

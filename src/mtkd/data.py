@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtkd.errors import DataError
+from mtkd.errors import DataError, did_you_mean
+from mtkd.inference import length_batches  # noqa: F401  (re-exported: it lives with prediction, torch-free)
 from mtkd.tasks import FileFormat, HeadKind, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -145,18 +146,82 @@ def _rows_json(path: Path, text: str, fmt: FileFormat):
         yield f"record {key!r}", str(key), rec
 
 
-def read_split(spec: TaskSpec, split: str, root: str | Path | None = None) -> RawSplit:
-    """Read one split of a task, validating every row against the task definition."""
+HEAD_BYTES = 1 << 20  # what check_split reads of a TSV/CSV/JSONL file: the header and the first rows
+
+
+def split_path(spec: TaskSpec, split: str, root: str | Path | None = None) -> Path:
+    """Where a split's file is: its path, under the data root when relative (see resolve_data_root)."""
     if split not in spec.splits:
         raise DataError(f"task {spec.name}", f"has no split {split!r}; it has {list(spec.splits)}")
+    path = Path(spec.splits[split].path)
+    return path if path.is_absolute() else resolve_data_root(root) / path
+
+
+def file_not_found(spec: TaskSpec, split: str, path: Path) -> DataError:
+    """The error for a split whose file is not there; the data-root hint only for a relative path."""
+    hint = "" if Path(spec.splits[split].path).is_absolute() else "; set data.root or $MTKD_DATA_ROOT"
+    return DataError(path, f"file not found (task {spec.name}, split {split}{hint})")
+
+
+def _read_head(path: Path) -> tuple[bytes, bool]:
+    """The first HEAD_BYTES of a file cut after its last whole line, and whether that is the whole file."""
+    with open(path, "rb") as f:
+        data = f.read(HEAD_BYTES + 1)
+        if len(data) <= HEAD_BYTES:
+            return data, True
+        cut = data.rfind(b"\n")
+        return (data[:cut + 1], False) if cut >= 0 else (data + f.read(), True)
+
+
+def check_split(spec: TaskSpec, split: str, root: str | Path | None = None) -> None:
+    """The checks of read_split that need only the start of the file, with the same errors: the file
+    exists and is UTF-8, its header (or the split's `columns`) has every mapped column, and its first
+    row has the header's number of fields and every mapped field (labels not checked beyond it).
+    Reads at most HEAD_BYTES of a TSV/CSV/JSONL file; a JSON file is parsed whole."""
+    read_split(spec, split, root, head_only=True)
+
+
+def check_files(specs: dict[str, TaskSpec], root: str | Path | None = None,
+                splits: tuple[str, ...] = ("train", "dev", "test"), rows: bool = False) -> list[str]:
+    """Check every file of `specs` whose split name starts with one of `splits`, all of them before
+    any is tokenised: check_split each (with `rows`, read_split: every row's labels, texts and ids).
+    Raises one DataError naming every problem found (the error itself when there is one). A test
+    file that is not there is no error (predict reports it): returns those as notes."""
+    problems: list[DataError] = []
+    notes: list[str] = []
+    for spec in specs.values():
+        for split in spec.splits:
+            if not split.startswith(tuple(splits)):
+                continue
+            path = split_path(spec, split, root)
+            if split.startswith("test") and not path.is_file():
+                notes.append(str(file_not_found(spec, split, path)))
+                continue
+            try:
+                read_split(spec, split, root) if rows else check_split(spec, split, root)
+            except DataError as e:
+                problems.append(e)
+    raise_problems(problems)
+    return notes
+
+
+def raise_problems(problems: list[DataError]) -> None:
+    """Raise the one problem as it is, or one DataError listing them all."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise DataError("data", f"{len(problems)} problems:\n  " + "\n  ".join(str(e) for e in problems))
+
+
+def read_split(spec: TaskSpec, split: str, root: str | Path | None = None, head_only: bool = False) -> RawSplit:
+    """Read one split of a task, validating every row against the task definition (with
+    `head_only`, only the header and the first row: see check_split)."""
+    path = split_path(spec, split, root)
     src = spec.splits[split]
-    path = Path(src.path)
-    if not path.is_absolute():
-        path = resolve_data_root(root) / path
     if not path.is_file():
-        raise DataError(path, f"file not found (task {spec.name}, split {split}; set data.root or $MTKD_DATA_ROOT)")
-    data = path.read_bytes()
-    if not data.strip():
+        raise file_not_found(spec, split, path)
+    data, complete = _read_head(path) if head_only and src.format != FileFormat.JSON else (path.read_bytes(), True)
+    if complete and not data.strip():
         raise DataError(path, "file is empty")
     text = _decode(path, data)
     fields = spec.fields_for(split)
@@ -165,6 +230,7 @@ def read_split(spec: TaskSpec, split: str, root: str | Path | None = None) -> Ra
     id_col, a_col, b_col, y_col = (fields.get(k) for k in ("id", "text_a", "text_b", "label"))
     out = RawSplit(path, [], [], [] if b_col else None, [] if y_col else None, fingerprint=hashlib.sha256(data).hexdigest())
     seen: dict[str, Any] = {}
+    empty: list = []  # lines of a test file whose label is empty
 
     def add(line, record_id, row: dict):
         def get(col, role):
@@ -187,16 +253,26 @@ def read_split(spec: TaskSpec, split: str, root: str | Path | None = None) -> Ra
                 raise DataError(path, "empty text", line=line, field=b_col)
             out.text_b.append(b)
         if y_col:
-            out.labels.append(_parse_label(spec, str(get(y_col, "label")).strip(), path, line, y_col))
+            test = split.startswith("test")
+            value = "" if test and row.get(y_col) is None else str(get(y_col, "label")).strip()
+            if not value and test:  # a test file's label column may be left empty (or null)
+                empty.append(line)
+                out.labels.append(None)
+            else:
+                out.labels.append(_parse_label(spec, value, path, line, y_col))
 
     if src.format in (FileFormat.TSV, FileFormat.CSV):
         rows = _rows_delimited(path, text, src.format, src.columns)
         _, header = next(rows)
         for role, col in fields.items():
             if col not in header:
-                raise DataError(path, f"header has no column {col!r} for {role} (task {spec.name}); header is {header}",
+                what = f"header has no column {col!r}" if src.columns is None else f"columns have no {col!r}"
+                raise DataError(path, f"{what} for {role} (task {spec.name}){did_you_mean(col, header)}; "
+                                      f"{'header is' if src.columns is None else 'the split names columns'} {header}",
                                 line=None if src.columns else 1, field=col)
         for line, values in rows:
+            if head_only and out.ids:
+                break
             if len(values) != len(header):
                 reason = f"expected {len(header)} fields {header}, found {len(values)}"
                 if src.skip_malformed:
@@ -207,9 +283,16 @@ def read_split(spec: TaskSpec, split: str, root: str | Path | None = None) -> Ra
     else:
         for line, record_id, row in _rows_json(path, text, src.format):
             add(line, record_id, row)
-    if not out.ids:
+            if head_only:
+                break
+    if not out.ids and complete:
         raise DataError(path, "file has no data rows")
-    if out.skipped:
+    if empty and len(empty) == len(out.ids):
+        out.labels = None  # an empty label column: an unlabelled test file
+    elif empty:
+        raise DataError(path, f"empty label on {len(empty)} of {len(out.ids)} rows (a test file is labelled on "
+                              f"every row or on none)", line=empty[0], field=y_col)
+    if out.skipped and not head_only:
         log.warning("%s: skipped %d malformed rows (lines %s)", path, len(out.skipped), [s[0] for s in out.skipped][:20])
     return out
 
@@ -237,7 +320,8 @@ def _parse_label(spec: TaskSpec, value: str, path, line, col):
             raise DataError(path, f"regression label {value!r} is not finite", line=line, field=col)
         return y
     if value not in spec.labels:
-        raise DataError(path, f"unknown label {value!r}; task {spec.name} expects one of {list(spec.labels)}", line=line, field=col)
+        raise DataError(path, f"unknown label {value!r}; task {spec.name} expects one of {list(spec.labels)}"
+                              f"{did_you_mean(value, spec.labels) if value else ''}", line=line, field=col)
     return spec.labels.index(value)
 
 
@@ -295,12 +379,9 @@ def encode_split(spec: TaskSpec, split: str, tokenizer, max_len: int, cache_dir:
     Truncation cuts tokens (longest-first for pairs), never examples; the count of truncated
     examples is kept in meta['n_truncated'] and logged.
     """
-    src = spec.splits.get(split)
-    if src is None:
-        raise DataError(f"task {spec.name}", f"has no split {split!r}; it has {list(spec.splits)}")
-    path = Path(src.path) if Path(src.path).is_absolute() else resolve_data_root(root) / src.path
+    path = split_path(spec, split, root)
     if not path.is_file():
-        raise DataError(path, f"file not found (task {spec.name}, split {split}; set data.root or $MTKD_DATA_ROOT)")
+        raise file_not_found(spec, split, path)
     tok_fp = tokenizer_fingerprint(tokenizer)
     key = _cache_key(spec, split, file_fingerprint(path), tok_fp, max_len)
     folder = Path(cache_dir) / f"{spec.name}.{split}.{key}"
@@ -399,28 +480,6 @@ def collate(data: EncodedSplit, indices, pad_id: int | None = None, pad_multiple
     if data.labels is not None:
         batch["labels"] = torch.from_numpy(np.asarray(data.labels[indices]))
     return batch
-
-
-def length_batches(lengths, batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
-    """Inference batches: positions into `lengths`, sorted by length, each batch holding at most
-    `batch_size` examples and at most `max_tokens` padded tokens (rows x longest row; a single
-    example longer than that gets a batch of its own). Sorting keeps padding small; the token
-    budget lets short examples go in large batches (fewer, better-filled matmuls) and long ones in
-    small batches (bounded activation memory)."""
-    if batch_size < 1 or (max_tokens is not None and max_tokens < 1):
-        raise ValueError(f"batch_size and max_tokens must be positive, got {batch_size} and {max_tokens}")
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    sorted_lens = np.asarray(lengths)[order]
-    batches, i = [], 0
-    while i < len(order):
-        size = min(batch_size, len(order) - i)
-        if max_tokens is not None:
-            # padded cost of taking the next k examples = k * length of the k-th (lengths ascend)
-            cost = np.arange(1, size + 1) * sorted_lens[i:i + size]
-            size = max(1, int(np.searchsorted(cost, max_tokens, side="right")))
-        batches.append(order[i:i + size])
-        i += size
-    return batches
 
 
 def subsample(n: int, cap: int | None, seed: int) -> np.ndarray:

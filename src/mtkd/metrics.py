@@ -86,38 +86,81 @@ def score_split(spec: TaskSpec, logits: np.ndarray, labels: np.ndarray, groups: 
     return compute_metrics(spec, labels, predictions_from_logits(spec, logits, groups), groups)
 
 
-def task_scores(results: dict[str, dict[str, float]], specs: dict[str, TaskSpec] | None = None) -> dict[str, float]:
+# metrics.json (evaluate): {dev report name: {metric: value}, ..., "test": {test report name: {metric: value}}};
+# the "test" entry holds the labelled test splits and is there only when one was scored
+TEST_RESULTS = "test"
+
+
+def dev_and_test(results: dict) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """A metrics.json's dev entries and its labelled test entries (`TEST_RESULTS`)."""
+    return {k: v for k, v in results.items() if k != TEST_RESULTS}, dict(results.get(TEST_RESULTS) or {})
+
+
+def report_layout(specs: dict[str, TaskSpec]) -> dict[str, dict[str, list[str]]]:
+    """{task: {"reports": [...], "beside": [...]}}: which dev report names make each task's score.
+
+    A task with a dev split reported under the task's own name is scored on that split; its other
+    dev splits (a custom task's extra evaluation sets, e.g. IMDB-ood) are reported beside it and
+    count neither as tasks nor in a task's score. A task whose dev splits all have other names
+    (MNLI-m and MNLI-mm) is scored on their mean, as on the GLUE leaderboard."""
+    out = {}
+    for name, spec in specs.items():
+        reports = list(dict.fromkeys(spec.report_name(s) for s in spec.eval_splits("dev")))
+        if reports:
+            main = [name] if name in reports else reports
+            out[name] = {"reports": main, "beside": [r for r in reports if r not in main]}
+    return out
+
+
+def task_scores(results: dict[str, dict[str, float]], specs: dict[str, TaskSpec] | None = None,
+                layout: dict[str, dict[str, list[str]]] | None = None) -> dict[str, float]:
     """One score per task from {report name: {metric: value}}: each report's mean metric
     (MRPC/QQP/STS-B average their two metrics, as the leaderboard does), then the mean over the
-    report names of one task's dev splits, so MNLI-m and MNLI-mm make one MNLI score as on the
-    GLUE leaderboard. `specs` (default: the built-in GLUE tasks) say which report names belong to
-    which task; other report names count as tasks of their own; reports without metrics (AX) are
-    left out. Not rounded."""
-    task_of: dict[str, str] = {}
-    for name, spec in (glue_tasks() if specs is None else specs).items():
-        for split in spec.eval_splits("dev"):
-            task_of.setdefault(spec.report_name(split), name)
+    report names that make the task's score (`report_layout`), so MNLI-m and MNLI-mm make one MNLI
+    score as on the GLUE leaderboard and a custom task's extra dev splits are left out. `layout`
+    (else that of `specs`, default: the built-in GLUE tasks) says which report names belong to
+    which task; other report names count as tasks of their own; reports without metrics (AX) and
+    the labelled test entries are left out. Not rounded."""
+    if layout is None:
+        layout = report_layout(glue_tasks() if specs is None else specs)
+    task_of = {r: t for t, lay in layout.items() for r in lay["reports"]}
+    beside = {r for lay in layout.values() for r in lay["beside"]} - set(task_of)
     per_task: dict[str, list[float]] = {}
-    for report, ms in results.items():
-        if ms:
+    for report, ms in dev_and_test(results)[0].items():
+        if ms and report not in beside:
             per_task.setdefault(task_of.get(report, report), []).append(float(np.mean(list(ms.values()))))
     return {t: float(np.mean(v)) for t, v in per_task.items()}
 
 
 def glue_score(results: dict[str, dict[str, float]], specs: dict[str, TaskSpec] | None = None) -> float:
-    """The GLUE average: the mean of `task_scores` (MNLI-m and MNLI-mm averaged into one task first)."""
+    """The GLUE average: the mean of `task_scores` (MNLI-m and MNLI-mm averaged into one task first;
+    extra dev splits and test entries left out)."""
     per_task = list(task_scores(results, specs).values())
     return round(float(np.mean(per_task)), 4) if per_task else float("nan")
 
 
 def markdown_table(results: dict[str, dict[str, float]], notes: dict[str, str] | None = None,
                    specs: dict[str, TaskSpec] | None = None) -> str:
-    """One row per (task, metric) plus the GLUE average (`glue_score` with `specs`); notes flag data caveats."""
-    lines = ["| task | metric | dev |", "|---|---|---|"]
-    for task, ms in results.items():
-        for m, v in ms.items():
-            lines.append(f"| {task} | {m} | {v:.2f} |")
-    lines.append(f"| **average** | | **{glue_score(results, specs):.2f}** |")
+    """One row per (dev report, metric) plus the average over tasks (`glue_score` with `specs`); then
+    the labelled test splits' rows, if any (not averaged); notes flag data caveats and name the extra
+    dev splits left out of the average."""
+    dev, test = dev_and_test(results)
+    lines = []
+    if dev or not test:
+        lines += ["| task | metric | dev |", "|---|---|---|"]
+        for task, ms in dev.items():
+            for m, v in ms.items():
+                lines.append(f"| {task} | {m} | {v:.2f} |")
+        lines.append(f"| **average** | | **{glue_score(dev, specs):.2f}** |")
+        layout = report_layout(glue_tasks() if specs is None else specs)
+        extra = [f"{r} (extra dev split of {t})" for t, lay in layout.items() for r in lay["beside"] if r in dev]
+        if extra:
+            lines += ["", "The average is over tasks; not in it: " + ", ".join(extra) + "."]
+    if test:
+        lines += ([""] if lines else []) + ["| task | metric | test (labelled test file) |", "|---|---|---|"]
+        for task, ms in test.items():
+            for m, v in ms.items():
+                lines.append(f"| {task} | {m} | {v:.2f} |")
     if notes:
         lines.append("")
         lines += [f"- {t}: {n}" for t, n in notes.items()]

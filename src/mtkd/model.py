@@ -22,11 +22,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from mtkd import inference
 from mtkd.checkpoint import check_file, file_digest, guarded_write, tensor_bytes
 from mtkd.dropout import use_fast_dropout
 from mtkd.errors import CheckpointError, ConfigError
 from mtkd.heads import TaskHead
-from mtkd.tasks import HeadKind, TaskSpec, task_from_dict
+from mtkd.tasks import TaskSpec, task_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -223,11 +224,13 @@ class MTModel(nn.Module):
             check_encoder_dropout(encoder, float(dropout), f"encoder {name or DEFAULT_ENCODER!r}")
         return cls(encoder, tasks, tokenizer, encoder_name=str(name or DEFAULT_ENCODER))
 
-    def save_pretrained(self, folder: str | Path) -> None:
+    def save_pretrained(self, folder: str | Path, card: dict | None = None) -> None:
         """config.json + model.safetensors + tokenizer files, written into `folder`. config.json
         records the weights' byte size and sha256 and the tokenizer's file names (from_pretrained
         checks them); weights and config are moved into place last. A failed write removes the
-        partial files and raises DiskFullError ("no space left on <folder>: about N MB needed")."""
+        partial files and raises DiskFullError ("no space left on <folder>: about N MB needed").
+        Then the model card (README.md, model_card.json; `card`: the training record the recipes
+        pass, see mtkd.model_card); a card that cannot be written is logged, never an error."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         config = {"format": "mtkd", "format_version": FORMAT_VERSION, "encoder_name": self.encoder_name,
@@ -244,6 +247,12 @@ class MTModel(nn.Module):
             cfg_tmp.write_text(json.dumps(config, indent=2))
             tmp.replace(folder / WEIGHTS_FILE)
             cfg_tmp.replace(folder / "config.json")
+        try:
+            from mtkd.model_card import write_model_card
+
+            write_model_card(folder, training=card)
+        except Exception as e:  # informational: the saved model is complete without it
+            log.warning("%s: model card not written (%s: %s)", folder, type(e).__name__, e)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, tasks: dict[str, TaskSpec] | Sequence[str] | None = None,
@@ -338,73 +347,49 @@ class MTModel(nn.Module):
 
     @torch.inference_mode()
     def predict(self, tasks: str | Sequence[str], texts: Sequence[str], text_pairs: Sequence[str] | None = None,
-                batch_size: int = 64, max_len: int = 512, return_probs: bool = False,
+                batch_size: int = 64, max_len: int | None = None, return_probs: bool = False,
                 max_tokens: int | None = 8192):
         """Predict new text. One encoder pass per batch serves every requested head.
 
         Texts are tokenised once, run sorted by length in batches of at most `batch_size` texts and
-        `max_tokens` padded tokens (`mtkd.data.length_batches`, as for the soft targets), and the
-        results come back in input order. Inputs are cut at `max_len` tokens (at most the encoder's
-        positions, see `max_positions`).
+        `max_tokens` padded tokens (`mtkd.inference.length_batches`, as for the soft targets), and the
+        results come back in input order. Inputs are cut at `max_len` tokens; None (the default):
+        at each task's trained length (`train_max_len`: the `max_seq_len` saved with the model, 512
+        for folders saved before mtkd recorded it). Either is capped at the encoder's positions
+        (`max_positions`). Requested tasks of different lengths are served per length: the texts
+        are tokenised once per distinct length, and each encoder pass serves that length's heads.
 
         Returns, for one task, a list of label names (classification), floats (regression, clipped
         to the task's label range) or scores (ranking); for several tasks, {task: list}. With
         return_probs, classification tasks return (N, C) probability arrays instead."""
-        from mtkd.data import length_batches
-
         if self.tokenizer is None:
             raise CheckpointError("this model has no tokenizer attached")
-        single = isinstance(tasks, str)
-        names = [tasks] if single else list(tasks)
-        for t in names:
-            if t not in self.tasks:
-                raise KeyError(f"unknown task {t!r}; this model has {list(self.tasks)}")
-        if isinstance(texts, str) or isinstance(text_pairs, str):
-            raise TypeError("texts and text_pairs must be sequences of strings, not one string")
-        if text_pairs is not None and len(text_pairs) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text pairs")
-        max_len = min(max_len, max_positions(self.encoder.config) or max_len)
-        enc = self.tokenizer(list(texts), list(text_pairs) if text_pairs is not None else None, truncation=True,
-                             max_length=max_len) if len(texts) else {"input_ids": []}
-        rows = enc["input_ids"]
-        types = enc.get("token_type_ids")
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         was_training = self.training
         self.eval()
-        device = next(self.parameters()).device
-        outs = {t: np.zeros((len(rows), self.heads[self.tasks[t].head_name].out.out_features), dtype=np.float32)
-                for t in names}
         try:
-            for sel in length_batches([len(r) for r in rows], batch_size, max_tokens) if rows else []:
-                width = max(len(rows[i]) for i in sel)
-                ids = np.full((len(sel), width), pad_id, dtype=np.int64)
-                mask = np.zeros((len(sel), width), dtype=np.int64)
-                tt = np.zeros((len(sel), width), dtype=np.int64)
-                for j, i in enumerate(sel):
-                    n = len(rows[i])
-                    ids[j, :n], mask[j, :n] = rows[i], 1
-                    if types is not None:
-                        tt[j, :n] = types[i]
-                cls_vec = self.encode(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device),
-                                      torch.from_numpy(tt).to(device) if types is not None else None)
-                for t, logits in self.head_logits(cls_vec, names).items():
-                    outs[t][sel] = logits.float().cpu().numpy()
+            return inference.predict(self.tasks, self.tokenizer, self._run_heads, tasks, texts, text_pairs,
+                                     batch_size=batch_size, max_len=max_len, return_probs=return_probs,
+                                     max_tokens=max_tokens, max_positions=max_positions(self.encoder.config),
+                                     num_outputs={t: self.heads[s.head_name].out.out_features for t, s in self.tasks.items()})
         finally:
             self.train(was_training)
-        result = {t: self.postprocess(t, v, return_probs) for t, v in outs.items()}
-        return result[names[0]] if single else result
+
+    def train_max_len(self, task: str) -> int:
+        """The length `task` was trained at: its training split's max_seq_len, else the task's (saved
+        with the model by every mtkd run), else 512 (folders saved before mtkd recorded it)."""
+        return inference.train_max_len(self.tasks[task])
+
+    def _run_heads(self, names: list[str], ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None) -> dict[str, np.ndarray]:
+        """One encoder pass on a padded numpy batch, every head of `names` on it: {task: (B, C) logits}
+        (mtkd.inference calls it for each length-sorted batch)."""
+        device = next(self.parameters()).device
+        cls_vec = self.encode(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device),
+                              torch.from_numpy(types).to(device) if types is not None else None)
+        return {t: logits.float().cpu().numpy() for t, logits in self.head_logits(cls_vec, names).items()}
 
     def postprocess(self, task: str, logits: np.ndarray, return_probs: bool = False):
-        spec = self.tasks[task]
-        if spec.head == HeadKind.CLASSIFICATION:
-            if return_probs:
-                e = np.exp(logits - logits.max(-1, keepdims=True))
-                return e / e.sum(-1, keepdims=True)
-            return [spec.labels[i] for i in logits.argmax(-1)]
-        scores = logits[:, 0]
-        if spec.label_range is not None:
-            scores = np.clip(scores, *spec.label_range)
-        return scores.tolist()
+        """(N, C) logits of `task` -> what predict returns (mtkd.inference.postprocess)."""
+        return inference.postprocess(self.tasks[task], logits, return_probs)
 
 
 def check_heads_match(saved: dict[str, TaskSpec], wanted: dict[str, TaskSpec], where: str, allow_new: bool = False) -> None:
@@ -443,13 +428,14 @@ def max_positions(encoder_config) -> int | None:
     return n
 
 
-def check_max_seq_len(encoder_config, max_seq_len: int, where: str) -> None:
-    """Refuse a `data.max_seq_len` beyond the encoder's position embeddings (it would fail with a
-    tensor-size error mid-training); `where` names the config (file or encoder) in the message."""
+def check_max_seq_len(encoder_config, max_seq_len: int, where: str, key: str = "data.max_seq_len") -> None:
+    """Refuse a `data.max_seq_len` (or the config `key` naming a task's or split's length) beyond the
+    encoder's position embeddings (it would fail with a tensor-size error mid-training); `where`
+    names the config (file or encoder) in the message."""
     limit = max_positions(encoder_config)
     if limit is not None and max_seq_len > limit:
         n = encoder_config.max_position_embeddings
         extra = f" (max_position_embeddings {n}, positions start after the padding index)" if n != limit else ""
-        raise ConfigError(f"{where}: data.max_seq_len is {max_seq_len}, but the encoder "
+        raise ConfigError(f"{where}: {key} is {max_seq_len}, but the encoder "
                           f"({getattr(encoder_config, 'model_type', '?')}) takes at most {limit} tokens{extra}; "
-                          f"set data.max_seq_len <= {limit}")
+                          f"set {key} <= {limit}")

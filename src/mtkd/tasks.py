@@ -7,9 +7,9 @@ format a user writes for a custom task, so there is one way to define a task.
 from __future__ import annotations
 
 import copy
-import difflib
+import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from mtkd.errors import ConfigError
+from mtkd.errors import ConfigError, did_you_mean, unknown_key
 
 
 class HeadKind(str, Enum):
@@ -41,6 +41,8 @@ METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman")
 # <report_as>.tsv, caches, soft targets): letters, digits and . _ + - only, not starting with a
 # symbol ('+' for the pseudo-tasks such as SST-2+unlabeled).
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+# the splits a run reads: train; dev and dev_<name> (scored, one report each); test and test_<name> (predicted)
+SPLIT_NAME = re.compile(r"train|(dev|test)(_[A-Za-z0-9][A-Za-z0-9._+-]*)?")
 
 
 def check_name(name, where: str) -> str:
@@ -61,6 +63,7 @@ class SplitSource:
     fields: dict[str, str] | None = None  # overrides the task's field mapping for this file
     skip_malformed: bool = False  # skip (and report) rows with a wrong number of fields
     report_as: str | None = None  # name in results/submission (MNLI-m); default: the task name
+    max_seq_len: int | None = None  # tokens kept of this file's examples; default: the task's
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,15 @@ class TaskSpec:
     label_range: tuple[float, float] | None = None  # regression: clip predictions (STS-B: [0, 5])
     note: str | None = None  # shown next to this task's results (e.g. "dev is a train sample")
     positive_label: str | None = None  # ranking: the label of a relevant candidate (QNLI: entailment)
+    max_seq_len: int | None = None  # tokens kept per example; default: the config's data.max_seq_len
+
+    def max_len_for(self, split: str, default: int) -> int:
+        """The length a split is cut at: the split's own max_seq_len, else the task's, else `default`
+        (the config's data.max_seq_len)."""
+        src = self.splits.get(split)
+        if src is not None and src.max_seq_len is not None:
+            return src.max_seq_len
+        return self.max_seq_len if self.max_seq_len is not None else default
 
     @property
     def num_outputs(self) -> int:
@@ -115,7 +127,7 @@ class TaskSpec:
             "dropout": self.dropout,
             "splits": {},
         }
-        for k in ("head_of", "label_range", "note", "positive_label"):
+        for k in ("head_of", "label_range", "note", "positive_label", "max_seq_len"):
             v = getattr(self, k)
             if v is not None:
                 d[k] = list(v) if isinstance(v, tuple) else v
@@ -129,31 +141,41 @@ class TaskSpec:
                 sd["skip_malformed"] = True
             if s.report_as is not None:
                 sd["report_as"] = s.report_as
+            if s.max_seq_len is not None:
+                sd["max_seq_len"] = s.max_seq_len
             d["splits"][name] = sd
         return d
-
-
-def _closest(key: str, options) -> str:
-    m = difflib.get_close_matches(key, list(options), n=1)
-    return f" (did you mean {m[0]!r}?)" if m else ""
 
 
 def _check_keys(d: dict, allowed, where: str) -> None:
     for k in d:
         if k not in allowed:
-            raise ConfigError(f"{where}: unknown key {k!r}{_closest(k, allowed)}; allowed: {sorted(allowed)}")
+            raise unknown_key(where, k, allowed)
 
 
 def _enum(cls, value, where):
     try:
         return cls(value)
     except ValueError:
-        raise ConfigError(f"{where}: {value!r} is not one of {[e.value for e in cls]}") from None
+        values = [e.value for e in cls]
+        raise ConfigError(f"{where}: {value!r} is not one of {values}{did_you_mean(value, values)}") from None
 
 
-_SPLIT_KEYS = {"path", "format", "columns", "fields", "skip_malformed", "report_as"}
+_SPLIT_KEYS = {"path", "format", "columns", "fields", "skip_malformed", "report_as", "max_seq_len"}
 _TASK_KEYS = {"head", "fields", "splits", "labels", "metrics", "dropout", "head_of", "label_range", "note",
-              "positive_label"}
+              "positive_label", "max_seq_len"}
+
+_REGRESSION_METRICS = ("pearson", "spearman")
+MIN_SEQ_LEN = 8  # as data.max_seq_len: [CLS], [SEP] and a few tokens
+
+
+def _max_seq_len(value, where: str) -> int | None:
+    """A task's or split's max_seq_len: absent, or an integer >= MIN_SEQ_LEN."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_SEQ_LEN:
+        raise ConfigError(f"{where}, field 'max_seq_len': expected an integer >= {MIN_SEQ_LEN} (tokens), got {value!r}")
+    return value
 
 
 def task_from_dict(name: str, d: dict[str, Any], where: str = "task definition") -> TaskSpec:
@@ -171,9 +193,10 @@ def task_from_dict(name: str, d: dict[str, Any], where: str = "task definition")
     if not isinstance(fields, dict):
         raise ConfigError(f"{where}, field 'fields': expected a mapping of {FIELD_ROLES} to column names")
     _check_keys(fields, FIELD_ROLES, f"{where}, field 'fields'")
+    _check_columns(fields, f"{where}, field 'fields'")
     if "text_a" not in fields:
         raise ConfigError(f"{where}, field 'fields': 'text_a' is required")
-    labels = tuple(str(x) for x in d.get("labels") or ())
+    labels = tuple(str(x) for x in _list(d.get("labels"), f"{where}, field 'labels'"))
     if head == HeadKind.CLASSIFICATION and len(labels) < 2:
         raise ConfigError(f"{where}, field 'labels': a classification task needs at least 2 label names")
     if len(set(labels)) != len(labels):
@@ -181,10 +204,17 @@ def task_from_dict(name: str, d: dict[str, Any], where: str = "task definition")
     positive = _positive_label(head, labels, d.get("positive_label"), where)
     if head == HeadKind.RANKING and not labels:
         labels = ("0", "1")
-    metrics = tuple(d.get("metrics") or ())
+    metrics = tuple(_list(d.get("metrics"), f"{where}, field 'metrics'"))
     for m in metrics:
         if m not in METRICS:
-            raise ConfigError(f"{where}, field 'metrics': unknown metric {m!r}{_closest(m, METRICS)}")
+            raise ConfigError(f"{where}, field 'metrics': unknown metric {m!r}{did_you_mean(m, METRICS)}")
+        fits = m in _REGRESSION_METRICS if head == HeadKind.REGRESSION else m not in _REGRESSION_METRICS
+        if not fits:
+            allowed = [x for x in METRICS if (x in _REGRESSION_METRICS) == (head == HeadKind.REGRESSION)]
+            raise ConfigError(f"{where}, field 'metrics': {m!r} does not score a {head.value} task; use {allowed}")
+        if m == "f1" and head == HeadKind.CLASSIFICATION and len(labels) != 2:
+            raise ConfigError(f"{where}, field 'metrics': f1 scores a task with 2 labels (the second is the positive "
+                              f"class), this one has {len(labels)}")
     splits: dict[str, SplitSource] = {}
     raw_splits = d["splits"] or {}
     if not isinstance(raw_splits, dict):
@@ -193,6 +223,9 @@ def task_from_dict(name: str, d: dict[str, Any], where: str = "task definition")
         if sd is None:  # removed by an override
             continue
         check_name(sname, f"{where}, split name")
+        if not SPLIT_NAME.fullmatch(sname):
+            raise ConfigError(f"{where}, split name {sname!r}: a split is train, dev, dev_<name> (more evaluation "
+                              f"sets) or test, test_<name>{did_you_mean(sname, ('train', 'dev', 'test'))}")
         swhere = f"{where}, split {sname!r}"
         if isinstance(sd, str):
             sd = {"path": sd}
@@ -209,18 +242,45 @@ def task_from_dict(name: str, d: dict[str, Any], where: str = "task definition")
             if not isinstance(sf, dict):
                 raise ConfigError(f"{swhere}, field 'fields': expected a mapping of {FIELD_ROLES} to column names")
             _check_keys(sf, FIELD_ROLES, f"{swhere}, field 'fields'")
+            _check_columns(sf, f"{swhere}, field 'fields'")
+        columns = sd.get("columns")
+        if columns is not None:
+            columns = _list(columns, f"{swhere}, field 'columns'")
+            if fmt not in (FileFormat.TSV, FileFormat.CSV):
+                raise ConfigError(f"{swhere}, field 'columns': only a TSV or CSV file without a header line has "
+                                  f"columns (format is {fmt.value}: JSON records name their fields)")
+            if not columns or not all(isinstance(c, str) and c for c in columns) or len(set(columns)) != len(columns):
+                raise ConfigError(f"{swhere}, field 'columns': expected distinct column names, one per field of "
+                                  f"the header-less file, got {columns!r}")
+        if not isinstance(sd.get("skip_malformed", False), bool):
+            raise ConfigError(f"{swhere}, field 'skip_malformed': expected true or false, got {sd['skip_malformed']!r}")
         splits[sname] = SplitSource(
             path=str(sd["path"]),
             format=fmt,
-            columns=tuple(sd["columns"]) if sd.get("columns") else None,
+            columns=tuple(columns) if columns else None,
             fields=dict(sf) if sf is not None else None,
             skip_malformed=bool(sd.get("skip_malformed", False)),
             report_as=sd.get("report_as"),
+            max_seq_len=_max_seq_len(sd.get("max_seq_len"), swhere),
         )
+    for prefix in ("dev", "test"):  # results and submission files are keyed by report name
+        seen: dict[str, str] = {}
+        for sname, src in splits.items():
+            if sname.startswith(prefix):
+                report = src.report_as or name
+                if report in seen:
+                    raise ConfigError(f"{where}, field 'splits': splits {seen[report]!r} and {sname!r} both report as "
+                                      f"{report!r}; give one of them another report_as")
+                seen[report] = sname
     dropout = d.get("dropout", 0.1)
     if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ConfigError(f"{where}, field 'dropout': expected a number in [0, 1), got {dropout!r}")
-    lr = d.get("label_range")
+    lr = _label_range(head, d.get("label_range"), f"{where}, field 'label_range'")
+    for key in ("note", "head_of"):
+        if d.get(key) is not None and not isinstance(d[key], str):
+            raise ConfigError(f"{where}, field {key!r}: expected a string, got {type(d[key]).__name__} {d[key]!r}")
+    if d.get("head_of") is not None:
+        check_name(d["head_of"], f"{where}, field 'head_of'")
     return TaskSpec(
         name=name,
         head=head,
@@ -230,10 +290,40 @@ def task_from_dict(name: str, d: dict[str, Any], where: str = "task definition")
         metrics=metrics,
         dropout=float(dropout),
         head_of=d.get("head_of"),
-        label_range=(float(lr[0]), float(lr[1])) if lr else None,
+        label_range=lr,
         note=d.get("note"),
         positive_label=positive,
+        max_seq_len=_max_seq_len(d.get("max_seq_len"), where),
     )
+
+
+def _list(value, where: str) -> list:
+    """A list-valued key (labels, metrics, columns): absent is empty; a bare string is refused
+    (it would be read letter by letter)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_columns(fields: dict, where: str) -> None:
+    for role, col in fields.items():
+        if not isinstance(col, str) or not col:
+            raise ConfigError(f"{where}: {role} must name a column (a string), got {col!r}")
+
+
+def _label_range(head: HeadKind, value, where: str) -> tuple[float, float] | None:
+    """Regression only: [low, high], finite, low < high (predictions are clipped to it)."""
+    if value is None:
+        return None
+    if head != HeadKind.REGRESSION:
+        raise ConfigError(f"{where}: only regression tasks have one (head is {head.value})")
+    ok = isinstance(value, list) and len(value) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    if not ok or value[0] >= value[1]:
+        raise ConfigError(f"{where}: expected [low, high] with low < high, got {value!r}")
+    return float(value[0]), float(value[1])
 
 
 def _positive_label(head: HeadKind, labels: tuple[str, ...], value, where: str) -> str | None:
@@ -287,30 +377,79 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def load_task_specs(entries: dict[str, dict | None], tasks_file: str | Path | None = None) -> dict[str, TaskSpec]:
+def task_option_keys() -> tuple[str, ...]:
+    """The keys of a config's `tasks.<name>` entry that are options of the run, not task keys
+    (train_cap, dev_cap: config.TaskOptions)."""
+    import dataclasses
+
+    from mtkd.config import TaskOptions
+
+    return tuple(f.name for f in dataclasses.fields(TaskOptions) if f.name != "override")
+
+
+def check_task_entry(entry: dict, where: str) -> None:
+    """The one check of a config's `tasks.<name>` entry, named by its key path `where` (so a typo
+    made in the config is never blamed on the tasks file): its keys are the run's options
+    (task_option_keys) or task keys, each split's keys split keys, each `fields` mapping field roles.
+    What the entry does not change is the definition's, checked (and blamed on its file) by
+    task_from_dict."""
+    _check_keys(entry, _TASK_KEYS | set(task_option_keys()), where)
+    if isinstance(entry.get("fields"), dict):
+        _check_keys(entry["fields"], FIELD_ROLES, f"{where}.fields")
+    splits = entry.get("splits")
+    for sname, sd in (splits.items() if isinstance(splits, dict) else ()):
+        if isinstance(sd, dict):
+            _check_keys(sd, _SPLIT_KEYS, f"{where}.splits.{sname}")
+            if isinstance(sd.get("fields"), dict):
+                _check_keys(sd["fields"], FIELD_ROLES, f"{where}.splits.{sname}.fields")
+
+
+def read_tasks_file(tasks_file: str | Path) -> dict[str, Any]:
+    """The raw definitions of a tasks_file, by task name (names checked; definitions are checked
+    when resolved, by load_task_specs)."""
+    p = Path(tasks_file)
+    if not p.is_file():
+        raise ConfigError(f"tasks_file {str(p)!r} does not exist")
+    try:
+        user = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {e}") from None
+    if not isinstance(user, dict):
+        raise ConfigError(f"{p}: expected a mapping task-name -> definition")
+    for name in user:
+        check_name(name, f"tasks_file {str(p)!r}: task name")
+    return user
+
+
+def load_task_specs(entries: dict[str, dict | None] | None, tasks_file: str | Path | None = None) -> dict[str, TaskSpec]:
     """Resolve a config's task entries: built-in GLUE definitions (or those of `tasks_file`), each
-    merged with the entry's overrides (e.g. other files for a split, or `dev_matched: null`)."""
+    merged with the entry's overrides (e.g. other files for a split, or `dev_matched: null`); the
+    run's options in an entry (train_cap, dev_cap) are not part of the definition and are left out.
+    `entries` None: every task, GLUE's and the tasks_file's, as defined."""
     defs = _glue_raw()
     from_file: dict[str, str] = {}  # task -> the tasks_file defining it (named in errors)
     if tasks_file is not None:
-        p = Path(tasks_file)
-        if not p.is_file():
-            raise ConfigError(f"tasks_file {str(p)!r} does not exist")
-        user = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        if not isinstance(user, dict):
-            raise ConfigError(f"{p}: expected a mapping task-name -> definition")
-        for name in user:
-            check_name(name, f"tasks_file {str(p)!r}: task name")
-            from_file[name] = str(p)
+        user = read_tasks_file(tasks_file)
+        from_file = dict.fromkeys(user, str(tasks_file))
         defs.update(user)
+    if entries is None:
+        entries = dict.fromkeys(defs)
     specs = {}
     for name, override in entries.items():
         check_name(name, "tasks: task name")
         if name not in defs:
-            raise ConfigError(f"task {name!r} is neither a GLUE task nor defined in tasks_file{_closest(name, defs)}")
-        specs[name] = task_from_dict(name, _merge(defs[name], override or {}),
+            raise ConfigError(f"task {name!r} is neither a GLUE task nor defined in tasks_file{did_you_mean(name, defs)}")
+        if isinstance(override, dict):  # the config's tasks.<name>: its options or any task key
+            check_task_entry(override, f"tasks.{name}")
+            override = {k: v for k, v in override.items() if k not in task_option_keys()}
+        base = defs[name]
+        if isinstance(base, dict) and isinstance(base.get("splits"), dict):  # a bare path is {path: ...}, so
+            base = {**base, "splits": {s: {"path": v} if isinstance(v, str) else v  # an override merges into it
+                                       for s, v in base["splits"].items()}}
+        specs[name] = task_from_dict(name, _merge(base, override or {}) if isinstance(base, dict) else base,
                                      f"tasks.{name}" + (f" (defined in {from_file[name]})" if name in from_file else ""))
     for spec in specs.values():
         if spec.head_of and spec.head_of not in specs:
-            raise ConfigError(f"task {spec.name!r} uses the head of {spec.head_of!r}, which is not in the task list")
+            raise ConfigError(f"task {spec.name!r} uses the head of {spec.head_of!r}, which is not in the task list "
+                              f"{list(specs)}{did_you_mean(spec.head_of, specs)}")
     return specs

@@ -41,7 +41,9 @@ def test_kd_experiment_writes_four_systems_and_reuses_stages(glue_root, tiny_enc
     assert comp["kd_beats_mtdnn"]["of"] == 4 and comp["kd_beats_mtdnn"]["of_without_teacher"] == 1
     assert set(comp["ensemble_minus_mtdnn"]) == {"STS-B", "RTE", "MNLI"}
     assert "The paper's Table 3 questions" in md and "MT-DNN-KD better than MT-DNN on" in md
-    assert {p.name for p in (out / "charts").glob("*.png")} == {"SST-2.png", "STS-B.png", "RTE.png", "MNLI.png"}
+    assert {p.name for p in (out / "charts").glob("*.png")} == {"SST-2.png", "STS-B.png", "RTE.png", "MNLI.png",
+                                                                "paired_differences.png"}
+    assert set(res["intervals"]["comparisons"]) == {"mtdnn_kd", "ensemble"}  # no kd.unlabeled: no extra row
     # teachers: 2 of 3 candidates kept, soft targets with provenance for each teacher task
     teach = json.loads((out / "seed-0" / "teach" / "DONE.json").read_text())
     assert len(teach["members"]) == 2 and len(teach["selection_scores"]) == 3
@@ -80,7 +82,8 @@ def test_smaller_student_and_soft_weight(glue_root, tiny_encoder, tmp_path):
 
 def test_unlabeled_text_gets_soft_targets_and_self_distillation(glue_root, tiny_encoder, tmp_path):
     """Beyond the paper: extra unlabeled RTE text labelled by the teacher, and a one-member teacher
-    of the student's own architecture (self-distillation)."""
+    of the student's own architecture (self-distillation). The text trains a second student, the
+    row "MT-DNN-KD + unlabeled text", beside the paper's student, which does not read it."""
     extra = tmp_path / "rte_unlabeled.tsv"
     extra.write_text("sentence1\tsentence2\n" + "".join(f"premise {i}\tthe film was {'good' if i % 2 else 'bad'} .\n" for i in range(20)))
     path = _kd_config(glue_root, tiny_encoder, tmp_path, candidates=[{"dropout": 0.1}], top_k=1,
@@ -90,12 +93,18 @@ def test_unlabeled_text_gets_soft_targets_and_self_distillation(glue_root, tiny_
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"
     assert main(["run", str(path), "--output-dir", str(out)]) == 0
-    soft = json.loads((out / "seed-0" / "teach" / "soft_targets" / "RTE+unlabeled.json").read_text())
+    soft = json.loads((out / "seed-0" / "teach" / "unlabeled" / "soft_targets" / "RTE+unlabeled.json").read_text())
     assert len(soft["ids"]) == 20 and soft["provenance"]["data_file"] == str(extra)
-    steps = [json.loads(l)["task"] for l in (out / "seed-0" / "distill" / "mtl" / "metrics.jsonl").read_text().splitlines()]
+    assert not (out / "seed-0" / "teach" / "soft_targets" / "RTE+unlabeled.json").exists()
+    steps = [json.loads(l)["task"] for l in (out / "seed-0" / "distill_unlabeled" / "mtl" / "metrics.jsonl").read_text().splitlines()]
     assert steps.count("RTE+unlabeled") == 20 // 8 + 1  # every unlabeled example trained once (batch 8)
-    student = json.loads((out / "seed-0" / "distill" / "mtl" / "model" / "config.json").read_text())
+    student = json.loads((out / "seed-0" / "distill_unlabeled" / "mtl" / "model" / "config.json").read_text())
     assert student["tasks"]["RTE+unlabeled"]["head_of"] == "RTE"
+    paper = [json.loads(l)["task"] for l in (out / "seed-0" / "distill" / "mtl" / "metrics.jsonl").read_text().splitlines()]
+    assert "RTE+unlabeled" not in paper  # the paper's MT-DNN-KD row is unchanged by the extra text
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["systems"]) == {"ensemble", "mtdnn_kd", "mtdnn_kd_unlabeled"}
+    assert "| MT-DNN-KD + unlabeled text |" in (out / "results.md").read_text()
 
 
 def test_unlabeled_text_for_a_task_without_teacher_is_refused(glue_root, tiny_encoder, tmp_path):
@@ -138,7 +147,8 @@ def test_compare_reports_no_share_of_a_tiny_ensemble_gain():
     assert c["ensemble_gain_kept"] == {"QQP": 0.5}
     assert c["ensemble_gain_too_small"] == ["QNLI"]
     md = results_markdown({"systems": systems, "seeds": [1], "comparison": c})
-    assert "QQP 50%" in md and "no share: QNLI" in md and "%, QNLI" not in md
+    assert "share of that gain the student keeps: QNLI —, QQP 50%." in md
+    assert "— : ensemble gain < 0.5: share not meaningful" in md
 
 
 def _results(seeds, per_seed, config_extra=None):

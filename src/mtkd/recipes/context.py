@@ -18,18 +18,19 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from mtkd.config import EncoderConfig, RunConfig, TrainConfig, to_dict
-from mtkd.data import EncodedSplit, encode_split, file_fingerprint, resolve_data_root, subsample, tokenizer_fingerprint
-from mtkd.errors import CheckpointError, ConfigError, DataError
+from mtkd.config import DEFAULT_CANDIDATE_DROPOUTS, EncoderConfig, RunConfig, TrainConfig, to_dict
+from mtkd.data import (EncodedSplit, check_files, encode_split, file_fingerprint, raise_problems, read_split, split_path,
+                       subsample, tokenizer_fingerprint)
+from mtkd.errors import CheckpointError, ConfigError, DataError, did_you_mean
 from mtkd.identity import checkpoint_problem, differences, digest, plain
 from mtkd.loop import TrainSet, autocast, make_accelerator, predict_logits
 from mtkd.model import MTModel, resolve_encoder
-from mtkd.tasks import TaskSpec, load_task_specs, task_from_dict
+from mtkd.tasks import HeadKind, TaskSpec, load_task_specs, task_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,25 @@ def unlabeled_specs(cfg: RunConfig, specs: dict[str, TaskSpec]) -> dict[str, Tas
             raise ConfigError(f"kd.unlabeled: task {task!r} is not in the task list {list(specs)}")
         if task not in cfg.kd.teacher_tasks:
             raise ConfigError(f"kd.unlabeled: task {task!r} has no teacher (kd.teacher_tasks) to label its text")
-        if not isinstance(src, dict) or "path" not in src:
-            raise ConfigError(f"kd.unlabeled.{task}: expected a mapping with 'path' (and optional format, fields)")
+        name = f"{task}{UNLABELED_SUFFIX}"
         base = specs[task]
+        if isinstance(src, dict) and src.get("from_train"):
+            # the task's own training file, read as the task reads it (same rows, same ids) without
+            # its labels; RunContext.train_set keeps the rows its train_cap leaves unused
+            if "train" not in base.splits:
+                raise ConfigError(f"kd.unlabeled.{task}: from_train, but {task} has no train split")
+            fields = {k: v for k, v in base.fields_for("train").items() if k in ("text_a", "text_b", "id")}
+            out[name] = replace(base, name=name, head_of=task, fields=fields, metrics=(), note=None,
+                                splits={"train": replace(base.splits["train"], fields=None, report_as=None)})
+            continue
+        if not isinstance(src, dict) or "path" not in src:
+            raise ConfigError(f"kd.unlabeled.{task}: expected a mapping with 'path' (and optional format, fields), "
+                              f"or {{from_train: true, cap: N}}")
         fields = src.get("fields") or {k: v for k, v in base.fields.items() if k in ("text_a", "text_b")}
         split = {k: v for k, v in src.items() if k != "fields"}
-        name = f"{task}{UNLABELED_SUFFIX}"
         out[name] = task_from_dict(name, {"head": base.head.value, "labels": list(base.labels), "head_of": task,
-                                          "fields": fields, "splits": {"train": split}}, "kd.unlabeled")
+                                          "fields": fields, "splits": {"train": split},
+                                          "max_seq_len": base.max_seq_len}, "kd.unlabeled")  # cut as its task
     return out
 
 
@@ -80,6 +92,7 @@ class RunContext:
     planning: bool = field(default=False, init=False)
     _encoded: dict = field(default_factory=dict, init=False)
     _tokenizers: dict = field(default_factory=dict, init=False)
+    _fingerprints: dict = field(default_factory=dict, init=False)  # id(tokenizer) -> (tokenizer, fingerprint)
     _models: dict = field(default_factory=dict, init=False)  # model folder -> {"key", "tokenizer"}
     _weights: dict = field(default_factory=dict, init=False)
     problems: list = field(default_factory=list, init=False)  # refusals found while planning
@@ -87,7 +100,11 @@ class RunContext:
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
-        self.specs = load_task_specs({n: o.override for n, o in self.cfg.tasks.items()}, self.cfg.tasks_file)
+        specs = load_task_specs({n: o.override for n, o in self.cfg.tasks.items()}, self.cfg.tasks_file)
+        # every task carries the length it is trained at (its own max_seq_len, else data.max_seq_len),
+        # so the models saved from this run record it and predict uses it
+        self.specs = {n: s if s.max_seq_len is not None else replace(s, max_seq_len=self.cfg.data.max_seq_len)
+                      for n, s in specs.items()}
         self.specs.update(unlabeled_specs(self.cfg, self.specs))
         self.accelerator = make_accelerator(self.cfg.mtl.precision)
         self.cache_dir = Path(self.cfg.data.cache_dir) if self.cfg.data.cache_dir else default_cache_dir()
@@ -118,40 +135,96 @@ class RunContext:
         """A split tokenised by `tokenizer` (a tokenizer, an encoder name or a model folder; default:
         the config's encoder). Not a collective: the on-disk cache is written atomically."""
         tok = tokenizer if hasattr(tokenizer, "backend_tokenizer") else self.tokenizer(tokenizer)
-        key = (task, split, tokenizer_fingerprint(tok))
+        if id(tok) not in self._fingerprints:  # ~0.2 s each (the vocabulary is serialised); the tokenizer
+            self._fingerprints[id(tok)] = (tok, tokenizer_fingerprint(tok))  # is kept so its id stays its own
+        key = (task, split, self._fingerprints[id(tok)][1])
         if key not in self._encoded:
-            self._encoded[key] = encode_split(self.specs[task], split, tok, self.cfg.data.max_seq_len,
+            self._encoded[key] = encode_split(self.specs[task], split, tok, self.max_len(task, split),
                                               self.cache_dir, self.cfg.data.root)
         return self._encoded[key]
 
-    def prepare_data(self, splits: tuple[str, ...] = ("train", "dev", "test")) -> None:
-        """Tokenise every split of every task once (those whose names start with `splits`), for every
-        tokenizer the config uses, before any stage starts: every file is checked first, and rank 0
-        writes the caches while the others wait (the one collective of data loading; every rank
-        calls it at the same point). A test file that is not there is not an error here: predict
-        reports it (a malformed one is)."""
+    def max_len(self, task: str, split: str) -> int:
+        """The length a split is cut at: the split's max_seq_len, else the task's, else data.max_seq_len."""
+        return self.specs[task].max_len_for(split, self.cfg.data.max_seq_len)
+
+    def longest_max_len(self) -> tuple[int, str]:
+        """The longest length any task or split is cut at, and the config key that sets it (checked
+        against the encoders' position embeddings)."""
+        best = (self.cfg.data.max_seq_len, "data.max_seq_len")
+        for t, spec in self.specs.items():
+            for split, src in spec.splits.items():
+                if src.max_seq_len is not None and src.max_seq_len > best[0]:
+                    best = (src.max_seq_len, f"tasks.{t}.splits.{split}.max_seq_len")
+            if spec.max_seq_len is not None and spec.max_seq_len > best[0]:
+                best = (spec.max_seq_len, f"tasks.{t}.max_seq_len")
+        return best
+
+    def check_inputs(self, splits: tuple[str, ...] = ("train", "dev", "test"), rows: bool = False) -> list[str]:
+        """What is checked before anything is tokenised (by prepare_data, and by `mtkd check-config`):
+        the longest length any task or split is cut at against every encoder's positions, then every
+        file of the splits named `splits` (data.check_files: exists, header or columns, field
+        mapping, first row; with `rows`, every row), all files before the first error, which names
+        every problem. Returns notes: the test files that are not there (predict reports them)."""
         from transformers import AutoConfig
 
         from mtkd.model import check_max_seq_len
 
+        self.check_task_lists()
+        longest, key = self.longest_max_len()
         for source in self.tokenizer_sources():  # a length beyond the position embeddings fails mid-training
-            check_max_seq_len(AutoConfig.from_pretrained(resolve_encoder(source)), self.cfg.data.max_seq_len,
-                              f"encoder {source}")
-        missing = []
+            check_max_seq_len(AutoConfig.from_pretrained(resolve_encoder(source)), longest, f"encoder {source}", key=key)
+        notes = check_files(self.specs, self.cfg.data.root, splits, rows=rows)
+        if rows and any("train".startswith(p) for p in splits):
+            for task in self.unlabeled_tasks():  # from_train needs rows the train_cap subset leaves out
+                if self.from_train(task) is not None:
+                    self.check_rows_left(task, len(read_split(self.specs[task], "train", self.cfg.data.root)))
+        return notes
+
+    def check_task_lists(self) -> None:
+        """The config's lists of task names name tasks that can play that part: finetune_tasks have
+        training data; kd.teacher_tasks and kd.select_by are in the task list, teachers are not
+        ranking tasks, and kd.top_k is at most the number of candidates."""
+        kd, train = self.cfg.kd, self.train_tasks()
+        for key, names, allowed in (("finetune_tasks", self.cfg.finetune_tasks or [], train),
+                                    ("kd.teacher_tasks", kd.teacher_tasks, list(self.specs)),
+                                    ("kd.select_by", kd.select_by, list(self.specs))):
+            for name in names:
+                if name not in allowed:
+                    what = "a task with training data" if key == "finetune_tasks" else "in the task list"
+                    raise ConfigError(f"{key}: task {name!r} is not {what} {allowed}{did_you_mean(name, allowed)}")
+        for name in kd.teacher_tasks:
+            if self.specs[name].head == HeadKind.RANKING:
+                raise ConfigError(f"kd.teacher_tasks: task {name!r} is a ranking task; teachers for ranking "
+                                  f"tasks are not supported yet")
+        if kd.teacher_tasks:
+            n = len(kd.candidates) or len(DEFAULT_CANDIDATE_DROPOUTS)
+            if kd.top_k > n:
+                raise ConfigError(f"kd.top_k is {kd.top_k} but there are {n} teacher candidates (kd.candidates)")
+
+    def prepare_data(self, splits: tuple[str, ...] = ("train", "dev", "test")) -> None:
+        """Tokenise every split of every task once (those whose names start with `splits`), for every
+        tokenizer the config uses, before any stage starts: every file is checked first
+        (check_inputs), and rank 0 writes the caches while the others wait (the one collective of
+        data loading; every rank calls it at the same point). A test file that is not there is not
+        an error here: predict reports it (a malformed one is)."""
+        self.check_inputs(splits)
+        problems = []
         with self.accelerator.main_process_first():
             for source in self.tokenizer_sources():
                 for task, spec in self.specs.items():
                     for split in [s for s in spec.splits if s.startswith(splits)]:
                         try:
                             self.encoded(task, split, source)
-                        except DataError as e:
-                            absent = not (resolve_data_root(self.cfg.data.root) / spec.splits[split].path).is_file()
-                            if not (split.startswith("test") and absent):
-                                missing.append(str(e))
-                if missing:
+                        except DataError as e:  # a row's problem (check_inputs saw every file's start)
+                            if not (split.startswith("test") and not split_path(spec, split, self.cfg.data.root).is_file()):
+                                problems.append(e)
+                if problems:
                     break
-        if missing:
-            raise DataError("data", "\n  " + "\n  ".join(missing))
+        raise_problems(problems)
+        if any("train".startswith(p) for p in splits):
+            for task in self.unlabeled_tasks():  # refused here, not when the student's training starts
+                if self.from_train(task) is not None:
+                    self.train_set(task)
 
     def train_tasks(self) -> list[str]:
         """Tasks with labelled training data (not AX, not the unlabeled-text pseudo-tasks)."""
@@ -161,9 +234,39 @@ class RunContext:
         """pseudo-task (e.g. 'SST-2+unlabeled') -> the task whose head and teachers it uses."""
         return {f"{t}{UNLABELED_SUFFIX}": t for t in self.cfg.kd.unlabeled}
 
+    def from_train(self, task: str) -> tuple[str, int | None] | None:
+        """(base task, cap) of an unlabeled pseudo-task read from its task's unused training rows
+        (kd.unlabeled.<task>: {from_train: true, cap: N}); None for every other task."""
+        base = self.unlabeled_tasks().get(task)
+        src = self.cfg.kd.unlabeled.get(base) if base is not None else None
+        if isinstance(src, dict) and src.get("from_train"):
+            return base, src.get("cap")
+        return None
+
     def train_set(self, task: str, tokenizer=None) -> TrainSet:
+        """A task's training examples: the seeded train_cap subset (all rows without a cap). An
+        unlabeled pseudo-task `from_train` gets the rows of its task's file that subset leaves out,
+        at most `cap` of them (seeded by data.cap_seed), so no example is both labelled and unlabeled."""
         data = self.encoded(task, "train", tokenizer)
-        return TrainSet(data, subsample(len(data), self._cap(task, "train_cap"), self.cfg.data.cap_seed))
+        source = self.from_train(task)
+        if source is None:
+            return TrainSet(data, subsample(len(data), self._cap(task, "train_cap"), self.cfg.data.cap_seed))
+        base, cap = source
+        labelled = self.train_set(base, tokenizer)
+        if list(labelled.data.ids) != list(data.ids):  # the same file read the same way: cannot differ
+            raise DataError(data.meta["path"], f"{task}: the rows read as unlabeled text differ from {base}'s training rows")
+        self.check_rows_left(task, len(data))
+        unused = np.setdiff1d(np.arange(len(data), dtype=np.int64), labelled.indices)
+        return TrainSet(data, unused[subsample(len(unused), cap, self.cfg.data.cap_seed)])
+
+    def check_rows_left(self, task: str, n_rows: int) -> None:
+        """An unlabeled pseudo-task read `from_train` needs rows its task's train_cap leaves out."""
+        base = self.from_train(task)[0]
+        cap = self._cap(base, "train_cap")
+        if cap is None or cap >= n_rows:
+            raise ConfigError(f"kd.unlabeled.{base}: from_train, but tasks.{base}.train_cap ({cap}) keeps all "
+                              f"{n_rows} rows of {split_path(self.specs[base], 'train', self.cfg.data.root)}: "
+                              f"no row is left unused")
 
     def _cap(self, task: str, key: str) -> int | None:
         opts = self.cfg.tasks.get(task)
@@ -203,6 +306,9 @@ class RunContext:
                  "head_dropout": spec.dropout, "positive_label": getattr(spec, "positive_label", None)}
         if split == "train":
             ident.update(cap=self._cap(task, "train_cap"), cap_seed=self.cfg.data.cap_seed)
+            source = self.from_train(task)
+            if source is not None:  # the rows its task's train_cap leaves unused, at most `cap`
+                ident.update(cap=source[1], from_train={"task": source[0], "train_cap": self._cap(source[0], "train_cap")})
         return ident
 
     # ---------------------------------------------------------------------------------- model

@@ -1,38 +1,181 @@
-"""Recipe: dev-set metrics (x100) per task, from each task's fine-tuned model.
+"""Recipe: metrics (x100) per task, from each task's fine-tuned model, on the dev splits and on
+every labelled test split.
 
 `models` maps task -> model folder (a fine-tuned model per task, or one MTL model for all). Each
 model reads the data through its own tokenizer. Under several processes every rank predicts its
-share of each dev set; all ranks return the same results, rank 0 writes them.
-Writes DIR/metrics.json ({report name: {metric: value}}) and DIR/metrics.md (with the GLUE average).
+share of each split; all ranks return the same results, rank 0 writes them.
+
+Writes DIR/metrics.json, DIR/metrics.md (with the average over tasks) and DIR/predictions.npz (every
+scored dev example's id, label, prediction and ranking group, per report name: `save_predictions`,
+what the paired bootstrap of the KD experiment resamples). metrics.json holds the
+dev results as {report name: {metric: value}} and, when a labelled test split was scored, the test
+results under the key "test" in the same form (`mtkd.metrics.TEST_RESULTS`):
+
+    {"SST-2": {"accuracy": 86.4}, "IMDB": {"accuracy": 88.1}, "test": {"IMDB": {"accuracy": 87.6}}}
+
+A test split is labelled when its file has the task's label column with a value on every row (GLUE
+test files have none); unlabelled and absent test files are listed in the log, not scored.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 from pathlib import Path
 
-from mtkd.metrics import markdown_table, score_split
+import numpy as np
+
+from mtkd.data import split_path
+from mtkd.errors import ConfigError, DataError
+from mtkd.metrics import TEST_RESULTS, compute_metrics, markdown_table, predictions_from_logits, score_split
+from mtkd.model import weights_sha256
+from mtkd.model_card import record_eval_metrics
 from mtkd.recipes.context import RunContext
 
+log = logging.getLogger(__name__)
 
-def run(ctx: RunContext, models: dict[str, Path], out: Path | None = None) -> dict[str, dict[str, float]]:
-    results: dict[str, dict[str, float]] = {}
+EVAL_PREFIXES = ("dev", "test")
+PREDICTIONS_FILE = "predictions.npz"
+PREDICTION_FIELDS = ("ids", "labels", "predictions", "groups")
+
+
+def save_predictions(path: Path, entries: dict[str, dict]) -> None:
+    """Per-example predictions of evaluated splits, compressed: {report name: {"ids", "labels",
+    "predictions", "groups"}} as arrays named `<report>.<field>` (predictions: label indices, or
+    the regression scores, as `metrics.predictions_from_logits` gives them; groups: ranking tasks
+    only). Written to a temporary name, then renamed."""
+    arrays = {f"{report}.{k}": np.asarray(e[k]) for report, e in entries.items() for k in PREDICTION_FIELDS
+              if e.get(k) is not None}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
+
+
+def load_predictions(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """What `save_predictions` wrote: {report name: {"ids", "labels", "predictions"[, "groups"]}}."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    with np.load(Path(path), allow_pickle=False) as f:
+        for key in f.files:
+            report, field = key.rsplit(".", 1)
+            out.setdefault(report, {})[field] = f[key]
+    return out
+
+
+def split_prefix(ctx: RunContext, prefix: str) -> str:
+    """Check `mtkd evaluate --split PREFIX`: a dev or test split prefix some task of the config has."""
+    defined = sorted({s for spec in ctx.specs.values() for s in spec.splits if s.startswith(EVAL_PREFIXES)})
+    if not prefix.startswith(EVAL_PREFIXES) or not any(s.startswith(prefix) for s in defined):
+        raise ConfigError(f"--split {prefix!r}: expected the start of a dev or test split name of the config's "
+                          f"tasks (dev, test, ...); they have {defined}")
+    return prefix
+
+
+def run(ctx: RunContext, models: dict[str, Path], out: Path | None = None, split: str = "dev",
+        test: bool = False) -> dict:
+    """Score the splits whose names start with `split` (dev: the dev sets after dev_cap; test...:
+    the labelled test splits, under "test"); with `test` (the evaluate stage of `mtkd run`) the
+    labelled test splits as well. Returns what metrics.json holds."""
+    results: dict = {}
     if ctx.planning:
         return results
-    loaded = {}
+    dev_prefix = split if split.startswith("dev") else None
+    test_prefix = split if split.startswith("test") else ("test" if test else None)
+    tested: dict[str, dict[str, float]] = {}
+    predicted: dict[str, dict] = {}  # report name -> the dev examples' ids, labels, predictions, groups
+    unlabelled, absent = [], []
+    loaded: dict = {}
+
+    def model_for(folder):
+        if folder not in loaded:
+            loaded.clear()  # one model in memory at a time
+            loaded[folder] = ctx.load_model(folder)
+        return loaded[folder]
+
     for task, folder in models.items():
         spec = ctx.specs[task]
         if not spec.metrics:
             continue
-        if folder not in loaded:
-            loaded = {folder: ctx.load_model(folder)}  # one model in memory at a time
-        model = loaded[folder]
-        for name, (data, idx) in ctx.dev_sets(task, ctx.model_tokenizer(folder)).items():
-            groups = data.groups[idx] if data.groups is not None else None
-            results[name] = score_split(spec, ctx.logits(model, data, task, idx), data.labels[idx], groups)
+        tokenizer = ctx.model_tokenizer(folder)
+        if dev_prefix is not None:
+            names = {spec.report_name(s) for s in spec.eval_splits(dev_prefix)}
+            for name, (data, idx) in ctx.dev_sets(task, tokenizer).items():
+                if name in names:
+                    groups = data.groups[idx] if data.groups is not None else None
+                    pred = predictions_from_logits(spec, ctx.logits(model_for(folder), data, task, idx), groups)
+                    results[name] = compute_metrics(spec, data.labels[idx], pred, groups)
+                    predicted[name] = {"ids": [data.ids[i] for i in idx], "labels": data.labels[idx],
+                                       "predictions": pred, "groups": groups}
+        for s in spec.eval_splits(test_prefix) if test_prefix is not None else []:
+            try:
+                data = ctx.encoded(task, s, tokenizer)
+            except DataError:
+                if split_path(spec, s, ctx.cfg.data.root).is_file():
+                    raise  # a malformed test file is an error; an absent one is noted
+                absent.append(f"{task}/{s}")
+                continue
+            if data.labels is None:
+                unlabelled.append(f"{task}/{s}")
+                continue
+            tested[spec.report_name(s)] = score_split(spec, ctx.logits(model_for(folder), data, task), data.labels,
+                                                      data.groups)
+    if ctx.main and unlabelled:
+        log.info("test splits without labels, not scored (unlabelled): %s", ", ".join(unlabelled))
+    if ctx.main and absent:
+        log.info("test files not found, not scored: %s", ", ".join(absent))
+    if test_prefix is not None and not test and not tested:
+        raise ConfigError(f"--split {split!r}: no labelled split to score"
+                          + "".join(f"; {what}: {', '.join(names)}" for what, names in
+                                    (("without labels", unlabelled), ("file not found", absent)) if names))
+    if tested:
+        if TEST_RESULTS in results:
+            raise ConfigError(f"a dev split is reported as {TEST_RESULTS!r}, the key metrics.json keeps test results "
+                              f"under; give it another report_as")
+        results[TEST_RESULTS] = tested
     if out is not None and ctx.main:
+        written = _merge_previous(out, results, models, dev=dev_prefix is not None, test=test_prefix is not None)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(results, indent=2))
+        (out / "metrics.json").write_text(json.dumps(written, indent=2))
         notes = {t: s.note for t, s in ctx.specs.items() if s.note}
-        (out / "metrics.md").write_text(markdown_table(results, notes, ctx.specs))
+        (out / "metrics.md").write_text(markdown_table(written, notes, ctx.specs))
+        if predicted:
+            save_predictions(out / PREDICTIONS_FILE, predicted)
+    if ctx.main:  # each model folder's card gets the metrics it was scored with
+        record_eval_metrics(ctx, models, results)
     return results
+
+
+SOURCES_FILE = "metrics_sources.json"  # which model (weights sha256) each task's dev / test results came from
+
+
+def _merge_previous(out: Path, results: dict, models: dict[str, Path], dev: bool, test: bool) -> dict:
+    """What metrics.json becomes: `results`, plus the previous file's section that was not scored
+    now (its dev results when only test splits were scored, and the other way round), kept only if
+    those results came from the same models; otherwise that section is dropped, with a warning."""
+    sources = {task: weights_sha256(folder) for task, folder in models.items()}
+    sections = {"dev": dev, "test": test}
+    previous_path, sources_path = out / "metrics.json", out / SOURCES_FILE
+    merged, recorded = dict(results), {k: sources for k, scored in sections.items() if scored}
+    if previous_path.is_file() and sources_path.is_file():
+        previous = json.loads(previous_path.read_text())
+        previous_sources = json.loads(sources_path.read_text())
+        for section, scored in sections.items():
+            if scored or section not in previous_sources:
+                continue
+            if previous_sources[section] != sources:
+                log.warning("%s: dropping the earlier %s results (they came from other models)", previous_path, section)
+                if section == "dev":
+                    (out / PREDICTIONS_FILE).unlink(missing_ok=True)
+                continue
+            recorded[section] = sources
+            if section == "test" and TEST_RESULTS in previous:
+                merged[TEST_RESULTS] = previous[TEST_RESULTS]
+            elif section == "dev":
+                merged = {**{k: v for k, v in previous.items() if k != TEST_RESULTS}, **merged}
+    out.mkdir(parents=True, exist_ok=True)
+    sources_path.write_text(json.dumps(recorded, indent=2))
+    return merged

@@ -18,6 +18,7 @@ import torch
 from mtkd.config import TrainConfig
 from mtkd.loop import LossFn, train
 from mtkd.identity import digest
+from mtkd.model_card import training_record
 from mtkd.recipes.context import RunContext, train_settings
 
 
@@ -55,8 +56,11 @@ def run(ctx: RunContext, out: Path, seed: int, tasks: list[str] | None = None, c
     out.mkdir(parents=True, exist_ok=True)
     summary = train(model, train_sets, cfg, seed, out, ctx.accelerator, loss_fn=loss_fn,
                     run_config=ctx.config_dict(), desc=desc, identity=identity)
-    if ctx.main:
-        model.save_pretrained(out / "model")
+    if ctx.main:  # with the model card's training record (settings, data, start, distillation)
+        card = training_record(ctx, desc=desc, seed=seed, tasks=tasks, cfg=cfg, train_sets=train_sets, summary=summary,
+                               init_from=init_from, dropout=dropout, encoder=encoder, encoder_cfg=encoder_cfg,
+                               loss_identity=loss_identity)
+        model.save_pretrained(out / "model", card=card)
     summary.update(tasks=tasks, seed=seed, train_examples={t: len(s.indices) for t, s in train_sets.items()})
     ctx.mark_done(out, summary, identity)
     if ctx.main:  # the finished model is in out/model; the resume state is no longer needed

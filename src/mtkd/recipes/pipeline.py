@@ -5,8 +5,9 @@ MT-DNN-KD. Each stage writes DONE.json when it finishes, so a rerun of the same 
 finished stages and resumes the unfinished one from its checkpoints.
 
 Outputs: DIR/config.yaml (resolved config), DIR/data_report.json, DIR/seed-<s>/<stage>/...,
-DIR/metrics.json + metrics.md (dev results of MT-DNN: MTL + fine-tune; mean over seeds),
-DIR/submission.zip (GLUE leaderboard files, first seed), DIR/timings.json (wall time per stage).
+DIR/metrics.json + metrics.md (dev results of MT-DNN: MTL + fine-tune, and its labelled test splits
+under "test"; mean over seeds), DIR/submission.zip (GLUE leaderboard files, first seed; a config
+without a GLUE task gets DIR/predictions/ instead), DIR/timings.json (wall time per stage).
 """
 
 from __future__ import annotations
@@ -86,11 +87,11 @@ def _stages(ctx: RunContext, timed) -> dict:
             if spec.head_of and spec.head_of in models:
                 models[t] = models[spec.head_of]
         if Stage.EVALUATE in stages:
-            per_seed.append(timed(f"seed-{seed}/evaluate", lambda: evaluate.run(ctx, models, sd)))
+            per_seed.append(timed(f"seed-{seed}/evaluate", lambda: evaluate.run(ctx, models, sd, test=True)))
         if Stage.PREDICT in stages and i == 0 and cfg.predict.submission:
-            missing = timed(f"seed-{seed}/predict", lambda: predict.run(ctx, models, sd))
+            timed(f"seed-{seed}/predict", lambda: predict.run(ctx, models, sd))
             if ctx.main and not ctx.planning:
-                (out_dir / "submission.zip").write_bytes((sd / "submission.zip").read_bytes())
+                predict.copy_outputs(ctx, sd, out_dir)
     results = {}
     if per_seed and ctx.main and not ctx.planning:
         agg = aggregate({"mtdnn": per_seed}, cfg.seeds)  # the one seed-mean/std helper
@@ -100,5 +101,5 @@ def _stages(ctx: RunContext, timed) -> dict:
             (out_dir / "metrics_std.json").write_text(json.dumps(std, indent=2))
         notes = {t: s.note for t, s in ctx.specs.items() if s.note}
         (out_dir / "metrics.md").write_text(markdown_table(results, notes, ctx.specs))
-        log.info("dev results:\n%s", markdown_table(results, notes, ctx.specs))
+        log.info("results:\n%s", markdown_table(results, notes, ctx.specs))
     return results

@@ -1,12 +1,18 @@
 """Recipe: teacher ensembles and their soft targets (paper Section 3).
 
 1. Train each candidate MT-DNN with Algorithm 1; candidates differ by seed, shared-layer dropout
-   and optionally the initial encoder (kd.candidates; paper: 6 with dropout 0.1/0.2/0.3).
+   and optionally the initial encoder (kd.candidates; paper: 6 with dropout 0.1/0.2/0.3), under
+   `mtl` with kd.teacher_mtl's keys on top (the teachers' own budget, e.g. more epochs).
 2. Rank them by the mean dev score on kd.select_by (paper: MNLI + RTE) and keep the top kd.top_k.
-3. Fine-tune every kept member on every teacher task (kd.teacher_tasks; paper: MNLI, QQP, RTE, QNLI).
+3. Fine-tune every kept member on every teacher task (kd.teacher_tasks; paper: MNLI, QQP, RTE, QNLI),
+   under `finetune` with kd.teacher_finetune's keys on top.
 4. Per teacher task, average the members' class probabilities (Eq. 3; regression: the mean
    prediction) on every training example the student will see, and write them once to
-   DIR/soft_targets with provenance; also score the ensemble on the dev sets (the "ensemble" row).
+   DIR/soft_targets with provenance; also score the ensemble on the dev sets (the "ensemble" row),
+   keeping its per-example dev predictions in DIR/ensemble_predictions.npz (evaluate.save_predictions).
+5. Beyond the paper, with kd.unlabeled: the same ensembles label the extra unlabeled text, in a
+   sub-stage of its own (DIR/unlabeled/soft_targets), so adding or resizing that text never
+   retrains or relabels anything the paper's student reads.
 
 Resumable: every training sub-stage has its own DONE.json and checkpoints.
 Refuses: teacher or selection tasks that are not in the task list; top_k larger than the candidates.
@@ -19,13 +25,23 @@ from pathlib import Path
 
 import numpy as np
 
+from mtkd.config import DEFAULT_CANDIDATE_DROPOUTS, TrainConfig, teacher_train_config
 from mtkd.errors import ConfigError
 from mtkd.identity import digest
-from mtkd.metrics import score_split, task_scores
-from mtkd.recipes import finetune, mtl
+from mtkd.metrics import compute_metrics, predictions_from_logits, score_split, task_scores
+from mtkd.recipes import evaluate, finetune, mtl
 from mtkd.recipes.context import RunContext, train_settings
 from mtkd.soft_targets import SoftTargets, ensemble_average, softmax
 from mtkd.tasks import HeadKind
+
+ENSEMBLE_PREDICTIONS = "ensemble_predictions.npz"  # the ensemble's dev predictions, per report name
+UNLABELED_DIR = "unlabeled"  # the sub-stage that labels kd.unlabeled's text: DIR/unlabeled/soft_targets
+
+
+def teacher_configs(ctx: RunContext) -> tuple[TrainConfig, TrainConfig]:
+    """(the candidates' MTL settings, the members' fine-tuning settings): `mtl` and `finetune` with
+    kd.teacher_mtl / kd.teacher_finetune applied on top."""
+    return teacher_train_config(ctx.cfg, "mtl"), teacher_train_config(ctx.cfg, "finetune")
 
 
 def candidates(ctx: RunContext, seed: int) -> list[dict]:
@@ -33,7 +49,7 @@ def candidates(ctx: RunContext, seed: int) -> list[dict]:
     kd = ctx.cfg.kd
     if kd.candidates:
         return [{"seed": seed + 1000 * (i + 1), **c} for i, c in enumerate(kd.candidates)]
-    return [{"seed": seed + 1000 * (i + 1), "dropout": d} for i, d in enumerate((0.1, 0.2, 0.3, 0.1))]
+    return [{"seed": seed + 1000 * (i + 1), "dropout": d} for i, d in enumerate(DEFAULT_CANDIDATE_DROPOUTS)]
 
 
 def _member_outputs(ctx, model, folder, task, split, indices, temperature):
@@ -47,19 +63,28 @@ def _member_outputs(ctx, model, folder, task, split, indices, temperature):
 
 
 def teacher_identity(ctx: RunContext, candidate_keys: list[dict]) -> dict:
-    """What the ensembles and soft targets depend on: the candidates (each its MTL stage's
-    identity), the members' fine-tuning, selection and the data labelled."""
+    """What the ensembles and the teacher tasks' soft targets depend on: the candidates (each its MTL
+    stage's identity, kd.teacher_mtl included), the members' fine-tuning (kd.teacher_finetune on
+    top of `finetune`), selection and the teacher tasks' data (not kd.unlabeled's text: that is
+    labelled by a sub-stage of its own, `unlabeled_identity`)."""
     kd = ctx.cfg.kd
-    return {"candidates": candidate_keys, "finetune": train_settings(ctx.cfg.finetune, ctx.accelerator.device),
+    return {"candidates": candidate_keys, "finetune": train_settings(teacher_configs(ctx)[1], ctx.accelerator.device),
             "teacher_tasks": list(kd.teacher_tasks), "select_by": list(kd.select_by), "top_k": kd.top_k,
             "temperature": kd.temperature,
             "selection_data": {f"{t}/{s}": ctx.data_identity(t, s) for t in kd.select_by or kd.teacher_tasks
                                for s in ctx.specs[t].eval_splits("dev")},
             "dev_caps": {t: ctx._cap(t, "dev_cap") for t in dict.fromkeys(list(kd.select_by) + list(kd.teacher_tasks))},
-            "labelled": {t: ctx.data_identity(t, "train") for t in list(kd.teacher_tasks) + list(ctx.unlabeled_tasks())}}
+            "labelled": {t: ctx.data_identity(t, "train") for t in kd.teacher_tasks}}
+
+
+def unlabeled_identity(ctx: RunContext, teachers_key: str) -> dict:
+    """What the soft targets of kd.unlabeled's text depend on: the teachers and the text."""
+    return {"teachers": teachers_key, "texts": {p: ctx.data_identity(p, "train") for p in ctx.unlabeled_tasks()}}
 
 
 def run(ctx: RunContext, out: Path, seed: int) -> dict:
+    """Candidates, selection, members, the teacher tasks' soft targets and the ensemble's dev results
+    (one stage, DIR/DONE.json), then the soft targets of kd.unlabeled's text (DIR/unlabeled)."""
     kd = ctx.cfg.kd
     for t in list(kd.teacher_tasks) + list(kd.select_by):
         if t not in ctx.specs:
@@ -69,67 +94,142 @@ def run(ctx: RunContext, out: Path, seed: int) -> dict:
     cands = candidates(ctx, seed)
     if not 1 <= kd.top_k <= len(cands):
         raise ConfigError(f"kd.top_k={kd.top_k} but there are {len(cands)} candidates")
-    # 1-2. train the candidates, score each on the selection tasks' dev sets
-    keys, scores = [], []
+    # 1. train the candidates (the teachers' MTL budget: kd.teacher_mtl on top of mtl)
+    teacher_mtl = teacher_configs(ctx)[0]
+    keys = []
     for i, c in enumerate(cands):
         folder = out / f"candidate-{i}"
-        mtl.run(ctx, folder / "mtl", c["seed"], dropout=c.get("dropout"), encoder=c.get("encoder"),
+        mtl.run(ctx, folder / "mtl", c["seed"], cfg=teacher_mtl, dropout=c.get("dropout"), encoder=c.get("encoder"),
                 desc=f"teacher candidate {i}")
         keys.append(ctx.model_identity(folder / "mtl" / "model"))
     identity = teacher_identity(ctx, keys)
     ctx.register_model(out / "soft_targets", digest(identity), "")
-    done = ctx.stage_done(out, identity)
-    if done is not None:
-        return done
+    summary = ctx.stage_done(out, identity)
+    if summary is not None:
+        _ensure_ensemble_predictions(ctx, out, summary)
+    else:
+        summary = _ensembles(ctx, out, cands, identity)
+    if ctx.unlabeled_tasks():
+        summary = {**summary, "unlabeled": label_unlabeled(ctx, out, cands, summary, digest(identity))}
+    return summary
+
+
+def _ensembles(ctx: RunContext, out: Path, cands: list[dict], identity: dict) -> dict:
+    """2-4: select, fine-tune the members, write the teacher tasks' soft targets, score the ensemble."""
+    kd = ctx.cfg.kd
+    teacher_ft = teacher_configs(ctx)[1]
     if ctx.planning:  # which candidates become members is known only after training: check them all
         for i, c in enumerate(cands):
             finetune.run(ctx, out / f"candidate-{i}" / "finetune", c["seed"], out / f"candidate-{i}" / "mtl" / "model",
-                         tasks=list(kd.teacher_tasks))
+                         cfg=teacher_ft, tasks=list(kd.teacher_tasks))
         ctx.check_resumable(out, identity)
         return {"planned": str(out)}
-    for i in range(len(cands)):
-        scores.append(_dev_score(ctx, out / f"candidate-{i}" / "mtl" / "model", kd.select_by or kd.teacher_tasks))
+    # 2. score each candidate on the selection tasks' dev sets, keep the top k
+    scores = [_dev_score(ctx, out / f"candidate-{i}" / "mtl" / "model", kd.select_by or kd.teacher_tasks)
+              for i in range(len(cands))]
     ranked = sorted(range(len(cands)), key=lambda i: -scores[i])
     members = ranked[: kd.top_k]
     # 3. fine-tune every member on every teacher task
     for i in members:
         folder = out / f"candidate-{i}"
-        finetune.run(ctx, folder / "finetune", cands[i]["seed"], folder / "mtl" / "model", tasks=list(kd.teacher_tasks),
-                     desc=f"teacher {i}")
+        finetune.run(ctx, folder / "finetune", cands[i]["seed"], folder / "mtl" / "model", cfg=teacher_ft,
+                     tasks=list(kd.teacher_tasks), desc=f"teacher {i}")
     # 4. soft targets for the student's training examples + the ensemble's dev results; every rank
     # computes its share of each member's predictions, rank 0 writes
-    ensemble_dev: dict[str, dict[str, float]] = {}
     for task in kd.teacher_tasks:
-        spec, ts = ctx.specs[task], ctx.train_set(task)
-        folders = [out / f"candidate-{i}" / "finetune" / task / "model" for i in members]
+        ts = ctx.train_set(task)
+        folders = _member_folders(out, members, task)
         models = [ctx.load_model(f) for f in folders]
-        provenance = {
-            "members": [{"candidate": i, **cands[i], "model": str(f), "selection_dev_score": scores[i]}
-                        for i, f in zip(members, folders)],
-            "teacher_key": digest(identity), "data_file": ts.data.meta["path"], "data_fingerprint": ts.data.fingerprint,
-            "tokenizer_fingerprint": ts.data.meta["tokenizer_fingerprint"], "max_len": ts.data.meta["max_len"],
-            "temperature": kd.temperature, "kind": spec.head.value, "labels": list(spec.labels),
-        }
-        for name in [task] + [p for p, base in ctx.unlabeled_tasks().items() if base == task]:
-            # extra unlabeled text (pseudo-task name+unlabeled) is labelled by the same ensemble
-            split_set = ctx.train_set(name)
-            avg = ensemble_average([_member_outputs(ctx, m, f, name, "train", split_set.indices, kd.temperature)
-                                    for m, f in zip(models, folders)])
-            if ctx.main:
-                SoftTargets(name, [split_set.data.ids[i] for i in split_set.indices], avg,
-                            {**provenance, "data_file": split_set.data.meta["path"],
-                             "data_fingerprint": split_set.data.fingerprint}).save(out / "soft_targets")
-        for split in spec.eval_splits("dev"):
-            data, idx = ctx.dev_sets(task)[spec.report_name(split)]
-            avg = ensemble_average([_member_outputs(ctx, m, f, task, split, idx, 1.0) for m, f in zip(models, folders)])
-            logits = np.log(np.clip(avg, 1e-12, None)) if spec.head == HeadKind.CLASSIFICATION else avg[:, None]
-            ensemble_dev[spec.report_name(split)] = score_split(spec, logits, data.labels[idx])
+        avg = ensemble_average([_member_outputs(ctx, m, f, task, "train", ts.indices, kd.temperature)
+                                for m, f in zip(models, folders)])
+        if ctx.main:
+            SoftTargets(task, [ts.data.ids[i] for i in ts.indices], avg,
+                        _provenance(ctx, cands, members, scores, folders, task, ts, digest(identity))).save(out / "soft_targets")
+    ensemble_dev = _ensemble_dev(ctx, out, members)
     if ctx.main:
         (out / "ensemble_dev.json").write_text(json.dumps(ensemble_dev, indent=2))
     summary = {"candidates": cands, "selection_scores": scores, "members": members, "ensemble_dev": ensemble_dev,
                "soft_targets": str(out / "soft_targets")}
     ctx.mark_done(out, summary, identity)
     return summary
+
+
+def _member_folders(out: Path, members: list[int], task: str) -> list[Path]:
+    return [out / f"candidate-{i}" / "finetune" / task / "model" for i in members]
+
+
+def _provenance(ctx, cands, members, scores, folders, task, split_set, teacher_key, **extra) -> dict:
+    spec = ctx.specs[task]
+    return {"members": [{"candidate": i, **cands[i], "model": str(f), "selection_dev_score": scores[i] if scores else None}
+                        for i, f in zip(members, folders)],
+            "teacher_key": teacher_key, "data_file": split_set.data.meta["path"],
+            "data_fingerprint": split_set.data.fingerprint,
+            "tokenizer_fingerprint": split_set.data.meta["tokenizer_fingerprint"], "max_len": split_set.data.meta["max_len"],
+            "temperature": ctx.cfg.kd.temperature, "kind": spec.head.value, "labels": list(spec.labels), **extra}
+
+
+def _ensemble_dev(ctx: RunContext, out: Path, members: list[int]) -> dict[str, dict[str, float]]:
+    """The ensemble's dev metrics per report name (T = 1); its per-example predictions go to
+    DIR/ensemble_predictions.npz, in the format every evaluation of the experiment writes."""
+    ensemble_dev: dict[str, dict[str, float]] = {}
+    predicted: dict[str, dict] = {}
+    for task in ctx.cfg.kd.teacher_tasks:
+        spec, folders = ctx.specs[task], _member_folders(out, members, task)
+        models = [ctx.load_model(f) for f in folders]
+        for split in spec.eval_splits("dev"):
+            name = spec.report_name(split)
+            data, idx = ctx.dev_sets(task)[name]
+            avg = ensemble_average([_member_outputs(ctx, m, f, task, split, idx, 1.0) for m, f in zip(models, folders)])
+            logits = np.log(np.clip(avg, 1e-12, None)) if spec.head == HeadKind.CLASSIFICATION else avg[:, None]
+            pred = predictions_from_logits(spec, logits)
+            ensemble_dev[name] = compute_metrics(spec, data.labels[idx], pred)
+            predicted[name] = {"ids": [data.ids[i] for i in idx], "labels": data.labels[idx], "predictions": pred}
+    if ctx.main:
+        evaluate.save_predictions(out / ENSEMBLE_PREDICTIONS, predicted)
+    return ensemble_dev
+
+
+def _ensure_ensemble_predictions(ctx: RunContext, out: Path, summary: dict) -> None:
+    """A teach stage finished before mtkd kept the ensemble's per-example dev predictions: make them
+    from its members (inference only; nothing retrains). Every rank checks before any writes."""
+    if ctx.planning or "members" not in summary:
+        return
+    missing = not (out / ENSEMBLE_PREDICTIONS).is_file()
+    ctx.accelerator.wait_for_everyone()
+    if missing and all(f.is_dir() for t in ctx.cfg.kd.teacher_tasks for f in _member_folders(out, summary["members"], t)):
+        _ensemble_dev(ctx, out, summary["members"])
+
+
+def label_unlabeled(ctx: RunContext, out: Path, cands: list[dict], summary: dict, teachers_key: str) -> dict:
+    """5. The ensembles' soft targets for kd.unlabeled's text (each pseudo-task labelled by its
+    task's members), in DIR/unlabeled/soft_targets; a sub-stage of its own (DIR/unlabeled/DONE.json)
+    keyed by the teachers and the text."""
+    kd, folder = ctx.cfg.kd, out / UNLABELED_DIR
+    identity = unlabeled_identity(ctx, teachers_key)
+    ctx.register_model(folder / "soft_targets", digest(identity), "")
+    done = ctx.stage_done(folder, identity)
+    if done is not None:
+        return done
+    if ctx.planning:
+        return {"planned": str(folder)}
+    members, scores = summary["members"], summary.get("selection_scores")
+    examples = {}
+    pseudo = ctx.unlabeled_tasks()
+    for task in dict.fromkeys(pseudo.values()):
+        folders = _member_folders(out, members, task)
+        models = [ctx.load_model(f) for f in folders]
+        for name in [p for p, base in pseudo.items() if base == task]:
+            split_set = ctx.train_set(name)
+            avg = ensemble_average([_member_outputs(ctx, m, f, name, "train", split_set.indices, kd.temperature)
+                                    for m, f in zip(models, folders)])
+            examples[name] = len(split_set.indices)
+            if ctx.main:
+                SoftTargets(name, [split_set.data.ids[i] for i in split_set.indices], avg,
+                            _provenance(ctx, cands, members, scores, folders, name, split_set, teachers_key,
+                                        unlabeled_key=digest(identity))).save(folder / "soft_targets")
+    info = {"soft_targets": str(folder / "soft_targets"), "examples": examples, "members": members}
+    ctx.mark_done(folder, info, identity)
+    return info
 
 
 def _dev_score(ctx: RunContext, model_dir: Path, tasks: list[str]) -> float:

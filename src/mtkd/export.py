@@ -1,0 +1,686 @@
+"""`mtkd export MODEL --output-dir DIR [--quantize int8]`: the encoder and every task head as one
+ONNX graph, served by ONNX Runtime without PyTorch (`OnnxModel`).
+
+The graph takes `input_ids` and `attention_mask` (and `token_type_ids` where the encoder embeds
+token types: BERT, ELECTRA), int64 (batch, sequence) with both axes dynamic, and has one output per
+head, named after its task: (batch, labels) logits for a classification head, the (batch,) score
+for a regression or ranking head. Batches are padded on the right (as OnnxModel pads them). One run answers every task; a task that predicts with another
+task's head (`head_of`: AX with MNLI's) reads that head's output.
+
+DIR holds `model.onnx` (the int8 graph when quantized; the fp32 graph it came from is not kept),
+the tokenizer files and `mtkd_export.json`: the tasks (labels, head kind, max length), which output
+answers each task, the inputs, the encoder's positions, the source model (folder and weights
+sha256), the check made on export and, for int8, the dev metrics before and after.
+
+Checked on export: ONNX Runtime and PyTorch run the same batches of real examples of varied length
+(up to 8 per task from each task's dev file when the data is there, else built-in sentences), one
+padded batch, length-sorted batches and single examples; the fp32 graph must match within
+`ATOL` (max abs diff over every output) or nothing is written. `quantize="int8"`: ONNX Runtime's
+dynamic quantization of the encoder's matrix multiplications (weights int8 per output channel in a
+7-bit range, activations quantized per batch at run time; embeddings and heads stay fp32), then each
+task's dev metric from PyTorch fp32 and from the int8 graph, and the speed ratio on those dev texts.
+
+The graph is first fused with ONNX Runtime's transformer optimizer (attention, layer norm, GELU into
+single operators) where the optimizer knows the family; a fused graph that does not pass the same
+check is dropped for the plain one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from mtkd import inference
+from mtkd.errors import CheckpointError, ConfigError, ExportError
+from mtkd.tasks import HeadKind, TaskSpec, task_from_dict
+
+log = logging.getLogger(__name__)
+
+EXPORT_FILE = "mtkd_export.json"
+GRAPH_FILE = "model.onnx"
+FORMAT = "mtkd-onnx"
+FORMAT_VERSION = 1
+OPSET = 17
+ATOL = 1e-4  # max abs diff allowed between the fp32 graph and PyTorch, on logits and scores
+EXPORTERS = ("torchscript", "dynamo")
+QUANTIZATIONS = ("int8",)
+DEFAULT_DEV_CAP = 1000  # dev examples per split for the int8 before/after metrics
+INSTALL_HINT = "pip install 'mtkd[onnx]'"
+# the ONNX Runtime transformer optimizer's BERT fusions also fit these families' graphs (the check decides)
+FUSABLE = ("bert", "roberta", "distilbert", "electra", "xlm-roberta", "camembert")
+VERIFY_PER_TASK = 8
+
+# built-in examples for the export check when no dev file is found: lengths from 1 word to ~150 tokens
+BUILTIN_TEXTS = [
+    "fine", "a gripping , funny film", "the plot was dull and the cast was poor .",
+    "He said the movie was good, and she said it was not; they argued for an hour about the ending.",
+    "A man plays a flute on the street while a crowd gathers, and a child dances beside him in the sun.",
+    " ".join(["the story moves slowly but the acting is superb and the music carries every scene"] * 9),
+]
+BUILTIN_PAIRS = [
+    "good", "the film is funny", "the cast was great .", "They agreed about the ending.",
+    "A man plays music.", "the acting is bad",
+]
+
+
+def require_onnxruntime():
+    """The onnxruntime module, or a ConfigError saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ConfigError(f"ONNX needs onnxruntime: {INSTALL_HINT} ({e})") from None
+    return onnxruntime
+
+
+def _require_export_stack(exporter: str):
+    try:
+        import onnx  # noqa: F401  (the ONNX model format, for quantization and checks)
+        import onnxruntime  # noqa: F401
+        if exporter == "dynamo":
+            import onnxscript  # noqa: F401  (the dynamo exporter writes through it)
+    except ImportError as e:
+        raise ConfigError(f"mtkd export needs onnx, onnxruntime (and onnxscript for --exporter dynamo): "
+                          f"{INSTALL_HINT} ({e})") from None
+
+
+# ------------------------------------------------------------------------------------- serving
+class OnnxModel:
+    """An `mtkd export` folder run by ONNX Runtime: `.tasks` ({name: TaskSpec}), `.tokenizer` (fast)
+    and `.predict` with the semantics and return types of `MTModel.predict`. No PyTorch needed."""
+
+    def __init__(self, folder: Path, session, tokenizer, meta: dict, tasks: dict[str, TaskSpec]):
+        self.folder = Path(folder)
+        self.session = session
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.tasks = tasks
+        self.outputs: dict[str, str] = dict(meta["outputs"])  # task -> output name
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.use_token_types = "token_type_ids" in self.input_names
+        self.max_positions: int | None = meta.get("max_positions")
+        self.encoder_name = meta.get("encoder_name", "")
+        self.quantization: str | None = meta.get("quantization")
+        self._num_outputs = {t: spec.num_outputs for t, spec in tasks.items()}
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, threads: int | None = None, providers: Sequence[str] | None = None
+                        ) -> "OnnxModel":
+        """Load an export folder. `threads`: ONNX Runtime's intra-op threads (default: its own, one
+        per physical core). Refuses (CheckpointError, naming the file) a folder without
+        mtkd_export.json, another format, a missing or changed graph, unreadable tokenizer files."""
+        folder = Path(folder)
+        meta_path, graph = folder / EXPORT_FILE, folder / GRAPH_FILE
+        if not meta_path.is_file():
+            raise CheckpointError(f"{folder}: not an mtkd ONNX export (no {EXPORT_FILE}; "
+                                  f"`mtkd export MODEL --output-dir DIR` writes one)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{meta_path}: unreadable ({e}); the export is damaged (export again)") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            got = meta.get("format") if isinstance(meta, dict) else meta
+            raise CheckpointError(f"{meta_path}: field 'format' is {got!r}, expected {FORMAT!r}")
+        if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
+            raise CheckpointError(f"{meta_path}: format_version {meta.get('format_version')!r}; this mtkd reads "
+                                  f"up to {FORMAT_VERSION} (a newer mtkd wrote it)")
+        for key in ("tasks", "outputs"):
+            if not isinstance(meta.get(key), dict) or not meta[key]:
+                raise CheckpointError(f"{meta_path}: field {key!r} is missing; the export is damaged")
+        tasks = {n: task_from_dict(n, d, str(meta_path)) for n, d in meta["tasks"].items()}
+        if set(meta["outputs"]) != set(tasks):
+            raise CheckpointError(f"{meta_path}: 'outputs' names tasks {sorted(meta['outputs'])}, 'tasks' has {sorted(tasks)}")
+        if not graph.is_file():
+            raise CheckpointError(f"{graph}: missing; the export is damaged (export again)")
+        want = (meta.get("graph") or {}).get("size")
+        if want is not None and graph.stat().st_size != want:
+            raise CheckpointError(f"{graph}: {graph.stat().st_size} bytes, {want} were written (truncated or "
+                                  f"overwritten); export again")
+        ort = require_onnxruntime()
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        try:
+            session = ort.InferenceSession(str(graph), options, providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"{graph}: ONNX Runtime cannot load it ({first})") from None
+        names = {o.name for o in session.get_outputs()}
+        missing = sorted(set(meta["outputs"].values()) - names)
+        if missing:
+            raise CheckpointError(f"{graph}: no output {', '.join(missing)} (its outputs: {sorted(names)}); "
+                                  f"{EXPORT_FILE} does not belong to this graph")
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+        except Exception as e:  # OSError, ValueError, or the tokenizers library's bare Exception
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"{folder}: the tokenizer files are missing or unreadable ({first})") from None
+        return cls(folder, session, tokenizer, meta, tasks)
+
+    def run_batch(self, names: Sequence[str], ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None = None
+                  ) -> dict[str, np.ndarray]:
+        """One graph run on a padded int64 batch: {task: (B, C) logits; (B, 1) for a score}."""
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if self.use_token_types:
+            feed["token_type_ids"] = types if types is not None else np.zeros_like(ids)
+        wanted = list(dict.fromkeys(self.outputs[t] for t in names))
+        got = dict(zip(wanted, self.session.run(wanted, feed)))
+        return {t: got[self.outputs[t]].reshape(len(ids), -1) for t in names}
+
+    def train_max_len(self, task: str) -> int:
+        return inference.train_max_len(self.tasks[task])
+
+    def predict(self, tasks: str | Sequence[str], texts: Sequence[str], text_pairs: Sequence[str] | None = None,
+                batch_size: int = 64, max_len: int | None = None, return_probs: bool = False,
+                max_tokens: int | None = 8192):
+        """As `MTModel.predict`: length-sorted batches of at most `batch_size` texts and `max_tokens`
+        padded tokens, input order kept; inputs cut at `max_len` (None: each task's trained length),
+        at most the encoder's positions. One task -> a list (labels, clipped regression scores,
+        ranking scores; (N, C) probabilities with return_probs), several -> {task: list}."""
+        return inference.predict(self.tasks, self.tokenizer, self.run_batch, tasks, texts, text_pairs,
+                                 batch_size=batch_size, max_len=max_len, return_probs=return_probs,
+                                 max_tokens=max_tokens, max_positions=self.max_positions, num_outputs=self._num_outputs)
+
+
+def is_export(folder: str | Path) -> bool:
+    return (Path(folder) / EXPORT_FILE).is_file()
+
+
+# ------------------------------------------------------------------------------------- export
+def _head_outputs(model) -> list[str]:
+    """The heads in graph output order (the model's head order); one output per head."""
+    return list(model.heads)
+
+
+def _wrapper(model, heads: list[str]):
+    import torch
+
+    class AllHeads(torch.nn.Module):
+        """Encoder once, then every head: (B, C) logits, or the (B,) score of a one-output head."""
+
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            cls_vec = self.model.encode(input_ids, attention_mask, token_type_ids)
+            outs = []
+            for h in heads:
+                y = self.model.heads[h](cls_vec)
+                outs.append(y if self.model.heads[h].kind == HeadKind.CLASSIFICATION else y[:, 0])
+            return tuple(outs)
+
+    return AllHeads().eval()
+
+
+def _verification_examples(model, data_root, per_task: int = VERIFY_PER_TASK) -> tuple[list, str]:
+    """[(text, pair or None)] of varied length: up to `per_task` examples of each task's first dev
+    split spread from its shortest to its longest (by characters), when the file is found; else the
+    built-in sentences (with pairs when a task is a pair task). Also says where they came from."""
+    from mtkd.data import read_split
+    from mtkd.errors import DataError
+
+    examples, found = [], []
+    for name, spec in model.tasks.items():
+        dev = spec.eval_splits("dev")
+        if not dev:
+            continue
+        try:
+            raw = read_split(spec, dev[0], data_root)
+        except DataError:
+            continue
+        pairs = raw.text_b
+        size = [len(a) + (len(pairs[i]) if pairs is not None else 0) for i, a in enumerate(raw.text_a)]
+        order = np.argsort(size, kind="stable")
+        pick = sorted(set(order[np.linspace(0, len(order) - 1, min(per_task, len(order))).round().astype(int)].tolist()))
+        examples += [(raw.text_a[i], pairs[i] if pairs is not None else None) for i in pick]
+        found.append(f"{name}/{dev[0]}")
+    if examples:
+        return examples, "dev examples of " + ", ".join(found)
+    pair_task = any("text_b" in s.fields for s in model.tasks.values())
+    single_task = any("text_b" not in s.fields for s in model.tasks.values())
+    out = [(t, None) for t in BUILTIN_TEXTS] if single_task or not pair_task else []
+    out += [(t, p) for t, p in zip(BUILTIN_TEXTS, BUILTIN_PAIRS)] if pair_task else []
+    return out, "built-in sentences (no dev file found)"
+
+
+def _encode_examples(tokenizer, examples, max_len: int):
+    """Token rows and token type rows (or None) of [(text, pair or None)], cut at max_len."""
+    rows, types = [None] * len(examples), [None] * len(examples)
+    has_types = False
+    for paired in (False, True):
+        idx = [i for i, (_, p) in enumerate(examples) if (p is not None) == paired]
+        if not idx:
+            continue
+        r, t = inference.tokenize(tokenizer, [examples[i][0] for i in idx],
+                                  [examples[i][1] for i in idx] if paired else None, max_len)
+        for j, i in enumerate(idx):
+            rows[i] = r[j]
+            types[i] = t[j] if t is not None else [0] * len(r[j])
+        has_types = has_types or t is not None
+    return rows, types if has_types else None
+
+
+def _check_batches(rows, types, pad_id: int) -> list[tuple]:
+    """The batches the export is checked on: all examples in one padded batch (lots of padding),
+    length-sorted batches of 4, and the shortest and the longest example alone."""
+    n = len(rows)
+    lengths = [len(r) for r in rows]
+    sels = [np.arange(n)] + inference.length_batches(lengths, 4)
+    sels += [np.array([int(np.argmin(lengths))]), np.array([int(np.argmax(lengths))])]
+    return [inference.pad_batch(rows, types, sel, pad_id) for sel in sels]
+
+
+def _torch_outputs(wrapper, batch, use_types: bool) -> list[np.ndarray]:
+    import torch
+
+    ids, mask, tt = batch
+    args = [torch.from_numpy(ids), torch.from_numpy(mask)]
+    if use_types:
+        args.append(torch.from_numpy(tt if tt is not None else np.zeros_like(ids)))
+    with torch.inference_mode():
+        return [o.float().numpy() for o in wrapper(*args)]
+
+
+def _session(path: Path, threads: int | None = None):
+    ort = require_onnxruntime()
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _feed(batch, input_names):
+    ids, mask, tt = batch
+    feed = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in input_names:
+        feed["token_type_ids"] = tt if tt is not None else np.zeros_like(ids)
+    return feed
+
+
+def max_abs_diff(session, reference: list[list[np.ndarray]], batches, heads: list[str]) -> float:
+    """Largest |ONNX - PyTorch| over every output of every batch."""
+    worst = 0.0
+    names = [i.name for i in session.get_inputs()]
+    for batch, ref in zip(batches, reference):
+        got = session.run(heads, _feed(batch, names))
+        for g, r in zip(got, ref):
+            if g.shape != r.shape:
+                raise ExportError(f"the ONNX graph's output has shape {g.shape}, PyTorch's {r.shape}")
+            worst = max(worst, float(np.max(np.abs(g.astype(np.float32) - r))) if r.size else 0.0)
+    return worst
+
+
+def _export_graph(wrapper, example, input_names: list[str], heads: list[str], path: Path, exporter: str,
+                  opset: int) -> None:
+    import torch
+
+    args = tuple(torch.from_numpy(a) for a in example)
+    axes = {n: {0: "batch", 1: "sequence"} for n in input_names}
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+            if exporter == "dynamo":
+                batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+                torch.onnx.export(wrapper, args, str(path), input_names=input_names, output_names=heads,
+                                  dynamic_shapes={n: {0: batch, 1: seq} for n in input_names},
+                                  opset_version=max(opset, 18), dynamo=True, external_data=False)
+            else:
+                torch.onnx.export(wrapper, args, str(path), input_names=input_names, output_names=heads,
+                                  dynamic_axes={**axes, **{h: {0: "batch"} for h in heads}},
+                                  opset_version=opset, dynamo=False, do_constant_folding=True)
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        log.debug("exporter output:\n%s", sink.getvalue())
+        raise ExportError(f"the {exporter} exporter failed on this encoder ({type(e).__name__}: {first}); "
+                          f"try --exporter {'dynamo' if exporter == 'torchscript' else 'torchscript'}") from None
+    log.debug("exporter output:\n%s", sink.getvalue())
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ONNX Runtime's optimizer and quantizer talk on stdout, in warnings and through logging
+    (INFO per fusion, a WARNING hint to pre-process): none of it is the user's business here."""
+    level = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(level)
+
+
+def _set_attention(model, name: str) -> bool:
+    try:
+        model.encoder.set_attn_implementation(name)
+        return True
+    except Exception as e:  # a family without it keeps its own attention
+        log.debug("attention %r not available (%s)", name, e)
+        return False
+
+
+def _fuse(src: Path, dst: Path, encoder_config) -> dict | None:
+    """ONNX Runtime's transformer optimizer on the graph (attention, layer norm, GELU fused); the
+    fused operators' counts, or None when it does not apply or fails."""
+    if getattr(encoder_config, "model_type", None) not in FUSABLE:
+        return None
+    try:
+        from onnxruntime.transformers import optimizer
+
+        heads = getattr(encoder_config, "num_attention_heads", None) or getattr(encoder_config, "n_heads", 0)
+        hidden = getattr(encoder_config, "hidden_size", None) or getattr(encoder_config, "dim", 0)
+        with _quiet():
+            opt = optimizer.optimize_model(str(src), model_type="bert", num_heads=int(heads or 0),
+                                           hidden_size=int(hidden or 0))
+            fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+            opt.save_model_to_file(str(dst))
+        return fused
+    except Exception as e:  # the optimizer is best effort: the plain graph is kept
+        log.info("ONNX Runtime's transformer optimizer did not apply (%s: %s); keeping the plain graph", type(e).__name__, e)
+        return None
+
+
+INT8_SETTINGS = {"method": "onnxruntime dynamic quantization", "ops": ["MatMul", "Attention"],
+                 "weights": "int8, per output channel, 7-bit range (reduce_range)", "activations": "uint8, per batch",
+                 "fp32": "embeddings (Gather), layer norms, softmax, the heads (Gemm)"}
+
+
+def _quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 (INT8_SETTINGS): the weights of MatMul and fused Attention int8 per output
+    channel, activations quantized per batch at run time; embeddings and the heads stay fp32.
+    Weights use 7 bits of range (reduce_range): on CPUs without VNNI (AVX2 only) ONNX Runtime's
+    u8 x s8 kernels add pairs of products in 16 bits, which 8-bit weights can overflow; measured on
+    the demo model it halves the dev metric loss (STS-B -1.26 -> -0.48 points, SST-2 -0.80 -> -0.57)
+    at the same speed, and per-tensor weights lost far more (STS-B -19 points)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet():
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=INT8_SETTINGS["ops"], per_channel=True,
+                         reduce_range=True, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fused ops carry no type
+
+
+def dev_sets(specs: dict[str, TaskSpec], data_root, cap: int | None, seed: int = 0) -> dict[str, dict]:
+    """{report name: {"task", "split", "texts", "pairs", "labels", "groups", "total"}} of every
+    labelled dev split of `specs` found under `data_root`, `cap` examples each (a seeded sample;
+    None: all), for before/after metrics."""
+    from mtkd.data import read_split, subsample
+    from mtkd.errors import DataError
+
+    out = {}
+    for name, spec in specs.items():
+        for split in spec.eval_splits("dev"):
+            try:
+                raw = read_split(spec, split, data_root)
+            except DataError as e:
+                log.info("%s/%s: no dev metrics (%s)", name, split, e)
+                continue
+            if raw.labels is None or not len(raw):
+                continue
+            idx = subsample(len(raw), cap, seed)
+            groups = None
+            if spec.head == HeadKind.RANKING:
+                groups = np.unique(np.asarray([raw.text_a[i] for i in idx], dtype=object), return_inverse=True)[1]
+            out[spec.report_name(split)] = {
+                "task": name, "split": split, "texts": [raw.text_a[i] for i in idx],
+                "pairs": [raw.text_b[i] for i in idx] if raw.text_b is not None else None,
+                "labels": np.asarray([raw.labels[i] for i in idx], dtype=np.float32 if spec.head == HeadKind.REGRESSION else np.int64),
+                "groups": groups, "total": len(raw)}
+    return out
+
+
+def dev_scores(tokenizer, run_batch, specs: dict[str, TaskSpec], dev: dict[str, dict], max_positions: int | None,
+               batch_size: int = 64, max_tokens: int | None = 8192) -> dict[str, dict[str, float]]:
+    """{report name: metrics x100} of one model (`run_batch`, as mtkd.inference calls it) on `dev_sets`,
+    each split cut at its task's trained length, in predict's length-sorted batches."""
+    from mtkd.metrics import score_split
+
+    out = {}
+    for report, d in dev.items():
+        spec = specs[d["task"]]
+        n = inference.train_max_len(spec)
+        n = min(n, max_positions or n)
+        logits = inference.batched_logits(tokenizer, run_batch, [d["task"]], {d["task"]: spec.num_outputs}, d["texts"],
+                                          d["pairs"], n, batch_size, max_tokens)[d["task"]]
+        out[report] = score_split(spec, logits, d["labels"], d["groups"])
+    return out
+
+
+def pytorch_run_batch(model):
+    """MTModel as an mtkd.inference `run_batch`: one encoder pass, every asked-for head, no autograd."""
+    import torch
+
+    def run(names, ids, mask, types):
+        with torch.inference_mode():
+            return model._run_heads(names, ids, mask, types)
+
+    return run
+
+
+class Timed:
+    """A `run_batch` that adds up the seconds spent in the model and the examples it ran."""
+
+    def __init__(self, fn):
+        self.fn, self.seconds, self.examples = fn, 0.0, 0
+
+    def __call__(self, names, ids, mask, types):
+        t0 = time.perf_counter()
+        out = self.fn(names, ids, mask, types)
+        self.seconds += time.perf_counter() - t0
+        self.examples += len(ids)
+        return out
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.examples / max(self.seconds, 1e-9)
+
+
+def _compare_int8(model, onnx_model, dev: dict[str, dict], fallback_texts: list[str]) -> dict:
+    """Dev metrics of PyTorch fp32 and of the int8 graph, and both speeds (model time only: the
+    same tokenised, length-sorted batches go to both); without dev sets, speeds on `fallback_texts`."""
+    torch_run, onnx_run = Timed(pytorch_run_batch(model)), Timed(onnx_model.run_batch)
+    results = {}
+    if dev:
+        before = dev_scores(model.tokenizer, torch_run, model.tasks, dev, onnx_model.max_positions)
+        after = dev_scores(model.tokenizer, onnx_run, model.tasks, dev, onnx_model.max_positions)
+        results = {r: {"task": d["task"], "split": d["split"], "examples": len(d["texts"]), "of": d["total"],
+                       "pytorch_fp32": before[r], "onnx": after[r]} for r, d in dev.items()}
+    else:
+        task = next(iter(model.tasks))
+        pairs = fallback_texts if "text_b" in model.tasks[task].fields else None
+        for _ in range(4):
+            for run in (torch_run, onnx_run):
+                inference.batched_logits(model.tokenizer, run, [task], {task: model.tasks[task].num_outputs},
+                                         fallback_texts, pairs, 128, 64, 8192)
+    speed = {"pytorch_fp32_examples_per_s": torch_run.examples_per_s, "onnx_examples_per_s": onnx_run.examples_per_s}
+    speed["ratio"] = speed["onnx_examples_per_s"] / speed["pytorch_fp32_examples_per_s"]
+    return {"dev": results, "speed": speed}
+
+
+def _prepare_out_dir(out_dir: Path, model_folder: Path) -> None:
+    if out_dir.resolve() == model_folder.resolve():
+        raise ConfigError(f"--output-dir {out_dir} is the model folder itself; export into another folder")
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ConfigError(f"--output-dir {out_dir} is a file, not a folder")
+        if any(out_dir.iterdir()) and not is_export(out_dir):
+            raise ConfigError(f"--output-dir {out_dir} is not empty and holds no earlier export ({EXPORT_FILE}); "
+                              f"export into a new or empty folder")
+
+
+def _replace_folder(tmp: Path, out_dir: Path) -> None:
+    """tmp becomes out_dir; an earlier export there is removed once the new one is in place."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_onnx(model_folder: str | Path, out_dir: str | Path, quantize: str | None = None,
+                data_root: str | Path | None = None, dev_cap: int | None = DEFAULT_DEV_CAP,
+                exporter: str = "torchscript", optimize: bool = True, opset: int = OPSET, atol: float = ATOL,
+                compare: bool = True, echo: Callable[[str], None] = log.info) -> dict:
+    """Export a saved mtkd model folder (MTModel.save_pretrained) to `out_dir` (module docstring).
+
+    `quantize`: None (fp32) or "int8". `data_root`: the GLUE/task data root the tasks' relative
+    paths start from (default: $MTKD_DATA_ROOT, else ../shared/data/glue), for the check's examples
+    and the int8 dev metrics (`dev_cap` examples per dev split; None: all). `exporter`:
+    "torchscript" (default) or "dynamo" (torch.export). `optimize`: try ONNX Runtime's transformer
+    fusions. `compare` (int8): measure the dev metrics before and after and the speed ratio (False:
+    only the check on the export's examples). Progress lines go to `echo`. Returns what
+    mtkd_export.json records.
+
+    Raises the model loader's CheckpointError for a damaged folder, ConfigError for bad arguments
+    or a missing onnx/onnxruntime, ExportError when the exporter fails or the graph does not match
+    PyTorch within `atol`; nothing is left in `out_dir` then."""
+    from mtkd.data import resolve_data_root
+    from mtkd.model import MTModel, max_positions, weights_sha256
+
+    if quantize not in (None, *QUANTIZATIONS):
+        raise ConfigError(f"--quantize {quantize!r}: expected one of {list(QUANTIZATIONS)}")
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"--exporter {exporter!r}: expected one of {list(EXPORTERS)}")
+    if dev_cap is not None and dev_cap < 1:
+        raise ConfigError(f"--dev-cap must be >= 1, got {dev_cap}")
+    _require_export_stack(exporter)
+    model_folder, out_dir = Path(model_folder), Path(out_dir)
+    _prepare_out_dir(out_dir, model_folder)
+    model = MTModel.from_pretrained(model_folder)  # a damaged folder: the loader's own error
+    model.eval()
+    root = resolve_data_root(data_root)
+    config = model.encoder.config
+    limit = max_positions(config)
+    heads = _head_outputs(model)
+    input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if model.use_token_types else [])
+    t_start = time.perf_counter()
+
+    # the check's batches and PyTorch's answers on them
+    examples, where = _verification_examples(model, root)
+    cut = max(inference.train_max_len(s) for s in model.tasks.values())
+    cut = min(cut, limit or cut)
+    rows, types = _encode_examples(model.tokenizer, examples, cut)
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    batches = _check_batches(rows, types, pad_id)
+    if model.use_token_types:
+        batches = [(i, m, t if t is not None else np.zeros_like(i)) for i, m, t in batches]
+    wrapper = _wrapper(model, heads)
+    reference = [_torch_outputs(wrapper, b, model.use_token_types) for b in batches]  # as predict runs it
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        plain = tmp / "plain.onnx"
+        echo(f"exporting {model_folder} ({config.model_type}, {len(heads)} heads: {', '.join(heads)}) "
+             f"with the {exporter} exporter, opset {opset if exporter == 'torchscript' else max(opset, 18)}")
+        # traced on the one padded batch of every example (varied lengths: the mask is in the graph), with
+        # eager attention where the encoder has it: the pattern ONNX Runtime fuses (the same numbers as SDPA)
+        attn = getattr(config, "_attn_implementation", None)
+        eager = optimize and attn not in (None, "eager") and _set_attention(model, "eager")
+        try:
+            _export_graph(wrapper, batches[0][:len(input_names)], input_names, heads, plain, exporter, opset)
+        finally:
+            if eager:
+                _set_attention(model, attn)
+        diff = max_abs_diff(_session(plain), reference, batches, heads)
+        graph, fused = plain, None
+        if optimize:
+            fused_path = tmp / "fused.onnx"
+            fused = _fuse(plain, fused_path, config)
+            if fused is not None:
+                fdiff = max_abs_diff(_session(fused_path), reference, batches, heads)
+                if fdiff <= atol:
+                    graph, diff = fused_path, fdiff
+                else:
+                    echo(f"fused graph differs from PyTorch by {fdiff:.2e} (> {atol:g}): keeping the plain graph")
+                    fused = None
+        n_ex = len(examples)
+        echo(f"check: ONNX Runtime fp32 vs PyTorch on {n_ex} {where} ({len(batches)} batches, lengths "
+             f"{min(map(len, rows))}-{max(map(len, rows))} tokens): max abs diff {diff:.2e} (allowed {atol:g})")
+        if not diff <= atol:
+            raise ExportError(f"the exported graph's outputs differ from PyTorch's by {diff:.3g} (more than {atol:g}) "
+                              f"on {n_ex} {where}; nothing was written (try --exporter "
+                              f"{'dynamo' if exporter == 'torchscript' else 'torchscript'})")
+        meta = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "encoder_name": model.encoder_name,
+            "encoder_type": config.model_type,
+            "source": {"model": str(model_folder.resolve()), "weights_sha256": weights_sha256(model_folder)},
+            "quantization": quantize, "quantization_settings": INT8_SETTINGS if quantize == "int8" else None,
+            "inputs": input_names,
+            "outputs": {t: s.head_name for t, s in model.tasks.items()},
+            "output_shapes": {h: ["batch", model.heads[h].out.out_features] if model.heads[h].kind == HeadKind.CLASSIFICATION
+                              else ["batch"] for h in heads},
+            "tasks": {n: s.to_dict() for n, s in model.tasks.items()},
+            "use_token_types": bool(model.use_token_types), "max_positions": limit,
+            "padding": "right: attention_mask 1 on the tokens, then 0 (the fused attention reads lengths from it)",
+            "exporter": exporter, "opset": opset if exporter == "torchscript" else max(opset, 18),
+            "fused": fused or {},
+            "check": {"max_abs_diff_fp32": diff, "atol": atol, "examples": n_ex, "source": where,
+                      "batches": len(batches)},
+            "versions": _versions(),
+        }
+        final = tmp / GRAPH_FILE
+        if quantize == "int8":
+            echo("quantizing to int8 (dynamic: MatMul/Attention weights int8 per channel, activations per batch)")
+            _quantize_int8(graph, final)
+            meta["check"]["max_abs_diff_int8"] = max_abs_diff(_session(final), reference, batches, heads)
+        else:
+            graph.rename(final)
+        for f in (plain, tmp / "fused.onnx"):
+            f.unlink(missing_ok=True)
+        model.tokenizer.save_pretrained(str(tmp))
+        from mtkd.checkpoint import file_digest
+
+        meta["graph"] = {"file": GRAPH_FILE, **file_digest(final)}
+        (tmp / EXPORT_FILE).write_text(json.dumps(meta, indent=2))
+        if quantize == "int8" and compare:
+            dev = dev_sets(model.tasks, root, dev_cap)
+            report = _compare_int8(model, OnnxModel.from_pretrained(tmp), dev, [t for t, _ in examples] * 8)
+            meta["int8"] = report
+            for name, r in report["dev"].items():
+                before, after = r["pytorch_fp32"], r["onnx"]
+                cells = ", ".join(f"{m} {before[m]:.2f} -> {after[m]:.2f} ({after[m] - before[m]:+.2f})" for m in before)
+                echo(f"dev {name} ({r['examples']} of {r['of']} examples): {cells}")
+            if not dev:
+                echo(f"no labelled dev files found under {root} (set --data-root): dev metrics not measured")
+            s = report["speed"]
+            echo(f"speed on the {'dev texts' if dev else 'built-in sentences'}: int8 ONNX {s['onnx_examples_per_s']:.1f} "
+                 f"examples/s, PyTorch fp32 {s['pytorch_fp32_examples_per_s']:.1f} examples/s: {s['ratio']:.2f}x")
+        meta["seconds"] = round(time.perf_counter() - t_start, 1)
+        (tmp / EXPORT_FILE).write_text(json.dumps(meta, indent=2))
+        _replace_folder(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    echo(f"wrote {out_dir}: {GRAPH_FILE} ({meta['graph']['size'] / 2**20:.1f} MB{', int8' if quantize else ''}), "
+         f"tokenizer, {EXPORT_FILE} ({len(model.tasks)} tasks)")
+    return meta
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    from mtkd import __version__
+
+    return {"mtkd": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}

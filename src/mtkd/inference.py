@@ -1,0 +1,141 @@
+"""Prediction on new text, shared by `MTModel.predict` (PyTorch) and `OnnxModel.predict` (ONNX
+Runtime, mtkd.export): request checks, tokenising, length-sorted token-budget batches, padding,
+and turning logits into labels, scores or probabilities. No torch here: a model is a function
+`run_batch(tasks, input_ids, attention_mask, token_type_ids) -> {task: (B, C) logits}` on numpy
+arrays, so the ONNX side serves without PyTorch installed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from mtkd.tasks import HeadKind, TaskSpec
+
+DEFAULT_MAX_LEN = 512  # a task saved before mtkd recorded its length: the training default (data.max_seq_len)
+
+# run_batch(task names, input_ids (B, L), attention_mask (B, L), token_type_ids (B, L) or None) -> {task: (B, C)}
+RunBatch = Callable[[list, np.ndarray, np.ndarray, "np.ndarray | None"], Mapping[str, np.ndarray]]
+
+
+def length_batches(lengths, batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
+    """Inference batches: positions into `lengths`, sorted by length, each batch holding at most
+    `batch_size` examples and at most `max_tokens` padded tokens (rows x longest row; a single
+    example longer than that gets a batch of its own). Sorting keeps padding small; the token
+    budget lets short examples go in large batches (fewer, better-filled matmuls) and long ones in
+    small batches (bounded activation memory)."""
+    if batch_size < 1 or (max_tokens is not None and max_tokens < 1):
+        raise ValueError(f"batch_size and max_tokens must be positive, got {batch_size} and {max_tokens}")
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    sorted_lens = np.asarray(lengths)[order]
+    batches, i = [], 0
+    while i < len(order):
+        size = min(batch_size, len(order) - i)
+        if max_tokens is not None:
+            # padded cost of taking the next k examples = k * length of the k-th (lengths ascend)
+            cost = np.arange(1, size + 1) * sorted_lens[i:i + size]
+            size = max(1, int(np.searchsorted(cost, max_tokens, side="right")))
+        batches.append(order[i:i + size])
+        i += size
+    return batches
+
+
+def train_max_len(spec: TaskSpec) -> int:
+    """The length a task was trained at: its training split's max_seq_len, else the task's (saved
+    with the model by every mtkd run), else 512 (folders saved before mtkd recorded it)."""
+    return spec.max_len_for("train", spec.max_seq_len if spec.max_seq_len is not None else DEFAULT_MAX_LEN)
+
+
+def check_request(known: Mapping[str, TaskSpec], tasks: str | Sequence[str], texts, text_pairs) -> tuple[bool, list[str]]:
+    """(one task asked for, the task names); refuses unknown tasks (KeyError), a bare string for
+    texts or pairs (TypeError) and pairs not matching the texts one to one (ValueError)."""
+    single = isinstance(tasks, str)
+    names = [tasks] if single else list(tasks)
+    for t in names:
+        if t not in known:
+            raise KeyError(f"unknown task {t!r}; this model has {list(known)}")
+    if isinstance(texts, str) or isinstance(text_pairs, str):
+        raise TypeError("texts and text_pairs must be sequences of strings, not one string")
+    if text_pairs is not None and len(text_pairs) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text pairs")
+    return single, names
+
+
+def length_groups(specs: Mapping[str, TaskSpec], names: Sequence[str], max_len: int | None,
+                  limit: int | None) -> dict[int, list[str]]:
+    """{cut length: the tasks served at it}: `max_len`, or (None) each task's `train_max_len`,
+    capped at the encoder's positions `limit`."""
+    groups: dict[int, list[str]] = {}
+    for t in names:
+        n = max_len if max_len is not None else train_max_len(specs[t])
+        groups.setdefault(min(n, limit or n), []).append(t)
+    return groups
+
+
+def pad_batch(rows: Sequence[Sequence[int]], types, sel, pad_id: int):
+    """Rows `sel` padded to the longest of them: (input_ids, attention_mask, token_type_ids or None
+    when the tokenizer gave no token types), int64 (B, L)."""
+    width = max(len(rows[i]) for i in sel)
+    ids = np.full((len(sel), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sel), width), dtype=np.int64)
+    tt = np.zeros((len(sel), width), dtype=np.int64) if types is not None else None
+    for j, i in enumerate(sel):
+        k = len(rows[i])
+        ids[j, :k], mask[j, :k] = rows[i], 1
+        if tt is not None:
+            tt[j, :k] = types[i]
+    return ids, mask, tt
+
+
+def tokenize(tokenizer, texts, text_pairs, max_len: int):
+    """(token id rows, token type rows or None), cut at `max_len` tokens (longest first for pairs)."""
+    if not len(texts):
+        return [], None
+    enc = tokenizer(list(texts), list(text_pairs) if text_pairs is not None else None, truncation=True,
+                    max_length=max_len)
+    return enc["input_ids"], enc.get("token_type_ids")
+
+
+def batched_logits(tokenizer, run_batch: RunBatch, names: list[str], num_outputs: Mapping[str, int], texts,
+                   text_pairs, max_len: int, batch_size: int, max_tokens: int | None) -> dict[str, np.ndarray]:
+    """{task: (N, C) float32 logits} of `names` on the texts cut at `max_len`: tokenised once,
+    length-sorted token-budget batches, one model call per batch for every task; input order kept."""
+    rows, types = tokenize(tokenizer, texts, text_pairs, max_len)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    outs = {t: np.zeros((len(rows), num_outputs[t]), dtype=np.float32) for t in names}
+    for sel in length_batches([len(r) for r in rows], batch_size, max_tokens) if rows else []:
+        for t, logits in run_batch(names, *pad_batch(rows, types, sel, pad_id)).items():
+            outs[t][sel] = np.asarray(logits, dtype=np.float32).reshape(len(sel), -1)
+    return outs
+
+
+def postprocess(spec: TaskSpec, logits: np.ndarray, return_probs: bool = False):
+    """(N, C) logits -> label names (classification; (N, C) softmax probabilities with
+    `return_probs`), or a list of floats: the regression score clipped to the task's label range,
+    the ranking score."""
+    if spec.head == HeadKind.CLASSIFICATION:
+        if return_probs:
+            e = np.exp(logits - logits.max(-1, keepdims=True))
+            return e / e.sum(-1, keepdims=True)
+        return [spec.labels[i] for i in logits.argmax(-1)]
+    scores = logits[:, 0]
+    if spec.label_range is not None:
+        scores = np.clip(scores, *spec.label_range)
+    return scores.tolist()
+
+
+def predict(specs: Mapping[str, TaskSpec], tokenizer, run_batch: RunBatch, tasks: str | Sequence[str], texts,
+            text_pairs=None, *, batch_size: int = 64, max_len: int | None = None, return_probs: bool = False,
+            max_tokens: int | None = 8192, max_positions: int | None = None,
+            num_outputs: Mapping[str, int] | None = None):
+    """The whole of `MTModel.predict` (see there) over any model given as `run_batch`: for one task
+    a list (labels, scores, or (N, C) probabilities), for several {task: list}. Tasks of different
+    cut lengths are served per length (texts tokenised once per distinct length)."""
+    single, names = check_request(specs, tasks, texts, text_pairs)
+    width = {t: (num_outputs or {}).get(t) or specs[t].num_outputs for t in names}
+    outs: dict[str, np.ndarray] = {}
+    for n, group in length_groups(specs, names, max_len, max_positions).items():
+        outs.update(batched_logits(tokenizer, run_batch, group, width, texts, text_pairs, n, batch_size, max_tokens))
+    result = {t: postprocess(specs[t], outs[t], return_probs) for t in names}
+    return result[names[0]] if single else result

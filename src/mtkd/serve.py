@@ -1,0 +1,657 @@
+"""`mtkd serve MODEL_OR_EXPORT_DIR`: an HTTP JSON API over a saved model, with micro-batching.
+
+Endpoints (FastAPI + uvicorn, the optional extra `pip install 'mtkd[serve]'`):
+
+    POST /predict  {"texts": [...], "pairs": [...], "tasks": [...], "probabilities": false}
+                   -> {"model", "tasks", "results": [{task: {"label", "probabilities"} | {"score"}}, ...],
+                       "truncated": {task: [indices]}}
+    GET  /tasks    -> the model's tasks: name, kind, labels, inputs, max_len, output
+    GET  /health   -> status and counters (requests, batches, texts per batch)
+
+Requests: `texts` (required, 1..max_texts non-empty strings of at most max_chars characters);
+`pairs` (the second texts, one per text) exactly when a requested task is a pair task (its
+definition has a `text_b` field); `tasks` (default: every task whose input matches the request:
+the pair tasks when `pairs` is given, else the single-text tasks); `probabilities` (classification
+tasks also return every label's probability). Single-text tasks read `texts` only.
+
+Results: one object per text, in order: classification tasks give {"label"} (and
+{"probabilities": {label: p}}), regression tasks {"score"} (clipped to the task's label range), ranking
+tasks {"score"} (the relevance score). Inputs longer than a task's max length (its trained length,
+`mtkd.inference.train_max_len`: the saved `max_seq_len`, else 512; at most the encoder's positions)
+are cut there, as in training; "truncated" maps each task that cut some input to the indices of
+the texts it cut ({"Reviews": [0]}; {} when nothing was cut). Tasks of different lengths cut
+different texts: a 20-token text is cut by a task trained at 16, not by one at 24.
+
+Errors: a JSON body {"error": message, "field": the field it names}: 400 malformed JSON, 413 a
+body, a text count or a text over the configured limits, 422 anything else that is not a valid
+request (wrong type, unknown field or task, empty list or text, missing pairs). A failure inside
+the model answers the requests of that batch with 500; the server keeps serving.
+
+Micro-batching: requests wait in a queue; one worker takes what is queued, waiting up to
+`max_wait_ms` after the first request for more until `max_batch` texts, and runs them all in one
+`model.predict` call per input kind (texts / text pairs) and task length in a worker thread, so the event loop
+keeps accepting requests meanwhile; the results are split back per request. A request is never
+split (one larger than max_batch runs alone, in encoder batches of max_batch).
+
+The model is anything with `.tasks` ({name: TaskSpec}), `.tokenizer` and
+`.predict(tasks, texts, text_pairs, batch_size=, max_len=, return_probs=)` as `MTModel.predict`:
+`load_for_serving` gives an `MTModel` for a model folder or an `OnnxModel` (mtkd.export) for an
+ONNX export folder.
+"""
+
+# no `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at runtime
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from mtkd.errors import CheckpointError, ConfigError, did_you_mean
+from mtkd.tasks import HeadKind, TaskSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH = 64  # texts per model call
+DEFAULT_MAX_WAIT_MS = 5.0  # how long the first queued request waits for company
+DEFAULT_MAX_TEXTS = 256  # per request
+DEFAULT_MAX_CHARS = 20000  # per text (and per pair)
+DEFAULT_MAX_BODY_BYTES = 16 * 2**20
+INSTALL_HINT = "mtkd serve needs FastAPI and uvicorn: pip install 'mtkd[serve]'"
+REQUEST_FIELDS = ("texts", "pairs", "tasks", "probabilities")
+
+
+def _require_server_stack():
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"{INSTALL_HINT} ({e})") from None
+
+
+# ---------------------------------------------------------------------------------- the model
+def load_for_serving(path: str | Path, device: str | None = None):
+    """(model, backend) for a folder: an ONNX export (it holds mtkd_export.json) -> mtkd.export's
+    OnnxModel, 'onnx'; an mtkd model folder (config.json with "format": "mtkd") -> MTModel, 'pytorch',
+    in eval mode on `device` (default: CUDA when available, else the CPU)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such folder (give an mtkd model folder or an ONNX export folder)")
+    if (path / "mtkd_export.json").is_file():
+        try:
+            from mtkd.export import OnnxModel
+        except ImportError as e:
+            raise ConfigError(f"{path} is an ONNX export; serving it needs onnxruntime "
+                              f"(pip install 'mtkd[onnx]'): {e}") from None
+        return OnnxModel.from_pretrained(path), "onnx"
+    if (path / "config.json").is_file():
+        import torch
+
+        from mtkd.model import MTModel
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return MTModel.from_pretrained(path).eval().to(device), "pytorch"
+    raise CheckpointError(f"{path}: neither an mtkd model folder (config.json, model.safetensors) "
+                          f"nor an ONNX export (mtkd_export.json)")
+
+
+def is_pair_task(spec: TaskSpec) -> bool:
+    return "text_b" in spec.fields
+
+
+def position_limit(model) -> int | None:
+    """Most tokens the model's encoder takes (None: no limit known). An ONNX export records it
+    (`max_positions`), so serving one never imports torch."""
+    config = getattr(getattr(model, "encoder", None), "config", None)
+    if config is not None:
+        from mtkd.model import max_positions
+
+        return max_positions(config)
+    limit = getattr(model, "max_positions", None)
+    return int(limit) if isinstance(limit, int) and limit > 0 else None
+
+
+def task_max_len(model, spec: TaskSpec) -> int:
+    """A task's input length at serving time: the length it was trained at (`mtkd.inference.train_max_len`:
+    its saved max_seq_len, else 512), at most the encoder's positions."""
+    from mtkd.inference import train_max_len
+
+    n = train_max_len(spec)
+    limit = position_limit(model)
+    return min(int(n), limit) if limit else int(n)
+
+
+def describe_tasks(model) -> list[dict]:
+    out = []
+    for name, spec in model.tasks.items():
+        d: dict[str, Any] = {"name": name, "kind": spec.head.value, "inputs": ["text", "pair"] if is_pair_task(spec) else ["text"],
+                             "max_len": task_max_len(model, spec),
+                             "output": "label" if spec.head == HeadKind.CLASSIFICATION else "score"}
+        if spec.head == HeadKind.CLASSIFICATION:
+            d["labels"] = list(spec.labels)
+        if spec.label_range is not None:
+            d["range"] = list(spec.label_range)
+        out.append(d)
+    return out
+
+
+# ------------------------------------------------------------------------------ validation
+class RequestError(Exception):
+    """A bad request: HTTP status, message (naming the field) and the field."""
+
+    def __init__(self, status: int, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+
+def _json_kind(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, (list, tuple)):
+        return "a list"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__
+
+
+def _loc(loc: Sequence) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(request body)"
+
+
+def _pydantic_message(err: dict) -> tuple[str, str]:
+    """(field, message) for one pydantic error."""
+    where, kind, got = _loc(err.get("loc", ())), err.get("type", ""), err.get("input")
+    if kind == "missing":
+        return where, f"{where}: missing (a request needs at least \"texts\": [...])"
+    if kind == "extra_forbidden":
+        return where, f"{where}: unknown field (a request has {', '.join(REQUEST_FIELDS)})"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return where, f"{where}: expected a JSON object, got {_json_kind(got)}"
+    if kind == "list_type":
+        return where, f"{where}: expected a list of strings, got {_json_kind(got)}"
+    if kind == "string_type":
+        return where, f"{where}: expected a string, got {_json_kind(got)}"
+    if kind == "bool_type":
+        return where, f"{where}: expected true or false, got {_json_kind(got)}"
+    return where, f"{where}: {err.get('msg', 'invalid')}"
+
+
+@dataclass
+class Job:
+    """One validated /predict request."""
+
+    texts: list[str]
+    pairs: list[str] | None
+    tasks: list[str]
+    probabilities: bool
+    arrived: float = 0.0
+    future: Any = None
+
+
+def _request_model():
+    from pydantic import BaseModel, ConfigDict
+
+    class PredictRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        texts: list[str]
+        pairs: list[str] | None = None
+        tasks: list[str] | None = None
+        probabilities: bool = False
+
+    return PredictRequest
+
+
+class Validator:
+    def __init__(self, model, max_texts: int, max_chars: int):
+        self.model, self.max_texts, self.max_chars = model, int(max_texts), int(max_chars)
+        self.pair_tasks = [t for t, s in model.tasks.items() if is_pair_task(s)]
+        self.single_tasks = [t for t, s in model.tasks.items() if not is_pair_task(s)]
+        self.schema = _request_model()
+
+    def parse(self, body: bytes) -> Job:
+        from pydantic import ValidationError
+
+        if not body.strip():
+            raise RequestError(400, 'malformed JSON: the request body is empty; send a JSON object such as '
+                                    '{"texts": ["a gripping film"]}', "(request body)")
+        try:
+            req = self.schema.model_validate_json(body)
+        except ValidationError as e:
+            errors = e.errors(include_url=False)
+            bad_json = [x for x in errors if x.get("type") == "json_invalid"]
+            if bad_json:
+                why = (bad_json[0].get("ctx") or {}).get("error") or bad_json[0].get("msg", "")
+                raise RequestError(400, f"malformed JSON: {why}", "(request body)") from None
+            msgs = [_pydantic_message(x) for x in errors]
+            more = f" (and {len(msgs) - 3} more)" if len(msgs) > 3 else ""
+            raise RequestError(422, "; ".join(m for _, m in msgs[:3]) + more, msgs[0][0]) from None
+        except UnicodeDecodeError:
+            raise RequestError(400, "malformed JSON: the body is not UTF-8", "(request body)") from None
+        self._texts("texts", req.texts)
+        tasks = self._tasks(req.tasks, req.pairs is not None)
+        if req.pairs is not None:
+            self._texts("pairs", req.pairs)
+            if len(req.pairs) != len(req.texts):
+                raise RequestError(422, f"pairs: {len(req.texts)} texts but {len(req.pairs)} pairs; give one second "
+                                        f"text per text", "pairs")
+        return Job(list(req.texts), list(req.pairs) if req.pairs is not None else None, tasks, bool(req.probabilities))
+
+    def _tasks(self, asked: list[str] | None, has_pairs: bool) -> list[str]:
+        if asked is None:
+            tasks = self.pair_tasks if has_pairs else self.single_tasks
+            if not tasks:
+                if has_pairs:
+                    raise RequestError(422, f"pairs: this model has no pair task (its tasks {', '.join(self.single_tasks)} "
+                                            f"read one text); drop pairs", "pairs")
+                raise RequestError(422, f"pairs: missing; every task of this model ({', '.join(self.pair_tasks)}) is "
+                                        f"a pair task: give one second text per text", "pairs")
+            return list(tasks)
+        if not asked:
+            raise RequestError(422, f"tasks: empty list; name at least one of {', '.join(self.model.tasks)} "
+                                    f"(or leave tasks out)", "tasks")
+        for i, t in enumerate(asked):
+            if t not in self.model.tasks:
+                raise RequestError(422, f"tasks[{i}]: unknown task {t!r}{did_you_mean(t, self.model.tasks)}; this model has "
+                                        f"{', '.join(self.model.tasks)}", f"tasks[{i}]")
+        tasks = list(dict.fromkeys(asked))
+        pair = [t for t in tasks if t in self.pair_tasks]
+        if pair and not has_pairs:
+            raise RequestError(422, f"pairs: missing; {', '.join(pair)} {'is a pair task' if len(pair) == 1 else 'are pair tasks'}: "
+                                    f"give one second text per text in \"pairs\"", "pairs")
+        if has_pairs and not pair:
+            raise RequestError(422, f"pairs: given, but no requested task reads a second text ({', '.join(tasks)}); "
+                                    f"drop pairs or ask for a pair task", "pairs")
+        return tasks
+
+    def _texts(self, name: str, values: list[str]) -> None:
+        if not values:
+            raise RequestError(422, f"{name}: empty list; give at least one text", name)
+        if len(values) > self.max_texts:
+            raise RequestError(413, f"{name}: {len(values)} texts, over this server's limit of {self.max_texts} per "
+                                    f"request (mtkd serve --max-texts); send them in several requests", name)
+        for i, t in enumerate(values):
+            if not t.strip():
+                raise RequestError(422, f"{name}[{i}]: empty text", f"{name}[{i}]")
+            if len(t) > self.max_chars:
+                raise RequestError(413, f"{name}[{i}]: {len(t)} characters, over this server's limit of "
+                                        f"{self.max_chars} per text (mtkd serve --max-chars)", f"{name}[{i}]")
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:
+                raise RequestError(422, f"{name}[{i}]: not valid Unicode (a lone surrogate escape)", f"{name}[{i}]") from None
+
+
+# ---------------------------------------------------------------------------- batch runner
+class BatchRunner:
+    """Runs a list of jobs through the model: one predict call per (input kind, max length) on the
+    concatenated texts of the jobs that asked for such tasks, then per job its own tasks' results.
+    Truncation: one tokenisation without truncation per input kind of the batch's texts gives every
+    text's length, compared with each task's max length."""
+
+    def __init__(self, model, max_batch: int):
+        self.model, self.max_batch = model, int(max_batch)
+        self.max_len = {t: task_max_len(model, s) for t, s in model.tasks.items()}
+        self.pair = {t: is_pair_task(s) for t, s in model.tasks.items()}
+
+    def _lengths(self, texts: list[str], pairs: list[str] | None) -> list[int]:
+        """Every text's (or pair's) length in tokens, special tokens included, uncut."""
+        enc = self.model.tokenizer(texts, pairs, truncation=False, padding=False, verbose=False,
+                                   return_attention_mask=False, return_token_type_ids=False)
+        return [len(r) for r in enc["input_ids"]]
+
+    def _members(self, jobs: list[Job], tasks) -> list[int]:
+        return [i for i, job in enumerate(jobs) if any(t in tasks for t in job.tasks)]
+
+    def __call__(self, jobs: list[Job]) -> list[dict]:
+        groups: dict[tuple[bool, int], list[str]] = collections.defaultdict(list)
+        for job in jobs:
+            for t in job.tasks:
+                key = (self.pair[t], self.max_len[t])
+                if t not in groups[key]:
+                    groups[key].append(t)
+        # {input kind: {job: its texts' uncut lengths}}: one tokenisation per kind, whatever the lengths
+        lengths: dict[bool, dict[int, list[int]]] = {}
+        for paired in {p for p, _ in groups}:
+            members = self._members(jobs, [t for (p, _), ts in groups.items() if p == paired for t in ts])
+            flat = self._lengths([x for i in members for x in jobs[i].texts],
+                                 [x for i in members for x in jobs[i].pairs] if paired else None)
+            starts = np.cumsum([0] + [len(jobs[i].texts) for i in members])
+            lengths[paired] = {i: flat[a:b] for i, a, b in zip(members, starts[:-1], starts[1:])}
+        per_job: list[list[dict]] = [[{} for _ in job.texts] for job in jobs]
+        truncated: list[dict[str, list[int]]] = [{} for _ in jobs]
+        for (paired, max_len), tasks in groups.items():
+            members = self._members(jobs, tasks)
+            texts = [x for i in members for x in jobs[i].texts]
+            pairs = [x for i in members for x in jobs[i].pairs] if paired else None
+            out = self.model.predict(list(tasks), texts, pairs, batch_size=self.max_batch, max_len=max_len,
+                                     return_probs=True)
+            start = 0
+            for i in members:
+                job, n = jobs[i], len(jobs[i].texts)
+                cut = [r for r, k in enumerate(lengths[paired][i]) if k > max_len]
+                for t in (t for t in job.tasks if t in tasks):
+                    spec = self.model.tasks[t]
+                    values = out[t][start:start + n]
+                    for r in range(n):
+                        per_job[i][r][t] = self._one(spec, values[r], job.probabilities)
+                    if cut:
+                        truncated[i][t] = cut
+                start += n
+        # the results (and "truncated") keep the order of each job's tasks
+        return [{"tasks": job.tasks, "results": [{t: row[t] for t in job.tasks} for row in per_job[i]],
+                 "truncated": {t: truncated[i][t] for t in job.tasks if t in truncated[i]}}
+                for i, job in enumerate(jobs)]
+
+    @staticmethod
+    def _one(spec: TaskSpec, value, probabilities: bool) -> dict:
+        if spec.head == HeadKind.CLASSIFICATION:
+            p = np.asarray(value, dtype=np.float64)
+            res: dict[str, Any] = {"label": spec.labels[int(p.argmax())]}
+            if probabilities:
+                res["probabilities"] = {lab: float(x) for lab, x in zip(spec.labels, p)}
+            return res
+        return {"score": float(value)}
+
+
+@dataclass
+class Counters:
+    started: float = field(default_factory=time.time)
+    requests: int = 0  # /predict requests answered with results
+    rejected: int = 0  # 4xx
+    failed: int = 0  # 5xx
+    batches: int = 0
+    batched_requests: int = 0
+    texts: int = 0
+    largest_batch: int = 0
+
+    def as_dict(self) -> dict:
+        return {"uptime_s": round(time.time() - self.started, 3), "requests": self.requests, "rejected": self.rejected,
+                "failed": self.failed, "batches": self.batches, "texts": self.texts,
+                "mean_batch_texts": round(self.texts / self.batches, 3) if self.batches else None,
+                "mean_batch_requests": round(self.batched_requests / self.batches, 3) if self.batches else None,
+                "largest_batch_texts": self.largest_batch}
+
+
+class MicroBatcher:
+    """The queue and its one worker: takes what is queued, waits up to max_wait after the first
+    queued request for more until max_batch texts, runs the batch in a worker thread."""
+
+    def __init__(self, run: Callable[[list[Job]], list[dict]], max_batch: int, max_wait_ms: float, counters: Counters):
+        self.run, self.max_batch, self.max_wait = run, max(1, int(max_batch)), max(0.0, float(max_wait_ms)) / 1000
+        self.counters = counters
+        self._pending: collections.deque[Job] = collections.deque()
+        self._queued_texts = 0
+        self._event: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtkd-model")
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._event = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._worker(), name="mtkd-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for job in self._pending:
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("the server is shutting down"))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, job: Job) -> dict:
+        loop = asyncio.get_running_loop()
+        job.arrived, job.future = loop.time(), loop.create_future()
+        self._pending.append(job)
+        self._queued_texts += len(job.texts)
+        self._event.set()
+        return await job.future
+
+    def _take(self) -> list[Job]:
+        batch, n = [], 0
+        while self._pending and (not batch or n + len(self._pending[0].texts) <= self.max_batch):
+            job = self._pending.popleft()
+            self._queued_texts -= len(job.texts)
+            # a request whose handler was cancelled (uvicorn cancels the handlers still waiting when
+            # it stops) is not run; a client that disconnects is not noticed, its request still runs
+            if job.future.done():
+                continue
+            batch.append(job)
+            n += len(job.texts)
+        return batch
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._event.clear()
+                await self._event.wait()
+                continue
+            deadline = self._pending[0].arrived + self.max_wait
+            while self._queued_texts < self.max_batch:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                self._event.clear()
+                try:
+                    await asyncio.wait_for(self._event.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            batch = self._take()
+            if not batch:
+                continue
+            try:
+                results = await loop.run_in_executor(self._executor, self.run, batch)
+            except Exception as e:  # the model failed: answer this batch with 500, keep serving
+                log.exception("a batch of %d requests failed", len(batch))
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(e)
+                continue
+            c = self.counters
+            c.batches += 1
+            c.batched_requests += len(batch)
+            n = sum(len(j.texts) for j in batch)
+            c.texts += n
+            c.largest_batch = max(c.largest_batch, n)
+            for job, res in zip(batch, results):
+                if not job.future.done():
+                    job.future.set_result(res)
+
+
+# -------------------------------------------------------------------------------- the app
+def create_app(model, *, name: str = "", backend: str = "pytorch", max_batch: int = DEFAULT_MAX_BATCH,
+               max_wait_ms: float = DEFAULT_MAX_WAIT_MS, max_texts: int = DEFAULT_MAX_TEXTS,
+               max_chars: int = DEFAULT_MAX_CHARS, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               on_ready: Callable[[], None] | None = None):
+    """The FastAPI app serving `model` (see the module docstring for the API)."""
+    _require_server_stack()
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    for label, v in (("max_batch", max_batch), ("max_texts", max_texts), ("max_chars", max_chars),
+                     ("max_body_bytes", max_body_bytes)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"serve: {label} must be a positive integer, got {v!r}")
+    if not max_wait_ms >= 0:
+        raise ConfigError(f"serve: max_wait_ms must be >= 0, got {max_wait_ms!r}")
+    counters = Counters()
+    validator = Validator(model, max_texts, max_chars)
+    batcher = MicroBatcher(BatchRunner(model, max_batch), max_batch, max_wait_ms, counters)
+    tasks_doc = describe_tasks(model)
+    limits = {"max_texts": max_texts, "max_chars": max_chars, "max_body_bytes": max_body_bytes,
+              "max_batch": max_batch, "max_wait_ms": max_wait_ms}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        if on_ready is not None:
+            on_ready()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(title="mtkd", description="Predictions of an mtkd multi-task model", lifespan=lifespan)
+    app.state.counters, app.state.batcher, app.state.model = counters, batcher, model
+
+    def error(status: int, message: str, where: str | None = None) -> JSONResponse:
+        if status >= 500:
+            counters.failed += 1
+        else:
+            counters.rejected += 1
+        return JSONResponse({"error": message, **({"field": where} if where else {})}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc):
+        return error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+            raise RequestError(413, f"request body: {int(declared)} bytes, over this server's limit of "
+                                    f"{max_body_bytes} bytes (mtkd serve --max-body-mb)", "(request body)")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body_bytes:
+                raise RequestError(413, f"request body: over this server's limit of {max_body_bytes} bytes "
+                                        f"(mtkd serve --max-body-mb)", "(request body)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # the endpoints declare no parameters FastAPI would validate (the body is read and checked by
+    # Validator), so FastAPI's own RequestValidationError never arises
+    @app.post("/predict")
+    async def predict(request: Request):
+        """{"texts", "pairs", "tasks", "probabilities"} -> {"model", "tasks", "results": one {task: result}
+        per text, "truncated": {task: [indices of the texts it cut at its max length]} (only the tasks
+        that cut something; {} when none did)}; bad requests get {"error", "field"} (400 / 413 / 422)."""
+        try:
+            job = validator.parse(await read_body(request))
+        except RequestError as e:
+            return error(e.status, e.message, e.field)
+        try:
+            res = await batcher.submit(job)
+        except Exception as e:
+            return error(500, f"the model failed on this batch: {type(e).__name__}: {e}")
+        counters.requests += 1
+        return {"model": name, **res}
+
+    @app.get("/tasks")
+    async def tasks():
+        return {"model": name, "backend": backend, "tasks": tasks_doc}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": name, "backend": backend, **counters.as_dict(), "queued": batcher.queued,
+                "limits": limits}
+
+    return app
+
+
+# ------------------------------------------------------------------------------ the server
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0: a free port), so the real port is known before serving."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on such sockets; without it, Nagle's
+    # algorithm holds the response body behind its headers for the client's delayed ACK (~40 ms)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"serve: cannot listen on {host}:{port} ({e.strerror or e})") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def make_server(app, sock: socket.socket, access_log: bool = False, log_level: str = "warning"):
+    """A uvicorn.Server for `app` on `sock` (run it with server.run(sockets=[sock]))."""
+    import uvicorn
+
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(app, host=host, port=port, access_log=access_log, log_level=log_level,
+                            timeout_graceful_shutdown=5, lifespan="on")
+    return uvicorn.Server(config)
+
+
+def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, *, max_batch: int = DEFAULT_MAX_BATCH,
+          max_wait_ms: float = DEFAULT_MAX_WAIT_MS, max_texts: int = DEFAULT_MAX_TEXTS,
+          max_chars: int = DEFAULT_MAX_CHARS, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+          access_log: bool = False, print_fn: Callable[[str], None] = print) -> None:
+    """Load the model at `path` and serve it until interrupted (SIGINT/SIGTERM). The port is bound
+    first, so an address in use is refused before a long model load."""
+    _require_server_stack()
+    sock = bind_socket(host, port)
+    try:
+        model, backend = load_for_serving(path)
+    except BaseException:
+        sock.close()
+        raise
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+
+    def ready():
+        print_fn(f"mtkd serve: {path} ({backend}; tasks {', '.join(model.tasks)}) on http://{shown}:{bound} "
+                 f"(POST /predict, GET /tasks, GET /health)")
+
+    app = create_app(model, name=str(path), backend=backend, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                     max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes, on_ready=ready)
+    server = make_server(app, sock, access_log=access_log, log_level="info" if access_log else "warning")
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+class BackgroundServer:
+    """The app served by uvicorn in a daemon thread on a free loopback port (tests, benchmarks):
+    `with BackgroundServer(app) as url: ...`."""
+
+    def __init__(self, app, host: str = "127.0.0.1"):
+        self.app, self.host = app, host
+        self.sock = bind_socket(host, 0)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        self.server = make_server(app, self.sock)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True,
+                                       name="mtkd-serve")
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.time() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+        return self.url
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
