@@ -24,7 +24,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from conftest import write_glue_fixture  # noqa: E402
 from mtkd.cli import main  # noqa: E402
-from mtkd.errors import CheckpointError, ConfigError, ExportError  # noqa: E402
+from mtkd.errors import CheckpointError, ConfigError, DataError, ExportError  # noqa: E402
 from mtkd.export import EXPORT_FILE, GRAPH_FILE, OnnxModel, export_onnx  # noqa: E402
 from mtkd.model import MTModel, weights_sha256  # noqa: E402
 from mtkd.tasks import glue_tasks  # noqa: E402
@@ -275,3 +275,27 @@ def test_without_onnxruntime_the_error_names_the_extra(model_dir, export_dir, tm
     with pytest.raises(ConfigError, match=r"pip install 'mtkd\[onnx\]'"):
         OnnxModel.from_pretrained(export_dir[0])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_malformed_dev_file_is_an_error_naming_it(model_dir, tmp_path):
+    """An absent dev file falls back to built-in sentences; a malformed one is not silently skipped."""
+    root = tmp_path / "glue"
+    (root / "SST-2").mkdir(parents=True)
+    (root / "SST-2" / "dev.tsv").write_text("sentence\tlabel\nfine\t1\nno label column here\n")
+    with pytest.raises(DataError, match=r"SST-2/dev\.tsv, line 3"):
+        export_onnx(model_dir, tmp_path / "out", data_root=root, optimize=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_fused_graph_that_does_not_run_falls_back_to_the_plain_graph(model_dir, tmp_path, monkeypatch):
+    import mtkd.export as export
+
+    def broken_fuse(src, dst, config):
+        dst.write_bytes(b"not an onnx graph")
+        return {"Attention": 2}
+
+    monkeypatch.setattr(export, "_fuse", broken_fuse)
+    export_onnx(model_dir, tmp_path / "out", data_root=tmp_path / "none")
+    meta = json.loads((tmp_path / "out" / "mtkd_export.json").read_text())
+    assert meta["check"]["max_abs_diff_fp32"] <= 1e-4 and meta["fused"] == {}
+    assert OnnxModel.from_pretrained(tmp_path / "out").predict("SST-2", ["a film"])

@@ -171,6 +171,16 @@ def test_predict_restores_training_mode_and_unknown_task(model):
         model.predict("CoLA", TEXTS)
 
 
+def test_predict_refuses_one_string_and_a_pair_task_without_pairs(model):
+    with pytest.raises(TypeError, match="not one string"):
+        model.predict("SST-2", "a single string")
+    with pytest.raises(ValueError, match="task 'STS-B' reads sentence pairs: give text_pairs"):
+        model.predict("STS-B", TEXTS[:2])
+    with pytest.raises(ValueError, match="'STS-B'"):
+        model.predict(["SST-2", "STS-B"], TEXTS[:2])
+    assert len(model.predict("STS-B", TEXTS[:2], TEXTS[:2])) == 2
+
+
 def test_from_pretrained_other_task_set_raises(saved):
     with pytest.raises(CheckpointError, match="CoLA"):
         MTModel.from_pretrained(saved, tasks=specs(("SST-2", "CoLA")))

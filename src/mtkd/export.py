@@ -229,7 +229,7 @@ def _verification_examples(model, data_root, per_task: int = VERIFY_PER_TASK) ->
     """[(text, pair or None)] of varied length: up to `per_task` examples of each task's first dev
     split spread from its shortest to its longest (by characters), when the file is found; else the
     built-in sentences (with pairs when a task is a pair task). Also says where they came from."""
-    from mtkd.data import read_split
+    from mtkd.data import read_split, split_path
     from mtkd.errors import DataError
 
     examples, found = [], []
@@ -240,6 +240,8 @@ def _verification_examples(model, data_root, per_task: int = VERIFY_PER_TASK) ->
         try:
             raw = read_split(spec, dev[0], data_root)
         except DataError:
+            if split_path(spec, dev[0], data_root).is_file():
+                raise  # a malformed dev file is an error (naming file and line); an absent one is skipped
             continue
         pairs = raw.text_b
         size = [len(a) + (len(pairs[i]) if pairs is not None else 0) for i, a in enumerate(raw.text_a)]
@@ -419,7 +421,7 @@ def dev_sets(specs: dict[str, TaskSpec], data_root, cap: int | None, seed: int =
     """{report name: {"task", "split", "texts", "pairs", "labels", "groups", "total"}} of every
     labelled dev split of `specs` found under `data_root`, `cap` examples each (a seeded sample;
     None: all), for before/after metrics."""
-    from mtkd.data import read_split, subsample
+    from mtkd.data import read_split, split_path, subsample
     from mtkd.errors import DataError
 
     out = {}
@@ -428,6 +430,8 @@ def dev_sets(specs: dict[str, TaskSpec], data_root, cap: int | None, seed: int =
             try:
                 raw = read_split(spec, split, data_root)
             except DataError as e:
+                if split_path(spec, split, data_root).is_file():
+                    raise
                 log.info("%s/%s: no dev metrics (%s)", name, split, e)
                 continue
             if raw.labels is None or not len(raw):
@@ -534,6 +538,18 @@ def _replace_folder(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _checked_diff(graph: Path, reference, batches, heads, what: str) -> float:
+    """max_abs_diff of a graph file against PyTorch; ONNX Runtime failing to load or run it is an
+    ExportError naming the graph (not a bare onnxruntime exception)."""
+    try:
+        return max_abs_diff(_session(graph), reference, batches, heads)
+    except ExportError:
+        raise
+    except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ExportError(f"{what} ({graph.name}) does not run in ONNX Runtime: {first}") from None
+
+
 def export_onnx(model_folder: str | Path, out_dir: str | Path, quantize: str | None = None,
                 data_root: str | Path | None = None, dev_cap: int | None = DEFAULT_DEV_CAP,
                 exporter: str = "torchscript", optimize: bool = True, opset: int = OPSET, atol: float = ATOL,
@@ -599,18 +615,23 @@ def export_onnx(model_folder: str | Path, out_dir: str | Path, quantize: str | N
         finally:
             if eager:
                 _set_attention(model, attn)
-        diff = max_abs_diff(_session(plain), reference, batches, heads)
+        diff = _checked_diff(plain, reference, batches, heads, "the exported graph")
         graph, fused = plain, None
         if optimize:
             fused_path = tmp / "fused.onnx"
             fused = _fuse(plain, fused_path, config)
             if fused is not None:
-                fdiff = max_abs_diff(_session(fused_path), reference, batches, heads)
-                if fdiff <= atol:
-                    graph, diff = fused_path, fdiff
-                else:
-                    echo(f"fused graph differs from PyTorch by {fdiff:.2e} (> {atol:g}): keeping the plain graph")
+                try:
+                    fdiff = _checked_diff(fused_path, reference, batches, heads, "the fused graph")
+                except ExportError as e:  # the optimizer's graph is optional: keep the plain one
+                    echo(f"{e}: keeping the plain graph")
                     fused = None
+                else:
+                    if fdiff <= atol:
+                        graph, diff = fused_path, fdiff
+                    else:
+                        echo(f"fused graph differs from PyTorch by {fdiff:.2e} (> {atol:g}): keeping the plain graph")
+                        fused = None
         n_ex = len(examples)
         echo(f"check: ONNX Runtime fp32 vs PyTorch on {n_ex} {where} ({len(batches)} batches, lengths "
              f"{min(map(len, rows))}-{max(map(len, rows))} tokens): max abs diff {diff:.2e} (allowed {atol:g})")
@@ -640,7 +661,7 @@ def export_onnx(model_folder: str | Path, out_dir: str | Path, quantize: str | N
         if quantize == "int8":
             echo("quantizing to int8 (dynamic: MatMul/Attention weights int8 per channel, activations per batch)")
             _quantize_int8(graph, final)
-            meta["check"]["max_abs_diff_int8"] = max_abs_diff(_session(final), reference, batches, heads)
+            meta["check"]["max_abs_diff_int8"] = _checked_diff(final, reference, batches, heads, "the int8 graph")
         else:
             graph.rename(final)
         for f in (plain, tmp / "fused.onnx"):

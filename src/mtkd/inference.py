@@ -49,7 +49,8 @@ def train_max_len(spec: TaskSpec) -> int:
 
 def check_request(known: Mapping[str, TaskSpec], tasks: str | Sequence[str], texts, text_pairs) -> tuple[bool, list[str]]:
     """(one task asked for, the task names); refuses unknown tasks (KeyError), a bare string for
-    texts or pairs (TypeError) and pairs not matching the texts one to one (ValueError)."""
+    texts or pairs (TypeError), pairs not matching the texts one to one and a pair task without pairs
+    (ValueError)."""
     single = isinstance(tasks, str)
     names = [tasks] if single else list(tasks)
     for t in names:
@@ -59,6 +60,10 @@ def check_request(known: Mapping[str, TaskSpec], tasks: str | Sequence[str], tex
         raise TypeError("texts and text_pairs must be sequences of strings, not one string")
     if text_pairs is not None and len(text_pairs) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text pairs")
+    pair_tasks = [t for t in names if "text_b" in known[t].fields]
+    if text_pairs is None and pair_tasks and len(texts):  # no texts: nothing to pair
+        raise ValueError(f"task {', '.join(map(repr, pair_tasks))} reads sentence pairs: give text_pairs, "
+                         f"one second text per text")
     return single, names
 
 
