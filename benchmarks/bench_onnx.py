@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import shutil
 import sys
 import tempfile
@@ -122,13 +121,7 @@ def run(args) -> dict:
     threads = torch.get_num_threads()
     data_root = Path(args.data_root).expanduser().resolve() if args.data_root else common.default_data_root()
     work = Path(tempfile.mkdtemp(prefix="mtkd-bench-onnx-"))
-    try:
-        load1 = os.getloadavg()[0]
-    except OSError:
-        load1 = 0.0
-    if mode.name != "smoke" and load1 > 0.5:
-        print(f"WARNING: the machine is not idle (1-minute load average {load1:.2f}); timings will be distorted",
-              file=sys.stderr, flush=True)
+    common.warn_if_busy(mode.name)
     try:
         if mode.name == "smoke" and not args.model:
             model_dir, label = _tiny_model(work / "model"), "tiny random BERT (2 layers, hidden 64), 4 heads"

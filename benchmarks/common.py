@@ -206,15 +206,20 @@ def make_env(args) -> Env:
     if args.cache_dir:
         overrides.append(f"data.cache_dir={Path(args.cache_dir).expanduser().resolve()}")
     ctx = RunContext(load_config(CONFIG, overrides), out_dir=work / "ctx")
+    warn_if_busy(mode.name)
+    out_dir = Path(args.out) if args.out else DEFAULT_OUT
+    return Env(mode, out_dir, encoder, label, ctx, work, data_root, torch.get_num_threads(), overrides)
+
+
+def warn_if_busy(mode_name: str) -> None:
+    """Timings on a busy machine are distorted: say so (smoke runs time nothing)."""
     try:
         load1 = os.getloadavg()[0]
     except OSError:
         load1 = 0.0
-    if mode.name != "smoke" and load1 > 0.5:
+    if mode_name != "smoke" and load1 > 0.5:
         print(f"WARNING: the machine is not idle (1-minute load average {load1:.2f}); timings will be distorted",
               file=sys.stderr, flush=True)
-    out_dir = Path(args.out) if args.out else DEFAULT_OUT
-    return Env(mode, out_dir, encoder, label, ctx, work, data_root, torch.get_num_threads(), overrides)
 
 
 def close_env(env: Env) -> None:

@@ -141,7 +141,8 @@ def test_input_output_refusals(model_dir, tmp_path, capsys):
     assert json.loads((tmp_path / "o.jsonl").read_text())["id"] == "a\tb"
 
 
-def test_input_uses_predict_config_batches(model_dir, tmp_path, capsys, monkeypatch):
+def _spy_on_predict(monkeypatch) -> dict:
+    """The keyword arguments MTModel.predict is called with (filled in when it runs)."""
     seen = {}
     real = MTModel.predict
 
@@ -150,6 +151,11 @@ def test_input_uses_predict_config_batches(model_dir, tmp_path, capsys, monkeypa
         return real(self, *a, **kw)
 
     monkeypatch.setattr(MTModel, "predict", spy)
+    return seen
+
+
+def test_input_uses_predict_config_batches(model_dir, tmp_path, capsys, monkeypatch):
+    seen = _spy_on_predict(monkeypatch)
     inp = tmp_path / "in.tsv"
     inp.write_text("id\ttext\n" + "".join(f"{i}\t{t}\n" for i, t in enumerate(TEXTS)))
     assert _predict(model_dir, "--task", "SST-2", "--input", inp, "--output", tmp_path / "o.jsonl",
@@ -160,14 +166,7 @@ def test_input_uses_predict_config_batches(model_dir, tmp_path, capsys, monkeypa
 @pytest.mark.parametrize("how", ["dotted", "mapping", "file", "unset", "removed"])
 def test_data_max_seq_len_cuts_every_task_however_it_is_given(model_dir, tmp_path, capsys, monkeypatch, how):
     """One parser: load_config records the keys given, so every way of setting data.max_seq_len counts."""
-    seen = {}
-    real = MTModel.predict
-
-    def spy(self, *a, **kw):
-        seen.update(kw)
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(MTModel, "predict", spy)
+    seen = _spy_on_predict(monkeypatch)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("data: {max_seq_len: 8}\n" if how in ("file", "removed") else "predict: {batch_size: 4}\n")
     extra = {"dotted": ["--set", "data.max_seq_len=8"], "mapping": ["--set", "data={max_seq_len: 8}"],
