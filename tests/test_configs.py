@@ -48,6 +48,7 @@ def test_kd_v2_config_plans_every_stage(tmp_path, tiny_encoder):
     from conftest import write_glue_fixture
     from mtkd.recipes import pipeline
     from mtkd.recipes.context import RunContext
+    from mtkd.recipes.inputs import prepare_data
 
     glue = write_glue_fixture(tmp_path / "glue")
     qnli = glue / "QNLI" / "partial" / "powerfulpromptft_sample"  # the config's QNLI sample file
@@ -59,11 +60,11 @@ def test_kd_v2_config_plans_every_stage(tmp_path, tiny_encoder):
                  "data.max_seq_len=32"] + [f"tasks.{t}.train_cap=30" for t in ("CoLA", "SST-2", "QQP", "MNLI", "QNLI")]
     out = tmp_path / "out"
     ctx = RunContext(load_config(V2, overrides), out)
-    ctx.prepare_data()
-    ctx.planning = True
+    prepare_data(ctx)
+    ctx.stages.planning = True
     pipeline._stages(ctx, lambda name, fn: fn())
-    assert not ctx.problems
-    planned = {Path(f).relative_to(out.resolve()).as_posix() for f in ctx._models}
+    assert not ctx.stages.problems
+    planned = {Path(f).relative_to(out.resolve()).as_posix() for f in ctx.stages._models}
     assert {"seed-7/mtl/model", "seed-7/distill/mtl/model", "seed-7/distill_unlabeled/mtl/model",
             "seed-7/teach/soft_targets", "seed-7/teach/unlabeled/soft_targets"} <= planned
     assert {f"seed-7/teach/candidate-{i}/mtl/model" for i in range(6)} <= planned

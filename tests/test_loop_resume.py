@@ -34,6 +34,7 @@ from mtkd.errors import CheckpointError, TrainingDiverged
 from mtkd.loop import default_loss, train
 from mtkd.recipes import mtl
 from mtkd.recipes.context import RunContext
+from mtkd.recipes.job import Loss, train_stage
 
 HELPER = Path(__file__).parent / "_train_helper.py"
 TASKS = ("SST-2", "STS-B", "MNLI")
@@ -183,7 +184,7 @@ def test_nan_loss_raises_with_step_and_task_and_keeps_the_last_good_state(setup,
         return loss_fn
 
     with pytest.raises(TrainingDiverged) as e:
-        mtl.run(ctx, out, 0, loss_fn_factory=factory)
+        train_stage(ctx, out, mtl.job(ctx, 0, loss=Loss(factory, None)))
     msg = str(e.value)
     assert "loss is nan at step 7" in msg and f"task {seen[-1]}," in msg
     assert ckpt_steps(out)[-1] == 7

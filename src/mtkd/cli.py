@@ -39,6 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
 
+    _add_training_commands(sub)
+    _add_predict_command(sub)
+    _add_combine_command(sub)
+    _add_serving_commands(sub)
+    _add_inspection_commands(sub)
+    return ap
+
+
+def _add_training_commands(sub) -> None:
+    """run (every stage of a config) and one command per stage: mtl, finetune, evaluate."""
     p = sub.add_parser("run", help="run every stage the config lists (cached: a rerun resumes)")
     _config_args(p)
     p.add_argument("--output-dir", required=True, type=Path)
@@ -62,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score every split whose name starts with PREFIX (default: dev; test: the labelled test "
                         "files, written under \"test\" in metrics.json; unlabelled ones are listed, not scored)")
 
+
+def _add_predict_command(sub) -> None:
+    """predict: new text, an input file, or a config's test sets (a GLUE submission)."""
     p = sub.add_parser("predict", help="predict new text (--text, --input FILE) or write a GLUE submission (CONFIG --output-dir)",
                        description="Three modes: CONFIG --output-dir DIR writes test predictions (and submission.zip "
                                    "when a task is a GLUE task); "
@@ -93,10 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --input: also write class probabilities of classification tasks")
     p.add_argument("--output-dir", type=Path, default=None)
 
+
+def _add_combine_command(sub) -> None:
+    """combine: one results table over the seeds of an experiment."""
     p = sub.add_parser("combine", help="merge experiment results of the same config run with different seeds -> DIR/results.json, .md, charts")
     p.add_argument("results", nargs="+", type=Path, help="results.json files (or the run folders holding them)")
     p.add_argument("--output-dir", required=True, type=Path)
 
+
+def _add_serving_commands(sub) -> None:
+    """export (one ONNX graph) and serve (HTTP JSON API)."""
     p = sub.add_parser("export", help="one ONNX graph for the encoder and every head (+ tokenizer, task specs) -> DIR",
                        description="Export a model folder to ONNX: DIR/model.onnx (inputs input_ids, attention_mask "
                                    "[, token_type_ids]; one output per task), the tokenizer and mtkd_export.json "
@@ -134,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MB (default 16; more: 413)")
     p.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
 
+
+def _add_inspection_commands(sub) -> None:
+    """tasks (the task definitions) and check-config (what run checks before training)."""
     p = sub.add_parser("tasks", help="print task definitions: the built-in GLUE tasks (and those of --tasks-file), resolved")
     p.add_argument("names", nargs="*", metavar="NAME", help="print only these tasks")
     p.add_argument("--tasks-file", type=Path, default=None,
@@ -150,7 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--data", action="store_true",
                    help="also read every row of every split, as run does when it tokenises (no tokenising)")
-    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,7 +236,7 @@ def _dispatch(args) -> int:
     if args.command == "export":
         return _export(args)
     if args.command == "combine":
-        from mtkd.recipes.distill import combine
+        from mtkd.report import combine
 
         res = combine(args.results, args.output_dir)
         print(f"wrote {args.output_dir / 'results.json'} (seeds {res['seeds']})")
@@ -225,14 +246,15 @@ def _dispatch(args) -> int:
         return _check_config(args, cfg)
     from mtkd.recipes import evaluate, finetune, mtl, pipeline, predict
     from mtkd.recipes.context import RunContext
+    from mtkd.recipes.inputs import prepare_data
 
     if args.command == "run":
         pipeline.run(cfg, args.output_dir)
         return 0
     ctx = RunContext(cfg, args.output_dir)
     # every rank at the same point: rank 0 tokenises what the command reads, the others wait
-    ctx.prepare_data({"mtl": ("train",), "finetune": ("train",), "predict": ("test",)}.get(args.command)
-                     or (evaluate.split_prefix(ctx, args.split),))
+    prepare_data(ctx, {"mtl": ("train",), "finetune": ("train",), "predict": ("test",)}.get(args.command)
+                 or (evaluate.split_prefix(ctx, args.split),))
     seed = cfg.seeds[0] if getattr(args, "seed", None) is None else args.seed
     if args.command == "mtl":
         print(json.dumps(mtl.run(ctx, ctx.out_dir, seed), indent=2))
@@ -311,9 +333,10 @@ def _check_config(args, cfg) -> int:
 
     from mtkd.config import to_dict
     from mtkd.recipes.context import RunContext
+    from mtkd.recipes.inputs import check_inputs
 
     ctx = RunContext(cfg, Path("."))
-    notes = ctx.check_inputs(rows=args.data)
+    notes = check_inputs(ctx, rows=args.data)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     for note in notes:
         print(f"note: {note}: predict skips it with a warning (a GLUE leaderboard entry is also listed "

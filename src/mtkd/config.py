@@ -276,18 +276,24 @@ def given_keys(raw: dict, prefix: str = "") -> frozenset[str]:
     return frozenset(keys)
 
 
+def read_yaml_mapping(path: Path, what: str, mapping: str) -> dict:
+    """A user's YAML file (a config, a tasks_file) that must hold a mapping; {} when empty. Errors
+    name the file: missing ("<what> '<path>' does not exist"), invalid YAML, not a mapping."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected {mapping}")
+    return raw
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     raw: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
+        raw = read_yaml_mapping(Path(path), "config file", "a mapping at the top level")
     for item in overrides:
         apply_override(raw, item)
     cfg = from_dict(RunConfig, raw, where=str(path or "config"))

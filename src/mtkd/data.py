@@ -227,74 +227,101 @@ def read_split(spec: TaskSpec, split: str, root: str | Path | None = None, head_
     fields = spec.fields_for(split)
     if split.startswith("test") and "label" in fields and not _has_column(text, src, fields["label"]):
         del fields["label"]  # test files carry no labels: the label column may be absent
-    id_col, a_col, b_col, y_col = (fields.get(k) for k in ("id", "text_a", "text_b", "label"))
-    out = RawSplit(path, [], [], [] if b_col else None, [] if y_col else None, fingerprint=hashlib.sha256(data).hexdigest())
-    seen: dict[str, Any] = {}
-    empty: list = []  # lines of a test file whose label is empty
-
-    def add(line, record_id, row: dict):
-        def get(col, role):
-            if col not in row or row[col] is None:
-                raise DataError(path, f"missing field for {role}", line=line, field=col)
-            return row[col]
-
-        ex_id = str(get(id_col, "id")).strip() if id_col else (record_id if record_id is not None else str(len(out.ids)))
-        if ex_id in seen:
-            raise DataError(path, f"duplicate example id {ex_id!r} (first seen at line {seen[ex_id]})", line=line, field=id_col or "id")
-        seen[ex_id] = line
-        a = str(get(a_col, "text_a"))
-        if not a.strip():
-            raise DataError(path, "empty text", line=line, field=a_col)
-        out.ids.append(ex_id)
-        out.text_a.append(a)
-        if b_col:
-            b = str(get(b_col, "text_b"))
-            if not b.strip():
-                raise DataError(path, "empty text", line=line, field=b_col)
-            out.text_b.append(b)
-        if y_col:
-            test = split.startswith("test")
-            value = "" if test and row.get(y_col) is None else str(get(y_col, "label")).strip()
-            if not value and test:  # a test file's label column may be left empty (or null)
-                empty.append(line)
-                out.labels.append(None)
-            else:
-                out.labels.append(_parse_label(spec, value, path, line, y_col))
-
+    rows = _SplitRows(spec, split, path, fields, fingerprint=hashlib.sha256(data).hexdigest())
     if src.format in (FileFormat.TSV, FileFormat.CSV):
-        rows = _rows_delimited(path, text, src.format, src.columns)
-        _, header = next(rows)
-        for role, col in fields.items():
-            if col not in header:
-                what = f"header has no column {col!r}" if src.columns is None else f"columns have no {col!r}"
-                raise DataError(path, f"{what} for {role} (task {spec.name}){did_you_mean(col, header)}; "
-                                      f"{'header is' if src.columns is None else 'the split names columns'} {header}",
-                                line=None if src.columns else 1, field=col)
-        for line, values in rows:
-            if head_only and out.ids:
-                break
-            if len(values) != len(header):
-                reason = f"expected {len(header)} fields {header}, found {len(values)}"
-                if src.skip_malformed:
-                    out.skipped.append((line, reason))
-                    continue
-                raise DataError(path, reason, line=line)
-            add(line, None, dict(zip(header, values)))
+        _add_delimited(rows, text, src, head_only)
     else:
         for line, record_id, row in _rows_json(path, text, src.format):
-            add(line, record_id, row)
+            rows.add(line, record_id, row)
             if head_only:
                 break
-    if not out.ids and complete:
-        raise DataError(path, "file has no data rows")
-    if empty and len(empty) == len(out.ids):
-        out.labels = None  # an empty label column: an unlabelled test file
-    elif empty:
-        raise DataError(path, f"empty label on {len(empty)} of {len(out.ids)} rows (a test file is labelled on "
-                              f"every row or on none)", line=empty[0], field=y_col)
-    if out.skipped and not head_only:
-        log.warning("%s: skipped %d malformed rows (lines %s)", path, len(out.skipped), [s[0] for s in out.skipped][:20])
-    return out
+    return rows.finish(complete, head_only)
+
+
+class _SplitRows:
+    """read_split's checks row by row while the split is collected: ids unique (a row without an id
+    column gets its record key or its position), texts not empty, labels parsed; a test file's label
+    may be empty, but then on every row (an unlabelled test file) or on none."""
+
+    def __init__(self, spec: TaskSpec, split: str, path: Path, fields: dict[str, str], fingerprint: str):
+        self.spec, self.path, self.fields = spec, path, fields
+        self.is_test = split.startswith("test")
+        self.id_col, self.a_col, self.b_col, self.y_col = (fields.get(k) for k in ("id", "text_a", "text_b", "label"))
+        self.out = RawSplit(path, [], [], [] if self.b_col else None, [] if self.y_col else None, fingerprint=fingerprint)
+        self.first_seen: dict[str, Any] = {}  # example id -> the line it is on
+        self.empty_labels: list = []  # lines of a test file whose label is empty
+
+    def _get(self, row: dict, col: str, role: str, line):
+        if col not in row or row[col] is None:
+            raise DataError(self.path, f"missing field for {role}", line=line, field=col)
+        return row[col]
+
+    def _text(self, row: dict, col: str, role: str, line) -> str:
+        text = str(self._get(row, col, role, line))
+        if not text.strip():
+            raise DataError(self.path, "empty text", line=line, field=col)
+        return text
+
+    def add(self, line, record_id, row: dict) -> None:
+        out, path = self.out, self.path
+        if self.id_col:
+            ex_id = str(self._get(row, self.id_col, "id", line)).strip()
+        else:
+            ex_id = record_id if record_id is not None else str(len(out.ids))
+        if ex_id in self.first_seen:
+            raise DataError(path, f"duplicate example id {ex_id!r} (first seen at line {self.first_seen[ex_id]})",
+                            line=line, field=self.id_col or "id")
+        self.first_seen[ex_id] = line
+        a = self._text(row, self.a_col, "text_a", line)
+        out.ids.append(ex_id)
+        out.text_a.append(a)
+        if self.b_col:
+            out.text_b.append(self._text(row, self.b_col, "text_b", line))
+        if self.y_col:
+            y_col = self.y_col
+            value = "" if self.is_test and row.get(y_col) is None else str(self._get(row, y_col, "label", line)).strip()
+            if not value and self.is_test:  # a test file's label column may be left empty (or null)
+                self.empty_labels.append(line)
+                out.labels.append(None)
+            else:
+                out.labels.append(_parse_label(self.spec, value, path, line, y_col))
+
+    def finish(self, complete: bool, head_only: bool) -> RawSplit:
+        out, path, empty = self.out, self.path, self.empty_labels
+        if not out.ids and complete:
+            raise DataError(path, "file has no data rows")
+        if empty and len(empty) == len(out.ids):
+            out.labels = None  # an empty label column: an unlabelled test file
+        elif empty:
+            raise DataError(path, f"empty label on {len(empty)} of {len(out.ids)} rows (a test file is labelled on "
+                                  f"every row or on none)", line=empty[0], field=self.y_col)
+        if out.skipped and not head_only:
+            log.warning("%s: skipped %d malformed rows (lines %s)", path, len(out.skipped), [s[0] for s in out.skipped][:20])
+        return out
+
+
+def _add_delimited(rows: _SplitRows, text: str, src, head_only: bool) -> None:
+    """A TSV/CSV file's rows into `rows`: the header (or the split's `columns`) must name every mapped
+    column; a row with another number of fields is an error, or skipped with `skip_malformed`."""
+    path, out = rows.path, rows.out
+    records = _rows_delimited(path, text, src.format, src.columns)
+    _, header = next(records)
+    for role, col in rows.fields.items():
+        if col not in header:
+            what = f"header has no column {col!r}" if src.columns is None else f"columns have no {col!r}"
+            raise DataError(path, f"{what} for {role} (task {rows.spec.name}){did_you_mean(col, header)}; "
+                                  f"{'header is' if src.columns is None else 'the split names columns'} {header}",
+                            line=None if src.columns else 1, field=col)
+    for line, values in records:
+        if head_only and out.ids:
+            break
+        if len(values) != len(header):
+            reason = f"expected {len(header)} fields {header}, found {len(values)}"
+            if src.skip_malformed:
+                out.skipped.append((line, reason))
+                continue
+            raise DataError(path, reason, line=line)
+        rows.add(line, None, dict(zip(header, values)))
 
 
 def _has_column(text: str, src, column: str) -> bool:

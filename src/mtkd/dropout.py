@@ -1,9 +1,9 @@
 """Dropout that is cheap on CPU: the same regularisation, masks from 16-bit random numbers.
 
-Why: on this CPU, a training step of the default encoder spent ~40 % of its forward pass in
-`aten::bernoulli_` (benchmarks/profile_step.py): PyTorch draws one random number per element and
-builds a float mask. Here one 64-bit draw gives four 16-bit numbers, each kept when it is at or
-above p * 65536, and the mask stays boolean (`torch.where`); attention-probability dropout folds
+Why: PyTorch's dropout draws one random number per element and builds a float mask, a large share
+of a CPU training step (measured in benchmarks/README.md, "Measurements behind the code"). Here one
+64-bit draw gives four 16-bit numbers, each kept when it is at or above p * 65536, and the mask
+stays boolean (`torch.where`); attention-probability dropout folds
 its 1/(1-p) scale into the much smaller attention output. The drop rate is p rounded to 1/65536
 and the scale is exact for that rate, so the expectation is unchanged. The masks come from
 PyTorch's default generator: seeding, checkpointed RNG states and exact resume work as before.

@@ -36,6 +36,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -94,6 +95,36 @@ def _require_export_stack(exporter: str):
                           f"{INSTALL_HINT} ({e})") from None
 
 
+def _first_line(e: Exception) -> str:
+    """An exception's first message line (ONNX Runtime's and the exporters' run on for pages), else its type."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _read_export_meta(folder: Path) -> tuple[dict, dict[str, TaskSpec]]:
+    """An export folder's mtkd_export.json, checked (format, version, tasks, outputs), and its tasks."""
+    meta_path = folder / EXPORT_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(f"{folder}: not an mtkd ONNX export (no {EXPORT_FILE}; "
+                              f"`mtkd export MODEL --output-dir DIR` writes one)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{meta_path}: unreadable ({e}); the export is damaged (export again)") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else meta
+        raise CheckpointError(f"{meta_path}: field 'format' is {got!r}, expected {FORMAT!r}")
+    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(f"{meta_path}: format_version {meta.get('format_version')!r}; this mtkd reads "
+                              f"up to {FORMAT_VERSION} (a newer mtkd wrote it)")
+    for key in ("tasks", "outputs"):
+        if not isinstance(meta.get(key), dict) or not meta[key]:
+            raise CheckpointError(f"{meta_path}: field {key!r} is missing; the export is damaged")
+    tasks = {n: task_from_dict(n, d, str(meta_path)) for n, d in meta["tasks"].items()}
+    if set(meta["outputs"]) != set(tasks):
+        raise CheckpointError(f"{meta_path}: 'outputs' names tasks {sorted(meta['outputs'])}, 'tasks' has {sorted(tasks)}")
+    return meta, tasks
+
+
 # ------------------------------------------------------------------------------------- serving
 class OnnxModel:
     """An `mtkd export` folder run by ONNX Runtime: `.tasks` ({name: TaskSpec}), `.tokenizer` (fast)
@@ -120,41 +151,19 @@ class OnnxModel:
         per physical core). Refuses (CheckpointError, naming the file) a folder without
         mtkd_export.json, another format, a missing or changed graph, unreadable tokenizer files."""
         folder = Path(folder)
-        meta_path, graph = folder / EXPORT_FILE, folder / GRAPH_FILE
-        if not meta_path.is_file():
-            raise CheckpointError(f"{folder}: not an mtkd ONNX export (no {EXPORT_FILE}; "
-                                  f"`mtkd export MODEL --output-dir DIR` writes one)")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{meta_path}: unreadable ({e}); the export is damaged (export again)") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            got = meta.get("format") if isinstance(meta, dict) else meta
-            raise CheckpointError(f"{meta_path}: field 'format' is {got!r}, expected {FORMAT!r}")
-        if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
-            raise CheckpointError(f"{meta_path}: format_version {meta.get('format_version')!r}; this mtkd reads "
-                                  f"up to {FORMAT_VERSION} (a newer mtkd wrote it)")
-        for key in ("tasks", "outputs"):
-            if not isinstance(meta.get(key), dict) or not meta[key]:
-                raise CheckpointError(f"{meta_path}: field {key!r} is missing; the export is damaged")
-        tasks = {n: task_from_dict(n, d, str(meta_path)) for n, d in meta["tasks"].items()}
-        if set(meta["outputs"]) != set(tasks):
-            raise CheckpointError(f"{meta_path}: 'outputs' names tasks {sorted(meta['outputs'])}, 'tasks' has {sorted(tasks)}")
+        meta, tasks = _read_export_meta(folder)
+        graph = folder / GRAPH_FILE
         if not graph.is_file():
             raise CheckpointError(f"{graph}: missing; the export is damaged (export again)")
         want = (meta.get("graph") or {}).get("size")
         if want is not None and graph.stat().st_size != want:
             raise CheckpointError(f"{graph}: {graph.stat().st_size} bytes, {want} were written (truncated or "
                                   f"overwritten); export again")
-        ort = require_onnxruntime()
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
+        require_onnxruntime()  # its absence is a ConfigError (how to install), not a damaged export
         try:
-            session = ort.InferenceSession(str(graph), options, providers=list(providers or ["CPUExecutionProvider"]))
+            session = _session(graph, threads, providers)
         except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise CheckpointError(f"{graph}: ONNX Runtime cannot load it ({first})") from None
+            raise CheckpointError(f"{graph}: ONNX Runtime cannot load it ({_first_line(e)})") from None
         names = {o.name for o in session.get_outputs()}
         missing = sorted(set(meta["outputs"].values()) - names)
         if missing:
@@ -165,8 +174,7 @@ class OnnxModel:
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
         except Exception as e:  # OSError, ValueError, or the tokenizers library's bare Exception
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise CheckpointError(f"{folder}: the tokenizer files are missing or unreadable ({first})") from None
+            raise CheckpointError(f"{folder}: the tokenizer files are missing or unreadable ({_first_line(e)})") from None
         return cls(folder, session, tokenizer, meta, tasks)
 
     def run_batch(self, names: Sequence[str], ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None = None
@@ -285,23 +293,13 @@ def _check_batches(rows, types, pad_id: int) -> list[tuple]:
     return [inference.pad_batch(rows, types, sel, pad_id) for sel in sels]
 
 
-def _torch_outputs(wrapper, batch, use_types: bool) -> list[np.ndarray]:
-    import torch
-
-    ids, mask, tt = batch
-    args = [torch.from_numpy(ids), torch.from_numpy(mask)]
-    if use_types:
-        args.append(torch.from_numpy(tt if tt is not None else np.zeros_like(ids)))
-    with torch.inference_mode():
-        return [o.float().numpy() for o in wrapper(*args)]
-
-
-def _session(path: Path, threads: int | None = None):
+def _session(path: Path, threads: int | None = None, providers: Sequence[str] | None = None):
+    """An ONNX Runtime session on `path` (default: the CPU provider, ONNX Runtime's own thread count)."""
     ort = require_onnxruntime()
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = int(threads)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
 
 
 def _feed(batch, input_names):
@@ -345,10 +343,9 @@ def _export_graph(wrapper, example, input_names: list[str], heads: list[str], pa
                                   dynamic_axes={**axes, **{h: {0: "batch"} for h in heads}},
                                   opset_version=opset, dynamo=False, do_constant_folding=True)
     except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
         log.debug("exporter output:\n%s", sink.getvalue())
-        raise ExportError(f"the {exporter} exporter failed on this encoder ({type(e).__name__}: {first}); "
-                          f"try --exporter {'dynamo' if exporter == 'torchscript' else 'torchscript'}") from None
+        raise ExportError(f"the {exporter} exporter failed on this encoder ({type(e).__name__}: {_first_line(e)}); "
+                          f"try --exporter {_other_exporter(exporter)}") from None
     log.debug("exporter output:\n%s", sink.getvalue())
 
 
@@ -405,9 +402,8 @@ def _quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic int8 (INT8_SETTINGS): the weights of MatMul and fused Attention int8 per output
     channel, activations quantized per batch at run time; embeddings and the heads stay fp32.
     Weights use 7 bits of range (reduce_range): on CPUs without VNNI (AVX2 only) ONNX Runtime's
-    u8 x s8 kernels add pairs of products in 16 bits, which 8-bit weights can overflow; measured on
-    the demo model it halves the dev metric loss (STS-B -1.26 -> -0.48 points, SST-2 -0.80 -> -0.57)
-    at the same speed, and per-tensor weights lost far more (STS-B -19 points)."""
+    u8 x s8 kernels add pairs of products in 16 bits, which 8-bit weights can overflow (the measured
+    dev metric losses of each setting: benchmarks/README.md, "Measurements behind the code")."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -546,8 +542,175 @@ def _checked_diff(graph: Path, reference, batches, heads, what: str) -> float:
     except ExportError:
         raise
     except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ExportError(f"{what} ({graph.name}) does not run in ONNX Runtime: {first}") from None
+        raise ExportError(f"{what} ({graph.name}) does not run in ONNX Runtime: {_first_line(e)}") from None
+
+
+def _other_exporter(exporter: str) -> str:
+    return "dynamo" if exporter == "torchscript" else "torchscript"
+
+
+def _graph_opset(exporter: str, opset: int) -> int:
+    """The opset the graph is written in: the dynamo exporter writes 18 or later."""
+    return opset if exporter == "torchscript" else max(opset, 18)
+
+
+def _check_export_args(quantize: str | None, exporter: str, dev_cap: int | None) -> None:
+    if quantize not in (None, *QUANTIZATIONS):
+        raise ConfigError(f"--quantize {quantize!r}: expected one of {list(QUANTIZATIONS)}")
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"--exporter {exporter!r}: expected one of {list(EXPORTERS)}")
+    if dev_cap is not None and dev_cap < 1:
+        raise ConfigError(f"--dev-cap must be >= 1, got {dev_cap}")
+    _require_export_stack(exporter)
+
+
+@dataclass
+class _ExportCheck:
+    """What the export is checked on: the examples (and where they came from), their token rows, the
+    padded batches (with token types where the graph takes them) and PyTorch's outputs on each batch
+    in the graph's output layout."""
+
+    examples: list
+    source: str
+    rows: list
+    batches: list[tuple]
+    reference: list[list[np.ndarray]]
+
+    def diff(self, graph: Path, heads: list[str], what: str) -> float:
+        return _checked_diff(graph, self.reference, self.batches, heads, what)
+
+
+def _prepare_check(model, root: Path, limit: int | None, heads: list[str]) -> _ExportCheck:
+    """The check's examples, cut at the longest trained length (at most the encoder's positions),
+    batched as _check_batches does, and PyTorch's outputs on them (_reference_outputs)."""
+    examples, source = _verification_examples(model, root)
+    cut = max(inference.train_max_len(s) for s in model.tasks.values())
+    cut = min(cut, limit or cut)
+    rows, types = _encode_examples(model.tokenizer, examples, cut)
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    batches = _check_batches(rows, types, pad_id)
+    if model.use_token_types:
+        batches = [(i, m, t if t is not None else np.zeros_like(i)) for i, m, t in batches]
+    return _ExportCheck(examples, source, rows, batches, _reference_outputs(model, heads, batches))
+
+
+def _reference_outputs(model, heads: list[str], batches) -> list[list[np.ndarray]]:
+    """PyTorch's outputs on each batch, computed as predict computes them (pytorch_run_batch, the
+    same runner the int8 comparison times), laid out as the graph's: per head, in head order, (B, C)
+    logits or the (B,) score of a one-output head. Every head is named after its own task."""
+    run = pytorch_run_batch(model)
+    out = []
+    for ids, mask, types in batches:
+        got = run(heads, ids, mask, types)
+        out.append([got[h] if model.heads[h].kind == HeadKind.CLASSIFICATION else got[h][:, 0] for h in heads])
+    return out
+
+
+def _plain_and_fused(model, check: _ExportCheck, input_names: list[str], heads: list[str], tmp: Path,
+                     exporter: str, opset: int, atol: float, optimize: bool, echo) -> tuple[Path, float, dict | None]:
+    """Export the plain graph and, with `optimize`, try ONNX Runtime's fusions on it: (the graph that
+    goes on, its max abs diff from PyTorch, the fused operators' counts or None). The fused graph is
+    kept only when it runs and stays within `atol`; the plain graph's diff is not judged here."""
+    config, plain = model.encoder.config, tmp / "plain.onnx"
+    # traced on the one padded batch of every example (varied lengths: the mask is in the graph), with
+    # eager attention where the encoder has it: the pattern ONNX Runtime fuses (the same numbers as SDPA)
+    attn = getattr(config, "_attn_implementation", None)
+    eager = optimize and attn not in (None, "eager") and _set_attention(model, "eager")
+    try:
+        _export_graph(_wrapper(model, heads), check.batches[0][:len(input_names)], input_names, heads, plain,
+                      exporter, opset)
+    finally:
+        if eager:
+            _set_attention(model, attn)
+    diff = check.diff(plain, heads, "the exported graph")
+    if not optimize:
+        return plain, diff, None
+    fused_path = tmp / "fused.onnx"
+    fused = _fuse(plain, fused_path, config)
+    if fused is None:
+        return plain, diff, None
+    try:
+        fused_diff = check.diff(fused_path, heads, "the fused graph")
+    except ExportError as e:  # the optimizer's graph is optional: keep the plain one
+        echo(f"{e}: keeping the plain graph")
+        return plain, diff, None
+    if fused_diff <= atol:
+        return fused_path, fused_diff, fused
+    echo(f"fused graph differs from PyTorch by {fused_diff:.2e} (> {atol:g}): keeping the plain graph")
+    return plain, diff, None
+
+
+def _fp32_graph(model, check: _ExportCheck, input_names: list[str], heads: list[str], tmp: Path, exporter: str,
+                opset: int, atol: float, optimize: bool, echo) -> tuple[Path, dict, dict | None]:
+    """The fp32 graph (_plain_and_fused) and its check: (the graph, the check record of
+    mtkd_export.json, the fused operators' counts or None); ExportError past `atol`."""
+    graph, diff, fused = _plain_and_fused(model, check, input_names, heads, tmp, exporter, opset, atol, optimize, echo)
+    n_ex, rows, where = len(check.examples), check.rows, check.source
+    echo(f"check: ONNX Runtime fp32 vs PyTorch on {n_ex} {where} ({len(check.batches)} batches, lengths "
+         f"{min(map(len, rows))}-{max(map(len, rows))} tokens): max abs diff {diff:.2e} (allowed {atol:g})")
+    if not diff <= atol:
+        raise ExportError(f"the exported graph's outputs differ from PyTorch's by {diff:.3g} (more than {atol:g}) "
+                          f"on {n_ex} {where}; nothing was written (try --exporter {_other_exporter(exporter)})")
+    return graph, {"max_abs_diff_fp32": diff, "atol": atol, "examples": n_ex, "source": where,
+                   "batches": len(check.batches)}, fused
+
+
+def _export_meta(model, model_folder: Path, quantize: str | None, input_names: list[str], heads: list[str],
+                 exporter: str, opset: int, fused: dict | None, check_record: dict, limit: int | None) -> dict:
+    """mtkd_export.json's fields known once the graph is checked (the graph's digest, the int8
+    report and the seconds are added after)."""
+    from mtkd.model import weights_sha256
+
+    config = model.encoder.config
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "encoder_name": model.encoder_name,
+        "encoder_type": config.model_type,
+        "source": {"model": str(model_folder.resolve()), "weights_sha256": weights_sha256(model_folder)},
+        "quantization": quantize, "quantization_settings": INT8_SETTINGS if quantize == "int8" else None,
+        "inputs": input_names,
+        "outputs": {t: s.head_name for t, s in model.tasks.items()},
+        "output_shapes": {h: ["batch", model.heads[h].out.out_features] if model.heads[h].kind == HeadKind.CLASSIFICATION
+                          else ["batch"] for h in heads},
+        "tasks": {n: s.to_dict() for n, s in model.tasks.items()},
+        "use_token_types": bool(model.use_token_types), "max_positions": limit,
+        "padding": "right: attention_mask 1 on the tokens, then 0 (the fused attention reads lengths from it)",
+        "exporter": exporter, "opset": _graph_opset(exporter, opset),
+        "fused": fused or {},
+        "check": check_record,
+        "versions": _versions(),
+    }
+
+
+def _final_graph(graph: Path, final: Path, quantize: str | None, check: _ExportCheck, heads: list[str], echo
+                 ) -> float | None:
+    """The checked fp32 graph becomes `final`, quantized to int8 when asked (then checked too: its max
+    abs diff from PyTorch is returned, recorded, not judged); the intermediate graphs are removed."""
+    int8_diff = None
+    if quantize == "int8":
+        echo("quantizing to int8 (dynamic: MatMul/Attention weights int8 per channel, activations per batch)")
+        _quantize_int8(graph, final)
+        int8_diff = check.diff(final, heads, "the int8 graph")
+    else:
+        graph.rename(final)
+    for f in (final.parent / "plain.onnx", final.parent / "fused.onnx"):
+        f.unlink(missing_ok=True)
+    return int8_diff
+
+
+def _int8_report(model, folder: Path, root: Path, dev_cap: int | None, check: _ExportCheck, echo) -> dict:
+    """_compare_int8 of PyTorch fp32 and the int8 export in `folder`, each line of it echoed."""
+    dev = dev_sets(model.tasks, root, dev_cap)
+    report = _compare_int8(model, OnnxModel.from_pretrained(folder), dev, [t for t, _ in check.examples] * 8)
+    for name, r in report["dev"].items():
+        before, after = r["pytorch_fp32"], r["onnx"]
+        cells = ", ".join(f"{m} {before[m]:.2f} -> {after[m]:.2f} ({after[m] - before[m]:+.2f})" for m in before)
+        echo(f"dev {name} ({r['examples']} of {r['of']} examples): {cells}")
+    if not dev:
+        echo(f"no labelled dev files found under {root} (set --data-root): dev metrics not measured")
+    speed = report["speed"]
+    echo(f"speed on the {'dev texts' if dev else 'built-in sentences'}: int8 ONNX {speed['onnx_examples_per_s']:.1f} "
+         f"examples/s, PyTorch fp32 {speed['pytorch_fp32_examples_per_s']:.1f} examples/s: {speed['ratio']:.2f}x")
+    return report
 
 
 def export_onnx(model_folder: str | Path, out_dir: str | Path, quantize: str | None = None,
@@ -567,123 +730,39 @@ def export_onnx(model_folder: str | Path, out_dir: str | Path, quantize: str | N
     Raises the model loader's CheckpointError for a damaged folder, ConfigError for bad arguments
     or a missing onnx/onnxruntime, ExportError when the exporter fails or the graph does not match
     PyTorch within `atol`; nothing is left in `out_dir` then."""
+    from mtkd.checkpoint import file_digest
     from mtkd.data import resolve_data_root
-    from mtkd.model import MTModel, max_positions, weights_sha256
+    from mtkd.model import MTModel, max_positions
 
-    if quantize not in (None, *QUANTIZATIONS):
-        raise ConfigError(f"--quantize {quantize!r}: expected one of {list(QUANTIZATIONS)}")
-    if exporter not in EXPORTERS:
-        raise ConfigError(f"--exporter {exporter!r}: expected one of {list(EXPORTERS)}")
-    if dev_cap is not None and dev_cap < 1:
-        raise ConfigError(f"--dev-cap must be >= 1, got {dev_cap}")
-    _require_export_stack(exporter)
+    _check_export_args(quantize, exporter, dev_cap)
     model_folder, out_dir = Path(model_folder), Path(out_dir)
     _prepare_out_dir(out_dir, model_folder)
-    model = MTModel.from_pretrained(model_folder)  # a damaged folder: the loader's own error
-    model.eval()
+    model = MTModel.from_pretrained(model_folder).eval()  # a damaged folder: the loader's own error
     root = resolve_data_root(data_root)
-    config = model.encoder.config
-    limit = max_positions(config)
+    limit = max_positions(model.encoder.config)
     heads = _head_outputs(model)
     input_names = ["input_ids", "attention_mask"] + (["token_type_ids"] if model.use_token_types else [])
     t_start = time.perf_counter()
-
-    # the check's batches and PyTorch's answers on them
-    examples, where = _verification_examples(model, root)
-    cut = max(inference.train_max_len(s) for s in model.tasks.values())
-    cut = min(cut, limit or cut)
-    rows, types = _encode_examples(model.tokenizer, examples, cut)
-    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    batches = _check_batches(rows, types, pad_id)
-    if model.use_token_types:
-        batches = [(i, m, t if t is not None else np.zeros_like(i)) for i, m, t in batches]
-    wrapper = _wrapper(model, heads)
-    reference = [_torch_outputs(wrapper, b, model.use_token_types) for b in batches]  # as predict runs it
+    check = _prepare_check(model, root, limit, heads)  # the check's batches and PyTorch's answers on them
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        plain = tmp / "plain.onnx"
-        echo(f"exporting {model_folder} ({config.model_type}, {len(heads)} heads: {', '.join(heads)}) "
-             f"with the {exporter} exporter, opset {opset if exporter == 'torchscript' else max(opset, 18)}")
-        # traced on the one padded batch of every example (varied lengths: the mask is in the graph), with
-        # eager attention where the encoder has it: the pattern ONNX Runtime fuses (the same numbers as SDPA)
-        attn = getattr(config, "_attn_implementation", None)
-        eager = optimize and attn not in (None, "eager") and _set_attention(model, "eager")
-        try:
-            _export_graph(wrapper, batches[0][:len(input_names)], input_names, heads, plain, exporter, opset)
-        finally:
-            if eager:
-                _set_attention(model, attn)
-        diff = _checked_diff(plain, reference, batches, heads, "the exported graph")
-        graph, fused = plain, None
-        if optimize:
-            fused_path = tmp / "fused.onnx"
-            fused = _fuse(plain, fused_path, config)
-            if fused is not None:
-                try:
-                    fdiff = _checked_diff(fused_path, reference, batches, heads, "the fused graph")
-                except ExportError as e:  # the optimizer's graph is optional: keep the plain one
-                    echo(f"{e}: keeping the plain graph")
-                    fused = None
-                else:
-                    if fdiff <= atol:
-                        graph, diff = fused_path, fdiff
-                    else:
-                        echo(f"fused graph differs from PyTorch by {fdiff:.2e} (> {atol:g}): keeping the plain graph")
-                        fused = None
-        n_ex = len(examples)
-        echo(f"check: ONNX Runtime fp32 vs PyTorch on {n_ex} {where} ({len(batches)} batches, lengths "
-             f"{min(map(len, rows))}-{max(map(len, rows))} tokens): max abs diff {diff:.2e} (allowed {atol:g})")
-        if not diff <= atol:
-            raise ExportError(f"the exported graph's outputs differ from PyTorch's by {diff:.3g} (more than {atol:g}) "
-                              f"on {n_ex} {where}; nothing was written (try --exporter "
-                              f"{'dynamo' if exporter == 'torchscript' else 'torchscript'})")
-        meta = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "encoder_name": model.encoder_name,
-            "encoder_type": config.model_type,
-            "source": {"model": str(model_folder.resolve()), "weights_sha256": weights_sha256(model_folder)},
-            "quantization": quantize, "quantization_settings": INT8_SETTINGS if quantize == "int8" else None,
-            "inputs": input_names,
-            "outputs": {t: s.head_name for t, s in model.tasks.items()},
-            "output_shapes": {h: ["batch", model.heads[h].out.out_features] if model.heads[h].kind == HeadKind.CLASSIFICATION
-                              else ["batch"] for h in heads},
-            "tasks": {n: s.to_dict() for n, s in model.tasks.items()},
-            "use_token_types": bool(model.use_token_types), "max_positions": limit,
-            "padding": "right: attention_mask 1 on the tokens, then 0 (the fused attention reads lengths from it)",
-            "exporter": exporter, "opset": opset if exporter == "torchscript" else max(opset, 18),
-            "fused": fused or {},
-            "check": {"max_abs_diff_fp32": diff, "atol": atol, "examples": n_ex, "source": where,
-                      "batches": len(batches)},
-            "versions": _versions(),
-        }
+        echo(f"exporting {model_folder} ({model.encoder.config.model_type}, {len(heads)} heads: {', '.join(heads)}) "
+             f"with the {exporter} exporter, opset {_graph_opset(exporter, opset)}")
+        graph, check_record, fused = _fp32_graph(model, check, input_names, heads, tmp, exporter, opset, atol,
+                                                 optimize, echo)
+        meta = _export_meta(model, model_folder, quantize, input_names, heads, exporter, opset, fused, check_record,
+                            limit)
         final = tmp / GRAPH_FILE
-        if quantize == "int8":
-            echo("quantizing to int8 (dynamic: MatMul/Attention weights int8 per channel, activations per batch)")
-            _quantize_int8(graph, final)
-            meta["check"]["max_abs_diff_int8"] = _checked_diff(final, reference, batches, heads, "the int8 graph")
-        else:
-            graph.rename(final)
-        for f in (plain, tmp / "fused.onnx"):
-            f.unlink(missing_ok=True)
+        int8_diff = _final_graph(graph, final, quantize, check, heads, echo)
+        if int8_diff is not None:
+            meta["check"]["max_abs_diff_int8"] = int8_diff
         model.tokenizer.save_pretrained(str(tmp))
-        from mtkd.checkpoint import file_digest
-
         meta["graph"] = {"file": GRAPH_FILE, **file_digest(final)}
-        (tmp / EXPORT_FILE).write_text(json.dumps(meta, indent=2))
+        (tmp / EXPORT_FILE).write_text(json.dumps(meta, indent=2))  # OnnxModel reads it for the int8 comparison
         if quantize == "int8" and compare:
-            dev = dev_sets(model.tasks, root, dev_cap)
-            report = _compare_int8(model, OnnxModel.from_pretrained(tmp), dev, [t for t, _ in examples] * 8)
-            meta["int8"] = report
-            for name, r in report["dev"].items():
-                before, after = r["pytorch_fp32"], r["onnx"]
-                cells = ", ".join(f"{m} {before[m]:.2f} -> {after[m]:.2f} ({after[m] - before[m]:+.2f})" for m in before)
-                echo(f"dev {name} ({r['examples']} of {r['of']} examples): {cells}")
-            if not dev:
-                echo(f"no labelled dev files found under {root} (set --data-root): dev metrics not measured")
-            s = report["speed"]
-            echo(f"speed on the {'dev texts' if dev else 'built-in sentences'}: int8 ONNX {s['onnx_examples_per_s']:.1f} "
-                 f"examples/s, PyTorch fp32 {s['pytorch_fp32_examples_per_s']:.1f} examples/s: {s['ratio']:.2f}x")
+            meta["int8"] = _int8_report(model, tmp, root, dev_cap, check, echo)
         meta["seconds"] = round(time.perf_counter() - t_start, 1)
         (tmp / EXPORT_FILE).write_text(json.dumps(meta, indent=2))
         _replace_folder(tmp, out_dir)

@@ -263,40 +263,9 @@ class MTModel(nn.Module):
         `new_heads`, a task the model has no head for gets a freshly initialised one (fine-tuning an
         MTL model on a new task, paper Section 2.1)."""
         folder = Path(folder)
-        cfg_path, weights = folder / "config.json", folder / WEIGHTS_FILE
-        if not cfg_path.is_file() or not weights.is_file():
-            raise CheckpointError(f"{folder}: not an mtkd model folder (needs config.json and model.safetensors)")
-        try:
-            config = json.loads(cfg_path.read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{cfg_path}: unreadable ({e}); the model folder is damaged") from None
-        if not isinstance(config, dict) or config.get("format") != "mtkd":
-            got = config.get("format") if isinstance(config, dict) else config
-            raise CheckpointError(f"{cfg_path}: field 'format' is {got!r}, expected 'mtkd'")
-        for key in ("tasks", "encoder_config"):
-            if not isinstance(config.get(key), dict):
-                raise CheckpointError(f"{cfg_path}: field {key!r} is missing; the model folder is damaged")
-        problem = check_file(weights, config.get("weights"))  # no record (older folders): presence only
-        if problem:
-            raise CheckpointError(f"{weights}: {problem}; the model folder is damaged (copy it again or retrain)")
-        missing = [n for n in config.get("tokenizer_files", []) if not (folder / n).is_file()]
-        if missing:
-            raise CheckpointError(f"{folder}: tokenizer files missing: {', '.join(missing)} (save_pretrained wrote them)")
+        config, cfg_path, weights = _read_model_folder(folder)
         saved = {n: task_from_dict(n, d, str(cfg_path)) for n, d in config["tasks"].items()}
-        if tasks is not None and not isinstance(tasks, dict):
-            unknown = [t for t in tasks if t not in saved]
-            if unknown:
-                raise CheckpointError(f"{folder}: no head for {', '.join(map(repr, unknown))} (it has {sorted(saved)})")
-            tasks = {t: saved[t] for t in tasks}
-        if tasks is not None:
-            check_heads_match(saved, tasks, str(folder), allow_new=new_heads)
-        wanted = tasks if tasks is not None else saved
-        fresh = [n for n, s in wanted.items() if s.head_of is None and n not in saved]
-        left_out = sorted(n for n, s in saved.items() if s.head_of is None and n not in {w.head_name for w in wanted.values()})
-        if fresh:
-            log.info("%s: new heads for %s (the model had none), initialised fresh", folder, ", ".join(fresh))
-        if left_out:
-            log.info("%s: heads not loaded (not asked for): %s", folder, ", ".join(left_out))
+        wanted, fresh, left_out = _heads_to_load(saved, tasks, folder, new_heads)
         enc_cfg = dict(config["encoder_config"])
         try:
             enc_config = AutoConfig.for_model(enc_cfg.pop("model_type", None), **enc_cfg)
@@ -390,6 +359,52 @@ class MTModel(nn.Module):
     def postprocess(self, task: str, logits: np.ndarray, return_probs: bool = False):
         """(N, C) logits of `task` -> what predict returns (mtkd.inference.postprocess)."""
         return inference.postprocess(self.tasks[task], logits, return_probs)
+
+
+def _read_model_folder(folder: Path) -> tuple[dict, Path, Path]:
+    """(config.json's record, its path, the weights' path) of a saved model folder, refused
+    (CheckpointError) when a file is missing, unreadable or does not match what was recorded."""
+    cfg_path, weights = folder / "config.json", folder / WEIGHTS_FILE
+    if not cfg_path.is_file() or not weights.is_file():
+        raise CheckpointError(f"{folder}: not an mtkd model folder (needs config.json and model.safetensors)")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path}: unreadable ({e}); the model folder is damaged") from None
+    if not isinstance(config, dict) or config.get("format") != "mtkd":
+        got = config.get("format") if isinstance(config, dict) else config
+        raise CheckpointError(f"{cfg_path}: field 'format' is {got!r}, expected 'mtkd'")
+    for key in ("tasks", "encoder_config"):
+        if not isinstance(config.get(key), dict):
+            raise CheckpointError(f"{cfg_path}: field {key!r} is missing; the model folder is damaged")
+    problem = check_file(weights, config.get("weights"))  # no record (older folders): presence only
+    if problem:
+        raise CheckpointError(f"{weights}: {problem}; the model folder is damaged (copy it again or retrain)")
+    missing = [n for n in config.get("tokenizer_files", []) if not (folder / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{folder}: tokenizer files missing: {', '.join(missing)} (save_pretrained wrote them)")
+    return config, cfg_path, weights
+
+
+def _heads_to_load(saved: dict[str, TaskSpec], tasks: dict[str, TaskSpec] | Sequence[str] | None, folder: Path,
+                   new_heads: bool) -> tuple[dict[str, TaskSpec], list[str], list[str]]:
+    """(the tasks the loaded model gets, the heads initialised fresh, the saved heads not loaded)
+    for MTModel.from_pretrained's `tasks` and `new_heads`."""
+    if tasks is not None and not isinstance(tasks, dict):
+        unknown = [t for t in tasks if t not in saved]
+        if unknown:
+            raise CheckpointError(f"{folder}: no head for {', '.join(map(repr, unknown))} (it has {sorted(saved)})")
+        tasks = {t: saved[t] for t in tasks}
+    if tasks is not None:
+        check_heads_match(saved, tasks, str(folder), allow_new=new_heads)
+    wanted = tasks if tasks is not None else saved
+    fresh = [n for n, s in wanted.items() if s.head_of is None and n not in saved]
+    left_out = sorted(n for n, s in saved.items() if s.head_of is None and n not in {w.head_name for w in wanted.values()})
+    if fresh:
+        log.info("%s: new heads for %s (the model had none), initialised fresh", folder, ", ".join(fresh))
+    if left_out:
+        log.info("%s: heads not loaded (not asked for): %s", folder, ", ".join(left_out))
+    return wanted, fresh, left_out
 
 
 def check_heads_match(saved: dict[str, TaskSpec], wanted: dict[str, TaskSpec], where: str, allow_new: bool = False) -> None:

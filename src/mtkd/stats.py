@@ -48,7 +48,7 @@ def task_score(spec: TaskSpec, ev: Evaluated, rows: np.ndarray | None = None) ->
 
 def _metrics(spec: TaskSpec, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """`metrics.compute_metrics` (unrounded) from the confusion matrix and numpy correlations: the
-    bootstrap scores every task thousands of times, and sklearn's per-call checks cost ~100x more
+    bootstrap scores every task thousands of times, where sklearn's per-call input checks dominate
     (tests/test_stats.py checks the two agree)."""
     out = {}
     if spec.head == HeadKind.CLASSIFICATION:

@@ -119,7 +119,7 @@ class TaskSpec:
         return [s for s in self.splits if s.startswith(prefix)]
 
     def to_dict(self) -> dict[str, Any]:
-        d = {
+        out = {
             "head": self.head.value,
             "fields": dict(self.fields),
             "labels": list(self.labels),
@@ -130,21 +130,21 @@ class TaskSpec:
         for k in ("head_of", "label_range", "note", "positive_label", "max_seq_len"):
             v = getattr(self, k)
             if v is not None:
-                d[k] = list(v) if isinstance(v, tuple) else v
-        for name, s in self.splits.items():
-            sd: dict[str, Any] = {"path": s.path, "format": s.format.value}
-            if s.columns is not None:
-                sd["columns"] = list(s.columns)
-            if s.fields is not None:
-                sd["fields"] = dict(s.fields)
-            if s.skip_malformed:
-                sd["skip_malformed"] = True
-            if s.report_as is not None:
-                sd["report_as"] = s.report_as
-            if s.max_seq_len is not None:
-                sd["max_seq_len"] = s.max_seq_len
-            d["splits"][name] = sd
-        return d
+                out[k] = list(v) if isinstance(v, tuple) else v
+        for name, src in self.splits.items():
+            split_dict: dict[str, Any] = {"path": src.path, "format": src.format.value}
+            if src.columns is not None:
+                split_dict["columns"] = list(src.columns)
+            if src.fields is not None:
+                split_dict["fields"] = dict(src.fields)
+            if src.skip_malformed:
+                split_dict["skip_malformed"] = True
+            if src.report_as is not None:
+                split_dict["report_as"] = src.report_as
+            if src.max_seq_len is not None:
+                split_dict["max_seq_len"] = src.max_seq_len
+            out["splits"][name] = split_dict
+        return out
 
 
 def _check_keys(d: dict, allowed, where: str) -> None:
@@ -179,7 +179,9 @@ def _max_seq_len(value, where: str) -> int | None:
 
 
 def task_from_dict(name: str, d: dict[str, Any], where: str = "task definition") -> TaskSpec:
-    """Build and validate a TaskSpec from its YAML form (see glue_tasks.yaml)."""
+    """Build and validate a TaskSpec from its YAML form (see glue_tasks.yaml). The checks run in a
+    fixed order (keys, head, fields, labels, metrics, splits, the rest), so one definition with
+    several mistakes is always blamed for the same one."""
     check_name(name, f"{where}: task name")
     where = f"{where}: task {name!r}"
     if not isinstance(d, dict):
@@ -189,11 +191,7 @@ def task_from_dict(name: str, d: dict[str, Any], where: str = "task definition")
         if req not in d:
             raise ConfigError(f"{where}: missing required key {req!r}")
     head = _enum(HeadKind, d["head"], f"{where}, field 'head'")
-    fields = d["fields"]
-    if not isinstance(fields, dict):
-        raise ConfigError(f"{where}, field 'fields': expected a mapping of {FIELD_ROLES} to column names")
-    _check_keys(fields, FIELD_ROLES, f"{where}, field 'fields'")
-    _check_columns(fields, f"{where}, field 'fields'")
+    fields = _fields_mapping(d["fields"], f"{where}, field 'fields'")
     if "text_a" not in fields:
         raise ConfigError(f"{where}, field 'fields': 'text_a' is required")
     labels = tuple(str(x) for x in _list(d.get("labels"), f"{where}, field 'labels'"))
@@ -204,78 +202,12 @@ def task_from_dict(name: str, d: dict[str, Any], where: str = "task definition")
     positive = _positive_label(head, labels, d.get("positive_label"), where)
     if head == HeadKind.RANKING and not labels:
         labels = ("0", "1")
-    metrics = tuple(_list(d.get("metrics"), f"{where}, field 'metrics'"))
-    for m in metrics:
-        if m not in METRICS:
-            raise ConfigError(f"{where}, field 'metrics': unknown metric {m!r}{did_you_mean(m, METRICS)}")
-        fits = m in _REGRESSION_METRICS if head == HeadKind.REGRESSION else m not in _REGRESSION_METRICS
-        if not fits:
-            allowed = [x for x in METRICS if (x in _REGRESSION_METRICS) == (head == HeadKind.REGRESSION)]
-            raise ConfigError(f"{where}, field 'metrics': {m!r} does not score a {head.value} task; use {allowed}")
-        if m == "f1" and head == HeadKind.CLASSIFICATION and len(labels) != 2:
-            raise ConfigError(f"{where}, field 'metrics': f1 scores a task with 2 labels (the second is the positive "
-                              f"class), this one has {len(labels)}")
-    splits: dict[str, SplitSource] = {}
-    raw_splits = d["splits"] or {}
-    if not isinstance(raw_splits, dict):
-        raise ConfigError(f"{where}, field 'splits': expected a mapping split-name -> file")
-    for sname, sd in raw_splits.items():
-        if sd is None:  # removed by an override
-            continue
-        check_name(sname, f"{where}, split name")
-        if not SPLIT_NAME.fullmatch(sname):
-            raise ConfigError(f"{where}, split name {sname!r}: a split is train, dev, dev_<name> (more evaluation "
-                              f"sets) or test, test_<name>{did_you_mean(sname, ('train', 'dev', 'test'))}")
-        swhere = f"{where}, split {sname!r}"
-        if isinstance(sd, str):
-            sd = {"path": sd}
-        if not isinstance(sd, dict):
-            raise ConfigError(f"{swhere}: expected a path or a mapping, got {type(sd).__name__} {sd!r}")
-        _check_keys(sd, _SPLIT_KEYS, swhere)
-        if "path" not in sd:
-            raise ConfigError(f"{swhere}: missing 'path'")
-        if sd.get("report_as") is not None:
-            check_name(sd["report_as"], f"{swhere}, field 'report_as'")
-        fmt = _enum(FileFormat, sd.get("format") or _guess_format(sd["path"]), f"{swhere}, field 'format'")
-        sf = sd.get("fields")
-        if sf is not None:
-            if not isinstance(sf, dict):
-                raise ConfigError(f"{swhere}, field 'fields': expected a mapping of {FIELD_ROLES} to column names")
-            _check_keys(sf, FIELD_ROLES, f"{swhere}, field 'fields'")
-            _check_columns(sf, f"{swhere}, field 'fields'")
-        columns = sd.get("columns")
-        if columns is not None:
-            columns = _list(columns, f"{swhere}, field 'columns'")
-            if fmt not in (FileFormat.TSV, FileFormat.CSV):
-                raise ConfigError(f"{swhere}, field 'columns': only a TSV or CSV file without a header line has "
-                                  f"columns (format is {fmt.value}: JSON records name their fields)")
-            if not columns or not all(isinstance(c, str) and c for c in columns) or len(set(columns)) != len(columns):
-                raise ConfigError(f"{swhere}, field 'columns': expected distinct column names, one per field of "
-                                  f"the header-less file, got {columns!r}")
-        if not isinstance(sd.get("skip_malformed", False), bool):
-            raise ConfigError(f"{swhere}, field 'skip_malformed': expected true or false, got {sd['skip_malformed']!r}")
-        splits[sname] = SplitSource(
-            path=str(sd["path"]),
-            format=fmt,
-            columns=tuple(columns) if columns else None,
-            fields=dict(sf) if sf is not None else None,
-            skip_malformed=bool(sd.get("skip_malformed", False)),
-            report_as=sd.get("report_as"),
-            max_seq_len=_max_seq_len(sd.get("max_seq_len"), swhere),
-        )
-    for prefix in ("dev", "test"):  # results and submission files are keyed by report name
-        seen: dict[str, str] = {}
-        for sname, src in splits.items():
-            if sname.startswith(prefix):
-                report = src.report_as or name
-                if report in seen:
-                    raise ConfigError(f"{where}, field 'splits': splits {seen[report]!r} and {sname!r} both report as "
-                                      f"{report!r}; give one of them another report_as")
-                seen[report] = sname
+    metrics = _metrics(head, labels, d.get("metrics"), f"{where}, field 'metrics'")
+    splits = _splits(d["splits"], name, where)
     dropout = d.get("dropout", 0.1)
     if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ConfigError(f"{where}, field 'dropout': expected a number in [0, 1), got {dropout!r}")
-    lr = _label_range(head, d.get("label_range"), f"{where}, field 'label_range'")
+    label_range = _label_range(head, d.get("label_range"), f"{where}, field 'label_range'")
     for key in ("note", "head_of"):
         if d.get(key) is not None and not isinstance(d[key], str):
             raise ConfigError(f"{where}, field {key!r}: expected a string, got {type(d[key]).__name__} {d[key]!r}")
@@ -290,10 +222,99 @@ def task_from_dict(name: str, d: dict[str, Any], where: str = "task definition")
         metrics=metrics,
         dropout=float(dropout),
         head_of=d.get("head_of"),
-        label_range=lr,
+        label_range=label_range,
         note=d.get("note"),
         positive_label=positive,
         max_seq_len=_max_seq_len(d.get("max_seq_len"), where),
+    )
+
+
+def _fields_mapping(fields, where: str) -> dict:
+    """A task's or split's `fields`: a mapping of field roles to column names."""
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{where}: expected a mapping of {FIELD_ROLES} to column names")
+    _check_keys(fields, FIELD_ROLES, where)
+    _check_columns(fields, where)
+    return fields
+
+
+def _metrics(head: HeadKind, labels: tuple[str, ...], value, where: str) -> tuple[str, ...]:
+    """A task's metrics: known names that score its head kind (f1 only with exactly 2 labels)."""
+    metrics = tuple(_list(value, where))
+    for m in metrics:
+        if m not in METRICS:
+            raise ConfigError(f"{where}: unknown metric {m!r}{did_you_mean(m, METRICS)}")
+        fits = m in _REGRESSION_METRICS if head == HeadKind.REGRESSION else m not in _REGRESSION_METRICS
+        if not fits:
+            allowed = [x for x in METRICS if (x in _REGRESSION_METRICS) == (head == HeadKind.REGRESSION)]
+            raise ConfigError(f"{where}: {m!r} does not score a {head.value} task; use {allowed}")
+        if m == "f1" and head == HeadKind.CLASSIFICATION and len(labels) != 2:
+            raise ConfigError(f"{where}: f1 scores a task with 2 labels (the second is the positive "
+                              f"class), this one has {len(labels)}")
+    return metrics
+
+
+def _splits(raw_splits, task_name: str, where: str) -> dict[str, SplitSource]:
+    """A task's `splits`: {split name: SplitSource}; a split set to None (removed by an override)
+    is left out, and no two dev (or test) splits may share a report name."""
+    raw_splits = raw_splits or {}
+    if not isinstance(raw_splits, dict):
+        raise ConfigError(f"{where}, field 'splits': expected a mapping split-name -> file")
+    splits: dict[str, SplitSource] = {}
+    for split_name, split_def in raw_splits.items():
+        if split_def is None:  # removed by an override
+            continue
+        check_name(split_name, f"{where}, split name")
+        if not SPLIT_NAME.fullmatch(split_name):
+            raise ConfigError(f"{where}, split name {split_name!r}: a split is train, dev, dev_<name> (more evaluation "
+                              f"sets) or test, test_<name>{did_you_mean(split_name, ('train', 'dev', 'test'))}")
+        splits[split_name] = _split_source(split_def, f"{where}, split {split_name!r}")
+    for prefix in ("dev", "test"):  # results and submission files are keyed by report name
+        seen: dict[str, str] = {}
+        for split_name, src in splits.items():
+            if split_name.startswith(prefix):
+                report = src.report_as or task_name
+                if report in seen:
+                    raise ConfigError(f"{where}, field 'splits': splits {seen[report]!r} and {split_name!r} both "
+                                      f"report as {report!r}; give one of them another report_as")
+                seen[report] = split_name
+    return splits
+
+
+def _split_source(split_def, where: str) -> SplitSource:
+    """One split's definition: a bare path, or a mapping of _SPLIT_KEYS."""
+    if isinstance(split_def, str):
+        split_def = {"path": split_def}
+    if not isinstance(split_def, dict):
+        raise ConfigError(f"{where}: expected a path or a mapping, got {type(split_def).__name__} {split_def!r}")
+    _check_keys(split_def, _SPLIT_KEYS, where)
+    if "path" not in split_def:
+        raise ConfigError(f"{where}: missing 'path'")
+    if split_def.get("report_as") is not None:
+        check_name(split_def["report_as"], f"{where}, field 'report_as'")
+    fmt = _enum(FileFormat, split_def.get("format") or _guess_format(split_def["path"]), f"{where}, field 'format'")
+    split_fields = split_def.get("fields")
+    if split_fields is not None:
+        _fields_mapping(split_fields, f"{where}, field 'fields'")
+    columns = split_def.get("columns")
+    if columns is not None:
+        columns = _list(columns, f"{where}, field 'columns'")
+        if fmt not in (FileFormat.TSV, FileFormat.CSV):
+            raise ConfigError(f"{where}, field 'columns': only a TSV or CSV file without a header line has "
+                              f"columns (format is {fmt.value}: JSON records name their fields)")
+        if not columns or not all(isinstance(c, str) and c for c in columns) or len(set(columns)) != len(columns):
+            raise ConfigError(f"{where}, field 'columns': expected distinct column names, one per field of "
+                              f"the header-less file, got {columns!r}")
+    if not isinstance(split_def.get("skip_malformed", False), bool):
+        raise ConfigError(f"{where}, field 'skip_malformed': expected true or false, got {split_def['skip_malformed']!r}")
+    return SplitSource(
+        path=str(split_def["path"]),
+        format=fmt,
+        columns=tuple(columns) if columns else None,
+        fields=dict(split_fields) if split_fields is not None else None,
+        skip_malformed=bool(split_def.get("skip_malformed", False)),
+        report_as=split_def.get("report_as"),
+        max_seq_len=_max_seq_len(split_def.get("max_seq_len"), where),
     )
 
 
@@ -397,27 +418,22 @@ def check_task_entry(entry: dict, where: str) -> None:
     if isinstance(entry.get("fields"), dict):
         _check_keys(entry["fields"], FIELD_ROLES, f"{where}.fields")
     splits = entry.get("splits")
-    for sname, sd in (splits.items() if isinstance(splits, dict) else ()):
-        if isinstance(sd, dict):
-            _check_keys(sd, _SPLIT_KEYS, f"{where}.splits.{sname}")
-            if isinstance(sd.get("fields"), dict):
-                _check_keys(sd["fields"], FIELD_ROLES, f"{where}.splits.{sname}.fields")
+    for split_name, split_def in (splits.items() if isinstance(splits, dict) else ()):
+        if isinstance(split_def, dict):
+            _check_keys(split_def, _SPLIT_KEYS, f"{where}.splits.{split_name}")
+            if isinstance(split_def.get("fields"), dict):
+                _check_keys(split_def["fields"], FIELD_ROLES, f"{where}.splits.{split_name}.fields")
 
 
 def read_tasks_file(tasks_file: str | Path) -> dict[str, Any]:
     """The raw definitions of a tasks_file, by task name (names checked; definitions are checked
     when resolved, by load_task_specs)."""
-    p = Path(tasks_file)
-    if not p.is_file():
-        raise ConfigError(f"tasks_file {str(p)!r} does not exist")
-    try:
-        user = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: invalid YAML: {e}") from None
-    if not isinstance(user, dict):
-        raise ConfigError(f"{p}: expected a mapping task-name -> definition")
+    from mtkd.config import read_yaml_mapping  # here, not at the top: config imports this module
+
+    path = Path(tasks_file)
+    user = read_yaml_mapping(path, "tasks_file", "a mapping task-name -> definition")
     for name in user:
-        check_name(name, f"tasks_file {str(p)!r}: task name")
+        check_name(name, f"tasks_file {str(path)!r}: task name")
     return user
 
 
@@ -443,9 +459,10 @@ def load_task_specs(entries: dict[str, dict | None] | None, tasks_file: str | Pa
             check_task_entry(override, f"tasks.{name}")
             override = {k: v for k, v in override.items() if k not in task_option_keys()}
         base = defs[name]
-        if isinstance(base, dict) and isinstance(base.get("splits"), dict):  # a bare path is {path: ...}, so
-            base = {**base, "splits": {s: {"path": v} if isinstance(v, str) else v  # an override merges into it
-                                       for s, v in base["splits"].items()}}
+        if isinstance(base, dict) and isinstance(base.get("splits"), dict):
+            # a bare path becomes {path: ...}, so an override of that split merges into it
+            base = {**base, "splits": {split_name: {"path": split_def} if isinstance(split_def, str) else split_def
+                                       for split_name, split_def in base["splits"].items()}}
         specs[name] = task_from_dict(name, _merge(base, override or {}) if isinstance(base, dict) else base,
                                      f"tasks.{name}" + (f" (defined in {from_file[name]})" if name in from_file else ""))
     for spec in specs.values():

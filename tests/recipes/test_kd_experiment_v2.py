@@ -33,6 +33,7 @@ from mtkd.errors import ConfigError
 from mtkd.metrics import compute_metrics
 from mtkd.recipes.context import RunContext
 from mtkd.recipes.evaluate import load_predictions
+from mtkd.recipes.inputs import prepare_data
 from mtkd.stats import Evaluated, paired_bootstrap
 
 TASKS = ("SST-2", "RTE", "STS-B")
@@ -58,10 +59,10 @@ def run(tmp_path_factory, tiny_encoder):
     path.write_text(yaml.safe_dump(_config(glue, tiny_encoder, base / "cache")))
     out = base / "out"
     ctx = RunContext(load_config(path), out)  # the plan, made before anything trains
-    ctx.prepare_data()
-    ctx.planning = True
+    prepare_data(ctx)
+    ctx.stages.planning = True
     pipeline._stages(ctx, lambda name, fn: fn())
-    planned = {folder: info["key"] for folder, info in ctx._models.items()}
+    planned = {folder: info["key"] for folder, info in ctx.stages._models.items()}
     assert main(["run", str(path), "--output-dir", str(out)]) == 0
     return SimpleNamespace(base=base, glue=glue, path=path, out=out, sd=out / "seed-0", planned=planned,
                            res=json.loads((out / "results.json").read_text()))
@@ -143,7 +144,7 @@ def test_from_train_with_no_row_left_is_refused_before_training(tmp_path, glue_r
     assert f"keeps all {N_TRAIN} rows" in capsys.readouterr().err
     ctx = RunContext(load_config(path, over[1:]), tmp_path / "o")
     with pytest.raises(ConfigError, match=f"keeps all {N_TRAIN} rows .*no row is left unused"):
-        ctx.prepare_data()
+        prepare_data(ctx)
 
 
 # ------------------------------------------------------------------------------ the experiment
@@ -323,7 +324,7 @@ def test_teacher_levers_and_unlabeled_text_retrain_only_what_reads_them(run, tmp
 
 # ------------------------------------------------------------------------------ targets, by hand
 def test_targets_from_known_numbers():
-    from mtkd.recipes.distill import targets
+    from mtkd.report import targets
 
     tasks = [f"T{i}" for i in range(8)]
     mt = {t: {"accuracy": 70.0} for t in tasks}

@@ -113,7 +113,7 @@ def test_unlabeled_text_for_a_task_without_teacher_is_refused(glue_root, tiny_en
 
 
 def test_compare_answers_the_table3_questions_from_known_numbers():
-    from mtkd.recipes.distill import compare, results_markdown
+    from mtkd.report import compare, results_markdown
 
     systems = {
         "single_task": {"SST-2": {"accuracy": 80.0}, "RTE": {"accuracy": 60.0}, "MRPC": {"accuracy": 80.0, "f1": 86.0}},
@@ -138,7 +138,7 @@ def test_compare_answers_the_table3_questions_from_known_numbers():
 
 def test_compare_reports_no_share_of_a_tiny_ensemble_gain():
     """A 0.1-point ensemble gain would make a 0.7-point student difference '-700 %': no share then."""
-    from mtkd.recipes.distill import compare, results_markdown
+    from mtkd.report import compare, results_markdown
 
     systems = {"mtdnn": {"QNLI": {"accuracy": 80.0}, "QQP": {"accuracy": 80.0}},
                "ensemble": {"QNLI": {"accuracy": 80.1}, "QQP": {"accuracy": 82.0}},
@@ -153,7 +153,7 @@ def test_compare_reports_no_share_of_a_tiny_ensemble_gain():
 
 def _results(seeds, per_seed, config_extra=None):
     """A results.json as run_experiment writes it, from {system: {seed: {task: metrics}}}."""
-    from mtkd.recipes.distill import aggregate
+    from mtkd.report import aggregate
 
     agg = aggregate({s: [runs[str(seed)] for seed in seeds] for s, runs in per_seed.items()}, seeds)
     cfg = {"seeds": seeds, "mtl": {"lr": 2e-4}, "kd": {"teacher_tasks": ["RTE"]}, **(config_extra or {})}

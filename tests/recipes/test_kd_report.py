@@ -9,7 +9,7 @@ import json
 import pytest
 
 from mtkd.metrics import report_layout
-from mtkd.recipes.distill import aggregate, combine, compare, results_markdown
+from mtkd.report import aggregate, combine, compare, results_markdown
 from mtkd.tasks import load_task_specs
 
 IMDB = ("IMDB:\n  head: classification\n  labels: [neg, pos]\n  metrics: [accuracy]\n  fields: {text_a: t, label: l}\n"

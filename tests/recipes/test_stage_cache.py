@@ -22,6 +22,7 @@ from mtkd.cli import main
 from mtkd.config import load_config
 from mtkd.errors import ConfigError
 from mtkd.recipes.context import RunContext
+from mtkd.recipes.inputs import prepare_data
 
 HELPER = Path(__file__).parents[1] / "_train_helper.py"
 
@@ -113,11 +114,11 @@ def test_cleanup_never_deletes_outside_the_run_folder(glue_root, tiny_encoder, t
     (outside / "keep.txt").write_text("x")
     for target in (outside, tmp_path / "run" / ".." / "precious" / "checkpoints", tmp_path / "run"):
         with pytest.raises(ConfigError, match="not inside the run folder"):
-            ctx.remove_inside(target)
+            ctx.stages.remove_inside(target)
     assert (outside / "keep.txt").read_text() == "x"
     inside = tmp_path / "run" / "seed-0" / "mtl" / "checkpoints"
     inside.mkdir(parents=True)
-    ctx.remove_inside(inside)
+    ctx.stages.remove_inside(inside)
     assert not inside.exists()
 
 
@@ -133,10 +134,10 @@ def test_planning_computes_the_keys_the_run_stores(glue_root, tiny_encoder, tmp_
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"
     ctx = RunContext(load_config(path), out)
-    ctx.prepare_data()
-    ctx.planning = True
+    prepare_data(ctx)
+    ctx.stages.planning = True
     pipeline._stages(ctx, lambda name, fn: fn())
-    planned = {folder: info["key"] for folder, info in ctx._models.items()}
+    planned = {folder: info["key"] for folder, info in ctx.stages._models.items()}
     assert main(["run", str(path), "--output-dir", str(out)]) == 0
     done = {p.parent: json.loads(p.read_text())["stage_key"] for p in out.rglob("DONE.json")}
     trained = {folder: key for folder, key in done.items() if (folder / "model").is_dir()}

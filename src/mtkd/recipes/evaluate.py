@@ -19,6 +19,7 @@ test files have none); unlabelled and absent test files are listed in the log, n
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -81,48 +82,23 @@ def run(ctx: RunContext, models: dict[str, Path], out: Path | None = None, split
     the labelled test splits, under "test"); with `test` (the evaluate stage of `mtkd run`) the
     labelled test splits as well. Returns what metrics.json holds."""
     results: dict = {}
-    if ctx.planning:
+    if ctx.stages.planning:
         return results
     dev_prefix = split if split.startswith("dev") else None
     test_prefix = split if split.startswith("test") else ("test" if test else None)
     tested: dict[str, dict[str, float]] = {}
     predicted: dict[str, dict] = {}  # report name -> the dev examples' ids, labels, predictions, groups
-    unlabelled, absent = [], []
-    loaded: dict = {}
-
-    def model_for(folder):
-        if folder not in loaded:
-            loaded.clear()  # one model in memory at a time
-            loaded[folder] = ctx.load_model(folder)
-        return loaded[folder]
-
+    unlabelled, absent = [], []  # test splits not scored, as "task/split"
+    model_for = _OneModelAtATime(ctx)
     for task, folder in models.items():
-        spec = ctx.specs[task]
-        if not spec.metrics:
+        if not ctx.specs[task].metrics:
             continue
-        tokenizer = ctx.model_tokenizer(folder)
+        tokenizer = ctx.stages.model_tokenizer(folder)
+        load_model = functools.partial(model_for, folder)  # loaded only once a split is scored
         if dev_prefix is not None:
-            names = {spec.report_name(s) for s in spec.eval_splits(dev_prefix)}
-            for name, (data, idx) in ctx.dev_sets(task, tokenizer).items():
-                if name in names:
-                    groups = data.groups[idx] if data.groups is not None else None
-                    pred = predictions_from_logits(spec, ctx.logits(model_for(folder), data, task, idx), groups)
-                    results[name] = compute_metrics(spec, data.labels[idx], pred, groups)
-                    predicted[name] = {"ids": [data.ids[i] for i in idx], "labels": data.labels[idx],
-                                       "predictions": pred, "groups": groups}
-        for s in spec.eval_splits(test_prefix) if test_prefix is not None else []:
-            try:
-                data = ctx.encoded(task, s, tokenizer)
-            except DataError:
-                if split_path(spec, s, ctx.cfg.data.root).is_file():
-                    raise  # a malformed test file is an error; an absent one is noted
-                absent.append(f"{task}/{s}")
-                continue
-            if data.labels is None:
-                unlabelled.append(f"{task}/{s}")
-                continue
-            tested[spec.report_name(s)] = score_split(spec, ctx.logits(model_for(folder), data, task), data.labels,
-                                                      data.groups)
+            _score_dev(ctx, task, tokenizer, dev_prefix, load_model, results, predicted)
+        if test_prefix is not None:
+            tested.update(_score_tests(ctx, task, tokenizer, test_prefix, load_model, unlabelled, absent))
     if ctx.main and unlabelled:
         log.info("test splits without labels, not scored (unlabelled): %s", ", ".join(unlabelled))
     if ctx.main and absent:
@@ -137,16 +113,69 @@ def run(ctx: RunContext, models: dict[str, Path], out: Path | None = None, split
                               f"under; give it another report_as")
         results[TEST_RESULTS] = tested
     if out is not None and ctx.main:
-        written = _merge_previous(out, results, models, dev=dev_prefix is not None, test=test_prefix is not None)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(written, indent=2))
-        notes = {t: s.note for t, s in ctx.specs.items() if s.note}
-        (out / "metrics.md").write_text(markdown_table(written, notes, ctx.specs))
-        if predicted:
-            save_predictions(out / PREDICTIONS_FILE, predicted)
+        _write_results(ctx, out, results, predicted, models, dev=dev_prefix is not None, test=test_prefix is not None)
     if ctx.main:  # each model folder's card gets the metrics it was scored with
         record_eval_metrics(ctx, models, results)
     return results
+
+
+class _OneModelAtATime:
+    """`model_for(folder)`: the model of `folder`, loaded on first use; one model in memory at a time."""
+
+    def __init__(self, ctx: RunContext):
+        self.ctx, self.loaded = ctx, {}
+
+    def __call__(self, folder):
+        if folder not in self.loaded:
+            self.loaded.clear()
+            self.loaded[folder] = self.ctx.load_model(folder)
+        return self.loaded[folder]
+
+
+def _score_dev(ctx: RunContext, task: str, tokenizer, prefix: str, load_model, results: dict, predicted: dict) -> None:
+    """Each dev split of `task` starting with `prefix` (after dev_cap) into `results` (metrics) and
+    `predicted` (per-example predictions); `load_model()` loads the model only when a split is scored."""
+    spec = ctx.specs[task]
+    names = {spec.report_name(s) for s in spec.eval_splits(prefix)}
+    for name, (data, idx) in ctx.dev_sets(task, tokenizer).items():
+        if name in names:
+            groups = data.groups[idx] if data.groups is not None else None
+            pred = predictions_from_logits(spec, ctx.logits(load_model(), data, task, idx), groups)
+            results[name] = compute_metrics(spec, data.labels[idx], pred, groups)
+            predicted[name] = {"ids": [data.ids[i] for i in idx], "labels": data.labels[idx],
+                               "predictions": pred, "groups": groups}
+
+
+def _score_tests(ctx: RunContext, task: str, tokenizer, prefix: str, load_model, unlabelled: list, absent: list) -> dict:
+    """{report name: metrics} of each labelled test split of `task` starting with `prefix`; the
+    unlabelled ones and absent files are added to those lists (a malformed file is an error)."""
+    spec = ctx.specs[task]
+    tested = {}
+    for s in spec.eval_splits(prefix):
+        try:
+            data = ctx.encoded(task, s, tokenizer)
+        except DataError:
+            if split_path(spec, s, ctx.cfg.data.root).is_file():
+                raise  # a malformed test file is an error; an absent one is noted
+            absent.append(f"{task}/{s}")
+            continue
+        if data.labels is None:
+            unlabelled.append(f"{task}/{s}")
+            continue
+        tested[spec.report_name(s)] = score_split(spec, ctx.logits(load_model(), data, task), data.labels, data.groups)
+    return tested
+
+
+def _write_results(ctx: RunContext, out: Path, results: dict, predicted: dict, models: dict[str, Path],
+                   dev: bool, test: bool) -> None:
+    """DIR/metrics.json (merged with the previous file's other section), metrics.md, predictions.npz."""
+    written = _merge_previous(out, results, models, dev=dev, test=test)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(written, indent=2))
+    notes = {t: s.note for t, s in ctx.specs.items() if s.note}
+    (out / "metrics.md").write_text(markdown_table(written, notes, ctx.specs))
+    if predicted:
+        save_predictions(out / PREDICTIONS_FILE, predicted)
 
 
 SOURCES_FILE = "metrics_sources.json"  # which model (weights sha256) each task's dev / test results came from

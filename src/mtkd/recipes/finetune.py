@@ -10,15 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from mtkd.config import TrainConfig
-from mtkd.recipes import mtl
 from mtkd.recipes.context import RunContext
+from mtkd.recipes.job import FreshEncoder, FromModel, Loss, TrainingJob, train_stage
 
 
 def run(ctx: RunContext, out: Path, seed: int, init_from: Path | None, cfg: TrainConfig | None = None,
-        tasks: list[str] | None = None, loss_fn_factory=None, loss_identity: dict | None = None,
-        desc: str = "finetune") -> dict[str, dict]:
-    """Returns task -> stage summary."""
-    cfg = cfg or ctx.cfg.finetune
-    tasks = tasks or ctx.cfg.finetune_tasks or ctx.train_tasks()
-    return {t: mtl.run(ctx, out / t, seed, tasks=[t], cfg=cfg, init_from=init_from,
-                       loss_fn_factory=loss_fn_factory, loss_identity=loss_identity, desc=f"{desc} {t}") for t in tasks}
+        tasks: list[str] | None = None, loss: Loss | None = None, desc: str = "finetune") -> dict[str, dict]:
+    """Fine-tune `init_from` (None: the config's encoder) on each of `tasks` (default: the config's
+    finetune_tasks, else every task with training data), under `cfg` (default: the config's
+    `finetune`), with `loss` (default: each task's own). Returns task -> stage summary."""
+    start = FromModel(init_from) if init_from else FreshEncoder()
+    return {t: train_stage(ctx, out / t, TrainingJob(desc=f"{desc} {t}", seed=seed, tasks=[t], cfg=cfg or ctx.cfg.finetune,
+                                                     start=start, loss=loss))
+            for t in tasks or ctx.cfg.finetune_tasks or ctx.train_tasks()}

@@ -1,8 +1,9 @@
 """Recipe: the experiment a config describes, stage by stage (`mtkd run CONFIG --output-dir DIR`).
 
 Stages (config `stages`): single_task, mtl, finetune, evaluate, predict; teach and distill for
-MT-DNN-KD. Each stage writes DONE.json when it finishes, so a rerun of the same command skips
-finished stages and resumes the unfinished one from its checkpoints.
+MT-DNN-KD, which make the run the Table 3 experiment (recipes/experiment.py). Each stage writes
+DONE.json when it finishes, so a rerun of the same command skips finished stages and resumes the
+unfinished one from its checkpoints.
 
 Outputs: DIR/config.yaml (resolved config), DIR/data_report.json, DIR/seed-<s>/<stage>/...,
 DIR/metrics.json + metrics.md (dev results of MT-DNN: MTL + fine-tune, and its labelled test splits
@@ -14,15 +15,16 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
-
 
 from mtkd.config import RunConfig, Stage, save_config
 from mtkd.errors import CheckpointError
 from mtkd.metrics import markdown_table
-from mtkd.recipes import evaluate, finetune, mtl, predict
-from mtkd.recipes.distill import aggregate
-from mtkd.recipes.context import RunContext, Timer
+from mtkd.recipes import evaluate, experiment, finetune, mtl, predict
+from mtkd.recipes.context import RunContext
+from mtkd.recipes.inputs import data_report, prepare_data
+from mtkd.report import aggregate
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +32,15 @@ log = logging.getLogger(__name__)
 def run(cfg: RunConfig, out_dir: Path) -> dict:
     ctx = RunContext(cfg, out_dir)
     out_dir = ctx.out_dir
-    ctx.prepare_data()  # every file read and checked (and tokenised once) before anything trains
+    prepare_data(ctx)  # every file read and checked (and tokenised once) before anything trains
     # plan: every stage's identity, without training; refuse checkpoints of other settings before
     # anything (config.yaml included) is written
-    ctx.planning = True
+    ctx.stages.planning = True
     _stages(ctx, lambda name, fn: fn())
-    ctx.planning = False
+    ctx.stages.planning = False
     ctx.accelerator.wait_for_everyone()  # no rank starts changing the folder while another still plans
-    if ctx.problems:
-        raise CheckpointError("this run cannot resume as asked:\n  " + "\n  ".join(ctx.problems))
+    if ctx.stages.problems:
+        raise CheckpointError("this run cannot resume as asked:\n  " + "\n  ".join(ctx.stages.problems))
     if ctx.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
@@ -54,7 +56,7 @@ def run(cfg: RunConfig, out_dir: Path) -> dict:
         return result
 
     if ctx.main:
-        report = timed("data", ctx.data_report)
+        report = timed("data", lambda: data_report(ctx))
         (out_dir / "data_report.json").write_text(json.dumps(report, indent=2))
     return _stages(ctx, timed)
 
@@ -64,38 +66,36 @@ def _stages(ctx: RunContext, timed) -> dict:
     cfg, out_dir = ctx.cfg, ctx.out_dir
     stages = set(cfg.stages)
     if Stage.TEACH in stages or Stage.DISTILL in stages:
-        from mtkd.recipes import distill
-
-        return distill.run_experiment(ctx, timed)
+        return experiment.run_experiment(ctx, timed)
 
     per_seed = []
     for i, seed in enumerate(cfg.seeds):
-        sd = out_dir / f"seed-{seed}"
+        seed_dir = out_dir / f"seed-{seed}"
         models: dict[str, Path] = {}
         if Stage.MTL in stages:
-            timed(f"seed-{seed}/mtl", lambda: mtl.run(ctx, sd / "mtl", seed))
-            models = {t: sd / "mtl" / "model" for t in ctx.specs}
+            timed(f"seed-{seed}/mtl", lambda: mtl.run(ctx, seed_dir / "mtl", seed))
+            models = {t: seed_dir / "mtl" / "model" for t in ctx.specs}
         if Stage.FINETUNE in stages:
-            init = sd / "mtl" / "model" if Stage.MTL in stages else None
-            timed(f"seed-{seed}/finetune", lambda: finetune.run(ctx, sd / "finetune", seed, init))
-            models.update({t: sd / "finetune" / t / "model" for t in (cfg.finetune_tasks or ctx.train_tasks())})
+            init = seed_dir / "mtl" / "model" if Stage.MTL in stages else None
+            timed(f"seed-{seed}/finetune", lambda: finetune.run(ctx, seed_dir / "finetune", seed, init))
+            models.update({t: seed_dir / "finetune" / t / "model" for t in (cfg.finetune_tasks or ctx.train_tasks())})
         if Stage.SINGLE_TASK in stages and not models:
             timed(f"seed-{seed}/single_task",
-                  lambda: finetune.run(ctx, sd / "single_task", seed, None, cfg=cfg.mtl, desc="single-task"))
-            models = {t: sd / "single_task" / t / "model" for t in ctx.train_tasks()}
+                  lambda: finetune.run(ctx, seed_dir / "single_task", seed, None, cfg=cfg.mtl, desc="single-task"))
+            models = {t: seed_dir / "single_task" / t / "model" for t in ctx.train_tasks()}
         for t, spec in ctx.specs.items():  # AX is served by MNLI's (fine-tuned) model
             if spec.head_of and spec.head_of in models:
                 models[t] = models[spec.head_of]
         if Stage.EVALUATE in stages:
-            per_seed.append(timed(f"seed-{seed}/evaluate", lambda: evaluate.run(ctx, models, sd, test=True)))
+            per_seed.append(timed(f"seed-{seed}/evaluate", lambda: evaluate.run(ctx, models, seed_dir, test=True)))
         if Stage.PREDICT in stages and i == 0 and cfg.predict.submission:
-            timed(f"seed-{seed}/predict", lambda: predict.run(ctx, models, sd))
-            if ctx.main and not ctx.planning:
-                predict.copy_outputs(ctx, sd, out_dir)
+            timed(f"seed-{seed}/predict", lambda: predict.run(ctx, models, seed_dir))
+            if ctx.main and not ctx.stages.planning:
+                predict.copy_outputs(ctx, seed_dir, out_dir)
     results = {}
-    if per_seed and ctx.main and not ctx.planning:
-        agg = aggregate({"mtdnn": per_seed}, cfg.seeds)  # the one seed-mean/std helper
-        results, std = agg["systems"]["mtdnn"], agg["std"]["mtdnn"]
+    if per_seed and ctx.main and not ctx.stages.planning:
+        aggregated = aggregate({"mtdnn": per_seed}, cfg.seeds)  # the one seed-mean/std helper
+        results, std = aggregated["systems"]["mtdnn"], aggregated["std"]["mtdnn"]
         (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
         if len(per_seed) > 1:
             (out_dir / "metrics_std.json").write_text(json.dumps(std, indent=2))
@@ -103,3 +103,13 @@ def _stages(ctx: RunContext, timed) -> dict:
         (out_dir / "metrics.md").write_text(markdown_table(results, notes, ctx.specs))
         log.info("results:\n%s", markdown_table(results, notes, ctx.specs))
     return results
+
+
+class Timer:
+    """Wall seconds of a `with` block (timings.json)."""
+    def __enter__(self):
+        self.t0 = time.time()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = round(time.time() - self.t0, 1)

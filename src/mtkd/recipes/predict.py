@@ -35,7 +35,7 @@ def folder_name(ctx: RunContext) -> str:
 def run(ctx: RunContext, models: dict[str, Path], out: Path) -> list[str]:
     """models: task -> model folder (AX falls back to its head_of task's model). Returns the
     missing leaderboard entries (none without a GLUE task)."""
-    if ctx.planning:
+    if ctx.stages.planning:
         return []
     sub = out / folder_name(ctx)
     if ctx.main:
@@ -47,7 +47,7 @@ def run(ctx: RunContext, models: dict[str, Path], out: Path) -> list[str]:
             continue
         for split in spec.eval_splits("test"):
             try:
-                data = ctx.encoded(task, split, ctx.model_tokenizer(folder))
+                data = ctx.encoded(task, split, ctx.stages.model_tokenizer(folder))
             except DataError as e:  # a test file that is not here: report it, predict the rest
                 if ctx.main:
                     log.warning("no test predictions for %s/%s: %s", task, split, e)

@@ -30,7 +30,9 @@ from mtkd.errors import ConfigError
 from mtkd.identity import digest
 from mtkd.metrics import compute_metrics, predictions_from_logits, score_split, task_scores
 from mtkd.recipes import evaluate, finetune, mtl
-from mtkd.recipes.context import RunContext, train_settings
+from mtkd.recipes.context import RunContext
+from mtkd.recipes.job import FreshEncoder, train_stage
+from mtkd.recipes.stages import train_settings
 from mtkd.soft_targets import SoftTargets, ensemble_average, softmax
 from mtkd.tasks import HeadKind
 
@@ -55,7 +57,7 @@ def candidates(ctx: RunContext, seed: int) -> list[dict]:
 def _member_outputs(ctx, model, folder, task, split, indices, temperature):
     """One member's class probabilities (regression: predictions) on `indices` of a split, tokenised
     with the member's own tokenizer (rows align across members: same file, same order)."""
-    data = ctx.encoded(task, split, ctx.model_tokenizer(folder))
+    data = ctx.encoded(task, split, ctx.stages.model_tokenizer(folder))
     logits = ctx.logits(model, data, task, indices)
     if ctx.specs[task].head == HeadKind.CLASSIFICATION:
         return softmax(logits, temperature)
@@ -73,7 +75,7 @@ def teacher_identity(ctx: RunContext, candidate_keys: list[dict]) -> dict:
             "temperature": kd.temperature,
             "selection_data": {f"{t}/{s}": ctx.data_identity(t, s) for t in kd.select_by or kd.teacher_tasks
                                for s in ctx.specs[t].eval_splits("dev")},
-            "dev_caps": {t: ctx._cap(t, "dev_cap") for t in dict.fromkeys(list(kd.select_by) + list(kd.teacher_tasks))},
+            "dev_caps": {t: ctx.cap(t, "dev_cap") for t in dict.fromkeys(list(kd.select_by) + list(kd.teacher_tasks))},
             "labelled": {t: ctx.data_identity(t, "train") for t in kd.teacher_tasks}}
 
 
@@ -99,12 +101,12 @@ def run(ctx: RunContext, out: Path, seed: int) -> dict:
     keys = []
     for i, c in enumerate(cands):
         folder = out / f"candidate-{i}"
-        mtl.run(ctx, folder / "mtl", c["seed"], cfg=teacher_mtl, dropout=c.get("dropout"), encoder=c.get("encoder"),
-                desc=f"teacher candidate {i}")
-        keys.append(ctx.model_identity(folder / "mtl" / "model"))
+        start = FreshEncoder(dropout=c.get("dropout"), encoder=c.get("encoder"))
+        train_stage(ctx, folder / "mtl", mtl.job(ctx, c["seed"], cfg=teacher_mtl, start=start, desc=f"teacher candidate {i}"))
+        keys.append(ctx.stages.model_identity(folder / "mtl" / "model"))
     identity = teacher_identity(ctx, keys)
-    ctx.register_model(out / "soft_targets", digest(identity), "")
-    summary = ctx.stage_done(out, identity)
+    ctx.stages.register_model(out / "soft_targets", digest(identity), "")
+    summary = ctx.stages.done(out, identity)
     if summary is not None:
         _ensure_ensemble_predictions(ctx, out, summary)
     else:
@@ -118,11 +120,11 @@ def _ensembles(ctx: RunContext, out: Path, cands: list[dict], identity: dict) ->
     """2-4: select, fine-tune the members, write the teacher tasks' soft targets, score the ensemble."""
     kd = ctx.cfg.kd
     teacher_ft = teacher_configs(ctx)[1]
-    if ctx.planning:  # which candidates become members is known only after training: check them all
+    if ctx.stages.planning:  # which candidates become members is known only after training: check them all
         for i, c in enumerate(cands):
             finetune.run(ctx, out / f"candidate-{i}" / "finetune", c["seed"], out / f"candidate-{i}" / "mtl" / "model",
                          cfg=teacher_ft, tasks=list(kd.teacher_tasks))
-        ctx.check_resumable(out, identity)
+        ctx.stages.check_resumable(out, identity)
         return {"planned": str(out)}
     # 2. score each candidate on the selection tasks' dev sets, keep the top k
     scores = [_dev_score(ctx, out / f"candidate-{i}" / "mtl" / "model", kd.select_by or kd.teacher_tasks)
@@ -137,20 +139,20 @@ def _ensembles(ctx: RunContext, out: Path, cands: list[dict], identity: dict) ->
     # 4. soft targets for the student's training examples + the ensemble's dev results; every rank
     # computes its share of each member's predictions, rank 0 writes
     for task in kd.teacher_tasks:
-        ts = ctx.train_set(task)
+        train_set = ctx.train_set(task)
         folders = _member_folders(out, members, task)
         models = [ctx.load_model(f) for f in folders]
-        avg = ensemble_average([_member_outputs(ctx, m, f, task, "train", ts.indices, kd.temperature)
+        avg = ensemble_average([_member_outputs(ctx, m, f, task, "train", train_set.indices, kd.temperature)
                                 for m, f in zip(models, folders)])
         if ctx.main:
-            SoftTargets(task, [ts.data.ids[i] for i in ts.indices], avg,
-                        _provenance(ctx, cands, members, scores, folders, task, ts, digest(identity))).save(out / "soft_targets")
+            SoftTargets(task, [train_set.data.ids[i] for i in train_set.indices], avg,
+                        _provenance(ctx, cands, members, scores, folders, task, train_set, digest(identity))).save(out / "soft_targets")
     ensemble_dev = _ensemble_dev(ctx, out, members)
     if ctx.main:
         (out / "ensemble_dev.json").write_text(json.dumps(ensemble_dev, indent=2))
     summary = {"candidates": cands, "selection_scores": scores, "members": members, "ensemble_dev": ensemble_dev,
                "soft_targets": str(out / "soft_targets")}
-    ctx.mark_done(out, summary, identity)
+    ctx.stages.mark_done(out, summary, identity)
     return summary
 
 
@@ -192,7 +194,7 @@ def _ensemble_dev(ctx: RunContext, out: Path, members: list[int]) -> dict[str, d
 def _ensure_ensemble_predictions(ctx: RunContext, out: Path, summary: dict) -> None:
     """A teach stage finished before mtkd kept the ensemble's per-example dev predictions: make them
     from its members (inference only; nothing retrains). Every rank checks before any writes."""
-    if ctx.planning or "members" not in summary:
+    if ctx.stages.planning or "members" not in summary:
         return
     missing = not (out / ENSEMBLE_PREDICTIONS).is_file()
     ctx.accelerator.wait_for_everyone()
@@ -206,11 +208,11 @@ def label_unlabeled(ctx: RunContext, out: Path, cands: list[dict], summary: dict
     keyed by the teachers and the text."""
     kd, folder = ctx.cfg.kd, out / UNLABELED_DIR
     identity = unlabeled_identity(ctx, teachers_key)
-    ctx.register_model(folder / "soft_targets", digest(identity), "")
-    done = ctx.stage_done(folder, identity)
+    ctx.stages.register_model(folder / "soft_targets", digest(identity), "")
+    done = ctx.stages.done(folder, identity)
     if done is not None:
         return done
-    if ctx.planning:
+    if ctx.stages.planning:
         return {"planned": str(folder)}
     members, scores = summary["members"], summary.get("selection_scores")
     examples = {}
@@ -228,7 +230,7 @@ def label_unlabeled(ctx: RunContext, out: Path, cands: list[dict], summary: dict
                             _provenance(ctx, cands, members, scores, folders, name, split_set, teachers_key,
                                         unlabeled_key=digest(identity))).save(folder / "soft_targets")
     info = {"soft_targets": str(folder / "soft_targets"), "examples": examples, "members": members}
-    ctx.mark_done(folder, info, identity)
+    ctx.stages.mark_done(folder, info, identity)
     return info
 
 
@@ -238,7 +240,7 @@ def _dev_score(ctx: RunContext, model_dir: Path, tasks: list[str]) -> float:
     model = ctx.load_model(model_dir)
     results = {}
     for t in tasks:
-        for name, (data, idx) in ctx.dev_sets(t, ctx.model_tokenizer(model_dir)).items():
+        for name, (data, idx) in ctx.dev_sets(t, ctx.stages.model_tokenizer(model_dir)).items():
             groups = data.groups[idx] if data.groups is not None else None
             results[name] = score_split(ctx.specs[t], ctx.logits(model, data, t, idx), data.labels[idx], groups)
     return float(np.mean(list(task_scores(results, {t: ctx.specs[t] for t in tasks}).values())))
