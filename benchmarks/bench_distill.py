@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import torch
 
-from common import (fixed_train_sets, interleave, md_table, mmm, paired_ratio, payload, ratio_table, run_mtkd,
-                    standalone, summarize)
+from mtkd_contender import run_mtkd
+from reporting import md_table, median_range, ratio_table
+from suite import bench_document, standalone
+from timing import interleave, paired_ratio, summarize
+from train_subsets import fixed_train_sets
 
 NAME = "distill"
 TEACHER_TASKS = ["MNLI", "QQP", "RTE", "QNLI"]
@@ -49,15 +52,18 @@ def live_factory(teachers: list):
     return factory
 
 
-def run(env) -> dict:
-    m = env.mode
-    tasks = [t for t in TEACHER_TASKS if t in env.ctx.specs]
+def soft_target_tables(env, tasks: list[str]) -> dict:
+    """task -> (N, C) random probability rows (seeded), one per training example: a store's layout."""
     g = torch.Generator().manual_seed(0)
     tables = {}
     for t in tasks:
         data = env.ctx.train_set(t).data
-        c = env.ctx.specs[t].num_outputs
-        tables[t] = torch.softmax(torch.randn(len(data), c, generator=g) * 2, dim=-1)
+        tables[t] = torch.softmax(torch.randn(len(data), env.ctx.specs[t].num_outputs, generator=g) * 2, dim=-1)
+    return tables
+
+
+def frozen_teachers(env) -> list:
+    """The 3 ensemble members (dropout 0.1/0.2/0.3), eval mode, no gradients."""
     teachers = []
     for d in (0.1, 0.2, 0.3):
         t = env.ctx.new_model(dropout=d)
@@ -65,36 +71,44 @@ def run(env) -> dict:
         for p in t.parameters():
             p.requires_grad_(False)
         teachers.append(t)
+    return teachers
+
+
+def run(env) -> dict:
+    mode = env.mode
+    tasks = [t for t in TEACHER_TASKS if t in env.ctx.specs]
+    tables = soft_target_tables(env, tasks)
+    teachers = frozen_teachers(env)
     cache: dict = {}
 
     def sets(r):
         if r not in cache:
-            cache[r] = fixed_train_sets(env, tasks, m.warmup_steps if r < 0 else m.distill_steps, seed=2000 + r)
+            cache[r] = fixed_train_sets(env, tasks, mode.warmup_steps if r < 0 else mode.distill_steps, seed=2000 + r)
         return cache[r]
 
     contenders = [
         ("offline_soft_targets", lambda r: run_mtkd(env, sets(r), 2000 + r, loss_fn_factory=offline_factory(tables))),
         ("live_teachers_x3", lambda r: run_mtkd(env, sets(r), 2000 + r, loss_fn_factory=live_factory(teachers))),
     ]
-    runs = interleave(contenders, m.repeats, warmup=m.warmup_round, label=NAME)
+    runs = interleave(contenders, mode.repeats, warmup=mode.warmup_round, label=NAME)
     for rs in runs.values():
         for r in rs:
             r.pop("shapes", None)
     ratios = {"distill_offline_vs_live": paired_ratio(runs["offline_soft_targets"], runs["live_teachers_x3"])}
-    summ = {name: summarize(rs, KEYS) for name, rs in runs.items()}
-    rows = [[name, mmm(s["examples_per_s"]), mmm(s["tokens_per_s"]), mmm(s["seconds"])] for name, s in summ.items()]
+    summaries = {name: summarize(rs, KEYS) for name, rs in runs.items()}
+    rows = [[name, median_range(s["examples_per_s"]), median_range(s["tokens_per_s"]), median_range(s["seconds"])]
+            for name, s in summaries.items()]
     t1 = md_table(["student training", "examples/s", "tokens/s (real)", "timed s"], rows)
     what = {"distill_offline_vs_live": "offline soft targets / 3 teachers run live"}
     t2 = ratio_table(ratios, what)
     title = (f"## Distillation step cost ({env.encoder_label} student and teachers; tasks {', '.join(tasks)}; "
-             f"{m.distill_steps} timed steps, {m.repeats} rounds interleaved)")
+             f"{mode.distill_steps} timed steps, {mode.repeats} rounds interleaved)")
     print(f"\n{title}\n\n{t1}\n\n{t2}\n", flush=True)
-    del teachers
-    settings = {"tasks": tasks, "timed_steps": m.distill_steps, "rounds": m.repeats, "ensemble_members": 3,
+    settings = {"tasks": tasks, "timed_steps": mode.distill_steps, "rounds": mode.repeats, "ensemble_members": 3,
                 "teacher_dropouts": [0.1, 0.2, 0.3], "soft_weight": 0.5, "temperature": 1.0,
                 "offline_targets": "random probability rows (seeded), indexed by batch['index']",
                 "live_teachers": "eval mode, torch.no_grad, softmax averaged over 3 members"}
-    return payload(env, NAME, settings, summ, ratios, [title, t1, t2], what=what)
+    return bench_document(env, NAME, settings, summaries, ratios, [title, t1, t2], what=what)
 
 
 if __name__ == "__main__":

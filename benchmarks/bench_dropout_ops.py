@@ -5,7 +5,7 @@ encoder drops: attention probabilities (softmax then dropout, batch x heads x L 
 - torch: PyTorch's dropout (`bernoulli_` float mask), what transformers runs;
 - mtkd: `mtkd.dropout` (16-bit masks, boolean `where`), what mtkd trains with on CPU;
 - compiled: the same computation written for `torch.compile` (inductor generates one C++ kernel with
-  its own random numbers, mask, softmax and scale fused), the lever the speed issue suggests;
+  its own random numbers, mask, softmax and scale fused), the obvious lever;
 - none: the op without dropout (softmax alone / identity), the floor.
 
     python benchmarks/bench_dropout_ops.py [--batch 32] [--width 128] [--repeats 10] [--json PATH]
@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common import machine_info, md_table
+from machine import machine_info
+from reporting import md_table
 
 P = 0.1
 

@@ -10,7 +10,7 @@ bookkeeping and the optimizer included) is the achieved FLOP/s. The analytic BER
 (6 * non-embedding params * tokens + 12 * layers * hidden * L^2 * B) is reported beside it.
 
 Two workloads: the MTL mix of configs/glue-cpu.yaml (real GLUE lengths, mean ~40 tokens: small,
-less efficient matmuls), and the issue's reference shape, batch 32 x 128 tokens (synthetic SST-2
+less efficient matmuls), and the reference shape, batch 32 x 128 tokens (synthetic SST-2
 examples of exactly 128 tokens through the same unmodified training loop).
 
 Peak: a square fp32 `torch.mm` (2048 x 2048 in --quick/--full), the median of repeats, measured in the
@@ -19,7 +19,7 @@ same rounds as the training runs (interleaved). Fraction = achieved / peak, pair
 Peak RSS: a fresh subprocess builds the run context from configs/glue-cpu.yaml (all nine tasks
 tokenised and memory-mapped, capped train sets), a fresh model, and runs `mtkd.loop.train` for a few
 hundred MTL steps with the config's checkpointing; its VmHWM at the end is the peak (not ru_maxrss,
-which a subprocess inherits from its parent: see common.peak_rss_mb).
+which a subprocess inherits from its parent: see machine.peak_rss_mb).
 """
 
 from __future__ import annotations
@@ -37,8 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (BATCH, fixed_train_sets, interleave, md_table, mmm, paired_ratio, payload, ratio_table, run_mtkd,
-                    standalone, stats, summarize)
+from machine import peak_rss_mb, rss_now_mb
+from mtkd_contender import run_mtkd
+from reporting import md_table, median_range, ratio_table
+from suite import BATCH, CONFIG, bench_document, quiet_hf, standalone
+from timing import interleave, paired_ratio, stats, summarize
+from train_subsets import fixed_train_sets
 
 NAME = "efficiency"
 KEYS_TRAIN = ["flop_per_s", "examples_per_s", "tokens_per_s", "seconds", "flops", "steps", "padding_fraction"]
@@ -76,13 +80,13 @@ def fit_flop_model(model, task: str) -> dict:
             "analytic_flops_per_token_L128": float(6 * nonemb + 12 * enc.num_hidden_layers * enc.hidden_size * 128)}
 
 
-def step_flops(fm: dict, shapes) -> float:
-    return float(sum(bsz * (fm["c"] + fm["a"] * w + fm["b"] * w * w) for bsz, w, _ in shapes))
+def step_flops(flop_model: dict, shapes) -> float:
+    return float(sum(bsz * (flop_model["c"] + flop_model["a"] * w + flop_model["b"] * w * w) for bsz, w, _ in shapes))
 
 
-def analytic_flops(fm: dict, shapes) -> float:
-    return float(sum(6 * fm["nonembedding_params"] * bsz * w + 12 * fm["layers"] * fm["hidden"] * w * w * bsz
-                     for bsz, w, _ in shapes))
+def analytic_flops(flop_model: dict, shapes) -> float:
+    params, layers, hidden = flop_model["nonembedding_params"], flop_model["layers"], flop_model["hidden"]
+    return float(sum(6 * params * bsz * w + 12 * layers * hidden * w * w * bsz for bsz, w, _ in shapes))
 
 
 def full_width_sets(env, n_batches: int, seed: int, width: int = 128) -> dict:
@@ -125,9 +129,7 @@ def rss_child(args) -> None:
     """Runs in a fresh process: MTL training on the config's data path; prints one JSON line."""
     import tempfile
 
-    import common
-
-    common.quiet_hf()
+    quiet_hf()
     import torch
 
     from mtkd.config import load_config
@@ -136,22 +138,22 @@ def rss_child(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    marks = {"after_imports": common.rss_now_mb()}
+    marks = {"after_imports": rss_now_mb()}
     work = Path(tempfile.mkdtemp(prefix="mtkd-rss-"))
-    ctx = RunContext(load_config(common.CONFIG, json.loads(args.overrides)), out_dir=work)
+    ctx = RunContext(load_config(CONFIG, json.loads(args.overrides)), out_dir=work)
     train_sets = {t: ctx.train_set(t) for t in ctx.train_tasks()}
-    marks["after_data"] = common.rss_now_mb()
+    marks["after_data"] = rss_now_mb()
     # the peak so far: tokenising (on a cold cache) can exceed training's peak; reported apart
-    peak_data = common.peak_rss_mb()
+    peak_data = peak_rss_mb()
     model = ctx.new_model()
-    marks["after_model"] = common.rss_now_mb()
+    marks["after_model"] = rss_now_mb()
     cfg = dataclasses.replace(ctx.cfg.mtl, max_steps=args.steps)  # the config's checkpointing kept
     run_dir = work / "run"
     run_dir.mkdir()
     t0 = time.time()
     summary = train(model, train_sets, cfg, 0, run_dir, ctx.accelerator, desc="rss")
-    marks["after_train"] = common.rss_now_mb()
-    peak = common.peak_rss_mb()
+    marks["after_train"] = rss_now_mb()
+    peak = peak_rss_mb()
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({"peak_rss_mb": peak, "peak_rss_data_mb": peak_data, "rss_marks_mb": marks, "steps": summary["steps"],
                       "examples": summary["examples"], "seconds": time.time() - t0,
@@ -174,71 +176,79 @@ def measure_rss(env) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ run
-def run(env) -> dict:
-    m = env.mode
-    ctx = env.ctx
-    tasks = ctx.train_tasks()
-    probe = ctx.new_model()
-    fm = fit_flop_model(probe, "SST-2" if "SST-2" in ctx.specs else tasks[0])
-    del probe
-    cache: dict = {}
+def _gflops(s: dict) -> dict:
+    return {k: s[k] / 1e9 for k in ("median", "min", "max")}
 
-    def sets(r):
-        if r not in cache:
-            cache[r] = fixed_train_sets(env, tasks, m.warmup_steps if r < 0 else m.flops_steps, seed=5000 + r)
-        return cache[r]
 
-    wide: dict = {}
+def flops_table(mode, summaries: dict) -> str:
+    mm_s, mtl_s, wide_s = summaries["matmul_peak"], summaries["mtkd_mtl_train_step"], summaries["mtkd_train_step_32x128"]
+    rows = [["fp32 matmul peak", f"{mode.matmul_n}x{mode.matmul_n} mm, median of {mode.matmul_reps}",
+             median_range(_gflops(mm_s["flop_per_s"]))],
+            ["mtkd MTL training step", f"{mode.flops_steps} steps, FlopCounterMode FLOPs", median_range(_gflops(mtl_s["flop_per_s"]))],
+            ["  (analytic FLOPs)", "6*P*tokens + attention", median_range(_gflops(mtl_s["flop_per_s_analytic"]))],
+            ["mtkd training step, batch 32 x 128", f"{mode.flops_steps} steps, synthetic full-width SST-2",
+             median_range(_gflops(wide_s["flop_per_s"]))]]
+    return md_table(["what", "how", "GFLOP/s median (min-max)"], rows)
+
+
+def timed_rounds(env, flop_model: dict) -> dict[str, list[dict]]:
+    """The matmul peak and both training workloads, interleaved."""
+    mode = env.mode
+    tasks = env.ctx.train_tasks()
+    mtl_cache: dict = {}
+    wide_cache: dict = {}
+
+    def mtl_sets(r):
+        if r not in mtl_cache:
+            mtl_cache[r] = fixed_train_sets(env, tasks, mode.warmup_steps if r < 0 else mode.flops_steps, seed=5000 + r)
+        return mtl_cache[r]
 
     def wide_sets(r):
-        if r not in wide:
-            wide[r] = full_width_sets(env, m.warmup_steps if r < 0 else m.flops_steps, seed=6000 + r)
-        return wide[r]
+        if r not in wide_cache:
+            wide_cache[r] = full_width_sets(env, mode.warmup_steps if r < 0 else mode.flops_steps, seed=6000 + r)
+        return wide_cache[r]
 
     def timed_flops(train_sets, seed):
         res = run_mtkd(env, train_sets, seed)
         shapes = [tuple(s) for s in res.pop("shapes")]
-        res["flops"] = step_flops(fm, shapes)
-        res["flops_analytic"] = analytic_flops(fm, shapes)
+        res["flops"] = step_flops(flop_model, shapes)
+        res["flops_analytic"] = analytic_flops(flop_model, shapes)
         res["flop_per_s"] = res["flops"] / res["seconds"]
         res["flop_per_s_analytic"] = res["flops_analytic"] / res["seconds"]
         return res
 
-    runs = interleave([("matmul_peak", lambda r: matmul_peak(m.matmul_n, m.matmul_reps)),
-                       ("mtkd_mtl_train_step", lambda r: timed_flops(sets(r), 5000 + r)),
+    return interleave([("matmul_peak", lambda r: matmul_peak(mode.matmul_n, mode.matmul_reps)),
+                       ("mtkd_mtl_train_step", lambda r: timed_flops(mtl_sets(r), 5000 + r)),
                        ("mtkd_train_step_32x128", lambda r: timed_flops(wide_sets(r), 6000 + r))],
-                      m.repeats, warmup=m.warmup_round, label=NAME)
+                      mode.repeats, warmup=mode.warmup_round, label=NAME)
+
+
+def run(env) -> dict:
+    mode, ctx = env.mode, env.ctx
+    probe = ctx.new_model()
+    flop_model = fit_flop_model(probe, "SST-2" if "SST-2" in ctx.specs else ctx.train_tasks()[0])
+    del probe
+    runs = timed_rounds(env, flop_model)
     rss = measure_rss(env)
 
     ratios = {"train_step_fraction_of_matmul_peak": paired_ratio(runs["mtkd_mtl_train_step"], runs["matmul_peak"], "flop_per_s"),
               "train_step_32x128_fraction_of_matmul_peak": paired_ratio(runs["mtkd_train_step_32x128"], runs["matmul_peak"],
                                                                          "flop_per_s")}
-    rss_stats = stats([rss["peak_rss_mb"]])
-    summ = {"matmul_peak": summarize(runs["matmul_peak"], ["flop_per_s", "flop_per_s_best", "seconds_median"]),
-            "mtkd_mtl_train_step": summarize(runs["mtkd_mtl_train_step"], KEYS_TRAIN + ["flop_per_s_analytic"]),
-            "mtkd_train_step_32x128": summarize(runs["mtkd_train_step_32x128"], KEYS_TRAIN + ["flop_per_s_analytic"])}
-    def gflops(s):
-        return {k: s[k] / 1e9 for k in ("median", "min", "max")}
-
-    mm_s, tr_s, wide_s = summ["matmul_peak"], summ["mtkd_mtl_train_step"], summ["mtkd_train_step_32x128"]
-    rows = [["fp32 matmul peak", f"{m.matmul_n}x{m.matmul_n} mm, median of {m.matmul_reps}", mmm(gflops(mm_s["flop_per_s"]))],
-            ["mtkd MTL training step", f"{m.flops_steps} steps, FlopCounterMode FLOPs", mmm(gflops(tr_s["flop_per_s"]))],
-            ["  (analytic FLOPs)", "6*P*tokens + attention", mmm(gflops(tr_s["flop_per_s_analytic"]))],
-            ["mtkd training step, batch 32 x 128", f"{m.flops_steps} steps, synthetic full-width SST-2",
-             mmm(gflops(wide_s["flop_per_s"]))]]
-    t1 = md_table(["what", "how", "GFLOP/s median (min-max)"], rows)
-    ratios_all = {**ratios, "peak_rss_mtl_mb": rss_stats}
+    summaries = {"matmul_peak": summarize(runs["matmul_peak"], ["flop_per_s", "flop_per_s_best", "seconds_median"]),
+                 "mtkd_mtl_train_step": summarize(runs["mtkd_mtl_train_step"], KEYS_TRAIN + ["flop_per_s_analytic"]),
+                 "mtkd_train_step_32x128": summarize(runs["mtkd_train_step_32x128"], KEYS_TRAIN + ["flop_per_s_analytic"])}
+    t1 = flops_table(mode, summaries)
     what = {"train_step_fraction_of_matmul_peak": "achieved training FLOP/s / matmul peak (MTL mix, real lengths)",
             "train_step_32x128_fraction_of_matmul_peak": "achieved training FLOP/s / matmul peak (batch 32 x 128)",
             "peak_rss_mtl_mb": f"VmHWM, {rss['steps']} MTL steps, fresh process"}
-    t2 = ratio_table(ratios_all, what)
-    title = f"## Efficiency ({env.encoder_label}; {env.threads} threads; {m.repeats} rounds interleaved)"
+    t2 = ratio_table({**ratios, "peak_rss_mtl_mb": stats([rss["peak_rss_mb"]])}, what)
+    title = f"## Efficiency ({env.encoder_label}; {env.threads} threads; {mode.repeats} rounds interleaved)"
     print(f"\n{title}\n\n{t1}\n\n{t2}\n", flush=True)
-    settings = {"flop_model": fm, "matmul_n": m.matmul_n, "matmul_reps": m.matmul_reps, "timed_steps": m.flops_steps,
-                "rss_steps": m.rss_steps, "rounds": m.repeats,
+    settings = {"flop_model": flop_model, "matmul_n": mode.matmul_n, "matmul_reps": mode.matmul_reps,
+                "timed_steps": mode.flops_steps, "rss_steps": mode.rss_steps, "rounds": mode.repeats,
                 "flops_note": "matmul FLOPs (mm/addmm/bmm) of forward+backward at the executed (padded) shapes"}
-    return payload(env, NAME, settings, summ, ratios, [title, t1, t2], what=what, peak_rss_mtl_mb=rss["peak_rss_mb"],
-                   rss=rss)
+    return bench_document(env, NAME, settings, summaries, ratios, [title, t1, t2], what=what,
+                          peak_rss_mtl_mb=rss["peak_rss_mb"], rss=rss)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,15 @@ import time
 import numpy as np
 import torch
 
-from common import interleave, md_table, mmm, paired_ratio, payload, ratio_table, standalone, subset, summarize
+from reporting import md_table, median_range, ratio_table
+from suite import bench_document, standalone
+from timing import interleave, paired_ratio, summarize
+from train_subsets import subset
 
 NAME = "inference"
 GEN_TASK = "MNLI"
+HF_BATCH = 64
+HEADS_BATCH = 128
 KEYS = ["examples_per_s", "tokens_per_s", "seconds", "examples", "tokens"]
 
 
@@ -35,26 +40,26 @@ def _sorted_batches(data, idx, batch_size):
     return [collate(data, idx[order[i:i + batch_size]]) for i in range(0, len(idx), batch_size)]
 
 
-def run(env) -> dict:
+def _throughput(examples: int, tokens: int, seconds: float) -> dict:
+    return {"examples": examples, "tokens": tokens, "seconds": seconds, "examples_per_s": examples / seconds,
+            "tokens_per_s": tokens / seconds}
+
+
+def soft_target_generation(env, student) -> dict[str, list[dict]]:
+    """Part 1: predict_logits over a seeded subset of MNLI train against HF's padded forward."""
     from transformers import AutoModelForSequenceClassification
 
+    from mtkd.data import collate
     from mtkd.loop import predict_logits
 
-    m = env.mode
-    ctx = env.ctx
-    max_len = ctx.cfg.data.max_seq_len
-    data = ctx.train_set(GEN_TASK).data
-    pool = ctx.train_set(GEN_TASK).indices
+    mode, ctx = env.mode, env.ctx
+    data, pool = ctx.train_set(GEN_TASK).data, ctx.train_set(GEN_TASK).indices
     n_labels = ctx.specs[GEN_TASK].num_outputs
-
-    # ---------------------------------------------------------------- 1. soft-target generation
-    student = ctx.new_model()
-    student.eval()
     hf = AutoModelForSequenceClassification.from_pretrained(env.encoder, num_labels=n_labels)
     hf.eval()
 
-    def gen_idx(r, n=None):
-        return subset(pool, n or (m.infer_examples if r >= 0 else max(64, m.infer_examples // 4)), seed=3000 + r)
+    def gen_idx(r):
+        return subset(pool, mode.infer_examples if r >= 0 else max(64, mode.infer_examples // 4), seed=3000 + r)
 
     def mtkd_gen(r):
         idx = gen_idx(r)
@@ -63,17 +68,14 @@ def run(env) -> dict:
                              max_tokens=ctx.cfg.predict.max_tokens)
         dt = time.perf_counter() - t0
         assert out.shape == (len(idx), n_labels)
-        tok = int(data.lengths[idx].sum())
-        return {"examples": len(idx), "tokens": tok, "seconds": dt, "examples_per_s": len(idx) / dt, "tokens_per_s": tok / dt}
+        return _throughput(len(idx), int(data.lengths[idx].sum()), dt)
 
     def hf_padded(r):
-        from mtkd.data import collate
-
         idx = gen_idx(r)
-        batches = []
-        for i in range(0, len(idx), 64):
-            b = collate(data, idx[i:i + 64])
-            pad = max_len - b["input_ids"].shape[1]
+        batches = []  # built before the clock starts: the HF side is timed on the model alone
+        for i in range(0, len(idx), HF_BATCH):
+            b = collate(data, idx[i:i + HF_BATCH])
+            pad = ctx.cfg.data.max_seq_len - b["input_ids"].shape[1]
             batches.append({k: torch.nn.functional.pad(b[k], (0, pad)) for k in ("input_ids", "attention_mask", "token_type_ids")})
         outs = []
         t0 = time.perf_counter()
@@ -81,22 +83,24 @@ def run(env) -> dict:
             for b in batches:
                 outs.append(hf(**b).logits.float().numpy())
         dt = time.perf_counter() - t0
-        tok = int(data.lengths[idx].sum())
-        return {"examples": len(idx), "tokens": tok, "seconds": dt, "examples_per_s": len(idx) / dt, "tokens_per_s": tok / dt}
+        return _throughput(len(idx), int(data.lengths[idx].sum()), dt)
 
-    gen_runs = interleave([("mtkd_predict_logits_sorted", mtkd_gen), ("hf_forward_b64_padded128", hf_padded)],
-                          m.repeats, warmup=m.warmup_round, label=NAME)
-    del hf
+    return interleave([("mtkd_predict_logits_sorted", mtkd_gen), ("hf_forward_b64_padded128", hf_padded)],
+                      mode.repeats, warmup=mode.warmup_round, label=NAME)
 
-    # ------------------------------------------------------------ 2. all heads vs per-task models
-    head_tasks = [t for t, s in ctx.specs.items() if s.head_of is None]
+
+def all_heads(env, student, head_tasks: list[str]) -> dict[str, list[dict]]:
+    """Part 2: one encoder pass + every head against one model copy per head."""
+    mode = env.mode
+    data, pool = env.ctx.train_set(GEN_TASK).data, env.ctx.train_set(GEN_TASK).indices
     per_task = [copy.deepcopy(student) for _ in head_tasks]
 
     def head_batches(r):
-        return _sorted_batches(data, subset(pool, m.heads_examples if r >= 0 else 64, seed=4000 + r), 128)
+        return _sorted_batches(data, subset(pool, mode.heads_examples if r >= 0 else 64, seed=4000 + r), HEADS_BATCH)
 
-    def count(batches):
-        return sum(len(b["index"]) for b in batches), sum(int(b["attention_mask"].sum()) for b in batches)
+    def counted(batches, seconds):
+        return _throughput(sum(len(b["index"]) for b in batches), sum(int(b["attention_mask"].sum()) for b in batches),
+                           seconds)
 
     def one_pass(r):
         batches = head_batches(r)
@@ -106,9 +110,7 @@ def run(env) -> dict:
                 cls = student.encode(b["input_ids"], b["attention_mask"], b["token_type_ids"])
                 for logits in student.head_logits(cls, head_tasks).values():
                     logits.float().numpy()
-        dt = time.perf_counter() - t0
-        n, tok = count(batches)
-        return {"examples": n, "tokens": tok, "seconds": dt, "examples_per_s": n / dt, "tokens_per_s": tok / dt}
+        return counted(batches, time.perf_counter() - t0)
 
     def per_task_models(r):
         batches = head_batches(r)
@@ -117,13 +119,20 @@ def run(env) -> dict:
             for b in batches:
                 for t, model in zip(head_tasks, per_task):
                     model(b["input_ids"], b["attention_mask"], b["token_type_ids"], task=t).float().numpy()
-        dt = time.perf_counter() - t0
-        n, tok = count(batches)
-        return {"examples": n, "tokens": tok, "seconds": dt, "examples_per_s": n / dt, "tokens_per_s": tok / dt}
+        return counted(batches, time.perf_counter() - t0)
 
-    head_runs = interleave([("all_heads_one_encoder_pass", one_pass), (f"per_task_models_x{len(head_tasks)}", per_task_models)],
-                           m.repeats, warmup=m.warmup_round, label=NAME)
-    del per_task, student
+    return interleave([("all_heads_one_encoder_pass", one_pass), (f"per_task_models_x{len(head_tasks)}", per_task_models)],
+                      mode.repeats, warmup=mode.warmup_round, label=NAME)
+
+
+def run(env) -> dict:
+    mode, ctx = env.mode, env.ctx
+    student = ctx.new_model()
+    student.eval()
+    gen_runs = soft_target_generation(env, student)
+    head_tasks = [t for t, s in ctx.specs.items() if s.head_of is None]
+    head_runs = all_heads(env, student, head_tasks)
+    del student
 
     runs = {**gen_runs, **head_runs}
     ratios = {
@@ -133,19 +142,20 @@ def run(env) -> dict:
     }
     what = {"softtarget_gen_vs_padded_forward": f"predict_logits / HF padded forward ({GEN_TASK} train)",
             "all_heads_one_pass_vs_per_task_models": f"{len(head_tasks)} heads on one encode / {len(head_tasks)} models"}
-    summ = {name: summarize(rs, KEYS) for name, rs in runs.items()}
-    rows = [[name, mmm(s["examples_per_s"]), mmm(s["tokens_per_s"]), mmm(s["seconds"])] for name, s in summ.items()]
+    summaries = {name: summarize(rs, KEYS) for name, rs in runs.items()}
+    rows = [[name, median_range(s["examples_per_s"]), median_range(s["tokens_per_s"]), median_range(s["seconds"])]
+            for name, s in summaries.items()]
     t1 = md_table(["contender", "examples/s", "tokens/s (real)", "timed s"], rows)
     t2 = ratio_table(ratios, what)
-    title = (f"## Inference ({env.encoder_label}; soft targets on {m.infer_examples} {GEN_TASK} examples, "
-             f"all heads on {m.heads_examples}; {m.repeats} rounds interleaved)")
+    title = (f"## Inference ({env.encoder_label}; soft targets on {mode.infer_examples} {GEN_TASK} examples, "
+             f"all heads on {mode.heads_examples}; {mode.repeats} rounds interleaved)")
     print(f"\n{title}\n\n{t1}\n\n{t2}\n", flush=True)
-    settings = {"softtarget_task": GEN_TASK, "softtarget_examples": m.infer_examples, "mtkd_batch_size": ctx.cfg.predict.batch_size,
-                "mtkd_max_tokens": ctx.cfg.predict.max_tokens,
-                "hf_batch_size": 64, "hf_padding": f"max_length {max_len}", "heads_examples": m.heads_examples,
-                "head_tasks": head_tasks, "heads_batch_size": 128, "rounds": m.repeats,
-                "grad_mode": "torch.inference_mode for every contender"}
-    return payload(env, NAME, settings, summ, ratios, [title, t1, t2], what=what)
+    settings = {"softtarget_task": GEN_TASK, "softtarget_examples": mode.infer_examples,
+                "mtkd_batch_size": ctx.cfg.predict.batch_size, "mtkd_max_tokens": ctx.cfg.predict.max_tokens,
+                "hf_batch_size": HF_BATCH, "hf_padding": f"max_length {ctx.cfg.data.max_seq_len}",
+                "heads_examples": mode.heads_examples, "head_tasks": head_tasks, "heads_batch_size": HEADS_BATCH,
+                "rounds": mode.repeats, "grad_mode": "torch.inference_mode for every contender"}
+    return bench_document(env, NAME, settings, summaries, ratios, [title, t1, t2], what=what)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Peak resident memory of the data path on a synthetic MNLI/QQP-sized task (issue: bounded memory).
+"""Peak resident memory of the data path on a synthetic MNLI/QQP-sized task (memory must stay bounded).
 
 Writes a synthetic 400k-example pair-classification TSV, then, each in a fresh subprocess so peaks
 do not mix: (1) tokenising it into mtkd's memory-mapped cache, (2) one training epoch's data path
@@ -51,7 +51,10 @@ def child(mode: str, path: str, cache: str) -> None:
     from mtkd.sampler import MultiTaskBatchSampler
 
     tok = AutoTokenizer.from_pretrained(resolve_encoder("default"), use_fast=True)
-    from common import peak_rss_mb
+    from machine import peak_rss_mb
+    from suite import hf_env_defaults
+
+    hf_env_defaults()
 
     base = peak_rss_mb()
     t0 = time.time()

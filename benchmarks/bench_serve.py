@@ -40,7 +40,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DEFAULT_OUT, REPO, default_data_root, machine_info, md_table, write_json  # noqa: E402
+from machine import machine_info  # noqa: E402
+from reporting import md_table, write_json  # noqa: E402
+from suite import DEFAULT_OUT, REPO, default_data_root  # noqa: E402
 
 NAME = "serve"
 DEFAULT_MODEL = REPO / "runs" / "demo" / "seed-42" / "mtl" / "model"
@@ -258,14 +260,66 @@ def _pct(values: list[float], q: float) -> float | None:
     return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))]
 
 
+class LevelTally:
+    """What one concurrency level saw: counts, latencies, and up to a few examples of each failure."""
+
+    def __init__(self):
+        self.lat_good: list[float] = []
+        self.lat_bad: list[float] = []
+        self.counts = {"good": 0, "bad": 0, "5xx": 0, "wrong_answers": 0, "wrong_status": 0, "transport_errors": 0}
+        self.examples: dict[str, list[str]] = {"wrong_answers": [], "wrong_status": [], "5xx": [], "transport_errors": []}
+        self.texts = 0
+
+    def fail(self, kind: str, example: str) -> None:
+        self.counts[kind] += 1
+        self.examples[kind].append(example)
+
+    def transport_error(self, e: Exception) -> None:
+        self.fail("transport_errors", f"{type(e).__name__}: {e}"[:200])
+
+    def bad(self, r, dt: float, name: str, status: int) -> None:
+        """A bad input's answer: it must be its expected 4xx with an error message."""
+        self.counts["bad"] += 1
+        self.lat_bad.append(dt)
+        if r.status_code != status or "error" not in r.json():
+            self.fail("wrong_status", f"{name}: {r.status_code} {r.text[:160]}")
+
+    def good(self, r, dt: float, req: dict, want: list[dict]) -> None:
+        """A good request's answer: it must equal the reference."""
+        self.counts["good"] += 1
+        self.lat_good.append(dt)
+        self.texts += len(req["texts"])
+        problem = check_answer(r.json(), want, req) if r.status_code == 200 else f"status {r.status_code}"
+        if problem:
+            self.fail("wrong_answers", problem)
+
+    def result(self, clients: int, wall: float, health0: dict, health1: dict, rss: list[float]) -> dict:
+        counts, lat_good, lat_bad = self.counts, self.lat_good, self.lat_bad
+        batches = health1["batches"] - health0["batches"]
+        total = counts["good"] + counts["bad"]
+        return {
+            "clients": clients, "seconds": round(wall, 3), **counts,
+            "requests_per_s": total / wall, "good_requests_per_s": counts["good"] / wall, "texts_per_s": self.texts / wall,
+            "latency_ms": {"p50": _ms(_pct(lat_good, 0.5)), "p99": _ms(_pct(lat_good, 0.99)),
+                           "mean": _ms(statistics.fmean(lat_good)) if lat_good else None, "max": _ms(max(lat_good, default=None))},
+            "bad_latency_ms": {"p50": _ms(_pct(lat_bad, 0.5)), "p99": _ms(_pct(lat_bad, 0.99))},
+            "server_batches": batches,
+            "mean_batch_texts": (health1["texts"] - health0["texts"]) / batches if batches else None,
+            "mean_batch_requests": (health1["requests"] - health0["requests"]) / batches if batches else None,
+            "server_rejected": health1["rejected"] - health0["rejected"], "server_failed": health1["failed"] - health0["failed"],
+            "rss_mb": {"start": rss[0] if rss else None, "end": rss[-1] if rss else None, "min": min(rss, default=None),
+                       "max": max(rss, default=None), "samples": rss},
+            "examples": {k: v[:5] for k, v in self.examples.items() if v},
+        }
+
+
 async def run_level(url: str, pid: int, pool, answers, bad, clients: int, seconds: float, bad_every: int,
                     offset: int) -> dict:
+    """`clients` clients for `seconds`, each sending its next request when the last is answered;
+    request i is bad when i % bad_every == bad_every - 1. The server's RSS sampled every 0.5 s."""
     import httpx
 
-    lat_good, lat_bad = [], []
-    counts = {"good": 0, "bad": 0, "5xx": 0, "wrong_answers": 0, "wrong_status": 0, "transport_errors": 0}
-    examples = {"wrong_answers": [], "wrong_status": [], "5xx": [], "transport_errors": []}
-    texts = 0
+    tally = LevelTally()
     rss = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
@@ -281,7 +335,6 @@ async def run_level(url: str, pid: int, pool, answers, bad, clients: int, second
                 await asyncio.sleep(0.5)
 
         async def worker(w: int):
-            nonlocal texts
             i = offset + w
             while time.perf_counter() < stop:
                 is_bad = bad_every > 0 and i % bad_every == bad_every - 1
@@ -294,49 +347,22 @@ async def run_level(url: str, pid: int, pool, answers, bad, clients: int, second
                 try:
                     r = await client.post("/predict", content=body, headers={"content-type": "application/json"})
                 except httpx.HTTPError as e:
-                    counts["transport_errors"] += 1
-                    examples["transport_errors"].append(f"{type(e).__name__}: {e}"[:200])
+                    tally.transport_error(e)
                     i += clients
                     continue
                 dt = time.perf_counter() - t0
                 if r.status_code >= 500:
-                    counts["5xx"] += 1
-                    examples["5xx"].append(r.text[:200])
+                    tally.fail("5xx", r.text[:200])
                 if is_bad:
-                    counts["bad"] += 1
-                    lat_bad.append(dt)
-                    if r.status_code != status or "error" not in r.json():
-                        counts["wrong_status"] += 1
-                        examples["wrong_status"].append(f"{name}: {r.status_code} {r.text[:160]}")
+                    tally.bad(r, dt, name, status)
                 else:
-                    counts["good"] += 1
-                    lat_good.append(dt)
-                    texts += len(pool[k]["texts"])
-                    problem = check_answer(r.json(), answers[k], pool[k]) if r.status_code == 200 else f"status {r.status_code}"
-                    if problem:
-                        counts["wrong_answers"] += 1
-                        examples["wrong_answers"].append(problem)
+                    tally.good(r, dt, pool[k], answers[k])
                 i += clients
 
         await asyncio.gather(sample_rss(), *(worker(w) for w in range(clients)))
         wall = time.perf_counter() - t_start
         health1 = (await client.get("/health")).json()
-    batches = health1["batches"] - health0["batches"]
-    total = counts["good"] + counts["bad"]
-    return {
-        "clients": clients, "seconds": round(wall, 3), **counts,
-        "requests_per_s": total / wall, "good_requests_per_s": counts["good"] / wall, "texts_per_s": texts / wall,
-        "latency_ms": {"p50": _ms(_pct(lat_good, 0.5)), "p99": _ms(_pct(lat_good, 0.99)),
-                       "mean": _ms(statistics.fmean(lat_good)) if lat_good else None, "max": _ms(max(lat_good, default=None))},
-        "bad_latency_ms": {"p50": _ms(_pct(lat_bad, 0.5)), "p99": _ms(_pct(lat_bad, 0.99))},
-        "server_batches": batches,
-        "mean_batch_texts": (health1["texts"] - health0["texts"]) / batches if batches else None,
-        "mean_batch_requests": (health1["requests"] - health0["requests"]) / batches if batches else None,
-        "server_rejected": health1["rejected"] - health0["rejected"], "server_failed": health1["failed"] - health0["failed"],
-        "rss_mb": {"start": rss[0] if rss else None, "end": rss[-1] if rss else None, "min": min(rss, default=None),
-                   "max": max(rss, default=None), "samples": rss},
-        "examples": {k: v[:5] for k, v in examples.items() if v},
-    }
+    return tally.result(clients, wall, health0, health1, rss)
 
 
 def _ms(x):
@@ -374,7 +400,7 @@ def tiny_model(folder: Path) -> Path:
     return folder / "model"
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="mtkd benchmark: the HTTP server under load")
     p.add_argument("--model", type=Path, default=None, help=f"model folder or ONNX export (default {DEFAULT_MODEL.relative_to(REPO)})")
     p.add_argument("--quick", action="store_true", help="tiny random model, 2 s per level, 1/4 clients (smoke test)")
@@ -388,7 +414,68 @@ def main(argv=None) -> int:
     p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help=f"output folder (default {DEFAULT_OUT.relative_to(REPO)})")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def choose_model(args, work: Path) -> tuple[Path, str]:
+    """(model folder, label): --model, a tiny random one with --quick, else the demo's."""
+    if args.model is not None:
+        return args.model, str(args.model)
+    if args.quick:
+        return tiny_model(work), "tiny random MT-DNN (2 layers, hidden 64; SST-2, MRPC, STS-B, RTE)"
+    return DEFAULT_MODEL, str(DEFAULT_MODEL.relative_to(REPO))
+
+
+def serve_levels(model_dir: Path, args, pool, answers, bad, levels: list[int], seconds: float) -> dict:
+    """Start the server, warm it up, run every level; the levels' records and the server's end state."""
+    server = Server(model_dir, args.max_batch, args.max_wait_ms, args.threads)
+    try:
+        asyncio.run(warm_up(server.url, pool, min(len(pool), 20)))
+        rss_start = rss_mb(server.pid)
+        results = []
+        for c in levels:
+            res = asyncio.run(run_level(server.url, server.pid, pool, answers, bad, c, seconds, args.bad_every,
+                                        offset=sum(r["good"] + r["bad"] for r in results)))
+            results.append(res)
+            print(f"  {c:>3} clients: {res['requests_per_s']:.1f} req/s, p50 {res['latency_ms']['p50']} ms, "
+                  f"p99 {res['latency_ms']['p99']} ms, 5xx {res['5xx']}, wrong {res['wrong_answers']}, "
+                  f"batch {res['mean_batch_texts'] or 0:.1f} texts, RSS {res['rss_mb']['end']} MB", flush=True)
+        rss_end = rss_mb(server.pid)
+        alive = server.proc.poll() is None
+    finally:
+        code = server.stop()
+        tail = server.stderr_tail()
+    return {"results": results, "rss_start": rss_start, "rss_end": rss_end, "alive": alive, "code": code, "tail": tail}
+
+
+def summary_of(served: dict) -> dict:
+    results, rss_start, rss_end = served["results"], served["rss_start"], served["rss_end"]
+    return {
+        "requests": sum(r["good"] + r["bad"] for r in results),
+        "5xx": sum(r["5xx"] for r in results),
+        "wrong_answers": sum(r["wrong_answers"] for r in results),
+        "wrong_status": sum(r["wrong_status"] for r in results),
+        "transport_errors": sum(r["transport_errors"] for r in results),
+        "rss_mb_start": rss_start, "rss_mb_end": rss_end,
+        "rss_growth_mb": (rss_end - rss_start) if rss_start and rss_end else None,
+        # the samples of every level: transient activations of big batches come and go; a leak climbs level by level
+        "rss_mb_max": max((x for r in results for x in r["rss_mb"]["samples"]), default=None),
+        "rss_mb_median_per_level": [statistics.median(r["rss_mb"]["samples"]) if r["rss_mb"]["samples"] else None
+                                    for r in results],
+        "server_alive_at_end": served["alive"], "server_exit_code": served["code"],
+    }
+
+
+def level_table(results: list[dict]) -> str:
+    rows = [[r["clients"], r["seconds"], r["good"], r["bad"], r["requests_per_s"], r["texts_per_s"],
+             r["latency_ms"]["p50"], r["latency_ms"]["p99"], r["5xx"], r["wrong_answers"], r["wrong_status"],
+             r["mean_batch_texts"], r["rss_mb"]["start"], r["rss_mb"]["end"]] for r in results]
+    return md_table(["clients", "s", "good", "bad", "req/s", "texts/s", "p50 ms", "p99 ms", "5xx", "wrong",
+                     "wrong status", "texts/batch", "RSS start MB", "RSS end MB"], rows)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     seconds = args.seconds or (2.0 if args.quick else 60.0)
     levels = [int(c) for c in (args.clients or ("1,4" if args.quick else "1,8,32")).split(",")]
     n_requests = args.requests or (40 if args.quick else 400)
@@ -397,12 +484,7 @@ def main(argv=None) -> int:
         import transformers
 
         transformers.logging.set_verbosity_error()
-        if args.model is not None:
-            model_dir, label = args.model, str(args.model)
-        elif args.quick:
-            model_dir, label = tiny_model(work), "tiny random MT-DNN (2 layers, hidden 64; SST-2, MRPC, STS-B, RTE)"
-        else:
-            model_dir, label = DEFAULT_MODEL, str(DEFAULT_MODEL.relative_to(REPO))
+        model_dir, label = choose_model(args, work)
         if not (model_dir / "config.json").is_file() and not (model_dir / "mtkd_export.json").is_file():
             print(f"no model at {model_dir}: train it first (make demo) or pass --model", file=sys.stderr)
             return 2
@@ -419,44 +501,11 @@ def main(argv=None) -> int:
         print(f"mtkd serve benchmark: {label} ({backend}), {len(pool)} requests in the pool "
               f"({sum(len(r['texts']) for r in pool)} texts; reference answers in {ref_s:.1f} s), "
               f"levels {levels} x {seconds:g} s, every {args.bad_every}th request bad", flush=True)
-        server = Server(model_dir, args.max_batch, args.max_wait_ms, args.threads)
-        try:
-            asyncio.run(warm_up(server.url, pool, min(len(pool), 20)))
-            rss_start = rss_mb(server.pid)
-            results = []
-            for c in levels:
-                res = asyncio.run(run_level(server.url, server.pid, pool, answers, bad, c, seconds, args.bad_every,
-                                            offset=sum(r["good"] + r["bad"] for r in results)))
-                results.append(res)
-                print(f"  {c:>3} clients: {res['requests_per_s']:.1f} req/s, p50 {res['latency_ms']['p50']} ms, "
-                      f"p99 {res['latency_ms']['p99']} ms, 5xx {res['5xx']}, wrong {res['wrong_answers']}, "
-                      f"batch {res['mean_batch_texts'] or 0:.1f} texts, RSS {res['rss_mb']['end']} MB", flush=True)
-            rss_end = rss_mb(server.pid)
-            alive = server.proc.poll() is None
-        finally:
-            code = server.stop()
-            tail = server.stderr_tail()
-        summary = {
-            "requests": sum(r["good"] + r["bad"] for r in results),
-            "5xx": sum(r["5xx"] for r in results),
-            "wrong_answers": sum(r["wrong_answers"] for r in results),
-            "wrong_status": sum(r["wrong_status"] for r in results),
-            "transport_errors": sum(r["transport_errors"] for r in results),
-            "rss_mb_start": rss_start, "rss_mb_end": rss_end,
-            "rss_growth_mb": (rss_end - rss_start) if rss_start and rss_end else None,
-            # the samples of every level: transient activations of big batches come and go; a leak climbs level by level
-            "rss_mb_max": max((x for r in results for x in r["rss_mb"]["samples"]), default=None),
-            "rss_mb_median_per_level": [statistics.median(r["rss_mb"]["samples"]) if r["rss_mb"]["samples"] else None
-                                        for r in results],
-            "server_alive_at_end": alive, "server_exit_code": code,
-        }
+        served = serve_levels(model_dir, args, pool, answers, bad, levels, seconds)
+        results, summary = served["results"], summary_of(served)
         ok = summary["5xx"] == 0 and summary["wrong_answers"] == 0 and summary["wrong_status"] == 0 and \
-            summary["transport_errors"] == 0 and alive
-        rows = [[r["clients"], r["seconds"], r["good"], r["bad"], r["requests_per_s"], r["texts_per_s"],
-                 r["latency_ms"]["p50"], r["latency_ms"]["p99"], r["5xx"], r["wrong_answers"], r["wrong_status"],
-                 r["mean_batch_texts"], r["rss_mb"]["start"], r["rss_mb"]["end"]] for r in results]
-        table = md_table(["clients", "s", "good", "bad", "req/s", "texts/s", "p50 ms", "p99 ms", "5xx", "wrong",
-                          "wrong status", "texts/batch", "RSS start MB", "RSS end MB"], rows)
+            summary["transport_errors"] == 0 and served["alive"]
+        table = level_table(results)
         doc = {
             "benchmark": NAME, "mode": "quick" if args.quick else "full", "machine": machine_info(), "model": label,
             "backend": backend,
@@ -469,6 +518,7 @@ def main(argv=None) -> int:
             "levels": results, "summary": summary, "ok": ok, "tables": [table],
         }
         path = write_json(args.out or DEFAULT_OUT, NAME, doc)
+        rss_start, rss_end = summary["rss_mb_start"], summary["rss_mb_end"]
         print(f"\n{table}\n\n5xx: {summary['5xx']}, wrong answers: {summary['wrong_answers']}, wrong statuses: "
               f"{summary['wrong_status']}, server RSS {rss_start and round(rss_start)} -> {rss_end and round(rss_end)} MB "
               f"(max {summary['rss_mb_max'] and round(summary['rss_mb_max'])}, median per level "
@@ -476,7 +526,7 @@ def main(argv=None) -> int:
               f"\nwrote {path}")
         if not ok:
             print("FAILED: " + json.dumps({k: v for r in results for k, v in r["examples"].items()})[:2000]
-                  + f"\nserver stderr:\n{tail}", file=sys.stderr)
+                  + f"\nserver stderr:\n{served['tail']}", file=sys.stderr)
         return 0 if ok else 1
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -31,7 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-REPO = Path(__file__).resolve().parents[1]
+from machine import machine_info  # noqa: E402
+from reporting import md_table, write_json  # noqa: E402
+from suite import REPO, quiet_hf  # noqa: E402  (suite also sets the offline / tokenizer-thread defaults)
+
 TEACHER_TASKS = ("MNLI", "QQP", "RTE", "QNLI")
 KD_CONFIG = REPO / "configs" / "glue-kd-cpu.yaml"
 KD_RESULTS = REPO / "results" / "glue-kd-cpu" / "results.json"
@@ -55,7 +58,7 @@ def requests(specs, root, per_task: int, seed: int = 0):
     return [texts[i] for i in order], [pairs[i] for i in order]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description="mtkd benchmark: serving cost of the student vs the teacher ensembles")
     p.add_argument("--smoke", action="store_true", help="tiny random encoder, few examples (the test)")
     p.add_argument("--encoder", help="encoder folder (default: the bundled MiniLM; --smoke needs one)")
@@ -69,10 +72,77 @@ def main() -> None:
         args.per_task, args.rounds = 4, 1
         if not args.encoder:
             raise SystemExit("--smoke needs --encoder FOLDER (a tiny encoder, e.g. from mtkd.testing)")
+    return args
+
+
+def contenders(student, members: dict, texts, pairs, settings: dict) -> dict:
+    """name -> fn(): every example for all four tasks, then for one task at a time."""
+    def student_all():
+        student.predict(list(TEACHER_TASKS), texts, pairs, return_probs=True, **settings)
+
+    def ensembles_all():
+        for t in TEACHER_TASKS:
+            probs = [m.predict(t, texts, pairs, return_probs=True, **settings) for m in members[t]]
+            sum(probs) / len(probs)
+
+    def student_one(t):
+        return lambda: student.predict(t, texts, pairs, return_probs=True, **settings)
+
+    def ensemble_one(t):
+        return lambda: [m.predict(t, texts, pairs, return_probs=True, **settings) for m in members[t]]
+
+    out = {"student: all 4 tasks": student_all, "ensembles: all 4 tasks": ensembles_all}
+    for t in TEACHER_TASKS:
+        out[f"student: {t} only"] = student_one(t)
+        out[f"ensemble: {t} only"] = ensemble_one(t)
+    return out
+
+
+def timed_rounds(fns: dict, rounds: int) -> dict[str, list[float]]:
+    """name -> seconds of each round, the contenders interleaved within a round."""
+    seconds: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(rounds):
+        for name, fn in fns.items():
+            gc.collect()
+            t0 = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - t0)
+            print(f"  round {r + 1}/{rounds} {name:<26} {seconds[name][-1]:.2f} s", file=sys.stderr, flush=True)
+    return seconds
+
+
+def kd_dev_scores() -> tuple[dict | None, object]:
+    """(the committed KD results or None, accuracy(system, task) -> mean of its dev metrics or None)."""
+    kd = json.loads(KD_RESULTS.read_text()) if KD_RESULTS.is_file() else None
+
+    def accuracy(system, task):
+        if kd is None or task not in kd["systems"].get(system, {}):
+            return None
+        ms = kd["systems"][system][task]
+        return sum(ms.values()) / len(ms)
+    return kd, accuracy
+
+
+def cost_table(eps: dict, accuracy, args, n: int, params: dict, n_heads: int) -> str:
+    rows = [["all 4 tasks per example", f"{eps['student: all 4 tasks']:.1f}", f"{eps['ensembles: all 4 tasks']:.1f}",
+             f"{eps['student: all 4 tasks'] / eps['ensembles: all 4 tasks']:.1f}x", "", ""]]
+    for t in TEACHER_TASKS:
+        s, e = eps[f"student: {t} only"], eps[f"ensemble: {t} only"]
+        a_s, a_e = accuracy("mtdnn_kd", t), accuracy("ensemble", t)
+        rows.append([f"{t} only", f"{s:.1f}", f"{e:.1f}", f"{s / e:.1f}x",
+                     "-" if a_s is None else f"{a_s:.2f}", "-" if a_e is None else f"{a_e:.2f}"])
+    table = md_table(["requests", "student ex/s", "ensembles ex/s", "student / ensembles",
+                      "MT-DNN-KD dev score", "ensemble dev score"], rows)
+    return table + (f"\n\nParameters: student {params['student'] / 1e6:.1f} M (one encoder, {n_heads} heads); "
+                    f"ensembles {params['ensembles'] / 1e6:.1f} M ({len(TEACHER_TASKS)} tasks x {args.members} members). "
+                    f"{n} requests ({args.per_task} dev pairs per teacher task), median of {args.rounds} rounds.")
+
+
+def main() -> None:
+    args = parse_args()
 
     import torch
 
-    from common import machine_info, md_table, quiet_hf, write_json
     from mtkd.config import load_config
     from mtkd.data import resolve_data_root
     from mtkd.model import MTModel
@@ -91,60 +161,15 @@ def main() -> None:
     student = MTModel.from_encoder(encoder, train_tasks, init=init).eval()
     members = {t: [MTModel.from_encoder(encoder, train_tasks, init=init).eval() for _ in range(args.members)]
                for t in TEACHER_TASKS}
-
-    def student_all():
-        student.predict(list(TEACHER_TASKS), texts, pairs, return_probs=True, **settings)
-
-    def ensembles_all():
-        for t in TEACHER_TASKS:
-            probs = [m.predict(t, texts, pairs, return_probs=True, **settings) for m in members[t]]
-            sum(probs) / len(probs)
-
-    def student_one(t):
-        return lambda: student.predict(t, texts, pairs, return_probs=True, **settings)
-
-    def ensemble_one(t):
-        return lambda: [m.predict(t, texts, pairs, return_probs=True, **settings) for m in members[t]]
-
-    contenders = {"student: all 4 tasks": student_all, "ensembles: all 4 tasks": ensembles_all}
-    for t in TEACHER_TASKS:
-        contenders[f"student: {t} only"] = student_one(t)
-        contenders[f"ensemble: {t} only"] = ensemble_one(t)
-    seconds: dict[str, list[float]] = {k: [] for k in contenders}
     for m in [student] + [m for ms in members.values() for m in ms]:  # warm-up: first-call allocations
         m.predict(TEACHER_TASKS[0], texts[:16], pairs[:16], **settings)
-    for r in range(args.rounds):
-        for name, fn in contenders.items():
-            gc.collect()
-            t0 = time.perf_counter()
-            fn()
-            seconds[name].append(time.perf_counter() - t0)
-            print(f"  round {r + 1}/{args.rounds} {name:<26} {seconds[name][-1]:.2f} s", file=sys.stderr, flush=True)
+    seconds = timed_rounds(contenders(student, members, texts, pairs, settings), args.rounds)
     n = len(texts)
     eps = {k: n / statistics.median(v) for k, v in seconds.items()}
-
-    kd = json.loads(KD_RESULTS.read_text()) if KD_RESULTS.is_file() else None
-
-    def accuracy(system, task):
-        if kd is None or task not in kd["systems"].get(system, {}):
-            return None
-        ms = kd["systems"][system][task]
-        return sum(ms.values()) / len(ms)
-
-    params_student = sum(p.numel() for p in student.parameters())
-    params_ensembles = sum(p.numel() for ms in members.values() for m in ms for p in m.parameters())
-    rows = [["all 4 tasks per example", f"{eps['student: all 4 tasks']:.1f}", f"{eps['ensembles: all 4 tasks']:.1f}",
-             f"{eps['student: all 4 tasks'] / eps['ensembles: all 4 tasks']:.1f}x", "", ""]]
-    for t in TEACHER_TASKS:
-        s, e = eps[f"student: {t} only"], eps[f"ensemble: {t} only"]
-        a_s, a_e = accuracy("mtdnn_kd", t), accuracy("ensemble", t)
-        rows.append([f"{t} only", f"{s:.1f}", f"{e:.1f}", f"{s / e:.1f}x",
-                     "-" if a_s is None else f"{a_s:.2f}", "-" if a_e is None else f"{a_e:.2f}"])
-    table = md_table(["requests", "student ex/s", "ensembles ex/s", "student / ensembles",
-                      "MT-DNN-KD dev score", "ensemble dev score"], rows)
-    table += (f"\n\nParameters: student {params_student / 1e6:.1f} M (one encoder, {len(train_tasks)} heads); "
-              f"ensembles {params_ensembles / 1e6:.1f} M ({len(TEACHER_TASKS)} tasks x {args.members} members). "
-              f"{n} requests ({args.per_task} dev pairs per teacher task), median of {args.rounds} rounds.")
+    kd, accuracy = kd_dev_scores()
+    params = {"student": sum(p.numel() for p in student.parameters()),
+              "ensembles": sum(p.numel() for ms in members.values() for m in ms for p in m.parameters())}
+    table = cost_table(eps, accuracy, args, n, params, len(train_tasks))
     print(table)
     doc = {"benchmark": "serving_cost", "machine": machine_info(),
            "settings": {**settings, "requests": n, "per_task": args.per_task, "rounds": args.rounds,
@@ -152,7 +177,7 @@ def main() -> None:
            "seconds": seconds, "examples_per_s": eps,
            "ratio_all_tasks": eps["student: all 4 tasks"] / eps["ensembles: all 4 tasks"],
            "ratio_per_task": {t: eps[f"student: {t} only"] / eps[f"ensemble: {t} only"] for t in TEACHER_TASKS},
-           "parameters": {"student": params_student, "ensembles": params_ensembles},
+           "parameters": params,
            "accuracy_source": str(KD_RESULTS.relative_to(REPO)) if kd else None,
            "accuracy": {t: {"mtdnn_kd": accuracy("mtdnn_kd", t), "ensemble": accuracy("ensemble", t)} for t in TEACHER_TASKS},
            "tables": [table]}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-REPO = Path(__file__).resolve().parents[1]
+from suite import REPO  # noqa: E402  (suite also sets the offline / tokenizer-thread defaults the workers inherit)
 
 
 def worker(args) -> None:
@@ -127,7 +127,8 @@ def main() -> None:
         args.steps, args.predict, args.rounds = 2, 16, 1
         if not args.encoder:
             raise SystemExit("--smoke needs --encoder FOLDER (a tiny encoder, e.g. from mtkd.testing)")
-    from common import machine_info, md_table, write_json
+    from machine import machine_info
+    from reporting import md_table, write_json
 
     names = ["1 process, 1 thread", "2 processes, 1 thread each"] if args.smoke else list(SCENARIOS)
     runs: dict[str, list[dict]] = {n: [] for n in names}

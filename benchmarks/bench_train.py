@@ -27,8 +27,12 @@ Throughput = examples / seconds from the first forward to the last optimizer ste
 
 from __future__ import annotations
 
-from common import (BATCH, fixed_train_sets, hf_features, interleave, md_table, mmm, mtkd_batches, paired_ratio,
-                    payload, ratio_table, run_mtkd, run_trainer, standalone, summarize)
+from mtkd_contender import mtkd_batches, run_mtkd
+from reporting import md_table, median_range, ratio_table
+from suite import BATCH, bench_document, standalone
+from timing import interleave, paired_ratio, summarize
+from train_subsets import fixed_train_sets
+from trainer_contender import hf_features, run_trainer
 
 NAME = "train"
 KEYS = ["examples_per_s", "tokens_per_s", "padded_tokens_per_s", "padding_fraction", "seconds", "first_step_s",
@@ -40,18 +44,19 @@ def workloads(env) -> dict[str, tuple[list[str], int]]:
     return {"sst2": (["SST-2"], 2), "mrpc": (["MRPC"], 2), "mtl": (env.ctx.train_tasks(), 3)}
 
 
-def run(env) -> dict:
-    m = env.mode
-    wl = workloads(env)
-    cache: dict = {}
+def contenders(env, loads: dict) -> list[tuple[str, object]]:
+    """(name, fn(round)) of every contender of every workload, in the order they are interleaved."""
+    mode = env.mode
+    plans: dict = {}
 
     def plan(key, r):
         """(train_sets, mtkd's batches in order) of workload `key` in round r (r = -1: warm-up)."""
-        if (key, r) not in cache:
-            steps = m.warmup_steps if r < 0 else m.train_steps
-            ts = fixed_train_sets(env, wl[key][0], steps, seed=1000 + r)
-            cache[(key, r)] = (ts, [(ts[t].data, idx) for t, idx in mtkd_batches(env, ts, seed=1000 + r)])
-        return cache[(key, r)]
+        if (key, r) not in plans:
+            steps = mode.warmup_steps if r < 0 else mode.train_steps
+            train_sets = fixed_train_sets(env, loads[key][0], steps, seed=1000 + r)
+            plans[(key, r)] = (train_sets, [(train_sets[t].data, idx)
+                                            for t, idx in mtkd_batches(env, train_sets, seed=1000 + r)])
+        return plans[(key, r)]
 
     def mtkd_fn(key):
         return lambda r: run_mtkd(env, plan(key, r)[0], seed=1000 + r)
@@ -59,30 +64,28 @@ def run(env) -> dict:
     def trainer_fn(key, dynamic, sampling):
         def fn(r):
             _, batches = plan(key, r)
-            feats = hf_features(batches, pad_to=None if dynamic else env.ctx.cfg.data.max_seq_len, num_labels=wl[key][1])
-            return run_trainer(env, feats, len(batches), seed=1000 + r, dynamic=dynamic, num_labels=wl[key][1],
+            num_labels = loads[key][1]
+            feats = hf_features(batches, pad_to=None if dynamic else env.ctx.cfg.data.max_seq_len, num_labels=num_labels)
+            return run_trainer(env, feats, len(batches), seed=1000 + r, dynamic=dynamic, num_labels=num_labels,
                                sampling=sampling)
         return fn
 
-    contenders = []
-    for key in wl:
-        contenders.append((f"{key}:mtkd", mtkd_fn(key)))
-        if m.padded_per_task or key == "sst2":
-            contenders.append((f"{key}:trainer_padded", trainer_fn(key, dynamic=False, sampling="random")))
-        contenders.append((f"{key}:trainer_dynamic", trainer_fn(key, dynamic=True, sampling="sequential")))
-        if m.trainer_group_by_length:
-            contenders.append((f"{key}:trainer_group_by_length", trainer_fn(key, dynamic=True, sampling="group_by_length")))
-    runs = interleave(contenders, m.repeats, warmup=m.warmup_round, label=NAME)
+    out = []
+    for key in loads:
+        out.append((f"{key}:mtkd", mtkd_fn(key)))
+        if mode.padded_per_task or key == "sst2":
+            out.append((f"{key}:trainer_padded", trainer_fn(key, dynamic=False, sampling="random")))
+        out.append((f"{key}:trainer_dynamic", trainer_fn(key, dynamic=True, sampling="sequential")))
+        if mode.trainer_group_by_length:
+            out.append((f"{key}:trainer_group_by_length", trainer_fn(key, dynamic=True, sampling="group_by_length")))
+    return out
 
-    same_batches = {key: all(a["shapes"] == b["shapes"] for a, b in zip(runs[f"{key}:mtkd"], runs[f"{key}:trainer_dynamic"]))
-                    for key in wl}
-    for rs in runs.values():
-        for r in rs:
-            r.pop("shapes", None)
 
+def ratios_of(runs: dict, loads: dict, padded_per_task: bool) -> tuple[dict, dict]:
+    """(ratio key -> stats, ratio key -> what it compares)."""
     ratios, what = {}, {}
-    for key in wl:
-        padded = f"{key}:trainer_padded" if m.padded_per_task else "sst2:trainer_padded"
+    for key in loads:
+        padded = f"{key}:trainer_padded" if padded_per_task else "sst2:trainer_padded"
         ratios[f"train_vs_trainer_padded_{key}"] = paired_ratio(runs[f"{key}:mtkd"], runs[padded])
         what[f"train_vs_trainer_padded_{key}"] = f"mtkd / Trainer run_glue padded-128 (on {padded.split(':')[0]})"
         ratios[f"train_vs_trainer_dynamic_{key}"] = paired_ratio(runs[f"{key}:mtkd"], runs[f"{key}:trainer_dynamic"])
@@ -90,25 +93,44 @@ def run(env) -> dict:
         if f"{key}:trainer_group_by_length" in runs:
             ratios[f"train_vs_trainer_group_by_length_{key}"] = paired_ratio(runs[f"{key}:mtkd"], runs[f"{key}:trainer_group_by_length"])
             what[f"train_vs_trainer_group_by_length_{key}"] = "mtkd / Trainer group_by_length on the subset (informative)"
+    return ratios, what
 
-    summ = {name: summarize(rs, KEYS) for name, rs in runs.items()}
-    rows = [[name, mmm(s["examples_per_s"]), mmm(s["tokens_per_s"]), mmm(s["padded_tokens_per_s"]),
-             f"{s['padding_fraction']['median']:.0%}", mmm(s["first_step_s"]), mmm(s["startup_s"]), mmm(s["teardown_s"])]
-            for name, s in summ.items()]
-    t1 = md_table(["contender", "examples/s", "tokens/s (real)", "tokens/s (padded)", "padding", "first step s",
-                   "start-up s", "tear-down s"], rows)
-    t2 = ratio_table(ratios, what)
-    title = (f"## Training throughput ({env.encoder_label}; batch {BATCH}, {m.train_steps} timed steps, "
-             f"{m.repeats} rounds interleaved, median (min-max), {env.threads} threads)")
+
+def contender_table(summaries: dict) -> str:
+    rows = [[name, median_range(s["examples_per_s"]), median_range(s["tokens_per_s"]), median_range(s["padded_tokens_per_s"]),
+             f"{s['padding_fraction']['median']:.0%}", median_range(s["first_step_s"]), median_range(s["startup_s"]),
+             median_range(s["teardown_s"])]
+            for name, s in summaries.items()]
+    return md_table(["contender", "examples/s", "tokens/s (real)", "tokens/s (padded)", "padding", "first step s",
+                     "start-up s", "tear-down s"], rows)
+
+
+def run(env) -> dict:
+    mode = env.mode
+    loads = workloads(env)
+    runs = interleave(contenders(env, loads), mode.repeats, warmup=mode.warmup_round, label=NAME)
+
+    # the dynamic Trainer was fed mtkd's batches: check it really ran the same shapes, then drop them
+    same_batches = {key: all(a["shapes"] == b["shapes"] for a, b in zip(runs[f"{key}:mtkd"], runs[f"{key}:trainer_dynamic"]))
+                    for key in loads}
+    for rs in runs.values():
+        for r in rs:
+            r.pop("shapes", None)
+
+    ratios, what = ratios_of(runs, loads, mode.padded_per_task)
+    summaries = {name: summarize(rs, KEYS) for name, rs in runs.items()}
+    t1, t2 = contender_table(summaries), ratio_table(ratios, what)
+    title = (f"## Training throughput ({env.encoder_label}; batch {BATCH}, {mode.train_steps} timed steps, "
+             f"{mode.repeats} rounds interleaved, median (min-max), {env.threads} threads)")
     print(f"\n{title}\n\n{t1}\n\n{t2}\n", flush=True)
     settings = {"batch_size": BATCH, "optimizer": "Adamax", "lr": 2e-4, "precision": "fp32",
-                "timed_steps": m.train_steps, "warmup_round_steps": m.warmup_steps, "rounds": m.repeats,
-                "workloads": {k: v[0] for k, v in wl.items()},
-                "trainer_padded_shared_across_tasks": not m.padded_per_task,
+                "timed_steps": mode.train_steps, "warmup_round_steps": mode.warmup_steps, "rounds": mode.repeats,
+                "workloads": {k: v[0] for k, v in loads.items()},
+                "trainer_padded_shared_across_tasks": not mode.padded_per_task,
                 "trainer_dynamic_same_batches_as_mtkd": same_batches,
                 "mtl_trainer_note": "Trainer runs the MTL mix's examples as one single-task run with one 3-way head",
                 "timing": "first forward start -> last optimizer step end; same examples for every contender of a round"}
-    return payload(env, NAME, settings, summ, ratios, [title, t1, t2], what=what)
+    return bench_document(env, NAME, settings, summaries, ratios, [title, t1, t2], what=what)
 
 
 if __name__ == "__main__":

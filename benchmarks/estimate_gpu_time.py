@@ -37,7 +37,9 @@ from pathlib import Path
 
 import torch
 
-from common import REPO, machine_info, md_table, quiet_hf, use_torch_dropout
+from machine import machine_info
+from reporting import md_table
+from suite import REPO, quiet_hf, use_torch_dropout
 
 # The host-time batch: tiny, because the attention tensors (batch x 12 heads x L x L) do not shrink with
 # the width; the number of kernels, which is what costs host time, does not depend on the shape.
@@ -153,13 +155,40 @@ NO_KERNEL = {"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::as
 MULTI_TENSOR_CHUNK = 48  # tensors per launch of a CUDA foreach kernel with 3-4 tensor lists
 
 
+def median_ms(fn, steps: int, before=None) -> float:
+    """Median ms of `steps` calls of fn after 3 untimed ones; `before` runs untimed before each call."""
+    for _ in range(3):
+        before and before()
+        fn()
+    ts = []
+    for _ in range(steps):
+        before and before()
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(ts)
+
+
+def count_kernels(fn, before=None, foreach_chunks: int = 1) -> int:
+    """GPU kernels one call of fn would launch: the profiler's leaf aten operators that do work (not
+    NO_KERNEL), each foreach operator counted as `foreach_chunks` launches and its children not at all."""
+    from torch.profiler import ProfilerActivity, profile
+
+    before and before()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = prof.events()
+    top_foreach = sum(1 for e in events if e.name.startswith("aten::_foreach_") and not _under_foreach(e))
+    leaf = sum(1 for e in events if e.name.startswith("aten::") and not e.cpu_children and e.name not in NO_KERNEL
+               and not _under_foreach(e) and not e.name.startswith("aten::_foreach_"))
+    return leaf + top_foreach * foreach_chunks
+
+
 def host_times(model, task: str, steps: int) -> dict:
     """Host time (ms, median) of the tiny twin's training step, split into forward + backward (the
     same operators a GPU runs, one kernel each) and clip + Adamax (on the CPU a per-tensor loop, on a
     GPU a few multi-tensor kernels: the CPU time is an upper bound), and of an inference batch; and
     the number of GPU kernels each launches."""
-    from torch.profiler import ProfilerActivity, profile
-
     from mtkd.loop import default_loss
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -169,7 +198,6 @@ def host_times(model, task: str, steps: int) -> dict:
     mask, types = torch.ones_like(ids), torch.zeros_like(ids)
     batch = {"labels": torch.randint(0, 2, HOST_BATCH_SHAPE[:1], generator=g)}
     loss_fn = default_loss(model)
-    chunks = math.ceil(len(params) / MULTI_TENSOR_CHUNK)
 
     def forward_backward():
         model.train()
@@ -190,35 +218,17 @@ def host_times(model, task: str, steps: int) -> dict:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             model(ids, mask, types, task=task).float().numpy()
 
-    def timed(fn, before=None):
-        for _ in range(3):
-            before and before()
-            fn()
-        ts = []
-        for _ in range(steps):
-            before and before()
-            t0 = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t0) * 1000)
-        return statistics.median(ts)
+    def zero_grad():
+        optimizer.zero_grad(set_to_none=True)
 
-    def kernels(fn, before=None, foreach_chunks=1):
-        before and before()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            fn()
-        events = prof.events()
-        top_foreach = sum(1 for e in events if e.name.startswith("aten::_foreach_") and not _under_foreach(e))
-        leaf = sum(1 for e in events if e.name.startswith("aten::") and not e.cpu_children and e.name not in NO_KERNEL
-                   and not _under_foreach(e) and not e.name.startswith("aten::_foreach_"))
-        return leaf + top_foreach * foreach_chunks
-
-    out = {"forward_backward_ms": timed(forward_backward, before=lambda: optimizer.zero_grad(set_to_none=True)),
-           "clip_adamax_ms": timed(clip_and_update, before=forward_backward),
-           "infer_batch_ms": timed(infer_batch),
+    out = {"forward_backward_ms": median_ms(forward_backward, steps, before=zero_grad),
+           "clip_adamax_ms": median_ms(clip_and_update, steps, before=forward_backward),
+           "infer_batch_ms": median_ms(infer_batch, steps),
            "param_tensors": len(params)}
-    out["forward_backward_kernels"] = kernels(forward_backward, before=lambda: optimizer.zero_grad(set_to_none=True))
-    out["clip_adamax_kernels"] = kernels(clip_and_update, before=forward_backward, foreach_chunks=chunks)
-    out["infer_batch_kernels"] = kernels(infer_batch)
+    out["forward_backward_kernels"] = count_kernels(forward_backward, before=zero_grad)
+    out["clip_adamax_kernels"] = count_kernels(clip_and_update, before=forward_backward,
+                                               foreach_chunks=math.ceil(len(params) / MULTI_TENSOR_CHUNK))
+    out["infer_batch_kernels"] = count_kernels(infer_batch)
     return out
 
 
@@ -250,7 +260,7 @@ def save_times(ctx, folder: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ main
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "glue-kd-gpu.yaml")
     ap.add_argument("--tflops", type=float, default=150.0,
@@ -259,9 +269,11 @@ def main(argv=None) -> int:
     ap.add_argument("--host-steps", type=int, default=20)
     ap.add_argument("--json", type=Path, default=REPO / "results" / "bench" / "gpu_estimate.json")
     ap.add_argument("--data-root", default=None, help="GLUE folder (default: the config's)")
-    args = ap.parse_args(argv)
-    quiet_hf()
-    torch.set_num_threads(2)
+    return ap.parse_args(argv)
+
+
+def measure(args) -> dict:
+    """Everything counted and measured here: the stages' plan, tokenising, the host costs, the saves."""
     from mtkd.config import load_config
     from mtkd.recipes.context import RunContext
 
@@ -280,49 +292,59 @@ def main(argv=None) -> int:
         host = host_times(twin, next(iter(ctx.train_tasks())), args.host_steps)
         host["collate_ms"] = collate_ms(ctx, cfg.mtl, seed)
         saves = save_times(ctx, Path(tmp))
-    flops_tok, attn_tok = model_flops(full_config)
-    tflops = args.tflops * 1e12
+    return {"tokenise_s": tokenise_s, "stages": stages, "host": host, "saves": saves, "full_config": full_config}
+
+
+def host_step_seconds(host: dict, launch_us: float) -> dict:
+    """bound -> (host s per training step, host s per inference batch).
+    upper: the CPU's per-tensor clip + Adamax loop and `launch_us` per kernel on top of the host time;
+    lower: clip + Adamax as the CUDA multi-tensor kernels only, and half the launch cost."""
     train_kernels = host["forward_backward_kernels"] + host["clip_adamax_kernels"]
-    # upper: the CPU's per-tensor clip + Adamax loop and `launch_us` per kernel on top of the host time;
-    # lower: clip + Adamax as the CUDA multi-tensor kernels only, and half the launch cost
-    host_s = {
-        "upper": ((host["collate_ms"] + host["forward_backward_ms"] + host["clip_adamax_ms"] + train_kernels * args.launch_us / 1000) / 1000,
-                  (host["infer_batch_ms"] + host["infer_batch_kernels"] * args.launch_us / 1000) / 1000),
-        "lower": ((host["collate_ms"] + host["forward_backward_ms"] + train_kernels * args.launch_us / 2000) / 1000,
-                  (host["infer_batch_ms"] + host["infer_batch_kernels"] * args.launch_us / 2000) / 1000),
+    return {
+        "upper": ((host["collate_ms"] + host["forward_backward_ms"] + host["clip_adamax_ms"] + train_kernels * launch_us / 1000) / 1000,
+                  (host["infer_batch_ms"] + host["infer_batch_kernels"] * launch_us / 1000) / 1000),
+        "lower": ((host["collate_ms"] + host["forward_backward_ms"] + train_kernels * launch_us / 2000) / 1000,
+                  (host["infer_batch_ms"] + host["infer_batch_kernels"] * launch_us / 2000) / 1000),
     }
+
+
+def estimate(measured: dict, flops: tuple[float, float], tflops: float, train_host_s: float, infer_host_s: float):
+    """(one record per stage, total seconds with tokenising) for these host costs per step / batch."""
+    flops_tok, attn_tok = flops
+    saves = measured["saves"]
 
     def gpu_s(batches, factor):  # factor 3: forward + backward; 1: forward only
         return sum(factor * rows * width * (flops_tok + attn_tok * width) for _, rows, width in batches) / tflops
 
-    def estimate(train_host_s, infer_host_s):
-        out, total = [], tokenise_s
-        for st in stages:
-            steps = sum(r["steps"] for r in st["train"])
-            # every run trains `epochs` passes over its batch list: scale one epoch's GPU time
-            train_gpu = sum(gpu_s(r["batches"], 3) * r["steps"] / len(r["batches"]) for r in st["train"])
-            infer_gpu = gpu_s(st["infer"], 1)
-            saves_s = (sum(r["checkpoints"] for r in st["train"]) * saves["checkpoint_s"]
-                       + len(st["train"]) * saves["save_model_s"])
-            d = {"stage": st["stage"], "training_runs": len(st["train"]), "train_steps": steps,
-                 "train_examples": sum(sum(b[1] for b in r["batches"]) * r["epochs"] for r in st["train"]),
-                 "infer_batches": len(st["infer"]), "train_gpu_s": train_gpu, "train_host_s": steps * train_host_s,
-                 "infer_gpu_s": infer_gpu, "infer_host_s": len(st["infer"]) * infer_host_s, "saves_s": saves_s}
-            d["seconds"] = d["train_gpu_s"] + d["train_host_s"] + d["infer_gpu_s"] + d["infer_host_s"] + saves_s
-            total += d["seconds"]
-            out.append(d)
-        return out, total
+    out, total = [], measured["tokenise_s"]
+    for st in measured["stages"]:
+        steps = sum(r["steps"] for r in st["train"])
+        # every run trains `epochs` passes over its batch list: scale one epoch's GPU time
+        train_gpu = sum(gpu_s(r["batches"], 3) * r["steps"] / len(r["batches"]) for r in st["train"])
+        infer_gpu = gpu_s(st["infer"], 1)
+        saves_s = (sum(r["checkpoints"] for r in st["train"]) * saves["checkpoint_s"]
+                   + len(st["train"]) * saves["save_model_s"])
+        d = {"stage": st["stage"], "training_runs": len(st["train"]), "train_steps": steps,
+             "train_examples": sum(sum(b[1] for b in r["batches"]) * r["epochs"] for r in st["train"]),
+             "infer_batches": len(st["infer"]), "train_gpu_s": train_gpu, "train_host_s": steps * train_host_s,
+             "infer_gpu_s": infer_gpu, "infer_host_s": len(st["infer"]) * infer_host_s, "saves_s": saves_s}
+        d["seconds"] = d["train_gpu_s"] + d["train_host_s"] + d["infer_gpu_s"] + d["infer_host_s"] + saves_s
+        total += d["seconds"]
+        out.append(d)
+    return out, total
 
-    doc_stages, total = estimate(*host_s["upper"])
-    _, total_lower = estimate(*host_s["lower"])
+
+def print_report(args, measured: dict, host_s: dict, stages: list[dict], total: float, total_lower: float) -> None:
+    host, saves, tokenise_s = measured["host"], measured["saves"], measured["tokenise_s"]
     rows = [[d["stage"], d["training_runs"], d["train_steps"], d["infer_batches"], f"{d['train_gpu_s']:.0f}",
              f"{d['train_host_s']:.0f}", f"{d['infer_gpu_s'] + d['infer_host_s']:.0f}", f"{d['saves_s']:.0f}",
-             f"{d['seconds'] / 60:.1f}"] for d in doc_stages]
+             f"{d['seconds'] / 60:.1f}"] for d in stages]
     rows.append(["tokenise (measured)", "", "", "", "", "", "", "", f"{tokenise_s / 60:.1f}"])
-    rows.append(["**total**", "", sum(d["train_steps"] for d in doc_stages), "", "", "", "", "", f"**{total / 60:.1f}**"])
+    rows.append(["**total**", "", sum(d["train_steps"] for d in stages), "", "", "", "", "", f"**{total / 60:.1f}**"])
     print(f"## Estimated time of {args.config.name} on one GPU\n")
     print(f"assumed: {args.tflops:.0f} TFLOP/s sustained bf16, {args.launch_us:.0f} us per kernel launch; measured here: "
-          f"host {host['collate_ms']:.2f} ms collate, {host['forward_backward_ms']:.1f} ms forward + backward ({host['forward_backward_kernels']} kernels) and "
+          f"host {host['collate_ms']:.2f} ms collate, {host['forward_backward_ms']:.1f} ms forward + backward "
+          f"({host['forward_backward_kernels']} kernels) and "
           f"{host['clip_adamax_ms']:.1f} ms clip + Adamax ({host['clip_adamax_kernels']} kernels) per training step, "
           f"{host['infer_batch_ms']:.1f} ms per inference batch ({host['infer_batch_kernels']} kernels); "
           f"{host_s['upper'][0] * 1000:.1f} ms per step with launches (lower bound {host_s['lower'][0] * 1000:.1f}), "
@@ -330,13 +352,26 @@ def main(argv=None) -> int:
     print(md_table(["stage", "training runs", "steps", "inference batches", "train GPU s", "train host s",
                     "inference s", "saves s", "minutes"], rows))
     print(f"\ntotal: {total_lower / 60:.1f}-{total / 60:.1f} minutes (lower bound - the table's upper bound)")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    quiet_hf()
+    torch.set_num_threads(2)
+    measured = measure(args)
+    flops = model_flops(measured["full_config"])
+    tflops = args.tflops * 1e12
+    host_s = host_step_seconds(measured["host"], args.launch_us)
+    stages, total = estimate(measured, flops, tflops, *host_s["upper"])
+    _, total_lower = estimate(measured, flops, tflops, *host_s["lower"])
+    print_report(args, measured, host_s, stages, total, total_lower)
     doc = {"benchmark": "gpu_estimate", "machine": machine_info(), "config": str(args.config.relative_to(REPO))
            if args.config.is_relative_to(REPO) else str(args.config),
            "assumed": {"tflops": args.tflops, "launch_us": args.launch_us},
-           "measured": {**host, **saves, "tokenise_s": tokenise_s, "host_batch_shape": list(HOST_BATCH_SHAPE)},
-           "flops_per_token_forward": flops_tok, "attention_flops_per_token_per_length": attn_tok,
+           "measured": {**measured["host"], **measured["saves"], "tokenise_s": measured["tokenise_s"], "host_batch_shape": list(HOST_BATCH_SHAPE)},
+           "flops_per_token_forward": flops[0], "attention_flops_per_token_per_length": flops[1],
            "host_step_s": {k: {"train": v[0], "infer_batch": v[1]} for k, v in host_s.items()},
-           "stages": doc_stages, "total_s": total, "total_min": total / 60, "total_min_lower": total_lower / 60}
+           "stages": stages, "total_s": total, "total_min": total / 60, "total_min_lower": total_lower / 60}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=1))
     print(f"\nwrote {args.json}")

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from common import machine_info, quiet_hf, use_torch_dropout
+from machine import machine_info
+from suite import quiet_hf, use_torch_dropout
 
 PARTS = ("forward", "backward", "clip", "optimizer")
 
@@ -44,22 +45,11 @@ def without_dropout(model):
     return ref
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--width", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
-    quiet_hf()
-    from torch.profiler import ProfilerActivity, profile
-
+def models_with_optimizers() -> dict:
+    """name -> (model in training mode, its trainable parameters, an Adamax over them)."""
     from mtkd.model import MTModel
     from mtkd.tasks import glue_tasks
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     fast = MTModel.from_encoder("default", {"SST-2": glue_tasks()["SST-2"]}).train()
     models = {"torch_dropout": with_torch_dropout(fast).train(), "mtkd_fast_dropout": fast,
               "no_dropout_reference": without_dropout(fast).train()}
@@ -67,15 +57,16 @@ def main() -> None:
     for name, model in models.items():
         params = [p for p in model.parameters() if p.requires_grad]
         state[name] = (model, params, torch.optim.Adamax(params, lr=1e-5))
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, 2000, (args.batch, args.width), generator=g)
-    mask, types = torch.ones_like(ids), torch.zeros_like(ids)
-    labels = torch.randint(0, 2, (args.batch,), generator=g)
-    times = {n: {k: [] for k in PARTS} for n in models}
-    for i in range(args.repeats + 2):
+    return state
+
+
+def time_parts(state: dict, inputs: tuple, labels, repeats: int) -> dict:
+    """name -> part -> ms of each step after 2 warm-up steps, the models' steps interleaved A B C A B C."""
+    times = {n: {k: [] for k in PARTS} for n in state}
+    for i in range(repeats + 2):
         for name, (model, params, optimizer) in state.items():
             t0 = time.perf_counter()
-            loss = torch.nn.functional.cross_entropy(model(ids, mask, types, task="SST-2"), labels)
+            loss = torch.nn.functional.cross_entropy(model(*inputs, task="SST-2"), labels)
             t1 = time.perf_counter()
             loss.backward()
             t2 = time.perf_counter()
@@ -87,27 +78,60 @@ def main() -> None:
             if i >= 2:
                 for k, v in zip(PARTS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                     times[name][k].append(v * 1000)
-    for name in models:
+    for name in state:
         times[name]["total"] = [sum(parts) for parts in zip(*(times[name][k] for k in PARTS))]
-    med = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
-    print(f"## Step at batch {args.batch} x {args.width} ({args.threads} threads, median (min-max) ms of "
-          f"{args.repeats}, interleaved)\n")
-    print("| part | " + " | ".join(models) + " |\n|---|" + "---|" * len(models))
+    return times
+
+
+def print_breakdown(times: dict, med: dict) -> None:
+    names = list(times)
+    print("| part | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     for k in (*PARTS, "total"):
         print(f"| {k} | " + " | ".join(f"{med[n][k]:.1f} ({min(times[n][k]):.1f}-{max(times[n][k]):.1f})"
-                                       for n in models) + " |")
-    ratio = med["torch_dropout"]["total"] / med["mtkd_fast_dropout"]["total"]
-    print(f"\nstep-time ratio torch_dropout / mtkd_fast_dropout: {ratio:.2f}\n")
+                                       for n in names) + " |")
+
+
+def top_operators(state: dict, inputs: tuple) -> dict:
+    """name -> the forward's 12 top operators by self CPU time (ms); prints the profiler's tables."""
+    from torch.profiler import ProfilerActivity, profile
+
     tops = {}
     for name, (model, _, _) in state.items():
         if name == "no_dropout_reference":
             continue
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            model(ids, mask, types, task="SST-2")
+            model(*inputs, task="SST-2")
         avg = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
         tops[name] = {e.key: round(e.self_cpu_time_total / 1000, 1) for e in avg}
         print(f"## Forward pass ({name}), top operators by self CPU time\n")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
+    return tops
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    quiet_hf()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    state = models_with_optimizers()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 2000, (args.batch, args.width), generator=g)
+    inputs = (ids, torch.ones_like(ids), torch.zeros_like(ids))  # input ids, attention mask, token types
+    labels = torch.randint(0, 2, (args.batch,), generator=g)
+    times = time_parts(state, inputs, labels, args.repeats)
+    med = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
+    print(f"## Step at batch {args.batch} x {args.width} ({args.threads} threads, median (min-max) ms of "
+          f"{args.repeats}, interleaved)\n")
+    print_breakdown(times, med)
+    ratio = med["torch_dropout"]["total"] / med["mtkd_fast_dropout"]["total"]
+    print(f"\nstep-time ratio torch_dropout / mtkd_fast_dropout: {ratio:.2f}\n")
+    tops = top_operators(state, inputs)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
