@@ -44,17 +44,16 @@ def _spec(path: Path):
 
 
 def child(mode: str, path: str, cache: str) -> None:
+    import suite  # noqa: F401  sets the offline HF defaults before transformers loads anything
     from transformers import AutoTokenizer
 
     from mtkd.data import collate, encode_split
     from mtkd.model import resolve_encoder
     from mtkd.sampler import MultiTaskBatchSampler
 
-    tok = AutoTokenizer.from_pretrained(resolve_encoder("default"), use_fast=True)
     from machine import peak_rss_mb
-    from suite import hf_env_defaults
 
-    hf_env_defaults()
+    tok = AutoTokenizer.from_pretrained(resolve_encoder("default"), use_fast=True)
 
     base = peak_rss_mb()
     t0 = time.time()

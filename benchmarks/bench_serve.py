@@ -134,6 +134,7 @@ def reference_answers(model, pool: list[dict]) -> list[list[dict]]:
     server shows up as a wrong answer. Results do not depend on the batch (within TOLERANCE)."""
     import numpy as np
 
+    from mtkd.serve import is_pair_task
     from mtkd.tasks import HeadKind
 
     def inputs(req, paired):
@@ -141,7 +142,7 @@ def reference_answers(model, pool: list[dict]) -> list[list[dict]]:
 
     outputs = {}  # task -> ({input: index}, predictions)
     for t in dict.fromkeys(t for req in pool for t in req["tasks"]):
-        paired = "text_b" in model.tasks[t].fields
+        paired = is_pair_task(model.tasks[t])
         index: dict[tuple, int] = {}
         for req in pool:
             if t in req["tasks"]:
@@ -156,7 +157,7 @@ def reference_answers(model, pool: list[dict]) -> list[list[dict]]:
         rows = [{} for _ in req["texts"]]
         for t in req["tasks"]:
             spec, (index, out) = model.tasks[t], outputs[t]
-            for r, item in enumerate(inputs(req, "text_b" in spec.fields)):
+            for r, item in enumerate(inputs(req, is_pair_task(spec))):
                 v = out[index[item]]
                 if spec.head == HeadKind.CLASSIFICATION:
                     p = np.asarray(v, dtype=np.float64)

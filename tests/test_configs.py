@@ -61,10 +61,9 @@ def test_kd_v2_config_plans_every_stage(tmp_path, tiny_encoder):
     out = tmp_path / "out"
     ctx = RunContext(load_config(V2, overrides), out)
     prepare_data(ctx)
-    ctx.stages.planning = True
-    pipeline._stages(ctx, lambda name, fn: fn())
+    keys = pipeline.plan(ctx)
     assert not ctx.stages.problems
-    planned = {Path(f).relative_to(out.resolve()).as_posix() for f in ctx.stages._models}
+    planned = {Path(f).relative_to(out.resolve()).as_posix() for f in keys}
     assert {"seed-7/mtl/model", "seed-7/distill/mtl/model", "seed-7/distill_unlabeled/mtl/model",
             "seed-7/teach/soft_targets", "seed-7/teach/unlabeled/soft_targets"} <= planned
     assert {f"seed-7/teach/candidate-{i}/mtl/model" for i in range(6)} <= planned

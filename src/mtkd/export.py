@@ -142,7 +142,6 @@ class OnnxModel:
         self.max_positions: int | None = meta.get("max_positions")
         self.encoder_name = meta.get("encoder_name", "")
         self.quantization: str | None = meta.get("quantization")
-        self._num_outputs = {t: spec.num_outputs for t, spec in tasks.items()}
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, threads: int | None = None, providers: Sequence[str] | None = None
@@ -199,7 +198,7 @@ class OnnxModel:
         ranking scores; (N, C) probabilities with return_probs), several -> {task: list}."""
         return inference.predict(self.tasks, self.tokenizer, self.run_batch, tasks, texts, text_pairs,
                                  batch_size=batch_size, max_len=max_len, return_probs=return_probs,
-                                 max_tokens=max_tokens, max_positions=self.max_positions, num_outputs=self._num_outputs)
+                                 max_tokens=max_tokens, max_positions=self.max_positions)
 
 
 def is_export(folder: str | Path) -> bool:
@@ -453,8 +452,7 @@ def dev_scores(tokenizer, run_batch, specs: dict[str, TaskSpec], dev: dict[str, 
     out = {}
     for report, d in dev.items():
         spec = specs[d["task"]]
-        n = inference.train_max_len(spec)
-        n = min(n, max_positions or n)
+        n = inference.served_max_len(spec, max_positions)
         logits = inference.batched_logits(tokenizer, run_batch, [d["task"]], {d["task"]: spec.num_outputs}, d["texts"],
                                           d["pairs"], n, batch_size, max_tokens)[d["task"]]
         out[report] = score_split(spec, logits, d["labels"], d["groups"])
@@ -584,8 +582,7 @@ def _prepare_check(model, root: Path, limit: int | None, heads: list[str]) -> _E
     """The check's examples, cut at the longest trained length (at most the encoder's positions),
     batched as _check_batches does, and PyTorch's outputs on them (_reference_outputs)."""
     examples, source = _verification_examples(model, root)
-    cut = max(inference.train_max_len(s) for s in model.tasks.values())
-    cut = min(cut, limit or cut)
+    cut = max(inference.served_max_len(s, limit) for s in model.tasks.values())
     rows, types = _encode_examples(model.tokenizer, examples, cut)
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     batches = _check_batches(rows, types, pad_id)

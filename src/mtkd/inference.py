@@ -47,6 +47,13 @@ def train_max_len(spec: TaskSpec) -> int:
     return spec.max_len_for("train", spec.max_seq_len if spec.max_seq_len is not None else DEFAULT_MAX_LEN)
 
 
+def served_max_len(spec: TaskSpec, limit: int | None) -> int:
+    """The length a task's inputs are cut at when predicting: its trained length, at most the
+    encoder's positions `limit` (None: no limit known)."""
+    n = train_max_len(spec)
+    return min(n, limit or n)
+
+
 def check_request(known: Mapping[str, TaskSpec], tasks: str | Sequence[str], texts, text_pairs) -> tuple[bool, list[str]]:
     """(one task asked for, the task names); refuses unknown tasks (KeyError), a bare string for
     texts or pairs (TypeError), pairs not matching the texts one to one and a pair task without pairs

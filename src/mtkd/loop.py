@@ -186,7 +186,7 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
                     logs.after_step(run.step, sampler.epoch, task, lr, loss_value)
                     if accelerator.num_processes == 1:
                         stop_now = stop.signum is not None  # a signal that came during this step
-                    if _checkpoint_due(run, stop_now):
+                    if _checkpoint_due(run, run.step, stop_now):
                         logs.flush()
                         _save_checkpoint(run)
                     if stop_now:
@@ -246,9 +246,8 @@ def _should_check(run: _Run, stop: _StopFlag) -> bool:
     hold weights an unchecked NaN spoilt. Every rank computes the same answer (a signal only counts
     here when running alone), so all ranks reduce at the same steps."""
     after = run.step + 1  # the step count once this update is taken
-    return (after % run.check_every == 0 or after == run.total or after % run.cfg.checkpoint_every == 0
-            or run.sampler.position == len(run.sampler)
-            or (run.accelerator.num_processes == 1 and stop.signum is not None))
+    return after % run.check_every == 0 or _checkpoint_due(run, after, run.accelerator.num_processes == 1
+                                                           and stop.signum is not None)
 
 
 def _check_loss(loss: torch.Tensor, stop: _StopFlag, accelerator) -> tuple[float, bool, bool]:
@@ -293,10 +292,10 @@ def _optimizer_step(run: _Run, loss: torch.Tensor) -> None:
     run.optimizer.zero_grad(set_to_none=True)
 
 
-def _checkpoint_due(run: _Run, stop_now: bool | None) -> bool:
-    """After an update: every `checkpoint_every` steps, at each epoch end, at the last step and on a stop."""
-    return bool(run.step % run.cfg.checkpoint_every == 0 or run.sampler.position == len(run.sampler)
-                or run.step == run.total or stop_now)
+def _checkpoint_due(run: _Run, step: int, stop_now: bool | None) -> bool:
+    """After update `step`: every `checkpoint_every` steps, at each epoch end, at the last step and on a stop."""
+    return bool(step % run.cfg.checkpoint_every == 0 or run.sampler.position == len(run.sampler)
+                or step == run.total or stop_now)
 
 
 def _save_checkpoint(run: _Run) -> None:

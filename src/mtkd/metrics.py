@@ -132,10 +132,11 @@ def task_scores(results: dict[str, dict[str, float]], specs: dict[str, TaskSpec]
     return {t: float(np.mean(v)) for t, v in per_task.items()}
 
 
-def glue_score(results: dict[str, dict[str, float]], specs: dict[str, TaskSpec] | None = None) -> float:
+def glue_score(results: dict[str, dict[str, float]], specs: dict[str, TaskSpec] | None = None,
+               layout: dict[str, dict[str, list[str]]] | None = None) -> float:
     """The GLUE average: the mean of `task_scores` (MNLI-m and MNLI-mm averaged into one task first;
     extra dev splits and test entries left out)."""
-    per_task = list(task_scores(results, specs).values())
+    per_task = list(task_scores(results, specs, layout).values())
     return round(float(np.mean(per_task)), 4) if per_task else float("nan")
 
 
@@ -151,8 +152,8 @@ def markdown_table(results: dict[str, dict[str, float]], notes: dict[str, str] |
         for task, ms in dev.items():
             for m, v in ms.items():
                 lines.append(f"| {task} | {m} | {v:.2f} |")
-        lines.append(f"| **average** | | **{glue_score(dev, specs):.2f}** |")
         layout = report_layout(glue_tasks() if specs is None else specs)
+        lines.append(f"| **average** | | **{glue_score(dev, layout=layout):.2f}** |")
         extra = [f"{r} (extra dev split of {t})" for t, lay in layout.items() for r in lay["beside"] if r in dev]
         if extra:
             lines += ["", "The average is over tasks; not in it: " + ", ".join(extra) + "."]

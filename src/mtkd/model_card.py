@@ -286,7 +286,7 @@ def _md_row(cells) -> str:
 def _task_rows(tasks: dict, metrics: dict, enc_cfg: dict) -> list[str]:
     from types import SimpleNamespace
 
-    from mtkd.inference import train_max_len
+    from mtkd.inference import served_max_len
     from mtkd.model import max_positions
     from mtkd.tasks import task_from_dict
 
@@ -313,8 +313,8 @@ def _task_rows(tasks: dict, metrics: dict, enc_cfg: dict) -> list[str]:
                  for n in names if n in dev] if dev else []
         if spec.head_of:
             out += f" (head of {spec.head_of})"
-        n = train_max_len(spec)  # as /tasks and predict: the trained length, at most the encoder's positions
-        rows.append(_md_row([name, spec.head.value, out, inputs, min(n, limit) if limit else n, "; ".join(shown) or "-"]))
+        n = served_max_len(spec, limit)  # as /tasks and predict
+        rows.append(_md_row([name, spec.head.value, out, inputs, n, "; ".join(shown) or "-"]))
     return rows
 
 

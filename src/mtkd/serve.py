@@ -84,12 +84,9 @@ def load_for_serving(path: str | Path, device: str | None = None):
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such folder (give an mtkd model folder or an ONNX export folder)")
-    if (path / "mtkd_export.json").is_file():
-        try:
-            from mtkd.export import OnnxModel
-        except ImportError as e:
-            raise ConfigError(f"{path} is an ONNX export; serving it needs onnxruntime "
-                              f"(pip install 'mtkd[onnx]'): {e}") from None
+    from mtkd.export import OnnxModel, is_export  # torch-free; a missing onnxruntime is refused when loading
+
+    if is_export(path):
         return OnnxModel.from_pretrained(path), "onnx"
     if (path / "config.json").is_file():
         import torch
@@ -121,11 +118,9 @@ def position_limit(model) -> int | None:
 def task_max_len(model, spec: TaskSpec) -> int:
     """A task's input length at serving time: the length it was trained at (`mtkd.inference.train_max_len`:
     its saved max_seq_len, else 512), at most the encoder's positions."""
-    from mtkd.inference import train_max_len
+    from mtkd.inference import served_max_len
 
-    n = train_max_len(spec)
-    limit = position_limit(model)
-    return min(int(n), limit) if limit else int(n)
+    return served_max_len(spec, position_limit(model))
 
 
 def describe_tasks(model) -> list[dict]:

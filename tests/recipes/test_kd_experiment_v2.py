@@ -60,9 +60,7 @@ def run(tmp_path_factory, tiny_encoder):
     out = base / "out"
     ctx = RunContext(load_config(path), out)  # the plan, made before anything trains
     prepare_data(ctx)
-    ctx.stages.planning = True
-    pipeline._stages(ctx, lambda name, fn: fn())
-    planned = {folder: info["key"] for folder, info in ctx.stages._models.items()}
+    planned = pipeline.plan(ctx)
     assert main(["run", str(path), "--output-dir", str(out)]) == 0
     return SimpleNamespace(base=base, glue=glue, path=path, out=out, sd=out / "seed-0", planned=planned,
                            res=json.loads((out / "results.json").read_text()))

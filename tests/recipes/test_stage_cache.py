@@ -135,9 +135,7 @@ def test_planning_computes_the_keys_the_run_stores(glue_root, tiny_encoder, tmp_
     out = tmp_path / "out"
     ctx = RunContext(load_config(path), out)
     prepare_data(ctx)
-    ctx.stages.planning = True
-    pipeline._stages(ctx, lambda name, fn: fn())
-    planned = {folder: info["key"] for folder, info in ctx.stages._models.items()}
+    planned = pipeline.plan(ctx)
     assert main(["run", str(path), "--output-dir", str(out)]) == 0
     done = {p.parent: json.loads(p.read_text())["stage_key"] for p in out.rglob("DONE.json")}
     trained = {folder: key for folder, key in done.items() if (folder / "model").is_dir()}

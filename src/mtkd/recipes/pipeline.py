@@ -29,15 +29,20 @@ from mtkd.report import aggregate
 log = logging.getLogger(__name__)
 
 
+def plan(ctx: RunContext) -> dict[str, str]:
+    """Every stage's identity, without training: model folder -> stage key. What a run would refuse
+    (a checkpoint of other settings or data) is collected in ctx.stages.problems."""
+    ctx.stages.planning = True
+    _stages(ctx, lambda name, fn: fn())
+    ctx.stages.planning = False
+    return ctx.stages.planned_keys()
+
+
 def run(cfg: RunConfig, out_dir: Path) -> dict:
     ctx = RunContext(cfg, out_dir)
     out_dir = ctx.out_dir
     prepare_data(ctx)  # every file read and checked (and tokenised once) before anything trains
-    # plan: every stage's identity, without training; refuse checkpoints of other settings before
-    # anything (config.yaml included) is written
-    ctx.stages.planning = True
-    _stages(ctx, lambda name, fn: fn())
-    ctx.stages.planning = False
+    plan(ctx)  # refuse checkpoints of other settings before anything (config.yaml included) is written
     ctx.accelerator.wait_for_everyone()  # no rank starts changing the folder while another still plans
     if ctx.stages.problems:
         raise CheckpointError("this run cannot resume as asked:\n  " + "\n  ".join(ctx.stages.problems))

@@ -73,6 +73,10 @@ class Stages:
         """Record the identity of a model folder a stage of this run produces (or will produce)."""
         self._models[str(Path(folder).resolve())] = {"key": key, "tokenizer": str(tokenizer)}
 
+    def planned_keys(self) -> dict[str, str]:
+        """Resolved model folder -> the key of the stage that produces it, for every stage seen so far."""
+        return {folder: known["key"] for folder, known in self._models.items()}
+
     def stage_key(self, folder: Path) -> str | None:
         """The key of the stage of this run that produces `folder` (a model, the soft targets), if any."""
         known = self._models.get(str(Path(folder).resolve()))

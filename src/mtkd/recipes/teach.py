@@ -15,7 +15,7 @@
    retrains or relabels anything the paper's student reads.
 
 Resumable: every training sub-stage has its own DONE.json and checkpoints.
-Refuses: teacher or selection tasks that are not in the task list; top_k larger than the candidates.
+The teacher and selection tasks and top_k are checked before any stage runs (recipes.inputs.check_task_lists).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from mtkd.config import DEFAULT_CANDIDATE_DROPOUTS, TrainConfig, teacher_train_config
-from mtkd.errors import ConfigError
 from mtkd.identity import digest
 from mtkd.metrics import compute_metrics, predictions_from_logits, score_split, task_scores
 from mtkd.recipes import evaluate, finetune, mtl
@@ -87,15 +86,7 @@ def unlabeled_identity(ctx: RunContext, teachers_key: str) -> dict:
 def run(ctx: RunContext, out: Path, seed: int) -> dict:
     """Candidates, selection, members, the teacher tasks' soft targets and the ensemble's dev results
     (one stage, DIR/DONE.json), then the soft targets of kd.unlabeled's text (DIR/unlabeled)."""
-    kd = ctx.cfg.kd
-    for t in list(kd.teacher_tasks) + list(kd.select_by):
-        if t not in ctx.specs:
-            raise ConfigError(f"kd: task {t!r} is not in the config's task list {list(ctx.specs)}")
-        if t in kd.teacher_tasks and ctx.specs[t].head == HeadKind.RANKING:
-            raise ConfigError(f"kd: task {t!r} is a ranking task; teachers for ranking tasks are not supported yet")
     cands = candidates(ctx, seed)
-    if not 1 <= kd.top_k <= len(cands):
-        raise ConfigError(f"kd.top_k={kd.top_k} but there are {len(cands)} candidates")
     # 1. train the candidates (the teachers' MTL budget: kd.teacher_mtl on top of mtl)
     teacher_mtl = teacher_configs(ctx)[0]
     keys = []
@@ -138,6 +129,8 @@ def _ensembles(ctx: RunContext, out: Path, cands: list[dict], identity: dict) ->
                      tasks=list(kd.teacher_tasks), desc=f"teacher {i}")
     # 4. soft targets for the student's training examples + the ensemble's dev results; every rank
     # computes its share of each member's predictions, rank 0 writes
+    ensemble_dev: dict[str, dict[str, float]] = {}
+    predicted: dict[str, dict] = {}
     for task in kd.teacher_tasks:
         train_set = ctx.train_set(task)
         folders = _member_folders(out, members, task)
@@ -147,8 +140,9 @@ def _ensembles(ctx: RunContext, out: Path, cands: list[dict], identity: dict) ->
         if ctx.main:
             SoftTargets(task, [train_set.data.ids[i] for i in train_set.indices], avg,
                         _provenance(ctx, cands, members, scores, folders, task, train_set, digest(identity))).save(out / "soft_targets")
-    ensemble_dev = _ensemble_dev(ctx, out, members)
+        _score_ensemble(ctx, task, models, folders, ensemble_dev, predicted)  # the members already loaded
     if ctx.main:
+        evaluate.save_predictions(out / ENSEMBLE_PREDICTIONS, predicted)
         (out / "ensemble_dev.json").write_text(json.dumps(ensemble_dev, indent=2))
     summary = {"candidates": cands, "selection_scores": scores, "members": members, "ensemble_dev": ensemble_dev,
                "soft_targets": str(out / "soft_targets")}
@@ -170,25 +164,20 @@ def _provenance(ctx, cands, members, scores, folders, task, split_set, teacher_k
             "temperature": ctx.cfg.kd.temperature, "kind": spec.head.value, "labels": list(spec.labels), **extra}
 
 
-def _ensemble_dev(ctx: RunContext, out: Path, members: list[int]) -> dict[str, dict[str, float]]:
-    """The ensemble's dev metrics per report name (T = 1); its per-example predictions go to
-    DIR/ensemble_predictions.npz, in the format every evaluation of the experiment writes."""
-    ensemble_dev: dict[str, dict[str, float]] = {}
-    predicted: dict[str, dict] = {}
-    for task in ctx.cfg.kd.teacher_tasks:
-        spec, folders = ctx.specs[task], _member_folders(out, members, task)
-        models = [ctx.load_model(f) for f in folders]
-        for split in spec.eval_splits("dev"):
-            name = spec.report_name(split)
-            data, idx = ctx.dev_sets(task)[name]
-            avg = ensemble_average([_member_outputs(ctx, m, f, task, split, idx, 1.0) for m, f in zip(models, folders)])
-            logits = np.log(np.clip(avg, 1e-12, None)) if spec.head == HeadKind.CLASSIFICATION else avg[:, None]
-            pred = predictions_from_logits(spec, logits)
-            ensemble_dev[name] = compute_metrics(spec, data.labels[idx], pred)
-            predicted[name] = {"ids": [data.ids[i] for i in idx], "labels": data.labels[idx], "predictions": pred}
-    if ctx.main:
-        evaluate.save_predictions(out / ENSEMBLE_PREDICTIONS, predicted)
-    return ensemble_dev
+def _score_ensemble(ctx: RunContext, task: str, models: list, folders: list[Path], ensemble_dev: dict,
+                    predicted: dict) -> None:
+    """A task's ensemble on its dev splits (T = 1): metrics into `ensemble_dev` and per-example
+    predictions into `predicted` (saved as DIR/ensemble_predictions.npz, the format every evaluation
+    of the experiment writes), by report name."""
+    spec, dev = ctx.specs[task], ctx.dev_sets(task)
+    for split in spec.eval_splits("dev"):
+        name = spec.report_name(split)
+        data, idx = dev[name]
+        avg = ensemble_average([_member_outputs(ctx, m, f, task, split, idx, 1.0) for m, f in zip(models, folders)])
+        logits = np.log(np.clip(avg, 1e-12, None)) if spec.head == HeadKind.CLASSIFICATION else avg[:, None]
+        pred = predictions_from_logits(spec, logits)
+        ensemble_dev[name] = compute_metrics(spec, data.labels[idx], pred)
+        predicted[name] = {"ids": [data.ids[i] for i in idx], "labels": data.labels[idx], "predictions": pred}
 
 
 def _ensure_ensemble_predictions(ctx: RunContext, out: Path, summary: dict) -> None:
@@ -199,7 +188,12 @@ def _ensure_ensemble_predictions(ctx: RunContext, out: Path, summary: dict) -> N
     missing = not (out / ENSEMBLE_PREDICTIONS).is_file()
     ctx.accelerator.wait_for_everyone()
     if missing and all(f.is_dir() for t in ctx.cfg.kd.teacher_tasks for f in _member_folders(out, summary["members"], t)):
-        _ensemble_dev(ctx, out, summary["members"])
+        predicted: dict[str, dict] = {}
+        for task in ctx.cfg.kd.teacher_tasks:
+            folders = _member_folders(out, summary["members"], task)
+            _score_ensemble(ctx, task, [ctx.load_model(f) for f in folders], folders, {}, predicted)
+        if ctx.main:
+            evaluate.save_predictions(out / ENSEMBLE_PREDICTIONS, predicted)
 
 
 def label_unlabeled(ctx: RunContext, out: Path, cands: list[dict], summary: dict, teachers_key: str) -> dict:

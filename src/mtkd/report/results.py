@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 def write_results(results: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (out_dir / "results.md").write_text(results_markdown(results))
+    markdown = results_markdown(results)
+    (out_dir / "results.md").write_text(markdown)
     plot_charts(results, out_dir / "charts")
-    log.info("results:\n%s", results_markdown(results))
+    log.info("results:\n%s", markdown)
 
 
 def combine(paths: list[Path], out_dir: Path) -> dict:
