@@ -8,6 +8,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import signal
+import time
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,9 +20,11 @@ import pytest
 import yaml
 
 from conftest import tiny_config, write_glue_fixture
+from mtkd import loop
 from mtkd.cli import main
 from mtkd.config import load_config, to_dict
 from mtkd.errors import CheckpointError
+from mtkd.loop import TrainingInterrupted
 from mtkd.metrics import glue_score
 from mtkd.model import MTModel, weights_sha256
 from mtkd.recipes import finetune
@@ -237,3 +242,38 @@ def test_a_missing_test_file_is_reported_and_the_rest_is_predicted(tiny_encoder,
     # a malformed test file is an error, not a missing one
     (glue / "SST-2" / "test.tsv").write_text("index\tsentence\n0\tok\textra field\n")
     assert main(["run", str(path), "--output-dir", str(tmp_path / "out2")]) == 2
+
+
+def test_timings_sum_the_attempts_of_a_stage_stopped_and_resumed(tiny_encoder, tmp_path, monkeypatch):
+    """`mtkd run` stopped by SIGTERM part-way through MTL records the attempt's seconds under
+    "interrupted"; the rerun that finishes MTL reports both attempts as the stage's time."""
+    glue = write_glue_fixture(tmp_path / "glue", n_dev=8, n_test=4)
+    raw = tiny_config(glue, tiny_encoder, tmp_path / "cache", tasks=("SST-2",), stages=["mtl"],
+                      mtl={"checkpoint_every": 2})
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    real_step, calls = loop._optimizer_step, []
+
+    def step_then_signal(run, loss):  # a slow step, then SIGTERM arrives during update 3
+        real_step(run, loss)
+        calls.append(1)
+        if len(calls) == 3:
+            time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop, "_optimizer_step", step_then_signal)
+    with pytest.raises(TrainingInterrupted):
+        main(["run", str(cfg), "--output-dir", str(out)])
+    first = json.loads((out / "timings.json").read_text())
+    assert "seed-0/mtl" not in first
+    stopped = first["interrupted"]["seed-0/mtl"]
+    assert stopped >= 0.5
+    monkeypatch.setattr(loop, "_optimizer_step", real_step)
+    assert main(["run", str(cfg), "--output-dir", str(out)]) == 0
+    done = json.loads((out / "timings.json").read_text())
+    assert "interrupted" not in done
+    assert done["seed-0/mtl"] > stopped  # both attempts
+    assert (out / "seed-0" / "mtl" / "DONE.json").is_file()
+    assert main(["run", str(cfg), "--output-dir", str(out)]) == 0  # a skipped rerun keeps the work's time
+    assert json.loads((out / "timings.json").read_text()) == done

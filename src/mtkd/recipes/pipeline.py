@@ -8,11 +8,12 @@ unfinished one from its checkpoints.
 Outputs: DIR/config.yaml (resolved config), DIR/data_report.json, DIR/seed-<s>/<stage>/...,
 DIR/metrics.json + metrics.md (dev results of MT-DNN: MTL + fine-tune, and its labelled test splits
 under "test"; mean over seeds), DIR/submission.zip (GLUE leaderboard files, first seed; a config
-without a GLUE task gets DIR/predictions/ instead), DIR/timings.json (wall time per stage).
+without a GLUE task gets DIR/predictions/ instead), DIR/timings.json (wall time per stage, StageTimings).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -49,16 +50,11 @@ def run(cfg: RunConfig, out_dir: Path) -> dict:
     if ctx.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
-    timings_path = out_dir / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    timings = StageTimings(out_dir / "timings.json", write=ctx.main)
 
     def timed(name, fn):
-        with Timer() as t:
-            result = fn()
-        timings.setdefault(name, t.seconds)  # first (real) run's time; a skipped rerun takes ~0 s
-        if ctx.main:
-            timings_path.write_text(json.dumps(timings, indent=2))
-        return result
+        with timings.stage(name):
+            return fn()
 
     if ctx.main:
         report = timed("data", lambda: data_report(ctx))
@@ -110,11 +106,37 @@ def _stages(ctx: RunContext, timed) -> dict:
     return results
 
 
-class Timer:
-    """Wall seconds of a `with` block (timings.json)."""
-    def __enter__(self):
-        self.t0 = time.time()
-        return self
+class StageTimings:
+    """DIR/timings.json: wall seconds per stage, summed over the attempts that ran it. A stage stopped
+    part-way (signal, error) adds its seconds under INTERRUPTED_KEY; the attempt that finishes it
+    moves them into the stage's total, so a stage resumed across sessions reports its whole cost. A
+    finished stage keeps the time of the run that did the work (a skipped rerun takes ~0 s)."""
 
-    def __exit__(self, *exc):
-        self.seconds = round(time.time() - self.t0, 1)
+    INTERRUPTED_KEY = "interrupted"
+
+    def __init__(self, path: Path, write: bool = True):
+        self.path, self.write = path, write
+        self.times = json.loads(path.read_text()) if path.is_file() else {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        t0 = time.time()
+        finished = False
+        try:
+            yield
+            finished = True
+        finally:
+            self._record(name, round(time.time() - t0, 1), finished)
+
+    def _record(self, name: str, seconds: float, finished: bool) -> None:
+        if name in self.times:  # finished by an earlier run: its time stands
+            return
+        interrupted = self.times.setdefault(self.INTERRUPTED_KEY, {})
+        if finished:
+            self.times[name] = round(interrupted.pop(name, 0.0) + seconds, 1)
+        else:
+            interrupted[name] = round(interrupted.get(name, 0.0) + seconds, 1)
+        if not interrupted:
+            del self.times[self.INTERRUPTED_KEY]
+        if self.write:
+            self.path.write_text(json.dumps(self.times, indent=2))
