@@ -1,4 +1,5 @@
-"""GLUE metrics (x100, as in the paper), the GLUE average, result tables and leaderboard files.
+"""GLUE metrics (x100, as in the paper), the GLUE average, result tables, per-example prediction
+files (predictions.npz) and leaderboard files.
 
 Ranking tasks (e.g. QNLI run as ranking) are scored per group (one query and its candidates):
 `accuracy` is the share of queries, among those with at least one relevant candidate, whose
@@ -9,6 +10,7 @@ and the others not, relevant being the positive class.
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -19,6 +21,36 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from mtkd.errors import DataError
 from mtkd.tasks import HeadKind, TaskSpec, glue_tasks
+
+PREDICTIONS_FILE = "predictions.npz"
+PREDICTION_FIELDS = ("ids", "labels", "predictions", "groups")
+
+
+def save_predictions(path: Path, entries: dict[str, dict]) -> None:
+    """Per-example predictions of evaluated splits, compressed: {report name: {"ids", "labels",
+    "predictions", "groups"}} as arrays named `<report>.<field>` (predictions: label indices, or
+    the regression scores, as `metrics.predictions_from_logits` gives them; groups: ranking tasks
+    only). Written to a temporary name, then renamed."""
+    arrays = {f"{report}.{k}": np.asarray(e[k]) for report, e in entries.items() for k in PREDICTION_FIELDS
+              if e.get(k) is not None}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
+
+
+def load_predictions(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """What `save_predictions` wrote: {report name: {"ids", "labels", "predictions"[, "groups"]}}."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    with np.load(Path(path), allow_pickle=False) as f:
+        for key in f.files:
+            report, field = key.rsplit(".", 1)
+            out.setdefault(report, {})[field] = f[key]
+    return out
+
 
 METRIC_FUNCS = {
     "accuracy": lambda y, p: accuracy_score(y, p),

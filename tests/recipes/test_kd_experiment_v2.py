@@ -32,7 +32,7 @@ from mtkd.config import load_config, teacher_train_config
 from mtkd.errors import ConfigError
 from mtkd.metrics import compute_metrics
 from mtkd.recipes.context import RunContext
-from mtkd.recipes.evaluate import load_predictions
+from mtkd.metrics import load_predictions
 from mtkd.recipes.inputs import prepare_data
 from mtkd.stats import Evaluated, paired_bootstrap
 

@@ -6,7 +6,7 @@ model reads the data through its own tokenizer. Under several processes every ra
 share of each split; all ranks return the same results, rank 0 writes them.
 
 Writes DIR/metrics.json, DIR/metrics.md (with the average over tasks) and DIR/predictions.npz (every
-scored dev example's id, label, prediction and ranking group, per report name: `save_predictions`,
+scored dev example's id, label, prediction and ranking group, per report name: `metrics.save_predictions`,
 what the paired bootstrap of the KD experiment resamples). metrics.json holds the
 dev results as {report name: {metric: value}} and, when a labelled test split was scored, the test
 results under the key "test" in the same form (`mtkd.metrics.TEST_RESULTS`):
@@ -20,16 +20,14 @@ test files have none); unlabelled and absent test files are listed in the log, n
 from __future__ import annotations
 
 import functools
-import io
 import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from mtkd.data import split_path
 from mtkd.errors import ConfigError, DataError
-from mtkd.metrics import TEST_RESULTS, compute_metrics, markdown_table, predictions_from_logits, score_split
+from mtkd.metrics import (PREDICTIONS_FILE, TEST_RESULTS, compute_metrics, markdown_table, predictions_from_logits,
+                          save_predictions, score_split)
 from mtkd.model import weights_sha256
 from mtkd.model_card import record_eval_metrics
 from mtkd.recipes.context import RunContext
@@ -37,36 +35,6 @@ from mtkd.recipes.context import RunContext
 log = logging.getLogger(__name__)
 
 EVAL_PREFIXES = ("dev", "test")
-PREDICTIONS_FILE = "predictions.npz"
-PREDICTION_FIELDS = ("ids", "labels", "predictions", "groups")
-
-
-def save_predictions(path: Path, entries: dict[str, dict]) -> None:
-    """Per-example predictions of evaluated splits, compressed: {report name: {"ids", "labels",
-    "predictions", "groups"}} as arrays named `<report>.<field>` (predictions: label indices, or
-    the regression scores, as `metrics.predictions_from_logits` gives them; groups: ranking tasks
-    only). Written to a temporary name, then renamed."""
-    arrays = {f"{report}.{k}": np.asarray(e[k]) for report, e in entries.items() for k in PREDICTION_FIELDS
-              if e.get(k) is not None}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
-
-
-def load_predictions(path: Path) -> dict[str, dict[str, np.ndarray]]:
-    """What `save_predictions` wrote: {report name: {"ids", "labels", "predictions"[, "groups"]}}."""
-    out: dict[str, dict[str, np.ndarray]] = {}
-    with np.load(Path(path), allow_pickle=False) as f:
-        for key in f.files:
-            report, field = key.rsplit(".", 1)
-            out.setdefault(report, {})[field] = f[key]
-    return out
-
-
 def split_prefix(ctx: RunContext, prefix: str) -> str:
     """Check `mtkd evaluate --split PREFIX`: a dev or test split prefix some task of the config has."""
     defined = sorted({s for spec in ctx.specs.values() for s in spec.splits if s.startswith(EVAL_PREFIXES)})

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from mtkd.config import Stage
-from mtkd.metrics import dev_and_test, report_layout
+from mtkd.metrics import PREDICTIONS_FILE, dev_and_test, report_layout
 from mtkd.recipes import distill, evaluate, finetune, mtl, predict, teach
 from mtkd.recipes.context import RunContext
 from mtkd.report import SYSTEMS, aggregate, compare, paired_intervals, targets, write_results
@@ -104,7 +104,7 @@ def _keep_ensemble_predictions(ctx: RunContext, seed_dir: Path) -> None:
     system's evaluation, where the paired intervals look for every system's."""
     src = seed_dir / "teach" / teach.ENSEMBLE_PREDICTIONS
     if ctx.main and src.is_file():
-        dst = seed_dir / "eval" / "ensemble" / evaluate.PREDICTIONS_FILE
+        dst = seed_dir / "eval" / "ensemble" / PREDICTIONS_FILE
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_bytes(src.read_bytes())
 

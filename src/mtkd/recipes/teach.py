@@ -9,7 +9,7 @@
 4. Per teacher task, average the members' class probabilities (Eq. 3; regression: the mean
    prediction) on every training example the student will see, and write them once to
    DIR/soft_targets with provenance; also score the ensemble on the dev sets (the "ensemble" row),
-   keeping its per-example dev predictions in DIR/ensemble_predictions.npz (evaluate.save_predictions).
+   keeping its per-example dev predictions in DIR/ensemble_predictions.npz (metrics.save_predictions).
 5. Beyond the paper, with kd.unlabeled: the same ensembles label the extra unlabeled text, in a
    sub-stage of its own (DIR/unlabeled/soft_targets), so adding or resizing that text never
    retrains or relabels anything the paper's student reads.
@@ -27,8 +27,8 @@ import numpy as np
 
 from mtkd.config import DEFAULT_CANDIDATE_DROPOUTS, TrainConfig, teacher_train_config
 from mtkd.identity import digest
-from mtkd.metrics import compute_metrics, predictions_from_logits, score_split, task_scores
-from mtkd.recipes import evaluate, finetune, mtl
+from mtkd.metrics import compute_metrics, predictions_from_logits, save_predictions, score_split, task_scores
+from mtkd.recipes import finetune, mtl
 from mtkd.recipes.context import RunContext
 from mtkd.recipes.job import FreshEncoder, train_stage
 from mtkd.recipes.stages import train_settings
@@ -142,7 +142,7 @@ def _ensembles(ctx: RunContext, out: Path, cands: list[dict], identity: dict) ->
                         _provenance(ctx, cands, members, scores, folders, task, train_set, digest(identity))).save(out / "soft_targets")
         _score_ensemble(ctx, task, models, folders, ensemble_dev, predicted)  # the members already loaded
     if ctx.main:
-        evaluate.save_predictions(out / ENSEMBLE_PREDICTIONS, predicted)
+        save_predictions(out / ENSEMBLE_PREDICTIONS, predicted)
         (out / "ensemble_dev.json").write_text(json.dumps(ensemble_dev, indent=2))
     summary = {"candidates": cands, "selection_scores": scores, "members": members, "ensemble_dev": ensemble_dev,
                "soft_targets": str(out / "soft_targets")}
@@ -193,7 +193,7 @@ def _ensure_ensemble_predictions(ctx: RunContext, out: Path, summary: dict) -> N
             folders = _member_folders(out, summary["members"], task)
             _score_ensemble(ctx, task, [ctx.load_model(f) for f in folders], folders, {}, predicted)
         if ctx.main:
-            evaluate.save_predictions(out / ENSEMBLE_PREDICTIONS, predicted)
+            save_predictions(out / ENSEMBLE_PREDICTIONS, predicted)
 
 
 def label_unlabeled(ctx: RunContext, out: Path, cands: list[dict], summary: dict, teachers_key: str) -> dict:

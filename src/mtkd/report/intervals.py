@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mtkd.config import RunConfig, from_dict
-from mtkd.recipes import evaluate
+from mtkd.metrics import PREDICTIONS_FILE, load_predictions
 from mtkd.report.scores import BASELINE, SYSTEM_NAMES, layout_or_glue
 from mtkd.stats import Evaluated, paired_bootstrap
 from mtkd.tasks import load_task_specs
@@ -75,9 +75,9 @@ def _load_seed_predictions(seed_dirs: dict[int, Path], system: str) -> tuple[lis
     files that are missing."""
     runs, missing = [], []
     for _, folder in sorted(seed_dirs.items()):
-        path = Path(folder) / "eval" / system / evaluate.PREDICTIONS_FILE
+        path = Path(folder) / "eval" / system / PREDICTIONS_FILE
         if path.is_file():
-            runs.append(evaluate.load_predictions(path))
+            runs.append(load_predictions(path))
         else:
             missing.append(str(path))
     return runs, missing
