@@ -163,6 +163,7 @@ def export_both(args, model_dir: Path, work: Path, data_root: Path) -> dict:
 
 
 def load_contenders(mode: Mode, model_dir: Path, work: Path, data_root: Path, threads: int) -> Contenders:
+    from mtkd import inference
     from mtkd.export import OnnxModel, dev_sets, pytorch_run_batch
     from mtkd.model import MTModel, max_positions
 
@@ -174,8 +175,7 @@ def load_contenders(mode: Mode, model_dir: Path, work: Path, data_root: Path, th
     dev = dev_sets(specs, data_root, mode.dev_cap)
     if not dev:
         raise SystemExit(f"bench_onnx: no labelled dev files of {', '.join(specs)} under {data_root} (--data-root)")
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    return Contenders(mode, specs, tok, max_positions(model.encoder.config), pad_id, heads, dev, runners)
+    return Contenders(mode, specs, tok, max_positions(model.encoder.config), inference.pad_token_id(tok), heads, dev, runners)
 
 
 # ------------------------------------------------------------------------------ measuring

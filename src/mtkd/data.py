@@ -26,6 +26,7 @@ import torch
 
 from mtkd.errors import DataError, did_you_mean
 from mtkd.inference import length_batches  # noqa: F401  (re-exported: it lives with prediction, torch-free)
+from mtkd.inference import pad_token_id
 from mtkd.tasks import FileFormat, HeadKind, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -415,14 +416,6 @@ def encode_split(spec: TaskSpec, split: str, tokenizer, max_len: int, cache_dir:
     if not (folder / "meta.json").is_file():
         _write_cache(spec, split, tokenizer, max_len, root, folder, tok_fp, chunk)
     return load_encoded(folder)
-
-
-def pad_token_id(tokenizer) -> int:
-    """The id batches are padded with: the tokenizer's pad token (RoBERTa 1, ModernBERT 50283, BERT 0),
-    0 for a tokenizer without one. Padded positions are masked out, but RoBERTa-style encoders also
-    derive position ids from it."""
-    pad = getattr(tokenizer, "pad_token_id", None)
-    return int(pad) if pad is not None else 0
 
 
 def _write_cache(spec, split, tokenizer, max_len, root, folder: Path, tok_fp, chunk):

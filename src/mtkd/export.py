@@ -168,13 +168,7 @@ class OnnxModel:
         if missing:
             raise CheckpointError(f"{graph}: no output {', '.join(missing)} (its outputs: {sorted(names)}); "
                                   f"{EXPORT_FILE} does not belong to this graph")
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
-        except Exception as e:  # OSError, ValueError, or the tokenizers library's bare Exception
-            raise CheckpointError(f"{folder}: the tokenizer files are missing or unreadable ({_first_line(e)})") from None
-        return cls(folder, session, tokenizer, meta, tasks)
+        return cls(folder, session, inference.load_tokenizer(folder), meta, tasks)
 
     def run_batch(self, names: Sequence[str], ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None = None
                   ) -> dict[str, np.ndarray]:
@@ -584,8 +578,7 @@ def _prepare_check(model, root: Path, limit: int | None, heads: list[str]) -> _E
     examples, source = _verification_examples(model, root)
     cut = max(inference.served_max_len(s, limit) for s in model.tasks.values())
     rows, types = _encode_examples(model.tokenizer, examples, cut)
-    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    batches = _check_batches(rows, types, pad_id)
+    batches = _check_batches(rows, types, inference.pad_token_id(model.tokenizer))
     if model.use_token_types:
         batches = [(i, m, t if t is not None else np.zeros_like(i)) for i, m, t in batches]
     return _ExportCheck(examples, source, rows, batches, _reference_outputs(model, heads, batches))

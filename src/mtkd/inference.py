@@ -11,12 +11,33 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from mtkd.errors import CheckpointError
 from mtkd.tasks import HeadKind, TaskSpec
 
 DEFAULT_MAX_LEN = 512  # a task saved before mtkd recorded its length: the training default (data.max_seq_len)
 
 # run_batch(task names, input_ids (B, L), attention_mask (B, L), token_type_ids (B, L) or None) -> {task: (B, C)}
 RunBatch = Callable[[list, np.ndarray, np.ndarray, "np.ndarray | None"], Mapping[str, np.ndarray]]
+
+
+def load_tokenizer(folder):
+    """The fast tokenizer saved in a model or export folder; CheckpointError naming the folder when
+    its files are missing or unreadable."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+    except Exception as e:  # OSError (no files), ValueError, or the tokenizers library's bare Exception (bad JSON)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{folder}: the tokenizer files are missing or unreadable ({first})") from None
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's pad token (RoBERTa 1, ModernBERT 50283, BERT 0),
+    0 for a tokenizer without one. Padded positions are masked out, but RoBERTa-style encoders also
+    derive position ids from it."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return int(pad) if pad is not None else 0
 
 
 def length_batches(lengths, batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
@@ -114,7 +135,7 @@ def batched_logits(tokenizer, run_batch: RunBatch, names: list[str], num_outputs
     """{task: (N, C) float32 logits} of `names` on the texts cut at `max_len`: tokenised once,
     length-sorted token-budget batches, one model call per batch for every task; input order kept."""
     rows, types = tokenize(tokenizer, texts, text_pairs, max_len)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     outs = {t: np.zeros((len(rows), num_outputs[t]), dtype=np.float32) for t in names}
     for sel in length_batches([len(r) for r in rows], batch_size, max_tokens) if rows else []:
         for t, logits in run_batch(names, *pad_batch(rows, types, sel, pad_id)).items():

@@ -272,11 +272,7 @@ class MTModel(nn.Module):
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{cfg_path}: field 'encoder_config' is not a usable encoder config ({e})") from None
         encoder = _encoder_from(enc_config, None)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
-        except Exception as e:  # OSError (no files), ValueError, or the tokenizers library's bare Exception (bad JSON)
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise CheckpointError(f"{folder}: the tokenizer files are missing or unreadable ({first})") from None
+        tokenizer = inference.load_tokenizer(folder)
         model = cls(encoder, wanted, tokenizer, encoder_name=config.get("encoder_name", ""))
         model.load_weights(weights, strict_heads=not fresh, skip_heads=left_out)
         return model
