@@ -99,6 +99,9 @@ class PredictConfig:
     submission: bool = True
 
 
+# a teacher candidate's keys: its seed (default: derived from the run seed), and either its start from
+# the encoder (shared-layer dropout, another encoder) or from_mtdnn: continue this seed's MT-DNN MTL model
+CANDIDATE_KEYS = ("seed", "dropout", "encoder", "from_mtdnn")
 # teacher candidates when kd.candidates is empty: seeds derived from the run seed, these dropouts
 DEFAULT_CANDIDATE_DROPOUTS = (0.1, 0.2, 0.3, 0.1)
 
@@ -106,7 +109,7 @@ DEFAULT_CANDIDATE_DROPOUTS = (0.1, 0.2, 0.3, 0.1)
 @dataclass
 class KDConfig:
     teacher_tasks: list[str] = field(default_factory=list)  # paper: MNLI, QQP, RTE, QNLI
-    candidates: list[dict] = field(default_factory=list)  # [{seed, dropout, encoder?}], paper: 6
+    candidates: list[dict] = field(default_factory=list)  # [{seed?, dropout?, encoder?}] or [{from_mtdnn: true}]; paper: 6
     top_k: int = 3  # members kept per ensemble (paper: 3)
     select_by: list[str] = field(default_factory=list)  # tasks whose mean dev score ranks candidates
     soft_weight: float = 0.5  # weight of Eq. 4 in the student's loss (paper: average -> 0.5)
@@ -435,11 +438,35 @@ def validate(cfg: RunConfig, where: str = "config") -> None:
     _check_float(where, "kd.soft_weight", cfg.kd.soft_weight, 0, 1, high_open=False)
     _check_float(where, "kd.temperature", cfg.kd.temperature, 0, low_open=True)
     for i, cand in enumerate(cfg.kd.candidates):
-        if not isinstance(cand, dict):
-            raise _bad(where, f"kd.candidates[{i}]", "a mapping {seed, dropout, encoder}", cand)
-        if cand.get("dropout") is not None:
-            d = cand["dropout"]
-            _check_float(where, f"kd.candidates[{i}].dropout", None if isinstance(d, bool) else d, 0, 1)
+        _check_candidate(where, i, cand, cfg)
+
+
+def _check_candidate(where: str, i: int, cand, cfg: RunConfig) -> None:
+    """kd.candidates[i]: {seed?, dropout?, encoder?} (from the encoder) or {seed?, from_mtdnn: true}."""
+    key = f"kd.candidates[{i}]"
+    if not isinstance(cand, dict):
+        raise _bad(where, key, "a mapping {seed, dropout, encoder} or {seed, from_mtdnn: true}", cand)
+    for k in cand:
+        if k not in CANDIDATE_KEYS:
+            raise unknown_key(f"{where}: {key}", k, CANDIDATE_KEYS)
+    if cand.get("seed") is not None and (isinstance(cand["seed"], bool) or not isinstance(cand["seed"], int)
+                                         or cand["seed"] < 0):
+        raise _bad(where, f"{key}.seed", "an integer >= 0", cand["seed"])
+    if cand.get("encoder") is not None and (not isinstance(cand["encoder"], str) or not cand["encoder"].strip()):
+        raise _bad(where, f"{key}.encoder", "an encoder name or folder", cand["encoder"])
+    if cand.get("dropout") is not None:
+        d = cand["dropout"]
+        _check_float(where, f"{key}.dropout", None if isinstance(d, bool) else d, 0, 1)
+    if "from_mtdnn" in cand:
+        if not isinstance(cand["from_mtdnn"], bool):
+            raise _bad(where, f"{key}.from_mtdnn", "true or false", cand["from_mtdnn"])
+        if cand["from_mtdnn"]:
+            clash = [k for k in ("dropout", "encoder") if cand.get(k) is not None]
+            if clash:
+                raise ConfigError(f"{where}: {key}: from_mtdnn continues MT-DNN's MTL model, which has its own "
+                                  f"{' and '.join(clash)}; remove {', '.join(clash)}")
+            if Stage.MTL not in cfg.stages:
+                raise ConfigError(f"{where}: {key}.from_mtdnn needs MT-DNN's MTL model: add mtl to `stages`")
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:

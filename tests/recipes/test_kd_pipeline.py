@@ -203,3 +203,34 @@ def test_combine_refuses_other_configs_repeated_seeds_and_missing_files(tmp_path
     assert main(["combine", str(tmp_path / "a.json"), str(tmp_path / "nope.json"), "--output-dir", out]) == 2
     assert "nope.json: no such results file" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written on refusal
+
+
+def test_from_mtdnn_candidates_continue_the_seeds_mtdnn_mtl_model(glue_root, tiny_encoder, tmp_path):
+    """kd.candidates [{from_mtdnn: true}]: the candidate's MTL starts from this seed's MT-DNN MTL model
+    (its identity and card say so; at a near-zero teacher lr its weights stay MT-DNN's), while a
+    candidate from the encoder does not; the experiment then runs through to the student."""
+    from safetensors.numpy import load_file
+
+    path = _kd_config(glue_root, tiny_encoder, tmp_path, candidates=[{"dropout": 0.1}, {"from_mtdnn": True}],
+                      top_k=2, teacher_mtl={"lr": 1.0e-12, "warmup": 0.0})
+    cfg = yaml.safe_load(path.read_text())
+    cfg["stages"] = ["mtl", "finetune", "teach", "distill"]
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--output-dir", str(out)]) == 0
+    seed = out / "seed-0"
+    mtdnn_key = json.loads((seed / "mtl" / "DONE.json").read_text())["stage_key"]
+    warm = json.loads((seed / "teach" / "candidate-1" / "mtl" / "DONE.json").read_text())
+    fresh = json.loads((seed / "teach" / "candidate-0" / "mtl" / "DONE.json").read_text())
+    assert warm["identity"]["init"] == {"stage": mtdnn_key} and "stage" not in fresh["identity"]["init"]
+    assert warm["seed"] != json.loads((seed / "mtl" / "DONE.json").read_text())["seed"]  # its own data order
+    mtdnn_w = load_file(str(seed / "mtl" / "model" / "model.safetensors"))
+    for candidate, same in (("candidate-1", True), ("candidate-0", False)):
+        w = load_file(str(seed / "teach" / candidate / "mtl" / "model" / "model.safetensors"))
+        assert set(w) == set(mtdnn_w)
+        diff = max(float(abs(w[k].astype("float64") - mtdnn_w[k]).max()) for k in w)
+        assert (diff < 1e-6) == same, (candidate, diff)
+    card = json.loads((seed / "teach" / "candidate-1" / "mtl" / "model" / "model_card.json").read_text())
+    assert str(seed / "mtl" / "model") in json.dumps(card)
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["systems"]) == {"mtdnn", "ensemble", "mtdnn_kd"}

@@ -55,7 +55,8 @@ def _run_seed(ctx: RunContext, seed: int, timed, per_seed: dict[str, list[dict]]
         per_seed["mtdnn"].append(_evaluate(ctx, {t: seed_dir / "finetune" / t / "model" for t in tasks},
                                            seed_dir / "eval" / "mtdnn"))
     if Stage.TEACH in stages or Stage.DISTILL in stages:
-        summary = timed(f"seed-{seed}/teach", lambda: teach.run(ctx, seed_dir / "teach", seed))
+        summary = timed(f"seed-{seed}/teach", lambda: teach.run(ctx, seed_dir / "teach", seed,
+                                                                 mtdnn_mtl=seed_dir / "mtl" / "model"))
         if not ctx.stages.planning:
             per_seed["ensemble"].append(summary["ensemble_dev"])
             _keep_ensemble_predictions(ctx, seed_dir)

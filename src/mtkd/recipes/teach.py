@@ -2,7 +2,9 @@
 
 1. Train each candidate MT-DNN with Algorithm 1; candidates differ by seed, shared-layer dropout
    and optionally the initial encoder (kd.candidates; paper: 6 with dropout 0.1/0.2/0.3), under
-   `mtl` with kd.teacher_mtl's keys on top (the teachers' own budget, e.g. more epochs).
+   `mtl` with kd.teacher_mtl's keys on top (the teachers' own budget, e.g. more epochs). Beyond
+   the paper, a from_mtdnn candidate starts from this seed's MT-DNN MTL model instead of the
+   encoder: MT-DNN trained further, with its own seed (a stronger teacher for half the steps).
 2. Rank them by the mean dev score on kd.select_by (paper: MNLI + RTE) and keep the top kd.top_k.
 3. Fine-tune every kept member on every teacher task (kd.teacher_tasks; paper: MNLI, QQP, RTE, QNLI),
    under `finetune` with kd.teacher_finetune's keys on top.
@@ -26,11 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from mtkd.config import DEFAULT_CANDIDATE_DROPOUTS, TrainConfig, teacher_train_config
+from mtkd.errors import ConfigError
 from mtkd.identity import digest
 from mtkd.metrics import compute_metrics, predictions_from_logits, save_predictions, score_split, task_scores
 from mtkd.recipes import finetune, mtl
 from mtkd.recipes.context import RunContext
-from mtkd.recipes.job import FreshEncoder, train_stage
+from mtkd.recipes.job import FreshEncoder, FromModel, train_stage
 from mtkd.recipes.stages import train_settings
 from mtkd.soft_targets import SoftTargets, ensemble_average, softmax
 from mtkd.tasks import HeadKind
@@ -83,17 +86,18 @@ def unlabeled_identity(ctx: RunContext, teachers_key: str) -> dict:
     return {"teachers": teachers_key, "texts": {p: ctx.data_identity(p, "train") for p in ctx.unlabeled_tasks()}}
 
 
-def run(ctx: RunContext, out: Path, seed: int) -> dict:
+def run(ctx: RunContext, out: Path, seed: int, mtdnn_mtl: Path | None = None) -> dict:
     """Candidates, selection, members, the teacher tasks' soft targets and the ensemble's dev results
-    (one stage, DIR/DONE.json), then the soft targets of kd.unlabeled's text (DIR/unlabeled)."""
+    (one stage, DIR/DONE.json), then the soft targets of kd.unlabeled's text (DIR/unlabeled).
+    `mtdnn_mtl`: this seed's MT-DNN MTL model, which the from_mtdnn candidates continue."""
     cands = candidates(ctx, seed)
     # 1. train the candidates (the teachers' MTL budget: kd.teacher_mtl on top of mtl)
     teacher_mtl = teacher_configs(ctx)[0]
     keys = []
     for i, c in enumerate(cands):
         folder = out / f"candidate-{i}"
-        start = FreshEncoder(dropout=c.get("dropout"), encoder=c.get("encoder"))
-        train_stage(ctx, folder / "mtl", mtl.job(ctx, c["seed"], cfg=teacher_mtl, start=start, desc=f"teacher candidate {i}"))
+        train_stage(ctx, folder / "mtl", mtl.job(ctx, c["seed"], cfg=teacher_mtl, start=_start(c, mtdnn_mtl),
+                                                   desc=f"teacher candidate {i}"))
         keys.append(ctx.stages.model_identity(folder / "mtl" / "model"))
     identity = teacher_identity(ctx, keys)
     ctx.stages.register_model(out / "soft_targets", digest(identity), "")
@@ -105,6 +109,16 @@ def run(ctx: RunContext, out: Path, seed: int) -> dict:
     if ctx.unlabeled_tasks():
         summary = {**summary, "unlabeled": label_unlabeled(ctx, out, cands, summary, digest(identity))}
     return summary
+
+
+def _start(candidate: dict, mtdnn_mtl: Path | None) -> FreshEncoder | FromModel:
+    """Where a candidate's MTL starts: the encoder (its dropout / encoder overrides; the paper), or
+    this seed's MT-DNN MTL model (from_mtdnn: the candidate is MT-DNN trained further)."""
+    if candidate.get("from_mtdnn"):
+        if mtdnn_mtl is None:
+            raise ConfigError("kd.candidates: a from_mtdnn candidate needs MT-DNN's MTL model (the mtl stage)")
+        return FromModel(Path(mtdnn_mtl))
+    return FreshEncoder(dropout=candidate.get("dropout"), encoder=candidate.get("encoder"))
 
 
 def _ensembles(ctx: RunContext, out: Path, cands: list[dict], identity: dict) -> dict:
