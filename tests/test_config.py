@@ -262,6 +262,7 @@ def test_load_config_records_the_keys_given_and_does_not_save_them(tmp_path):
     ("{dropuot: 0.2}", r"kd\.candidates\[0\]: unknown key 'dropuot' \(did you mean 'dropout'\?\)"),
     ("{seed: -1}", r"kd\.candidates\[0\]\.seed must be an integer >= 0, got -1"),
     ("{seed: true}", r"kd\.candidates\[0\]\.seed must be an integer >= 0, got True"),
+    ("{seed: null}", r"kd\.candidates\[0\]\.seed must be an integer >= 0, got None"),
     ("{encoder: ''}", r"kd\.candidates\[0\]\.encoder must be an encoder name or folder"),
     ("{from_mtdnn: 'yes'}", r"kd\.candidates\[0\]\.from_mtdnn must be true or false, got 'yes'"),
     ("{from_mtdnn: true, dropout: 0.2}", r"kd\.candidates\[0\]: from_mtdnn continues MT-DNN's MTL model, which has "
@@ -275,5 +276,7 @@ def test_a_bad_teacher_candidate_is_named(candidate, message):
 def test_a_from_mtdnn_candidate_needs_the_mtl_stage():
     with pytest.raises(ConfigError, match=r"kd\.candidates\[1\]\.from_mtdnn needs MT-DNN's MTL model: add mtl to"):
         load_config(None, ["stages=[teach, distill]", "kd.candidates=[{dropout: 0.1}, {from_mtdnn: true}]"])
+    # a config without teach or distill does not train teachers: its candidates need no MT-DNN
+    assert load_config(None, ["stages=[single_task]", "kd.candidates=[{from_mtdnn: true}]"]).stages == ["single_task"]
     cfg = load_config(None, ["stages=[mtl, teach]", "kd.candidates=[{seed: 5, from_mtdnn: true}]"])
     assert cfg.kd.candidates == [{"seed": 5, "from_mtdnn": True}]

@@ -33,16 +33,19 @@ def test_kd_v2_config_has_the_levers_of_the_decisive_experiment():
     from mtkd.config import teacher_train_config
 
     cfg = load_config(V2)
-    assert teacher_train_config(cfg, "mtl").epochs == 2 and cfg.mtl.epochs == 1 == cfg.finetune.epochs
-    assert teacher_train_config(cfg, "finetune") == cfg.finetune  # the members keep `finetune`
-    assert len(cfg.kd.candidates) == 6 and cfg.kd.top_k == 3 and cfg.seeds == [7]
+    assert cfg.mtl.epochs == 1 == cfg.finetune.epochs
+    # teachers: MT-DNN's MTL model + one more `mtl` epoch each, fine-tuned as MT-DNN is, all 3 kept
+    assert teacher_train_config(cfg, "mtl") == cfg.mtl and teacher_train_config(cfg, "finetune") == cfg.finetune
+    assert cfg.kd.candidates == [{"from_mtdnn": True}] * 3 and cfg.kd.top_k == 3 and cfg.seeds == [42]
+    assert cfg.stages == ["mtl", "finetune", "teach", "distill"]
     assert set(cfg.kd.unlabeled) == {"MNLI", "QNLI", "QQP"} and set(cfg.kd.unlabeled) <= set(cfg.kd.teacher_tasks)
     assert all(src.get("from_train") is True and cfg.tasks[t].train_cap for t, src in cfg.kd.unlabeled.items())
 
 
 def test_kd_v2_config_plans_every_stage(tmp_path, tiny_encoder):
     """Planned (identities computed, nothing trained) on the tiny GLUE-layout fixture with the tiny
-    encoder: the six candidates, both students and the unlabeled text's labelling are stages."""
+    encoder: the three candidates (each continuing MT-DNN's MTL stage), both students and the
+    unlabeled text's labelling are stages."""
     import json
 
     from conftest import write_glue_fixture
@@ -64,9 +67,13 @@ def test_kd_v2_config_plans_every_stage(tmp_path, tiny_encoder):
     keys = pipeline.plan(ctx)
     assert not ctx.stages.problems
     planned = {Path(f).relative_to(out.resolve()).as_posix() for f in keys}
-    assert {"seed-7/mtl/model", "seed-7/distill/mtl/model", "seed-7/distill_unlabeled/mtl/model",
-            "seed-7/teach/soft_targets", "seed-7/teach/unlabeled/soft_targets"} <= planned
-    assert {f"seed-7/teach/candidate-{i}/mtl/model" for i in range(6)} <= planned
+    assert {"seed-42/mtl/model", "seed-42/distill/mtl/model", "seed-42/distill_unlabeled/mtl/model",
+            "seed-42/teach/soft_targets", "seed-42/teach/unlabeled/soft_targets"} <= planned
+    candidates = [f"seed-42/teach/candidate-{i}/mtl/model" for i in range(3)]
+    assert set(candidates) <= planned and "seed-42/teach/candidate-3/mtl/model" not in planned
+    assert "seed-42/single_task/SST-2/model" not in planned
+    by_folder = {Path(f).relative_to(out.resolve()).as_posix(): k for f, k in keys.items()}
+    assert len({by_folder[c] for c in candidates}) == 3  # three seeds, three different teachers
     for t in ("MNLI", "QNLI", "QQP"):  # the unused rows: 18 of 48, none of them labelled training data
         labelled, unlabeled = ctx.train_set(t), ctx.train_set(f"{t}+unlabeled")
         assert len(unlabeled.indices) == 18 and not set(labelled.indices) & set(unlabeled.indices)

@@ -72,7 +72,8 @@ def collect(run: Path, work: Path, out: Path, status: str) -> None:
     if final is not None and status == "running":
         status = "complete"
     body = {"status": status, "collected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "script_steps_s": script,
-            "environment": env, "stages_done": list(pipeline), "pipeline_timings_s": pipeline}
+            "environment": env, "stages_done": [k for k in pipeline if k != "interrupted"],  # "interrupted": unfinished attempts
+            "pipeline_timings_s": pipeline}
     if final is not None:
         body["results"] = final
     else:

@@ -449,8 +449,7 @@ def _check_candidate(where: str, i: int, cand, cfg: RunConfig) -> None:
     for k in cand:
         if k not in CANDIDATE_KEYS:
             raise unknown_key(f"{where}: {key}", k, CANDIDATE_KEYS)
-    if cand.get("seed") is not None and (isinstance(cand["seed"], bool) or not isinstance(cand["seed"], int)
-                                         or cand["seed"] < 0):
+    if "seed" in cand and (isinstance(cand["seed"], bool) or not isinstance(cand["seed"], int) or cand["seed"] < 0):
         raise _bad(where, f"{key}.seed", "an integer >= 0", cand["seed"])
     if cand.get("encoder") is not None and (not isinstance(cand["encoder"], str) or not cand["encoder"].strip()):
         raise _bad(where, f"{key}.encoder", "an encoder name or folder", cand["encoder"])
@@ -465,7 +464,7 @@ def _check_candidate(where: str, i: int, cand, cfg: RunConfig) -> None:
             if clash:
                 raise ConfigError(f"{where}: {key}: from_mtdnn continues MT-DNN's MTL model, which has its own "
                                   f"{' and '.join(clash)}; remove {', '.join(clash)}")
-            if Stage.MTL not in cfg.stages:
+            if Stage.MTL not in cfg.stages and {Stage.TEACH, Stage.DISTILL} & set(cfg.stages):
                 raise ConfigError(f"{where}: {key}.from_mtdnn needs MT-DNN's MTL model: add mtl to `stages`")
 
 

@@ -95,11 +95,6 @@ def _require_export_stack(exporter: str):
                           f"{INSTALL_HINT} ({e})") from None
 
 
-def _first_line(e: Exception) -> str:
-    """An exception's first message line (ONNX Runtime's and the exporters' run on for pages), else its type."""
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
 def _read_export_meta(folder: Path) -> tuple[dict, dict[str, TaskSpec]]:
     """An export folder's mtkd_export.json, checked (format, version, tasks, outputs), and its tasks."""
     meta_path = folder / EXPORT_FILE
@@ -162,7 +157,7 @@ class OnnxModel:
         try:
             session = _session(graph, threads, providers)
         except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
-            raise CheckpointError(f"{graph}: ONNX Runtime cannot load it ({_first_line(e)})") from None
+            raise CheckpointError(f"{graph}: ONNX Runtime cannot load it ({inference.first_line(e)})") from None
         names = {o.name for o in session.get_outputs()}
         missing = sorted(set(meta["outputs"].values()) - names)
         if missing:
@@ -337,7 +332,7 @@ def _export_graph(wrapper, example, input_names: list[str], heads: list[str], pa
                                   opset_version=opset, dynamo=False, do_constant_folding=True)
     except Exception as e:
         log.debug("exporter output:\n%s", sink.getvalue())
-        raise ExportError(f"the {exporter} exporter failed on this encoder ({type(e).__name__}: {_first_line(e)}); "
+        raise ExportError(f"the {exporter} exporter failed on this encoder ({type(e).__name__}: {inference.first_line(e)}); "
                           f"try --exporter {_other_exporter(exporter)}") from None
     log.debug("exporter output:\n%s", sink.getvalue())
 
@@ -534,7 +529,7 @@ def _checked_diff(graph: Path, reference, batches, heads, what: str) -> float:
     except ExportError:
         raise
     except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
-        raise ExportError(f"{what} ({graph.name}) does not run in ONNX Runtime: {_first_line(e)}") from None
+        raise ExportError(f"{what} ({graph.name}) does not run in ONNX Runtime: {inference.first_line(e)}") from None
 
 
 def _other_exporter(exporter: str) -> str:

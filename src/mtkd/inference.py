@@ -28,8 +28,13 @@ def load_tokenizer(folder):
     try:
         return AutoTokenizer.from_pretrained(str(folder), use_fast=True)
     except Exception as e:  # OSError (no files), ValueError, or the tokenizers library's bare Exception (bad JSON)
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{folder}: the tokenizer files are missing or unreadable ({first})") from None
+        raise CheckpointError(f"{folder}: the tokenizer files are missing or unreadable ({first_line(e)})") from None
+
+
+def first_line(e: Exception) -> str:
+    """An exception's first message line (ONNX Runtime's, the exporters' and the tokenizers' run on
+    for pages), else its type."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def pad_token_id(tokenizer) -> int:

@@ -234,3 +234,21 @@ def test_from_mtdnn_candidates_continue_the_seeds_mtdnn_mtl_model(glue_root, tin
     assert str(seed / "mtl" / "model") in json.dumps(card)
     res = json.loads((out / "results.json").read_text())
     assert set(res["systems"]) == {"mtdnn", "ensemble", "mtdnn_kd"}
+    # MT-DNN's MTL changes: the candidate that continues it is trained again, the other is reused
+    stamps = {c: (seed / "teach" / c / "mtl" / "model" / "model.safetensors").stat().st_mtime_ns
+              for c in ("candidate-0", "candidate-1")}
+    assert main(["run", str(path), "--output-dir", str(out), "--set", "mtl.lr=2.0e-3"]) == 0
+    now = {c: (seed / "teach" / c / "mtl" / "model" / "model.safetensors").stat().st_mtime_ns for c in stamps}
+    assert now["candidate-0"] == stamps["candidate-0"] and now["candidate-1"] != stamps["candidate-1"]
+    new_key = json.loads((seed / "mtl" / "DONE.json").read_text())["stage_key"]
+    assert new_key != mtdnn_key
+    assert json.loads((seed / "teach" / "candidate-1" / "mtl" / "DONE.json").read_text())["identity"]["init"] == \
+        {"stage": new_key}
+
+
+def test_two_candidates_that_would_train_the_same_model_are_refused(glue_root, tiny_encoder, tmp_path, capsys):
+    path = _kd_config(glue_root, tiny_encoder, tmp_path, candidates=[{"from_mtdnn": True, "seed": 5},
+                                                                     {"from_mtdnn": True, "seed": 5}], top_k=1)
+    assert main(["run", str(path), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "kd.candidates[1] trains the same model as kd.candidates[0] at run seed 0 (seed 5" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -277,3 +277,32 @@ def test_timings_sum_the_attempts_of_a_stage_stopped_and_resumed(tiny_encoder, t
     assert (out / "seed-0" / "mtl" / "DONE.json").is_file()
     assert main(["run", str(cfg), "--output-dir", str(out)]) == 0  # a skipped rerun keeps the work's time
     assert json.loads((out / "timings.json").read_text()) == done
+
+
+def test_stage_timings_sum_attempts_keep_found_done_stages_and_replace_retrained_ones(tmp_path, monkeypatch):
+    from mtkd.recipes import pipeline
+
+    clock = iter([0.0, 30.0, 100.0, 110.0, 200.0, 245.0, 300.0, 301.0, 400.0, 460.0, 500.0, 507.0])
+    monkeypatch.setattr(pipeline, "time", SimpleNamespace(time=lambda: next(clock)))
+    path = tmp_path / "timings.json"
+    t = pipeline.StageTimings(path)
+    for stage, exc in (("seed-0/mtl", KeyboardInterrupt), ("seed-0/teach", RuntimeError)):  # 30 s, 10 s
+        with pytest.raises(exc), t.stage(stage):
+            raise exc()
+    assert json.loads(path.read_text()) == {"interrupted": {"seed-0/mtl": 30.0, "seed-0/teach": 10.0}}
+    with pipeline.StageTimings(path).stage("seed-0/mtl"):  # 45 s: finishes mtl, teach still interrupted
+        pass
+    assert json.loads(path.read_text()) == {"interrupted": {"seed-0/teach": 10.0}, "seed-0/mtl": 75.0}
+    with pipeline.StageTimings(path).stage("seed-0/mtl", worked=lambda: False):  # 1 s: found done, kept
+        pass
+    with pipeline.StageTimings(path).stage("seed-0/teach"):  # 60 s + the 10 s attempt
+        pass
+    assert json.loads(path.read_text()) == {"seed-0/mtl": 75.0, "seed-0/teach": 70.0}
+    with pipeline.StageTimings(path).stage("seed-0/mtl", worked=lambda: True):  # 7 s: retrained, replaced
+        pass
+    assert json.loads(path.read_text()) == {"seed-0/mtl": 7.0, "seed-0/teach": 70.0}
+    assert not path.with_name("timings.json.tmp").exists()
+    reader = pipeline.StageTimings(path, write=False)  # another rank: neither reads nor writes the file
+    assert reader.times == {}
+    path.write_text('{"seed-0/mtl": 7.0, ')  # a torn write from a killed run: start again, with a warning
+    assert pipeline.StageTimings(path).times == {}

@@ -8,6 +8,7 @@ from mtkd.config import DEFAULT_CANDIDATE_DROPOUTS
 from mtkd.data import check_files, raise_problems, read_split, split_path
 from mtkd.errors import ConfigError, DataError, did_you_mean
 from mtkd.model import resolve_encoder
+from mtkd.recipes import teach
 from mtkd.recipes.context import RunContext
 from mtkd.tasks import HeadKind
 
@@ -75,6 +76,8 @@ def check_task_lists(ctx: RunContext) -> None:
         n = len(kd.candidates) or len(DEFAULT_CANDIDATE_DROPOUTS)
         if kd.top_k > n:
             raise ConfigError(f"kd.top_k is {kd.top_k} but there are {n} teacher candidates (kd.candidates)")
+        for seed in ctx.cfg.seeds:
+            teach.candidates(ctx, seed)  # refuses two candidates that would train the same model
 
 
 def prepare_data(ctx: RunContext, splits: tuple[str, ...] = ("train", "dev", "test")) -> None:

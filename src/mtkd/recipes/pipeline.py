@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 from mtkd.config import RunConfig, Stage, save_config
 from mtkd.errors import CheckpointError
@@ -53,7 +54,8 @@ def run(cfg: RunConfig, out_dir: Path) -> dict:
     timings = StageTimings(out_dir / "timings.json", write=ctx.main)
 
     def timed(name, fn):
-        with timings.stage(name):
+        finished_before = ctx.stages.finished
+        with timings.stage(name, worked=lambda: ctx.stages.finished > finished_before):
             return fn()
 
     if ctx.main:
@@ -109,34 +111,43 @@ def _stages(ctx: RunContext, timed) -> dict:
 class StageTimings:
     """DIR/timings.json: wall seconds per stage, summed over the attempts that ran it. A stage stopped
     part-way (signal, error) adds its seconds under INTERRUPTED_KEY; the attempt that finishes it
-    moves them into the stage's total, so a stage resumed across sessions reports its whole cost. A
-    finished stage keeps the time of the run that did the work (a skipped rerun takes ~0 s)."""
+    moves them into the stage's total, so a stage resumed across sessions reports its whole cost
+    (a process killed outright, SIGKILL or out of memory, cannot record its attempt). A rerun that
+    finds the stage done keeps the time of the run that did the work; one that trains it again
+    (its settings changed) replaces it."""
 
     INTERRUPTED_KEY = "interrupted"
 
     def __init__(self, path: Path, write: bool = True):
         self.path, self.write = path, write
-        self.times = json.loads(path.read_text()) if path.is_file() else {}
+        self.times: dict = {}
+        if write and path.is_file():  # only the writer reads: other ranks never see a half-written file
+            try:
+                self.times = json.loads(path.read_text())
+            except ValueError as e:
+                log.warning("%s: unreadable (%s); stage times start again", path, e)
 
     @contextlib.contextmanager
-    def stage(self, name: str):
+    def stage(self, name: str, worked: Callable[[], bool] = lambda: True):
+        """Time a `with` block as stage `name`; `worked()`, asked at its end, says whether it trained
+        or computed anything (False: every part was found done)."""
         t0 = time.time()
         finished = False
         try:
             yield
             finished = True
         finally:
-            self._record(name, round(time.time() - t0, 1), finished)
+            self._record(name, round(time.time() - t0, 1), finished, worked())
 
-    def _record(self, name: str, seconds: float, finished: bool) -> None:
-        if name in self.times:  # finished by an earlier run: its time stands
-            return
+    def _record(self, name: str, seconds: float, finished: bool, worked: bool) -> None:
         interrupted = self.times.setdefault(self.INTERRUPTED_KEY, {})
-        if finished:
-            self.times[name] = round(interrupted.pop(name, 0.0) + seconds, 1)
-        else:
+        if not finished:
             interrupted[name] = round(interrupted.get(name, 0.0) + seconds, 1)
+        elif worked or name not in self.times:
+            self.times[name] = round(interrupted.pop(name, 0.0) + seconds, 1)
         if not interrupted:
             del self.times[self.INTERRUPTED_KEY]
         if self.write:
-            self.path.write_text(json.dumps(self.times, indent=2))
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(self.times, indent=2))
+            tmp.replace(self.path)

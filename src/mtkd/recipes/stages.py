@@ -51,6 +51,7 @@ class Stages:
         self._models: dict[str, dict] = {}  # model folder -> {"key", "tokenizer"}
         self._weights: dict[str, str | None] = {}
         self._reported: set[str] = set()
+        self.finished = 0  # stages this process has marked done (trained or computed, not found done)
 
     # ------------------------------------------------------------------------------ identities
     def encoder_identity(self, encoder_cfg: EncoderConfig, dropout: float | None = None,
@@ -124,6 +125,7 @@ class Stages:
             self.problems.append(problem)
 
     def mark_done(self, folder: Path, info: dict, identity: dict) -> None:
+        self.finished += 1
         if self.accelerator.is_main_process:
             Path(folder).mkdir(parents=True, exist_ok=True)
             tmp = Path(folder) / "DONE.json.tmp"

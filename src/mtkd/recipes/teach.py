@@ -49,11 +49,20 @@ def teacher_configs(ctx: RunContext) -> tuple[TrainConfig, TrainConfig]:
 
 
 def candidates(ctx: RunContext, seed: int) -> list[dict]:
-    """The configured candidates, or by default 4 differing by seed and dropout 0.1/0.2/0.3/0.1."""
+    """The configured candidates, or by default 4 differing by seed and dropout 0.1/0.2/0.3/0.1; a
+    candidate without a seed gets seed + 1000 * (its position + 1). Two candidates that would train
+    the same model (same seed and start) are refused: identical teachers at full cost."""
     kd = ctx.cfg.kd
-    if kd.candidates:
-        return [{"seed": seed + 1000 * (i + 1), **c} for i, c in enumerate(kd.candidates)]
-    return [{"seed": seed + 1000 * (i + 1), "dropout": d} for i, d in enumerate(DEFAULT_CANDIDATE_DROPOUTS)]
+    given = kd.candidates or [{"dropout": d} for d in DEFAULT_CANDIDATE_DROPOUTS]
+    cands = [{"seed": seed + 1000 * (i + 1), **c} for i, c in enumerate(given)]
+    seen: dict[tuple, int] = {}
+    for i, c in enumerate(cands):
+        key = (c["seed"], bool(c.get("from_mtdnn")), c.get("dropout"), c.get("encoder"))
+        if key in seen:
+            raise ConfigError(f"kd.candidates[{i}] trains the same model as kd.candidates[{seen[key]}] at run seed "
+                              f"{seed} (seed {c['seed']}, the same start): give it another seed, dropout or encoder")
+        seen[key] = i
+    return cands
 
 
 def _member_outputs(ctx, model, folder, task, split, indices, temperature):
