@@ -4,7 +4,6 @@ split tokenised once into the cache; and the data report written beside the resu
 
 from __future__ import annotations
 
-from mtkd.config import DEFAULT_CANDIDATE_DROPOUTS
 from mtkd.data import check_files, raise_problems, read_split, split_path
 from mtkd.errors import ConfigError, DataError, did_you_mean
 from mtkd.model import resolve_encoder
@@ -73,7 +72,7 @@ def check_task_lists(ctx: RunContext) -> None:
             raise ConfigError(f"kd.teacher_tasks: task {name!r} is a ranking task; teachers for ranking "
                               f"tasks are not supported yet")
     if kd.teacher_tasks:
-        n = len(kd.candidates) or len(DEFAULT_CANDIDATE_DROPOUTS)
+        n = len(teach.configured_candidates(ctx))
         if kd.top_k > n:
             raise ConfigError(f"kd.top_k is {kd.top_k} but there are {n} teacher candidates (kd.candidates)")
         for seed in ctx.cfg.seeds:

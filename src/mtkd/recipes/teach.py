@@ -48,13 +48,16 @@ def teacher_configs(ctx: RunContext) -> tuple[TrainConfig, TrainConfig]:
     return teacher_train_config(ctx.cfg, "mtl"), teacher_train_config(ctx.cfg, "finetune")
 
 
+def configured_candidates(ctx: RunContext) -> list[dict]:
+    """kd.candidates as written, or the default 4 (dropout 0.1/0.2/0.3/0.1), before seeds are derived."""
+    return ctx.cfg.kd.candidates or [{"dropout": d} for d in DEFAULT_CANDIDATE_DROPOUTS]
+
+
 def candidates(ctx: RunContext, seed: int) -> list[dict]:
     """The configured candidates, or by default 4 differing by seed and dropout 0.1/0.2/0.3/0.1; a
     candidate without a seed gets seed + 1000 * (its position + 1). Two candidates that would train
     the same model (same seed and start) are refused: identical teachers at full cost."""
-    kd = ctx.cfg.kd
-    given = kd.candidates or [{"dropout": d} for d in DEFAULT_CANDIDATE_DROPOUTS]
-    cands = [{"seed": seed + 1000 * (i + 1), **c} for i, c in enumerate(given)]
+    cands = [{"seed": seed + 1000 * (i + 1), **c} for i, c in enumerate(configured_candidates(ctx))]
     seen: dict[tuple, int] = {}
     for i, c in enumerate(cands):
         key = (c["seed"], bool(c.get("from_mtdnn")), c.get("dropout"), c.get("encoder"))
