@@ -32,7 +32,11 @@ from mtkd.metrics import score_split
 from mtkd.tasks import HeadKind, load_task_specs, task_from_dict
 
 HELPER = Path(__file__).parent / "_train_helper.py"
-TOLERANCE = 1e-4  # max abs weight difference, 2 processes vs 1 (as tests/test_distributed.py; observed ~5e-5)
+# max abs weight difference, 2 processes vs 1 (weights ~0.085 in magnitude). The unequal shards (3 + 5 candidates)
+# reduce gradients in another order than one process, and Adamax turns that rounding into weight noise that
+# depends on the CPU's kernels: observed ~5e-5 on an AVX-512/AMX Xeon (2026-11), 2.4e-4 and 2.9e-4 on a 2-core
+# AMD EPYC with AVX-512 (2026-12-07). The per-query scores (atol 1e-3) and metrics checks below stay as they are.
+TOLERANCE = 1e-3
 # The listwise softmax does not change when every score of a query moves by the same amount, and
 # attention does not change when every key logit of a query does: these parameters only do that,
 # so their gradient is 0 up to rounding, and Adamax (which divides by the gradient's size) turns
