@@ -10,23 +10,15 @@ mean probability of the gold label, and the mean entropy (nats).
 Reads each folder's config.yaml, seed-S/teach/soft_targets/ and teach/unlabeled/soft_targets/, and
 the GLUE training files (`data.root`, default ../shared/data/glue); prints a Markdown table.
 """
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file
 
 from mtkd.config import load_config
 from mtkd.data import read_split
+from mtkd.soft_targets import SoftTargets
 from mtkd.tasks import load_task_specs
-
-
-def soft_targets(folder: Path) -> tuple[list[str], np.ndarray]:
-    """The example ids and the (rows, classes) probabilities of one `<task>.safetensors`/.json pair."""
-    meta = json.loads(folder.with_suffix(".json").read_text())
-    (probs,) = load_file(folder.with_suffix(".safetensors")).values()
-    return meta["ids"], probs
 
 
 def agreement(probs: np.ndarray, gold: np.ndarray) -> dict[str, float]:
@@ -49,14 +41,14 @@ def main(run_dirs: list[str]) -> None:
             spec = specs[task]
             train = read_split(spec, "train", cfg.data.root)
             label_of = dict(zip(train.ids, train.labels))  # class indices (read_split parses them)
-            ids, probs = soft_targets(teach / "soft_targets" / f"{task}.safetensors")
-            cells = agreement(probs, np.array([label_of[i] for i in ids]))
+            labelled = SoftTargets.load(teach / "soft_targets", task)
+            cells = agreement(labelled.values, np.array([label_of[i] for i in labelled.ids]))
             row = [seed, task, cells["rows"], f"{cells['argmax_is_gold']:.1f} %", f"{cells['p_gold']:.3f}",
                    f"{cells['entropy']:.3f}"]
-            unused = teach / "unlabeled" / "soft_targets" / f"{task}+unlabeled.safetensors"
-            if unused.is_file():
-                ids, probs = soft_targets(unused)
-                cells = agreement(probs, np.array([label_of[i] for i in ids]))
+            unused_folder = teach / "unlabeled" / "soft_targets"
+            if (unused_folder / f"{task}+unlabeled.json").is_file():
+                unused = SoftTargets.load(unused_folder, f"{task}+unlabeled")
+                cells = agreement(unused.values, np.array([label_of[i] for i in unused.ids]))
                 row += [cells["rows"], f"{cells['argmax_is_gold']:.1f} %", f"{cells['p_gold']:.3f}",
                         f"{cells['entropy']:.3f}"]
             else:
