@@ -116,7 +116,7 @@ def _pool(dev: dict, tokenizer, specs, limit, n: int, seed: int):
     rows, types, where = [], [], []
     for report, d in dev.items():
         cut = inference.train_max_len(specs[d["task"]])
-        r, t = inference.tokenize(tokenizer, d["texts"], d["pairs"], min(cut, limit or cut))
+        r, t, _ = inference.tokenize(tokenizer, d["texts"], d["pairs"], min(cut, limit or cut))
         rows += r
         types += t if t is not None else [[0] * len(x) for x in r]
         where += [report] * len(r)
@@ -164,13 +164,14 @@ def export_both(args, model_dir: Path, work: Path, data_root: Path) -> dict:
 
 def load_contenders(mode: Mode, model_dir: Path, work: Path, data_root: Path, threads: int) -> Contenders:
     from mtkd import inference
-    from mtkd.export import OnnxModel, dev_sets, pytorch_run_batch
+    from mtkd.export import dev_sets
+    from mtkd.onnx_model import OnnxModel
     from mtkd.model import MTModel, max_positions
 
     model = MTModel.from_pretrained(model_dir).eval()
     specs, tok = model.tasks, model.tokenizer
     onnx_models = {n: OnnxModel.from_pretrained(work / n, threads=threads) for n in ONNX_CONTENDERS}
-    runners = {"pytorch_fp32": pytorch_run_batch(model), **{n: m.run_batch for n, m in onnx_models.items()}}
+    runners = {"pytorch_fp32": model.run_batch, **{n: m.run_batch for n, m in onnx_models.items()}}
     heads = [t for t, s in specs.items() if s.head_of is None]
     dev = dev_sets(specs, data_root, mode.dev_cap)
     if not dev:
@@ -187,7 +188,8 @@ def time_latency(setup: Contenders) -> tuple[dict[str, list[float]], dict[str, l
     lat_rounds: dict[str, list[float]] = {name: [] for name in CONTENDERS}
     for r in setup.rounds():
         rows, types, _ = setup.pool(setup.mode.latency_texts if r >= 0 else 16, seed=100 + r)
-        singles = [inference.pad_batch(rows, types, [i], setup.pad_id) for i in range(len(rows))]
+        singles = [inference.pad_rows([rows[i]], [types[i]] if types is not None else None, setup.pad_id)
+                   for i in range(len(rows))]
         for name in CONTENDERS:
             times = []
             for ids, mask, tt in singles:
@@ -209,7 +211,8 @@ def time_throughput(setup: Contenders) -> dict[str, list[dict]]:
     thr: dict[str, list[dict]] = {name: [] for name in CONTENDERS}
     for r in setup.rounds():
         rows, types, _ = setup.pool(setup.mode.throughput_texts if r >= 0 else 64, seed=200 + r)
-        batches = [inference.pad_batch(rows, types, sel, setup.pad_id)
+        batches = [inference.pad_rows([rows[i] for i in sel], [types[i] for i in sel] if types is not None else None,
+                                      setup.pad_id)
                    for sel in inference.length_batches([len(x) for x in rows], 32)]
         tokens = sum(len(x) for x in rows)
         for name in CONTENDERS:

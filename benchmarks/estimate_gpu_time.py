@@ -85,7 +85,7 @@ def collate_ms(ctx, cfg, seed: int, n: int = 300) -> float:
 
 
 def infer_batches(ctx, task: str, data, indices) -> list[tuple[str, int, int]]:
-    from mtkd.data import length_batches
+    from mtkd.inference import length_batches
 
     lens = data.lengths[indices]
     return [(task, len(sel), int(lens[sel].max()))

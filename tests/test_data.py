@@ -12,7 +12,8 @@ import torch
 
 import mtkd.data as data_mod
 from conftest import NEG, POS
-from mtkd.data import collate, encode_split, length_batches, read_split, subsample
+from mtkd.data import collate, encode_split, read_split, subsample
+from mtkd.inference import length_batches
 from mtkd.errors import DataError, MtkdError
 from mtkd.tasks import HeadKind, glue_tasks, load_task_specs, task_from_dict
 

@@ -25,7 +25,8 @@ ort = pytest.importorskip("onnxruntime")
 from conftest import write_glue_fixture  # noqa: E402
 from mtkd.cli import main  # noqa: E402
 from mtkd.errors import CheckpointError, ConfigError, DataError, ExportError  # noqa: E402
-from mtkd.export import EXPORT_FILE, GRAPH_FILE, OnnxModel, export_onnx  # noqa: E402
+from mtkd.export import export_onnx  # noqa: E402
+from mtkd.onnx_model import EXPORT_FILE, GRAPH_FILE, OnnxModel  # noqa: E402
 from mtkd.model import MTModel, weights_sha256  # noqa: E402
 from mtkd.tasks import glue_tasks  # noqa: E402
 
@@ -234,7 +235,7 @@ def test_serving_an_export_needs_no_torch(export_dir, onnx_model):
     code = ("import sys, json\n"
             "for m in ('torch', 'safetensors.torch', 'accelerate'):\n"
             "    sys.modules[m] = None  # as if not installed\n"
-            "from mtkd.export import OnnxModel\n"
+            "from mtkd.onnx_model import OnnxModel\n"
             f"m = OnnxModel.from_pretrained({str(export_dir[0])!r})\n"
             f"print(json.dumps(m.predict(['SST-2', 'STS-B'], {TEXTS[:4]!r}, {PAIRS[:4]!r})))\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

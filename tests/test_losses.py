@@ -9,8 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtkd.heads import TaskHead
-from mtkd.losses import hard_loss, kd_loss, ranking_loss, soft_cross_entropy, task_loss
+from mtkd.heads import kind_of
+from mtkd.heads.classification import cross_entropy, soft_cross_entropy
+from mtkd.heads.layer import TaskHead
+from mtkd.heads.ranking import ranking_loss
+from mtkd.heads.regression import squared_error
+from mtkd.losses import kd_loss, task_loss
 from mtkd.tasks import HeadKind
 
 C, R = HeadKind.CLASSIFICATION, HeadKind.REGRESSION
@@ -47,7 +51,7 @@ def test_hard_loss_classification_is_per_example_cross_entropy():
     torch.manual_seed(0)
     logits = torch.randn(6, 3)
     labels = torch.tensor([0, 2, 1, 1, 0, 2])
-    out = hard_loss(C, logits, labels)
+    out = cross_entropy(logits, labels)
     assert out.shape == (6,)
     torch.testing.assert_close(out, F.cross_entropy(logits, labels, reduction="none"))
     # and by hand for the first row
@@ -57,7 +61,7 @@ def test_hard_loss_classification_is_per_example_cross_entropy():
 def test_hard_loss_regression_is_squared_error():
     logits = torch.tensor([[1.0], [2.5], [-0.5]])
     labels = torch.tensor([0.0, 4.0, 0.5])
-    out = hard_loss(R, logits, labels)
+    out = squared_error(logits, labels)
     torch.testing.assert_close(out, torch.tensor([1.0, 2.25, 1.0]))
 
 
@@ -65,7 +69,7 @@ def test_ranking_loss_hand_computed():
     scores = torch.tensor([1.0, 2.0, 0.5, 3.0, -1.0, 0.3, 0.7])
     labels = torch.tensor([0, 1, 0, 1, 0, 0, 0])
     groups = torch.tensor([0, 0, 0, 1, 1, 2, 2])  # group 2 has no positive
-    out = hard_loss(HeadKind.RANKING, scores[:, None], labels, groups, positive=1)
+    out = ranking_loss(scores, labels, groups, positive=1)
     g0 = -log_softmax_np([1.0, 2.0, 0.5])[1]
     g1 = -log_softmax_np([3.0, -1.0])[0]
     expected = [0.0, g0, 0.0, g1, 0.0, 0.0, 0.0]
@@ -92,7 +96,7 @@ def test_ranking_loss_positive_label_index_zero():
     scores = torch.tensor([1.0, 2.0, 0.5, 3.0, -1.0])
     labels = torch.tensor([0, 1, 1, 1, 0])  # 0 = entailment = relevant
     groups = torch.tensor([0, 0, 0, 1, 1])
-    out = hard_loss(HeadKind.RANKING, scores[:, None], labels, groups, positive=0)
+    out = ranking_loss(scores, labels, groups, positive=0)
     expected = [-log_softmax_np([1.0, 2.0, 0.5])[0], 0.0, 0.0, 0.0, -log_softmax_np([3.0, -1.0])[1]]
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6, atol=1e-7)
 
@@ -106,11 +110,14 @@ def test_ranking_loss_of_a_batch_without_positives_backpropagates_zero():
     assert out.tolist() == [0.0, 0.0, 0.0] and scores.grad.tolist() == [0.0, 0.0, 0.0]
 
 
-def test_ranking_loss_without_groups_or_positive_is_refused():
-    with pytest.raises(ValueError, match="positive label index"):
-        hard_loss(HeadKind.RANKING, torch.zeros(3, 1), torch.tensor([0, 1, 0]), torch.tensor([0, 0, 0]))
+def test_ranking_loss_without_groups_is_refused():
+    """A ranking task's positive label comes from its definition (which requires one: test_ranking);
+    its query groups from the batch, which must have them."""
+    from mtkd.tasks import task_from_dict
+
+    spec = task_from_dict("R", {"head": "ranking", "fields": {"text_a": "q"}, "splits": {}})
     with pytest.raises(ValueError, match="groups"):
-        hard_loss(HeadKind.RANKING, torch.zeros(3, 1), torch.tensor([0, 1, 0]), None, positive=1)
+        kind_of(spec).loss(torch.zeros(3, 1), {"labels": torch.tensor([0, 1, 0])})
 
 
 def test_task_loss_reads_the_positive_label_of_the_spec():
@@ -125,7 +132,7 @@ def test_task_loss_reads_the_positive_label_of_the_spec():
     cls = task_from_dict("C", {"head": "classification", "labels": ["a", "b"], "fields": {"text_a": "q"}, "splits": {}})
     logits = torch.tensor([[2.0, 0.0]])
     torch.testing.assert_close(task_loss(cls, logits, {"labels": torch.tensor([1])}),
-                               hard_loss(HeadKind.CLASSIFICATION, logits, torch.tensor([1])))
+                               cross_entropy(logits, torch.tensor([1])))
 
 
 # ----------------------------------------------------------------------------------- soft (Eq. 4)

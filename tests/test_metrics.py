@@ -10,8 +10,8 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from mtkd.metrics import (SUBMISSION_FILES, compute_metrics, glue_score, markdown_table, predictions_from_logits,
-                          save_results, score_split, task_scores, write_submission_file, zip_submission)
+from mtkd.heads import kind_of
+from mtkd.metrics import SUBMISSION_FILES, glue_score, markdown_table, task_scores, write_submission_file, zip_submission
 from mtkd.tasks import HeadKind, glue_tasks, load_task_specs
 
 SPECS = glue_tasks()
@@ -20,7 +20,7 @@ P = np.array([1, 0, 0, 1, 0, 1, 1, 0, 1, 0])
 
 
 def test_accuracy_f1_against_sklearn():
-    out = compute_metrics(SPECS["MRPC"], Y, P)
+    out = kind_of(SPECS["MRPC"]).scores(Y, P)
     assert list(out) == ["accuracy", "f1"]
     assert out["accuracy"] == pytest.approx(100 * accuracy_score(Y, P), abs=1e-4)
     assert out["f1"] == pytest.approx(100 * f1_score(Y, P), abs=1e-4)
@@ -30,7 +30,7 @@ def test_accuracy_f1_against_sklearn():
 
 
 def test_mcc_against_sklearn():
-    out = compute_metrics(SPECS["CoLA"], Y, P)
+    out = kind_of(SPECS["CoLA"]).scores(Y, P)
     assert list(out) == ["mcc"]
     assert out["mcc"] == pytest.approx(100 * matthews_corrcoef(Y, P), abs=1e-4)
     # tp=4 tn=3 fp=1 fn=2
@@ -41,14 +41,14 @@ def test_mcc_against_sklearn():
 def test_multiclass_accuracy():
     y = np.array([0, 1, 2, 2, 1, 0])
     p = np.array([0, 2, 2, 2, 1, 1])
-    assert compute_metrics(SPECS["MNLI"], y, p) == {"accuracy": pytest.approx(100 * 4 / 6, abs=1e-4)}
+    assert kind_of(SPECS["MNLI"]).scores(y, p) == {"accuracy": pytest.approx(100 * 4 / 6, abs=1e-4)}
 
 
 def test_pearson_spearman_against_scipy():
     rng = np.random.default_rng(0)
     y = rng.uniform(0, 5, size=30)
     p = y + rng.normal(0, 1.0, size=30)
-    out = compute_metrics(SPECS["STS-B"], y, p)
+    out = kind_of(SPECS["STS-B"]).scores(y, p)
     assert list(out) == ["pearson", "spearman"]
     assert out["pearson"] == pytest.approx(100 * pearsonr(y, p)[0], abs=1e-4)
     assert out["spearman"] == pytest.approx(100 * spearmanr(y, p)[0], abs=1e-4)
@@ -56,20 +56,20 @@ def test_pearson_spearman_against_scipy():
 
 
 def test_correlation_of_constant_predictions_is_zero():
-    out = compute_metrics(SPECS["STS-B"], np.array([0.0, 1.0, 2.0]), np.array([3.0, 3.0, 3.0]))
+    out = kind_of(SPECS["STS-B"]).scores(np.array([0.0, 1.0, 2.0]), np.array([3.0, 3.0, 3.0]))
     assert out == {"pearson": 0.0, "spearman": 0.0}
 
 
 # ------------------------------------------------------------------------------------ predictions
 def test_predictions_from_logits_classification():
     logits = np.array([[0.1, 2.0, -1.0], [3.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
-    assert predictions_from_logits(SPECS["MNLI"], logits).tolist() == [1, 0, 2]
+    assert kind_of(SPECS["MNLI"]).predictions(logits).tolist() == [1, 0, 2]
 
 
 def test_predictions_from_logits_regression_are_raw_scores():
     """Correlations are computed on the raw predictions; only the submission file is clipped."""
     logits = np.array([[-1.2], [2.5], [7.0], [5.0]])
-    np.testing.assert_allclose(predictions_from_logits(SPECS["STS-B"], logits), [-1.2, 2.5, 7.0, 5.0])
+    np.testing.assert_allclose(kind_of(SPECS["STS-B"]).predictions(logits), [-1.2, 2.5, 7.0, 5.0])
 
 
 def test_sts_b_correlations_use_unclipped_predictions(tmp_path):
@@ -78,14 +78,14 @@ def test_sts_b_correlations_use_unclipped_predictions(tmp_path):
     predictions' 98.37 / 100)."""
     y = np.array([0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 4.5, 5.0])
     logits = np.array([-1.5, -0.5, 0.9, 2.1, 2.8, 4.4, 5.6, 7.5])[:, None]
-    got = score_split(SPECS["STS-B"], logits, y)
+    got = kind_of(SPECS["STS-B"]).score(logits, y)
     raw = logits[:, 0]
     assert got["pearson"] == pytest.approx(100 * pearsonr(y, raw)[0], abs=1e-4)
     assert got["spearman"] == pytest.approx(100.0)  # the raw order is the label order
     clipped = np.clip(raw, 0, 5)
     assert got["pearson"] != pytest.approx(100 * pearsonr(y, clipped)[0], abs=0.5)
     assert 100 * spearmanr(y, clipped)[0] < 99.0
-    write_submission_file(tmp_path / "STS-B.tsv", list(range(8)), predictions_from_logits(SPECS["STS-B"], logits), SPECS["STS-B"])
+    write_submission_file(tmp_path / "STS-B.tsv", list(range(8)), kind_of(SPECS["STS-B"]).predictions(logits), SPECS["STS-B"])
     assert [r[1] for r in read_tsv(tmp_path / "STS-B.tsv")[1:]] == ["0.000", "0.000", "0.900", "2.100", "2.800",
                                                                      "4.400", "5.000", "5.000"]
 
@@ -99,13 +99,13 @@ def test_predictions_from_logits_ranking_top_per_group():
     spec = _ranking(("0", "1"), "1")
     scores = np.array([[0.1], [0.9], [0.3], [-2.0], [-1.0], [4.0]])
     groups = np.array([7, 7, 7, 3, 3, 5])
-    assert predictions_from_logits(spec, scores, groups).tolist() == [0, 1, 0, 0, 1, 1]
+    assert kind_of(spec).predictions(scores, groups).tolist() == [0, 1, 0, 0, 1, 1]
     # QNLI's labels: the positive is index 0, so the top candidate gets 0 and the others 1
-    assert predictions_from_logits(_ranking(), scores, groups).tolist() == [1, 0, 1, 1, 0, 0]
+    assert kind_of(_ranking()).predictions(scores, groups).tolist() == [1, 0, 1, 1, 0, 0]
     # ties: the earlier candidate
-    assert predictions_from_logits(spec, np.array([[1.0], [1.0]]), np.array([0, 0])).tolist() == [1, 0]
+    assert kind_of(spec).predictions(np.array([[1.0], [1.0]]), np.array([0, 0])).tolist() == [1, 0]
     with pytest.raises(ValueError, match="per query group"):
-        predictions_from_logits(spec, scores)
+        kind_of(spec).predictions(scores)
 
 
 def test_ranking_metrics_are_per_group_with_any_number_of_positives():
@@ -116,22 +116,22 @@ def test_ranking_metrics_are_per_group_with_any_number_of_positives():
     labels = np.array([E, N, E, N, E, N, N, N, E, N])
     scores = np.array([0.1, 0.5, 0.9, 2.0, 1.0, 0.0, 3.0, 1.0, -1.0, 0.0])[:, None]
     # top per group: idx 2 (relevant: hit), idx 3 (not: miss), idx 6 (no relevant: left out), idx 9 (miss)
-    out = score_split(spec, scores, labels, groups)
+    out = kind_of(spec).score(scores, labels, groups)
     assert out["accuracy"] == pytest.approx(100 / 3, abs=1e-3)
     # per candidate: picked = {2, 3, 6, 9}, relevant = {0, 2, 4, 8}: tp 1, fp 3, fn 3 -> f1 = 2/8
     assert out["f1"] == pytest.approx(25.0)
     # the same data as classification-style index order (positive "1") gives the same scores
     flipped = _ranking(("not_entailment", "entailment"), "entailment")
-    assert score_split(flipped, scores, 1 - labels, groups) == out
+    assert kind_of(flipped).score(scores, 1 - labels, groups) == out
     with pytest.raises(ValueError, match="per query group"):
-        compute_metrics(spec, labels, np.zeros(10, dtype=int))
+        kind_of(spec).scores(labels, np.zeros(10, dtype=int))
     # no group with a relevant candidate: accuracy 0 (nothing to find)
-    assert score_split(spec, scores[6:8], labels[6:8], groups[6:8])["accuracy"] == 0.0
+    assert kind_of(spec).score(scores[6:8], labels[6:8], groups[6:8])["accuracy"] == 0.0
 
 
 def test_ranking_submission_file_writes_label_names(tmp_path):
     spec = _ranking()
-    preds = predictions_from_logits(spec, np.array([[0.1], [0.9], [0.3]]), np.array([0, 0, 0]))
+    preds = kind_of(spec).predictions(np.array([[0.1], [0.9], [0.3]]), np.array([0, 0, 0]))
     write_submission_file(tmp_path / "QNLI.tsv", ["a", "b", "c"], preds, spec)
     assert read_tsv(tmp_path / "QNLI.tsv")[1:] == [["a", "not_entailment"], ["b", "entailment"], ["c", "not_entailment"]]
 
@@ -185,15 +185,6 @@ def test_markdown_table_rows_and_average():
     assert "| RTE | accuracy | 61.23 |" in lines
     assert "| **average** | | **73.12** |" in lines  # (85 + 61.234) / 2
     assert "- RTE: dev is a sample" in lines
-
-
-def test_save_results(tmp_path):
-    import json
-
-    results = {"SST-2": {"accuracy": 91.5}}
-    save_results(results, tmp_path / "r.json", tmp_path / "r.md")
-    assert json.loads((tmp_path / "r.json").read_text()) == results
-    assert "| SST-2 | accuracy | 91.50 |" in (tmp_path / "r.md").read_text()
 
 
 # ---------------------------------------------------------------------------------- submission

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mtkd.cli import main
-from mtkd.data import length_batches
+from mtkd.inference import length_batches
 from mtkd.model import MTModel
 from mtkd.tasks import glue_tasks
 

@@ -28,7 +28,7 @@ import mtkd.loop
 from conftest import NEG, NOUNS, POS
 from mtkd.cli import main as cli_main
 from mtkd.errors import ConfigError
-from mtkd.metrics import score_split
+from mtkd.heads import kind_of
 from mtkd.tasks import HeadKind, load_task_specs, task_from_dict
 
 HELPER = Path(__file__).parent / "_train_helper.py"
@@ -171,7 +171,7 @@ def dev_metrics(model_dir: Path, spec, dev, with_scores: bool = False):
     scores = np.asarray(model.predict("Rank", [r[1] for r in dev], [r[2] for r in dev]), dtype=np.float32)
     labels = np.array([spec.labels.index(r[3]) for r in dev])
     groups = np.unique([r[1] for r in dev], return_inverse=True)[1]
-    metrics = score_split(spec, scores[:, None], labels, groups)
+    metrics = kind_of(spec).score(scores[:, None], labels, groups)
     return (scores, metrics) if with_scores else metrics
 
 

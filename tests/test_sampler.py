@@ -387,7 +387,7 @@ def test_ddp_grouped_loss_scaling_equals_the_one_process_mean():
     and also when a batch has fewer groups than ranks."""
     import torch
 
-    from mtkd.losses import ranking_loss
+    from mtkd.heads.ranking import ranking_loss
 
     rng = np.random.default_rng(0)
     gid = np.repeat(np.arange(12), [1, 5, 3, 2, 6, 1, 4, 2, 3, 1, 5, 2])

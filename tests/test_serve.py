@@ -175,18 +175,21 @@ def test_trained_lengths_are_served_and_truncation_is_reported_per_task(short_fo
         assert r.json()["truncated"] == {"SST-2": [1]}  # MRPC's pairs (40 tokens) fit its 128
 
 
-def test_one_uncut_tokenisation_per_input_kind_per_batch(short_folder):
-    """Truncation costs one tokenisation without truncation per input kind of a batch, however many
-    requests and lengths it holds (it used to be one per (kind, length) group, on top of predict's)."""
+def test_one_tokenisation_per_input_kind_and_length_per_batch(short_folder, monkeypatch):
+    """A batch costs one tokenisation per (input kind, task length) group, however many requests it
+    holds: each text is cut and its truncation read in the same pass."""
+    from mtkd import inference
+
     model = MTModel.from_pretrained(short_folder).eval()
     runner = BatchRunner(model, max_batch=64)
     calls = []
-    real = runner._lengths
-    runner._lengths = lambda texts, pairs: calls.append((len(texts), pairs is not None)) or real(texts, pairs)
+    real = inference.tokenize
+    monkeypatch.setattr(inference, "tokenize", lambda tok, texts, pairs, n: calls.append(
+        (len(texts), pairs is not None, n)) or real(tok, texts, pairs, n))
     jobs = [Job(["a film", "a dull film"], None, ["SST-2", "CoLA"], False), Job(["good"], ["fine"], ["MRPC", "SST-2"], False),
             Job(["bad"], None, ["CoLA"], False)]
     out = runner(jobs)
-    assert sorted(calls) == [(1, True), (4, False)]
+    assert sorted(calls) == [(1, True, 128), (3, False, 16), (3, False, 24)]
     assert [o["truncated"] for o in out] == [{}, {}, {}] and out[1]["tasks"] == ["MRPC", "SST-2"]
 
 
@@ -315,15 +318,16 @@ def test_concurrent_requests_are_batched_and_answered_as_one_by_one(client, url)
 
 
 class Flaky:
-    """A model that fails on the text 'boom' (the interface create_app serves: tasks, tokenizer, predict)."""
+    """A model that fails on the text 'boom' (the interface create_app serves: tasks, tokenizer, run_batch)."""
 
     def __init__(self, model):
         self.model, self.tasks, self.tokenizer, self.encoder = model, model.tasks, model.tokenizer, model.encoder
+        self.boom = model.tokenizer("boom", add_special_tokens=False)["input_ids"]
 
-    def predict(self, tasks, texts, text_pairs=None, **kwargs):
-        if "boom" in texts:
+    def run_batch(self, names, ids, mask, types):
+        if all(t in ids for t in self.boom):
             raise RuntimeError("boom")
-        return self.model.predict(tasks, texts, text_pairs, **kwargs)
+        return self.model.run_batch(names, ids, mask, types)
 
 
 def test_a_failing_batch_answers_500_and_the_server_keeps_serving(model):

@@ -11,7 +11,8 @@ from mtkd.data import encode_split, subsample
 from mtkd.errors import SoftTargetError
 from mtkd.losses import kd_loss
 from mtkd.sampler import MultiTaskBatchSampler
-from mtkd.soft_targets import SoftTargets, ensemble_average, softmax
+from mtkd.heads.classification import softmax
+from mtkd.soft_targets import SoftTargets, ensemble_average
 from mtkd.tasks import glue_tasks
 
 

@@ -396,8 +396,8 @@ def _predict_new_text(args, cfg) -> int:
         print(json.dumps(model.predict(args.task, args.text, args.pair, **kwargs), indent=2, default=float))
         return 0
     ids, texts, pairs = _read_predict_input(args, need_pair=bool(pair_tasks))
-    preds = model.predict(list(args.task), texts, pairs, return_probs=args.probs, **kwargs)
-    _write_predictions(args.output, model, ids, preds, args.probs)
+    answers = model.predict(list(args.task), texts, pairs, return_probs=args.probs, as_json=True, **kwargs)
+    _write_predictions(args.output, ids, answers)
     print(f"wrote {len(ids)} predictions ({', '.join(args.task)}) to {args.output}")
     return 0
 
@@ -421,23 +421,14 @@ def _read_predict_input(args, need_pair: bool):
     return raw.ids, raw.text_a, raw.text_b
 
 
-def _write_predictions(path: Path, model, ids, preds: dict, probs: bool) -> None:
-    """One row per input, in input order: TSV (id, one column per task, then `task:label` probability
-    columns) when `path` ends in .tsv, else JSONL {"id", "predictions": {task: value}, "probabilities"}."""
-    import numpy as np
-
+def _write_predictions(path: Path, ids, answers: dict[str, list[dict]]) -> None:
+    """One row per input, in input order, from each task's answer objects (as the HTTP API gives
+    them): TSV (id, one column per task, then `task:label` probability columns) when `path` ends in
+    .tsv, else JSONL {"id", "predictions": {task: value}, "probabilities"}."""
     from mtkd.errors import DataError
-    from mtkd.tasks import HeadKind
 
-    columns: dict[str, list] = {}  # task -> predicted label/score per row
-    prob_cols: dict[str, tuple] = {}  # task -> (labels, (N, C) probabilities)
-    for t, v in preds.items():
-        spec = model.tasks[t]
-        if probs and spec.head == HeadKind.CLASSIFICATION:
-            prob_cols[t] = (spec.labels, np.asarray(v))
-            columns[t] = [spec.labels[i] for i in np.asarray(v).argmax(-1)]
-        else:
-            columns[t] = list(v)
+    columns = {t: [a.get("label", a.get("score")) for a in rows] for t, rows in answers.items()}
+    prob_cols = {t: [a["probabilities"] for a in rows] for t, rows in answers.items() if rows and "probabilities" in rows[0]}
     tsv = path.suffix.lower() == ".tsv"
     bad = next((i for i in ids if any(c in i for c in "\t\r\n")), None) if tsv else None
     if bad is not None:
@@ -446,18 +437,18 @@ def _write_predictions(path: Path, model, ids, preds: dict, probs: bool) -> None
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(tmp, "w", encoding="utf-8") as f:
         if tsv:
-            header = ["id", *columns] + [f"{t}:{lab}" for t, (labels, _) in prob_cols.items() for lab in labels]
+            header = ["id", *columns] + [f"{t}:{lab}" for t, probs in prob_cols.items() for lab in probs[0]]
             f.write("\t".join(header) + "\n")
         for r, ex_id in enumerate(ids):
             if tsv:
                 cells = [ex_id] + [str(columns[t][r]) for t in columns]
-                cells += [f"{p:.6f}" for _, (labels, pr) in prob_cols.items() for p in pr[r]]
+                cells += [f"{p:.6f}" for probs in prob_cols.values() for p in probs[r].values()]
                 f.write("\t".join(cells) + "\n")
             else:
                 row = {"id": ex_id, "predictions": {t: columns[t][r] for t in columns}}
                 if prob_cols:
-                    row["probabilities"] = {t: {lab: round(float(p), 6) for lab, p in zip(labels, pr[r])}
-                                            for t, (labels, pr) in prob_cols.items()}
+                    row["probabilities"] = {t: {lab: round(p, 6) for lab, p in probs[r].items()}
+                                            for t, probs in prob_cols.items()}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     tmp.replace(path)
 

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -25,9 +24,9 @@ import numpy as np
 import torch
 
 from mtkd.errors import DataError, did_you_mean
-from mtkd.inference import length_batches  # noqa: F401  (re-exported: it lives with prediction, torch-free)
-from mtkd.inference import pad_token_id
-from mtkd.tasks import FileFormat, HeadKind, TaskSpec
+from mtkd.heads import kind_of
+from mtkd.inference import pad_rows, pad_token_id
+from mtkd.tasks import FileFormat, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -339,18 +338,12 @@ def _has_column(text: str, src, column: str) -> bool:
 
 
 def _parse_label(spec: TaskSpec, value: str, path, line, col):
-    if spec.head == HeadKind.REGRESSION:
-        try:
-            y = float(value)
-        except ValueError:
-            raise DataError(path, f"regression label {value!r} is not a number", line=line, field=col) from None
-        if not math.isfinite(y):
-            raise DataError(path, f"regression label {value!r} is not finite", line=line, field=col)
-        return y
-    if value not in spec.labels:
-        raise DataError(path, f"unknown label {value!r}; task {spec.name} expects one of {list(spec.labels)}"
-                              f"{did_you_mean(value, spec.labels) if value else ''}", line=line, field=col)
-    return spec.labels.index(value)
+    """A label as its head kind parses it; its refusal names the file, line and column."""
+    try:
+        return kind_of(spec).parse_label(value)
+    except ValueError as e:
+        hint = did_you_mean(value, spec.labels) if value and spec.labels else ""
+        raise DataError(path, f"{e}{hint}", line=line, field=col) from None
 
 
 # ------------------------------------------------------------------------------------- tokenising
@@ -387,6 +380,11 @@ class EncodedSplit:
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+    def rows(self, indices, values: np.ndarray | None = None) -> list[np.ndarray]:
+        """Examples `indices` as token rows (views into the flat arrays): their `values` (default: input_ids)."""
+        values = self.input_ids if values is None else values
+        return [values[self.offsets[i]:self.offsets[i + 1]] for i in indices]
 
     @property
     def fingerprint(self) -> str:
@@ -443,11 +441,12 @@ def _write_cache(spec, split, tokenizer, max_len, root, folder: Path, tok_fp, ch
     np.save(tmp / "input_ids.npy", np.concatenate(ids_parts))
     np.save(tmp / "token_type_ids.npy", np.concatenate(type_parts))
     np.save(tmp / "offsets.npy", offsets)
+    kind = kind_of(spec)
     if raw.labels is not None:
-        dtype = np.float32 if spec.head == HeadKind.REGRESSION else np.int64
-        np.save(tmp / "labels.npy", np.asarray(raw.labels, dtype=dtype))
-    if spec.head == HeadKind.RANKING:  # one group per query text (text_a)
-        np.save(tmp / "groups.npy", np.unique(np.asarray(raw.text_a, dtype=object), return_inverse=True)[1].astype(np.int64))
+        np.save(tmp / "labels.npy", np.asarray(raw.labels, dtype=kind.label_dtype))
+    groups = kind.groups(raw.text_a)
+    if groups is not None:
+        np.save(tmp / "groups.npy", groups)
     meta = {"cache_version": CACHE_VERSION, "task": spec.name, "split": split, "path": str(raw.path),
             "data_fingerprint": raw.fingerprint, "tokenizer_fingerprint": tok_fp, "max_len": max_len,
             "n": n, "n_truncated": n_trunc, "skipped_rows": raw.skipped, "pad_id": pad_token_id(tokenizer),
@@ -479,20 +478,9 @@ def collate(data: EncodedSplit, indices, pad_id: int | None = None, pad_multiple
     split (used to look up soft targets) and `labels` (B,) when the split is labelled.
     """
     indices = np.asarray(indices, dtype=np.int64)
-    starts, ends = data.offsets[indices], data.offsets[indices + 1]
-    lens = ends - starts
-    width = int(lens.max())
-    if pad_multiple > 1:
-        width = -(-width // pad_multiple) * pad_multiple
     if pad_id is None:
         pad_id = int(data.meta.get("pad_id", 0))
-    ids = np.full((len(indices), width), pad_id, dtype=np.int64)
-    types = np.zeros((len(indices), width), dtype=np.int64)
-    mask = np.zeros((len(indices), width), dtype=np.int64)
-    for r, (s, e) in enumerate(zip(starts, ends)):
-        ids[r, : e - s] = data.input_ids[s:e]
-        types[r, : e - s] = data.token_type_ids[s:e]
-        mask[r, : e - s] = 1
+    ids, mask, types = pad_rows(data.rows(indices), data.rows(indices, data.token_type_ids), pad_id, pad_multiple)
     batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
              "token_type_ids": torch.from_numpy(types), "index": torch.from_numpy(indices)}
     if data.groups is not None:

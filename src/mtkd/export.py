@@ -43,21 +43,19 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mtkd import inference
-from mtkd.errors import CheckpointError, ConfigError, ExportError
-from mtkd.tasks import HeadKind, TaskSpec, task_from_dict
+from mtkd.errors import ConfigError, ExportError
+from mtkd.heads import kind_of
+from mtkd.onnx_model import (EXPORT_FILE, FORMAT, FORMAT_VERSION, GRAPH_FILE, INSTALL_HINT, OnnxModel, is_export,
+                             open_session)
+from mtkd.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
-EXPORT_FILE = "mtkd_export.json"
-GRAPH_FILE = "model.onnx"
-FORMAT = "mtkd-onnx"
-FORMAT_VERSION = 1
 OPSET = 17
 ATOL = 1e-4  # max abs diff allowed between the fp32 graph and PyTorch, on logits and scores
 EXPORTERS = ("torchscript", "dynamo")
 QUANTIZATIONS = ("int8",)
 DEFAULT_DEV_CAP = 1000  # dev examples per split for the int8 before/after metrics
-INSTALL_HINT = "pip install 'mtkd[onnx]'"
 # the ONNX Runtime transformer optimizer's BERT fusions also fit these families' graphs (the check decides)
 FUSABLE = ("bert", "roberta", "distilbert", "electra", "xlm-roberta", "camembert")
 VERIFY_PER_TASK = 8
@@ -75,15 +73,6 @@ BUILTIN_PAIRS = [
 ]
 
 
-def require_onnxruntime():
-    """The onnxruntime module, or a ConfigError saying how to install it."""
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise ConfigError(f"ONNX needs onnxruntime: {INSTALL_HINT} ({e})") from None
-    return onnxruntime
-
-
 def _require_export_stack(exporter: str):
     try:
         import onnx  # noqa: F401  (the ONNX model format, for quantization and checks)
@@ -93,105 +82,6 @@ def _require_export_stack(exporter: str):
     except ImportError as e:
         raise ConfigError(f"mtkd export needs onnx, onnxruntime (and onnxscript for --exporter dynamo): "
                           f"{INSTALL_HINT} ({e})") from None
-
-
-def _read_export_meta(folder: Path) -> tuple[dict, dict[str, TaskSpec]]:
-    """An export folder's mtkd_export.json, checked (format, version, tasks, outputs), and its tasks."""
-    meta_path = folder / EXPORT_FILE
-    if not meta_path.is_file():
-        raise CheckpointError(f"{folder}: not an mtkd ONNX export (no {EXPORT_FILE}; "
-                              f"`mtkd export MODEL --output-dir DIR` writes one)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{meta_path}: unreadable ({e}); the export is damaged (export again)") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        got = meta.get("format") if isinstance(meta, dict) else meta
-        raise CheckpointError(f"{meta_path}: field 'format' is {got!r}, expected {FORMAT!r}")
-    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path}: format_version {meta.get('format_version')!r}; this mtkd reads "
-                              f"up to {FORMAT_VERSION} (a newer mtkd wrote it)")
-    for key in ("tasks", "outputs"):
-        if not isinstance(meta.get(key), dict) or not meta[key]:
-            raise CheckpointError(f"{meta_path}: field {key!r} is missing; the export is damaged")
-    tasks = {n: task_from_dict(n, d, str(meta_path)) for n, d in meta["tasks"].items()}
-    if set(meta["outputs"]) != set(tasks):
-        raise CheckpointError(f"{meta_path}: 'outputs' names tasks {sorted(meta['outputs'])}, 'tasks' has {sorted(tasks)}")
-    return meta, tasks
-
-
-# ------------------------------------------------------------------------------------- serving
-class OnnxModel:
-    """An `mtkd export` folder run by ONNX Runtime: `.tasks` ({name: TaskSpec}), `.tokenizer` (fast)
-    and `.predict` with the semantics and return types of `MTModel.predict`. No PyTorch needed."""
-
-    def __init__(self, folder: Path, session, tokenizer, meta: dict, tasks: dict[str, TaskSpec]):
-        self.folder = Path(folder)
-        self.session = session
-        self.tokenizer = tokenizer
-        self.meta = meta
-        self.tasks = tasks
-        self.outputs: dict[str, str] = dict(meta["outputs"])  # task -> output name
-        self.input_names = [i.name for i in session.get_inputs()]
-        self.use_token_types = "token_type_ids" in self.input_names
-        self.max_positions: int | None = meta.get("max_positions")
-        self.encoder_name = meta.get("encoder_name", "")
-        self.quantization: str | None = meta.get("quantization")
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, threads: int | None = None, providers: Sequence[str] | None = None
-                        ) -> "OnnxModel":
-        """Load an export folder. `threads`: ONNX Runtime's intra-op threads (default: its own, one
-        per physical core). Refuses (CheckpointError, naming the file) a folder without
-        mtkd_export.json, another format, a missing or changed graph, unreadable tokenizer files."""
-        folder = Path(folder)
-        meta, tasks = _read_export_meta(folder)
-        graph = folder / GRAPH_FILE
-        if not graph.is_file():
-            raise CheckpointError(f"{graph}: missing; the export is damaged (export again)")
-        want = (meta.get("graph") or {}).get("size")
-        if want is not None and graph.stat().st_size != want:
-            raise CheckpointError(f"{graph}: {graph.stat().st_size} bytes, {want} were written (truncated or "
-                                  f"overwritten); export again")
-        require_onnxruntime()  # its absence is a ConfigError (how to install), not a damaged export
-        try:
-            session = _session(graph, threads, providers)
-        except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
-            raise CheckpointError(f"{graph}: ONNX Runtime cannot load it ({inference.first_line(e)})") from None
-        names = {o.name for o in session.get_outputs()}
-        missing = sorted(set(meta["outputs"].values()) - names)
-        if missing:
-            raise CheckpointError(f"{graph}: no output {', '.join(missing)} (its outputs: {sorted(names)}); "
-                                  f"{EXPORT_FILE} does not belong to this graph")
-        return cls(folder, session, inference.load_tokenizer(folder), meta, tasks)
-
-    def run_batch(self, names: Sequence[str], ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None = None
-                  ) -> dict[str, np.ndarray]:
-        """One graph run on a padded int64 batch: {task: (B, C) logits; (B, 1) for a score}."""
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if self.use_token_types:
-            feed["token_type_ids"] = types if types is not None else np.zeros_like(ids)
-        wanted = list(dict.fromkeys(self.outputs[t] for t in names))
-        got = dict(zip(wanted, self.session.run(wanted, feed)))
-        return {t: got[self.outputs[t]].reshape(len(ids), -1) for t in names}
-
-    def train_max_len(self, task: str) -> int:
-        return inference.train_max_len(self.tasks[task])
-
-    def predict(self, tasks: str | Sequence[str], texts: Sequence[str], text_pairs: Sequence[str] | None = None,
-                batch_size: int = 64, max_len: int | None = None, return_probs: bool = False,
-                max_tokens: int | None = 8192):
-        """As `MTModel.predict`: length-sorted batches of at most `batch_size` texts and `max_tokens`
-        padded tokens, input order kept; inputs cut at `max_len` (None: each task's trained length),
-        at most the encoder's positions. One task -> a list (labels, clipped regression scores,
-        ranking scores; (N, C) probabilities with return_probs), several -> {task: list}."""
-        return inference.predict(self.tasks, self.tokenizer, self.run_batch, tasks, texts, text_pairs,
-                                 batch_size=batch_size, max_len=max_len, return_probs=return_probs,
-                                 max_tokens=max_tokens, max_positions=self.max_positions)
-
-
-def is_export(folder: str | Path) -> bool:
-    return (Path(folder) / EXPORT_FILE).is_file()
 
 
 # ------------------------------------------------------------------------------------- export
@@ -212,11 +102,7 @@ def _wrapper(model, heads: list[str]):
 
         def forward(self, input_ids, attention_mask, token_type_ids=None):
             cls_vec = self.model.encode(input_ids, attention_mask, token_type_ids)
-            outs = []
-            for h in heads:
-                y = self.model.heads[h](cls_vec)
-                outs.append(y if self.model.heads[h].kind == HeadKind.CLASSIFICATION else y[:, 0])
-            return tuple(outs)
+            return tuple(kind_of(self.model.tasks[h]).graph_output(self.model.heads[h](cls_vec)) for h in heads)
 
     return AllHeads().eval()
 
@@ -262,8 +148,8 @@ def _encode_examples(tokenizer, examples, max_len: int):
         idx = [i for i, (_, p) in enumerate(examples) if (p is not None) == paired]
         if not idx:
             continue
-        r, t = inference.tokenize(tokenizer, [examples[i][0] for i in idx],
-                                  [examples[i][1] for i in idx] if paired else None, max_len)
+        r, t, _ = inference.tokenize(tokenizer, [examples[i][0] for i in idx],
+                                     [examples[i][1] for i in idx] if paired else None, max_len)
         for j, i in enumerate(idx):
             rows[i] = r[j]
             types[i] = t[j] if t is not None else [0] * len(r[j])
@@ -278,16 +164,8 @@ def _check_batches(rows, types, pad_id: int) -> list[tuple]:
     lengths = [len(r) for r in rows]
     sels = [np.arange(n)] + inference.length_batches(lengths, 4)
     sels += [np.array([int(np.argmin(lengths))]), np.array([int(np.argmax(lengths))])]
-    return [inference.pad_batch(rows, types, sel, pad_id) for sel in sels]
-
-
-def _session(path: Path, threads: int | None = None, providers: Sequence[str] | None = None):
-    """An ONNX Runtime session on `path` (default: the CPU provider, ONNX Runtime's own thread count)."""
-    ort = require_onnxruntime()
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+    return [inference.pad_rows([rows[i] for i in sel], [types[i] for i in sel] if types is not None else None, pad_id)
+            for sel in sels]
 
 
 def _feed(batch, input_names):
@@ -421,14 +299,12 @@ def dev_sets(specs: dict[str, TaskSpec], data_root, cap: int | None, seed: int =
             if raw.labels is None or not len(raw):
                 continue
             idx = subsample(len(raw), cap, seed)
-            groups = None
-            if spec.head == HeadKind.RANKING:
-                groups = np.unique(np.asarray([raw.text_a[i] for i in idx], dtype=object), return_inverse=True)[1]
+            kind = kind_of(spec)
             out[spec.report_name(split)] = {
                 "task": name, "split": split, "texts": [raw.text_a[i] for i in idx],
                 "pairs": [raw.text_b[i] for i in idx] if raw.text_b is not None else None,
-                "labels": np.asarray([raw.labels[i] for i in idx], dtype=np.float32 if spec.head == HeadKind.REGRESSION else np.int64),
-                "groups": groups, "total": len(raw)}
+                "labels": np.asarray([raw.labels[i] for i in idx], dtype=kind.label_dtype),
+                "groups": kind.groups([raw.text_a[i] for i in idx]), "total": len(raw)}
     return out
 
 
@@ -436,27 +312,14 @@ def dev_scores(tokenizer, run_batch, specs: dict[str, TaskSpec], dev: dict[str, 
                batch_size: int = 64, max_tokens: int | None = 8192) -> dict[str, dict[str, float]]:
     """{report name: metrics x100} of one model (`run_batch`, as mtkd.inference calls it) on `dev_sets`,
     each split cut at its task's trained length, in predict's length-sorted batches."""
-    from mtkd.metrics import score_split
-
     out = {}
     for report, d in dev.items():
         spec = specs[d["task"]]
         n = inference.served_max_len(spec, max_positions)
-        logits = inference.batched_logits(tokenizer, run_batch, [d["task"]], {d["task"]: spec.num_outputs}, d["texts"],
-                                          d["pairs"], n, batch_size, max_tokens)[d["task"]]
-        out[report] = score_split(spec, logits, d["labels"], d["groups"])
+        logits = inference.text_logits(tokenizer, run_batch, specs, [d["task"]], d["texts"], d["pairs"], n,
+                                       batch_size, max_tokens)[0][d["task"]]
+        out[report] = kind_of(spec).score(logits, d["labels"], d["groups"])
     return out
-
-
-def pytorch_run_batch(model):
-    """MTModel as an mtkd.inference `run_batch`: one encoder pass, every asked-for head, no autograd."""
-    import torch
-
-    def run(names, ids, mask, types):
-        with torch.inference_mode():
-            return model._run_heads(names, ids, mask, types)
-
-    return run
 
 
 class Timed:
@@ -480,7 +343,7 @@ class Timed:
 def _compare_int8(model, onnx_model, dev: dict[str, dict], fallback_texts: list[str]) -> dict:
     """Dev metrics of PyTorch fp32 and of the int8 graph, and both speeds (model time only: the
     same tokenised, length-sorted batches go to both); without dev sets, speeds on `fallback_texts`."""
-    torch_run, onnx_run = Timed(pytorch_run_batch(model)), Timed(onnx_model.run_batch)
+    torch_run, onnx_run = Timed(model.run_batch), Timed(onnx_model.run_batch)
     results = {}
     if dev:
         before = dev_scores(model.tokenizer, torch_run, model.tasks, dev, onnx_model.max_positions)
@@ -492,8 +355,7 @@ def _compare_int8(model, onnx_model, dev: dict[str, dict], fallback_texts: list[
         pairs = fallback_texts if "text_b" in model.tasks[task].fields else None
         for _ in range(4):
             for run in (torch_run, onnx_run):
-                inference.batched_logits(model.tokenizer, run, [task], {task: model.tasks[task].num_outputs},
-                                         fallback_texts, pairs, 128, 64, 8192)
+                inference.text_logits(model.tokenizer, run, model.tasks, [task], fallback_texts, pairs, 128, 64, 8192)
     speed = {"pytorch_fp32_examples_per_s": torch_run.examples_per_s, "onnx_examples_per_s": onnx_run.examples_per_s}
     speed["ratio"] = speed["onnx_examples_per_s"] / speed["pytorch_fp32_examples_per_s"]
     return {"dev": results, "speed": speed}
@@ -525,7 +387,7 @@ def _checked_diff(graph: Path, reference, batches, heads, what: str) -> float:
     """max_abs_diff of a graph file against PyTorch; ONNX Runtime failing to load or run it is an
     ExportError naming the graph (not a bare onnxruntime exception)."""
     try:
-        return max_abs_diff(_session(graph), reference, batches, heads)
+        return max_abs_diff(open_session(graph), reference, batches, heads)
     except ExportError:
         raise
     except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
@@ -580,14 +442,14 @@ def _prepare_check(model, root: Path, limit: int | None, heads: list[str]) -> _E
 
 
 def _reference_outputs(model, heads: list[str], batches) -> list[list[np.ndarray]]:
-    """PyTorch's outputs on each batch, computed as predict computes them (pytorch_run_batch, the
+    """PyTorch's outputs on each batch, computed as predict computes them (MTModel.run_batch, the
     same runner the int8 comparison times), laid out as the graph's: per head, in head order, (B, C)
     logits or the (B,) score of a one-output head. Every head is named after its own task."""
-    run = pytorch_run_batch(model)
+    run = model.run_batch
     out = []
     for ids, mask, types in batches:
         got = run(heads, ids, mask, types)
-        out.append([got[h] if model.heads[h].kind == HeadKind.CLASSIFICATION else got[h][:, 0] for h in heads])
+        out.append([kind_of(model.tasks[h]).graph_output(got[h]) for h in heads])
     return out
 
 
@@ -654,8 +516,7 @@ def _export_meta(model, model_folder: Path, quantize: str | None, input_names: l
         "quantization": quantize, "quantization_settings": INT8_SETTINGS if quantize == "int8" else None,
         "inputs": input_names,
         "outputs": {t: s.head_name for t, s in model.tasks.items()},
-        "output_shapes": {h: ["batch", model.heads[h].out.out_features] if model.heads[h].kind == HeadKind.CLASSIFICATION
-                          else ["batch"] for h in heads},
+        "output_shapes": {h: kind_of(model.tasks[h]).graph_shape() for h in heads},
         "tasks": {n: s.to_dict() for n, s in model.tasks.items()},
         "use_token_types": bool(model.use_token_types), "max_positions": limit,
         "padding": "right: attention_mask 1 on the tokens, then 0 (the fused attention reads lengths from it)",

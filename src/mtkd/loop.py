@@ -24,9 +24,10 @@ from tqdm.auto import tqdm
 
 from mtkd.checkpoint import load_latest_checkpoint, save_checkpoint
 from mtkd.config import Optimizer, Precision, TrainConfig
-from mtkd.data import EncodedSplit, collate, length_batches
+from mtkd.data import EncodedSplit, collate
 from mtkd.errors import CheckpointError, TrainingDiverged
 from mtkd.identity import checkpoint_problem
+from mtkd.inference import batched_logits
 from mtkd.losses import task_loss
 from mtkd.sampler import MultiTaskBatchSampler
 
@@ -387,16 +388,12 @@ def _tensorboard(folder: Path):
 
 @torch.inference_mode()
 def predict_logits(model, data: EncodedSplit, task: str, indices=None, batch_size: int = 128,
-                   device=None, max_tokens: int | None = None) -> np.ndarray:
-    """Logits (N, C) for examples `indices` of `data` (default: all), in the given order.
-    Examples are run sorted by length in batches of at most `batch_size` examples and `max_tokens`
-    padded tokens (see `length_batches`), so batches carry little padding."""
+                   max_tokens: int | None = None) -> np.ndarray:
+    """Logits (N, C) for examples `indices` of `data` (default: all), in the given order, in the
+    prediction side's length-sorted batches of at most `batch_size` examples and `max_tokens` padded
+    tokens (`mtkd.inference.batched_logits`), so batches carry little padding."""
     model.eval()
-    device = device or next(model.parameters()).device
     indices = np.arange(len(data)) if indices is None else np.asarray(indices)
-    out = np.zeros((len(indices), model.heads[model.tasks[task].head_name].out.out_features), dtype=np.float32)
-    for sel in length_batches(data.lengths[indices], batch_size, max_tokens):
-        b = collate(data, indices[sel])
-        logits = model(b["input_ids"].to(device), b["attention_mask"].to(device), b["token_type_ids"].to(device), task=task)
-        out[sel] = logits.float().cpu().numpy()
-    return out
+    width = {task: model.heads[model.tasks[task].head_name].out.out_features}
+    return batched_logits(model.run_batch, [task], width, data.rows(indices), data.rows(indices, data.token_type_ids),
+                          int(data.meta.get("pad_id", 0)), batch_size, max_tokens)[task]

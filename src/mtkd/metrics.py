@@ -1,26 +1,18 @@
-"""GLUE metrics (x100, as in the paper), the GLUE average, result tables, per-example prediction
-files (predictions.npz) and leaderboard files.
-
-Ranking tasks (e.g. QNLI run as ranking) are scored per group (one query and its candidates):
-`accuracy` is the share of queries, among those with at least one relevant candidate, whose
-top-scored candidate is relevant (precision at 1; any number of relevant candidates per query);
-`f1` and `mcc` are per candidate, with the top-scored candidate of each query predicted relevant
-and the others not, relevant being the positive class.
-"""
+"""Results: the GLUE average over tasks, result tables, per-example prediction files
+(predictions.npz) and leaderboard files. A split's metrics (x100, as in the paper) are its head
+kind's (`mtkd.heads`: `kind_of(spec).score(logits, labels, groups)`)."""
 
 from __future__ import annotations
 
 import io
-import json
 import zipfile
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from mtkd.errors import DataError
-from mtkd.tasks import HeadKind, TaskSpec, glue_tasks
+from mtkd.heads import kind_of
+from mtkd.tasks import TaskSpec, glue_tasks
 
 PREDICTIONS_FILE = "predictions.npz"
 PREDICTION_FIELDS = ("ids", "labels", "predictions", "groups")
@@ -29,7 +21,7 @@ PREDICTION_FIELDS = ("ids", "labels", "predictions", "groups")
 def save_predictions(path: Path, entries: dict[str, dict]) -> None:
     """Per-example predictions of evaluated splits, compressed: {report name: {"ids", "labels",
     "predictions", "groups"}} as arrays named `<report>.<field>` (predictions: label indices, or
-    the regression scores, as `metrics.predictions_from_logits` gives them; groups: ranking tasks
+    the regression scores, as the head kind's `predictions` gives them; groups: ranking tasks
     only). Written to a temporary name, then renamed."""
     arrays = {f"{report}.{k}": np.asarray(e[k]) for report, e in entries.items() for k in PREDICTION_FIELDS
               if e.get(k) is not None}
@@ -50,72 +42,6 @@ def load_predictions(path: Path) -> dict[str, dict[str, np.ndarray]]:
             report, field = key.rsplit(".", 1)
             out.setdefault(report, {})[field] = f[key]
     return out
-
-
-METRIC_FUNCS = {
-    "accuracy": lambda y, p: accuracy_score(y, p),
-    "f1": lambda y, p: f1_score(y, p, pos_label=1, zero_division=0.0),
-    "mcc": lambda y, p: matthews_corrcoef(y, p),
-    "pearson": lambda y, p: pearsonr(y, p)[0] if np.std(p) > 0 else 0.0,
-    "spearman": lambda y, p: spearmanr(y, p)[0] if np.std(p) > 0 else 0.0,
-}
-
-
-def compute_metrics(spec: TaskSpec, labels: np.ndarray, predictions: np.ndarray,
-                    groups: np.ndarray | None = None) -> dict[str, float]:
-    """labels/predictions (N,): label indices for classification and ranking, floats for
-    regression (the raw predictions, not clipped). Ranking needs the query `groups` (N,) and is
-    scored per group (module docstring). x100."""
-    if spec.head == HeadKind.RANKING:
-        return _ranking_metrics(spec, np.asarray(labels), np.asarray(predictions), groups)
-    return {m: round(100.0 * float(METRIC_FUNCS[m](labels, predictions)), 4) for m in spec.metrics}
-
-
-def _ranking_metrics(spec: TaskSpec, labels, predictions, groups) -> dict[str, float]:
-    if groups is None:
-        raise ValueError(f"{spec.name}: ranking metrics are per query group: pass the split's groups")
-    relevant = (labels == spec.positive_index).astype(np.int64)
-    picked = (predictions == spec.positive_index).astype(np.int64)
-    _, g = np.unique(np.asarray(groups), return_inverse=True)
-    has_relevant = np.bincount(g, weights=relevant) > 0
-    hit = np.bincount(g, weights=relevant * picked) > 0
-    out = {}
-    for m in spec.metrics:
-        if m == "accuracy":  # per group: the top-scored candidate is relevant
-            v = float(hit[has_relevant].mean()) if has_relevant.any() else 0.0
-        else:
-            v = float(METRIC_FUNCS[m](relevant, picked))
-        out[m] = round(100.0 * v, 4)
-    return out
-
-
-def predictions_from_logits(spec: TaskSpec, logits: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
-    """logits (N, C) or (N, 1) -> label indices (N,) or scores (N,).
-
-    Regression: the raw scores, not clipped (the correlations are computed on them;
-    `write_submission_file` clips to the label range). Ranking (`groups` (N,) required): in each
-    group the top-scored candidate gets the positive label's index, the others the other label's."""
-    if spec.head == HeadKind.CLASSIFICATION:
-        return logits.argmax(-1)
-    scores = logits[:, 0]
-    if spec.head == HeadKind.REGRESSION:
-        return scores
-    if groups is None:
-        raise ValueError(f"{spec.name}: ranking predictions are per query group: pass the split's groups")
-    groups = np.asarray(groups)
-    pos = spec.positive_index
-    pred = np.full(len(scores), 1 - pos, dtype=np.int64)
-    order = np.lexsort((-scores, groups))  # by group, best score first (ties: the earlier candidate)
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = groups[order][1:] != groups[order][:-1]
-    pred[order[first]] = pos
-    return pred
-
-
-def score_split(spec: TaskSpec, logits: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None) -> dict[str, float]:
-    """The metrics (x100) of one evaluated split: logits (N, C) or (N, 1), labels (N,), groups (N,)
-    for ranking (`EncodedSplit.groups[idx]`)."""
-    return compute_metrics(spec, labels, predictions_from_logits(spec, logits, groups), groups)
 
 
 # metrics.json (evaluate): {dev report name: {metric: value}, ..., "test": {test report name: {metric: value}}};
@@ -204,8 +130,8 @@ SUBMISSION_FILES = ("CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI-m", "MNLI-mm"
 
 
 def write_submission_file(path: Path, ids, predictions, spec: TaskSpec) -> None:
-    """The GLUE leaderboard layout: header `index\\tprediction`, label names (regression: the score
-    clipped to [0, 5] with 3 decimals). Ids holding a tab or line break (possible in CSV/JSON data)
+    """The GLUE leaderboard layout: header `index\\tprediction`, one cell per prediction as its head kind
+    writes it (label names; regression: the score clipped to the label range, 3 decimals). Ids holding a tab or line break (possible in CSV/JSON data)
     would add columns or rows, so they are refused (DataError) before anything is written."""
     if len(ids) != len(predictions):
         raise ValueError(f"{path}: {len(ids)} ids but {len(predictions)} predictions")
@@ -213,14 +139,11 @@ def write_submission_file(path: Path, ids, predictions, spec: TaskSpec) -> None:
         if any(c in str(i) for c in "\t\r\n"):
             raise DataError(path, f"example id {str(i)!r} holds a tab or line break, which would break the "
                                   f"TSV layout (index<TAB>prediction per line); fix the id in the data file")
+    kind = kind_of(spec)
     with open(path, "w", encoding="utf-8") as f:
         f.write("index\tprediction\n")
         for i, p in zip(ids, predictions):
-            if spec.head == HeadKind.REGRESSION:
-                v = float(np.clip(float(p), *spec.label_range)) if spec.label_range else float(p)
-                f.write(f"{i}\t{v:.3f}\n")
-            else:
-                f.write(f"{i}\t{spec.labels[int(p)]}\n")
+            f.write(f"{i}\t{kind.submission_value(p)}\n")
 
 
 def zip_submission(folder: Path, zip_path: Path) -> list[str]:
@@ -234,9 +157,3 @@ def zip_submission(folder: Path, zip_path: Path) -> list[str]:
         if missing:
             z.writestr("MISSING.txt", "No test predictions (test file not available): " + ", ".join(missing) + "\n")
     return missing
-
-
-def save_results(results: dict, path_json: Path, path_md: Path | None = None, notes: dict | None = None) -> None:
-    path_json.write_text(json.dumps(results, indent=2))
-    if path_md is not None:
-        path_md.write_text(markdown_table(results, notes))

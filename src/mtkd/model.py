@@ -26,7 +26,7 @@ from mtkd import inference
 from mtkd.checkpoint import check_file, file_digest, guarded_write, tensor_bytes
 from mtkd.dropout import use_fast_dropout
 from mtkd.errors import CheckpointError, ConfigError
-from mtkd.heads import TaskHead
+from mtkd.heads import kind_of
 from mtkd.tasks import TaskSpec, task_from_dict
 
 log = logging.getLogger(__name__)
@@ -195,8 +195,7 @@ class MTModel(nn.Module):
         self.encoder_name = encoder_name
         hidden = encoder.config.hidden_size
         self.heads = nn.ModuleDict({
-            name: TaskHead(hidden, spec.head, spec.num_outputs, spec.dropout)
-            for name, spec in tasks.items() if spec.head_of is None
+            name: kind_of(spec).make_layer(hidden) for name, spec in tasks.items() if spec.head_of is None
         })
 
     # ------------------------------------------------------------------------------ construction
@@ -313,48 +312,48 @@ class MTModel(nn.Module):
     @torch.inference_mode()
     def predict(self, tasks: str | Sequence[str], texts: Sequence[str], text_pairs: Sequence[str] | None = None,
                 batch_size: int = 64, max_len: int | None = None, return_probs: bool = False,
-                max_tokens: int | None = 8192):
+                max_tokens: int | None = 8192, as_json: bool = False):
         """Predict new text. One encoder pass per batch serves every requested head.
 
         Texts are tokenised once, run sorted by length in batches of at most `batch_size` texts and
         `max_tokens` padded tokens (`mtkd.inference.length_batches`, as for the soft targets), and the
         results come back in input order. Inputs are cut at `max_len` tokens; None (the default):
-        at each task's trained length (`train_max_len`: the `max_seq_len` saved with the model, 512
-        for folders saved before mtkd recorded it). Either is capped at the encoder's positions
+        at each task's trained length (`train_max_len`: the `max_seq_len` saved with the model, else
+        512). Either is capped at the encoder's positions
         (`max_positions`). Requested tasks of different lengths are served per length: the texts
         are tokenised once per distinct length, and each encoder pass serves that length's heads.
 
         Returns, for one task, a list of label names (classification), floats (regression, clipped
         to the task's label range) or scores (ranking); for several tasks, {task: list}. With
-        return_probs, classification tasks return (N, C) probability arrays instead."""
+        return_probs, classification tasks return (N, C) probability arrays instead. With as_json, each
+        answer is the object the HTTP API returns ({"label"} and with return_probs {"probabilities":
+        {label: p}}; {"score"})."""
         if self.tokenizer is None:
             raise CheckpointError("this model has no tokenizer attached")
         was_training = self.training
         self.eval()
         try:
-            return inference.predict(self.tasks, self.tokenizer, self._run_heads, tasks, texts, text_pairs,
+            return inference.predict(self.tasks, self.tokenizer, self.run_batch, tasks, texts, text_pairs,
                                      batch_size=batch_size, max_len=max_len, return_probs=return_probs,
                                      max_tokens=max_tokens, max_positions=max_positions(self.encoder.config),
-                                     num_outputs={t: self.heads[s.head_name].out.out_features for t, s in self.tasks.items()})
+                                     as_json=as_json)
         finally:
             self.train(was_training)
 
     def train_max_len(self, task: str) -> int:
         """The length `task` was trained at: its training split's max_seq_len, else the task's (saved
-        with the model by every mtkd run), else 512 (folders saved before mtkd recorded it)."""
+        with the model by every mtkd run), else 512."""
         return inference.train_max_len(self.tasks[task])
 
-    def _run_heads(self, names: list[str], ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None) -> dict[str, np.ndarray]:
+    @torch.inference_mode()
+    def run_batch(self, names: list[str], ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None
+                  ) -> dict[str, np.ndarray]:
         """One encoder pass on a padded numpy batch, every head of `names` on it: {task: (B, C) logits}
-        (mtkd.inference calls it for each length-sorted batch)."""
+        (how the prediction side, mtkd.inference, runs any model)."""
         device = next(self.parameters()).device
         cls_vec = self.encode(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device),
                               torch.from_numpy(types).to(device) if types is not None else None)
         return {t: logits.float().cpu().numpy() for t, logits in self.head_logits(cls_vec, names).items()}
-
-    def postprocess(self, task: str, logits: np.ndarray, return_probs: bool = False):
-        """(N, C) logits of `task` -> what predict returns (mtkd.inference.postprocess)."""
-        return inference.postprocess(self.tasks[task], logits, return_probs)
 
 
 def _read_model_folder(folder: Path) -> tuple[dict, Path, Path]:

@@ -286,6 +286,7 @@ def _md_row(cells) -> str:
 def _task_rows(tasks: dict, metrics: dict, enc_cfg: dict) -> list[str]:
     from types import SimpleNamespace
 
+    from mtkd.heads import kind_of
     from mtkd.inference import served_max_len
     from mtkd.model import max_positions
     from mtkd.tasks import task_from_dict
@@ -301,12 +302,7 @@ def _task_rows(tasks: dict, metrics: dict, enc_cfg: dict) -> list[str]:
         except Exception:
             rows.append(_md_row([name, d.get("head", "?"), "", "", "", ""]))
             continue
-        if spec.head.value == "classification":
-            out = ", ".join(f"`{lab}`" for lab in spec.labels)
-        elif spec.label_range is not None:
-            out = f"score in [{_fmt(spec.label_range[0])}, {_fmt(spec.label_range[1])}]"
-        else:
-            out = "relevance score" + (f" (positive: `{spec.positive_label}`)" if spec.positive_label else "")
+        out = kind_of(spec).card_output()
         inputs = "text, pair" if "text_b" in spec.fields else "text"
         names = [spec.report_name(s) for s in spec.splits if s.startswith("dev")]
         shown = [f"{n}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in dev[n]["metrics"].items())

@@ -28,15 +28,15 @@ request (wrong type, unknown field or task, empty list or text, missing pairs). 
 the model answers the requests of that batch with 500; the server keeps serving.
 
 Micro-batching: requests wait in a queue; one worker takes what is queued, waiting up to
-`max_wait_ms` after the first request for more until `max_batch` texts, and runs them all in one
-`model.predict` call per input kind (texts / text pairs) and task length in a worker thread, so the event loop
-keeps accepting requests meanwhile; the results are split back per request. A request is never
-split (one larger than max_batch runs alone, in encoder batches of max_batch).
+`max_wait_ms` after the first request for more until `max_batch` texts, and runs them in a worker
+thread, so the event loop keeps accepting requests meanwhile: per input kind (texts / text pairs)
+and task length, the texts are tokenised once and run in length-sorted batches (mtkd.inference);
+the results are split back per request. A request is never split (one larger than max_batch runs
+alone, in encoder batches of max_batch).
 
-The model is anything with `.tasks` ({name: TaskSpec}), `.tokenizer` and
-`.predict(tasks, texts, text_pairs, batch_size=, max_len=, return_probs=)` as `MTModel.predict`:
-`load_for_serving` gives an `MTModel` for a model folder or an `OnnxModel` (mtkd.export) for an
-ONNX export folder.
+The model is anything with `.tasks` ({name: TaskSpec}), `.tokenizer` and `.run_batch` (the prediction
+side's model call, as `MTModel.run_batch`): `load_for_serving` gives an `MTModel` for a model folder or
+an `OnnxModel` (mtkd.onnx_model) for an ONNX export folder.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at runtime
@@ -52,14 +52,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 
+from mtkd import inference
 from mtkd.errors import CheckpointError, ConfigError, did_you_mean
-from mtkd.tasks import HeadKind, TaskSpec
+from mtkd.heads import kind_of
+from mtkd.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 64  # texts per model call
+DEFAULT_MAX_TOKENS = 8192  # padded tokens per model call (long texts go in smaller batches)
 DEFAULT_MAX_WAIT_MS = 5.0  # how long the first queued request waits for company
 DEFAULT_MAX_TEXTS = 256  # per request
 DEFAULT_MAX_CHARS = 20000  # per text (and per pair)
@@ -84,7 +86,7 @@ def load_for_serving(path: str | Path, device: str | None = None):
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such folder (give an mtkd model folder or an ONNX export folder)")
-    from mtkd.export import OnnxModel, is_export  # torch-free; a missing onnxruntime is refused when loading
+    from mtkd.onnx_model import OnnxModel, is_export  # torch-free; a missing onnxruntime is refused when loading
 
     if is_export(path):
         return OnnxModel.from_pretrained(path), "onnx"
@@ -118,22 +120,14 @@ def position_limit(model) -> int | None:
 def task_max_len(model, spec: TaskSpec) -> int:
     """A task's input length at serving time: the length it was trained at (`mtkd.inference.train_max_len`:
     its saved max_seq_len, else 512), at most the encoder's positions."""
-    from mtkd.inference import served_max_len
-
-    return served_max_len(spec, position_limit(model))
+    return inference.served_max_len(spec, position_limit(model))
 
 
 def describe_tasks(model) -> list[dict]:
     out = []
     for name, spec in model.tasks.items():
-        d: dict[str, Any] = {"name": name, "kind": spec.head.value, "inputs": ["text", "pair"] if is_pair_task(spec) else ["text"],
-                             "max_len": task_max_len(model, spec),
-                             "output": "label" if spec.head == HeadKind.CLASSIFICATION else "score"}
-        if spec.head == HeadKind.CLASSIFICATION:
-            d["labels"] = list(spec.labels)
-        if spec.label_range is not None:
-            d["range"] = list(spec.label_range)
-        out.append(d)
+        out.append({"name": name, "kind": spec.head.value, "inputs": ["text", "pair"] if is_pair_task(spec) else ["text"],
+                    "max_len": task_max_len(model, spec), **kind_of(spec).describe()})
     return out
 
 
@@ -294,24 +288,15 @@ class Validator:
 
 # ---------------------------------------------------------------------------- batch runner
 class BatchRunner:
-    """Runs a list of jobs through the model: one predict call per (input kind, max length) on the
-    concatenated texts of the jobs that asked for such tasks, then per job its own tasks' results.
-    Truncation: one tokenisation without truncation per input kind of the batch's texts gives every
-    text's length, compared with each task's max length."""
+    """Runs a list of jobs through the model: per (input kind, max length), the concatenated texts
+    of the jobs that asked for such tasks are tokenised once and run in length-sorted batches
+    (mtkd.inference), then each job gets its own tasks' answers (their head kind's `answer_json`)
+    and the indices of its texts that were cut."""
 
     def __init__(self, model, max_batch: int):
         self.model, self.max_batch = model, int(max_batch)
         self.max_len = {t: task_max_len(model, s) for t, s in model.tasks.items()}
         self.pair = {t: is_pair_task(s) for t, s in model.tasks.items()}
-
-    def _lengths(self, texts: list[str], pairs: list[str] | None) -> list[int]:
-        """Every text's (or pair's) length in tokens, special tokens included, uncut."""
-        enc = self.model.tokenizer(texts, pairs, truncation=False, padding=False, verbose=False,
-                                   return_attention_mask=False, return_token_type_ids=False)
-        return [len(r) for r in enc["input_ids"]]
-
-    def _members(self, jobs: list[Job], tasks) -> list[int]:
-        return [i for i, job in enumerate(jobs) if any(t in tasks for t in job.tasks)]
 
     def __call__(self, jobs: list[Job]) -> list[dict]:
         groups: dict[tuple[bool, int], list[str]] = collections.defaultdict(list)
@@ -320,48 +305,29 @@ class BatchRunner:
                 key = (self.pair[t], self.max_len[t])
                 if t not in groups[key]:
                     groups[key].append(t)
-        # {input kind: {job: its texts' uncut lengths}}: one tokenisation per kind, whatever the lengths
-        lengths: dict[bool, dict[int, list[int]]] = {}
-        for paired in {p for p, _ in groups}:
-            members = self._members(jobs, [t for (p, _), group_tasks in groups.items() if p == paired for t in group_tasks])
-            flat = self._lengths([x for i in members for x in jobs[i].texts],
-                                 [x for i in members for x in jobs[i].pairs] if paired else None)
-            starts = np.cumsum([0] + [len(jobs[i].texts) for i in members])
-            lengths[paired] = {i: flat[a:b] for i, a, b in zip(members, starts[:-1], starts[1:])}
         per_job: list[list[dict]] = [[{} for _ in job.texts] for job in jobs]
         truncated: list[dict[str, list[int]]] = [{} for _ in jobs]
         for (paired, max_len), tasks in groups.items():
-            members = self._members(jobs, tasks)
+            members = [i for i, job in enumerate(jobs) if any(t in tasks for t in job.tasks)]
             texts = [x for i in members for x in jobs[i].texts]
             pairs = [x for i in members for x in jobs[i].pairs] if paired else None
-            out = self.model.predict(list(tasks), texts, pairs, batch_size=self.max_batch, max_len=max_len,
-                                     return_probs=True)
+            logits, cut = inference.text_logits(self.model.tokenizer, self.model.run_batch, self.model.tasks, tasks,
+                                                texts, pairs, max_len, self.max_batch, DEFAULT_MAX_TOKENS)
             start = 0
             for i in members:
                 job, n = jobs[i], len(jobs[i].texts)
-                cut = [r for r, k in enumerate(lengths[paired][i]) if k > max_len]
+                cut_here = [r for r in range(n) if cut[start + r]]
                 for t in (t for t in job.tasks if t in tasks):
-                    spec = self.model.tasks[t]
-                    values = out[t][start:start + n]
+                    kind = kind_of(self.model.tasks[t])
                     for r in range(n):
-                        per_job[i][r][t] = self._one(spec, values[r], job.probabilities)
-                    if cut:
-                        truncated[i][t] = cut
+                        per_job[i][r][t] = kind.answer_json(logits[t][start + r], job.probabilities)
+                    if cut_here:
+                        truncated[i][t] = cut_here
                 start += n
         # the results (and "truncated") keep the order of each job's tasks
         return [{"tasks": job.tasks, "results": [{t: row[t] for t in job.tasks} for row in per_job[i]],
                  "truncated": {t: truncated[i][t] for t in job.tasks if t in truncated[i]}}
                 for i, job in enumerate(jobs)]
-
-    @staticmethod
-    def _one(spec: TaskSpec, value, probabilities: bool) -> dict:
-        if spec.head == HeadKind.CLASSIFICATION:
-            p = np.asarray(value, dtype=np.float64)
-            res: dict[str, Any] = {"label": spec.labels[int(p.argmax())]}
-            if probabilities:
-                res["probabilities"] = {lab: float(x) for lab, x in zip(spec.labels, p)}
-            return res
-        return {"score": float(value)}
 
 
 @dataclass

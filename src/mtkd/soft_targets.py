@@ -23,16 +23,10 @@ from mtkd.errors import SoftTargetError
 log = logging.getLogger(__name__)
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
-
-
 def ensemble_average(member_outputs: list[np.ndarray]) -> np.ndarray:
-    """Eq. 3: Q(c|X) = mean over the K members of P_k(c|X). Inputs (N, C) each (or (N,) mean
-    predictions for regression); returns the same shape."""
+    """Eq. 3: Q(c|X) = mean over the K members of P_k(c|X). Inputs: each member's contribution as its
+    head kind gives it (`teacher_output`: (N, C) probabilities, or (N,) predictions for regression);
+    returns the same shape."""
     if not member_outputs:
         raise SoftTargetError("an ensemble needs at least one member")
     shapes = {m.shape for m in member_outputs}

@@ -17,10 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scipy.stats import rankdata
-
-from mtkd.metrics import compute_metrics
-from mtkd.tasks import HeadKind, TaskSpec
+from mtkd.heads import kind_of
+from mtkd.tasks import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -34,43 +32,13 @@ class Evaluated:
 
 
 def task_score(spec: TaskSpec, ev: Evaluated, rows: np.ndarray | None = None) -> float:
-    """The mean of the task's metrics (x100) on `rows` of the split (default: all)."""
-    if spec.head != HeadKind.RANKING:
-        y, p = (ev.labels, ev.predictions) if rows is None else (ev.labels[rows], ev.predictions[rows])
-        return float(np.mean([v for v in _metrics(spec, y, p).values()]))
-    if rows is None:
-        ms = compute_metrics(spec, ev.labels, ev.predictions, ev.groups)
-    else:  # a query group drawn twice is two queries: give each copy its own id
-        groups = None if ev.groups is None else _relabel_copies(ev.groups, rows)
-        ms = compute_metrics(spec, ev.labels[rows], ev.predictions[rows], groups)
-    return float(np.mean(list(ms.values())))
-
-
-def _metrics(spec: TaskSpec, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """`metrics.compute_metrics` (unrounded) from the confusion matrix and numpy correlations: the
-    bootstrap scores every task thousands of times, where sklearn's per-call input checks dominate
-    (tests/test_stats.py checks the two agree)."""
-    out = {}
-    if spec.head == HeadKind.CLASSIFICATION:
-        k = len(spec.labels)
-        cm = np.bincount(y.astype(np.int64) * k + p.astype(np.int64), minlength=k * k).reshape(k, k).astype(np.float64)
-        n, correct, true, pred = cm.sum(), np.trace(cm), cm.sum(1), cm.sum(0)
-        for m in spec.metrics:
-            if m == "accuracy":
-                out[m] = correct / n
-            elif m == "f1":  # positive class: index 1, as metrics.METRIC_FUNCS
-                tp = cm[1, 1]
-                denom = 2 * tp + (pred[1] - tp) + (true[1] - tp)
-                out[m] = 2 * tp / denom if denom else 0.0
-            elif m == "mcc":  # the multi-class form sklearn uses
-                cov_tp = correct * n - true @ pred
-                denom = np.sqrt((n * n - pred @ pred) * (n * n - true @ true))
-                out[m] = cov_tp / denom if denom else 0.0
-    else:
-        for m in spec.metrics:
-            a, b = (rankdata(y), rankdata(p)) if m == "spearman" else (y, p)
-            out[m] = float(np.corrcoef(a, b)[0, 1]) if np.std(p) > 0 else 0.0
-    return {m: 100.0 * float(v) for m, v in out.items()}
+    """The mean of the task's metrics (x100) on `rows` of the split (default: all), as its head kind's
+    `fast_scores` computes them."""
+    y, p, groups = ev.labels, ev.predictions, ev.groups
+    if rows is not None:
+        y, p = y[rows], p[rows]
+        groups = None if groups is None else _relabel_copies(groups, rows)  # a group drawn twice is two queries
+    return float(np.mean(list(kind_of(spec).fast_scores(y, p, groups).values())))
 
 
 def _relabel_copies(groups: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -18,14 +18,7 @@ from typing import Any
 import yaml
 
 from mtkd.errors import ConfigError, did_you_mean, unknown_key
-
-
-class HeadKind(str, Enum):
-    """The kind of output layer on top of the shared encoder (paper Section 2, output layers)."""
-
-    CLASSIFICATION = "classification"  # softmax over labels, cross-entropy (Eq. 1-2)
-    REGRESSION = "regression"  # one score, mean squared error (STS-B)
-    RANKING = "ranking"  # one relevance score per (query, candidate); listwise softmax per query
+from mtkd.heads import HeadKind, kind_of
 
 
 class FileFormat(str, Enum):
@@ -93,7 +86,7 @@ class TaskSpec:
 
     @property
     def num_outputs(self) -> int:
-        return len(self.labels) if self.head == HeadKind.CLASSIFICATION else 1
+        return kind_of(self).num_outputs
 
     @property
     def positive_index(self) -> int:

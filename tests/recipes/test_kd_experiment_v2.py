@@ -30,7 +30,7 @@ from conftest import tiny_config, write_glue_fixture
 from mtkd.cli import main
 from mtkd.config import load_config, teacher_train_config
 from mtkd.errors import ConfigError
-from mtkd.metrics import compute_metrics
+from mtkd.heads import kind_of
 from mtkd.recipes.context import RunContext
 from mtkd.metrics import load_predictions
 from mtkd.recipes.inputs import prepare_data
@@ -218,7 +218,7 @@ def test_every_evaluation_keeps_its_per_example_predictions(run):
             assert p["ids"].tolist() == [data.ids[i] for i in idx]
             assert np.array_equal(p["labels"], data.labels[idx])
             # the saved predictions give the reported metrics exactly
-            assert compute_metrics(ctx.specs[task], p["labels"], p["predictions"]) == expected[report], (system, report)
+            assert kind_of(ctx.specs[task]).scores(p["labels"], p["predictions"]) == expected[report], (system, report)
     assert set(load_predictions(run.sd / "eval" / "ensemble" / "predictions.npz")) == {"RTE"}  # teacher tasks
     assert (run.sd / "teach" / "ensemble_predictions.npz").is_file()
 

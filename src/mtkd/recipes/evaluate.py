@@ -26,8 +26,8 @@ from pathlib import Path
 
 from mtkd.data import split_path
 from mtkd.errors import ConfigError, DataError
-from mtkd.metrics import (PREDICTIONS_FILE, TEST_RESULTS, compute_metrics, markdown_table, predictions_from_logits,
-                          save_predictions, score_split)
+from mtkd.heads import kind_of
+from mtkd.metrics import PREDICTIONS_FILE, TEST_RESULTS, markdown_table, save_predictions
 from mtkd.model import weights_sha256
 from mtkd.model_card import record_eval_metrics
 from mtkd.recipes.context import RunContext
@@ -108,8 +108,9 @@ def _score_dev(ctx: RunContext, task: str, tokenizer, prefix: str, load_model, r
     for name, (data, idx) in ctx.dev_sets(task, tokenizer).items():
         if name in names:
             groups = data.groups[idx] if data.groups is not None else None
-            pred = predictions_from_logits(spec, ctx.logits(load_model(), data, task, idx), groups)
-            results[name] = compute_metrics(spec, data.labels[idx], pred, groups)
+            kind = kind_of(spec)
+            pred = kind.predictions(ctx.logits(load_model(), data, task, idx), groups)
+            results[name] = kind.scores(data.labels[idx], pred, groups)
             predicted[name] = {"ids": [data.ids[i] for i in idx], "labels": data.labels[idx],
                                "predictions": pred, "groups": groups}
 
@@ -130,7 +131,7 @@ def _score_tests(ctx: RunContext, task: str, tokenizer, prefix: str, load_model,
         if data.labels is None:
             unlabelled.append(f"{task}/{s}")
             continue
-        tested[spec.report_name(s)] = score_split(spec, ctx.logits(load_model(), data, task), data.labels, data.groups)
+        tested[spec.report_name(s)] = kind_of(spec).score(ctx.logits(load_model(), data, task), data.labels, data.groups)
     return tested
 
 

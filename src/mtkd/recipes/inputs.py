@@ -9,7 +9,7 @@ from mtkd.errors import ConfigError, DataError, did_you_mean
 from mtkd.model import resolve_encoder
 from mtkd.recipes import teach
 from mtkd.recipes.context import RunContext
-from mtkd.tasks import HeadKind
+from mtkd.heads import kind_of
 
 
 def tokenizer_sources(ctx: RunContext) -> list[str]:
@@ -68,9 +68,9 @@ def check_task_lists(ctx: RunContext) -> None:
                 what = "a task with training data" if key == "finetune_tasks" else "in the task list"
                 raise ConfigError(f"{key}: task {name!r} is not {what} {allowed}{did_you_mean(name, allowed)}")
     for name in kd.teacher_tasks:
-        if ctx.specs[name].head == HeadKind.RANKING:
-            raise ConfigError(f"kd.teacher_tasks: task {name!r} is a ranking task; teachers for ranking "
-                              f"tasks are not supported yet")
+        if not kind_of(ctx.specs[name]).has_teachers:
+            raise ConfigError(f"kd.teacher_tasks: task {name!r} is a {ctx.specs[name].head.value} task; teachers for "
+                              f"{ctx.specs[name].head.value} tasks are not supported yet")
     if kd.teacher_tasks:
         n = len(teach.configured_candidates(ctx))
         if kd.top_k > n:

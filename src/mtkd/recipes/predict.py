@@ -16,7 +16,8 @@ import shutil
 from pathlib import Path
 
 from mtkd.errors import DataError
-from mtkd.metrics import predictions_from_logits, write_submission_file, zip_submission
+from mtkd.heads import kind_of
+from mtkd.metrics import write_submission_file, zip_submission
 from mtkd.recipes.context import RunContext
 from mtkd.tasks import GLUE_TASK_NAMES
 
@@ -55,7 +56,7 @@ def run(ctx: RunContext, models: dict[str, Path], out: Path) -> list[str]:
             if folder not in loaded:
                 loaded = {folder: ctx.load_model(folder)}
             logits = ctx.logits(loaded[folder], data, task)
-            preds = predictions_from_logits(spec, logits, data.groups)
+            preds = kind_of(spec).predictions(logits, data.groups)
             if ctx.main:
                 write_submission_file(sub / f"{spec.report_name(split)}.tsv", data.ids, preds, spec)
     missing: list[str] = []

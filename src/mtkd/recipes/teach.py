@@ -30,13 +30,13 @@ import numpy as np
 from mtkd.config import DEFAULT_CANDIDATE_DROPOUTS, TrainConfig, teacher_train_config
 from mtkd.errors import ConfigError
 from mtkd.identity import digest
-from mtkd.metrics import compute_metrics, predictions_from_logits, save_predictions, score_split, task_scores
+from mtkd.heads import kind_of
+from mtkd.metrics import save_predictions, task_scores
 from mtkd.recipes import finetune, mtl
 from mtkd.recipes.context import RunContext
 from mtkd.recipes.job import FreshEncoder, FromModel, train_stage
 from mtkd.recipes.stages import train_settings
-from mtkd.soft_targets import SoftTargets, ensemble_average, softmax
-from mtkd.tasks import HeadKind
+from mtkd.soft_targets import SoftTargets, ensemble_average
 
 ENSEMBLE_PREDICTIONS = "ensemble_predictions.npz"  # the ensemble's dev predictions, per report name
 UNLABELED_DIR = "unlabeled"  # the sub-stage that labels kd.unlabeled's text: DIR/unlabeled/soft_targets
@@ -69,13 +69,11 @@ def candidates(ctx: RunContext, seed: int) -> list[dict]:
 
 
 def _member_outputs(ctx, model, folder, task, split, indices, temperature):
-    """One member's class probabilities (regression: predictions) on `indices` of a split, tokenised
-    with the member's own tokenizer (rows align across members: same file, same order)."""
+    """One member's contribution to the soft targets on `indices` of a split (its head kind's
+    `teacher_output`: class probabilities, regression predictions), tokenised with the member's own
+    tokenizer (rows align across members: same file, same order)."""
     data = ctx.encoded(task, split, ctx.stages.model_tokenizer(folder))
-    logits = ctx.logits(model, data, task, indices)
-    if ctx.specs[task].head == HeadKind.CLASSIFICATION:
-        return softmax(logits, temperature)
-    return logits[:, 0]
+    return kind_of(ctx.specs[task]).teacher_output(ctx.logits(model, data, task, indices), temperature)
 
 
 def teacher_identity(ctx: RunContext, candidate_keys: list[dict]) -> dict:
@@ -200,9 +198,9 @@ def _score_ensemble(ctx: RunContext, task: str, models: list, folders: list[Path
         name = spec.report_name(split)
         data, idx = dev[name]
         avg = ensemble_average([_member_outputs(ctx, m, f, task, split, idx, 1.0) for m, f in zip(models, folders)])
-        logits = np.log(np.clip(avg, 1e-12, None)) if spec.head == HeadKind.CLASSIFICATION else avg[:, None]
-        pred = predictions_from_logits(spec, logits)
-        ensemble_dev[name] = compute_metrics(spec, data.labels[idx], pred)
+        kind = kind_of(spec)
+        pred = kind.predictions(kind.ensemble_logits(avg))
+        ensemble_dev[name] = kind.scores(data.labels[idx], pred)
         predicted[name] = {"ids": [data.ids[i] for i in idx], "labels": data.labels[idx], "predictions": pred}
 
 
@@ -262,5 +260,5 @@ def _dev_score(ctx: RunContext, model_dir: Path, tasks: list[str]) -> float:
     for t in tasks:
         for name, (data, idx) in ctx.dev_sets(t, ctx.stages.model_tokenizer(model_dir)).items():
             groups = data.groups[idx] if data.groups is not None else None
-            results[name] = score_split(ctx.specs[t], ctx.logits(model, data, t, idx), data.labels[idx], groups)
+            results[name] = kind_of(ctx.specs[t]).score(ctx.logits(model, data, t, idx), data.labels[idx], groups)
     return float(np.mean(list(task_scores(results, {t: ctx.specs[t] for t in tasks}).values())))

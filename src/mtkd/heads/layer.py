@@ -1,11 +1,11 @@
-"""Task-specific output layers on the [CLS] vector x (paper Section 2, Eq. 1)."""
+"""The output layer of the sentence-level head kinds, on the [CLS] vector x (paper Section 2, Eq. 1)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from mtkd.tasks import HeadKind
+from mtkd.heads.base import HeadKind
 
 
 class TaskHead(nn.Module):
