@@ -136,12 +136,13 @@ def tiny_twin(ctx):
     """The default encoder's architecture at hidden 48 (12 heads of 4), PyTorch dropout + SDPA."""
     from transformers import AutoConfig
 
-    from mtkd.model import MTModel, _encoder_from, resolve_encoder
+    from mtkd.encoders import load_encoder, resolve_encoder
+    from mtkd.model import MTModel
 
     path = resolve_encoder(ctx.cfg.encoder.name)
     full = AutoConfig.from_pretrained(path)
     tiny = AutoConfig.from_pretrained(path, hidden_size=4 * full.num_attention_heads, intermediate_size=8 * full.num_attention_heads)
-    model = use_torch_dropout(MTModel(_encoder_from(tiny, None), ctx.specs, None, encoder_name="tiny-twin"))
+    model = use_torch_dropout(MTModel(load_encoder(tiny, None), ctx.specs, None, encoder_name="tiny-twin"))
     return model, full
 
 

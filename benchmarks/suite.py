@@ -130,7 +130,7 @@ def _mode_of(args) -> Mode:
 
 def _encoder_of(args, mode: Mode, work: Path) -> tuple[str, str]:
     """(encoder folder, its label): --encoder, else a tiny random one (smoke), else the default."""
-    from mtkd.model import resolve_encoder
+    from mtkd.encoders import resolve_encoder
     from mtkd.testing import save_tiny_encoder
 
     if getattr(args, "encoder", None):

@@ -26,7 +26,8 @@ import mtkd.checkpoint as ckpt
 from mtkd.checkpoint import STATE_FILE, file_digest, list_checkpoints, load_latest_checkpoint, save_checkpoint
 from mtkd.cli import main as cli_main
 from mtkd.errors import CheckpointError, DiskFullError
-from mtkd.model import MTModel, resolve_encoder, weights_sha256
+from mtkd.encoders import resolve_encoder
+from mtkd.model import MTModel, weights_sha256
 from mtkd.tasks import glue_tasks
 
 EXPECT = {"tasks": ["SST-2"], "encoder": "lin"}
@@ -323,7 +324,7 @@ def test_hub_name_offline_needs_a_network_or_a_local_copy(tmp_path, monkeypatch)
 def test_hub_name_without_network(monkeypatch):
     import huggingface_hub.constants
 
-    import mtkd.model
+    import mtkd.encoders
 
     def no_network(*a, **k):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them "
@@ -331,7 +332,7 @@ def test_hub_name_without_network(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(mtkd.model.AutoConfig, "from_pretrained", no_network)
+    monkeypatch.setattr(mtkd.encoders.AutoConfig, "from_pretrained", no_network)
     with pytest.raises(CheckpointError, match="as a hub name it needs a network connection or a local copy "
                                               r"\(the hub could not provide it: We couldn't connect to 'https://huggingface.co'"):
         resolve_encoder("bert-tiny-nonexistent")

@@ -402,7 +402,7 @@ def _check_from_train(where: str, task: str, src: dict, cfg: RunConfig) -> None:
 
 def validate(cfg: RunConfig, where: str = "config") -> None:
     """Value checks after the type checks of from_dict: every refusal names the key and the value.
-    (data.max_seq_len against the encoder's positions needs the encoder: mtkd.model.check_max_seq_len.)"""
+    (data.max_seq_len against the encoder's positions needs the encoder: mtkd.encoders.check_max_seq_len.)"""
     from mtkd.tasks import check_name
 
     if not cfg.seeds:

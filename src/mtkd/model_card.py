@@ -288,7 +288,7 @@ def _task_rows(tasks: dict, metrics: dict, enc_cfg: dict) -> list[str]:
 
     from mtkd.heads import kind_of
     from mtkd.inference import served_max_len
-    from mtkd.model import max_positions
+    from mtkd.encoders import max_positions
     from mtkd.tasks import task_from_dict
 
     limit = max_positions(SimpleNamespace(**enc_cfg))

@@ -19,7 +19,8 @@ from mtkd.config import RunConfig, to_dict
 from mtkd.data import EncodedSplit, encode_split, split_path, subsample, tokenizer_fingerprint
 from mtkd.errors import ConfigError, DataError
 from mtkd.loop import TrainSet, autocast, make_accelerator, predict_logits
-from mtkd.model import MTModel, resolve_encoder
+from mtkd.encoders import resolve_encoder
+from mtkd.model import MTModel
 from mtkd.recipes.stages import Stages
 from mtkd.tasks import TaskSpec, load_task_specs, task_from_dict
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from mtkd.data import check_files, raise_problems, read_split, split_path
 from mtkd.errors import ConfigError, DataError, did_you_mean
-from mtkd.model import resolve_encoder
+from mtkd.encoders import resolve_encoder
 from mtkd.recipes import teach
 from mtkd.recipes.context import RunContext
 from mtkd.heads import kind_of
@@ -41,7 +41,7 @@ def check_inputs(ctx: RunContext, splits: tuple[str, ...] = ("train", "dev", "te
     every problem. Returns notes: the test files that are not there (predict reports them)."""
     from transformers import AutoConfig
 
-    from mtkd.model import check_max_seq_len
+    from mtkd.encoders import check_max_seq_len
 
     check_task_lists(ctx)
     longest, key = longest_max_len(ctx)

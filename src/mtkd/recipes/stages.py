@@ -22,7 +22,7 @@ from mtkd.data import file_fingerprint
 from mtkd.errors import CheckpointError, ConfigError
 from mtkd.identity import checkpoint_problem, differences, digest, plain
 from mtkd.loop import autocast
-from mtkd.model import resolve_encoder
+from mtkd.encoders import resolve_encoder
 
 log = logging.getLogger(__name__)
 
