@@ -378,6 +378,26 @@ def teacher_train_config(cfg: RunConfig, section: str, where: str = "config") ->
     return from_dict(TrainConfig, {**to_dict(base), **overrides}, f"{where}: kd.teacher_{section}")
 
 
+def configured_candidates(cfg: RunConfig) -> list[dict]:
+    """kd.candidates as written, or the default 4 (dropout 0.1/0.2/0.3/0.1), before seeds are derived."""
+    return cfg.kd.candidates or [{"dropout": d} for d in DEFAULT_CANDIDATE_DROPOUTS]
+
+
+def teacher_candidates(cfg: RunConfig, seed: int) -> list[dict]:
+    """The configured candidates, or by default 4 differing by seed and dropout 0.1/0.2/0.3/0.1; a
+    candidate without a seed gets seed + 1000 * (its position + 1). Two candidates that would train
+    the same model (same seed and start) are refused: identical teachers at full cost."""
+    cands = [{"seed": seed + 1000 * (i + 1), **c} for i, c in enumerate(configured_candidates(cfg))]
+    seen: dict[tuple, int] = {}
+    for i, c in enumerate(cands):
+        key = (c["seed"], bool(c.get("from_mtdnn")), c.get("dropout"), c.get("encoder"))
+        if key in seen:
+            raise ConfigError(f"kd.candidates[{i}] trains the same model as kd.candidates[{seen[key]}] at run seed "
+                              f"{seed} (seed {c['seed']}, the same start): give it another seed, dropout or encoder")
+        seen[key] = i
+    return cands
+
+
 UNLABELED_FROM_TRAIN_KEYS = ("from_train", "cap")
 
 

@@ -13,66 +13,82 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from mtkd.errors import DataError
 from mtkd.heads import kind_of
 from mtkd.metrics import write_submission_file, zip_submission
-from mtkd.recipes.context import RunContext
+from mtkd.model import load_model
+from mtkd.recipes.runner import Job, Runner
+from mtkd.task_data import TaskData
 from mtkd.tasks import GLUE_TASK_NAMES
 
 log = logging.getLogger(__name__)
 
 
-def is_glue(ctx: RunContext) -> bool:
+@dataclass(eq=False)
+class Prediction(Job):
+    """The first seed's test predictions in `out`, copied into the run folder `copy_to`."""
+    data: TaskData
+    models: dict[str, Path]
+    out: Path
+    copy_to: Path
+
+    def run(self, runner: Runner, identity: None) -> list[str]:
+        missing = predict(self.data, runner, self.models, self.out)
+        if runner.main:
+            copy_outputs(self.data.specs, self.out, self.copy_to)
+        return missing
+
+
+def is_glue(specs: dict) -> bool:
     """Whether the config has a GLUE task (then the predictions make a leaderboard submission)."""
-    return any(t in GLUE_TASK_NAMES for t in ctx.specs)
+    return any(t in GLUE_TASK_NAMES for t in specs)
 
 
-def folder_name(ctx: RunContext) -> str:
-    return "submission" if is_glue(ctx) else "predictions"
+def folder_name(specs: dict) -> str:
+    return "submission" if is_glue(specs) else "predictions"
 
 
-def run(ctx: RunContext, models: dict[str, Path], out: Path) -> list[str]:
+def predict(data: TaskData, runner: Runner, models: dict[str, Path], out: Path) -> list[str]:
     """models: task -> model folder (AX falls back to its head_of task's model). Returns the
     missing leaderboard entries (none without a GLUE task)."""
-    if ctx.stages.planning:
-        return []
-    sub = out / folder_name(ctx)
-    if ctx.main:
+    sub = out / folder_name(data.specs)
+    if runner.main:
         sub.mkdir(parents=True, exist_ok=True)
     loaded = {}
-    for task, spec in ctx.specs.items():
+    for task, spec in data.specs.items():
         folder = models.get(task) or models.get(spec.head_of or "")
         if folder is None:
             continue
         for split in spec.eval_splits("test"):
             try:
-                data = ctx.encoded(task, split, ctx.stages.model_tokenizer(folder))
+                encoded = data.encoded(task, split, runner.stages.model_tokenizer(folder))
             except DataError as e:  # a test file that is not here: report it, predict the rest
-                if ctx.main:
+                if runner.main:
                     log.warning("no test predictions for %s/%s: %s", task, split, e)
                 continue
             if folder not in loaded:
-                loaded = {folder: ctx.load_model(folder)}
-            logits = ctx.logits(loaded[folder], data, task)
-            preds = kind_of(spec).predictions(logits, data.groups)
-            if ctx.main:
-                write_submission_file(sub / f"{spec.report_name(split)}.tsv", data.ids, preds, spec)
+                loaded = {folder: load_model(folder, data.specs, runner.device)}
+            logits = runner.logits(loaded[folder], encoded, task)
+            preds = kind_of(spec).predictions(logits, encoded.groups)
+            if runner.main:
+                write_submission_file(sub / f"{spec.report_name(split)}.tsv", encoded.ids, preds, spec)
     missing: list[str] = []
-    if ctx.main and is_glue(ctx):
+    if runner.main and is_glue(data.specs):
         missing = zip_submission(sub, out / "submission.zip")
         if missing:
             log.warning("submission.zip lacks %s (no test file here)", ", ".join(missing))
-    elif ctx.main:
+    elif runner.main:
         log.info("test predictions: %s (%d files)", sub, len(list(sub.glob("*.tsv"))))
     return missing
 
 
-def copy_outputs(ctx: RunContext, src: Path, dst: Path) -> None:
+def copy_outputs(specs: dict, src: Path, dst: Path) -> None:
     """The run folder's copy of one seed's predictions: submission.zip, or (no GLUE task) the
     predictions folder."""
-    if is_glue(ctx):
+    if is_glue(specs):
         (dst / "submission.zip").write_bytes((src / "submission.zip").read_bytes())
     else:
         shutil.copytree(src / "predictions", dst / "predictions", dirs_exist_ok=True)

@@ -12,11 +12,11 @@ import logging
 from pathlib import Path
 
 from mtkd.errors import ConfigError, MtkdError
-from mtkd.identity import changed
 from mtkd.report.charts import plot_charts
 from mtkd.report.intervals import interval_specs, paired_intervals
 from mtkd.report.markdown import results_markdown
 from mtkd.report.scores import SYSTEMS, aggregate, compare, targets
+from mtkd.stages import changed
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,214 @@
+"""The one runner: it plans every job of a run before anything is written, then runs them.
+
+A recipe describes what it trains or computes as jobs. A training job (`TrainingJob`: MTL,
+fine-tuning, the teacher candidates and members, the students) says what to train (tasks,
+settings, seed), from which model (`FreshEncoder`, `FromModel`) and with which loss (`Loss`).
+A job with an identity is a stage (mtkd.stages): planning computes its identity, which names the
+stages it starts from, and collects what its run would refuse (a checkpoint written under another
+identity); running reuses it when it finished under the same identity, resumes it from its
+checkpoints, else does it. A job without one (evaluation, predictions) runs every time.
+
+A training stage writes OUT/model (save_pretrained folder with its card), OUT/metrics.jsonl,
+OUT/checkpoints (removed when done) and OUT/DONE.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from mtkd.config import EncoderConfig, RunConfig, TrainConfig, to_dict
+from mtkd.loop import LossFn, autocast, make_accelerator, predict_logits, train
+from mtkd.model import MTModel, load_model, new_model
+from mtkd.model_card import training_record
+from mtkd.stages import Stages, digest
+from mtkd.task_data import TaskData
+
+# TrainConfig fields that do not change what a stage computes (resume and reuse ignore them)
+NOT_SHAPING = ("checkpoint_every", "keep_checkpoints", "log_every", "check_every")
+
+
+def train_settings(cfg: TrainConfig, device=None) -> dict:
+    """The settings that shape a training run; `precision` as applied on `device` (fp32 on a CPU)."""
+    out = {k: v for k, v in to_dict(cfg).items() if k not in NOT_SHAPING}
+    if device is not None:
+        out["precision"] = autocast(cfg.precision, device)[1]
+    return out
+
+
+class Job:
+    """A step of a run: `run` does it. A stage also has an `identity` (None: runs every time) and
+    `registers` the folder a later stage names (its model or soft targets) with that folder's
+    tokenizer; `plan` checks what its run would refuse, `reuse` takes the summary of a finished one."""
+
+    out: Path
+
+    def identity(self, runner: Runner) -> dict | None:
+        return None
+
+    def registers(self, runner: Runner) -> tuple[Path, str]:
+        return self.out, ""
+
+    def plan(self, runner: Runner) -> None:
+        pass
+
+    def reuse(self, runner: Runner, summary: dict) -> Any:
+        return summary
+
+    def run(self, runner: Runner, identity: dict | None) -> Any:
+        raise NotImplementedError
+
+
+class Runner:
+    """Runs jobs on this process (its device, and its share of every inference under several
+    processes) in one run folder, whose stages it keeps (`stages`). Identities are computed once:
+    those planned are kept for the run."""
+
+    def __init__(self, cfg: RunConfig, out_dir: Path):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.accelerator = make_accelerator()
+        self.stages = Stages(self.out_dir, self.accelerator)
+        self._identities: dict[int, tuple[Job, dict | None]] = {}
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self):
+        return self.accelerator.device
+
+    def identity(self, job: Job) -> dict | None:
+        """A job's identity, computed once; a stage's output folder is registered under its key."""
+        if id(job) not in self._identities:
+            identity = job.identity(self)
+            if identity is not None:
+                folder, tokenizer = job.registers(self)
+                self.stages.register_model(folder, digest(identity), tokenizer)
+            self._identities[id(job)] = (job, identity)
+        return self._identities[id(job)][1]
+
+    def plan(self, jobs: list[Job]) -> None:
+        """Every identity, in order (a stage's names those it starts from), and what running the
+        stages not done would refuse, into stages.problems. Trains and writes nothing."""
+        for job in jobs:
+            identity = self.identity(job)
+            if identity is not None and self.stages.done(job.out, identity) is None:
+                job.plan(self)
+                self.stages.check_resumable(job.out, identity)
+
+    def run(self, jobs: list[Job]) -> list:
+        """Each job's result: a finished stage's summary (reused), else what running it returns."""
+        results = []
+        for job in jobs:
+            identity = self.identity(job)
+            done = self.stages.done(job.out, identity) if identity is not None else None
+            results.append(job.reuse(self, done) if done is not None else job.run(self, identity))
+        return results
+
+    def logits(self, model: MTModel, data, task: str, indices=None):
+        """(N, C) logits of examples `indices` of an encoded split, every rank predicting its share
+        with the config's `predict` batches and `mtl.precision` (mtkd.loop.predict_logits)."""
+        return predict_logits(model, data, task, indices, self.cfg.predict.batch_size, self.cfg.predict.max_tokens,
+                              self.accelerator, self.cfg.mtl.precision)
+
+
+# -------------------------------------------------------------------------------- training jobs
+@dataclass(frozen=True)
+class FreshEncoder:
+    """Start from a pretrained encoder with fresh heads: an encoder section of the config (`encoder`,
+    or a student's); `dropout` and `encoder` override its shared-layer dropout and weights (a
+    teacher candidate)."""
+    encoder_cfg: EncoderConfig
+    dropout: float | None = None
+    encoder: str | None = None
+
+    def tokenizer(self, stages: Stages) -> str:
+        return str(self.encoder or self.encoder_cfg.name)
+
+    def identity(self, stages: Stages) -> dict:
+        return stages.encoder_identity(self.encoder_cfg, self.dropout, self.encoder)
+
+    def build(self, specs: dict, device) -> MTModel:
+        return new_model(self.encoder_cfg, specs, device, dropout=self.dropout, encoder=self.encoder)
+
+
+@dataclass(frozen=True)
+class FromModel:
+    """Start from a saved model folder (an MTL model to fine-tune); a task it has no head for gets a
+    fresh one (fine-tuning on a new task)."""
+    folder: Path
+
+    def tokenizer(self, stages: Stages) -> str:
+        return stages.model_tokenizer(self.folder)
+
+    def identity(self, stages: Stages) -> dict:
+        return stages.model_identity(self.folder)
+
+    def build(self, specs: dict, device) -> MTModel:
+        return load_model(self.folder, specs, device, new_heads=True)
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A loss in place of each task's own: `factory(model)` gives the loop's loss_fn, `record` is
+    what it depends on (part of the stage's identity)."""
+    factory: Callable[[MTModel], LossFn]
+    record: dict | None = None
+
+    def identity(self, stages: Stages) -> dict | None:
+        return self.record
+
+
+@dataclass(frozen=True)
+class TrainingJob(Job):
+    data: TaskData
+    out: Path
+    desc: str  # the progress bar's and the model card's name of the stage
+    seed: int
+    tasks: list[str]
+    train: TrainConfig
+    start: FreshEncoder | FromModel
+    loss: Any = None  # a Loss (or distill.KDLoss); None: each task's own loss (CE, MSE, ranking)
+
+    def identity(self, runner: Runner) -> dict:
+        tokenizer = self.start.tokenizer(runner.stages)  # the data is read by the tokenizer of the model trained
+        return {"seed": self.seed, "tasks": {t: self.data.data_identity(t, "train", tokenizer) for t in self.tasks},
+                "train": train_settings(self.train, runner.device), "init": self.start.identity(runner.stages),
+                "loss": self.loss.identity(runner.stages) if self.loss else None}
+
+    def registers(self, runner: Runner) -> tuple[Path, str]:
+        runner.stages.check_inside(self.out / "checkpoints")  # before any work: the cleanup at the end must not fail
+        return self.out / "model", self.start.tokenizer(runner.stages)
+
+    def run(self, runner: Runner, identity: dict) -> dict:
+        """Train (resuming from OUT/checkpoints) and save. Returns the stage summary (also in OUT/DONE.json)."""
+        tokenizer = self.start.tokenizer(runner.stages)
+        train_sets = {t: self.data.train_set(t, tokenizer) for t in self.tasks}
+        torch.manual_seed(self.seed)  # the fresh heads' initialisation depends on the seed only
+        model = self.start.build(self.data.specs, runner.device)
+        loss_fn = self.loss.factory(model) if self.loss else None
+        self.out.mkdir(parents=True, exist_ok=True)
+        summary = train(model, train_sets, self.train, self.seed, self.out, runner.accelerator, loss_fn=loss_fn,
+                        run_config=to_dict(self.data.cfg), desc=self.desc, identity=identity)
+        if runner.main:
+            model.save_pretrained(self.out / "model", card=self._card(identity, train_sets, summary))
+        summary.update(tasks=self.tasks, seed=self.seed,
+                       train_examples={t: len(s.indices) for t, s in train_sets.items()})
+        runner.stages.mark_done(self.out, summary, identity)
+        if runner.main:  # the finished model is in OUT/model; the resume state is no longer needed
+            runner.stages.remove_inside(self.out / "checkpoints")
+        return summary
+
+    def _card(self, identity: dict, train_sets: dict, summary: dict) -> dict | None:
+        """The model card's training record: settings, data, the model started from, distillation."""
+        fresh = self.start if isinstance(self.start, FreshEncoder) else None
+        return training_record(self.data.cfg, self.data.specs, desc=self.desc, seed=self.seed, tasks=self.tasks,
+                               settings=identity["train"], train_sets=train_sets, summary=summary,
+                               init_from=getattr(self.start, "folder", None), dropout=fresh and fresh.dropout,
+                               encoder=fresh and fresh.encoder, encoder_cfg=fresh and fresh.encoder_cfg,
+                               loss_identity=identity["loss"])

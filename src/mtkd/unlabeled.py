@@ -1,0 +1,141 @@
+"""Unlabeled text (kd.unlabeled), beyond the paper: extra text of a teacher task that the teachers
+label with soft targets, and that a second student, "MT-DNN-KD + unlabeled text", trains on with the
+soft loss alone, beside the paper's student (which never sees it).
+
+The text of task T is a pseudo-task `T+unlabeled` that shares T's head and has no labels, read from
+a file (kd.unlabeled.T: {path, format?, fields?}) or from the rows of T's own training file that its
+train_cap leaves unused ({from_train: true, cap: N}), so no example is both labelled and unlabeled.
+The whole feature is here: the pseudo-tasks, their rows and data identity (used by mtkd.task_data),
+the labelling by T's teachers in a sub-stage of the teach stage (DIR/teach/unlabeled, keyed by the
+teachers and the text, so adding or resizing the text never retrains or relabels anything the
+paper's student reads), and what the second student adds to the paper's (recipes.distill).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from mtkd.config import RunConfig
+from mtkd.data import EncodedSplit, TrainSet, split_path, subsample
+from mtkd.errors import ConfigError, DataError
+from mtkd.tasks import TaskSpec, task_from_dict
+
+SUFFIX = "+unlabeled"
+LABELS_FOLDER = "unlabeled"  # the teach stage's sub-stage: DIR/teach/unlabeled/soft_targets
+STUDENT = "mtdnn_kd_unlabeled"  # the second student's system in the report, and its folder seed-S/distill_unlabeled
+STUDENT_FOLDER = "distill_unlabeled"
+
+
+def pseudo_tasks(cfg: RunConfig) -> dict[str, str]:
+    """pseudo-task (e.g. 'SST-2+unlabeled') -> the task whose head and teachers it uses."""
+    return {f"{t}{SUFFIX}": t for t in cfg.kd.unlabeled}
+
+
+def specs(cfg: RunConfig, specs: dict[str, TaskSpec]) -> dict[str, TaskSpec]:
+    """kd.unlabeled entries as pseudo-tasks that share their task's head and have no labels."""
+    out = {}
+    for task, src in cfg.kd.unlabeled.items():
+        if task not in specs:
+            raise ConfigError(f"kd.unlabeled: task {task!r} is not in the task list {list(specs)}")
+        if task not in cfg.kd.teacher_tasks:
+            raise ConfigError(f"kd.unlabeled: task {task!r} has no teacher (kd.teacher_tasks) to label its text")
+        name = f"{task}{SUFFIX}"
+        base = specs[task]
+        if isinstance(src, dict) and src.get("from_train"):
+            # the task's own training file, read as the task reads it (same rows, same ids) without
+            # its labels; unused_rows keeps the rows its train_cap leaves unused
+            if "train" not in base.splits:
+                raise ConfigError(f"kd.unlabeled.{task}: from_train, but {task} has no train split")
+            fields = {k: v for k, v in base.fields_for("train").items() if k in ("text_a", "text_b", "id")}
+            out[name] = replace(base, name=name, head_of=task, fields=fields, metrics=(), note=None,
+                                splits={"train": replace(base.splits["train"], fields=None, report_as=None)})
+            continue
+        if not isinstance(src, dict) or "path" not in src:
+            raise ConfigError(f"kd.unlabeled.{task}: expected a mapping with 'path' (and optional format, fields), "
+                              f"or {{from_train: true, cap: N}}")
+        fields = src.get("fields") or {k: v for k, v in base.fields.items() if k in ("text_a", "text_b")}
+        split = {k: v for k, v in src.items() if k != "fields"}
+        out[name] = task_from_dict(name, {"head": base.head.value, "labels": list(base.labels), "head_of": task,
+                                          "fields": fields, "splits": {"train": split},
+                                          "max_seq_len": base.max_seq_len}, "kd.unlabeled")  # cut as its task
+    return out
+
+
+# ------------------------------------------------------------------------------- the text's rows
+def from_train(cfg: RunConfig, task: str) -> tuple[str, int | None] | None:
+    """(base task, cap) of a pseudo-task read from its task's unused training rows
+    (kd.unlabeled.<task>: {from_train: true, cap: N}); None for every other task."""
+    base = pseudo_tasks(cfg).get(task)
+    src = cfg.kd.unlabeled.get(base) if base is not None else None
+    if isinstance(src, dict) and src.get("from_train"):
+        return base, src.get("cap")
+    return None
+
+
+def unused_rows(data, task: str, encoded: EncodedSplit, tokenizer=None) -> TrainSet:
+    """A from_train pseudo-task's training set (`data`: the run's TaskData): the rows of its task's
+    file that the task's train_cap subset leaves out, at most `cap` of them (seeded by
+    data.cap_seed), so no example is both labelled and unlabeled."""
+    base, cap = from_train(data.cfg, task)
+    labelled = data.train_set(base, tokenizer)
+    if list(labelled.data.ids) != list(encoded.ids):  # the same file read the same way: cannot differ
+        raise DataError(encoded.meta["path"], f"{task}: the rows read as unlabeled text differ from {base}'s "
+                                              f"training rows")
+    check_rows_left(data, task, len(encoded))
+    unused = np.setdiff1d(np.arange(len(encoded), dtype=np.int64), labelled.indices)
+    return TrainSet(encoded, unused[subsample(len(unused), cap, data.cfg.data.cap_seed)])
+
+
+def check_rows_left(data, task: str, n_rows: int) -> None:
+    """A pseudo-task read `from_train` needs rows its task's train_cap leaves out."""
+    base = from_train(data.cfg, task)[0]
+    cap = data.cap(base, "train_cap")
+    if cap is None or cap >= n_rows:
+        raise ConfigError(f"kd.unlabeled.{base}: from_train, but tasks.{base}.train_cap ({cap}) keeps all "
+                          f"{n_rows} rows of {split_path(data.specs[base], 'train', data.cfg.data.root)}: "
+                          f"no row is left unused")
+
+
+def from_train_tasks(cfg: RunConfig) -> list[str]:
+    """The pseudo-tasks read from their task's training file (checked before any stage runs:
+    recipes.inputs)."""
+    return [t for t in pseudo_tasks(cfg) if from_train(cfg, t) is not None]
+
+
+def train_identity(data, task: str) -> dict:
+    """What a from_train pseudo-task's training data adds to its data identity: the rows its task's
+    train_cap leaves unused, at most `cap` ({} for every other task)."""
+    source = from_train(data.cfg, task)
+    if source is None:
+        return {}
+    return {"cap": source[1], "from_train": {"task": source[0], "train_cap": data.cap(source[0], "train_cap")}}
+
+
+# -------------------------------------------------------------------------------- the labelling
+def labelling_identity(data, teachers_key: str) -> dict:
+    """What the soft targets of the text depend on: the teachers (the teach stage's key) and the text."""
+    return {"teachers": teachers_key, "texts": {p: data.data_identity(p, "train") for p in pseudo_tasks(data.cfg)}}
+
+
+def label(data, ensemble, folder: Path, key: str, main: bool) -> dict:
+    """Step 5 of the teach stage: each pseudo-task's text labelled by its task's ensemble
+    (`ensemble.soft_targets`, recipes.teach), written to `folder`/soft_targets by rank 0 with the
+    sub-stage's `key` in their provenance. Returns the sub-stage's summary."""
+    examples = {}
+    for name, task in pseudo_tasks(data.cfg).items():
+        rows = data.train_set(name)
+        targets = ensemble.soft_targets(task, name, rows, unlabeled_key=key)
+        examples[name] = len(rows.indices)
+        if main:
+            targets.save(folder / "soft_targets")
+    return {"soft_targets": str(folder / "soft_targets"), "examples": examples, "members": ensemble.members}
+
+
+# --------------------------------------------------------------------------- the second student
+def soft_tasks(cfg: RunConfig, labels: Path | None) -> dict[str, Path]:
+    """pseudo-task -> its soft targets' folder, for a student given the text's labels (`labels`,
+    DIR/teach/unlabeled/soft_targets); {} for the paper's student (None)."""
+    return {p: labels for p in pseudo_tasks(cfg)} if labels is not None else {}
