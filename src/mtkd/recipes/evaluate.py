@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from mtkd.data import split_path
@@ -31,24 +30,12 @@ from mtkd.heads import kind_of
 from mtkd.metrics import PREDICTIONS_FILE, TEST_RESULTS, markdown_table, save_predictions
 from mtkd.model import load_model, weights_sha256
 from mtkd.model_card import record_eval_metrics
-from mtkd.recipes.runner import Job, Runner
+from mtkd.recipes.runner import Runner
 from mtkd.task_data import TaskData
 
 log = logging.getLogger(__name__)
 
 EVAL_PREFIXES = ("dev", "test")
-
-
-@dataclass(eq=False)
-class Evaluation(Job):
-    """A system's evaluation in `out` (dev and labelled test splits), every time the run runs."""
-    data: TaskData
-    models: dict[str, Path]
-    out: Path
-    system: str  # its row in the results
-
-    def run(self, runner: Runner, identity: None) -> dict:
-        return evaluate(self.data, runner, self.models, self.out, test=True)
 
 
 def split_prefix(specs: dict, prefix: str) -> str:

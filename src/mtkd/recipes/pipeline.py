@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -27,11 +28,9 @@ from mtkd import unlabeled
 from mtkd.config import RunConfig, Stage, save_config
 from mtkd.errors import CheckpointError
 from mtkd.metrics import markdown_table
-from mtkd.recipes import distill, experiment, finetune, mtl, teach
-from mtkd.recipes.evaluate import Evaluation
+from mtkd.recipes import distill, evaluate, experiment, finetune, mtl, predict, teach
 from mtkd.recipes.inputs import data_report, prepare_data
-from mtkd.recipes.predict import Prediction
-from mtkd.recipes.runner import Job, Runner
+from mtkd.recipes.runner import Runner
 from mtkd.report import aggregate
 from mtkd.task_data import TaskData
 
@@ -41,7 +40,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class Step:
     name: str | None  # its entry in timings.json (None: not timed)
-    jobs: list[Job]
+    jobs: list  # recipes.runner.Job, or functions of the runner (evaluation, predictions)
+    system: str | None = None  # a system's evaluation: its one job's result is that system's row
 
 
 def plan(cfg: RunConfig, out_dir: Path) -> tuple[TaskData, Runner, list[Step]]:
@@ -80,9 +80,8 @@ def run(cfg: RunConfig, out_dir: Path) -> dict:
     for step in steps:
         with timed(step.name):
             outputs = runner.run(step.jobs)
-        for job, output in zip(step.jobs, outputs):
-            if hasattr(job, "system"):
-                evaluated.setdefault(job.system, []).append(output)
+        if step.system:
+            evaluated.setdefault(step.system, []).extend(outputs)
     if _table3(cfg):
         return experiment.results(cfg, data, evaluated, out_dir, runner.main)
     return _metrics(cfg, data, [r for runs in evaluated.values() for r in runs], out_dir, runner.main)
@@ -103,21 +102,23 @@ def seed_steps(cfg: RunConfig, data: TaskData, out_dir: Path, seed: int) -> list
     steps: list[Step] = []
     served: dict[str, Path] = {}
 
-    def train(stage: str, jobs: list[Job]) -> None:
+    def train(stage: str, jobs: list) -> None:
         steps.append(Step(f"seed-{seed}/{stage}", jobs))
 
-    def evaluate(system: str, models: dict[str, Path]) -> None:
+    def evaluation(system: str, models: dict[str, Path]) -> None:
         if table3:
-            steps.append(Step(None, [Evaluation(data, models, seed_dir / "eval" / system, system)]))
+            out = seed_dir / "eval" / system
+            steps.append(Step(None, [partial(evaluate.evaluate, data, models=models, out=out, test=True)], system))
         elif Stage.EVALUATE in stages:  # a shared head's task (AX) is served by its task's model
             models = {**models, **{t: models[s.head_of] for t, s in data.specs.items() if s.head_of in models}}
-            steps.append(Step(f"seed-{seed}/evaluate", [Evaluation(data, models, seed_dir, system)]))
+            steps.append(Step(f"seed-{seed}/evaluate",
+                              [partial(evaluate.evaluate, data, models=models, out=seed_dir, test=True)], system))
 
     if Stage.SINGLE_TASK in stages and (table3 or not stages & {Stage.MTL, Stage.FINETUNE}):
         train("single_task", finetune.jobs(cfg, data, seed_dir / "single_task", seed, None, train=cfg.mtl,
                                            tasks=tasks, desc="single-task"))
         served = _folders(seed_dir / "single_task", tasks)
-        evaluate("single_task", served)
+        evaluation("single_task", served)
     mtl_model = seed_dir / "mtl" / "model"
     if Stage.MTL in stages:
         train("mtl", [mtl.job(cfg, data, seed_dir / "mtl", seed)])
@@ -128,12 +129,13 @@ def seed_steps(cfg: RunConfig, data: TaskData, out_dir: Path, seed: int) -> list
     if Stage.MTL in stages or finetuned:
         served = {t: mtl_model for t in data.specs} if Stage.MTL in stages and not table3 else {}
         served.update(_folders(seed_dir / "finetune", tasks) if finetuned else {})
-        evaluate("mtdnn", served)
+        evaluation("mtdnn", served)
     if table3:
         teaching = teach.jobs(cfg, data, seed_dir / "teach", seed, mtdnn_mtl=mtl_model)
         train("teach", teaching)
         ensembles = next(job for job in teaching if isinstance(job, teach.Ensembles))
-        steps.append(Step(None, [teach.EnsembleEvaluation(ensembles, seed_dir / "eval" / "ensemble")]))
+        steps.append(Step(None, [partial(teach.ensemble_results, ensembles, out=seed_dir / "eval" / "ensemble")],
+                          "ensemble"))
     if Stage.DISTILL in stages:
         # the paper's MT-DNN-KD (the teacher tasks' soft targets only) and, with kd.unlabeled, the
         # extra row "MT-DNN-KD + unlabeled text" from the same teachers, beside it
@@ -143,11 +145,12 @@ def seed_steps(cfg: RunConfig, data: TaskData, out_dir: Path, seed: int) -> list
                              seed_dir / "teach" / unlabeled.LABELS_FOLDER / "soft_targets"))
         for system, folder, text in students:
             train(folder, distill.jobs(cfg, data, seed_dir / folder, seed, seed_dir / "teach" / "soft_targets", text))
-            evaluate(system, _folders(seed_dir / folder / "finetune", tasks))
+            evaluation(system, _folders(seed_dir / folder / "finetune", tasks))
         served = _folders(seed_dir / "distill" / "finetune", tasks)
     if Stage.PREDICT in stages and seed == cfg.seeds[0] and cfg.predict.submission and \
             (not table3 or stages & {Stage.DISTILL, Stage.MTL}):
-        steps.append(Step(f"seed-{seed}/predict", [Prediction(data, served, seed_dir, out_dir)]))
+        steps.append(Step(f"seed-{seed}/predict", [partial(predict.predict, data, models=served, out=seed_dir,
+                                                           copy_to=out_dir)]))
     return steps
 
 

@@ -13,33 +13,17 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from mtkd.errors import DataError
 from mtkd.heads import kind_of
 from mtkd.metrics import write_submission_file, zip_submission
 from mtkd.model import load_model
-from mtkd.recipes.runner import Job, Runner
+from mtkd.recipes.runner import Runner
 from mtkd.task_data import TaskData
 from mtkd.tasks import GLUE_TASK_NAMES
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class Prediction(Job):
-    """The first seed's test predictions in `out`, copied into the run folder `copy_to`."""
-    data: TaskData
-    models: dict[str, Path]
-    out: Path
-    copy_to: Path
-
-    def run(self, runner: Runner, identity: None) -> list[str]:
-        missing = predict(self.data, runner, self.models, self.out)
-        if runner.main:
-            copy_outputs(self.data.specs, self.out, self.copy_to)
-        return missing
 
 
 def is_glue(specs: dict) -> bool:
@@ -51,9 +35,11 @@ def folder_name(specs: dict) -> str:
     return "submission" if is_glue(specs) else "predictions"
 
 
-def predict(data: TaskData, runner: Runner, models: dict[str, Path], out: Path) -> list[str]:
-    """models: task -> model folder (AX falls back to its head_of task's model). Returns the
-    missing leaderboard entries (none without a GLUE task)."""
+def predict(data: TaskData, runner: Runner, models: dict[str, Path], out: Path, copy_to: Path | None = None
+            ) -> list[str]:
+    """models: task -> model folder (AX falls back to its head_of task's model); `copy_to`: the run
+    folder, which gets a copy (copy_outputs). Returns the missing leaderboard entries (none without
+    a GLUE task)."""
     sub = out / folder_name(data.specs)
     if runner.main:
         sub.mkdir(parents=True, exist_ok=True)
@@ -82,6 +68,8 @@ def predict(data: TaskData, runner: Runner, models: dict[str, Path], out: Path) 
             log.warning("submission.zip lacks %s (no test file here)", ", ".join(missing))
     elif runner.main:
         log.info("test predictions: %s (%d files)", sub, len(list(sub.glob("*.tsv"))))
+    if runner.main and copy_to is not None:
+        copy_outputs(data.specs, out, copy_to)
     return missing
 
 

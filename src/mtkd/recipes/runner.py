@@ -1,12 +1,12 @@
 """The one runner: it plans every job of a run before anything is written, then runs them.
 
-A recipe describes what it trains or computes as jobs. A training job (`TrainingJob`: MTL,
-fine-tuning, the teacher candidates and members, the students) says what to train (tasks,
-settings, seed), from which model (`FreshEncoder`, `FromModel`) and with which loss (`Loss`).
-A job with an identity is a stage (mtkd.stages): planning computes its identity, which names the
-stages it starts from, and collects what its run would refuse (a checkpoint written under another
-identity); running reuses it when it finished under the same identity, resumes it from its
-checkpoints, else does it. A job without one (evaluation, predictions) runs every time.
+A recipe describes its stages as jobs. A training job (`TrainingJob`: MTL, fine-tuning, the
+teacher candidates and members, the students) says what to train (tasks, settings, seed), from
+which model (`FreshEncoder`, `FromModel`) and with which loss (`Loss`). Planning computes every
+job's identity (mtkd.stages), which names the stages it starts from, and collects what running it
+would refuse (a checkpoint written under another identity); running reuses a job finished under
+the same identity, resumes it from its checkpoints, else does it. Evaluation and predictions are
+plain functions of the runner: they run every time.
 
 A training stage writes OUT/model (save_pretrained folder with its card), OUT/metrics.jsonl,
 OUT/checkpoints (removed when done) and OUT/DONE.json.
@@ -40,17 +40,17 @@ def train_settings(cfg: TrainConfig, device=None) -> dict:
 
 
 class Job:
-    """A step of a run: `run` does it. A stage also has an `identity` (None: runs every time) and
-    `registers` the folder a later stage names (its model or soft targets) with that folder's
-    tokenizer; `plan` checks what its run would refuse, `reuse` takes the summary of a finished one."""
+    """A stage of the run in `out`: its `identity`, the folder it `registers` for later stages to
+    name (its model or soft targets, with that folder's tokenizer), and `run`. `plan` checks what
+    running it would refuse beyond its own checkpoint; `reuse` takes a finished one's summary."""
 
     out: Path
 
-    def identity(self, runner: Runner) -> dict | None:
-        return None
+    def identity(self, runner: Runner) -> dict:
+        raise NotImplementedError
 
     def registers(self, runner: Runner) -> tuple[Path, str]:
-        return self.out, ""
+        raise NotImplementedError
 
     def plan(self, runner: Runner) -> None:
         pass
@@ -58,7 +58,7 @@ class Job:
     def reuse(self, runner: Runner, summary: dict) -> Any:
         return summary
 
-    def run(self, runner: Runner, identity: dict | None) -> Any:
+    def run(self, runner: Runner, identity: dict) -> Any:
         raise NotImplementedError
 
 
@@ -72,7 +72,7 @@ class Runner:
         self.out_dir = Path(out_dir)
         self.accelerator = make_accelerator()
         self.stages = Stages(self.out_dir, self.accelerator)
-        self._identities: dict[int, tuple[Job, dict | None]] = {}
+        self._identities: dict[int, tuple[Job, dict]] = {}
 
     @property
     def main(self) -> bool:
@@ -82,31 +82,34 @@ class Runner:
     def device(self):
         return self.accelerator.device
 
-    def identity(self, job: Job) -> dict | None:
-        """A job's identity, computed once; a stage's output folder is registered under its key."""
+    def identity(self, job: Job) -> dict:
+        """A job's identity, computed once; the folder it registers is known by its key from then on."""
         if id(job) not in self._identities:
             identity = job.identity(self)
-            if identity is not None:
-                folder, tokenizer = job.registers(self)
-                self.stages.register_model(folder, digest(identity), tokenizer)
+            folder, tokenizer = job.registers(self)
+            self.stages.register_model(folder, digest(identity), tokenizer)
             self._identities[id(job)] = (job, identity)
         return self._identities[id(job)][1]
 
-    def plan(self, jobs: list[Job]) -> None:
-        """Every identity, in order (a stage's names those it starts from), and what running the
-        stages not done would refuse, into stages.problems. Trains and writes nothing."""
-        for job in jobs:
+    def plan(self, jobs: list) -> None:
+        """Every job's identity, in order (each names those it starts from), and what running the
+        ones not done would refuse, into stages.problems. Trains and writes nothing."""
+        for job in [j for j in jobs if isinstance(j, Job)]:
             identity = self.identity(job)
-            if identity is not None and self.stages.done(job.out, identity) is None:
+            if self.stages.done(job.out, identity) is None:
                 job.plan(self)
                 self.stages.check_resumable(job.out, identity)
 
-    def run(self, jobs: list[Job]) -> list:
-        """Each job's result: a finished stage's summary (reused), else what running it returns."""
+    def run(self, jobs: list) -> list:
+        """Each one's result: a function's (of the runner), a finished job's summary (reused), or
+        what running the job returns."""
         results = []
         for job in jobs:
+            if not isinstance(job, Job):
+                results.append(job(self))
+                continue
             identity = self.identity(job)
-            done = self.stages.done(job.out, identity) if identity is not None else None
+            done = self.stages.done(job.out, identity)
             results.append(job.reuse(self, done) if done is not None else job.run(self, identity))
         return results
 

@@ -70,21 +70,6 @@ def _start(cfg: RunConfig, candidate: dict, mtdnn_mtl: Path | None) -> FreshEnco
     return FreshEncoder(cfg.encoder, dropout=candidate.get("dropout"), encoder=candidate.get("encoder"))
 
 
-def teacher_identity(cfg: RunConfig, data: TaskData, device, candidate_keys: list[dict]) -> dict:
-    """What the ensembles and the teacher tasks' soft targets depend on: the candidates (each its MTL
-    stage's identity, kd.teacher_mtl included), the members' fine-tuning (kd.teacher_finetune on
-    top of `finetune`), selection and the teacher tasks' data (not kd.unlabeled's text: that is
-    labelled by a sub-stage of its own)."""
-    kd = cfg.kd
-    return {"candidates": candidate_keys, "finetune": train_settings(teacher_train_config(cfg, "finetune"), device),
-            "teacher_tasks": list(kd.teacher_tasks), "select_by": list(kd.select_by), "top_k": kd.top_k,
-            "temperature": kd.temperature,
-            "selection_data": {f"{t}/{s}": data.data_identity(t, s) for t in kd.select_by or kd.teacher_tasks
-                               for s in data.specs[t].eval_splits("dev")},
-            "dev_caps": {t: data.cap(t, "dev_cap") for t in dict.fromkeys(list(kd.select_by) + list(kd.teacher_tasks))},
-            "labelled": {t: data.data_identity(t, "train") for t in kd.teacher_tasks}}
-
-
 @dataclass(eq=False)
 class Ensembles(Job):
     """Steps 2-4, one stage (OUT/DONE.json, its key in the soft targets' provenance): select the
@@ -98,8 +83,19 @@ class Ensembles(Job):
     summary: dict = field(default_factory=dict)  # once run or reused: what DONE.json holds
 
     def identity(self, runner: Runner) -> dict:
-        keys = [runner.stages.model_identity(self.out / f"candidate-{i}" / "mtl" / "model") for i in range(len(self.cands))]
-        return teacher_identity(self.cfg, self.data, runner.device, keys)
+        """The candidates (each its MTL stage's identity, kd.teacher_mtl included), the members'
+        fine-tuning (kd.teacher_finetune on top of `finetune`), selection and the teacher tasks' data
+        (not kd.unlabeled's text: a sub-stage of its own labels it)."""
+        kd, data = self.cfg.kd, self.data
+        return {"candidates": [runner.stages.model_identity(self.out / f"candidate-{i}" / "mtl" / "model")
+                               for i in range(len(self.cands))],
+                "finetune": train_settings(teacher_train_config(self.cfg, "finetune"), runner.device),
+                "teacher_tasks": list(kd.teacher_tasks), "select_by": list(kd.select_by), "top_k": kd.top_k,
+                "temperature": kd.temperature,
+                "selection_data": {f"{t}/{s}": data.data_identity(t, s) for t in kd.select_by or kd.teacher_tasks
+                                   for s in data.specs[t].eval_splits("dev")},
+                "dev_caps": {t: data.cap(t, "dev_cap") for t in dict.fromkeys(list(kd.select_by) + list(kd.teacher_tasks))},
+                "labelled": {t: data.data_identity(t, "train") for t in kd.teacher_tasks}}
 
     def registers(self, runner: Runner) -> tuple[Path, str]:
         return self.out / "soft_targets", ""
@@ -237,20 +233,14 @@ class LabelText(Job):
         return info
 
 
-@dataclass(eq=False)
-class EnsembleEvaluation(Job):
-    """The "ensemble" row of Table 3: the teach stage's dev results, with its per-example dev
-    predictions copied to OUT/predictions.npz, where the paired intervals look for every system's."""
-    ensembles: Ensembles
-    out: Path
-    system: str = "ensemble"
-
-    def run(self, runner: Runner, identity: None) -> dict:
-        src = self.ensembles.out / ENSEMBLE_PREDICTIONS
-        if runner.main and src.is_file():
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / PREDICTIONS_FILE).write_bytes(src.read_bytes())
-        return self.ensembles.summary["ensemble_dev"]
+def ensemble_results(ensembles: Ensembles, runner: Runner, out: Path) -> dict:
+    """The "ensemble" row of Table 3: the teach stage's dev results, its per-example dev predictions
+    copied to `out`/predictions.npz, where the paired intervals look for every system's."""
+    src = ensembles.out / ENSEMBLE_PREDICTIONS
+    if runner.main and src.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / PREDICTIONS_FILE).write_bytes(src.read_bytes())
+    return ensembles.summary["ensemble_dev"]
 
 
 def _dev_score(runner: Runner, data: TaskData, model_dir: Path, tasks: list[str]) -> float:
