@@ -143,7 +143,10 @@ def _add_serving_commands(sub) -> None:
                                    "GET /tasks, GET /health. Concurrent requests are batched into one model call "
                                    "(up to --max-batch texts or --max-wait-ms). Needs pip install 'mtkd[serve]'.")
     p.add_argument("model", type=Path, help="mtkd model folder, or an `mtkd export` folder")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only). 0.0.0.0 (or ::) listens on "
+                        "every network interface: anyone who can reach the machine can use the API, so set "
+                        "--api-key and, behind a name, --allowed-host")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free port, printed)")
     p.add_argument("--max-batch", type=int, default=64, help="most texts per model call (default 64)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
@@ -151,6 +154,21 @@ def _add_serving_commands(sub) -> None:
     p.add_argument("--max-texts", type=int, default=256, help="most texts per request (default 256; more: 413)")
     p.add_argument("--max-chars", type=int, default=20000, help="most characters per text (default 20000; more: 413)")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MB (default 16; more: 413)")
+    p.add_argument("--timeout-s", type=float, default=30.0,
+                   help="a request's deadline: body upload, queue and model (default 30; past it: 504, or 408 while "
+                        "the body is still arriving); requests whose client went away are dropped, not run")
+    p.add_argument("--max-queue", type=int, default=1024,
+                   help="most texts waiting for the model (default 1024; a request past it: 503 with Retry-After)")
+    p.add_argument("--max-connections", type=int, default=256,
+                   help="most open connections (default 256; past it: 503); idle keep-alive connections close after "
+                        "5 s, a request's headers must arrive within 10 s")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every request (default: $MTKD_API_KEY; unset: none); "
+                        "prefer the variable: a command line is visible to other users of the machine")
+    p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                   help="a Host header to answer (repeatable; default: the loopback names for a loopback --host, the "
+                        "address itself for another, any for 0.0.0.0/::); '*': any. Refusing other names stops DNS "
+                        "rebinding from a web page")
     p.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
 
 
@@ -283,17 +301,20 @@ def _serve(args) -> int:
     from mtkd.errors import ConfigError
     from mtkd.serve import serve
 
-    for flag, v in (("--max-batch", args.max_batch), ("--max-texts", args.max_texts), ("--max-chars", args.max_chars)):
+    for flag, v in (("--max-batch", args.max_batch), ("--max-texts", args.max_texts), ("--max-chars", args.max_chars),
+                    ("--max-queue", args.max_queue), ("--max-connections", args.max_connections)):
         if v < 1:
             raise ConfigError(f"serve: {flag} must be >= 1, got {v}")
-    if not args.max_wait_ms >= 0 or not args.max_body_mb > 0:
-        raise ConfigError(f"serve: --max-wait-ms must be >= 0 and --max-body-mb > 0 "
-                          f"(got {args.max_wait_ms}, {args.max_body_mb})")
+    if not args.max_wait_ms >= 0 or not args.max_body_mb > 0 or not args.timeout_s > 0:
+        raise ConfigError(f"serve: --max-wait-ms must be >= 0, --max-body-mb and --timeout-s > 0 "
+                          f"(got {args.max_wait_ms}, {args.max_body_mb}, {args.timeout_s})")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"serve: --port must be 0..65535, got {args.port}")
     serve(args.model, args.host, args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
           max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=max(1, int(args.max_body_mb * 2**20)),
-          access_log=args.access_log, print_fn=lambda line: print(line, flush=True))
+          timeout_s=args.timeout_s, max_queue=args.max_queue, max_connections=args.max_connections,
+          api_key=args.api_key, allowed_hosts=args.allowed_host, access_log=args.access_log,
+          print_fn=lambda line: print(line, flush=True))
     return 0
 
 
