@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -25,6 +26,9 @@ EPILOG = """examples:
   mtkd tasks --tasks-file my_tasks.yaml MyTask   (a custom task, validated, defaults filled in)
   mtkd check-config configs/glue-cpu.yaml --data   (everything run checks before training, every row)
 """
+
+
+USER_FIXABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
 
 
 def _config_args(p):
@@ -212,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # 128 + SIGPIPE: what a shell reports for a tool stopped by a closed pipe
     except MtkdError as e:
         print(f"mtkd: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system refused (read-only, permissions, full): one line, not a traceback
+        if e.errno not in USER_FIXABLE_ERRNOS:
+            raise
+        print(f"mtkd: error: {e.filename or 'a file'}: {os.strerror(e.errno)}", file=sys.stderr)
         return 2
 
 
@@ -454,9 +463,9 @@ def _write_predictions(path: Path, ids, answers: dict[str, list[dict]]) -> None:
     bad = next((i for i in ids if any(c in i for c in "\t\r\n")), None) if tsv else None
     if bad is not None:
         raise DataError(path, f"example id {bad!r} holds a tab or line break; write JSONL instead (--output X.jsonl)")
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "w", encoding="utf-8") as f:
+    from mtkd.files import atomic_output
+
+    with atomic_output(path, "the predictions") as tmp, open(tmp, "w", encoding="utf-8") as f:
         if tsv:
             header = ["id", *columns] + [f"{t}:{lab}" for t, probs in prob_cols.items() for lab in probs[0]]
             f.write("\t".join(header) + "\n")
@@ -471,7 +480,6 @@ def _write_predictions(path: Path, ids, answers: dict[str, list[dict]]) -> None:
                     row["probabilities"] = {t: {lab: round(p, 6) for lab, p in probs[r].items()}
                                             for t, probs in prob_cols.items()}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

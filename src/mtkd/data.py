@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from mtkd.errors import DataError, did_you_mean
+from mtkd.files import file_fingerprint
 from mtkd.heads import kind_of
 from mtkd.inference import pad_rows, pad_token_id
 from mtkd.tasks import FileFormat, TaskSpec
@@ -54,14 +55,6 @@ class RawSplit:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def file_fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _decode(path: Path, data: bytes) -> str:

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from mtkd.data import EncodedSplit
 from mtkd.errors import SoftTargetError
+from mtkd.files import atomic_output, write_json
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,13 @@ class SoftTargets:
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         if len(self.ids) != len(self.values):
             raise SoftTargetError(f"{self.task}: {len(self.ids)} ids but {len(self.values)} rows of values")
-        tmp = folder / f"{self.task}.safetensors.tmp"
-        save_file({"values": torch.from_numpy(np.ascontiguousarray(self.values, dtype=np.float32))}, str(tmp))
-        meta = {"task": self.task, "ids": self.ids, "provenance": self.provenance}
-        (folder / f"{self.task}.json.tmp").write_text(json.dumps(meta))
-        tmp.replace(folder / f"{self.task}.safetensors")
-        (folder / f"{self.task}.json.tmp").replace(folder / f"{self.task}.json")
+        values = np.ascontiguousarray(self.values, dtype=np.float32)
+        with atomic_output(folder / f"{self.task}.safetensors", f"the soft targets of {self.task}", values.nbytes) as tmp:
+            save_file({"values": torch.from_numpy(values)}, str(tmp))
+        write_json(folder / f"{self.task}.json", {"task": self.task, "ids": self.ids, "provenance": self.provenance},
+                   indent=None)
 
     @classmethod
     def load(cls, folder: Path, task: str) -> "SoftTargets":
