@@ -200,19 +200,6 @@ def _candidates(folder: Path) -> list[Path]:
     return [p for *_, p in sorted(found, reverse=True)]
 
 
-def load_checkpoint(path: Path, model, optimizer, expect: dict) -> dict:
-    """Restore weights, optimizer and RNG from `path`; `expect` (tasks, encoder) must match the
-    checkpoint, else CheckpointError names the difference. Returns the trainer state. Damaged
-    files raise CheckpointError naming the file (see load_latest_checkpoint for the fallback)."""
-    state, problem = check_checkpoint(path)
-    if problem:
-        raise CheckpointError(f"{path}: damaged checkpoint: {problem}")
-    try:
-        return _load(path, state, model, optimizer, expect)
-    except _Damaged as e:
-        raise CheckpointError(f"{path}: damaged checkpoint: {e}") from e
-
-
 def _load(path: Path, state: dict, model, optimizer, expect: dict) -> dict:
     for key, want in expect.items():
         if state.get(key) != want:
