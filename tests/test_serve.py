@@ -577,3 +577,56 @@ def test_host_content_type_api_key_and_no_api_docs(model):
             assert c.get(path).status_code == 404, path
     assert allowed_hosts_for("0.0.0.0") == ("*",) and allowed_hosts_for("10.1.2.3") == ("10.1.2.3",)
     assert "localhost" in allowed_hosts_for("127.0.0.1") and "attacker.example" not in allowed_hosts_for("127.0.0.1")
+
+
+def test_dropped_requests_leave_the_queue_at_once(model):
+    """A request dropped (deadline or client gone) while the model is busy frees its place in the
+    queue right away: the next request is not refused as busy."""
+    slow = Slow(model, 1.5)
+    app = create_app(slow, max_wait_ms=0, max_batch=8, max_texts=8, max_queue=16, timeout_s=0.5)
+    eight = {"texts": [f"text {j}" for j in range(8)], "tasks": ["SST-2"]}
+    with BackgroundServer(app) as u, httpx.Client(base_url=u, timeout=60) as c:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(c.post, "/predict", json={"texts": ["busy"], "tasks": ["SST-2"]})
+            assert slow.started.wait(20)
+            assert c.post("/predict", json=eight).status_code == 504  # queued, then dropped at its deadline
+            _raw_request(u, eight).close()  # queued, then its client leaves
+            _wait_for(lambda: app.state.counters.abandoned == 1)
+            assert app.state.batcher.queued == 0 and app.state.batcher.queued_texts == 0
+            r = c.post("/predict", json=eight)
+            assert r.status_code != 503, r.text
+            busy.result()
+
+
+def test_a_body_trickled_after_the_answer_does_not_hold_the_connection(model):
+    """A client answered before its body arrived (here: refused, 415) is disconnected, not kept
+    alive while it trickles the rest in."""
+    import socket
+    import time
+
+    with BackgroundServer(create_app(model)) as u:
+        s = socket.create_connection(("127.0.0.1", int(u.rsplit(":", 1)[1])))
+        s.settimeout(10)
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 415")
+        closed = False
+        try:
+            for _ in range(20):
+                s.sendall(b"x")
+                time.sleep(0.1)
+            closed = s.recv(1024) == b""
+        except OSError:
+            closed = True
+        s.close()
+        assert closed
+
+
+def test_host_names_are_parsed_strictly():
+    from mtkd.errors import ConfigError
+    from mtkd.serve import host_name
+
+    assert host_name("[::1]:8000") == "::1" and host_name("LocalHost:80") == "localhost" and host_name("::1") == "::1"
+    for bad in ("[::1].attacker.example", "[::1]x:80", "a:b:c:d:e:g", "name:port", "", "user@host"):
+        assert host_name(bad) is None, bad
+    with pytest.raises(ConfigError, match="API key"):
+        create_app(Slow.__new__(Slow), api_key="clé")

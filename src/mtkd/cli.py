@@ -124,7 +124,7 @@ def _add_serving_commands(sub) -> None:
                        description="Export a model folder to ONNX: DIR/model.onnx (inputs input_ids, attention_mask "
                                    "[, token_type_ids]; one output per task), the tokenizer and mtkd_export.json "
                                    "(the tasks, labels, lengths), served by ONNX Runtime without PyTorch "
-                                   "(mtkd.export.OnnxModel, mtkd serve DIR). The graph is checked against PyTorch on "
+                                   "(mtkd.onnx_model.OnnxModel, mtkd serve DIR). The graph is checked against PyTorch on "
                                    "real examples of varied length (max abs diff <= 1e-4) before anything is written. "
                                    "Needs pip install 'mtkd[onnx]'.")
     p.add_argument("model", type=Path, help="mtkd model folder (a stage's DIR/model)")

@@ -17,8 +17,8 @@ import json
 import logging
 import math
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,8 +27,6 @@ from mtkd.errors import DiskFullError, MtkdError
 log = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".tmp"
-_UMASK = os.umask(0)  # read once: the mode a plain open() would give the file (mkstemp gives 0600)
-os.umask(_UMASK)
 
 
 class OutputError(MtkdError):
@@ -86,16 +84,16 @@ def atomic_output(path: str | Path, what: str | None = None, needed: int = 0) ->
     what = what or path.name
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-        os.close(fd)
-        os.chmod(name, 0o666 & ~_UMASK)
+        tmp = _new_temp(path)
     except OSError as e:
         raise (write_error(e, path, what, needed) or e) from None
-    tmp = Path(name)
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
         _fsync_folder(path.parent)
     except BaseException as e:
@@ -104,6 +102,18 @@ def atomic_output(path: str | Path, what: str | None = None, needed: int = 0) ->
         if err is not None:
             raise err from None
         raise
+
+
+def _new_temp(path: Path) -> Path:
+    """An empty new file beside `path`, with the mode a plain open() gives (mkstemp's is 0600)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
 
 
 def atomic_write(path: str | Path, data: str | bytes, what: str | None = None) -> None:

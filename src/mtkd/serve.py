@@ -58,6 +58,7 @@ import contextlib
 import hmac
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -85,7 +86,7 @@ DEFAULT_MAX_CONNECTIONS = 256  # open connections; past it uvicorn answers 503
 HEADER_TIMEOUT_S = 10.0  # a request's headers must arrive within this, else the connection is closed
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this
 API_KEY_ENV = "MTKD_API_KEY"  # the bearer token, when set (mtkd serve --api-key has the same effect)
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 INSTALL_HINT = "mtkd serve needs FastAPI and uvicorn: pip install 'mtkd[serve]'"
 REQUEST_FIELDS = ("texts", "pairs", "tasks", "probabilities")
 
@@ -100,7 +101,7 @@ def _require_server_stack():
 
 # ---------------------------------------------------------------------------------- the model
 def load_for_serving(path: str | Path, device: str | None = None):
-    """(model, backend) for a folder: an ONNX export (it holds mtkd_export.json) -> mtkd.export's
+    """(model, backend) for a folder: an ONNX export (it holds mtkd_export.json) -> mtkd.onnx_model's
     OnnxModel, 'onnx'; an mtkd model folder (config.json with "format": "mtkd") -> MTModel, 'pytorch',
     in eval mode on `device` (default: CUDA when available, else the CPU)."""
     path = Path(path)
@@ -201,7 +202,7 @@ def _pydantic_message(err: dict) -> tuple[str, str]:
     return where, f"{where}: {err.get('msg', 'invalid')}"
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself, not its texts: the queue removes exactly this one
 class Job:
     """One validated /predict request."""
 
@@ -315,6 +316,8 @@ class BatchRunner:
 
     def __init__(self, model, max_batch: int):
         self.model, self.max_batch = model, int(max_batch)
+        if hasattr(model, "eval"):  # a PyTorch model answers without dropout
+            model.eval()
         self.max_len = {t: task_max_len(model, s) for t, s in model.tasks.items()}
         self.pair = {t: is_pair_task(s) for t, s in model.tasks.items()}
 
@@ -419,21 +422,32 @@ class MicroBatcher:
         watcher = asyncio.ensure_future(gone())
         try:
             await asyncio.wait({job.future, watcher}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the handler was cancelled (the server stops)
+            self._drop(job)
+            raise
         finally:
             watcher.cancel()
-        if job.future.done():
+        if job.future.done() and not job.future.cancelled():
             return job.future.result()
-        job.future.cancel()  # _take skips it; a batch already running it discards its answer
+        self._drop(job)
         raise ClientGone() if watcher.done() and not watcher.cancelled() else TimeoutError()
+
+    def _drop(self, job: Job) -> None:
+        """Nobody waits for `job` any more: out of the queue (and its texts off the queue's count); a
+        batch already running it discards its answer."""
+        job.future.cancel()
+        try:
+            self._pending.remove(job)
+        except ValueError:  # already taken by a batch
+            return
+        self._queued_texts -= len(job.texts)
 
     def _take(self) -> list[Job]:
         batch, n = [], 0
         while self._pending and (not batch or n + len(self._pending[0].texts) <= self.max_batch):
             job = self._pending.popleft()
             self._queued_texts -= len(job.texts)
-            # a request past its deadline, whose client went away, or whose handler was cancelled
-            # (uvicorn cancels the handlers still waiting when it stops) is not run
-            if job.future.done():
+            if job.future.done():  # answered already (the server is stopping)
                 continue
             batch.append(job)
             n += len(job.texts)
@@ -501,7 +515,17 @@ def allowed_hosts_for(host: str) -> tuple[str, ...]:
         return ("*",)
     if host in LOOPBACK_HOSTS or host.startswith("127."):
         return LOOPBACK_HOSTS + ((host,) if host not in LOOPBACK_HOSTS else ())
-    return (host, f"[{host}]") if ":" in host else (host,)
+    return (host,)
+
+
+_HOST = re.compile(r"\[(?P<v6>[0-9a-f:.]+)\](?::\d+)?|(?P<name>[^:\[\]\s/@]+)(?::\d+)?|(?P<bare6>[0-9a-f]*:[0-9a-f:.]+)")
+
+
+def host_name(value: str) -> str | None:
+    """A Host header's (or an allowed host's) name, lower case, without port or brackets:
+    '[::1]:8000' -> '::1', 'LocalHost:80' -> 'localhost'; None for anything else."""
+    m = _HOST.fullmatch(value.strip().lower())
+    return None if m is None else m["v6"] or m["name"] or m["bare6"]
 
 
 class _Guard:
@@ -509,16 +533,12 @@ class _Guard:
     must be an allowed one, and with an API key the request must carry it as a bearer token."""
 
     def __init__(self, app, hosts: Sequence[str], api_key: str | None, refuse: Callable):
-        self.app, self.hosts, self.api_key, self.refuse = app, {h.lower() for h in hosts}, api_key, refuse
+        self.app, self.api_key, self.refuse = app, api_key, refuse
+        self.any_host = "*" in hosts
+        self.hosts = {host_name(h) for h in hosts if h != "*"} - {None}
 
     def _host_ok(self, host: str) -> bool:
-        if "*" in self.hosts:
-            return True
-        if host.startswith("["):  # '[::1]:8000'
-            name = host[: host.find("]") + 1]
-        else:  # 'localhost:8000', 'localhost', '::1'
-            name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-        return name.lower() in self.hosts
+        return self.any_host or host_name(host) in self.hosts
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
@@ -593,6 +613,12 @@ def create_app(model, *, name: str = "", backend: str = "pytorch", max_batch: in
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     _check_limits(max_batch, max_wait_ms, max_texts, max_chars, max_body_bytes, timeout_s, max_queue)
+    if api_key is not None and not (api_key.isascii() and api_key.isprintable() and api_key.strip() == api_key
+                                    and api_key):
+        raise ConfigError("serve: the API key must be printable ASCII, without spaces around it")
+    bad_hosts = [h for h in allowed_hosts if h != "*" and host_name(h) is None]
+    if bad_hosts:
+        raise ConfigError(f"serve: --allowed-host {bad_hosts[0]!r} is not a host name or address")
     counters = Counters()
     validator = Validator(model, max_texts, max_chars)
     batcher = MicroBatcher(BatchRunner(model, max_batch), max_batch, max_wait_ms, counters)
@@ -706,6 +732,11 @@ def _http_protocol(header_timeout_s: float):
                     self._arm()
             else:
                 self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.conn.their_state is h11.SEND_BODY:  # answered before its body arrived (408, 415, 401):
+                self.transport.close()  # a client still trickling it in does not hold the connection
 
         def connection_lost(self, exc):
             self._disarm()

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from mtkd.data import EncodedSplit
 from mtkd.errors import SoftTargetError
-from mtkd.files import atomic_output, write_json
+from mtkd.files import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,13 @@ class SoftTargets:
         if len(self.ids) != len(self.values):
             raise SoftTargetError(f"{self.task}: {len(self.ids)} ids but {len(self.values)} rows of values")
         values = np.ascontiguousarray(self.values, dtype=np.float32)
-        with atomic_output(folder / f"{self.task}.safetensors", f"the soft targets of {self.task}", values.nbytes) as tmp:
-            save_file({"values": torch.from_numpy(values)}, str(tmp))
-        write_json(folder / f"{self.task}.json", {"task": self.task, "ids": self.ids, "provenance": self.provenance},
-                   indent=None)
+        meta = json.dumps({"task": self.task, "ids": self.ids, "provenance": self.provenance})
+        what = f"the soft targets of {self.task}"
+        # both files complete before either replaces its old version: values never sit beside another store's ids
+        with atomic_output(folder / f"{self.task}.json", what, len(meta)) as meta_tmp:
+            meta_tmp.write_text(meta, encoding="utf-8")
+            with atomic_output(folder / f"{self.task}.safetensors", what, values.nbytes) as values_tmp:
+                save_file({"values": torch.from_numpy(values)}, str(values_tmp))
 
     @classmethod
     def load(cls, folder: Path, task: str) -> "SoftTargets":
