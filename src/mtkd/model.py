@@ -19,12 +19,13 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer
 
 from mtkd import inference
-from mtkd.checkpoint import check_file, file_digest, guarded_write, tensor_bytes
+from mtkd.checkpoint import check_file, guarded_write, tensor_bytes
 from mtkd.config import EncoderConfig
 from mtkd.dropout import use_fast_dropout
 from mtkd.encoders import (DEFAULT_ENCODER, check_encoder_dropout, check_first_token_pooling, encoder_config,
                            load_encoder, max_positions, resolve_encoder, uses_token_types)
 from mtkd.errors import CheckpointError
+from mtkd.files import file_digest
 from mtkd.heads import kind_of
 from mtkd.tasks import TaskSpec, task_from_dict
 

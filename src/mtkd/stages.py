@@ -18,9 +18,9 @@ from pathlib import Path
 
 from mtkd.checkpoint import STATE_FILE, list_checkpoints
 from mtkd.config import EncoderConfig
-from mtkd.data import file_fingerprint
 from mtkd.encoders import resolve_encoder
 from mtkd.errors import CheckpointError, ConfigError
+from mtkd.files import file_fingerprint
 from mtkd.model import weights_sha256
 
 log = logging.getLogger(__name__)
