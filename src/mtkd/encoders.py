@@ -1,11 +1,7 @@
-"""Encoder families: what mtkd knows about a Hugging Face encoder beyond AutoModel.
-
-Where an encoder comes from ('default', a folder, a hub name), building it without its pooler,
-which config fields set its shared-layer dropout, how many tokens its position embeddings take
-(RoBERTa-style ids start after the padding index), whether it embeds token types, and whether its
-tokenizer puts the token the heads pool (Eq. 1's [CLS]) first. Adding an encoder family means
-adding to the tables here.
-"""
+"""Encoder families: what mtkd knows about a Hugging Face encoder beyond AutoModel: where it comes
+from ('default', a folder, a hub name), building it without its pooler, which config fields set its
+shared-layer dropout, how many tokens its positions take, whether it embeds token types and puts
+the token the heads pool (Eq. 1's [CLS]) first. A new family is an entry in the tables here."""
 
 from __future__ import annotations
 

@@ -380,7 +380,8 @@ def _tensorboard(folder: Path):
 
 
 def predict_logits(model, data: EncodedSplit, task: str, indices=None, batch_size: int = 128,
-                   max_tokens: int | None = None, accelerator=None, precision: Precision = Precision.FP32) -> np.ndarray:
+                   max_tokens: int | None = None, accelerator=None, precision: Precision = Precision.FP32
+                   ) -> np.ndarray:
     """Logits (N, C) for examples `indices` of `data` (default: all), in the given order, in the
     prediction side's length-sorted batches of at most `batch_size` examples and `max_tokens` padded
     tokens (`mtkd.inference.batched_logits`), so batches carry little padding. Under several
@@ -389,9 +390,13 @@ def predict_logits(model, data: EncodedSplit, task: str, indices=None, batch_siz
     indices = np.arange(len(data)) if indices is None else np.asarray(indices)
     n = accelerator.num_processes if accelerator is not None else 1
     mine = np.arange(accelerator.process_index, len(indices), n) if n > 1 else np.arange(len(indices))
+    rows = indices[mine]
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
-    with autocast(precision, device)[0]:
-        part = _logits(model, data, task, indices[mine], batch_size, max_tokens)
+    model.eval()
+    width = {task: model.heads[model.tasks[task].head_name].out.out_features}
+    with torch.inference_mode(), autocast(precision, device)[0]:
+        part = batched_logits(model.run_batch, [task], width, data.rows(rows), data.rows(rows, data.token_type_ids),
+                              int(data.meta.get("pad_id", 0)), batch_size, max_tokens)[task]
     if n == 1:
         return part
     from accelerate.utils import gather_object
@@ -401,12 +406,3 @@ def predict_logits(model, data: EncodedSplit, task: str, indices=None, batch_siz
         out = np.zeros((len(indices), values.shape[1]), dtype=np.float32) if out is None else out
         out[pos] = values
     return out
-
-
-@torch.inference_mode()
-def _logits(model, data: EncodedSplit, task: str, indices: np.ndarray, batch_size: int,
-            max_tokens: int | None) -> np.ndarray:
-    model.eval()
-    width = {task: model.heads[model.tasks[task].head_name].out.out_features}
-    return batched_logits(model.run_batch, [task], width, data.rows(indices), data.rows(indices, data.token_type_ids),
-                          int(data.meta.get("pad_id", 0)), batch_size, max_tokens)[task]

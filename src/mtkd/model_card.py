@@ -211,21 +211,20 @@ def record_eval_metrics(data, models: dict[str, Path], results: dict, tokenizer_
 
 
 # ------------------------------------------------------------------- what the recipes pass
-def training_record(run_cfg, specs: dict, *, desc: str, seed: int, tasks: list[str], settings: dict,
-                    train_sets: dict, summary: dict, init_from: Path | None, dropout: float | None,
-                    encoder: str | None, encoder_cfg, loss_identity: dict | None) -> dict | None:
-    """The training section of the card of a model a training stage (recipes.runner) trained, under
-    the run's config `run_cfg` and `settings` (the stage's training settings as applied). Never
-    raises (None when something is missing)."""
+def training_record(run_cfg, specs: dict, identity: dict, *, desc: str, train_sets: dict, summary: dict,
+                    init_from: Path | None) -> dict | None:
+    """The training section of the card of a model a training stage (recipes.runner) trained under
+    the run's config `run_cfg`, from the stage's `identity` (mtkd.stages: seed, tasks, settings, the
+    start and the loss) and what it trained on and did. Never raises (None when something is missing)."""
     try:
         from mtkd.data import resolve_data_root
         from mtkd.inference import train_max_len
 
-        e = encoder_cfg or run_cfg.encoder
+        tasks, init, loss_identity = list(identity["tasks"]), identity["init"], identity["loss"]
         record: dict[str, Any] = {
-            "stage": desc, "seed": seed, "tasks": list(tasks),
+            "stage": desc, "seed": identity["seed"], "tasks": tasks,
             "train_examples": {t: len(s.indices) for t, s in train_sets.items()},
-            "settings": settings,
+            "settings": identity["train"],
             "result": {k: summary.get(k) for k in ("steps", "epochs", "seconds", "examples", "tokens") if k in summary},
             "data": {
                 "root": str(resolve_data_root(run_cfg.data.root)),
@@ -241,8 +240,8 @@ def training_record(run_cfg, specs: dict, *, desc: str, seed: int, tasks: list[s
             upstream = load_card_data(init_from).get("training")
             record["init"] = {"model": str(init_from), **({"training": upstream} if upstream else {})}
         else:
-            record["init"] = {"encoder": str(encoder or e.name), "num_hidden_layers": e.num_hidden_layers,
-                              "dropout": e.dropout if dropout is None else dropout, "weights": e.init}
+            record["init"] = {"encoder": init["encoder"], "num_hidden_layers": init["num_hidden_layers"],
+                              "dropout": init["dropout"], "weights": init["init"]}
         if loss_identity and "soft_weight" in loss_identity:
             kd = run_cfg.kd
             from mtkd.config import to_dict

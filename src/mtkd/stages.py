@@ -1,11 +1,10 @@
 """A run's stages: each stage's identity, whether it is done, and the folders it owns.
 
-A stage's identity is the record of everything its result depends on: its own settings, the
-identity of the model it starts from (an upstream stage's key, or the encoder's weights) and the
-fingerprints of the data it reads. Its short hash, the stage key, is stored in the stage's
-DONE.json and its record in every checkpoint. A finished stage is reused only under the same
-identity, a changed one is done again, and a checkpoint written under another identity is refused
-(resuming it would mix two experiments), naming the keys that differ.
+A stage's identity records everything its result depends on: its own settings, the model it starts
+from (an upstream stage's key, or the encoder's weights) and the fingerprints of the data it reads.
+Its hash, the stage key, is in the stage's DONE.json, the record in every checkpoint. A finished
+stage is reused only under the same identity, a changed one is done again, and a checkpoint written
+under another identity is refused (resuming it would mix two experiments), naming what differs.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import shutil
 from pathlib import Path
 
 from mtkd.checkpoint import STATE_FILE, list_checkpoints
-from mtkd.config import EncoderConfig
 from mtkd.encoders import resolve_encoder
 from mtkd.errors import CheckpointError, ConfigError
 from mtkd.files import file_fingerprint
@@ -43,7 +41,8 @@ def _show(value) -> str:
 def changed(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
     """(dotted key, old value, new value) wherever two nested records differ, in key order."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return [c for k in sorted(set(old) | set(new), key=str) for c in changed(old.get(k), new.get(k), f"{prefix}{k}.")]
+        return [c for k in sorted(set(old) | set(new), key=str)
+                for c in changed(old.get(k), new.get(k), f"{prefix}{k}.")]
     return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
@@ -56,21 +55,12 @@ def checkpoint_problem(folder: Path, identity: dict | None) -> str | None:
     """Why the newest checkpoint under `folder` must not be resumed under `identity` (None: it may,
     or there is none)."""
     ckpts = list_checkpoints(Path(folder))
-    if not ckpts:
+    stored = json.loads((ckpts[-1] / STATE_FILE).read_text()).get("identity") if ckpts else None
+    if identity is None or stored is None or plain(stored) == plain(identity):
         return None
-    return resume_problem(ckpts[-1], json.loads((ckpts[-1] / STATE_FILE).read_text()).get("identity"), identity)
-
-
-def resume_problem(checkpoint: Path, stored: dict | None, identity: dict | None) -> str | None:
-    """Why a checkpoint whose state holds identity `stored` must not be resumed under `identity`."""
-    if identity is None or stored is None:
-        return None
-    if plain(stored) == plain(identity):
-        return None
-    changed = differences(plain(stored), plain(identity))
-    folder = Path(checkpoint).parent
-    return (f"{folder.parent}: its checkpoint {Path(checkpoint).name} was written under other settings or data "
-            f"({'; '.join(changed[:8])}). Rerun with the settings it was started with to resume it, or delete "
+    folder, changes = ckpts[-1].parent, differences(plain(stored), plain(identity))
+    return (f"{folder.parent}: its checkpoint {ckpts[-1].name} was written under other settings or data "
+            f"({'; '.join(changes[:8])}). Rerun with the settings it was started with to resume it, or delete "
             f"{folder} to train that stage from the start (or use another --output-dir)")
 
 
@@ -89,18 +79,12 @@ class Stages:
         self.finished = 0  # stages this process has marked done (trained or computed, not found done)
 
     # ------------------------------------------------------------------------------ identities
-    def encoder_identity(self, encoder_cfg: EncoderConfig, dropout: float | None = None,
-                         encoder: str | None = None) -> dict:
-        """A fresh model's start: the encoder (its weights' checksum), depth, dropout and init."""
-        name = str(encoder or encoder_cfg.name)
-        return {"encoder": name, "weights": self._encoder_weights(name), "num_hidden_layers": encoder_cfg.num_hidden_layers,
-                "dropout": encoder_cfg.dropout if dropout is None else dropout, "init": encoder_cfg.init}
-
-    def _encoder_weights(self, name: str) -> str | None:
+    def encoder_weights(self, name: str) -> str | None:
         """sha256 of a local encoder's weights file (a hub name is identified by its name)."""
         if name not in self._weights:
             folder = Path(resolve_encoder(name))
-            files = (sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))) if folder.is_dir() else []
+            files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin")) \
+                if folder.is_dir() else []
             files += [folder / "config.json"] if (folder / "config.json").is_file() else []
             self._weights[name] = digest([file_fingerprint(f) for f in files]) if files else None
         return self._weights[name]
@@ -147,7 +131,8 @@ class Stages:
             return info
         if self.accelerator.is_main_process and str(folder) not in self._reported:  # once (planning sees it first)
             self._reported.add(str(folder))
-            changed = differences(info.get("identity"), plain(identity)) if "identity" in info else ["made by an older mtkd"]
+            changed = differences(info.get("identity"), plain(identity)) if "identity" in info \
+                else ["made by an older mtkd"]
             log.warning("%s is out of date, training it again (%s)", folder, "; ".join(changed[:8]))
         return None
 
@@ -162,7 +147,8 @@ class Stages:
         if self.accelerator.is_main_process:
             Path(folder).mkdir(parents=True, exist_ok=True)
             tmp = Path(folder) / "DONE.json.tmp"
-            tmp.write_text(json.dumps({**info, "stage_key": digest(identity), "identity": identity}, indent=2, default=str))
+            tmp.write_text(json.dumps({**info, "stage_key": digest(identity), "identity": identity}, indent=2,
+                                      default=str))
             tmp.replace(Path(folder) / "DONE.json")
         self.accelerator.wait_for_everyone()
 

@@ -1,11 +1,7 @@
 """A run's tasks and their data: the task definitions the config resolves (each with the length it
-is trained at, plus kd.unlabeled's pseudo-tasks), tokenizers, the encoded splits (tokenised once
-into the on-disk cache, see mtkd.data), the caps, the training and dev sets a stage reads, and
-what a stage's identity records about them.
-
-Nothing here is a collective: the on-disk cache is written atomically (recipes.inputs.prepare_data
-has rank 0 fill it first).
-"""
+is trained at, plus kd.unlabeled's pseudo-tasks), tokenizers, the encoded splits (mtkd.data's
+cache, written atomically: nothing here is a collective), the caps, the training and dev sets a
+stage reads, and what a stage's identity records about them."""
 
 from __future__ import annotations
 
@@ -84,8 +80,8 @@ class TaskData:
         out = {}
         for split in self.specs[task].eval_splits("dev"):
             data = self.encoded(task, split, tokenizer)
-            out[self.specs[task].report_name(split)] = (data, subsample(len(data), self.cap(task, "dev_cap"),
-                                                                        self.cfg.data.cap_seed))
+            out[self.specs[task].report_name(split)] = (
+                data, subsample(len(data), self.cap(task, "dev_cap"), self.cfg.data.cap_seed))
         return out
 
     def data_identity(self, task: str, split: str, tokenizer=None) -> dict:

@@ -1,14 +1,11 @@
-"""Unlabeled text (kd.unlabeled), beyond the paper: extra text of a teacher task that the teachers
-label with soft targets, and that a second student, "MT-DNN-KD + unlabeled text", trains on with the
-soft loss alone, beside the paper's student (which never sees it).
-
-The text of task T is a pseudo-task `T+unlabeled` that shares T's head and has no labels, read from
-a file (kd.unlabeled.T: {path, format?, fields?}) or from the rows of T's own training file that its
-train_cap leaves unused ({from_train: true, cap: N}), so no example is both labelled and unlabeled.
-The whole feature is here: the pseudo-tasks, their rows and data identity (used by mtkd.task_data),
-the labelling by T's teachers in a sub-stage of the teach stage (DIR/teach/unlabeled, keyed by the
-teachers and the text, so adding or resizing the text never retrains or relabels anything the
-paper's student reads), and what the second student adds to the paper's (recipes.distill).
+"""Unlabeled text (kd.unlabeled), beyond the paper: extra text of a teacher task T, labelled by T's
+teachers and trained on (soft loss only) by a second student, "MT-DNN-KD + unlabeled text", beside
+the paper's student, which never sees it. The text is a pseudo-task `T+unlabeled` sharing T's head,
+read from a file ({path, format?, fields?}) or from the rows of T's training file that its
+train_cap leaves unused ({from_train: true, cap: N}). Here: the pseudo-tasks, their rows and data
+identity (for mtkd.task_data), their labelling in a sub-stage of teach (DIR/teach/unlabeled, keyed
+by the teachers and the text, so the paper's student never retrains for it), and what the second
+student adds (recipes.distill, recipes.pipeline).
 """
 
 from __future__ import annotations
@@ -64,7 +61,6 @@ def specs(cfg: RunConfig, specs: dict[str, TaskSpec]) -> dict[str, TaskSpec]:
     return out
 
 
-# ------------------------------------------------------------------------------- the text's rows
 def from_train(cfg: RunConfig, task: str) -> tuple[str, int | None] | None:
     """(base task, cap) of a pseudo-task read from its task's unused training rows
     (kd.unlabeled.<task>: {from_train: true, cap: N}); None for every other task."""
@@ -100,8 +96,7 @@ def check_rows_left(data, task: str, n_rows: int) -> None:
 
 
 def from_train_tasks(cfg: RunConfig) -> list[str]:
-    """The pseudo-tasks read from their task's training file (checked before any stage runs:
-    recipes.inputs)."""
+    """The pseudo-tasks read from their task's training file."""
     return [t for t in pseudo_tasks(cfg) if from_train(cfg, t) is not None]
 
 
@@ -114,27 +109,25 @@ def train_identity(data, task: str) -> dict:
     return {"cap": source[1], "from_train": {"task": source[0], "train_cap": data.cap(source[0], "train_cap")}}
 
 
-# -------------------------------------------------------------------------------- the labelling
 def labelling_identity(data, teachers_key: str) -> dict:
     """What the soft targets of the text depend on: the teachers (the teach stage's key) and the text."""
     return {"teachers": teachers_key, "texts": {p: data.data_identity(p, "train") for p in pseudo_tasks(data.cfg)}}
 
 
-def label(data, ensemble, folder: Path, key: str, main: bool) -> dict:
+def label(data, soft_targets, folder: Path, key: str, main: bool) -> dict:
     """Step 5 of the teach stage: each pseudo-task's text labelled by its task's ensemble
-    (`ensemble.soft_targets`, recipes.teach), written to `folder`/soft_targets by rank 0 with the
-    sub-stage's `key` in their provenance. Returns the sub-stage's summary."""
+    (`soft_targets(task, pseudo-task, rows, **provenance)`, recipes.teach), written to
+    `folder`/soft_targets by rank 0 with the sub-stage's `key` in their provenance."""
     examples = {}
     for name, task in pseudo_tasks(data.cfg).items():
         rows = data.train_set(name)
-        targets = ensemble.soft_targets(task, name, rows, unlabeled_key=key)
+        targets = soft_targets(task, name, rows, unlabeled_key=key)
         examples[name] = len(rows.indices)
         if main:
             targets.save(folder / "soft_targets")
-    return {"soft_targets": str(folder / "soft_targets"), "examples": examples, "members": ensemble.members}
+    return {"soft_targets": str(folder / "soft_targets"), "examples": examples}
 
 
-# --------------------------------------------------------------------------- the second student
 def soft_tasks(cfg: RunConfig, labels: Path | None) -> dict[str, Path]:
     """pseudo-task -> its soft targets' folder, for a student given the text's labels (`labels`,
     DIR/teach/unlabeled/soft_targets); {} for the paper's student (None)."""

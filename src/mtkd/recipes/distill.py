@@ -73,8 +73,8 @@ class KDLoss:
                "soft_weight": kd.soft_weight, "temperature": kd.temperature,
                "soft_tasks": list(kd.teacher_tasks) + list(unlabeled.soft_tasks(self.cfg, self.text))}
         if self.text is not None:
-            out["unlabeled_targets"] = _targets_key(stages, self.text, next(iter(unlabeled.pseudo_tasks(self.cfg)), None),
-                                                    "unlabeled_key")
+            first = next(iter(unlabeled.pseudo_tasks(self.cfg)), None)
+            out["unlabeled_targets"] = _targets_key(stages, self.text, first, "unlabeled_key")
         return out
 
     def factory(self, model):

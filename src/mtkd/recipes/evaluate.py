@@ -58,7 +58,14 @@ def evaluate(data: TaskData, runner: Runner, models: dict[str, Path], out: Path 
     tested: dict[str, dict[str, float]] = {}
     predicted: dict[str, dict] = {}  # report name -> the dev examples' ids, labels, predictions, groups
     unlabelled, absent = [], []  # test splits not scored, as "task/split"
-    model_for = _OneModelAtATime(data, runner)
+    loaded: dict = {}
+
+    def model_for(folder):  # loaded on first use; one model in memory at a time
+        if folder not in loaded:
+            loaded.clear()
+            loaded[folder] = load_model(folder, data.specs, runner.device)
+        return loaded[folder]
+
     for task, folder in models.items():
         if not data.specs[task].metrics:
             continue
@@ -87,19 +94,6 @@ def evaluate(data: TaskData, runner: Runner, models: dict[str, Path], out: Path 
     if runner.main:  # each model folder's card gets the metrics it was scored with
         record_eval_metrics(data, models, results, runner.stages.model_tokenizer)
     return results
-
-
-class _OneModelAtATime:
-    """`model_for(folder)`: the model of `folder`, loaded on first use; one model in memory at a time."""
-
-    def __init__(self, data: TaskData, runner: Runner):
-        self.data, self.runner, self.loaded = data, runner, {}
-
-    def __call__(self, folder):
-        if folder not in self.loaded:
-            self.loaded.clear()
-            self.loaded[folder] = load_model(folder, self.data.specs, self.runner.device)
-        return self.loaded[folder]
 
 
 def _score_dev(data: TaskData, runner: Runner, task: str, tokenizer, prefix: str, model, results: dict,

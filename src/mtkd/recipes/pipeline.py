@@ -2,10 +2,9 @@
 
 Stages (config `stages`): single_task, mtl, finetune, evaluate, predict; teach and distill for
 MT-DNN-KD, which make the run the Table 3 experiment (its report: recipes/experiment.py). One
-sequence serves both (seed_steps): each system is trained, then evaluated. The whole run is
-planned first (every stage's identity, recipes.runner), so a checkpoint of other settings is
-refused before anything is written. Each stage writes DONE.json when it finishes, so a rerun of the
-same command skips finished stages and resumes the unfinished one from its checkpoints.
+sequence serves both (seed_steps). The whole run is planned first (recipes.runner), so a checkpoint
+of other settings is refused before anything is written; a rerun of the same command skips
+finished stages (DONE.json) and resumes the unfinished one from its checkpoints.
 
 Outputs: DIR/config.yaml (resolved config), DIR/data_report.json, DIR/seed-<s>/<stage>/...,
 DIR/metrics.json + metrics.md (dev results of MT-DNN: MTL + fine-tune, and its labelled test splits
@@ -106,13 +105,12 @@ def seed_steps(cfg: RunConfig, data: TaskData, out_dir: Path, seed: int) -> list
         steps.append(Step(f"seed-{seed}/{stage}", jobs))
 
     def evaluation(system: str, models: dict[str, Path]) -> None:
-        if table3:
-            out = seed_dir / "eval" / system
-            steps.append(Step(None, [partial(evaluate.evaluate, data, models=models, out=out, test=True)], system))
-        elif Stage.EVALUATE in stages:  # a shared head's task (AX) is served by its task's model
+        if not table3:  # a shared head's task (AX) is served by its task's model
             models = {**models, **{t: models[s.head_of] for t, s in data.specs.items() if s.head_of in models}}
-            steps.append(Step(f"seed-{seed}/evaluate",
-                              [partial(evaluate.evaluate, data, models=models, out=seed_dir, test=True)], system))
+        if table3 or Stage.EVALUATE in stages:
+            out = seed_dir / "eval" / system if table3 else seed_dir
+            steps.append(Step(None if table3 else f"seed-{seed}/evaluate",
+                              [partial(evaluate.evaluate, data, models=models, out=out, test=True)], system))
 
     if Stage.SINGLE_TASK in stages and (table3 or not stages & {Stage.MTL, Stage.FINETUNE}):
         train("single_task", finetune.jobs(cfg, data, seed_dir / "single_task", seed, None, train=cfg.mtl,

@@ -31,16 +31,12 @@ def is_glue(specs: dict) -> bool:
     return any(t in GLUE_TASK_NAMES for t in specs)
 
 
-def folder_name(specs: dict) -> str:
-    return "submission" if is_glue(specs) else "predictions"
-
-
 def predict(data: TaskData, runner: Runner, models: dict[str, Path], out: Path, copy_to: Path | None = None
             ) -> list[str]:
-    """models: task -> model folder (AX falls back to its head_of task's model); `copy_to`: the run
-    folder, which gets a copy (copy_outputs). Returns the missing leaderboard entries (none without
-    a GLUE task)."""
-    sub = out / folder_name(data.specs)
+    """models: task -> model folder (AX falls back to its head_of task's model); `copy_to`: a folder
+    that gets a copy (the run folder: submission.zip, or the predictions folder). Returns the missing
+    leaderboard entries (none without a GLUE task)."""
+    sub = out / ("submission" if is_glue(data.specs) else "predictions")
     if runner.main:
         sub.mkdir(parents=True, exist_ok=True)
     loaded = {}
@@ -68,15 +64,8 @@ def predict(data: TaskData, runner: Runner, models: dict[str, Path], out: Path, 
             log.warning("submission.zip lacks %s (no test file here)", ", ".join(missing))
     elif runner.main:
         log.info("test predictions: %s (%d files)", sub, len(list(sub.glob("*.tsv"))))
-    if runner.main and copy_to is not None:
-        copy_outputs(data.specs, out, copy_to)
+    if runner.main and copy_to is not None and is_glue(data.specs):
+        (copy_to / "submission.zip").write_bytes((out / "submission.zip").read_bytes())
+    elif runner.main and copy_to is not None:
+        shutil.copytree(sub, copy_to / "predictions", dirs_exist_ok=True)
     return missing
-
-
-def copy_outputs(specs: dict, src: Path, dst: Path) -> None:
-    """The run folder's copy of one seed's predictions: submission.zip, or (no GLUE task) the
-    predictions folder."""
-    if is_glue(specs):
-        (dst / "submission.zip").write_bytes((src / "submission.zip").read_bytes())
-    else:
-        shutil.copytree(src / "predictions", dst / "predictions", dirs_exist_ok=True)

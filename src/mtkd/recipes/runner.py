@@ -1,15 +1,12 @@
 """The one runner: it plans every job of a run before anything is written, then runs them.
 
-A recipe describes its stages as jobs. A training job (`TrainingJob`: MTL, fine-tuning, the
-teacher candidates and members, the students) says what to train (tasks, settings, seed), from
-which model (`FreshEncoder`, `FromModel`) and with which loss (`Loss`). Planning computes every
-job's identity (mtkd.stages), which names the stages it starts from, and collects what running it
-would refuse (a checkpoint written under another identity); running reuses a job finished under
-the same identity, resumes it from its checkpoints, else does it. Evaluation and predictions are
-plain functions of the runner: they run every time.
-
-A training stage writes OUT/model (save_pretrained folder with its card), OUT/metrics.jsonl,
-OUT/checkpoints (removed when done) and OUT/DONE.json.
+Recipes describe their stages as jobs; a training job (MTL, fine-tuning, the teacher candidates
+and members, the students) says what to train, from which model and with which loss. Planning
+computes each job's identity (mtkd.stages), which names the stages it starts from, and collects
+what running it would refuse; running reuses a job finished under the same identity, resumes it
+from its checkpoints, else does it. A training stage writes OUT/model (with its card),
+OUT/metrics.jsonl, OUT/checkpoints (removed when done) and OUT/DONE.json. Evaluation and
+predictions are functions of the runner: they run every time.
 """
 
 from __future__ import annotations
@@ -40,26 +37,18 @@ def train_settings(cfg: TrainConfig, device=None) -> dict:
 
 
 class Job:
-    """A stage of the run in `out`: its `identity`, the folder it `registers` for later stages to
-    name (its model or soft targets, with that folder's tokenizer), and `run`. `plan` checks what
-    running it would refuse beyond its own checkpoint; `reuse` takes a finished one's summary."""
+    """A stage of the run in `out`. Each job has `identity(runner)`, `registers(runner)` (the folder
+    later stages name, its model or soft targets, and that folder's tokenizer) and
+    `run(runner, identity)`; `plan` checks what running it would refuse beyond its own checkpoint,
+    `reuse` takes a finished one's summary."""
 
     out: Path
-
-    def identity(self, runner: Runner) -> dict:
-        raise NotImplementedError
-
-    def registers(self, runner: Runner) -> tuple[Path, str]:
-        raise NotImplementedError
 
     def plan(self, runner: Runner) -> None:
         pass
 
     def reuse(self, runner: Runner, summary: dict) -> Any:
         return summary
-
-    def run(self, runner: Runner, identity: dict) -> Any:
-        raise NotImplementedError
 
 
 class Runner:
@@ -134,7 +123,10 @@ class FreshEncoder:
         return str(self.encoder or self.encoder_cfg.name)
 
     def identity(self, stages: Stages) -> dict:
-        return stages.encoder_identity(self.encoder_cfg, self.dropout, self.encoder)
+        """The encoder (its weights' checksum), depth, dropout and init."""
+        name, e = self.tokenizer(stages), self.encoder_cfg
+        return {"encoder": name, "weights": stages.encoder_weights(name), "num_hidden_layers": e.num_hidden_layers,
+                "dropout": e.dropout if self.dropout is None else self.dropout, "init": e.init}
 
     def build(self, specs: dict, device) -> MTModel:
         return new_model(self.encoder_cfg, specs, device, dropout=self.dropout, encoder=self.encoder)
@@ -198,20 +190,13 @@ class TrainingJob(Job):
         self.out.mkdir(parents=True, exist_ok=True)
         summary = train(model, train_sets, self.train, self.seed, self.out, runner.accelerator, loss_fn=loss_fn,
                         run_config=to_dict(self.data.cfg), desc=self.desc, identity=identity)
-        if runner.main:
-            model.save_pretrained(self.out / "model", card=self._card(identity, train_sets, summary))
+        if runner.main:  # the model card's training record: settings, data, the start, distillation
+            model.save_pretrained(self.out / "model", card=training_record(
+                self.data.cfg, self.data.specs, identity, desc=self.desc, train_sets=train_sets, summary=summary,
+                init_from=getattr(self.start, "folder", None)))
         summary.update(tasks=self.tasks, seed=self.seed,
                        train_examples={t: len(s.indices) for t, s in train_sets.items()})
         runner.stages.mark_done(self.out, summary, identity)
         if runner.main:  # the finished model is in OUT/model; the resume state is no longer needed
             runner.stages.remove_inside(self.out / "checkpoints")
         return summary
-
-    def _card(self, identity: dict, train_sets: dict, summary: dict) -> dict | None:
-        """The model card's training record: settings, data, the model started from, distillation."""
-        fresh = self.start if isinstance(self.start, FreshEncoder) else None
-        return training_record(self.data.cfg, self.data.specs, desc=self.desc, seed=self.seed, tasks=self.tasks,
-                               settings=identity["train"], train_sets=train_sets, summary=summary,
-                               init_from=getattr(self.start, "folder", None), dropout=fresh and fresh.dropout,
-                               encoder=fresh and fresh.encoder, encoder_cfg=fresh and fresh.encoder_cfg,
-                               loss_identity=identity["loss"])

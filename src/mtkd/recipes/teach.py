@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +53,9 @@ def jobs(cfg: RunConfig, data: TaskData, out: Path, seed: int, mtdnn_mtl: Path |
     teacher_mtl, teacher_ft = teacher_train_config(cfg, "mtl"), teacher_train_config(cfg, "finetune")
     candidates = [mtl.job(cfg, data, out / f"candidate-{i}" / "mtl", c["seed"], train=teacher_mtl,
                           start=_start(cfg, c, mtdnn_mtl), desc=f"teacher candidate {i}") for i, c in enumerate(cands)]
-    members = [finetune.jobs(cfg, data, out / f"candidate-{i}" / "finetune", c["seed"],
-                             out / f"candidate-{i}" / "mtl" / "model", train=teacher_ft, tasks=list(cfg.kd.teacher_tasks),
-                             desc=f"teacher {i}") for i, c in enumerate(cands)]
+    members = [finetune.jobs(cfg, data, out / f"candidate-{i}" / "finetune", c["seed"], out / f"candidate-{i}" / "mtl" /
+                             "model", train=teacher_ft, tasks=list(cfg.kd.teacher_tasks), desc=f"teacher {i}")
+               for i, c in enumerate(cands)]
     ensembles = Ensembles(cfg, data, out, cands, members)
     text = [LabelText(data, out / unlabeled.LABELS_FOLDER, ensembles)] if unlabeled.pseudo_tasks(cfg) else []
     return candidates + [ensembles] + text
@@ -73,14 +74,15 @@ def _start(cfg: RunConfig, candidate: dict, mtdnn_mtl: Path | None) -> FreshEnco
 @dataclass(eq=False)
 class Ensembles(Job):
     """Steps 2-4, one stage (OUT/DONE.json, its key in the soft targets' provenance): select the
-    candidates, fine-tune the members, write the teacher tasks' soft targets, score the ensemble.
-    `members[i]`: candidate i's fine-tuning jobs, run only for the selected ones."""
+    candidates, fine-tune the members (`members[i]`: candidate i's fine-tuning), write the teacher
+    tasks' soft targets and score each teacher task's ensemble."""
     cfg: RunConfig
     data: TaskData
     out: Path
     cands: list[dict]
     members: list[list[TrainingJob]]
-    summary: dict = field(default_factory=dict)  # once run or reused: what DONE.json holds
+    summary: dict = field(default_factory=dict)  # what DONE.json holds, once selected (or reused)
+    _loaded: tuple = field(default=(None, ()), repr=False)  # (task, its members' models): one task at a time
 
     def identity(self, runner: Runner) -> dict:
         """The candidates (each its MTL stage's identity, kd.teacher_mtl included), the members'
@@ -94,7 +96,8 @@ class Ensembles(Job):
                 "temperature": kd.temperature,
                 "selection_data": {f"{t}/{s}": data.data_identity(t, s) for t in kd.select_by or kd.teacher_tasks
                                    for s in data.specs[t].eval_splits("dev")},
-                "dev_caps": {t: data.cap(t, "dev_cap") for t in dict.fromkeys(list(kd.select_by) + list(kd.teacher_tasks))},
+                "dev_caps": {t: data.cap(t, "dev_cap")
+                             for t in dict.fromkeys(list(kd.select_by) + list(kd.teacher_tasks))},
                 "labelled": {t: data.data_identity(t, "train") for t in kd.teacher_tasks}}
 
     def registers(self, runner: Runner) -> tuple[Path, str]:
@@ -104,110 +107,81 @@ class Ensembles(Job):
         runner.plan([job for jobs in self.members for job in jobs])  # any candidate may become a member
 
     def reuse(self, runner: Runner, summary: dict) -> dict:
-        _ensure_ensemble_predictions(runner, self, summary)
         self.summary = summary
         return summary
 
     def run(self, runner: Runner, identity: dict) -> dict:
         kd, out = self.cfg.kd, self.out
         # 2. score each candidate on the selection tasks' dev sets, keep the top k
-        scores = [_dev_score(runner, self.data, out / f"candidate-{i}" / "mtl" / "model", kd.select_by or kd.teacher_tasks)
-                  for i in range(len(self.cands))]
+        scores = [_dev_score(runner, self.data, out / f"candidate-{i}" / "mtl" / "model",
+                             kd.select_by or kd.teacher_tasks) for i in range(len(self.cands))]
         members = sorted(range(len(self.cands)), key=lambda i: -scores[i])[: kd.top_k]
+        self.summary = {"candidates": self.cands, "selection_scores": scores, "members": members}
         # 3. fine-tune every member on every teacher task
         for i in members:
             runner.run(self.members[i])
         # 4. soft targets for the student's training examples + the ensemble's dev results; every rank
         # computes its share of each member's predictions, rank 0 writes
-        ensemble = Ensemble(self, runner, members, scores, digest(identity))
         ensemble_dev: dict[str, dict[str, float]] = {}
         predicted: dict[str, dict] = {}
         for task in kd.teacher_tasks:
-            targets = ensemble.soft_targets(task, task, self.data.train_set(task))
+            targets = self.soft_targets(runner, task, task, self.data.train_set(task))
             if runner.main:
                 targets.save(out / "soft_targets")
-            ensemble.score(task, ensemble_dev, predicted)  # the members already loaded
+            self.score(runner, task, ensemble_dev, predicted)  # the members already loaded
         if runner.main:
             save_predictions(out / ENSEMBLE_PREDICTIONS, predicted)
             (out / "ensemble_dev.json").write_text(json.dumps(ensemble_dev, indent=2))
-        self.summary = {"candidates": self.cands, "selection_scores": scores, "members": members,
-                        "ensemble_dev": ensemble_dev, "soft_targets": str(out / "soft_targets")}
+        self.summary.update(ensemble_dev=ensemble_dev, soft_targets=str(out / "soft_targets"))
+        self.unload()
         runner.stages.mark_done(out, self.summary, identity)
         return self.summary
 
-
-class Ensemble:
-    """Each teacher task's ensemble: its members' fine-tuned models (one task's loaded at a time), their
-    averaged outputs (Eq. 3) and the soft targets they make, with provenance."""
-
-    def __init__(self, stage: Ensembles, runner: Runner, members: list[int], scores: list[float] | None, key: str):
-        self.stage, self.runner, self.members, self.scores, self.key = stage, runner, members, scores, key
-        self.data = stage.data
-        self._loaded: tuple[str | None, list] = (None, [])
+    def unload(self) -> None:
+        """Free the members' models (before the students train)."""
+        self._loaded = (None, ())
 
     def folders(self, task: str) -> list[Path]:
-        return _member_folders(self.stage.out, self.members, task)
+        """The selected members' models fine-tuned on `task`."""
+        return [self.out / f"candidate-{i}" / "finetune" / task / "model" for i in self.summary["members"]]
 
-    def models(self, task: str) -> list:
+    def average(self, runner: Runner, task: str, name: str, split: str, indices, temperature: float) -> np.ndarray:
+        """Eq. 3: the mean over `task`'s members of their head kind's `teacher_output` (class
+        probabilities, regression predictions) on rows `indices` of a split of `name` (the task, or
+        its unlabeled text); each member reads the rows with its own tokenizer (same file, same order)."""
         if self._loaded[0] != task:
-            self._loaded = (task, [load_model(f, self.data.specs, self.runner.device) for f in self.folders(task)])
-        return self._loaded[1]
-
-    def average(self, task: str, name: str, split: str, indices, temperature: float) -> np.ndarray:
-        """The members of `task` on rows `indices` of a split of `name` (the task, or its unlabeled
-        text), each contributing its head kind's `teacher_output` (class probabilities, regression
-        predictions) and reading the rows with its own tokenizer (rows align: same file, same order)."""
+            self._loaded = (task, [load_model(f, self.data.specs, runner.device) for f in self.folders(task)])
         kind = kind_of(self.data.specs[name])
         return ensemble_average([
-            kind.teacher_output(self.runner.logits(m, self.data.encoded(name, split, self.runner.stages.model_tokenizer(f)),
-                                                   name, indices), temperature)
-            for m, f in zip(self.models(task), self.folders(task))])
+            kind.teacher_output(runner.logits(m, self.data.encoded(name, split, runner.stages.model_tokenizer(f)),
+                                              name, indices), temperature)
+            for m, f in zip(self._loaded[1], self.folders(task))])
 
-    def soft_targets(self, task: str, name: str, rows, **provenance) -> SoftTargets:
-        """The soft targets of the training rows `rows` of `name` (the task, or its unlabeled text)."""
-        values = self.average(task, name, "train", rows.indices, self.stage.cfg.kd.temperature)
-        spec, cands = self.data.specs[name], self.stage.cands
-        return SoftTargets(name, [rows.data.ids[i] for i in rows.indices], values, {
-            "members": [{"candidate": i, **cands[i], "model": str(f),
-                         "selection_dev_score": self.scores[i] if self.scores else None}
-                        for i, f in zip(self.members, self.folders(task))],
-            "teacher_key": self.key, "data_file": rows.data.meta["path"], "data_fingerprint": rows.data.fingerprint,
-            "tokenizer_fingerprint": rows.data.meta["tokenizer_fingerprint"], "max_len": rows.data.meta["max_len"],
-            "temperature": self.stage.cfg.kd.temperature, "kind": spec.head.value, "labels": list(spec.labels),
-            **provenance})
+    def soft_targets(self, runner: Runner, task: str, name: str, rows, **provenance) -> SoftTargets:
+        """`task`'s ensemble on the training rows `rows` of `name` (the task, or its unlabeled text)."""
+        kd, spec, scores = self.cfg.kd, self.data.specs[name], self.summary.get("selection_scores")
+        return SoftTargets(name, [rows.data.ids[i] for i in rows.indices],
+                           self.average(runner, task, name, "train", rows.indices, kd.temperature), {
+            "members": [{"candidate": i, **self.cands[i], "model": str(f),
+                         "selection_dev_score": scores[i] if scores else None}
+                        for i, f in zip(self.summary["members"], self.folders(task))],
+            "teacher_key": runner.stages.stage_key(self.out / "soft_targets"), "data_file": rows.data.meta["path"],
+            "data_fingerprint": rows.data.fingerprint, "tokenizer_fingerprint": rows.data.meta["tokenizer_fingerprint"],
+            "max_len": rows.data.meta["max_len"], "temperature": kd.temperature, "kind": spec.head.value,
+            "labels": list(spec.labels), **provenance})
 
-    def score(self, task: str, ensemble_dev: dict, predicted: dict) -> None:
-        """A task's ensemble on its dev splits (T = 1): metrics into `ensemble_dev` and per-example
-        predictions into `predicted` (saved as OUT/ensemble_predictions.npz, the format every evaluation
-        of the experiment writes), by report name."""
+    def score(self, runner: Runner, task: str, ensemble_dev: dict, predicted: dict) -> None:
+        """`task`'s ensemble on its dev splits (T = 1): metrics into `ensemble_dev` and per-example
+        predictions into `predicted` (saved as OUT/ensemble_predictions.npz, the format every
+        evaluation of the experiment writes), by report name."""
         spec, dev = self.data.specs[task], self.data.dev_sets(task)
         kind = kind_of(spec)
         for split in spec.eval_splits("dev"):
             name = spec.report_name(split)
             data, idx = dev[name]
-            pred = kind.predictions(kind.ensemble_logits(self.average(task, task, split, idx, 1.0)))
+            pred = kind.predictions(kind.ensemble_logits(self.average(runner, task, task, split, idx, 1.0)))
             ensemble_dev[name] = kind.scores(data.labels[idx], pred)
             predicted[name] = {"ids": [data.ids[i] for i in idx], "labels": data.labels[idx], "predictions": pred}
-
-
-def _member_folders(out: Path, members: list[int], task: str) -> list[Path]:
-    return [out / f"candidate-{i}" / "finetune" / task / "model" for i in members]
-
-
-def _ensure_ensemble_predictions(runner: Runner, stage: Ensembles, summary: dict) -> None:
-    """A teach stage finished before mtkd kept the ensemble's per-example dev predictions: make them
-    from its members (inference only; nothing retrains). Every rank checks before any writes."""
-    if "members" not in summary:
-        return
-    missing = not (stage.out / ENSEMBLE_PREDICTIONS).is_file()
-    runner.accelerator.wait_for_everyone()
-    teacher_tasks = stage.cfg.kd.teacher_tasks
-    if missing and all(f.is_dir() for t in teacher_tasks for f in _member_folders(stage.out, summary["members"], t)):
-        ensemble, predicted = Ensemble(stage, runner, summary["members"], None, ""), {}
-        for task in teacher_tasks:
-            ensemble.score(task, {}, predicted)
-        if runner.main:
-            save_predictions(stage.out / ENSEMBLE_PREDICTIONS, predicted)
 
 
 @dataclass(eq=False)
@@ -225,10 +199,9 @@ class LabelText(Job):
         return self.out / "soft_targets", ""
 
     def run(self, runner: Runner, identity: dict) -> dict:
-        summary = self.ensembles.summary
-        ensemble = Ensemble(self.ensembles, runner, summary["members"], summary.get("selection_scores"),
-                            runner.stages.stage_key(self.ensembles.out / "soft_targets"))
-        info = unlabeled.label(self.data, ensemble, self.out, digest(identity), runner.main)
+        info = {**unlabeled.label(self.data, partial(self.ensembles.soft_targets, runner), self.out, digest(identity),
+                                  runner.main), "members": self.ensembles.summary["members"]}
+        self.ensembles.unload()
         runner.stages.mark_done(self.out, info, identity)
         return info
 
