@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -200,8 +199,8 @@ def test_resume_refuses_a_checkpoint_of_another_task_set(setup, tmp_path):
     cfg = load_config(setup.cfg)
     ctx = RunContext(cfg, out)
     out.mkdir()
-    train(ctx.new_model(), {t: ctx.train_set(t) for t in TASKS}, replace(cfg.mtl, max_steps=3, checkpoint_every=1),
-          0, out, ctx.accelerator)
+    train(ctx.new_model(), {t: ctx.train_set(t) for t in TASKS},
+          cfg.mtl.model_copy(update={"max_steps": 3, "checkpoint_every": 1}), 0, out, ctx.accelerator)
     assert ckpt_steps(out) == [2, 3]
     before = sorted(p.name for p in (out / "checkpoints").iterdir())
 
