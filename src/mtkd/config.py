@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Annotated, ClassVar, Literal, Union
 
 import yaml
-from pydantic import AfterValidator, Discriminator, Field, Strict, Tag, WrapValidator, create_model, model_validator
+from pydantic import Discriminator, Field, Strict, Tag, WrapValidator, create_model, model_validator
 from pydantic.fields import FieldInfo
 
 from mtkd.errors import ConfigError, did_you_mean
 from mtkd.heads import kind_of
 from mtkd.sampler import SamplingMode
-from mtkd.schema import Partial, Schema, from_dict, load_yaml, must_be, read_yaml_mapping, refuse, to_dict
+from mtkd.schema import Partial, Schema, from_dict, load_yaml, read_yaml_mapping, refuse, to_dict
 from mtkd.tasks import MIN_SEQ_LEN, SplitSource, TaskOptions, TaskSpec, check_name, load_task_specs
 
 
@@ -44,21 +44,30 @@ class Stage(str, Enum):
     DISTILL = "distill"  # MTL with soft targets (MT-DNN-KD) + fine-tune + evaluate
 
 
-class EncoderConfig(Schema):
+class Section(Schema):
+    """A section of the config; one written empty (`mtl:`) is its defaults."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_defaults(cls, data):
+        return {} if data is None else data
+
+
+class EncoderConfig(Section):
     name: str = "default"  # 'default' = bundled all-MiniLM-L6-v2; else a local folder or hub name
     num_hidden_layers: int | None = Field(None, ge=1)  # keep only the first N layers (smaller student)
     dropout: float | None = Field(None, ge=0, lt=1)  # shared-layer dropout; None keeps the encoder's own (0.1)
     init: Literal["pretrained", "random"] = "pretrained"  # 'random': tests
 
 
-class DataConfig(Schema):
+class DataConfig(Section):
     root: str | None = None  # GLUE folder; None -> $MTKD_DATA_ROOT -> ../shared/data/glue
     cache_dir: str | None = None  # tokenised caches; None -> $MTKD_CACHE -> ~/.cache/mtkd
     max_seq_len: int = Field(512, ge=MIN_SEQ_LEN)  # wordpiece inputs are cut here (paper: 512)
     cap_seed: int = 0  # seed of the random subsets drawn by train_cap / dev_cap
 
 
-class TrainConfig(Schema):
+class TrainConfig(Section):
     epochs: float = Field(5, gt=0)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(5e-5, gt=0)
@@ -95,7 +104,7 @@ TrainChanges = create_model("TrainChanges", __base__=Partial, **{
     for k, f in TrainConfig.model_fields.items()})
 
 
-class PredictConfig(Schema):
+class PredictConfig(Section):
     batch_size: int = Field(128, ge=1)  # most examples per inference batch
     # most padded tokens per batch (batch rows x longest row): length-sorted short examples go in
     # batches of up to batch_size, long ones in smaller batches; None: always batch_size
@@ -126,17 +135,11 @@ class Candidate(Partial):
 DEFAULT_CANDIDATE_DROPOUTS = (0.1, 0.2, 0.3, 0.1)
 
 
-def _true(value: bool) -> bool:
-    if value is not True:
-        raise must_be("true (or give the text's file as 'path' instead)")
-    return value
-
-
 class UnlabeledFromTrain(Partial):
     """kd.unlabeled.<task>: {from_train: true, cap: N}: the rows of the task's training file that its
     train_cap leaves unused (so it must have one), at most N of them."""
 
-    from_train: Annotated[bool, AfterValidator(_true)]
+    from_train: bool  # true (validate refuses false, naming the key)
     cap: int | None = Field(None, ge=1, description="a positive integer (or absent: every unused row)")
 
 
@@ -151,7 +154,7 @@ UnlabeledSource = Annotated[
     Discriminator(_unlabeled_kind)]
 
 
-class KDConfig(Schema):
+class KDConfig(Section):
     teacher_tasks: list[str] = []  # paper: MNLI, QQP, RTE, QNLI
     candidates: list[Candidate] = []  # [{seed?, dropout?, encoder?}] or [{from_mtdnn: true}]; paper: 6
     top_k: int = Field(3, ge=1)  # members kept per ensemble (paper: 3)
@@ -299,6 +302,9 @@ def validate(cfg: RunConfig, specs: dict[str, TaskSpec] | None = None, where: st
         if task not in cfg.tasks:  # before what the entry asks of the task (a typo has no train_cap)
             raise ConfigError(f"{where}: kd.unlabeled: no task {task!r} in the config's tasks "
                               f"{list(cfg.tasks)}{did_you_mean(task, cfg.tasks)}")
+        if isinstance(source, UnlabeledFromTrain) and source.from_train is not True:
+            raise ConfigError(f"{where}: kd.unlabeled.{task}.from_train must be true (or give the text's file as "
+                              f"'path' instead), got {source.from_train!r}")
         if isinstance(source, UnlabeledFromTrain) and cfg.tasks[task].train_cap is None:
             raise ConfigError(f"{where}: kd.unlabeled.{task}: from_train takes the rows of {task}'s training file "
                               f"that tasks.{task}.train_cap leaves unused, but {task} has no train_cap: every row is "

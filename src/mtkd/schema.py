@@ -1,12 +1,9 @@
 """The one schema layer: the base of every model of a YAML mapping mtkd reads (the run config, task
 definitions), the YAML loader they are read with, and the one translation of a validation error into
-a ConfigError that names the key path and the value, and suggests the closest key or value.
-
-Refusals read in two dialects, by where the mapping comes from. A config names its keys as dotted
-paths: `cfg.yaml.mtl: unknown key 'epoch' (did you mean 'epochs'?)`, `cfg.yaml.mtl.batch_size:
-expected an integer, got str 'big'`, `cfg.yaml: mtl.lr must be a positive number, got -1.0`. A task
-definition names the task, split and field: `tasks.yaml: task 'Mine', split 'dev', field 'format':
-'xml' is not one of [...]`, `..., field 'dropout': expected a number in [0, 1), got 1.5`.
+a ConfigError naming the key path and the value, with the closest key or value suggested. A config
+names keys as dotted paths (`cfg.yaml.mtl.batch_size: expected an integer, got str 'big'`, `cfg.yaml:
+mtl.lr must be a positive number, got -1.0`), a task definition by task, split and field
+(`tasks.yaml: task 'Mine', split 'dev', field 'format': 'xml' is not one of [...]`).
 """
 
 from __future__ import annotations
@@ -43,32 +40,17 @@ class Partial(Schema):
         return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
 
 
-# ------------------------------------------------------------------------------ refusals in validators
-def refuse(message: str, at: tuple = ()) -> PydanticCustomError:
-    """A rule's refusal, raised in a validator; `at`: the key below the model it is about."""
-    return PydanticCustomError("rule", "{message}", {"message": message, "at": at})
-
-
-def must_be(expected: str) -> PydanticCustomError:
-    """A value out of its range, raised in a validator: '<key> must be <expected>, got <value>'."""
-    return PydanticCustomError("must_be", "must be {expected}", {"expected": expected})
-
-
-def wrong_type(expected: str) -> PydanticCustomError:
-    """A value of the wrong type, raised in a validator: 'expected <expected>, got <type> <value>'."""
-    return PydanticCustomError("wrong_type", "expected {expected}", {"expected": expected})
-
-
-def unknown(key, allowed, at: tuple = ()) -> PydanticCustomError:
-    """A key that is not allowed (`at`: where below the model), raised in a validator."""
-    return PydanticCustomError("unknown_key", "unknown key {key}", {"key": key, "allowed": list(allowed), "at": at})
+def refuse(message: str, at: tuple = (), **ctx) -> PydanticCustomError:
+    """A rule's refusal, raised in a validator; `at`: the key below the model it is about; with
+    `key` and `allowed`: that key is unknown."""
+    return PydanticCustomError("rule", "{message}", {"message": message, "at": at, **ctx})
 
 
 # ------------------------------------------------------------------------------ validation error -> ConfigError
 _TYPES = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false", "string_type": "a string",
           "list_type": "a list", "tuple_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
 _OUT_OF_RANGE = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number",
-                 "string_pattern_mismatch", "string_too_short", "too_short", "must_be"}
+                 "string_pattern_mismatch", "string_too_short", "too_short"}
 
 
 def from_dict(model: type[M], raw, where: str = "config", task_style: bool = False) -> M:
@@ -76,43 +58,46 @@ def from_dict(model: type[M], raw, where: str = "config", task_style: bool = Fal
     key path and the value (`task_style`: in the dialect of task definitions)."""
     try:
         return model.model_validate(raw)
-    except ValidationError as e:
-        raise config_error(e, model, where, task_style) from None
+    except ValidationError as e:  # one message: an unknown key first, else the first error
+        err = min(e.errors(), key=lambda x: x["type"] != "extra_forbidden" and "allowed" not in x.get("ctx", {}))
+        raise _config_error(err, model, where, task_style) from None
 
 
-def config_error(e: ValidationError, model: type[BaseModel], where: str, task_style: bool = False) -> ConfigError:
-    """The one message of a validation error (an unknown key first, else the first error)."""
-    err = min(e.errors(), key=lambda x: x["type"] not in ("extra_forbidden", "unknown_key"))
+def _config_error(err: dict, model: type[BaseModel], where: str, task_style: bool) -> ConfigError:
     kind, value, ctx = err["type"], err["input"], err.get("ctx") or {}
     loc = tuple(err["loc"]) + tuple(ctx.get("at", ()))
     steps, info, tp = _walk(model, loc)
-    path = _task_path if task_style else _dotted
 
     def at(n: int) -> str:  # `where` and the path of loc's first n items
-        return where + path(steps[:n])
+        return where + _path(steps[:n], task_style)
 
-    if loc and loc[-1] == "[key]":  # a mapping's key that is not one of its allowed keys
+    if loc and loc[-1] == "[key]" and _values(tp):  # a mapping's key that is not one of its allowed keys
         return unknown_key(at(len(loc) - 2), loc[-2], _values(tp))
+    if loc and loc[-1] == "[key]":
+        return ConfigError(f"{at(len(loc) - 2)}: key {value!r}: expected {_TYPES.get(kind, 'another key')}, "
+                           f"got {type(value).__name__}")
     if kind == "extra_forbidden":
         owner = _walk(model, loc[:-1])[2]
         return unknown_key(at(len(loc) - 1), loc[-1], [k for k, f in owner.model_fields.items() if not f.exclude])
-    if kind == "unknown_key":
+    if "allowed" in ctx:
         return unknown_key(at(len(loc)), ctx["key"], ctx["allowed"])
     if kind == "missing":
         return ConfigError(f"{at(len(loc) - 1)}: missing required key {loc[-1]!r}")
     if kind in ("enum", "literal_error"):
         values = _values(tp)
         return ConfigError(f"{at(len(loc))}: {value!r} is not one of {values}{did_you_mean(value, values)}")
+    # a config names a value's key after the file ('cfg.yaml: mtl.lr must be ...'), a task definition within it
+    dotted = _path(steps, False).lstrip(".")
+    value_at = at(len(loc)) if task_style else f"{where}: {dotted}" if dotted else where
     if kind == "rule":
-        return ConfigError(f"{at(len(loc)) if task_style else _value_at(where, steps)}: {ctx['message']}")
+        return ConfigError(f"{value_at}: {ctx['message']}")
     shown = float(value) if tp is float and isinstance(value, int) and not isinstance(value, bool) else value
     if kind in _OUT_OF_RANGE or (task_style and info is not None and _bounds(info)):
-        expected = ctx["expected"] if kind == "must_be" else _expected(info, tp)
-        if task_style:
-            return ConfigError(f"{at(len(loc))}: expected {expected}, got {shown!r}")
-        return ConfigError(f"{_value_at(where, steps)} must be {expected}, got {shown!r}")
-    expected = ctx.get("expected") if kind == "wrong_type" else _TYPES.get(kind, err["msg"].lower())
-    return ConfigError(f"{at(len(loc))}: expected {expected}, got {type(value).__name__} {value!r}")
+        expected = _expected(info, tp)
+        return ConfigError(f"{value_at}: expected {expected}, got {shown!r}" if task_style else
+                           f"{value_at} must be {expected}, got {shown!r}")
+    return ConfigError(f"{at(len(loc))}: expected {_TYPES.get(kind, err['msg'].lower())}, "
+                       f"got {type(value).__name__} {value!r}")
 
 
 def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[tuple[Any, str]], FieldInfo | None, Any]:
@@ -159,36 +144,23 @@ def _values(tp) -> list:
     return [e.value for e in tp] if isinstance(tp, type) and issubclass(tp, Enum) else list(get_args(tp))
 
 
-def _dotted(steps) -> str:
-    """'.mtl.batch_size', '.stages[1]'; a tag ends a path as ' (from_train)' and is left out inside one."""
+def _path(steps, task_style: bool) -> str:
+    """A config's dotted path ('.mtl.batch_size', '.stages[1]'), or a task definition's (", split 'dev',
+    field 'format'"); a tag ends a path as ' (from_train)' and is left out inside one."""
     out = ""
     for i, (item, step) in enumerate(steps):
+        last = i == len(steps) - 1
+        if item == "[key]" or not last and (step == "tag" or task_style and (item, step) == ("splits", "field")):
+            continue  # a task definition's split is named by the split
         if step == "tag":
-            out += f" ({item})" if i == len(steps) - 1 else ""
-        elif item != "[key]":
-            out += f"[{item}]" if step == "index" else f".{item}"
-    return out
-
-
-def _task_path(steps) -> str:
-    """", split 'dev', field 'format'": a task definition's keys as its refusals name them."""
-    out = ""
-    for i, (item, step) in enumerate(steps):
-        if step == "field" and item == "splits" and i + 1 < len(steps):
-            continue  # named by the split that follows
-        if step == "key" and i > 0 and steps[i - 1] == ("splits", "field"):
-            out += f", split {item!r}"
+            out += f" ({item})"
         elif step == "index":
             out += f"[{item}]"
-        elif item != "[key]":
-            out += f", field {item!r}" if step == "field" else f".{item}"
+        elif task_style and step == "key" and steps[i - 1] == ("splits", "field"):
+            out += f", split {item!r}"
+        else:
+            out += f", field {item!r}" if task_style and step == "field" else f".{item}"
     return out
-
-
-def _value_at(where: str, steps) -> str:
-    """'cfg.yaml: mtl.lr': where a config's value refusal names the key."""
-    path = _dotted(steps).lstrip(".")
-    return f"{where}: {path}" if path else where
 
 
 def _bounds(info: FieldInfo) -> dict[str, float]:

@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, field_validator, mo
 
 from mtkd.errors import ConfigError, did_you_mean, unknown_key
 from mtkd.heads import KINDS, HeadKind, kind_of
-from mtkd.schema import Schema, from_dict, load_yaml, read_yaml_mapping, refuse, to_dict, unknown, wrong_type
+from mtkd.schema import Schema, from_dict, load_yaml, read_yaml_mapping, refuse, to_dict
 
 
 class FileFormat(str, Enum):
@@ -51,9 +51,8 @@ def name_problem(name) -> str | None:
 
 def check_name(name, where: str) -> str:
     """Refuse a name that would not be a plain file name."""
-    problem = name_problem(name)
-    if problem:
-        raise ConfigError(f"{where}: {problem}")
+    if name_problem(name):
+        raise ConfigError(f"{where}: {name_problem(name)}")
     return name
 
 
@@ -99,7 +98,7 @@ class SplitSource(Schema, frozen=True):
         if isinstance(data, str):
             data = {"path": data}
         if not isinstance(data, dict):
-            raise wrong_type("a path or a mapping")
+            raise refuse(f"expected a path or a mapping, got {type(data).__name__} {data!r}")
         if data.get("format") is None and isinstance(data.get("path"), str):
             data = {**data, "format": _guess_format(data["path"])}
         return data
@@ -140,28 +139,6 @@ class TaskSpec(Schema, frozen=True):
     _check_columns = field_validator("fields", mode="before")(_columns)
     _empty_lists = field_validator("labels", "metrics", mode="before")(_absent_is_empty)
 
-    @field_validator("fields")
-    @classmethod
-    def _text_a_required(cls, fields):
-        if "text_a" not in fields:
-            raise refuse("'text_a' is required")
-        return fields
-
-    @field_validator("labels")
-    @classmethod
-    def _distinct_labels(cls, labels):
-        if len(set(labels)) != len(labels):
-            raise refuse(f"duplicate label names {list(labels)}")
-        return labels
-
-    @field_validator("metrics")
-    @classmethod
-    def _known_metrics(cls, metrics):
-        for m in metrics:
-            if m not in METRICS:
-                raise refuse(f"unknown metric {m!r}{did_you_mean(m, METRICS)}")
-        return metrics
-
     @field_validator("splits", mode="before")
     @classmethod
     def _split_names(cls, splits):
@@ -189,17 +166,24 @@ class TaskSpec(Schema, frozen=True):
         return float(value[0]), float(value[1])
 
     @model_validator(mode="after")
-    def _one_report_name_per_split(self):
-        """Results and submission files are keyed by report name: no two dev (or test) splits share one."""
+    def _definition_rules(self):
+        """text_a is mapped; labels are distinct; metrics are known; no two dev (or test) splits
+        share a report name (results and submission files are keyed by it)."""
+        if "text_a" not in self.fields:
+            raise refuse("'text_a' is required", at=("fields",))
+        if len(set(self.labels)) != len(self.labels):
+            raise refuse(f"duplicate label names {list(self.labels)}", at=("labels",))
+        for m in self.metrics:
+            if m not in METRICS:
+                raise refuse(f"unknown metric {m!r}{did_you_mean(m, METRICS)}", at=("metrics",))
         for prefix in ("dev", "test"):
             seen: dict[str, str] = {}
-            for split, src in self.splits.items():
-                if split.startswith(prefix):
-                    report = src.report_as or self.name
-                    if report in seen:
-                        raise refuse(f"splits {seen[report]!r} and {split!r} both report as {report!r}; give one of "
-                                     f"them another report_as", at=("splits",))
-                    seen[report] = split
+            for split in self.eval_splits(prefix):
+                report = self.report_name(split)
+                if report in seen:
+                    raise refuse(f"splits {seen[report]!r} and {split!r} both report as {report!r}; give one of "
+                                 f"them another report_as", at=("splits",))
+                seen[report] = split
         return self
 
     # ------------------------------------------------------------------------------ head-kind rules
@@ -300,45 +284,38 @@ def _guess_format(path: str) -> str:
 
 
 # ------------------------------------------------------------------------------ a config's task entries
-OPTION_KEYS = ("train_cap", "dev_cap")
-
-
-class TaskOptions(Schema):
+class TaskOptions(Schema, extra="allow"):
     """A config's `tasks.<name>` entry: the run's options for the task and, beside them, changes to
     its definition (`override`: task keys, merged into the definition by load_task_specs). The keys
     are checked here, named by their key path in the config; the values with the merged definition."""
 
     train_cap: int | None = Field(None, ge=1)  # use a seeded random subset of at most this many training examples
     dev_cap: int | None = Field(None, ge=1)
-    override: dict = Field(default_factory=dict)  # changes to the task definition (splits, note, dropout)
+
+    @property
+    def override(self) -> dict:
+        """The changes to the task definition (splits, note, dropout, ...)."""
+        return dict(self.model_extra)
 
     @model_validator(mode="before")
     @classmethod
-    def _options_and_changes(cls, entry):
+    def _known_keys(cls, entry):
         if entry is None:  # `RTE:` is an entry with no changes
             return {}
-        if not isinstance(entry, dict):
-            return entry
-        _check_entry_keys(entry)
-        return {**{k: entry[k] for k in OPTION_KEYS if k in entry},
-                "override": {k: v for k, v in entry.items() if k not in OPTION_KEYS}}
-
-    @model_serializer(mode="wrap")
-    def _yaml_form(self, handler):
-        """The entry as written: the options and the changes side by side."""
-        out = handler(self)
-        return {**{k: out[k] for k in OPTION_KEYS}, **out["override"]}
+        if isinstance(entry, dict):
+            _check_entry_keys(entry)
+        return entry
 
 
 def task_option_keys() -> tuple[str, ...]:
     """The keys of a config's `tasks.<name>` entry that are options of the run, not task keys."""
-    return OPTION_KEYS
+    return tuple(TaskOptions.model_fields)
 
 
 def _check_entry_keys(entry: dict) -> None:
     """An entry's keys are the run's options or task keys; each split's keys split keys; each
     `fields` mapping's keys field roles (the first other key is refused)."""
-    mappings = [((), entry, _TASK_KEYS | set(OPTION_KEYS))]
+    mappings = [((), entry, _TASK_KEYS | set(TaskOptions.model_fields))]
     if isinstance(entry.get("fields"), dict):
         mappings.append((("fields",), entry["fields"], FIELD_ROLES))
     splits = entry.get("splits")
@@ -350,7 +327,7 @@ def _check_entry_keys(entry: dict) -> None:
     for at, mapping, allowed in mappings:
         for key in mapping:
             if key not in allowed:
-                raise unknown(key, allowed, at)
+                raise refuse("unknown key", at, key=key, allowed=list(allowed))
 
 
 # ------------------------------------------------------------------------------ resolving a task list
