@@ -286,8 +286,11 @@ def save_config(cfg: RunConfig, path: Path) -> None:
 def validate(cfg: RunConfig, specs: dict[str, TaskSpec] | None = None, where: str = "config") -> None:
     """The rules between a config's keys, which `run` and `check-config` share: those of the config
     alone (load_config checks these) and, given the resolved task definitions `specs`, those about
-    the tasks. Every refusal names the key and the value. (data.max_seq_len against the encoder's
-    positions needs the encoder: mtkd.model.check_max_seq_len.)"""
+    the tasks: a head_of task is in the list; finetune_tasks have training data; kd.teacher_tasks and
+    kd.select_by are in the list, and teachers are of a kind that can have them; kd.unlabeled's
+    tasks have teachers and a from_train one a training file; kd.top_k is at most the number of
+    candidates, and no two candidates train the same model. Every refusal names the key and the
+    value. (data.max_seq_len against the encoder's positions: mtkd.model.check_max_seq_len.)"""
     kd = cfg.kd
     if not cfg.seeds:
         raise ConfigError(f"{where}: seeds must hold at least one seed")
@@ -312,16 +315,9 @@ def validate(cfg: RunConfig, specs: dict[str, TaskSpec] | None = None, where: st
     for i, cand in enumerate(kd.candidates):
         if cand.from_mtdnn and Stage.MTL not in cfg.stages and {Stage.TEACH, Stage.DISTILL} & set(cfg.stages):
             raise ConfigError(f"{where}: kd.candidates[{i}].from_mtdnn needs MT-DNN's MTL model: add mtl to `stages`")
-    if specs is not None:
-        _validate_tasks(cfg, specs, where)
-
-
-def _validate_tasks(cfg: RunConfig, specs: dict[str, TaskSpec], where: str) -> None:
-    """The rules about the tasks: a head_of task is in the list; finetune_tasks have training data;
-    kd.teacher_tasks and kd.select_by are in the list and teachers are of a kind that can have them;
-    kd.unlabeled's tasks have teachers, and from_train reads a training file; kd.top_k is at most
-    the number of candidates, and no two candidates train the same model."""
-    kd = cfg.kd
+    if specs is None:
+        return
+    # the rules about the tasks
     for spec in specs.values():
         if spec.head_of and spec.head_of not in specs:
             raise ConfigError(f"{where}: task {spec.name!r} uses the head of {spec.head_of!r}, which is not in the "
