@@ -25,7 +25,6 @@ which a subprocess inherits from its parent: see machine.peak_rss_mb).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -149,7 +148,7 @@ def rss_child(args) -> None:
     peak_data = peak_rss_mb()
     model = new_model(run_cfg.encoder, data.specs, accelerator.device)
     marks["after_model"] = rss_now_mb()
-    cfg = dataclasses.replace(run_cfg.mtl, max_steps=args.steps)  # the config's checkpointing kept
+    cfg = run_cfg.mtl.model_copy(update={"max_steps": args.steps})  # the config's checkpointing kept
     run_dir = work / "run"
     run_dir.mkdir()
     t0 = time.time()

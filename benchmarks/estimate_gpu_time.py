@@ -95,7 +95,6 @@ def infer_batches(data, task: str, split, indices) -> list[tuple[str, int, int]]
 def plan(data, seed: int, pad: int) -> list[dict]:
     """Every stage of the KD experiment: its training runs (batches x epochs), inference batches, saves."""
     from mtkd.loop import total_steps
-    from mtkd.config import teacher_candidates
 
     cfg, kd = data.cfg, data.cfg.kd
     tasks = cfg.finetune_tasks or data.train_tasks()
@@ -115,7 +114,7 @@ def plan(data, seed: int, pad: int) -> list[dict]:
         return [b for t in task_list for split, idx in data.dev_sets(t).values()
                 for b in infer_batches(data, t, split, idx)]
 
-    n_cand = len(teacher_candidates(cfg, seed))
+    n_cand = len(kd.seeded_candidates(seed))
     teacher_infer = []
     for t in kd.teacher_tasks:  # each member labels the task's training set and its dev set
         ts = data.train_set(t)

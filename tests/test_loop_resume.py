@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -206,7 +205,7 @@ def test_resume_refuses_a_checkpoint_of_another_task_set(setup, tmp_path):
     data, runner = TaskData(cfg), Runner(cfg, out)
     out.mkdir()
     train(new_model(cfg.encoder, data.specs, runner.device), {t: data.train_set(t) for t in TASKS},
-          replace(cfg.mtl, max_steps=3, checkpoint_every=1), 0, out, runner.accelerator)
+          cfg.mtl.model_copy(update={"max_steps": 3, "checkpoint_every": 1}), 0, out, runner.accelerator)
     assert ckpt_steps(out) == [2, 3]
     before = sorted(p.name for p in (out / "checkpoints").iterdir())
 

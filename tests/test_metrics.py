@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import zipfile
 
 import numpy as np
@@ -91,8 +90,8 @@ def test_sts_b_correlations_use_unclipped_predictions(tmp_path):
 
 
 def _ranking(labels=("entailment", "not_entailment"), positive="entailment"):
-    return dataclasses.replace(SPECS["QNLI"], head=HeadKind.RANKING, labels=labels, positive_label=positive,
-                               metrics=("accuracy", "f1"))
+    return SPECS["QNLI"].model_copy(update=dict(head=HeadKind.RANKING, labels=labels, positive_label=positive,
+                                                metrics=("accuracy", "f1")))
 
 
 def test_ranking_predictions_top_per_group():

@@ -139,11 +139,11 @@ def test_long_text_is_truncated_and_reported(client, model):
 def short_folder(tiny_encoder, tmp_path_factory) -> Path:
     """A model saved with its tasks' trained lengths: SST-2 at 16 tokens, CoLA at 24 (as an mtkd run
     saves them), and MRPC without one (512, capped at the encoder's 128 positions)."""
-    from dataclasses import replace
 
     torch.manual_seed(0)
     g = glue_tasks()
-    tasks = {"SST-2": replace(g["SST-2"], max_seq_len=16), "CoLA": replace(g["CoLA"], max_seq_len=24), "MRPC": g["MRPC"]}
+    tasks = {"SST-2": g["SST-2"].model_copy(update={"max_seq_len": 16}),
+             "CoLA": g["CoLA"].model_copy(update={"max_seq_len": 24}), "MRPC": g["MRPC"]}
     out = tmp_path_factory.mktemp("serve-short") / "model"
     MTModel.from_encoder(str(tiny_encoder), tasks).save_pretrained(out)
     return out

@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 
+from mtkd.config import RunConfig, validate
 from mtkd.data import read_split
 from mtkd.errors import ConfigError
 from mtkd.tasks import (GLUE_TASK_NAMES, FileFormat, HeadKind, TaskSpec, glue_tasks, load_task_specs,
@@ -136,7 +137,7 @@ def test_head_of_a_task_not_in_the_list_suggests_the_closest(tmp_path):
     f.write_text(yaml.safe_dump({"Reviews": {**base, "splits": {"train": "r.tsv"}}, "Hard": {**base, "head_of": "Reviws"}}))
     with pytest.raises(ConfigError, match=r"task 'Hard' uses the head of 'Reviws', which is not in the task list "
                                           r"\['Reviews', 'Hard'\] \(did you mean 'Reviews'\?\)"):
-        load_task_specs({"Reviews": {}, "Hard": {}}, f)
+        validate(RunConfig(), load_task_specs({"Reviews": {}, "Hard": {}}, f))
 
 
 def test_override_of_a_split_given_as_a_bare_path_is_merged_into_it(tmp_path):
@@ -164,7 +165,7 @@ def test_tasks_file_that_is_not_yaml(tmp_path):
 
 def test_head_of_a_task_not_in_the_list_is_refused():
     with pytest.raises(ConfigError, match=r"task 'AX' uses the head of 'MNLI', which is not in the task list"):
-        load_task_specs({"AX": {}, "RTE": {}})
+        validate(RunConfig(), load_task_specs({"AX": {}, "RTE": {}}))
     specs = load_task_specs({"AX": {}, "MNLI": {}})
     assert specs["AX"].head_name == "MNLI"
 
@@ -245,7 +246,7 @@ def test_tasks_file_errors(tmp_path):
     ({"head": "classification", "labels": ["x"], "fields": {"text_a": "a"}, "splits": {}}, r"needs at least 2 label names"),
     ({"head": "classification", "labels": ["x", "x"], "fields": {"text_a": "a"}, "splits": {}}, r"duplicate label names \['x', 'x'\]"),
     ({"head": "regression", "metrics": ["pearsn"], "fields": {"text_a": "a"}, "splits": {}}, r"unknown metric 'pearsn' \(did you mean 'pearson'\?\)"),
-    ({"head": "regression", "fields": {"text_a": "a"}, "splits": {"train": {"format": "tsv"}}}, r"split 'train': missing 'path'"),
+    ({"head": "regression", "fields": {"text_a": "a"}, "splits": {"train": {"format": "tsv"}}}, r"split 'train': missing required key 'path'"),
     ({"head": "regression", "fields": {"text_a": "a"}, "splits": {"train": {"path": "x", "format": "xml"}}}, r"field 'format': 'xml' is not one of"),
     ({"head": "regression", "fields": {"text_a": "a"}, "splits": {"train": 5}}, r"split 'train': expected a path or a mapping, got int 5"),
     ({"head": "regression", "fields": {"text_a": "a"}, "splits": {"train": {"path": "x", "fields": "a"}}}, r"split 'train', field 'fields': expected a mapping"),
@@ -272,7 +273,7 @@ def test_tasks_file_errors(tmp_path):
     ({"head": "regression", "head_of": "../x", "fields": {"text_a": "a"}, "splits": {}}, r"field 'head_of': '\.\./x' is not a valid name"),
     ({"head": "regression", "fields": {"text_a": "a"}, "splits": {"train": {"path": "x.json", "columns": ["a"]}}}, r"field 'columns': only a TSV or CSV file without a header line has columns"),
     ({"head": "regression", "fields": {"text_a": "a"}, "splits": {"train": {"path": "x", "columns": ["a", "a"]}}}, r"field 'columns': expected distinct column names"),
-    ({"head": "regression", "fields": {"text_a": "a"}, "splits": {"train": {"path": "x", "skip_malformed": "yes"}}}, r"field 'skip_malformed': expected true or false, got 'yes'"),
+    ({"head": "regression", "fields": {"text_a": "a"}, "splits": {"train": {"path": "x", "skip_malformed": "yes"}}}, r"field 'skip_malformed': expected true or false, got str 'yes'"),
     ({"head": "regression", "fields": {"text_a": "a"}, "splits": {"dev": "a", "dev_b": "b"}}, r"splits 'dev' and 'dev_b' both report as 'Mine'; give one of them another report_as"),
 ])
 def test_bad_task_definitions(d, msg):

@@ -251,7 +251,7 @@ def _check_output_dir(folder: Path | None, flag: str = "--output-dir") -> None:
 
 
 def _dispatch(args) -> int:
-    from mtkd.config import load_config
+    from mtkd.config import load_config, task_specs, validate
 
     _check_output_dir(getattr(args, "output_dir", None))
     if args.command == "tasks":
@@ -269,6 +269,7 @@ def _dispatch(args) -> int:
         print(f"wrote {args.output_dir / 'results.json'} (seeds {res['seeds']})")
         return 0
     cfg = load_config(args.config, args.overrides)
+    validate(cfg, task_specs(cfg), str(args.config))  # the config's rules about its tasks, before anything runs
     if args.command == "check-config":
         return _check_config(args, cfg)
     from mtkd.recipes import evaluate, finetune, mtl, pipeline, predict
@@ -361,8 +362,9 @@ def _tasks(args) -> int:
 
 
 def _check_config(args, cfg) -> int:
-    """`mtkd check-config CONFIG [--data]`: the checks `run` makes before training (TaskData builds
-    the tasks, check_inputs the lengths and files), then the resolved config on stdout."""
+    """`mtkd check-config CONFIG [--data]`: the checks `run` makes before training (the config's rules
+    checked by _dispatch, TaskData builds the tasks, check_inputs the lengths and files), then the
+    resolved config on stdout."""
     import yaml
 
     from mtkd.config import to_dict
@@ -449,8 +451,9 @@ def _read_predict_input(args, need_pair: bool):
         fields["id"] = args.id_column or "id"
     if need_pair or args.pair_column is not None:
         fields["text_b"] = args.pair_column or "pair"
-    spec = TaskSpec(name="--input", head=HeadKind.REGRESSION, fields=fields,
-                    splits={"input": SplitSource(path=str(args.input.resolve()), format=fmt)})
+    # a reader's spec for one file, not a task definition (its split is named "input"): not validated as one
+    spec = TaskSpec.model_construct(name="--input", head=HeadKind.REGRESSION, fields=fields,
+                                    splits={"input": SplitSource(path=str(args.input.resolve()), format=fmt)})
     raw = read_split(spec, "input")
     return raw.ids, raw.text_a, raw.text_b
 

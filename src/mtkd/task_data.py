@@ -6,26 +6,23 @@ stage reads, and what a stage's identity records about them."""
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from mtkd import unlabeled
-from mtkd.config import RunConfig
+from mtkd.config import RunConfig, task_specs
 from mtkd.data import EncodedSplit, TrainSet, encode_split, subsample, tokenizer_fingerprint
 from mtkd.encoders import resolve_encoder
-from mtkd.tasks import load_task_specs
 
 
 class TaskData:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        specs = load_task_specs({n: o.override for n, o in cfg.tasks.items()}, cfg.tasks_file)
         # every task carries the length it is trained at (its own max_seq_len, else data.max_seq_len),
         # so the models saved from this run record it and predict uses it
-        self.specs = {n: s if s.max_seq_len is not None else replace(s, max_seq_len=cfg.data.max_seq_len)
-                      for n, s in specs.items()}
+        self.specs = {n: s if s.max_seq_len is not None else s.model_copy(update={"max_seq_len": cfg.data.max_seq_len})
+                      for n, s in task_specs(cfg).items()}
         self.specs.update(unlabeled.specs(cfg, self.specs))
         self.cache_dir = Path(cfg.data.cache_dir or os.environ.get("MTKD_CACHE") or Path.home() / ".cache" / "mtkd")
         self._encoded: dict = {}

@@ -10,12 +10,11 @@ student adds (recipes.distill, recipes.pipeline).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from mtkd.config import RunConfig
+from mtkd.config import RunConfig, UnlabeledFromTrain
 from mtkd.data import EncodedSplit, TrainSet, split_path, subsample
 from mtkd.errors import ConfigError, DataError
 from mtkd.tasks import TaskSpec, task_from_dict
@@ -32,29 +31,22 @@ def pseudo_tasks(cfg: RunConfig) -> dict[str, str]:
 
 
 def specs(cfg: RunConfig, specs: dict[str, TaskSpec]) -> dict[str, TaskSpec]:
-    """kd.unlabeled entries as pseudo-tasks that share their task's head and have no labels."""
+    """kd.unlabeled entries (checked by mtkd.config.validate) as pseudo-tasks that share their task's
+    head and have no labels."""
     out = {}
     for task, src in cfg.kd.unlabeled.items():
-        if task not in specs:
-            raise ConfigError(f"kd.unlabeled: task {task!r} is not in the task list {list(specs)}")
-        if task not in cfg.kd.teacher_tasks:
-            raise ConfigError(f"kd.unlabeled: task {task!r} has no teacher (kd.teacher_tasks) to label its text")
         name = f"{task}{SUFFIX}"
         base = specs[task]
-        if isinstance(src, dict) and src.get("from_train"):
+        if isinstance(src, UnlabeledFromTrain):
             # the task's own training file, read as the task reads it (same rows, same ids) without
             # its labels; unused_rows keeps the rows its train_cap leaves unused
-            if "train" not in base.splits:
-                raise ConfigError(f"kd.unlabeled.{task}: from_train, but {task} has no train split")
             fields = {k: v for k, v in base.fields_for("train").items() if k in ("text_a", "text_b", "id")}
-            out[name] = replace(base, name=name, head_of=task, fields=fields, metrics=(), note=None,
-                                splits={"train": replace(base.splits["train"], fields=None, report_as=None)})
+            out[name] = base.model_copy(update=dict(
+                name=name, head_of=task, fields=fields, metrics=(), note=None,
+                splits={"train": base.splits["train"].model_copy(update=dict(fields=None, report_as=None))}))
             continue
-        if not isinstance(src, dict) or "path" not in src:
-            raise ConfigError(f"kd.unlabeled.{task}: expected a mapping with 'path' (and optional format, fields), "
-                              f"or {{from_train: true, cap: N}}")
-        fields = src.get("fields") or {k: v for k, v in base.fields.items() if k in ("text_a", "text_b")}
-        split = {k: v for k, v in src.items() if k != "fields"}
+        fields = src.fields or {k: v for k, v in base.fields.items() if k in ("text_a", "text_b")}
+        split = src.model_copy(update=dict(fields=None))
         out[name] = task_from_dict(name, {"head": base.head.value, "labels": list(base.labels), "head_of": task,
                                           "fields": fields, "splits": {"train": split},
                                           "max_seq_len": base.max_seq_len}, "kd.unlabeled")  # cut as its task
@@ -66,8 +58,8 @@ def from_train(cfg: RunConfig, task: str) -> tuple[str, int | None] | None:
     (kd.unlabeled.<task>: {from_train: true, cap: N}); None for every other task."""
     base = pseudo_tasks(cfg).get(task)
     src = cfg.kd.unlabeled.get(base) if base is not None else None
-    if isinstance(src, dict) and src.get("from_train"):
-        return base, src.get("cap")
+    if isinstance(src, UnlabeledFromTrain):
+        return base, src.cap
     return None
 
 

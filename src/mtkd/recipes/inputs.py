@@ -1,21 +1,20 @@
-"""What the pipeline checks and prepares before any stage runs: the config's task lists, every
-length against the encoders, every data file (`mtkd check-config` runs the same checks), then every
-split tokenised once into the cache; and the data report written beside the results."""
+"""What the pipeline checks and prepares before any stage runs: every length against the encoders,
+every data file (`mtkd check-config` runs the same checks), then every split tokenised once into the
+cache; and the data report written beside the results. (The config's rules: mtkd.config.validate.)"""
 
 from __future__ import annotations
 
 from mtkd import unlabeled
-from mtkd.config import RunConfig, configured_candidates, teacher_candidates
+from mtkd.config import RunConfig
 from mtkd.data import check_files, raise_problems, read_split, split_path
 from mtkd.encoders import check_max_seq_len, resolve_encoder
-from mtkd.errors import ConfigError, DataError, did_you_mean
-from mtkd.heads import kind_of
+from mtkd.errors import DataError
 from mtkd.task_data import TaskData
 
 
 def tokenizer_sources(cfg: RunConfig) -> list[str]:
     """Every encoder whose tokenizer some stage of this config uses (teachers, candidates, student)."""
-    names = [cfg.encoder.name] + [c["encoder"] for c in cfg.kd.candidates if c.get("encoder")]
+    names = [cfg.encoder.name] + [c.encoder for c in cfg.kd.candidates if c.encoder]
     if cfg.kd.student is not None:
         names.append(cfg.kd.student.name)
     return list(dict.fromkeys(str(n) for n in names))
@@ -43,7 +42,6 @@ def check_inputs(cfg: RunConfig, data: TaskData, splits: tuple[str, ...] = ("tra
     every problem. Returns notes: the test files that are not there (predict reports them)."""
     from transformers import AutoConfig
 
-    check_task_lists(cfg, data)
     longest, key = longest_max_len(cfg, data.specs)
     for source in tokenizer_sources(cfg):  # a length beyond the position embeddings fails mid-training
         check_max_seq_len(AutoConfig.from_pretrained(resolve_encoder(source)), longest, f"encoder {source}", key=key)
@@ -52,30 +50,6 @@ def check_inputs(cfg: RunConfig, data: TaskData, splits: tuple[str, ...] = ("tra
         for task in unlabeled.from_train_tasks(cfg):  # from_train needs rows the train_cap subset leaves out
             unlabeled.check_rows_left(data, task, len(read_split(data.specs[task], "train", cfg.data.root)))
     return notes
-
-
-def check_task_lists(cfg: RunConfig, data: TaskData) -> None:
-    """The config's lists of task names name tasks that can play that part: finetune_tasks have
-    training data; kd.teacher_tasks and kd.select_by are in the task list, teachers are not
-    ranking tasks, and kd.top_k is at most the number of candidates."""
-    kd, train = cfg.kd, data.train_tasks()
-    for key, names, allowed in (("finetune_tasks", cfg.finetune_tasks or [], train),
-                                ("kd.teacher_tasks", kd.teacher_tasks, list(data.specs)),
-                                ("kd.select_by", kd.select_by, list(data.specs))):
-        for name in names:
-            if name not in allowed:
-                what = "a task with training data" if key == "finetune_tasks" else "in the task list"
-                raise ConfigError(f"{key}: task {name!r} is not {what} {allowed}{did_you_mean(name, allowed)}")
-    for name in kd.teacher_tasks:
-        if not kind_of(data.specs[name]).has_teachers:
-            raise ConfigError(f"kd.teacher_tasks: task {name!r} is a {data.specs[name].head.value} task; teachers "
-                              f"for {data.specs[name].head.value} tasks are not supported yet")
-    if kd.teacher_tasks:
-        n = len(configured_candidates(cfg))
-        if kd.top_k > n:
-            raise ConfigError(f"kd.top_k is {kd.top_k} but there are {n} teacher candidates (kd.candidates)")
-        for seed in cfg.seeds:
-            teacher_candidates(cfg, seed)  # refuses two candidates that would train the same model
 
 
 def prepare_data(cfg: RunConfig, data: TaskData, accelerator, splits: tuple[str, ...] = ("train", "dev", "test")

@@ -18,7 +18,7 @@
 
 Resumable: every training sub-stage has its own DONE.json and checkpoints. Which candidates become
 members is known only once they are trained, so planning checks every candidate's fine-tuning.
-The teacher and selection tasks and top_k are checked before any stage runs (recipes.inputs.check_task_lists).
+The teacher and selection tasks, top_k and the candidates are checked before any stage runs (mtkd.config.validate).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from mtkd import unlabeled
-from mtkd.config import RunConfig, teacher_candidates, teacher_train_config
+from mtkd.config import Candidate, RunConfig, teacher_train_config, to_dict
 from mtkd.errors import ConfigError
 from mtkd.heads import kind_of
 from mtkd.metrics import PREDICTIONS_FILE, save_predictions, task_scores
@@ -49,11 +49,11 @@ def jobs(cfg: RunConfig, data: TaskData, out: Path, seed: int, mtdnn_mtl: Path |
     """Steps 1-5 in `out`: the candidates' MTL (one stage each), the ensembles and the teacher tasks'
     soft targets (one stage, OUT/DONE.json) and, with kd.unlabeled, the labelling of its text
     (OUT/unlabeled). `mtdnn_mtl`: this seed's MT-DNN MTL model, which the from_mtdnn candidates continue."""
-    cands = teacher_candidates(cfg, seed)
+    cands = cfg.kd.seeded_candidates(seed)
     teacher_mtl, teacher_ft = teacher_train_config(cfg, "mtl"), teacher_train_config(cfg, "finetune")
-    candidates = [mtl.job(cfg, data, out / f"candidate-{i}" / "mtl", c["seed"], train=teacher_mtl,
+    candidates = [mtl.job(cfg, data, out / f"candidate-{i}" / "mtl", c.seed, train=teacher_mtl,
                           start=_start(cfg, c, mtdnn_mtl), desc=f"teacher candidate {i}") for i, c in enumerate(cands)]
-    members = [finetune.jobs(cfg, data, out / f"candidate-{i}" / "finetune", c["seed"], out / f"candidate-{i}" / "mtl" /
+    members = [finetune.jobs(cfg, data, out / f"candidate-{i}" / "finetune", c.seed, out / f"candidate-{i}" / "mtl" /
                              "model", train=teacher_ft, tasks=list(cfg.kd.teacher_tasks), desc=f"teacher {i}")
                for i, c in enumerate(cands)]
     ensembles = Ensembles(cfg, data, out, cands, members)
@@ -61,14 +61,14 @@ def jobs(cfg: RunConfig, data: TaskData, out: Path, seed: int, mtdnn_mtl: Path |
     return candidates + [ensembles] + text
 
 
-def _start(cfg: RunConfig, candidate: dict, mtdnn_mtl: Path | None) -> FreshEncoder | FromModel:
+def _start(cfg: RunConfig, candidate: Candidate, mtdnn_mtl: Path | None) -> FreshEncoder | FromModel:
     """Where a candidate's MTL starts: the encoder (its dropout / encoder overrides; the paper), or
     this seed's MT-DNN MTL model (from_mtdnn: the candidate is MT-DNN trained further)."""
-    if candidate.get("from_mtdnn"):
+    if candidate.from_mtdnn:
         if mtdnn_mtl is None:
             raise ConfigError("kd.candidates: a from_mtdnn candidate needs MT-DNN's MTL model (the mtl stage)")
         return FromModel(Path(mtdnn_mtl))
-    return FreshEncoder(cfg.encoder, dropout=candidate.get("dropout"), encoder=candidate.get("encoder"))
+    return FreshEncoder(cfg.encoder, dropout=candidate.dropout, encoder=candidate.encoder)
 
 
 @dataclass(eq=False)
@@ -79,7 +79,7 @@ class Ensembles(Job):
     cfg: RunConfig
     data: TaskData
     out: Path
-    cands: list[dict]
+    cands: list[Candidate]
     members: list[list[TrainingJob]]
     summary: dict = field(default_factory=dict)  # what DONE.json holds, once selected (or reused)
     _loaded: tuple = field(default=(None, ()), repr=False)  # (task, its members' models): one task at a time
@@ -116,7 +116,7 @@ class Ensembles(Job):
         scores = [_dev_score(runner, self.data, out / f"candidate-{i}" / "mtl" / "model",
                              kd.select_by or kd.teacher_tasks) for i in range(len(self.cands))]
         members = sorted(range(len(self.cands)), key=lambda i: -scores[i])[: kd.top_k]
-        self.summary = {"candidates": self.cands, "selection_scores": scores, "members": members}
+        self.summary = {"candidates": to_dict(self.cands), "selection_scores": scores, "members": members}
         # 3. fine-tune every member on every teacher task
         for i in members:
             runner.run(self.members[i])
@@ -162,7 +162,7 @@ class Ensembles(Job):
         kd, spec, scores = self.cfg.kd, self.data.specs[name], self.summary.get("selection_scores")
         return SoftTargets(name, [rows.data.ids[i] for i in rows.indices],
                            self.average(runner, task, name, "train", rows.indices, kd.temperature), {
-            "members": [{"candidate": i, **self.cands[i], "model": str(f),
+            "members": [{"candidate": i, **to_dict(self.cands[i]), "model": str(f),
                          "selection_dev_score": scores[i] if scores else None}
                         for i, f in zip(self.summary["members"], self.folders(task))],
             "teacher_key": runner.stages.stage_key(self.out / "soft_targets"), "data_file": rows.data.meta["path"],
