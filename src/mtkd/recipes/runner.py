@@ -60,16 +60,9 @@ class Runner:
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.accelerator = make_accelerator()
+        self.main, self.device = self.accelerator.is_main_process, self.accelerator.device
         self.stages = Stages(self.out_dir, self.accelerator)
         self._identities: dict[int, tuple[Job, dict]] = {}
-
-    @property
-    def main(self) -> bool:
-        return self.accelerator.is_main_process
-
-    @property
-    def device(self):
-        return self.accelerator.device
 
     def identity(self, job: Job) -> dict:
         """A job's identity, computed once; the folder it registers is known by its key from then on."""
