@@ -1,6 +1,7 @@
-"""Shared fixtures: a tiny randomly initialised BERT with the default encoder's tokenizer, and a
-small GLUE-like data root reproducing the real files' quirks (CoLA without header, MRPC's BOM,
-STS-B's many columns, JSON samples, test files without labels)."""
+"""Shared fixtures: a tiny randomly initialised BERT with the default encoder's tokenizer, a small
+GLUE-like data root reproducing the real files' quirks (CoLA without header, MRPC's BOM, STS-B's
+many columns, JSON samples, test files without labels), and one tiny model trained on them once per
+session (trained_model_dir, trained_model, trained_model_copy)."""
 
 from __future__ import annotations
 
@@ -126,3 +127,66 @@ def tiny_config(glue_root: Path, encoder: Path, cache: Path, tasks=("SST-2", "MR
     for k, v in sections.items():
         cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
     return cfg
+
+
+# ------------------------------------------------------------------------- the shared trained model
+# classification; regression with a label range (pair); pair classification; 3 labels (pair); a task on
+# another task's head (AX on MNLI's). In this order in the model folder (the tests read it).
+TRAINED_TASKS = ("SST-2", "STS-B", "MRPC", "MNLI", "AX")
+
+
+def _folder_digest(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(tiny_encoder, tmp_path_factory) -> Path:
+    """One tiny MT-DNN on TRAINED_TASKS, trained once per session by `mtkd run` (stage mtl, one epoch
+    on the fixture data), as a model folder. Shared and read-only: a test that changes the folder takes
+    `trained_model_copy`; the check after the session fails the run if the folder changed."""
+    import yaml
+
+    from mtkd.cli import main
+
+    base = tmp_path_factory.mktemp("trained")
+    glue = write_glue_fixture(base / "glue")
+    # data.max_seq_len 128 = the tiny encoder's positions: the tasks keep the encoder's full length
+    raw = tiny_config(glue, encoder=tiny_encoder, cache=base / "cache", tasks=TRAINED_TASKS, stages=["mtl"],
+                      data={"max_seq_len": 128})
+    cfg = base / "config.yaml"
+    cfg.write_text(yaml.safe_dump(raw, sort_keys=False))  # keep TRAINED_TASKS' order
+    assert main(["run", str(cfg), "--output-dir", str(base / "out")]) == 0
+    folder = base / "out" / "seed-0" / "mtl" / "model"
+    before = _folder_digest(folder)
+    yield folder
+    assert _folder_digest(folder) == before, f"a test changed the shared model folder {folder}: use trained_model_copy"
+
+
+@pytest.fixture(scope="session")
+def trained_model(trained_model_dir):
+    """The shared trained model, loaded once, in eval mode. Tests must leave it as they found it (a
+    test that changes weights takes a copy.deepcopy); the check after the session compares its
+    weights with the folder's."""
+    import torch
+    from safetensors.torch import load_file
+
+    from mtkd.model import MTModel
+
+    model = MTModel.from_pretrained(trained_model_dir).eval()
+    yield model
+    saved = load_file(str(trained_model_dir / "model.safetensors"))
+    state = model.state_dict()
+    changed = [k for k, v in saved.items() if not torch.equal(v, state[k])]
+    assert not changed and not model.training, f"a test changed the shared trained model: {changed[:5]}"
+
+
+@pytest.fixture
+def trained_model_copy(trained_model_dir, tmp_path) -> Path:
+    """A copy of the shared model folder that a test may change."""
+    import shutil
+
+    return Path(shutil.copytree(trained_model_dir, tmp_path / "model"))
+

@@ -22,7 +22,7 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from conftest import write_glue_fixture  # noqa: E402
+from conftest import TRAINED_TASKS, write_glue_fixture  # noqa: E402
 from mtkd.cli import main  # noqa: E402
 from mtkd.errors import CheckpointError, ConfigError, DataError, ExportError  # noqa: E402
 from mtkd.export import export_onnx  # noqa: E402
@@ -32,7 +32,7 @@ from mtkd.tasks import glue_tasks  # noqa: E402
 
 ALL = glue_tasks()
 # classification; regression with a label range (pair); pair classification; 3 labels (pair); AX on MNLI's head
-TASKS = ("SST-2", "STS-B", "MRPC", "MNLI", "AX")
+TASKS = TRAINED_TASKS  # ("SST-2", "STS-B", "MRPC", "MNLI", "AX"): conftest's shared trained model
 HEADS = ["SST-2", "STS-B", "MRPC", "MNLI"]
 WORDS = "the film movie plot cast story show was good great fine lovely bad awful poor dull".split()
 
@@ -53,13 +53,13 @@ def _make_model(encoder: Path, folder: Path, tasks=TASKS) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_encoder, tmp_path_factory) -> Path:
-    return _make_model(tiny_encoder, tmp_path_factory.mktemp("export") / "model")
+def model_dir(trained_model_dir) -> Path:
+    return trained_model_dir
 
 
 @pytest.fixture(scope="module")
-def model(model_dir) -> MTModel:
-    return MTModel.from_pretrained(model_dir).eval()
+def model(trained_model) -> MTModel:
+    return trained_model
 
 
 @pytest.fixture(scope="module")

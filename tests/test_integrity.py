@@ -5,7 +5,8 @@ kill are removed; a damaged model folder is refused naming the file; an encoder 
 neither a folder nor a reachable hub name says which it was taken for.
 
 Checkpoint tests use a 512x512 linear layer with Adam (1 MB of weights, 2 MB of optimizer
-state); model-folder tests use the tiny encoder of conftest. No network is used."""
+state); model-folder tests use conftest's shared trained model (a copy where they damage it) and
+its tiny encoder. No network is used."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch
 from safetensors import SafetensorError
 
 import mtkd.checkpoint as ckpt
+from conftest import TRAINED_TASKS
 from mtkd.checkpoint import STATE_FILE, file_digest, list_checkpoints, load_latest_checkpoint, save_checkpoint
 from mtkd.cli import main as cli_main
 from mtkd.errors import CheckpointError, DiskFullError
@@ -223,15 +225,13 @@ SPECS = {n: glue_tasks()[n] for n in ("SST-2", "STS-B")}
 
 
 @pytest.fixture(scope="module")
-def saved_model(tiny_encoder, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("integrity") / "model"
-    MTModel.from_encoder(str(tiny_encoder), SPECS).save_pretrained(folder)
-    return folder
+def saved_model(trained_model_dir):
+    return trained_model_dir  # conftest's shared model folder, saved by `mtkd run`
 
 
 @pytest.fixture
-def model_copy(saved_model, tmp_path):
-    return Path(shutil.copytree(saved_model, tmp_path / "model"))
+def model_copy(trained_model_copy):
+    return trained_model_copy
 
 
 def test_save_pretrained_records_the_weights_checksum(saved_model):
@@ -251,7 +251,7 @@ def _drop_records(folder: Path):
 
 def test_older_model_folder_without_checksum_still_loads(model_copy, saved_model):
     _drop_records(model_copy)
-    assert set(MTModel.from_pretrained(model_copy).tasks) == set(SPECS)
+    assert set(MTModel.from_pretrained(model_copy).tasks) == set(TRAINED_TASKS)
     assert weights_sha256(model_copy) == weights_sha256(saved_model)  # hashed, the same identity
 
 

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from mtkd.cli import main
 from mtkd.inference import length_batches
@@ -23,17 +22,13 @@ PAIRS = ["the movie is fine", "it was bad", "the cast is great", "nothing happen
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_encoder, tmp_path_factory):
-    torch.manual_seed(0)
-    model = MTModel.from_encoder(str(tiny_encoder), {n: ALL[n] for n in ("SST-2", "STS-B", "MNLI")})
-    folder = tmp_path_factory.mktemp("predict-cli") / "model"
-    model.save_pretrained(folder)
-    return folder
+def model_dir(trained_model_dir):
+    return trained_model_dir  # conftest's shared model: SST-2, STS-B, MRPC, MNLI, AX
 
 
 @pytest.fixture(scope="module")
-def model(model_dir):
-    return MTModel.from_pretrained(model_dir)
+def model(trained_model):
+    return trained_model
 
 
 def _predict(model_dir, *args) -> int:
@@ -62,7 +57,7 @@ def test_pair_task_without_pair_refused(model_dir, capsys):
 def test_unknown_task_suggests_the_closest(model_dir, capsys):
     assert _predict(model_dir, "--task", "SST2", "--text", "good") == 2
     err = capsys.readouterr().err
-    assert f"--task SST2: not a task of {model_dir} (did you mean 'SST-2'?) (it has SST-2, STS-B, MNLI)" in err
+    assert f"--task SST2: not a task of {model_dir} (did you mean 'SST-2'?) (it has SST-2, STS-B, MRPC, MNLI, AX)" in err
 
 
 def test_file_options_need_input(model_dir, capsys):

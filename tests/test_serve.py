@@ -22,30 +22,26 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
+from conftest import TRAINED_TASKS  # noqa: E402
 from mtkd.errors import CheckpointError  # noqa: E402
 from mtkd.model import MTModel  # noqa: E402
 from mtkd.serve import BackgroundServer, BatchRunner, Job, create_app, load_for_serving  # noqa: E402
 from mtkd.tasks import glue_tasks  # noqa: E402
 
-TASKS = ("SST-2", "STS-B", "MRPC")  # classification; regression with a label range (pair); pair classification
+TASKS = TRAINED_TASKS  # conftest's shared model: SST-2, STS-B (regression, a label range), MRPC, MNLI, AX (pairs)
 TEXTS = ["the film was good .", "the plot was awful .", "a lovely cast", "the show was dull and the story poor ."]
 PAIRS = ["the movie is fine", "it was bad", "the cast is great", "nothing happened"]
 MAX_TEXTS, MAX_CHARS = 8, 2000
 
 
 @pytest.fixture(scope="module")
-def folder(tiny_encoder, tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    all_tasks = glue_tasks()
-    model = MTModel.from_encoder(str(tiny_encoder), {t: all_tasks[t] for t in TASKS})
-    out = tmp_path_factory.mktemp("serve") / "model"
-    model.save_pretrained(out)
-    return out
+def folder(trained_model_dir) -> Path:
+    return trained_model_dir
 
 
 @pytest.fixture(scope="module")
-def model(folder) -> MTModel:
-    return MTModel.from_pretrained(folder).eval()
+def model(trained_model) -> MTModel:
+    return trained_model
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +112,7 @@ def test_mixed_tasks_and_default_tasks(client, model):
     assert [res["MRPC"]["label"] for res in body["results"]] == model.predict("MRPC", TEXTS, PAIRS)
     # no tasks: every task that reads what was sent
     assert client.post("/predict", json={"texts": TEXTS}).json()["tasks"] == ["SST-2"]
-    assert client.post("/predict", json={"texts": TEXTS, "pairs": PAIRS}).json()["tasks"] == ["STS-B", "MRPC"]
+    assert client.post("/predict", json={"texts": TEXTS, "pairs": PAIRS}).json()["tasks"] == ["STS-B", "MRPC", "MNLI", "AX"]
 
 
 LONG = "the film was good . " * 40  # 200 words: over the tiny encoder's 128 positions
@@ -209,7 +205,7 @@ BAD = {
     "probabilities a string": ({"texts": ["a"], "probabilities": "yes"}, 422, "probabilities",
                                "probabilities: expected true or false, got a string"),
     "unknown task": ({"texts": ["a"], "tasks": ["SST-2", "SST2"]}, 422, "tasks[1]",
-                     "tasks[1]: unknown task 'SST2' (did you mean 'SST-2'?); this model has SST-2, STS-B, MRPC"),
+                     "tasks[1]: unknown task 'SST2' (did you mean 'SST-2'?); this model has SST-2, STS-B, MRPC, MNLI, AX"),
     "empty task list": ({"texts": ["a"], "tasks": []}, 422, "tasks", "tasks: empty list"),
     "empty text list": ({"texts": [], "tasks": ["SST-2"]}, 422, "texts", "texts: empty list"),
     "empty string": ({"texts": ["a", ""], "tasks": ["SST-2"]}, 422, "texts[1]", "texts[1]: empty text"),
