@@ -45,13 +45,13 @@ def _spec(path: Path):
 
 def child(mode: str, path: str, cache: str) -> None:
     import suite  # noqa: F401  sets the offline HF defaults before transformers loads anything
+    # isort: split
     from transformers import AutoTokenizer
 
+    from machine import peak_rss_mb
     from mtkd.data import collate, encode_split
     from mtkd.model import resolve_encoder
     from mtkd.sampler import MultiTaskBatchSampler
-
-    from machine import peak_rss_mb
 
     tok = AutoTokenizer.from_pretrained(resolve_encoder("default"), use_fast=True)
 

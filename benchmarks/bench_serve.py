@@ -64,7 +64,7 @@ def dev_texts(data_root: Path, n: int, seed: int) -> tuple[list[str], list[tuple
         singles = list(read_split(specs["SST-2"], "dev", data_root).text_a)
         for t in ("MRPC", "STS-B", "RTE"):
             raw = read_split(specs[t], "dev", data_root)
-            pairs += list(zip(raw.text_a, raw.text_b))
+            pairs += list(zip(raw.text_a, raw.text_b, strict=True))
     except Exception as e:  # no GLUE files: synthetic text
         print(f"(no GLUE dev files under {data_root}: {type(e).__name__}; using synthetic sentences)", file=sys.stderr)
         words = "the a film plot cast story was good bad dull great fine awful lovely poor show man plays music".split()
@@ -84,7 +84,7 @@ def request_pool(model, singles, pairs, n_requests: int, seed: int) -> list[dict
     single_tasks = [t for t, s in model.tasks.items() if not is_pair_task(s)]
     pair_tasks = [t for t, s in model.tasks.items() if is_pair_task(s)]
     pool = []
-    for i in range(n_requests):
+    for _ in range(n_requests):
         r = rng.random()
         k = 1 if r < 0.6 else (rng.randint(2, 16) if r < 0.9 else rng.randint(32, MAX_TEXTS))
         use_pairs = bool(pair_tasks) and (not single_tasks or rng.random() < 0.5)
@@ -138,7 +138,7 @@ def reference_answers(model, pool: list[dict]) -> list[list[dict]]:
     from mtkd.tasks import HeadKind
 
     def inputs(req, paired):
-        return list(zip(req["texts"], req["pairs"])) if paired else [(x, None) for x in req["texts"]]
+        return list(zip(req["texts"], req["pairs"], strict=True)) if paired else [(x, None) for x in req["texts"]]
 
     outputs = {}  # task -> ({input: index}, predictions)
     for t in dict.fromkeys(t for req in pool for t in req["tasks"]):
@@ -161,7 +161,7 @@ def reference_answers(model, pool: list[dict]) -> list[list[dict]]:
                 v = out[index[item]]
                 if spec.head == HeadKind.CLASSIFICATION:
                     p = np.asarray(v, dtype=np.float64)
-                    rows[r][t] = {"label": spec.labels[int(p.argmax())], "probabilities": dict(zip(spec.labels, p.tolist()))}
+                    rows[r][t] = {"label": spec.labels[int(p.argmax())], "probabilities": dict(zip(spec.labels, p.tolist(), strict=True))}
                 else:
                     rows[r][t] = {"score": float(v)}
         answers.append(rows)
@@ -173,7 +173,7 @@ def check_answer(got: dict, want: list[dict], req: dict) -> str | None:
     results = got.get("results")
     if got.get("tasks") != list(dict.fromkeys(req["tasks"])) or not isinstance(results, list) or len(results) != len(want):
         return f"shape: tasks {got.get('tasks')} vs {req['tasks']}, {len(results or [])} vs {len(want)} results"
-    for r, (g, w) in enumerate(zip(results, want)):
+    for r, (g, w) in enumerate(zip(results, want, strict=True)):
         for t, wv in w.items():
             gv = g.get(t) or {}
             if "label" in wv:

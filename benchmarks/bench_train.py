@@ -111,7 +111,7 @@ def run(env) -> dict:
     runs = interleave(contenders(env, loads), mode.repeats, warmup=mode.warmup_round, label=NAME)
 
     # the dynamic Trainer was fed mtkd's batches: check it really ran the same shapes, then drop them
-    same_batches = {key: all(a["shapes"] == b["shapes"] for a, b in zip(runs[f"{key}:mtkd"], runs[f"{key}:trainer_dynamic"]))
+    same_batches = {key: all(a["shapes"] == b["shapes"] for a, b in zip(runs[f"{key}:mtkd"], runs[f"{key}:trainer_dynamic"], strict=True))
                     for key in loads}
     for rs in runs.values():
         for r in rs:

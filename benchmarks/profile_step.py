@@ -76,10 +76,10 @@ def time_parts(state: dict, inputs: tuple, labels, repeats: int) -> dict:
             optimizer.zero_grad(set_to_none=True)
             t4 = time.perf_counter()
             if i >= 2:
-                for k, v in zip(PARTS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                for k, v in zip(PARTS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                     times[name][k].append(v * 1000)
     for name in state:
-        times[name]["total"] = [sum(parts) for parts in zip(*(times[name][k] for k in PARTS))]
+        times[name]["total"] = [sum(parts) for parts in zip(*(times[name][k] for k in PARTS), strict=True)]
     return times
 
 

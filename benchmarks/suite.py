@@ -13,9 +13,9 @@ import dataclasses
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from machine import machine_info, warn_if_busy
 from reporting import target_for, write_json

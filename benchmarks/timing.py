@@ -11,7 +11,7 @@ import gc
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def stats(values) -> dict:
@@ -53,7 +53,7 @@ def summarize(runs: list[dict], keys=None) -> dict:
 
 def paired_ratio(a: list[dict], b: list[dict], key: str = "examples_per_s") -> dict:
     """stats of a[r][key] / b[r][key] over rounds r (a and b ran in the same rounds)."""
-    return stats(x[key] / y[key] for x, y in zip(a, b))
+    return stats(x[key] / y[key] for x, y in zip(a, b, strict=True))
 
 
 class StepClock:

@@ -66,8 +66,7 @@ def run_trainer(env: Env, features: list[dict], steps: int, seed: int, dynamic: 
     dynamic=True: DataCollatorWithPadding. sampling: 'random' (run_glue), 'sequential' (features
     in the given batch order) or 'group_by_length'. Optimizer: Adamax lr 2e-4 (passed in)."""
     import torch
-    from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
-                              default_data_collator)
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, default_data_collator
 
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(env.encoder, num_labels=num_labels)

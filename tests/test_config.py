@@ -8,8 +8,18 @@ import pytest
 import yaml
 
 from conftest import tiny_config
-from mtkd.config import (EncoderConfig, Optimizer, Precision, RunConfig, Stage, TaskOptions, apply_override,
-                         load_config, save_config, to_dict)
+from mtkd.config import (
+    EncoderConfig,
+    Optimizer,
+    Precision,
+    RunConfig,
+    Stage,
+    TaskOptions,
+    apply_override,
+    load_config,
+    save_config,
+    to_dict,
+)
 from mtkd.errors import ConfigError, MtkdError
 from mtkd.sampler import SamplingMode
 from mtkd.tasks import load_task_specs

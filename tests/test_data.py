@@ -13,8 +13,8 @@ import torch
 import mtkd.data as data_mod
 from conftest import NEG, POS
 from mtkd.data import collate, encode_split, read_split, subsample
-from mtkd.inference import length_batches
 from mtkd.errors import DataError, MtkdError
+from mtkd.inference import length_batches
 from mtkd.tasks import HeadKind, glue_tasks, load_task_specs, task_from_dict
 
 GLUE = glue_tasks()
@@ -353,7 +353,7 @@ def test_empty_text(tmp_path, a, b, field):
 
 
 def test_invalid_utf8_reports_the_line(tmp_path):
-    content = "id\ta\ty\n1\tfine\tpos\n".encode() + b"2\tbad \xff\xfe byte\tneg\n3\tz\tpos\n"
+    content = b"id\ta\ty\n1\tfine\tpos\n" + b"2\tbad \xff\xfe byte\tneg\n3\tz\tpos\n"
     spec, paths = _task(tmp_path, files={"train": ("t.tsv", content)})
     e = _err(spec)
     assert e.line == 3
@@ -626,7 +626,7 @@ def test_length_batches_sorted_capped_and_complete(batch_size, max_tokens):
         if max_tokens is not None and len(b) > 1:
             assert len(b) * lengths[b].max() <= max_tokens
     if max_tokens == 40:  # greedy: each batch as large as the budget allows
-        for b, nxt in zip(batches, batches[1:]):
+        for b, nxt in zip(batches, batches[1:], strict=False):
             assert (len(b) + 1) * lengths[nxt[0]] > 40
 
 

@@ -127,7 +127,7 @@ def runs(tmp_path_factory, tiny_encoder):
 def test_each_rank_trains_half_of_the_same_single_task_batch(runs):
     r0, r1 = runs.rec2
     assert len(runs.rec1) == len(r0) == len(r1) == STEPS
-    for step, (one, a, b) in enumerate(zip(runs.rec1, r0, r1)):
+    for step, (one, a, b) in enumerate(zip(runs.rec1, r0, r1, strict=True)):
         assert one["task"] == a["task"] == b["task"], f"step {step}: the ranks trained different tasks"
         assert not set(a["index"]) & set(b["index"]), f"step {step}: an example on both ranks"
         assert sorted(a["index"] + b["index"]) == sorted(one["index"]), f"step {step}: not the 1-process batch"
@@ -161,7 +161,7 @@ def test_the_logged_loss_is_the_global_batch_loss(runs):
     one = read_records(runs.single / "metrics.jsonl")
     two = read_records(runs.ddp / "metrics.jsonl")
     assert [x["step"] for x in one] == [x["step"] for x in two]
-    diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(one, two)]
+    diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(one, two, strict=True)]
     assert max(diffs) < 1e-3, diffs
 
 

@@ -68,7 +68,7 @@ def _assert_same_results(single: Path, multi: Path):
     for name in sa:
         if name == "STS-B.tsv":
             assert [r[0] for r in sa[name]] == [r[0] for r in sb[name]]
-            assert all(abs(float(x[1]) - float(y[1])) < 1e-3 for x, y in zip(sa[name][1:], sb[name][1:]))
+            assert all(abs(float(x[1]) - float(y[1])) < 1e-3 for x, y in zip(sa[name][1:], sb[name][1:], strict=True))
         else:
             assert sa[name] == sb[name], name
     # one writer: the soft targets and the stage markers are complete and written once

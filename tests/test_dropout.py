@@ -7,8 +7,15 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from mtkd.dropout import (ATTENTION_NAME, FastDropout, attention_with_fast_dropout, fast_dropout, keep_mask,
-                          keep_scale, use_fast_dropout)
+from mtkd.dropout import (
+    ATTENTION_NAME,
+    FastDropout,
+    attention_with_fast_dropout,
+    fast_dropout,
+    keep_mask,
+    keep_scale,
+    use_fast_dropout,
+)
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.3])

@@ -26,8 +26,8 @@ from conftest import TRAINED_TASKS, write_glue_fixture  # noqa: E402
 from mtkd.cli import main  # noqa: E402
 from mtkd.errors import CheckpointError, ConfigError, DataError, ExportError  # noqa: E402
 from mtkd.export import export_onnx  # noqa: E402
-from mtkd.onnx_model import EXPORT_FILE, GRAPH_FILE, OnnxModel  # noqa: E402
 from mtkd.model import MTModel, weights_sha256  # noqa: E402
+from mtkd.onnx_model import EXPORT_FILE, GRAPH_FILE, OnnxModel  # noqa: E402
 from mtkd.tasks import glue_tasks  # noqa: E402
 
 ALL = glue_tasks()
@@ -130,7 +130,7 @@ def test_onnx_matches_pytorch_on_varied_length_batches(export_dir, model, batch_
     for lo in range(0, len(TEXTS), batch_size):
         enc = model.tokenizer(TEXTS[lo:lo + batch_size], PAIRS[lo:lo + batch_size], padding=True, return_tensors="np")
         feed = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
-        got = dict(zip(HEADS, sess.run(HEADS, feed)))
+        got = dict(zip(HEADS, sess.run(HEADS, feed), strict=True))
         want = _torch_heads(model, *feed.values())
         for h in HEADS:
             w = want[h] if h != "STS-B" else want[h][:, 0]

@@ -11,7 +11,14 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from mtkd.heads import kind_of
-from mtkd.metrics import SUBMISSION_FILES, glue_score, markdown_table, task_scores, write_submission_file, zip_submission
+from mtkd.metrics import (
+    SUBMISSION_FILES,
+    glue_score,
+    markdown_table,
+    task_scores,
+    write_submission_file,
+    zip_submission,
+)
 from mtkd.tasks import HeadKind, glue_tasks, load_task_specs
 
 SPECS = glue_tasks()

@@ -17,8 +17,16 @@ import yaml
 from conftest import tiny_config, write_glue_fixture
 from mtkd.cli import main
 from mtkd.model import MTModel, weights_sha256
-from mtkd.model_card import (CARD_FILE, DATA_FILE, MARKER, UNKNOWN_LICENSE, encoder_info, load_card_data,
-                             update_model_card, write_model_card)
+from mtkd.model_card import (
+    CARD_FILE,
+    DATA_FILE,
+    MARKER,
+    UNKNOWN_LICENSE,
+    encoder_info,
+    load_card_data,
+    update_model_card,
+    write_model_card,
+)
 from mtkd.tasks import glue_tasks, load_task_specs
 
 TASKS = ("SST-2", "STS-B", "MRPC")

@@ -69,7 +69,7 @@ def test_file_options_need_input(model_dir, capsys):
 def test_tsv_input_matches_text_and_keeps_order(model_dir, tmp_path, capsys):
     ids = [f"r{i}" for i in (5, 3, 9, 1, 7)]
     inp = tmp_path / "in.tsv"
-    inp.write_text("id\ttext\tpair\n" + "".join(f"{i}\t{t}\t{p}\n" for i, t, p in zip(ids, TEXTS, PAIRS)))
+    inp.write_text("id\ttext\tpair\n" + "".join(f"{i}\t{t}\t{p}\n" for i, t, p in zip(ids, TEXTS, PAIRS, strict=True)))
     out = tmp_path / "pred.jsonl"
     assert _predict(model_dir, "--task", "SST-2", "--task", "STS-B", "--input", inp, "--output", out) == 0
     assert f"wrote 5 predictions (SST-2, STS-B) to {out}" in capsys.readouterr().out
@@ -82,7 +82,7 @@ def test_tsv_input_matches_text_and_keeps_order(model_dir, tmp_path, capsys):
 
 def test_jsonl_input_tsv_output_with_probs(model_dir, model, tmp_path, capsys):
     inp = tmp_path / "in.jsonl"
-    inp.write_text("".join(json.dumps({"id": i, "t": t, "h": p}) + "\n" for i, (t, p) in enumerate(zip(TEXTS, PAIRS))))
+    inp.write_text("".join(json.dumps({"id": i, "t": t, "h": p}) + "\n" for i, (t, p) in enumerate(zip(TEXTS, PAIRS, strict=True))))
     out = tmp_path / "sub" / "pred.tsv"
     assert _predict(model_dir, "--task", "MNLI", "--input", inp, "--text-column", "t", "--pair-column", "h",
                     "--output", out, "--probs") == 0
@@ -182,7 +182,7 @@ def test_predict_sorts_by_length_in_token_budget_batches_and_keeps_order(model):
     expected = length_batches(lengths, 4, 40)
     assert [s[0] for s in calls] == [len(b) for b in expected]
     assert [s[1] for s in calls] == [max(lengths[i] for i in b) for b in expected]  # padded to the batch's longest
-    one_by_one = [model.predict(["SST-2", "STS-B"], [t], [p]) for t, p in zip(TEXTS, PAIRS)]
+    one_by_one = [model.predict(["SST-2", "STS-B"], [t], [p]) for t, p in zip(TEXTS, PAIRS, strict=True)]
     assert out["SST-2"] == [o["SST-2"][0] for o in one_by_one]
     np.testing.assert_allclose(out["STS-B"], [o["STS-B"][0] for o in one_by_one], atol=1e-5)
     assert model.predict("SST-2", []) == []

@@ -77,7 +77,7 @@ def test_bad_positive_labels_are_refused(d, msg):
 
 def test_positive_index_of_a_non_ranking_task_is_an_error():
     with pytest.raises(ValueError, match="not a ranking task"):
-        load_task_specs({"RTE": {}})["RTE"].positive_index
+        _ = load_task_specs({"RTE": {}})["RTE"].positive_index  # reading the property raises
 
 
 # -------------------------------------------------------------------------- end to end (1 and 2)
@@ -189,7 +189,7 @@ def test_two_processes_keep_groups_whole_and_train_the_same_model(runs):
     r0, r1 = runs.rec2
     assert len(runs.rec1) == len(r0) == len(r1) > 0
     uneven = 0
-    for step, (one, a, b) in enumerate(zip(runs.rec1, r0, r1)):
+    for step, (one, a, b) in enumerate(zip(runs.rec1, r0, r1, strict=True)):
         n_groups = len({q[i] for i in one})
         if n_groups >= 2:
             assert not {q[i] for i in a} & {q[i] for i in b}, f"step {step}: a query's candidates on both ranks"

@@ -30,7 +30,7 @@ def task_sequence(batches):
 
 
 def n_switches(seq):
-    return sum(a != b for a, b in zip(seq, seq[1:]))
+    return sum(a != b for a, b in zip(seq, seq[1:], strict=False))
 
 
 def as_key(batches):
@@ -342,7 +342,7 @@ def test_property_exactly_once_and_shards_partition(sizes, batch_size, bucket, s
     check_exactly_once(batches, tasks, batch_size)
     ranks = [MultiTaskBatchSampler(tasks, batch_size, seed, lengths=lengths, bucket=bucket, rank=r, world_size=world)
              for r in range(world)]
-    for (t, b), *parts in zip(batches, *(r.epoch_batches(epoch) for r in ranks)):
+    for (t, b), *parts in zip(batches, *(r.epoch_batches(epoch) for r in ranks), strict=True):
         shards = [r.shard(b) for r in ranks]
         assert all(pt == t for pt, _ in parts)
         if len(b) >= world:
@@ -359,7 +359,7 @@ def test_ddp_never_splits_a_group_across_ranks(world):
     glob = MultiTaskBatchSampler(tasks, BS, seed=3, groups={"rank": gid})
     ranks = [MultiTaskBatchSampler(tasks, BS, seed=3, groups={"rank": gid}, rank=r, world_size=world) for r in range(world)]
     for epoch in range(2):
-        for (t, b), *parts in zip(glob.epoch_batches(epoch), *(r.epoch_batches(epoch) for r in ranks)):
+        for (t, b), *parts in zip(glob.epoch_batches(epoch), *(r.epoch_batches(epoch) for r in ranks), strict=True):
             assert all(pt == t and np.array_equal(pb, b) for pt, pb in parts)  # batches do not depend on world_size
             splits = [r.split(b, t) for r in ranks]
             if t != "rank":

@@ -276,7 +276,7 @@ def _requests() -> list[dict]:
 def _same(a: dict, b: dict) -> None:
     assert a["tasks"] == b["tasks"] and a["truncated"] == b["truncated"]
     assert len(a["results"]) == len(b["results"])
-    for x, y in zip(a["results"], b["results"]):
+    for x, y in zip(a["results"], b["results"], strict=True):
         assert list(x) == list(y)
         for t in x:
             assert set(x[t]) == set(y[t])
@@ -304,7 +304,7 @@ def test_concurrent_requests_are_batched_and_answered_as_one_by_one(client, url)
     with concurrent.futures.ThreadPoolExecutor(len(reqs)) as pool:
         answers = list(pool.map(post, reqs))
     assert all(r.status_code == 200 for r in answers), [r.text for r in answers if r.status_code != 200]
-    for got, want in zip(answers, one_by_one):
+    for got, want in zip(answers, one_by_one, strict=True):
         _same(got.json(), want)
     after = _health(client)
     assert after["requests"] - before["requests"] == len(reqs)

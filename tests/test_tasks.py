@@ -9,8 +9,7 @@ import yaml
 
 from mtkd.data import read_split
 from mtkd.errors import ConfigError
-from mtkd.tasks import (GLUE_TASK_NAMES, FileFormat, HeadKind, TaskSpec, glue_tasks, load_task_specs,
-                        task_from_dict)
+from mtkd.tasks import GLUE_TASK_NAMES, FileFormat, HeadKind, TaskSpec, glue_tasks, load_task_specs, task_from_dict
 
 
 # ============================================================================ built-in GLUE

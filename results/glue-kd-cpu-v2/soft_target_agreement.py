@@ -40,7 +40,7 @@ def main(run_dirs: list[str]) -> None:
         for task in cfg.kd.teacher_tasks:
             spec = specs[task]
             train = read_split(spec, "train", cfg.data.root)
-            label_of = dict(zip(train.ids, train.labels))  # class indices (read_split parses them)
+            label_of = dict(zip(train.ids, train.labels, strict=True))  # class indices (read_split parses them)
             labelled = SoftTargets.load(teach / "soft_targets", task)
             cells = agreement(labelled.values, np.array([label_of[i] for i in labelled.ids]))
             row = [seed, task, cells["rows"], f"{cells['argmax_is_gold']:.1f} %", f"{cells['p_gold']:.3f}",

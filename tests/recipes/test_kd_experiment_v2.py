@@ -31,8 +31,8 @@ from mtkd.cli import main
 from mtkd.config import load_config, teacher_train_config
 from mtkd.errors import ConfigError
 from mtkd.heads import kind_of
-from mtkd.recipes.context import RunContext
 from mtkd.metrics import load_predictions
+from mtkd.recipes.context import RunContext
 from mtkd.recipes.inputs import prepare_data
 from mtkd.stats import Evaluated, paired_bootstrap
 

@@ -96,11 +96,11 @@ def test_unlabeled_text_gets_soft_targets_and_self_distillation(glue_root, tiny_
     soft = json.loads((out / "seed-0" / "teach" / "unlabeled" / "soft_targets" / "RTE+unlabeled.json").read_text())
     assert len(soft["ids"]) == 20 and soft["provenance"]["data_file"] == str(extra)
     assert not (out / "seed-0" / "teach" / "soft_targets" / "RTE+unlabeled.json").exists()
-    steps = [json.loads(l)["task"] for l in (out / "seed-0" / "distill_unlabeled" / "mtl" / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["task"] for line in (out / "seed-0" / "distill_unlabeled" / "mtl" / "metrics.jsonl").read_text().splitlines()]
     assert steps.count("RTE+unlabeled") == 20 // 8 + 1  # every unlabeled example trained once (batch 8)
     student = json.loads((out / "seed-0" / "distill_unlabeled" / "mtl" / "model" / "config.json").read_text())
     assert student["tasks"]["RTE+unlabeled"]["head_of"] == "RTE"
-    paper = [json.loads(l)["task"] for l in (out / "seed-0" / "distill" / "mtl" / "metrics.jsonl").read_text().splitlines()]
+    paper = [json.loads(line)["task"] for line in (out / "seed-0" / "distill" / "mtl" / "metrics.jsonl").read_text().splitlines()]
     assert "RTE+unlabeled" not in paper  # the paper's MT-DNN-KD row is unchanged by the extra text
     res = json.loads((out / "results.json").read_text())
     assert set(res["systems"]) == {"ensemble", "mtdnn_kd", "mtdnn_kd_unlabeled"}

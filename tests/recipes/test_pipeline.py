@@ -77,7 +77,7 @@ def test_dev_accuracy_is_that_of_the_fine_tuned_model(run):
     rows = _tsv((run.glue / "SST-2" / "dev.tsv").read_text())
     model = MTModel.from_pretrained(run.seed / "finetune" / "SST-2" / "model")
     preds = model.predict("SST-2", [r["sentence"] for r in rows])
-    acc = 100 * np.mean([p == r["label"] for p, r in zip(preds, rows)])
+    acc = 100 * np.mean([p == r["label"] for p, r in zip(preds, rows, strict=True)])
     assert json.loads(run.metrics)["SST-2"]["accuracy"] == pytest.approx(acc, abs=1e-3)
 
 

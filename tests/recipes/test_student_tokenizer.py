@@ -73,7 +73,7 @@ def test_student_with_its_own_tokenizer_trains_and_is_scored_on_its_own_ids(glue
     dev = read_split(load_task_specs({"RTE": {}})["RTE"], "dev", glue_root)
     preds = student.predict("RTE", dev.text_a, dev.text_b)
     labels = ["entailment", "not_entailment"]
-    expected = 100 * float(np.mean([labels.index(p) == y for p, y in zip(preds, dev.labels)]))
+    expected = 100 * float(np.mean([labels.index(p) == y for p, y in zip(preds, dev.labels, strict=True)]))
     assert abs(got - expected) < 1e-6, (got, expected)
 
     # the same output folder with a student of the teachers' family: the student is trained again on
