@@ -43,38 +43,68 @@ def write_glue_fixture(root: Path, n_train: int = 48, n_dev: int = 16, n_test: i
     # CoLA: no header in train/dev: source, label, original label, sentence; test has a header
     (root / "CoLA").mkdir(exist_ok=True)
     for split, n in (("train", n_train), ("dev", n_dev)):
-        (root / "CoLA" / f"{split}.tsv").write_text("".join(f"gj04\t{int(y)}\t\t{_sentence(rng, y)}\n" for _, y in rows(n)))
-    (root / "CoLA" / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\t{_sentence(rng, y)}\n" for i, y in rows(n_test)))
+        (root / "CoLA" / f"{split}.tsv").write_text(
+            "".join(f"gj04\t{int(y)}\t\t{_sentence(rng, y)}\n" for _, y in rows(n))
+        )
+    (root / "CoLA" / "test.tsv").write_text(
+        "index\tsentence\n" + "".join(f"{i}\t{_sentence(rng, y)}\n" for i, y in rows(n_test))
+    )
     # SST-2
     (root / "SST-2").mkdir(exist_ok=True)
     for split, n in (("train", n_train), ("dev", n_dev)):
-        (root / "SST-2" / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{_sentence(rng, y)} \t{int(y)}\n" for _, y in rows(n)))
-    (root / "SST-2" / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\t{_sentence(rng, y)}\n" for i, y in rows(n_test)))
+        (root / "SST-2" / f"{split}.tsv").write_text(
+            "sentence\tlabel\n" + "".join(f"{_sentence(rng, y)} \t{int(y)}\n" for _, y in rows(n))
+        )
+    (root / "SST-2" / "test.tsv").write_text(
+        "index\tsentence\n" + "".join(f"{i}\t{_sentence(rng, y)}\n" for i, y in rows(n_test))
+    )
     # MRPC: header with a UTF-8 BOM, quotes inside text (no quoting in GLUE TSVs)
     (root / "MRPC").mkdir(exist_ok=True)
     for split, n in (("train", n_train), ("dev", n_dev)):
-        body = "".join(f"{int(y)}\t{100 + i}\t{200 + i}\tHe said \" {_sentence(rng, y)}\t{_sentence(rng, y)}\n" for i, y in rows(n))
-        (root / "MRPC" / f"{split}.tsv").write_text("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + body, encoding="utf-8")
-    (root / "MRPC" / "test.tsv").write_text("index\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + "".join(
-        f"{i}\t{i}\t{i}\t{_sentence(rng, y)}\t{_sentence(rng, y)}\n" for i, y in rows(n_test)))
+        body = "".join(
+            f'{int(y)}\t{100 + i}\t{200 + i}\tHe said " {_sentence(rng, y)}\t{_sentence(rng, y)}\n' for i, y in rows(n)
+        )
+        (root / "MRPC" / f"{split}.tsv").write_text(
+            "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + body, encoding="utf-8"
+        )
+    (root / "MRPC" / "test.tsv").write_text(
+        "index\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+        + "".join(f"{i}\t{i}\t{i}\t{_sentence(rng, y)}\t{_sentence(rng, y)}\n" for i, y in rows(n_test))
+    )
     # STS-B: ten columns, score in [0, 5]
     (root / "STS-B").mkdir(exist_ok=True)
     head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2"
     for split, n in (("train", n_train), ("dev", n_dev)):
-        body = "".join(f"{i}\tmain\tf\t2012\t{i:04d}\tnone\tnone\t{_sentence(rng, y)}\t{_sentence(rng, y)}\t{4.5 if y else 0.5:.3f}\n" for i, y in rows(n))
+        body = "".join(
+            f"{i}\tmain\tf\t2012\t{i:04d}\tnone\tnone\t{_sentence(rng, y)}\t{_sentence(rng, y)}\t{4.5 if y else 0.5:.3f}\n"
+            for i, y in rows(n)
+        )
         (root / "STS-B" / f"{split}.tsv").write_text(head + "\tscore\n" + body)
-    (root / "STS-B" / "test.tsv").write_text(head + "\n" + "".join(
-        f"{i}\tmain\tf\t2012\t{i:04d}\tnone\tnone\t{_sentence(rng, y)}\t{_sentence(rng, y)}\n" for i, y in rows(n_test)))
+    (root / "STS-B" / "test.tsv").write_text(
+        head
+        + "\n"
+        + "".join(
+            f"{i}\tmain\tf\t2012\t{i:04d}\tnone\tnone\t{_sentence(rng, y)}\t{_sentence(rng, y)}\n"
+            for i, y in rows(n_test)
+        )
+    )
     # RTE / WNLI / QNLI: index, two texts, label names
-    for task, labels, a, b in (("RTE", ("entailment", "not_entailment"), "sentence1", "sentence2"),
-                               ("QNLI", ("entailment", "not_entailment"), "question", "sentence"),
-                               ("WNLI", ("1", "0"), "sentence1", "sentence2")):
+    for task, labels, a, b in (
+        ("RTE", ("entailment", "not_entailment"), "sentence1", "sentence2"),
+        ("QNLI", ("entailment", "not_entailment"), "question", "sentence"),
+        ("WNLI", ("1", "0"), "sentence1", "sentence2"),
+    ):
         (root / task).mkdir(exist_ok=True)
         for split, n in (("train", n_train), ("dev", n_dev)):
-            (root / task / f"{split}.tsv").write_text(f"index\t{a}\t{b}\tlabel\n" + "".join(
-                f"{i}\tsome premise {i}\t{_sentence(rng, y)}\t{labels[0] if y else labels[1]}\n" for i, y in rows(n)))
-        (root / task / "test.tsv").write_text(f"index\t{a}\t{b}\n" + "".join(
-            f"{i}\tsome premise {i}\t{_sentence(rng, y)}\n" for i, y in rows(n_test)))
+            (root / task / f"{split}.tsv").write_text(
+                f"index\t{a}\t{b}\tlabel\n"
+                + "".join(
+                    f"{i}\tsome premise {i}\t{_sentence(rng, y)}\t{labels[0] if y else labels[1]}\n" for i, y in rows(n)
+                )
+            )
+        (root / task / "test.tsv").write_text(
+            f"index\t{a}\t{b}\n" + "".join(f"{i}\tsome premise {i}\t{_sentence(rng, y)}\n" for i, y in rows(n_test))
+        )
     # MNLI / QQP: the JSON samples used here ({"0": {"text_a", "text_b", "label"}})
     for task, labels in (("MNLI", ("entailment", "contradiction", "neutral")), ("QQP", ("1", "0"))):
         d = root / task / "partial" / "powerfulpromptft_sample"
@@ -83,13 +113,17 @@ def write_glue_fixture(root: Path, n_train: int = 48, n_dev: int = 16, n_test: i
             recs = {}
             for i in range(n):
                 k = rng.randrange(len(labels))
-                recs[str(i)] = {"text_a": f"premise {i}", "text_b": f"the {rng.choice(NOUNS)} is {['good', 'bad', 'fine'][k % 3]}",
-                                "label": labels[k]}
+                recs[str(i)] = {
+                    "text_a": f"premise {i}",
+                    "text_b": f"the {rng.choice(NOUNS)} is {['good', 'bad', 'fine'][k % 3]}",
+                    "label": labels[k],
+                }
             (d / f"{split}.json").write_text(json.dumps(recs, indent=4))
     # AX: diagnostic, no labels
     (root / "diagnostic").mkdir(exist_ok=True)
-    (root / "diagnostic" / "diagnostic.tsv").write_text("index\tsentence1\tsentence2\n" + "".join(
-        f"{i}\tThe cat sat.\t{_sentence(rng, y)}\n" for i, y in rows(n_test)))
+    (root / "diagnostic" / "diagnostic.tsv").write_text(
+        "index\tsentence1\tsentence2\n" + "".join(f"{i}\tThe cat sat.\t{_sentence(rng, y)}\n" for i, y in rows(n_test))
+    )
     return root
 
 
@@ -107,8 +141,10 @@ def tiny_config(glue_root: Path, encoder: Path, cache: Path, tasks=("SST-2", "MR
     for t in tasks:
         if t in ("MNLI", "QQP"):
             dev = "dev_matched" if t == "MNLI" else "dev"
-            splits = {"train": {"path": f"{t}/partial/powerfulpromptft_sample/train.json"},
-                      dev: {"path": f"{t}/partial/powerfulpromptft_sample/dev.json", "report_as": t}}
+            splits = {
+                "train": {"path": f"{t}/partial/powerfulpromptft_sample/train.json"},
+                dev: {"path": f"{t}/partial/powerfulpromptft_sample/dev.json", "report_as": t},
+            }
             if t == "MNLI":
                 splits.update(dev_mismatched=None, test_matched=None, test_mismatched=None)
             else:
@@ -138,8 +174,11 @@ TRAINED_TASKS = ("SST-2", "STS-B", "MRPC", "MNLI", "AX")
 def _folder_digest(folder: Path) -> dict[str, str]:
     import hashlib
 
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="session")
@@ -154,8 +193,9 @@ def trained_model_dir(tiny_encoder, tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("trained")
     glue = write_glue_fixture(base / "glue")
     # data.max_seq_len 128 = the tiny encoder's positions: the tasks keep the encoder's full length
-    raw = tiny_config(glue, encoder=tiny_encoder, cache=base / "cache", tasks=TRAINED_TASKS, stages=["mtl"],
-                      data={"max_seq_len": 128})
+    raw = tiny_config(
+        glue, encoder=tiny_encoder, cache=base / "cache", tasks=TRAINED_TASKS, stages=["mtl"], data={"max_seq_len": 128}
+    )
     cfg = base / "config.yaml"
     cfg.write_text(yaml.safe_dump(raw, sort_keys=False))  # keep TRAINED_TASKS' order
     assert main(["run", str(cfg), "--output-dir", str(base / "out")]) == 0
@@ -189,4 +229,3 @@ def trained_model_copy(trained_model_dir, tmp_path) -> Path:
     import shutil
 
     return Path(shutil.copytree(trained_model_dir, tmp_path / "model"))
-

@@ -40,8 +40,12 @@ def setup(tmp_path_factory, tiny_encoder):
     raw["encoder"]["dropout"] = 0.0
     for entry in raw["tasks"].values():
         entry["dropout"] = 0.0
-    raw["kd"] = {"teacher_tasks": ["RTE", "MNLI", "STS-B"], "select_by": ["RTE"], "top_k": 2,
-                 "candidates": [{"dropout": 0.0}, {"dropout": 0.0}, {"dropout": 0.0}]}
+    raw["kd"] = {
+        "teacher_tasks": ["RTE", "MNLI", "STS-B"],
+        "select_by": ["RTE"],
+        "top_k": 2,
+        "candidates": [{"dropout": 0.0}, {"dropout": 0.0}, {"dropout": 0.0}],
+    }
     cfg = base / "kd.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     single = base / "single"
@@ -96,9 +100,28 @@ def test_accelerate_launch_runs_every_stage_and_matches_one_process(setup):
     out = base / "accelerate"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     # --multi_gpu is Accelerate's torchrun launcher; without GPUs mtkd's ranks run on the CPU with gloo
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "-m", "mtkd.cli", "run", str(cfg), "--output-dir", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "mtkd.cli",
+        "run",
+        str(cfg),
+        "--output-dir",
+        str(out),
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-4000:]
     _assert_same_results(single, out)

@@ -40,7 +40,10 @@ WORDS = "the film movie plot cast story show was good great fine lovely bad awfu
 def _texts(n: int, seed: int, longest: int = 90) -> list[str]:
     """Texts of 1 to `longest` words (varied lengths, so batches carry padding)."""
     rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=int(k))) for k in np.linspace(1, longest, n).round().astype(int)[rng.permutation(n)]]
+    return [
+        " ".join(rng.choice(WORDS, size=int(k)))
+        for k in np.linspace(1, longest, n).round().astype(int)[rng.permutation(n)]
+    ]
 
 
 TEXTS, PAIRS = _texts(11, 0), _texts(11, 1, longest=20)
@@ -128,7 +131,9 @@ def test_graph_inputs_outputs_named_and_dynamic(export_dir):
 def test_onnx_matches_pytorch_on_varied_length_batches(export_dir, model, batch_size):
     sess = ort.InferenceSession(str(export_dir[0] / GRAPH_FILE), providers=["CPUExecutionProvider"])
     for lo in range(0, len(TEXTS), batch_size):
-        enc = model.tokenizer(TEXTS[lo:lo + batch_size], PAIRS[lo:lo + batch_size], padding=True, return_tensors="np")
+        enc = model.tokenizer(
+            TEXTS[lo : lo + batch_size], PAIRS[lo : lo + batch_size], padding=True, return_tensors="np"
+        )
         feed = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
         got = dict(zip(HEADS, sess.run(HEADS, feed), strict=True))
         want = _torch_heads(model, *feed.values())
@@ -148,8 +153,11 @@ def test_onnx_model_predict_equals_mtmodel(onnx_model, model):
         np.testing.assert_allclose(a["STS-B"], b["STS-B"], atol=1e-4)
         assert all(0.0 <= s <= 5.0 for s in a["STS-B"])
     assert onnx_model.predict("SST-2", TEXTS) == model.predict("SST-2", TEXTS)  # one task: a list
-    np.testing.assert_allclose(onnx_model.predict("MNLI", TEXTS, PAIRS, return_probs=True),
-                               model.predict("MNLI", TEXTS, PAIRS, return_probs=True), atol=1e-5)
+    np.testing.assert_allclose(
+        onnx_model.predict("MNLI", TEXTS, PAIRS, return_probs=True),
+        model.predict("MNLI", TEXTS, PAIRS, return_probs=True),
+        atol=1e-5,
+    )
     assert onnx_model.predict("SST-2", []) == [] and onnx_model.predict("MNLI", [], return_probs=True).shape == (0, 3)
     with pytest.raises(KeyError, match="CoLA"):
         onnx_model.predict("CoLA", TEXTS)
@@ -232,12 +240,14 @@ def test_output_folder_refusals_and_replacing_an_export(model_dir, export_dir, t
 
 
 def test_serving_an_export_needs_no_torch(export_dir, onnx_model):
-    code = ("import sys, json\n"
-            "for m in ('torch', 'safetensors.torch', 'accelerate'):\n"
-            "    sys.modules[m] = None  # as if not installed\n"
-            "from mtkd.onnx_model import OnnxModel\n"
-            f"m = OnnxModel.from_pretrained({str(export_dir[0])!r})\n"
-            f"print(json.dumps(m.predict(['SST-2', 'STS-B'], {TEXTS[:4]!r}, {PAIRS[:4]!r})))\n")
+    code = (
+        "import sys, json\n"
+        "for m in ('torch', 'safetensors.torch', 'accelerate'):\n"
+        "    sys.modules[m] = None  # as if not installed\n"
+        "from mtkd.onnx_model import OnnxModel\n"
+        f"m = OnnxModel.from_pretrained({str(export_dir[0])!r})\n"
+        f"print(json.dumps(m.predict(['SST-2', 'STS-B'], {TEXTS[:4]!r}, {PAIRS[:4]!r})))\n"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

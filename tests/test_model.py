@@ -228,7 +228,9 @@ def test_num_hidden_layers_and_dropout_overrides(tiny_encoder, tmp_path):
     from transformers import AutoModel
 
     ref = AutoModel.from_pretrained(str(tiny_encoder), add_pooling_layer=False)
-    for (k, v), (k2, v2) in zip(m.encoder.encoder.layer[0].state_dict().items(), ref.encoder.layer[0].state_dict().items(), strict=True):
+    for (k, v), (k2, v2) in zip(
+        m.encoder.encoder.layer[0].state_dict().items(), ref.encoder.layer[0].state_dict().items(), strict=True
+    ):
         assert k == k2 and torch.equal(v, v2)
     # and it survives a save/load round trip
     m.save_pretrained(tmp_path / "small")

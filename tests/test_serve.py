@@ -46,8 +46,15 @@ def model(trained_model) -> MTModel:
 
 @pytest.fixture(scope="module")
 def url(model, folder):
-    app = create_app(model, name="tiny", max_texts=MAX_TEXTS, max_chars=MAX_CHARS, max_body_bytes=64 * 1024,
-                     max_batch=32, max_wait_ms=20)
+    app = create_app(
+        model,
+        name="tiny",
+        max_texts=MAX_TEXTS,
+        max_chars=MAX_CHARS,
+        max_body_bytes=64 * 1024,
+        max_batch=32,
+        max_wait_ms=20,
+    )
     with BackgroundServer(app) as u:
         yield u
 
@@ -72,8 +79,14 @@ def test_health_and_tasks(client, model):
     assert r.status_code == 200
     tasks = {t["name"]: t for t in r.json()["tasks"]}
     assert list(tasks) == list(TASKS)
-    assert tasks["SST-2"] == {"name": "SST-2", "kind": "classification", "labels": ["0", "1"], "inputs": ["text"],
-                              "max_len": 128, "output": "label"}  # the tiny encoder has 128 positions
+    assert tasks["SST-2"] == {
+        "name": "SST-2",
+        "kind": "classification",
+        "labels": ["0", "1"],
+        "inputs": ["text"],
+        "max_len": 128,
+        "output": "label",
+    }  # the tiny encoder has 128 positions
     assert tasks["STS-B"]["kind"] == "regression" and tasks["STS-B"]["range"] == [0.0, 5.0]
     assert tasks["STS-B"]["inputs"] == tasks["MRPC"]["inputs"] == ["text", "pair"]
     assert tasks["MRPC"]["labels"] == ["0", "1"] and tasks["STS-B"]["output"] == "score"
@@ -91,15 +104,18 @@ def test_predict_answers_as_mtmodel_predict(client, model):
     probs = np.array([[res["SST-2"]["probabilities"][lab] for lab in ("0", "1")] for res in r.json()["results"]])
     np.testing.assert_allclose(probs, model.predict("SST-2", TEXTS, return_probs=True), atol=1e-5)
 
-    r = client.post("/predict", json={"texts": TEXTS, "pairs": PAIRS, "tasks": ["STS-B", "MRPC"], "probabilities": True})
+    r = client.post(
+        "/predict", json={"texts": TEXTS, "pairs": PAIRS, "tasks": ["STS-B", "MRPC"], "probabilities": True}
+    )
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     want = model.predict(["STS-B", "MRPC"], TEXTS, PAIRS, return_probs=True)
     np.testing.assert_allclose([res["STS-B"]["score"] for res in results], want["STS-B"], atol=1e-5)
     assert all(0.0 <= res["STS-B"]["score"] <= 5.0 for res in results)
     assert [res["MRPC"]["label"] for res in results] == model.predict("MRPC", TEXTS, PAIRS)
-    np.testing.assert_allclose([[res["MRPC"]["probabilities"][lab] for lab in ("0", "1")] for res in results],
-                               want["MRPC"], atol=1e-5)
+    np.testing.assert_allclose(
+        [[res["MRPC"]["probabilities"][lab] for lab in ("0", "1")] for res in results], want["MRPC"], atol=1e-5
+    )
 
 
 def test_mixed_tasks_and_default_tasks(client, model):
@@ -112,7 +128,12 @@ def test_mixed_tasks_and_default_tasks(client, model):
     assert [res["MRPC"]["label"] for res in body["results"]] == model.predict("MRPC", TEXTS, PAIRS)
     # no tasks: every task that reads what was sent
     assert client.post("/predict", json={"texts": TEXTS}).json()["tasks"] == ["SST-2"]
-    assert client.post("/predict", json={"texts": TEXTS, "pairs": PAIRS}).json()["tasks"] == ["STS-B", "MRPC", "MNLI", "AX"]
+    assert client.post("/predict", json={"texts": TEXTS, "pairs": PAIRS}).json()["tasks"] == [
+        "STS-B",
+        "MRPC",
+        "MNLI",
+        "AX",
+    ]
 
 
 LONG = "the film was good . " * 40  # 200 words: over the tiny encoder's 128 positions
@@ -124,9 +145,13 @@ def test_long_text_is_truncated_and_reported(client, model):
     body = r.json()
     assert body["truncated"] == {"SST-2": [1]}  # per task: the tasks that cut something
     probs = [[res["SST-2"]["probabilities"][lab] for lab in ("0", "1")] for res in body["results"]]
-    np.testing.assert_allclose(probs, model.predict("SST-2", ["a fine film", LONG], max_len=128, return_probs=True), atol=1e-5)
+    np.testing.assert_allclose(
+        probs, model.predict("SST-2", ["a fine film", LONG], max_len=128, return_probs=True), atol=1e-5
+    )
     # a pair longer than the limit together
-    r = client.post("/predict", json={"texts": ["a cat", LONG[:300]], "pairs": ["a dog", LONG[:300]], "tasks": ["STS-B"]})
+    r = client.post(
+        "/predict", json={"texts": ["a cat", LONG[:300]], "pairs": ["a dog", LONG[:300]], "tasks": ["STS-B"]}
+    )
     assert r.json()["truncated"] == {"STS-B": [1]}
 
 
@@ -139,7 +164,11 @@ def short_folder(tiny_encoder, tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     g = glue_tasks()
-    tasks = {"SST-2": replace(g["SST-2"], max_seq_len=16), "CoLA": replace(g["CoLA"], max_seq_len=24), "MRPC": g["MRPC"]}
+    tasks = {
+        "SST-2": replace(g["SST-2"], max_seq_len=16),
+        "CoLA": replace(g["CoLA"], max_seq_len=24),
+        "MRPC": g["MRPC"],
+    }
     out = tmp_path_factory.mktemp("serve-short") / "model"
     MTModel.from_encoder(str(tiny_encoder), tasks).save_pretrained(out)
     return out
@@ -165,7 +194,9 @@ def test_trained_lengths_are_served_and_truncation_is_reported_per_task(short_fo
         assert body["truncated"] == {"SST-2": [1, 2], "CoLA": [1]}
         for task, n in (("SST-2", 16), ("CoLA", 24)):  # the answers are those at the trained length
             got = [[res[task]["probabilities"][lab] for lab in ("0", "1")] for res in body["results"]]
-            np.testing.assert_allclose(got, model.predict(task, [t10, t30, t20], max_len=n, return_probs=True), atol=1e-5)
+            np.testing.assert_allclose(
+                got, model.predict(task, [t10, t30, t20], max_len=n, return_probs=True), atol=1e-5
+            )
         assert c.post("/predict", json={"texts": [t10], "tasks": ["SST-2"]}).json()["truncated"] == {}
         r = c.post("/predict", json={"texts": [t10, t30], "pairs": [t10, t10], "tasks": ["MRPC", "SST-2"]})
         assert r.json()["truncated"] == {"SST-2": [1]}  # MRPC's pairs (40 tokens) fit its 128
@@ -180,10 +211,16 @@ def test_one_tokenisation_per_input_kind_and_length_per_batch(short_folder, monk
     runner = BatchRunner(model, max_batch=64)
     calls = []
     real = inference.tokenize
-    monkeypatch.setattr(inference, "tokenize", lambda tok, texts, pairs, n: calls.append(
-        (len(texts), pairs is not None, n)) or real(tok, texts, pairs, n))
-    jobs = [Job(["a film", "a dull film"], None, ["SST-2", "CoLA"], False), Job(["good"], ["fine"], ["MRPC", "SST-2"], False),
-            Job(["bad"], None, ["CoLA"], False)]
+    monkeypatch.setattr(
+        inference,
+        "tokenize",
+        lambda tok, texts, pairs, n: calls.append((len(texts), pairs is not None, n)) or real(tok, texts, pairs, n),
+    )
+    jobs = [
+        Job(["a film", "a dull film"], None, ["SST-2", "CoLA"], False),
+        Job(["good"], ["fine"], ["MRPC", "SST-2"], False),
+        Job(["bad"], None, ["CoLA"], False),
+    ]
     out = runner(jobs)
     assert sorted(calls) == [(1, True, 128), (3, False, 16), (3, False, 24)]
     assert [o["truncated"] for o in out] == [{}, {}, {}] and out[1]["tasks"] == ["MRPC", "SST-2"]
@@ -202,28 +239,64 @@ BAD = {
     "a text a number": ({"texts": ["a", 1]}, 422, "texts[1]", "texts[1]: expected a string, got a number"),
     "a text null": ({"texts": [None]}, 422, "texts[0]", "texts[0]: expected a string, got null"),
     "tasks a string": ({"texts": ["a"], "tasks": "SST-2"}, 422, "tasks", "tasks: expected a list of strings"),
-    "probabilities a string": ({"texts": ["a"], "probabilities": "yes"}, 422, "probabilities",
-                               "probabilities: expected true or false, got a string"),
-    "unknown task": ({"texts": ["a"], "tasks": ["SST-2", "SST2"]}, 422, "tasks[1]",
-                     "tasks[1]: unknown task 'SST2' (did you mean 'SST-2'?); this model has SST-2, STS-B, MRPC, MNLI, AX"),
+    "probabilities a string": (
+        {"texts": ["a"], "probabilities": "yes"},
+        422,
+        "probabilities",
+        "probabilities: expected true or false, got a string",
+    ),
+    "unknown task": (
+        {"texts": ["a"], "tasks": ["SST-2", "SST2"]},
+        422,
+        "tasks[1]",
+        "tasks[1]: unknown task 'SST2' (did you mean 'SST-2'?); this model has SST-2, STS-B, MRPC, MNLI, AX",
+    ),
     "empty task list": ({"texts": ["a"], "tasks": []}, 422, "tasks", "tasks: empty list"),
     "empty text list": ({"texts": [], "tasks": ["SST-2"]}, 422, "texts", "texts: empty list"),
     "empty string": ({"texts": ["a", ""], "tasks": ["SST-2"]}, 422, "texts[1]", "texts[1]: empty text"),
     "blank string": ({"texts": ["  \t"]}, 422, "texts[0]", "texts[0]: empty text"),
-    "pair task without pairs": ({"texts": ["a"], "tasks": ["STS-B"]}, 422, "pairs",
-                                "pairs: missing; STS-B is a pair task"),
-    "a pair missing its second text": ({"texts": ["a", "b"], "pairs": ["c"], "tasks": ["MRPC"]}, 422, "pairs",
-                                       "pairs: 2 texts but 1 pairs"),
-    "an empty second text": ({"texts": ["a", "b"], "pairs": ["c", ""], "tasks": ["MRPC"]}, 422, "pairs[1]",
-                             "pairs[1]: empty text"),
-    "pairs for single-text tasks": ({"texts": ["a"], "pairs": ["b"], "tasks": ["SST-2"]}, 422, "pairs",
-                                    "no requested task reads a second text"),
-    "too many texts": ({"texts": ["a"] * (MAX_TEXTS + 1)}, 413, "texts",
-                       f"texts: {MAX_TEXTS + 1} texts, over this server's limit of {MAX_TEXTS} per request"),
-    "too many characters": ({"texts": ["a", "b" * (MAX_CHARS + 1)]}, 413, "texts[1]",
-                            f"texts[1]: {MAX_CHARS + 1} characters, over this server's limit of {MAX_CHARS} per text"),
-    "a pair too long": ({"texts": ["a"], "pairs": ["b" * (MAX_CHARS + 1)], "tasks": ["MRPC"]}, 413, "pairs[0]",
-                        "pairs[0]: 2001 characters"),
+    "pair task without pairs": (
+        {"texts": ["a"], "tasks": ["STS-B"]},
+        422,
+        "pairs",
+        "pairs: missing; STS-B is a pair task",
+    ),
+    "a pair missing its second text": (
+        {"texts": ["a", "b"], "pairs": ["c"], "tasks": ["MRPC"]},
+        422,
+        "pairs",
+        "pairs: 2 texts but 1 pairs",
+    ),
+    "an empty second text": (
+        {"texts": ["a", "b"], "pairs": ["c", ""], "tasks": ["MRPC"]},
+        422,
+        "pairs[1]",
+        "pairs[1]: empty text",
+    ),
+    "pairs for single-text tasks": (
+        {"texts": ["a"], "pairs": ["b"], "tasks": ["SST-2"]},
+        422,
+        "pairs",
+        "no requested task reads a second text",
+    ),
+    "too many texts": (
+        {"texts": ["a"] * (MAX_TEXTS + 1)},
+        413,
+        "texts",
+        f"texts: {MAX_TEXTS + 1} texts, over this server's limit of {MAX_TEXTS} per request",
+    ),
+    "too many characters": (
+        {"texts": ["a", "b" * (MAX_CHARS + 1)]},
+        413,
+        "texts[1]",
+        f"texts[1]: {MAX_CHARS + 1} characters, over this server's limit of {MAX_CHARS} per text",
+    ),
+    "a pair too long": (
+        {"texts": ["a"], "pairs": ["b" * (MAX_CHARS + 1)], "tasks": ["MRPC"]},
+        413,
+        "pairs[0]",
+        "pairs[0]: 2001 characters",
+    ),
     "body too large": (TOO_BIG, 413, "(request body)", "request body: 70"),
     "a lone surrogate": (b'{"texts": ["a \\ud800 b"]}', None, None, None),  # 400 or 422, naming the place
 }
@@ -247,7 +320,9 @@ def test_bad_input_gets_4xx_naming_the_field(client, model, case):
     assert _health(client)["rejected"] == before + 1
     # ...and the server keeps serving
     r = client.post("/predict", json={"texts": TEXTS[:2], "tasks": ["SST-2"]})
-    assert r.status_code == 200 and [x["SST-2"]["label"] for x in r.json()["results"]] == model.predict("SST-2", TEXTS[:2])
+    assert r.status_code == 200 and [x["SST-2"]["label"] for x in r.json()["results"]] == model.predict(
+        "SST-2", TEXTS[:2]
+    )
 
 
 def test_unknown_routes_and_methods_answer_json(client):
@@ -264,8 +339,14 @@ def _requests() -> list[dict]:
         k = 1 + i % 4
         texts = [TEXTS[(i + j) % 4] + f" {i}" for j in range(k)]
         if i % 3 == 0:
-            out.append({"texts": texts, "pairs": [PAIRS[(i + j) % 4] for j in range(k)], "tasks": ["STS-B", "MRPC"],
-                        "probabilities": True})
+            out.append(
+                {
+                    "texts": texts,
+                    "pairs": [PAIRS[(i + j) % 4] for j in range(k)],
+                    "tasks": ["STS-B", "MRPC"],
+                    "probabilities": True,
+                }
+            )
         elif i % 3 == 1:
             out.append({"texts": texts, "tasks": ["SST-2"], "probabilities": bool(i % 2)})
         else:
@@ -366,8 +447,13 @@ def test_serves_the_onnx_export(folder, model, tmp_path):
 
 def test_mtkd_serve_command(folder):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "mtkd.cli", "serve", str(folder), "--port", "0", "--max-texts", "3"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mtkd.cli", "serve", str(folder), "--port", "0", "--max-texts", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = proc.stdout.readline()
         m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)

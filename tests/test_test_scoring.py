@@ -26,13 +26,25 @@ from mtkd.tasks import task_from_dict
 
 N_TEST = 20
 TASKS = {
-    "Reviews": {"head": "classification", "labels": ["neg", "pos"], "metrics": ["accuracy", "f1"],
-                "fields": {"id": "id", "text_a": "text", "label": "label"},
-                "splits": {"train": "Reviews/train.csv", "dev": "Reviews/dev.csv", "test": "Reviews/test.csv",
-                           "test_extra": {"path": "Reviews/absent.csv", "report_as": "Reviews-extra"}}},
-    "Notes": {"head": "classification", "labels": ["neg", "pos"], "metrics": ["accuracy"],
-              "fields": {"id": "id", "text_a": "text", "label": "label"},
-              "splits": {"train": "Notes/train.tsv", "dev": "Notes/dev.tsv", "test": "Notes/test.tsv"}},
+    "Reviews": {
+        "head": "classification",
+        "labels": ["neg", "pos"],
+        "metrics": ["accuracy", "f1"],
+        "fields": {"id": "id", "text_a": "text", "label": "label"},
+        "splits": {
+            "train": "Reviews/train.csv",
+            "dev": "Reviews/dev.csv",
+            "test": "Reviews/test.csv",
+            "test_extra": {"path": "Reviews/absent.csv", "report_as": "Reviews-extra"},
+        },
+    },
+    "Notes": {
+        "head": "classification",
+        "labels": ["neg", "pos"],
+        "metrics": ["accuracy"],
+        "fields": {"id": "id", "text_a": "text", "label": "label"},
+        "splits": {"train": "Notes/train.tsv", "dev": "Notes/dev.tsv", "test": "Notes/test.tsv"},
+    },
 }
 
 
@@ -72,8 +84,15 @@ def run(tmp_path_factory, tiny_encoder):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-    return SimpleNamespace(base=base, root=root, raw=raw, cfg=cfg, out=out, model=out / "seed-0" / "mtl" / "model",
-                           log="\n".join(r.getMessage() for r in records))
+    return SimpleNamespace(
+        base=base,
+        root=root,
+        raw=raw,
+        cfg=cfg,
+        out=out,
+        model=out / "seed-0" / "mtl" / "model",
+        log="\n".join(r.getMessage() for r in records),
+    )
 
 
 def _accuracy_and_f1(model, path, task="Reviews"):
@@ -147,11 +166,15 @@ def test_evaluate_split_test_scores_the_labelled_test_files(run, capsys):
     capsys.readouterr()
     metrics = json.loads((run.out / "metrics.json").read_text())
     assert json.loads((ev / "metrics.json").read_text()) == {"test": metrics["test"]}
-    assert "| Reviews | accuracy |" in (ev / "metrics.md").read_text() and "average" not in (ev / "metrics.md").read_text()
+    assert (
+        "| Reviews | accuracy |" in (ev / "metrics.md").read_text() and "average" not in (ev / "metrics.md").read_text()
+    )
     dev = run.base / "ev-dev"
     assert main(["evaluate", str(run.cfg), "--model", str(run.model), "--output-dir", str(dev)]) == 0  # default: dev
     assert json.loads((dev / "metrics.json").read_text()) == {k: v for k, v in metrics.items() if k != "test"}
-    assert main(["evaluate", str(run.cfg), "--model", str(run.model), "--output-dir", str(dev), "--split", "heldout"]) == 2
+    assert (
+        main(["evaluate", str(run.cfg), "--model", str(run.model), "--output-dir", str(dev), "--split", "heldout"]) == 2
+    )
     err = capsys.readouterr().err
     assert "--split 'heldout': expected the start of a dev or test split name" in err and "'test_extra'" in err
 
@@ -168,8 +191,11 @@ def test_dev_and_test_evaluations_into_one_folder_keep_each_other(run, capsys, c
     assert main(["evaluate", str(run.cfg), "--model", str(run.model), "--output-dir", str(ev)]) == 0  # dev again
     assert json.loads((ev / "metrics.json").read_text()) == metrics
     caplog.set_level(logging.WARNING, logger="mtkd")  # as if the dev results had come from another model:
-    (ev / "metrics_sources.json").write_text(json.dumps({**json.loads((ev / "metrics_sources.json").read_text()),
-                                                           "dev": {"Reviews": "0" * 64, "Notes": "0" * 64}}))
+    (ev / "metrics_sources.json").write_text(
+        json.dumps(
+            {**json.loads((ev / "metrics_sources.json").read_text()), "dev": {"Reviews": "0" * 64, "Notes": "0" * 64}}
+        )
+    )
     assert main(["evaluate", str(run.cfg), "--model", str(run.model), "--output-dir", str(ev), "--split", "test"]) == 0
     assert json.loads((ev / "metrics.json").read_text()) == {"test": metrics["test"]}
     assert not (ev / "predictions.npz").exists()
@@ -179,7 +205,10 @@ def test_dev_and_test_evaluations_into_one_folder_keep_each_other(run, capsys, c
 
 def test_evaluate_a_test_prefix_with_nothing_labelled_is_refused(run, capsys):
     ev = run.base / "ev-unlabelled"
-    assert main(["evaluate", str(run.cfg), "--model", str(run.model), "--output-dir", str(ev), "--split", "test_extra"]) == 2
+    assert (
+        main(["evaluate", str(run.cfg), "--model", str(run.model), "--output-dir", str(ev), "--split", "test_extra"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--split 'test_extra': no labelled split to score; file not found: Reviews/test_extra" in err
     assert not (ev / "metrics.json").exists()

@@ -54,21 +54,34 @@ def run(tmp_path_factory, tiny_encoder):
     out = base / "out"
     assert main(["run", str(cfg), "--output-dir", str(out)]) == 0
     seed = out / "seed-0"
-    return SimpleNamespace(base=base, glue=glue, raw=raw, cfg=cfg, out=out, seed=seed,
-                           metrics=(out / "metrics.json").read_text(),
-                           trained=_files(seed / "mtl") | {f"finetune/{k}": v for k, v in _files(seed / "finetune").items()})
+    return SimpleNamespace(
+        base=base,
+        glue=glue,
+        raw=raw,
+        cfg=cfg,
+        out=out,
+        seed=seed,
+        metrics=(out / "metrics.json").read_text(),
+        trained=_files(seed / "mtl") | {f"finetune/{k}": v for k, v in _files(seed / "finetune").items()},
+    )
 
 
 def test_metrics_json_has_every_task_with_a_dev_set(run):
     metrics = json.loads(run.metrics)
     assert set(metrics) == {"SST-2", "MRPC", "STS-B", "MNLI"}  # AX has no dev set; MNLI as 'MNLI', not MNLI-m
     assert {t: set(m) for t, m in metrics.items()} == {
-        "SST-2": {"accuracy"}, "MRPC": {"accuracy", "f1"}, "STS-B": {"pearson", "spearman"}, "MNLI": {"accuracy"}}
+        "SST-2": {"accuracy"},
+        "MRPC": {"accuracy", "f1"},
+        "STS-B": {"pearson", "spearman"},
+        "MNLI": {"accuracy"},
+    }
     for task, ms in metrics.items():
         for name, v in ms.items():
             assert -100 <= v <= 100, (task, name, v)
     for task in ("SST-2", "MRPC", "MNLI"):  # accuracies over 16 dev examples: multiples of 100/16
-        assert metrics[task]["accuracy"] * N_DEV / 100 == pytest.approx(round(metrics[task]["accuracy"] * N_DEV / 100), abs=1e-3)
+        assert metrics[task]["accuracy"] * N_DEV / 100 == pytest.approx(
+            round(metrics[task]["accuracy"] * N_DEV / 100), abs=1e-3
+        )
     assert json.loads((run.seed / "metrics.json").read_text()) == metrics  # one seed: the mean is that seed's
 
 
@@ -101,11 +114,23 @@ def test_data_report(run):
     rep = json.loads((run.out / "data_report.json").read_text())
     assert set(rep) == set(TASKS)
     assert rep["MRPC"]["train"]["examples"] == 48 and rep["MRPC"]["train"]["used"] == 40  # train_cap
-    assert rep["SST-2"]["train"] == {"file": str(run.glue / "SST-2" / "train.tsv"), "examples": 48, "used": 48,
-                                     "truncated": 0, "skipped_rows": 0}
+    assert rep["SST-2"]["train"] == {
+        "file": str(run.glue / "SST-2" / "train.tsv"),
+        "examples": 48,
+        "used": 48,
+        "truncated": 0,
+        "skipped_rows": 0,
+    }
     assert rep["MNLI"]["dev_matched"]["examples"] == N_DEV
-    assert rep["AX"] == {"test": {"file": str(run.glue / "diagnostic" / "diagnostic.tsv"), "examples": N_TEST,
-                                  "used": N_TEST, "truncated": 0, "skipped_rows": 0}}
+    assert rep["AX"] == {
+        "test": {
+            "file": str(run.glue / "diagnostic" / "diagnostic.tsv"),
+            "examples": N_TEST,
+            "used": N_TEST,
+            "truncated": 0,
+            "skipped_rows": 0,
+        }
+    }
     done = json.loads((run.seed / "mtl" / "DONE.json").read_text())
     assert done["train_examples"] == {"SST-2": 48, "MRPC": 40, "STS-B": 48, "MNLI": 48}
     assert done["steps"] == 6 + 5 + 6 + 6  # one epoch of batches of 8
@@ -162,7 +187,12 @@ def test_predict_command(run, capsys):
     assert set(out["SST-2"]) <= {"0", "1"}
     # the MTL model serves several heads at once, pairs included
     mtl_model = str(run.seed / "mtl" / "model")
-    assert main(["predict", "--model", mtl_model, "--task", "STS-B", "--task", "MNLI", "--text", "a cat", "--pair", "a dog"]) == 0
+    assert (
+        main(
+            ["predict", "--model", mtl_model, "--task", "STS-B", "--task", "MNLI", "--text", "a cat", "--pair", "a dog"]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"STS-B", "MNLI"} and len(out["STS-B"]) == 1 and 0.0 <= out["STS-B"][0] <= 5.0
     assert out["MNLI"][0] in MNLI_LABELS
@@ -248,8 +278,9 @@ def test_timings_sum_the_attempts_of_a_stage_stopped_and_resumed(tiny_encoder, t
     """`mtkd run` stopped by SIGTERM part-way through MTL records the attempt's seconds under
     "interrupted"; the rerun that finishes MTL reports both attempts as the stage's time."""
     glue = write_glue_fixture(tmp_path / "glue", n_dev=8, n_test=4)
-    raw = tiny_config(glue, tiny_encoder, tmp_path / "cache", tasks=("SST-2",), stages=["mtl"],
-                      mtl={"checkpoint_every": 2})
+    raw = tiny_config(
+        glue, tiny_encoder, tmp_path / "cache", tasks=("SST-2",), stages=["mtl"], mtl={"checkpoint_every": 2}
+    )
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     out = tmp_path / "out"

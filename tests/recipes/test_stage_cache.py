@@ -47,8 +47,21 @@ def test_changed_settings_retrain_and_unrelated_settings_reuse(glue_root, tiny_e
     first = weights.read_bytes()
     key = _done(out)["stage_key"]
     # a setting that does not shape the model (inference batch, checkpoint cadence): reused
-    assert main(["run", str(path), "--output-dir", str(out), "--set", "predict.batch_size=7",
-                 "--set", "mtl.checkpoint_every=3"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(path),
+                "--output-dir",
+                str(out),
+                "--set",
+                "predict.batch_size=7",
+                "--set",
+                "mtl.checkpoint_every=3",
+            ]
+        )
+        == 0
+    )
     assert weights.read_bytes() == first and _done(out)["stage_key"] == key
     # the learning rate shapes it: trained again, and the log says why
     caplog.clear()
@@ -82,8 +95,13 @@ def test_resume_under_changed_settings_is_refused_before_anything_is_written(glu
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     # stopped by SIGTERM at update 3: a checkpoint of step 4 (after the current step), not finished
-    r = subprocess.run([sys.executable, str(HELPER), "--signal-at", "3:TERM", "--", "run", str(path), "--output-dir", str(out)],
-                       env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, str(HELPER), "--signal-at", "3:TERM", "--", "run", str(path), "--output-dir", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0 and "stopped by signal 15" in r.stderr, r.stderr[-2000:]
     stage = out / "seed-0" / "mtl"
     steps = [json.loads((p / STATE_FILE).read_text())["step"] for p in list_checkpoints(stage / "checkpoints")]
@@ -127,9 +145,19 @@ def test_planning_computes_the_keys_the_run_stores(glue_root, tiny_encoder, tmp_
     stage exactly as the real run does, for a KD config with stages that start from other stages."""
     from mtkd.recipes import pipeline
 
-    cfg = tiny_config(glue_root, tiny_encoder, tmp_path / "cache", tasks=("SST-2", "RTE"),
-                      stages=["mtl", "finetune", "teach", "distill"])
-    cfg["kd"] = {"teacher_tasks": ["RTE"], "select_by": ["RTE"], "candidates": [{"dropout": 0.1}, {"dropout": 0.2}], "top_k": 1}
+    cfg = tiny_config(
+        glue_root,
+        tiny_encoder,
+        tmp_path / "cache",
+        tasks=("SST-2", "RTE"),
+        stages=["mtl", "finetune", "teach", "distill"],
+    )
+    cfg["kd"] = {
+        "teacher_tasks": ["RTE"],
+        "select_by": ["RTE"],
+        "candidates": [{"dropout": 0.1}, {"dropout": 0.2}],
+        "top_k": 1,
+    }
     path = tmp_path / "kd.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"
