@@ -118,7 +118,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['mode']} | {r['examples']} | {r['tokens']} | {r['peak_rss_mb']} | {r['baseline_rss_mb']} | {r['seconds']} |"
+            f"| {r['mode']} | {r['examples']} | {r['tokens']} | {r['peak_rss_mb']} | {r['baseline_rss_mb']} "
+            f"| {r['seconds']} |"
         )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "memory.json").write_text(json.dumps(report, indent=2))

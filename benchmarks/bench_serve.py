@@ -653,7 +653,8 @@ def main(argv=None) -> int:
         rss_start, rss_end = summary["rss_mb_start"], summary["rss_mb_end"]
         print(
             f"\n{table}\n\n5xx: {summary['5xx']}, wrong answers: {summary['wrong_answers']}, wrong statuses: "
-            f"{summary['wrong_status']}, server RSS {rss_start and round(rss_start)} -> {rss_end and round(rss_end)} MB "
+            f"{summary['wrong_status']}, server RSS {rss_start and round(rss_start)} -> "
+            f"{rss_end and round(rss_end)} MB "
             f"(max {summary['rss_mb_max'] and round(summary['rss_mb_max'])}, median per level "
             f"{[m and round(m) for m in summary['rss_mb_median_per_level']]})"
             f"\nwrote {path}"

@@ -76,7 +76,8 @@ def write_glue_fixture(root: Path, n_train: int = 48, n_dev: int = 16, n_test: i
     head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2"
     for split, n in (("train", n_train), ("dev", n_dev)):
         body = "".join(
-            f"{i}\tmain\tf\t2012\t{i:04d}\tnone\tnone\t{_sentence(rng, y)}\t{_sentence(rng, y)}\t{4.5 if y else 0.5:.3f}\n"
+            f"{i}\tmain\tf\t2012\t{i:04d}\tnone\tnone\t{_sentence(rng, y)}\t{_sentence(rng, y)}"
+            f"\t{4.5 if y else 0.5:.3f}\n"
             for i, y in rows(n)
         )
         (root / "STS-B" / f"{split}.tsv").write_text(head + "\tscore\n" + body)

@@ -60,8 +60,8 @@ def test_valid_config_prints_the_resolved_yaml_and_what_was_checked(setup, capsy
     printed = yaml.safe_load(out)
     assert printed["tasks"]["My"] == {"train_cap": 1, "dev_cap": None, "max_seq_len": 16}
     assert (
-        "checked: config, tasks (1), encoder lengths, files (2: headers, columns, first rows; rows not read: add --data)"
-        in err
+        "checked: config, tasks (1), encoder lengths, files (2: headers, columns, first rows; "
+        "rows not read: add --data)" in err
     )
     # the absent test file is a note (predict lists it as missing), as for run
     assert re.search(r"note: .*my/test\.tsv: file not found \(task My, split test; set data.root", err)
@@ -75,7 +75,8 @@ HEADER_BROKEN = [
     (
         "wrong column",
         {"task": {**TASK, "fields": {"id": "id", "text_a": "reviw", "label": "sentiment"}}},
-        "header has no column 'reviw' for text_a (task My) (did you mean 'review'?); header is ['id', 'review', 'sentiment']",
+        "header has no column 'reviw' for text_a (task My) (did you mean 'review'?); "
+        "header is ['id', 'review', 'sentiment']",
     ),
     (
         "missing file",

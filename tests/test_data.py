@@ -662,7 +662,10 @@ def test_collate_unlabelled_split_has_no_labels(glue_root, tmp_path, tokenizer):
 
 
 def test_ranking_task_groups_by_query(tmp_path, tokenizer):
-    rows = "q\tdoc\trel\nwhat is a cat\ta small animal\t1\nwhat is a cat\ta car\t0\nwho won\tthe team\t1\nwhat is a cat\tpets\t0\n"
+    rows = (
+        "q\tdoc\trel\nwhat is a cat\ta small animal\t1\nwhat is a cat\ta car\t0\n"
+        "who won\tthe team\t1\nwhat is a cat\tpets\t0\n"
+    )
     spec, _ = _task(
         tmp_path,
         files={"train": ("r.tsv", rows)},
