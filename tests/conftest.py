@@ -19,6 +19,26 @@ POS = ["good", "great", "fine", "lovely", "superb"]
 NEG = ["bad", "awful", "poor", "dull", "terrible"]
 NOUNS = ["film", "movie", "plot", "cast", "story", "show"]
 
+# ------------------------------------------------------------------------- unit / integration
+# A unit test runs in well under UNIT_BUDGET_S; what takes longer (or runs a pipeline, torchrun, a
+# resume, an ONNX export, a server or a benchmark) carries @pytest.mark.integration, so that
+# `make test-unit` stays quick. Unmarked tests over budget are listed after the run (not failed: a
+# busy machine slows everything down).
+UNIT_BUDGET_S = 2.0
+_over_budget: list[tuple[float, str]] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.duration > UNIT_BUDGET_S and "integration" not in report.keywords:
+        _over_budget.append((report.duration, report.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _over_budget:
+        terminalreporter.section(f"unmarked tests over {UNIT_BUDGET_S:g} s: mark them integration or speed them up")
+        for duration, nodeid in sorted(_over_budget, reverse=True):
+            terminalreporter.write_line(f"{duration:6.2f}s {nodeid}")
+
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory) -> Path:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # benchmark smoke runs
+
 REPO = Path(__file__).resolve().parent.parent
 DATA_ROOT = Path(os.environ.get("MTKD_DATA_ROOT") or REPO.parent / "shared" / "data" / "glue")
 

@@ -42,6 +42,7 @@ def test_kd_v2_config_has_the_levers_of_the_decisive_experiment():
     assert all(src.get("from_train") is True and cfg.tasks[t].train_cap for t, src in cfg.kd.unlabeled.items())
 
 
+@pytest.mark.integration
 def test_kd_v2_config_plans_every_stage(tmp_path, tiny_encoder):
     """Planned (identities computed, nothing trained) on the tiny GLUE-layout fixture with the tiny
     encoder: the three candidates (each continuing MT-DNN's MTL stage), both students and the
@@ -97,6 +98,7 @@ def test_kd_v2_config_plans_every_stage(tmp_path, tiny_encoder):
         assert len(unlabeled.indices) == 18 and not set(labelled.indices) & set(unlabeled.indices)
 
 
+@pytest.mark.integration
 def test_kd_v2_unlabeled_text_adds_at_most_40_percent_student_steps():
     """The sizing comment of glue-kd-cpu-v2.yaml, from the real files' row counts (no tokenising)."""
     import math

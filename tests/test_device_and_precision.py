@@ -16,6 +16,8 @@ from mtkd.cli import main
 from mtkd.errors import TrainingDiverged
 from mtkd.model import MTModel
 
+pytestmark = pytest.mark.integration  # pipelines run under a patched accelerator / precision
+
 
 def _kd_config(glue_root, tiny_encoder, tmp_path, **sections):
     cfg = tiny_config(glue_root, tiny_encoder, tmp_path / "cache", tasks=("SST-2", "RTE"), **sections)

@@ -34,6 +34,8 @@ from mtkd.config import load_config
 from mtkd.recipes import evaluate
 from mtkd.recipes.context import RunContext
 
+pytestmark = pytest.mark.integration  # torchrun: two processes training, signals, NaN on one rank
+
 HELPER = Path(__file__).parent / "_train_helper.py"
 TASKS = ("SST-2", "STS-B", "MNLI")
 STEPS = 12  # 3 tasks x (32 + 16 examples) = 6 global batches per epoch, 2 epochs

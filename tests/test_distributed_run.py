@@ -28,6 +28,8 @@ from conftest import tiny_config, write_glue_fixture
 from mtkd.cli import main as cli_main
 from test_distributed import _free_port, torchrun
 
+pytestmark = pytest.mark.integration  # torchrun and accelerate launch of every stage, a killed rank
+
 METRIC_TOLERANCE = 0.01  # points (x100)
 STAGES = ["single_task", "mtl", "finetune", "teach", "distill", "evaluate", "predict"]
 

@@ -192,6 +192,7 @@ def test_a_tokenizer_without_a_first_cls_token_is_refused():
         check_first_token_pooling(tok, "encoder 'x'")
 
 
+@pytest.mark.integration
 def test_mtl_teachers_student_and_predict(family, glue, tmp_path):
     name, folder = family
     cfg = tiny_config(glue, folder, tmp_path / "cache", tasks=("SST-2", "MRPC"))

@@ -65,6 +65,7 @@ def model(trained_model) -> MTModel:
     return trained_model
 
 
+# the tests that export (`export_dir`, `int8`, export_onnx through to a graph) are marked integration
 @pytest.fixture(scope="module")
 def export_dir(model_dir, tmp_path_factory):
     """fp32 export through the command line, no dev data (the check runs on the built-in sentences)."""
@@ -100,6 +101,7 @@ def _torch_heads(model, ids, mask, types):
         return {h: model.heads[h](cls).numpy() for h in model.heads}
 
 
+@pytest.mark.integration
 def test_export_folder_layout_and_metadata(export_dir, model_dir):
     out, printed = export_dir
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".onnx") == [GRAPH_FILE]  # one graph
@@ -116,6 +118,7 @@ def test_export_folder_layout_and_metadata(export_dir, model_dir):
     assert "max abs diff" in printed and "built-in sentences" in printed
 
 
+@pytest.mark.integration
 def test_graph_inputs_outputs_named_and_dynamic(export_dir):
     sess = ort.InferenceSession(str(export_dir[0] / GRAPH_FILE), providers=["CPUExecutionProvider"])
     ins = {i.name: i for i in sess.get_inputs()}
@@ -127,6 +130,7 @@ def test_graph_inputs_outputs_named_and_dynamic(export_dir):
     assert len(outs["STS-B"]) == 1  # a regression head: the (batch,) score
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("batch_size", [1, 3, 11])
 def test_onnx_matches_pytorch_on_varied_length_batches(export_dir, model, batch_size):
     sess = ort.InferenceSession(str(export_dir[0] / GRAPH_FILE), providers=["CPUExecutionProvider"])
@@ -143,6 +147,7 @@ def test_onnx_matches_pytorch_on_varied_length_batches(export_dir, model, batch_
             assert np.abs(got[h] - w).max() <= 1e-4, h
 
 
+@pytest.mark.integration
 def test_onnx_model_predict_equals_mtmodel(onnx_model, model):
     assert set(onnx_model.tasks) == set(TASKS) and onnx_model.tokenizer.is_fast
     for kw in ({}, {"batch_size": 2, "max_tokens": 40}, {"max_len": 16}):
@@ -165,6 +170,7 @@ def test_onnx_model_predict_equals_mtmodel(onnx_model, model):
         onnx_model.predict("MRPC", TEXTS, PAIRS[:2])
 
 
+@pytest.mark.integration
 def test_int8_export_loads_and_answers(int8, model):
     out, meta, lines = int8
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".onnx") == [GRAPH_FILE]  # no fp32 intermediate
@@ -186,6 +192,7 @@ def test_int8_export_loads_and_answers(int8, model):
     assert meta["check"]["max_abs_diff_fp32"] <= 1e-4  # the fp32 graph was checked before quantizing
 
 
+@pytest.mark.integration
 def test_loading_refuses_what_is_not_an_export(model_dir, export_dir, tmp_path):
     with pytest.raises(CheckpointError, match=EXPORT_FILE):
         OnnxModel.from_pretrained(model_dir)
@@ -216,12 +223,14 @@ def test_damaged_model_folder_gives_the_loaders_error(model_dir, tmp_path):
     assert main(["export", str(bad), "--output-dir", str(tmp_path / "out")]) == 2
 
 
+@pytest.mark.integration
 def test_failed_check_writes_nothing(model_dir, tmp_path):
     with pytest.raises(ExportError, match="differ from PyTorch's by"):
         export_onnx(model_dir, tmp_path / "out", data_root=tmp_path / "none", atol=0.0, optimize=False)
     assert list(tmp_path.iterdir()) == []  # neither the folder nor a temp folder
 
 
+@pytest.mark.integration
 def test_output_folder_refusals_and_replacing_an_export(model_dir, export_dir, tmp_path):
     busy = tmp_path / "busy"
     busy.mkdir()
@@ -239,6 +248,7 @@ def test_output_folder_refusals_and_replacing_an_export(model_dir, export_dir, t
     assert not (again / "stale.txt").exists() and OnnxModel.from_pretrained(again).predict("SST-2", ["fine"])
 
 
+@pytest.mark.integration
 def test_serving_an_export_needs_no_torch(export_dir, onnx_model):
     code = (
         "import sys, json\n"
@@ -257,6 +267,7 @@ def test_serving_an_export_needs_no_torch(export_dir, onnx_model):
     np.testing.assert_allclose(got["STS-B"], want["STS-B"], atol=1e-6)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("family", ["roberta", "distilbert", "electra", "deberta-v2", "modernbert"])
 def test_other_encoder_families_export(family, tmp_path):
     from mtkd.testing import save_tiny_family_encoder
@@ -271,6 +282,7 @@ def test_other_encoder_families_export(family, tmp_path):
     np.testing.assert_allclose(a["STS-B"], b["STS-B"], atol=1e-4)
 
 
+@pytest.mark.integration
 def test_dynamo_exporter(model_dir, model, tmp_path):
     pytest.importorskip("onnxscript")
     meta = export_onnx(model_dir, tmp_path / "onnx", data_root=tmp_path / "none", exporter="dynamo")
@@ -279,6 +291,7 @@ def test_dynamo_exporter(model_dir, model, tmp_path):
     assert m.predict(["SST-2", "MNLI"], TEXTS, PAIRS) == model.predict(["SST-2", "MNLI"], TEXTS, PAIRS)
 
 
+@pytest.mark.integration
 def test_without_onnxruntime_the_error_names_the_extra(model_dir, export_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
     with pytest.raises(ConfigError, match=r"pip install 'mtkd\[onnx\]'"):
@@ -298,6 +311,7 @@ def test_a_malformed_dev_file_is_an_error_naming_it(model_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 def test_a_fused_graph_that_does_not_run_falls_back_to_the_plain_graph(model_dir, tmp_path, monkeypatch):
     import mtkd.export as export
 

@@ -134,6 +134,7 @@ def test_checkpoint_without_recorded_checksums_loads_and_an_unreadable_one_is_sk
     assert "optimizer.pt cannot be read (RuntimeError" in caplog.records[-1].getMessage()
 
 
+@pytest.mark.integration
 def test_training_resumes_from_the_newest_good_checkpoint(tmp_path, tiny_encoder, caplog):
     """Through the loop: checkpoints of steps 2 and 3, step 3's weights truncated; the rerun
     resumes at step 2 (warning names step 3) and trains step 3 again."""

@@ -68,6 +68,7 @@ def assert_bit_identical(path: Path, ref: dict[str, torch.Tensor]) -> None:
     assert not different, f"{len(different)} tensors differ from the uninterrupted run, e.g. {different[:3]}"
 
 
+# the tests that read `setup` (a reference run, then runs killed and resumed) are marked integration
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_encoder):
     """Config + the uninterrupted reference run (in-process, one thread like the subprocesses)."""
@@ -99,6 +100,7 @@ def setup(tmp_path_factory, tiny_encoder):
     )
 
 
+@pytest.mark.integration
 def test_reference_log_is_complete(setup):
     assert [r["step"] for r in setup.log] == list(range(1, TOTAL + 1))
     assert [r["epoch"] for r in setup.log] == [0] * 18 + [1] * 18
@@ -106,6 +108,7 @@ def test_reference_log_is_complete(setup):
     assert all(r["loss"] == r["loss"] for r in setup.log)  # finite numbers, no NaN
 
 
+@pytest.mark.integration
 def test_sigkill_mid_epoch_and_during_checkpoint_write_then_resume_is_exact(setup, tmp_path):
     out = tmp_path / "run"
     args = ("--", "mtl", setup.cfg, "--output-dir", out)
@@ -132,6 +135,7 @@ def test_sigkill_mid_epoch_and_during_checkpoint_write_then_resume_is_exact(setu
     assert not (out / "checkpoints").exists()
 
 
+@pytest.mark.integration
 def test_sigterm_finishes_the_step_checkpoints_and_resumes_exactly(setup, tmp_path):
     out = tmp_path / "run"
     r = helper("--signal-at", "7:TERM", "--", "mtl", setup.cfg, "--output-dir", out)
@@ -153,6 +157,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes_exactly(setup, tmp_pa
     assert log_records(out) == setup.log
 
 
+@pytest.mark.integration
 def test_sigint_from_outside_at_an_arbitrary_step_then_resume_is_exact(setup, tmp_path):
     out = tmp_path / "run"
     log = out / "metrics.jsonl"
@@ -183,6 +188,7 @@ def test_sigint_from_outside_at_an_arbitrary_step_then_resume_is_exact(setup, tm
     assert log_records(out) == setup.log
 
 
+@pytest.mark.integration
 def test_nan_loss_raises_with_step_and_task_and_keeps_the_last_good_state(setup, tmp_path):
     out = tmp_path / "run"
     ctx = RunContext(load_config(setup.cfg), out)
@@ -214,6 +220,7 @@ def test_nan_loss_raises_with_step_and_task_and_keeps_the_last_good_state(setup,
     assert not (out / "model").exists() and not (out / "DONE.json").exists()
 
 
+@pytest.mark.integration
 def test_resume_refuses_a_checkpoint_of_another_task_set(setup, tmp_path):
     out = tmp_path / "run"
     cfg = load_config(setup.cfg)

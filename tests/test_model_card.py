@@ -168,6 +168,7 @@ def test_default_encoder_license_and_hub_id():
     assert encoder_info("some-org/some-encoder")["hub_id"] == "some-org/some-encoder"  # no network: license unknown
 
 
+@pytest.mark.integration
 def test_a_tiny_run_writes_cards_with_training_info_and_dev_metrics(tiny_encoder, tmp_path):
     glue = write_glue_fixture(tmp_path / "glue")
     raw = tiny_config(glue, tiny_encoder, tmp_path / "cache", tasks=TASKS)
@@ -211,6 +212,7 @@ def test_a_tiny_run_writes_cards_with_training_info_and_dev_metrics(tiny_encoder
     assert {p: p.stat().st_mtime_ns for p in cards} == cards and len(cards) == 8
 
 
+@pytest.mark.integration
 def test_the_distilled_student_card_describes_the_distillation(tiny_encoder, tmp_path):
     glue = write_glue_fixture(tmp_path / "glue")
     raw = tiny_config(glue, tiny_encoder, tmp_path / "cache", tasks=("SST-2", "RTE"))

@@ -139,6 +139,7 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+# the tests that read `runs` (one process and torchrun) are marked integration
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_encoder):
     base = tmp_path_factory.mktemp("ranking")
@@ -223,6 +224,7 @@ def dev_metrics(model_dir: Path, spec, dev, with_scores: bool = False):
     return (scores, metrics) if with_scores else metrics
 
 
+@pytest.mark.integration
 def test_ranking_trains_the_relevant_candidates_up(runs):
     """Per query, the top-scored dev candidate is relevant for most queries that have one (a loss
     on `label > 0` would push 'no' candidates up: accuracy near 0)."""
@@ -232,6 +234,7 @@ def test_ranking_trains_the_relevant_candidates_up(runs):
     assert np.mean(losses[-8:]) < 0.5 * np.mean(losses[:8])
 
 
+@pytest.mark.integration
 def test_two_processes_keep_groups_whole_and_train_the_same_model(runs):
     q = runs.train_query  # the query text of each training row = its group
     r0, r1 = runs.rec2
@@ -263,6 +266,7 @@ def test_two_processes_keep_groups_whole_and_train_the_same_model(runs):
     assert m1 == pytest.approx(m2, abs=0.01)
 
 
+@pytest.mark.integration
 def test_evaluate_command_scores_ranking_per_query(runs):
     out = runs.base / "eval"
     assert cli_main(["evaluate", str(runs.cfg), "--model", str(runs.single / "model"), "--output-dir", str(out)]) == 0
@@ -270,6 +274,7 @@ def test_evaluate_command_scores_ranking_per_query(runs):
     assert got["Rank"] == pytest.approx(dev_metrics(runs.single / "model", runs.spec, runs.dev), abs=0.01)
 
 
+@pytest.mark.integration
 def test_a_ranking_task_can_select_teachers(runs):
     """kd.select_by with a ranking task: the candidate's selection score is its per-query dev score
     (groups passed through), equal to scoring the saved model independently."""

@@ -44,6 +44,7 @@ def model(trained_model) -> MTModel:
     return trained_model
 
 
+# the tests that talk to a server (`url`, `client`, BackgroundServer, `mtkd serve`) are marked integration
 @pytest.fixture(scope="module")
 def url(model, folder):
     app = create_app(
@@ -71,6 +72,7 @@ def _health(client) -> dict:
     return r.json()
 
 
+@pytest.mark.integration
 def test_health_and_tasks(client, model):
     h = _health(client)
     assert h["status"] == "ok" and h["model"] == "tiny" and h["backend"] == "pytorch"
@@ -92,6 +94,7 @@ def test_health_and_tasks(client, model):
     assert tasks["MRPC"]["labels"] == ["0", "1"] and tasks["STS-B"]["output"] == "score"
 
 
+@pytest.mark.integration
 def test_predict_answers_as_mtmodel_predict(client, model):
     r = client.post("/predict", json={"texts": TEXTS, "tasks": ["SST-2"]})
     assert r.status_code == 200, r.text
@@ -118,6 +121,7 @@ def test_predict_answers_as_mtmodel_predict(client, model):
     )
 
 
+@pytest.mark.integration
 def test_mixed_tasks_and_default_tasks(client, model):
     # a single-text task reads the texts only, a pair task the (text, pair) pairs
     r = client.post("/predict", json={"texts": TEXTS, "pairs": PAIRS, "tasks": ["MRPC", "SST-2"]})
@@ -139,6 +143,7 @@ def test_mixed_tasks_and_default_tasks(client, model):
 LONG = "the film was good . " * 40  # 200 words: over the tiny encoder's 128 positions
 
 
+@pytest.mark.integration
 def test_long_text_is_truncated_and_reported(client, model):
     r = client.post("/predict", json={"texts": ["a fine film", LONG], "tasks": ["SST-2"], "probabilities": True})
     assert r.status_code == 200, r.text
@@ -181,6 +186,7 @@ def _text_of(tokenizer, n: int) -> str:
     return text
 
 
+@pytest.mark.integration
 def test_trained_lengths_are_served_and_truncation_is_reported_per_task(short_folder):
     model = MTModel.from_pretrained(short_folder).eval()
     t10, t20, t30 = (_text_of(model.tokenizer, n) for n in (10, 20, 30))
@@ -302,6 +308,7 @@ BAD = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_gets_4xx_naming_the_field(client, model, case):
     body, status, where, part = BAD[case]
@@ -325,6 +332,7 @@ def test_bad_input_gets_4xx_naming_the_field(client, model, case):
     )
 
 
+@pytest.mark.integration
 def test_unknown_routes_and_methods_answer_json(client):
     r = client.get("/predict")
     assert r.status_code == 405 and "GET /predict" in r.json()["error"]
@@ -369,6 +377,7 @@ def _same(a: dict, b: dict) -> None:
                 assert p == pytest.approx(y[t]["probabilities"][lab], abs=1e-5)
 
 
+@pytest.mark.integration
 def test_concurrent_requests_are_batched_and_answered_as_one_by_one(client, url):
     reqs = _requests()
     one_by_one = []
@@ -407,6 +416,7 @@ class Flaky:
         return self.model.run_batch(names, ids, mask, types)
 
 
+@pytest.mark.integration
 def test_a_failing_batch_answers_500_and_the_server_keeps_serving(model):
     with BackgroundServer(create_app(Flaky(model), max_wait_ms=0)) as u, httpx.Client(base_url=u, timeout=60) as c:
         r = c.post("/predict", json={"texts": ["boom"], "tasks": ["SST-2"]})
@@ -426,6 +436,7 @@ def test_load_for_serving(folder, tmp_path):
         load_for_serving(tmp_path)
 
 
+@pytest.mark.integration
 def test_serves_the_onnx_export(folder, model, tmp_path):
     """The ONNX export folder is served through mtkd.export's OnnxModel with the same answers."""
     pytest.importorskip("onnx")
@@ -445,6 +456,7 @@ def test_serves_the_onnx_export(folder, model, tmp_path):
         assert [x["MRPC"]["label"] for x in r.json()["results"]] == model.predict("MRPC", TEXTS, PAIRS)
 
 
+@pytest.mark.integration
 def test_mtkd_serve_command(folder):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(

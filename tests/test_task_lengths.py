@@ -135,6 +135,7 @@ def _n_longer(tok, texts, n) -> int:
     return sum(len(ids) > n for ids in tok(texts)["input_ids"])
 
 
+# the tests that read `trained` (an `mtkd run`) are marked integration
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_encoder):
     """MTL on Reviews cut at 16 tokens (task), its dev split at 48 (split), Short at 64 (data.max_seq_len)."""
@@ -151,6 +152,7 @@ def _csv_texts(path) -> list[str]:
     return [r["text"] for r in csv.DictReader(path.open())]
 
 
+@pytest.mark.integration
 def test_each_split_is_tokenised_at_its_own_length(trained):
     ctx = RunContext(load_config(trained.cfg), trained.tmp / "ctx")
     assert {(t, s): ctx.max_len(t, s) for t in ("Reviews", "Short") for s in ("train", "dev")} == {
@@ -175,6 +177,7 @@ def test_each_split_is_tokenised_at_its_own_length(trained):
     assert {t: v["max_len"] for t, v in done["identity"]["tasks"].items()} == {"Reviews": 16, "Short": 64}
 
 
+@pytest.mark.integration
 def test_changing_one_tasks_length_changes_only_its_data_identity(trained):
     a = RunContext(load_config(trained.cfg), trained.tmp / "a")
     b = RunContext(load_config(trained.cfg, ["tasks.Reviews.max_seq_len=24"]), trained.tmp / "b")
@@ -183,6 +186,7 @@ def test_changing_one_tasks_length_changes_only_its_data_identity(trained):
     assert a.data_identity("Short", "train") == b.data_identity("Short", "train")
 
 
+@pytest.mark.integration
 def test_the_saved_model_records_each_tasks_trained_length(trained):
     saved = json.loads((trained.model / "config.json").read_text())["tasks"]
     assert saved["Reviews"]["max_seq_len"] == 16 and saved["Reviews"]["splits"]["dev"]["max_seq_len"] == 48
@@ -191,6 +195,7 @@ def test_the_saved_model_records_each_tasks_trained_length(trained):
     assert (model.train_max_len("Reviews"), model.train_max_len("Short")) == (16, 64)
 
 
+@pytest.mark.integration
 def test_predict_cuts_at_the_trained_length_by_default(trained):
     model = MTModel.from_pretrained(trained.model)
     texts = _csv_texts(trained.root / "Reviews" / "dev.csv")
@@ -204,6 +209,7 @@ def test_predict_cuts_at_the_trained_length_by_default(trained):
     np.testing.assert_allclose(default[short_rows], full[short_rows], atol=1e-6)  # short ones do not
 
 
+@pytest.mark.integration
 def test_tasks_of_different_lengths_are_served_per_length(trained):
     model = MTModel.from_pretrained(trained.model)
     texts = _csv_texts(trained.root / "Reviews" / "dev.csv")
@@ -231,6 +237,7 @@ def test_tasks_of_different_lengths_are_served_per_length(trained):
     assert widths == [32]
 
 
+@pytest.mark.integration
 def test_cli_predict_uses_the_trained_length_unless_data_max_seq_len_is_given(trained, tmp_path, capsys):
     model = MTModel.from_pretrained(trained.model)
     texts = _csv_texts(trained.root / "Reviews" / "dev.csv")

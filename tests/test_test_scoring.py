@@ -62,6 +62,7 @@ def _write(root, seed=0):
     return root
 
 
+# the tests that read `run` (an `mtkd run`) are marked integration
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_encoder):
     base = tmp_path_factory.mktemp("test-scoring")
@@ -106,6 +107,7 @@ def _accuracy_and_f1(model, path, task="Reviews"):
     return 100 * float((y == p).mean()), 100 * f1
 
 
+@pytest.mark.integration
 def test_run_scores_the_labelled_test_split_beside_dev(run):
     metrics = json.loads((run.out / "metrics.json").read_text())
     assert set(metrics) == {"Reviews", "Notes", "test"}
@@ -120,6 +122,7 @@ def test_run_scores_the_labelled_test_split_beside_dev(run):
     assert json.loads((run.out / "seed-0" / "metrics.json").read_text()) == metrics  # one seed: the mean is that seed's
 
 
+@pytest.mark.integration
 def test_metrics_md_lists_test_rows_apart_and_averages_dev_only(run):
     metrics = json.loads((run.out / "metrics.json").read_text())
     md = (run.out / "metrics.md").read_text()
@@ -132,6 +135,7 @@ def test_metrics_md_lists_test_rows_apart_and_averages_dev_only(run):
     assert "Notes" not in test_part
 
 
+@pytest.mark.integration
 def test_unlabelled_and_absent_test_files_are_listed_not_scored(run):
     assert "test splits without labels, not scored (unlabelled): Notes/test" in run.log
     assert "test files not found, not scored: Reviews/test_extra" in run.log
@@ -150,6 +154,7 @@ def test_a_test_file_labelled_on_some_rows_only_is_refused(tmp_path):
         read_split(spec, "dev", tmp_path)
 
 
+@pytest.mark.integration
 def test_no_glue_task_no_submission_zip_and_no_leaderboard_warning(run):
     assert not (run.out / "submission.zip").exists() and not (run.out / "seed-0" / "submission.zip").exists()
     assert "submission.zip lacks" not in run.log and "MISSING" not in run.log
@@ -160,6 +165,7 @@ def test_no_glue_task_no_submission_zip_and_no_leaderboard_warning(run):
     assert sorted(p.name for p in (run.out / "seed-0" / "predictions").iterdir()) == ["Notes.tsv", "Reviews.tsv"]
 
 
+@pytest.mark.integration
 def test_evaluate_split_test_scores_the_labelled_test_files(run, capsys):
     ev = run.base / "ev-test"
     assert main(["evaluate", str(run.cfg), "--model", str(run.model), "--output-dir", str(ev), "--split", "test"]) == 0
@@ -179,6 +185,7 @@ def test_evaluate_split_test_scores_the_labelled_test_files(run, capsys):
     assert "--split 'heldout': expected the start of a dev or test split name" in err and "'test_extra'" in err
 
 
+@pytest.mark.integration
 def test_dev_and_test_evaluations_into_one_folder_keep_each_other(run, capsys, caplog):
     """`evaluate` then `evaluate --split test` into one folder: metrics.json holds both; the
     same with another model drops the other model's section (with a warning) instead of mixing."""
@@ -203,6 +210,7 @@ def test_dev_and_test_evaluations_into_one_folder_keep_each_other(run, capsys, c
     capsys.readouterr()
 
 
+@pytest.mark.integration
 def test_evaluate_a_test_prefix_with_nothing_labelled_is_refused(run, capsys):
     ev = run.base / "ev-unlabelled"
     assert (
@@ -214,6 +222,7 @@ def test_evaluate_a_test_prefix_with_nothing_labelled_is_refused(run, capsys):
     assert not (ev / "metrics.json").exists()
 
 
+@pytest.mark.integration
 def test_evaluate_with_a_config_listing_a_subset_of_the_models_tasks(run, tmp_path, caplog):
     """Item 4: the model has Reviews and Notes heads; a config with Reviews alone evaluates it and
     logs the head it leaves out."""

@@ -31,6 +31,8 @@ from conftest import tiny_config, write_glue_fixture
 from mtkd.cli import main
 from mtkd.model import MTModel
 
+pytestmark = pytest.mark.integration  # every test reads the module's teach + distill run
+
 N_TRAIN, N_DEV = 24, 16
 W, T = 0.7, 2.0
 TASKS = ("RTE", "MNLI", "STS-B")

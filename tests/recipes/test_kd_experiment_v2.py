@@ -55,6 +55,7 @@ def _config(glue, encoder, cache, **kd) -> dict:
     return cfg
 
 
+# the tests that read `run` (the whole v2 experiment) are marked integration
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_encoder):
     from mtkd.recipes import pipeline
@@ -166,6 +167,7 @@ def test_from_train_with_no_row_left_is_refused_before_training(tmp_path, glue_r
 
 
 # ------------------------------------------------------------------------------ the experiment
+@pytest.mark.integration
 def test_the_plan_keys_every_stage_as_the_run_stores_it(run):
     trained = {
         p.parent: _done(p.parent)["stage_key"] for p in run.out.rglob("DONE.json") if (p.parent / "model").is_dir()
@@ -180,6 +182,7 @@ def test_the_plan_keys_every_stage_as_the_run_stores_it(run):
     )
 
 
+@pytest.mark.integration
 def test_two_students_from_the_same_teachers_the_paper_row_without_the_unlabeled_text(run):
     res, sd = run.res, run.sd
     assert set(res["systems"]) == {"mtdnn", "ensemble", "mtdnn_kd", "mtdnn_kd_unlabeled"}
@@ -201,6 +204,7 @@ def test_two_students_from_the_same_teachers_the_paper_row_without_the_unlabeled
     assert "seed-0/distill_unlabeled" in res["timings"]
 
 
+@pytest.mark.integration
 def test_the_teachers_label_only_unused_rows(run):
     ctx = RunContext(load_config(run.path), run.out)
     labelled = {ctx.train_set("RTE").data.ids[i] for i in ctx.train_set("RTE").indices}
@@ -213,6 +217,7 @@ def test_the_teachers_label_only_unused_rows(run):
     assert len(extra["provenance"]["members"]) == 2
 
 
+@pytest.mark.integration
 def test_mtdnn_and_the_paper_student_see_the_same_batches_in_the_same_order(run):
     from mtkd.loop import make_sampler
     from mtkd.recipes.distill import student_tasks
@@ -233,6 +238,7 @@ def test_mtdnn_and_the_paper_student_see_the_same_batches_in_the_same_order(run)
     assert plan(student_tasks(ctx, unlabeled=True)) != plan(ctx.train_tasks())  # the extra row adds batches
 
 
+@pytest.mark.integration
 def test_every_evaluation_keeps_its_per_example_predictions(run):
     ctx = RunContext(load_config(run.path), run.out)
     for system in ("mtdnn", "mtdnn_kd", "mtdnn_kd_unlabeled", "ensemble"):
@@ -250,6 +256,7 @@ def test_every_evaluation_keeps_its_per_example_predictions(run):
     assert (run.sd / "teach" / "ensemble_predictions.npz").is_file()
 
 
+@pytest.mark.integration
 def test_results_hold_the_paired_intervals_computed_from_the_predictions(run):
     iv = run.res["intervals"]
     assert iv["baseline"] == "mtdnn" and iv["replicates"] == 1000 and iv["bootstrap_seed"] == 0 and iv["seeds"] == [0]
@@ -289,6 +296,7 @@ def test_results_hold_the_paired_intervals_computed_from_the_predictions(run):
     assert "Targets of the decisive KD experiment:" in md
 
 
+@pytest.mark.integration
 def test_combine_finds_each_seeds_predictions_in_the_run_folders(run, tmp_path):
     # a second "seed" made from the first run's files (seed 1), and a run folder without predictions (seed 2)
     res = run.res
@@ -325,6 +333,7 @@ def test_combine_finds_each_seeds_predictions_in_the_run_folders(run, tmp_path):
     assert wins and all(t["value"]["mean_interval"] is None and t["met"] in (None, False) for t in wins)
 
 
+@pytest.mark.integration
 def test_teacher_levers_and_unlabeled_text_retrain_only_what_reads_them(run, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(run.out, out)

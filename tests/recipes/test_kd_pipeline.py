@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import yaml
 
 from conftest import tiny_config
@@ -24,6 +25,7 @@ def _kd_config(glue_root, tiny_encoder, tmp_path, **kd):
     return path
 
 
+@pytest.mark.integration
 def test_kd_experiment_writes_four_systems_and_reuses_stages(glue_root, tiny_encoder, tmp_path):
     path = _kd_config(glue_root, tiny_encoder, tmp_path)
     out = tmp_path / "out"
@@ -74,6 +76,7 @@ def test_kd_experiment_writes_four_systems_and_reuses_stages(glue_root, tiny_enc
     assert done["identity"]["loss"]["soft_weight"] == 0.3
 
 
+@pytest.mark.integration
 def test_smaller_student_and_soft_weight(glue_root, tiny_encoder, tmp_path):
     path = _kd_config(
         glue_root,
@@ -96,6 +99,7 @@ def test_smaller_student_and_soft_weight(glue_root, tiny_encoder, tmp_path):
     assert set(res["systems"]) == {"ensemble", "mtdnn_kd"}
 
 
+@pytest.mark.integration
 def test_unlabeled_text_gets_soft_targets_and_self_distillation(glue_root, tiny_encoder, tmp_path):
     """Beyond the paper: extra unlabeled RTE text labelled by the teacher, and a one-member teacher
     of the student's own architecture (self-distillation). The text trains a second student, the
@@ -261,6 +265,7 @@ def test_combine_refuses_other_configs_repeated_seeds_and_missing_files(tmp_path
     assert not (tmp_path / "out").exists()  # nothing written on refusal
 
 
+@pytest.mark.integration
 def test_from_mtdnn_candidates_continue_the_seeds_mtdnn_mtl_model(glue_root, tiny_encoder, tmp_path):
     """kd.candidates [{from_mtdnn: true}]: the candidate's MTL starts from this seed's MT-DNN MTL model
     (its identity and card say so; at a near-zero teacher lr its weights stay MT-DNN's), while a

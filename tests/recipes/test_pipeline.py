@@ -43,6 +43,7 @@ def _files(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+# the tests that read `run` (a whole `mtkd run`) are marked integration
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_encoder):
     base = tmp_path_factory.mktemp("pipeline")
@@ -66,6 +67,7 @@ def run(tmp_path_factory, tiny_encoder):
     )
 
 
+@pytest.mark.integration
 def test_metrics_json_has_every_task_with_a_dev_set(run):
     metrics = json.loads(run.metrics)
     assert set(metrics) == {"SST-2", "MRPC", "STS-B", "MNLI"}  # AX has no dev set; MNLI as 'MNLI', not MNLI-m
@@ -85,6 +87,7 @@ def test_metrics_json_has_every_task_with_a_dev_set(run):
     assert json.loads((run.seed / "metrics.json").read_text()) == metrics  # one seed: the mean is that seed's
 
 
+@pytest.mark.integration
 def test_dev_accuracy_is_that_of_the_fine_tuned_model(run):
     """Recompute SST-2 dev accuracy independently: the fine-tuned SST-2 model on the raw dev file."""
     rows = _tsv((run.glue / "SST-2" / "dev.tsv").read_text())
@@ -94,6 +97,7 @@ def test_dev_accuracy_is_that_of_the_fine_tuned_model(run):
     assert json.loads(run.metrics)["SST-2"]["accuracy"] == pytest.approx(acc, abs=1e-3)
 
 
+@pytest.mark.integration
 def test_metrics_md_lists_every_value_and_the_glue_average(run):
     md = (run.out / "metrics.md").read_text()
     metrics = json.loads(run.metrics)
@@ -103,6 +107,7 @@ def test_metrics_md_lists_every_value_and_the_glue_average(run):
     assert f"| **average** | | **{glue_score(metrics):.2f}** |" in md
 
 
+@pytest.mark.integration
 def test_config_yaml_is_the_resolved_config(run):
     saved = load_config(run.out / "config.yaml")
     assert to_dict(saved) == to_dict(load_config(run.cfg))
@@ -110,6 +115,7 @@ def test_config_yaml_is_the_resolved_config(run):
     assert [s.value for s in saved.stages] == ["mtl", "finetune", "evaluate", "predict"]
 
 
+@pytest.mark.integration
 def test_data_report(run):
     rep = json.loads((run.out / "data_report.json").read_text())
     assert set(rep) == set(TASKS)
@@ -136,6 +142,7 @@ def test_data_report(run):
     assert done["steps"] == 6 + 5 + 6 + 6  # one epoch of batches of 8
 
 
+@pytest.mark.integration
 def test_submission_zip(run):
     with zipfile.ZipFile(run.out / "submission.zip") as z:
         names = set(z.namelist())
@@ -163,6 +170,7 @@ def test_submission_zip(run):
     assert (run.out / "submission.zip").read_bytes() == (run.seed / "submission.zip").read_bytes()
 
 
+@pytest.mark.integration
 def test_finished_stages_leave_no_resume_state(run):
     for stage in [run.seed / "mtl"] + [run.seed / "finetune" / t for t in ("SST-2", "MRPC", "STS-B", "MNLI")]:
         assert (stage / "DONE.json").is_file() and (stage / "model" / "model.safetensors").is_file()
@@ -170,6 +178,7 @@ def test_finished_stages_leave_no_resume_state(run):
     assert not (run.seed / "finetune" / "AX").exists()  # nothing to train
 
 
+@pytest.mark.integration
 def test_rerun_reuses_finished_stages(run, capsys):
     assert main(["run", str(run.cfg), "--output-dir", str(run.out)]) == 0
     after = _files(run.seed / "mtl") | {f"finetune/{k}": v for k, v in _files(run.seed / "finetune").items()}
@@ -178,6 +187,7 @@ def test_rerun_reuses_finished_stages(run, capsys):
     assert "mtl:" not in capsys.readouterr().err  # no training progress bar
 
 
+@pytest.mark.integration
 def test_predict_command(run, capsys):
     ft = run.seed / "finetune" / "SST-2" / "model"
     texts = ["the film was great .", "the plot was awful ."]
@@ -201,6 +211,7 @@ def test_predict_command(run, capsys):
     assert "not a task of" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_check_config(run, tmp_path, capsys):
     assert main(["check-config", str(run.cfg)]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
@@ -217,6 +228,7 @@ def test_check_config(run, tmp_path, capsys):
     assert "unknown key 'seed' (did you mean 'seeds'?)" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_finetune_from_a_model_with_other_labels_for_a_task_is_refused(run, tmp_path, capsys):
     other = {**run.raw, "tasks": {"SST-2": {"labels": ["1", "0"]}}}  # the same names, another order
     path = tmp_path / "other.yaml"
@@ -229,6 +241,7 @@ def test_finetune_from_a_model_with_other_labels_for_a_task_is_refused(run, tmp_
     assert not list(tmp_path.rglob("model.safetensors"))  # nothing trained
 
 
+@pytest.mark.integration
 def test_finetune_an_mtl_model_on_a_new_task_adds_a_head(run, tmp_path, caplog):
     """Paper Section 2.1: the MTL model fine-tuned on a task it was not trained on (RTE)."""
     new = {**run.raw, "tasks": {"SST-2": {}, "RTE": {}}}
@@ -256,6 +269,7 @@ def test_finetune_an_mtl_model_on_a_new_task_adds_a_head(run, tmp_path, caplog):
         MTModel.from_pretrained(mtl_model, tasks=["RTE"])
 
 
+@pytest.mark.integration
 def test_a_missing_test_file_is_reported_and_the_rest_is_predicted(tiny_encoder, tmp_path):
     glue = write_glue_fixture(tmp_path / "glue")
     (glue / "SST-2" / "test.tsv").unlink()
@@ -274,6 +288,7 @@ def test_a_missing_test_file_is_reported_and_the_rest_is_predicted(tiny_encoder,
     assert main(["run", str(path), "--output-dir", str(tmp_path / "out2")]) == 2
 
 
+@pytest.mark.integration
 def test_timings_sum_the_attempts_of_a_stage_stopped_and_resumed(tiny_encoder, tmp_path, monkeypatch):
     """`mtkd run` stopped by SIGTERM part-way through MTL records the attempt's seconds under
     "interrupted"; the rerun that finishes MTL reports both attempts as the stage's time."""

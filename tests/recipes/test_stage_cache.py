@@ -39,6 +39,7 @@ def _done(out):
     return json.loads((out / "seed-0" / "mtl" / "DONE.json").read_text())
 
 
+@pytest.mark.integration
 def test_changed_settings_retrain_and_unrelated_settings_reuse(glue_root, tiny_encoder, tmp_path, caplog):
     path = _config(glue_root, tiny_encoder, tmp_path, max_steps=2)
     out = tmp_path / "out"
@@ -72,6 +73,7 @@ def test_changed_settings_retrain_and_unrelated_settings_reuse(glue_root, tiny_e
     assert yaml.safe_load((out / "config.yaml").read_text())["mtl"]["lr"] == 0.5
 
 
+@pytest.mark.integration
 def test_changed_labels_retrain_and_change_the_metrics(glue_root, tiny_encoder, tmp_path, caplog):
     path = _config(glue_root, tiny_encoder, tmp_path, epochs=2)
     out = tmp_path / "out"
@@ -90,6 +92,7 @@ def test_changed_labels_retrain_and_change_the_metrics(glue_root, tiny_encoder, 
     assert after != before  # the metrics are those of the model trained on the new labels
 
 
+@pytest.mark.integration
 def test_resume_under_changed_settings_is_refused_before_anything_is_written(glue_root, tiny_encoder, tmp_path, capsys):
     path = _config(glue_root, tiny_encoder, tmp_path, epochs=2, checkpoint_every=2)
     out = tmp_path / "out"
@@ -140,6 +143,7 @@ def test_cleanup_never_deletes_outside_the_run_folder(glue_root, tiny_encoder, t
     assert not inside.exists()
 
 
+@pytest.mark.integration
 def test_planning_computes_the_keys_the_run_stores(glue_root, tiny_encoder, tmp_path):
     """The plan (made before anything trains, to refuse mismatched checkpoints) must key every
     stage exactly as the real run does, for a KD config with stages that start from other stages."""

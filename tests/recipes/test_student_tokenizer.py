@@ -19,6 +19,8 @@ from mtkd.model import MTModel
 from mtkd.tasks import load_task_specs
 from mtkd.testing import save_tiny_family_encoder
 
+pytestmark = pytest.mark.integration  # a KD run with its own student tokenizer
+
 
 @pytest.fixture(scope="module")
 def student_encoder(tmp_path_factory):
