@@ -11,9 +11,15 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread for the whole session, as the subprocess tests (OMP_NUM_THREADS=1) and
+# test_loop_resume's reference run already use: no test then runs under a thread count set by
+# whichever test ran before it, and the tiny models are faster on one thread where other
+# processes share the cores.
+torch.set_num_threads(1)
 
 POS = ["good", "great", "fine", "lovely", "superb"]
 NEG = ["bad", "awful", "poor", "dull", "terrible"]

@@ -131,6 +131,8 @@ def test_unlabeled_from_train_is_validated(tmp_path, glue_root, tiny_encoder):
     assert ctx.specs["RTE+unlabeled"].splits["train"].path == "x.tsv" and ctx.from_train("RTE+unlabeled") is None
 
 
+# over 2 s (3.6 and 4.8 s here): mostly mtkd.data.tokenizer_fingerprint, 11 JSON dumps of the tokenizer
+@pytest.mark.integration
 def test_from_train_takes_exactly_the_unused_training_rows(tmp_path, glue_root, tiny_encoder):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(_config(glue_root, tiny_encoder, tmp_path / "cache")))
@@ -150,6 +152,7 @@ def test_from_train_takes_exactly_the_unused_training_rows(tmp_path, glue_root, 
         RunContext(load_config(path, [f"tasks.RTE.train_cap={N_TRAIN}"]), tmp_path / "o").train_set("RTE+unlabeled")
 
 
+@pytest.mark.integration  # over 2 s, as the test above
 def test_from_train_with_no_row_left_is_refused_before_training(tmp_path, glue_root, tiny_encoder, capsys):
     """check-config --data and run's data preparation refuse it, with the message train_set gives."""
     from mtkd.cli import main
