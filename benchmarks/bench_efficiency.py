@@ -25,7 +25,6 @@ which a subprocess inherits from its parent: see machine.peak_rss_mb).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -168,7 +167,7 @@ def rss_child(args) -> None:
     peak_data = peak_rss_mb()
     model = ctx.new_model()
     marks["after_model"] = rss_now_mb()
-    cfg = dataclasses.replace(ctx.cfg.mtl, max_steps=args.steps)  # the config's checkpointing kept
+    cfg = ctx.cfg.mtl.model_copy(update={"max_steps": args.steps})  # the config's checkpointing kept
     run_dir = work / "run"
     run_dir.mkdir()
     t0 = time.time()

@@ -434,7 +434,6 @@ def tiny_model(folder: Path) -> Path:
     """A tiny random MT-DNN (2 layers, hidden 64, the bundled tokenizer) with SST-2, MRPC, STS-B, RTE,
     saved with trained lengths as an mtkd run saves them (SST-2 16, RTE 48, the others none: 512,
     capped at the encoder's 128 positions), so the server cuts texts at several lengths."""
-    from dataclasses import replace
 
     import torch
 
@@ -446,7 +445,12 @@ def tiny_model(folder: Path) -> Path:
     torch.manual_seed(0)
     g = glue_tasks()
     tasks = {t: g[t] for t in ("SST-2", "MRPC", "STS-B", "RTE")}
-    tasks.update({"SST-2": replace(g["SST-2"], max_seq_len=16), "RTE": replace(g["RTE"], max_seq_len=48)})
+    tasks.update(
+        {
+            "SST-2": g["SST-2"].model_copy(update={"max_seq_len": 16}),
+            "RTE": g["RTE"].model_copy(update={"max_seq_len": 48}),
+        }
+    )
     MTModel.from_encoder(str(enc), tasks).save_pretrained(folder / "model")
     return folder / "model"
 

@@ -1,6 +1,6 @@
 """`mtkd check-config` checks what `mtkd run` checks before training, with the same messages
 (issue 14): task keys, split files, headers and columns, per-task lengths; with --data every row.
-Also `mtkd tasks --tasks-file`, all file problems at once, and the README's task format."""
+Also `mtkd tasks --tasks-file`, all file problems at once, and the task format in docs/tasks.md."""
 
 from __future__ import annotations
 
@@ -230,10 +230,11 @@ def test_tasks_command_prints_a_tasks_file_resolved(tmp_path, capsys):
     assert list(yaml.safe_load(capsys.readouterr().out))[:2] == ["CoLA", "SST-2"]
 
 
-# ------------------------------------------------------------------------------ the README's task format
+# ------------------------------------------------------------------------------ the documented task format
 def _readme_section() -> str:
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    return text[text.index("### Custom tasks") : text.index("**Ranking.**")]
+    """docs/tasks.md, "Custom tasks": the user docs' task format."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "tasks.md").read_text(encoding="utf-8")
+    return text[text.index("## Custom tasks") : text.index("**Ranking.**")]
 
 
 def test_readme_documents_every_key_of_the_task_format():
@@ -243,7 +244,7 @@ def test_readme_documents_every_key_of_the_task_format():
     keys = set(_TASK_KEYS) | set(_SPLIT_KEYS) | set(FIELD_ROLES) | set(task_option_keys())
     words = set(METRICS) | {h.value for h in HeadKind} | {f.value for f in FileFormat}
     missing = sorted(k for k in keys | words if not re.search(rf"\b{re.escape(k)}\b", section))
-    assert not missing, f"README custom-task section does not mention {missing}"
+    assert not missing, f"docs/tasks.md custom-task section does not mention {missing}"
     for phrase in ("dev_<name>", "null", "mtkd tasks --tasks-file", "mtkd check-config CONFIG --data"):
         assert phrase in section
 

@@ -72,7 +72,7 @@ kd: {student: {name: small, num_hidden_layers: 2}, candidates: [{seed: 1, dropou
     assert isinstance(cfg.mtl.temperature, float) and cfg.mtl.temperature == 2.0
     assert cfg.mtl.lr == 1e-4 and isinstance(cfg.mtl.epochs, float)
     assert cfg.kd.student == EncoderConfig(name="small", num_hidden_layers=2)
-    assert cfg.kd.candidates == [{"seed": 1, "dropout": 0.1}]
+    assert to_dict(cfg.kd.candidates) == [{"seed": 1, "dropout": 0.1}]
     specs = _specs(cfg)
     assert specs["MNLI"].dropout == 0.2 and "dev_mismatched" not in specs["MNLI"].splits
     assert set(specs) == {"SST-2", "RTE", "MNLI"}
@@ -314,10 +314,10 @@ def test_load_config_records_the_keys_given_and_does_not_save_them(tmp_path):
     [
         ("{dropuot: 0.2}", r"kd\.candidates\[0\]: unknown key 'dropuot' \(did you mean 'dropout'\?\)"),
         ("{seed: -1}", r"kd\.candidates\[0\]\.seed must be an integer >= 0, got -1"),
-        ("{seed: true}", r"kd\.candidates\[0\]\.seed must be an integer >= 0, got True"),
-        ("{seed: null}", r"kd\.candidates\[0\]\.seed must be an integer >= 0, got None"),
+        ("{seed: true}", r"kd\.candidates\[0\]\.seed: expected an integer, got bool True"),
+        ("{seed: null}", r"kd\.candidates\[0\]\.seed: expected an integer, got NoneType None"),
         ("{encoder: ''}", r"kd\.candidates\[0\]\.encoder must be an encoder name or folder"),
-        ("{from_mtdnn: 'yes'}", r"kd\.candidates\[0\]\.from_mtdnn must be true or false, got 'yes'"),
+        ("{from_mtdnn: 'yes'}", r"kd\.candidates\[0\]\.from_mtdnn: expected true or false, got str 'yes'"),
         (
             "{from_mtdnn: true, dropout: 0.2}",
             r"kd\.candidates\[0\]: from_mtdnn continues MT-DNN's MTL model, which has "
@@ -336,4 +336,4 @@ def test_a_from_mtdnn_candidate_needs_the_mtl_stage():
     # a config without teach or distill does not train teachers: its candidates need no MT-DNN
     assert load_config(None, ["stages=[single_task]", "kd.candidates=[{from_mtdnn: true}]"]).stages == ["single_task"]
     cfg = load_config(None, ["stages=[mtl, teach]", "kd.candidates=[{seed: 5, from_mtdnn: true}]"])
-    assert cfg.kd.candidates == [{"seed": 5, "from_mtdnn": True}]
+    assert to_dict(cfg.kd.candidates) == [{"seed": 5, "from_mtdnn": True}]

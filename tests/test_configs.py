@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mtkd.config import load_config
+from mtkd.config import load_config, to_dict
 from mtkd.tasks import load_task_specs
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
@@ -36,10 +36,10 @@ def test_kd_v2_config_has_the_levers_of_the_decisive_experiment():
     assert cfg.mtl.epochs == 1 == cfg.finetune.epochs
     # teachers: MT-DNN's MTL model + one more `mtl` epoch each, fine-tuned as MT-DNN is, all 3 kept
     assert teacher_train_config(cfg, "mtl") == cfg.mtl and teacher_train_config(cfg, "finetune") == cfg.finetune
-    assert cfg.kd.candidates == [{"from_mtdnn": True}] * 3 and cfg.kd.top_k == 3 and cfg.seeds == [42]
+    assert to_dict(cfg.kd.candidates) == [{"from_mtdnn": True}] * 3 and cfg.kd.top_k == 3 and cfg.seeds == [42]
     assert cfg.stages == ["mtl", "finetune", "teach", "distill"]
     assert set(cfg.kd.unlabeled) == {"MNLI", "QNLI", "QQP"} and set(cfg.kd.unlabeled) <= set(cfg.kd.teacher_tasks)
-    assert all(src.get("from_train") is True and cfg.tasks[t].train_cap for t, src in cfg.kd.unlabeled.items())
+    assert all(src.from_train is True and cfg.tasks[t].train_cap for t, src in cfg.kd.unlabeled.items())
 
 
 @pytest.mark.integration
@@ -115,8 +115,7 @@ def test_kd_v2_unlabeled_text_adds_at_most_40_percent_student_steps():
     used = {t: min(n, cap[t]) if cap[t] else n for t, n in rows.items()}
     steps = sum(math.ceil(n / cfg.mtl.batch_size) for n in used.values())
     extra = sum(
-        math.ceil(min(rows[t] - cap[t], src.get("cap") or rows[t]) / cfg.mtl.batch_size)
-        for t, src in cfg.kd.unlabeled.items()
+        math.ceil(min(rows[t] - cap[t], src.cap or rows[t]) / cfg.mtl.batch_size) for t, src in cfg.kd.unlabeled.items()
     )
     assert (steps, extra) == (1061, 408)  # the numbers the config's comment states
     assert extra / steps <= 0.40

@@ -736,3 +736,28 @@ def test_predict_logits_does_not_depend_on_batching(glue_root, tmp_path, tokeniz
     np.testing.assert_array_equal(one[3], one[4])
     alone = predict_logits(model, data, "MRPC", [40], batch_size=1)
     np.testing.assert_allclose(one[5], alone[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_line_past_the_limit_is_refused_before_it_is_decoded(tmp_path):
+    """A huge line (1 GB in the wild) is refused by its length, naming the line, without decoding it."""
+    from mtkd.data import check_line_lengths
+    from mtkd.errors import DataError
+
+    data = b"sentence\tlabel\n" + b"a\t1\n" * 5 + b"x" * 100 + b"\t1\n" + b"b\t0\n"
+    with pytest.raises(DataError, match=r"f.tsv, line 7: line longer than"):
+        check_line_lengths(tmp_path / "f.tsv", data, limit=50, chunk=16)  # chunks cut lines anywhere
+    check_line_lengths(tmp_path / "f.tsv", data, limit=110, chunk=16)
+    with pytest.raises(DataError, match="line 2: line longer"):  # the last line, with no newline after it
+        check_line_lengths(tmp_path / "f.tsv", b"header\n" + b"y" * 60, limit=50, chunk=7)
+    spec = task_from_dict(
+        "T",
+        {
+            "head": "classification",
+            "labels": ["0", "1"],
+            "fields": {"text_a": "sentence", "label": "label"},
+            "splits": {"train": "t.tsv"},
+        },
+    )
+    (tmp_path / "t.tsv").write_bytes(b"sentence\tlabel\n" + b"z" * (17 << 20) + b"\t1\n")
+    with pytest.raises(DataError, match=r"t.tsv, line 2: line longer than 16 MB"):
+        read_split(spec, "train", tmp_path)

@@ -1,6 +1,6 @@
-"""The README's distributed command end to end: `mtkd run` under `torchrun --nproc_per_node 2` and
-under `accelerate launch` (2 CPU processes, gloo) on a config with every stage (single-task, MTL,
-fine-tune, teachers, student, evaluate, predict) on a tiny encoder.
+"""The distributed command of docs/distributed-and-resume.md end to end: `mtkd run` under
+`torchrun --nproc_per_node 2` and under `accelerate launch` (2 CPU processes, gloo) on a config with
+every stage (single-task, MTL, fine-tune, teachers, student, evaluate, predict) on a tiny encoder.
 
 Tolerance: dropout is 0 everywhere, so 2 processes train the same models as 1 up to float rounding
 (the ranks pad their halves of each batch separately; weights differ by ~1e-6, see

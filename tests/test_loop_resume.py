@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -229,7 +228,7 @@ def test_resume_refuses_a_checkpoint_of_another_task_set(setup, tmp_path):
     train(
         ctx.new_model(),
         {t: ctx.train_set(t) for t in TASKS},
-        replace(cfg.mtl, max_steps=3, checkpoint_every=1),
+        cfg.mtl.model_copy(update={"max_steps": 3, "checkpoint_every": 1}),
         0,
         out,
         ctx.accelerator,

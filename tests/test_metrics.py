@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import zipfile
 
 import numpy as np
@@ -68,12 +67,12 @@ def test_correlation_of_constant_predictions_is_zero():
 
 
 # ------------------------------------------------------------------------------------ predictions
-def test_predictions_from_logits_classification():
+def test_classification_predictions_from_logits():
     logits = np.array([[0.1, 2.0, -1.0], [3.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
     assert kind_of(SPECS["MNLI"]).predictions(logits).tolist() == [1, 0, 2]
 
 
-def test_predictions_from_logits_regression_are_raw_scores():
+def test_regression_predictions_are_raw_scores():
     """Correlations are computed on the raw predictions; only the submission file is clipped."""
     logits = np.array([[-1.2], [2.5], [7.0], [5.0]])
     np.testing.assert_allclose(kind_of(SPECS["STS-B"]).predictions(logits), [-1.2, 2.5, 7.0, 5.0])
@@ -108,12 +107,12 @@ def test_sts_b_correlations_use_unclipped_predictions(tmp_path):
 
 
 def _ranking(labels=("entailment", "not_entailment"), positive="entailment"):
-    return dataclasses.replace(
-        SPECS["QNLI"], head=HeadKind.RANKING, labels=labels, positive_label=positive, metrics=("accuracy", "f1")
+    return SPECS["QNLI"].model_copy(
+        update=dict(head=HeadKind.RANKING, labels=labels, positive_label=positive, metrics=("accuracy", "f1"))
     )
 
 
-def test_predictions_from_logits_ranking_top_per_group():
+def test_ranking_predictions_top_per_group():
     spec = _ranking(("0", "1"), "1")
     scores = np.array([[0.1], [0.9], [0.3], [-2.0], [-1.0], [4.0]])
     groups = np.array([7, 7, 7, 3, 3, 5])

@@ -4,7 +4,6 @@ checkpoint/task mismatches, encoder overrides."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 
 import numpy as np
@@ -189,14 +188,14 @@ def test_from_pretrained_other_task_set_raises(saved):
 
 def test_from_pretrained_other_labels_raises(saved):
     other = specs(("SST-2", "STS-B", "MNLI"))
-    other["SST-2"] = dataclasses.replace(other["SST-2"], labels=("negative", "positive"))
+    other["SST-2"] = other["SST-2"].model_copy(update={"labels": ("negative", "positive")})
     with pytest.raises(CheckpointError, match="SST-2"):
         MTModel.from_pretrained(saved, tasks=other)
 
 
 def test_from_pretrained_other_head_kind_raises(saved):
     other = specs(("SST-2", "STS-B"))
-    other["STS-B"] = dataclasses.replace(ALL["MRPC"], name="STS-B")  # classification where regression was saved
+    other["STS-B"] = ALL["MRPC"].model_copy(update={"name": "STS-B"})  # classification where regression was saved
     with pytest.raises(CheckpointError, match="STS-B"):
         MTModel.from_pretrained(saved, tasks=other)
 

@@ -165,13 +165,12 @@ def test_long_text_is_truncated_and_reported(client, model):
 def short_folder(tiny_encoder, tmp_path_factory) -> Path:
     """A model saved with its tasks' trained lengths: SST-2 at 16 tokens, CoLA at 24 (as an mtkd run
     saves them), and MRPC without one (512, capped at the encoder's 128 positions)."""
-    from dataclasses import replace
 
     torch.manual_seed(0)
     g = glue_tasks()
     tasks = {
-        "SST-2": replace(g["SST-2"], max_seq_len=16),
-        "CoLA": replace(g["CoLA"], max_seq_len=24),
+        "SST-2": g["SST-2"].model_copy(update={"max_seq_len": 16}),
+        "CoLA": g["CoLA"].model_copy(update={"max_seq_len": 24}),
         "MRPC": g["MRPC"],
     }
     out = tmp_path_factory.mktemp("serve-short") / "model"
@@ -458,7 +457,7 @@ def test_serves_the_onnx_export(folder, model, tmp_path):
 
 @pytest.mark.integration
 def test_mtkd_serve_command(folder):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MTKD_API_KEY": "s3cret"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "mtkd.cli", "serve", str(folder), "--port", "0", "--max-texts", "3"],
         stdout=subprocess.PIPE,
@@ -470,11 +469,16 @@ def test_mtkd_serve_command(folder):
         line = proc.stdout.readline()
         m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
         assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
-        with httpx.Client(base_url=m.group(1), timeout=60) as c:
+        assert "API key required" in line and "localhost" in line
+        with httpx.Client(base_url=m.group(1), timeout=60) as anonymous:
+            assert anonymous.get("/health").status_code == 401  # $MTKD_API_KEY is the bearer token
+        with httpx.Client(base_url=m.group(1), timeout=60, headers={"Authorization": "Bearer s3cret"}) as c:
             assert c.get("/health").json()["limits"]["max_texts"] == 3
             r = c.post("/predict", json={"texts": ["a fine film"]})
             assert r.status_code == 200 and r.json()["tasks"] == ["SST-2"]
             assert c.post("/predict", json={"texts": ["a"] * 4}).status_code == 413
+            # a loopback server answers loopback names only (DNS rebinding)
+            assert c.get("/health", headers={"Host": "rebind.example:80"}).status_code == 400
     finally:
         proc.terminate()
         try:
@@ -506,3 +510,240 @@ def test_serve_binds_the_port_before_loading_the_model(tmp_path, capsys, monkeyp
         port = busy.getsockname()[1]
         assert main(["serve", str(tmp_path / "none"), "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err and not loaded
+
+
+# ------------------------------------------------------------------------------ hostile clients
+class Slow:
+    """A model whose every call takes `seconds` and records the texts it ran (how many rows)."""
+
+    def __init__(self, model, seconds: float):
+        import threading
+
+        self.model, self.tasks, self.tokenizer, self.encoder = model, model.tasks, model.tokenizer, model.encoder
+        self.seconds, self.rows, self.started = seconds, 0, threading.Event()
+
+    def run_batch(self, names, ids, mask, types):
+        import time
+
+        self.started.set()
+        time.sleep(self.seconds)
+        self.rows += len(ids)
+        return self.model.run_batch(names, ids, mask, types)
+
+
+def _raw_request(url: str, body: dict, host: str = "127.0.0.1"):
+    """A socket that sent a whole POST /predict and is still open (the caller closes it)."""
+    import socket
+
+    port = int(url.rsplit(":", 1)[1])
+    data = json.dumps(body).encode()
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(
+        b"POST /predict HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data
+    )
+    return s
+
+
+def _wait_for(fn, seconds: float = 20.0):
+    import time
+
+    deadline = time.time() + seconds
+    while not fn():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.integration
+def test_requests_whose_client_went_away_are_not_run(model):
+    """Ten requests sent and dropped while the model is busy: none of their texts reaches the model,
+    and a request after them is answered as soon as the running batch ends."""
+    import time
+
+    slow = Slow(model, 0.5)
+    app = create_app(slow, max_wait_ms=0, max_batch=8, max_texts=8)
+    with BackgroundServer(app) as u, httpx.Client(base_url=u, timeout=60) as c:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(c.post, "/predict", json={"texts": ["the first"], "tasks": ["SST-2"]})
+            assert slow.started.wait(20)  # the first request is in the model now
+            for i in range(10):
+                _raw_request(u, {"texts": [f"dropped {i} {j}" for j in range(8)], "tasks": ["SST-2"]}).close()
+            _wait_for(lambda: app.state.counters.abandoned == 10)
+            t0 = time.time()
+            r = c.post("/predict", json={"texts": ["after them"], "tasks": ["SST-2"]})
+            waited = time.time() - t0
+            assert first.result().status_code == 200
+        assert r.status_code == 200 and waited < 3.0, waited  # one slow call, not ten more
+        assert slow.rows == 2  # the first request's text and the last one's: none of the 80 dropped texts ran
+        h = c.get("/health").json()
+        assert h["abandoned"] == 10 and h["requests"] == 2
+
+
+@pytest.mark.integration
+def test_a_request_past_its_deadline_gets_504_and_is_not_run_later(model):
+    slow = Slow(model, 1.5)
+    app = create_app(slow, max_wait_ms=0, timeout_s=0.4)
+    with BackgroundServer(app) as u, httpx.Client(base_url=u, timeout=60) as c:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(c.post, "/predict", json={"texts": ["occupies the model"], "tasks": ["SST-2"]})
+            assert slow.started.wait(20)
+            r = c.post("/predict", json={"texts": ["waits in the queue"], "tasks": ["SST-2"]})
+            assert r.status_code == 504 and "within 0.4 s" in r.json()["error"] and r.headers["Retry-After"] == "1"
+            assert busy.result().status_code == 504  # its own answer came too late as well
+        slow.seconds = 0.0
+        _wait_for(lambda: slow.rows == 1)  # the model finished the first call, whose answer nobody waited for
+        r = c.post("/predict", json={"texts": ["fine"], "tasks": ["SST-2"]})
+        assert r.status_code == 200 and slow.rows == 2  # the queued request was dropped, never run
+        assert c.get("/health").json()["timed_out"] == 2
+
+
+@pytest.mark.integration
+def test_a_full_queue_answers_503_with_retry_after(model):
+    slow = Slow(model, 1.0)
+    app = create_app(slow, max_wait_ms=0, max_batch=4, max_texts=4, max_queue=4)
+    four = {"texts": ["a", "b", "c", "d"], "tasks": ["SST-2"]}
+    with BackgroundServer(app) as u, httpx.Client(base_url=u, timeout=60) as c:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            running = pool.submit(c.post, "/predict", json=four)
+            assert slow.started.wait(20)
+            queued = pool.submit(c.post, "/predict", json=four)
+            _wait_for(lambda: app.state.batcher.queued_texts == 4)
+            r = c.post("/predict", json=four)
+            assert r.status_code == 503 and r.headers["Retry-After"] == "1" and "--max-queue 4" in r.json()["error"]
+            assert running.result().status_code == 200 and queued.result().status_code == 200
+        assert c.get("/health").json()["busy"] == 1
+
+
+@pytest.mark.integration
+def test_slow_headers_are_cut_off(model):
+    """A client sending its headers a byte at a time is disconnected at the header deadline."""
+    import socket
+    import time
+
+    with BackgroundServer(create_app(model), header_timeout_s=0.5) as u:
+        s = socket.create_connection(("127.0.0.1", int(u.rsplit(":", 1)[1])))
+        s.settimeout(10)
+        t0, closed = time.time(), False
+        try:
+            for byte in b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"x" * 40:
+                s.sendall(bytes([byte]))
+                time.sleep(0.1)
+        except OSError:  # reset by the server
+            closed = True
+        if not closed:
+            closed = s.recv(1024) == b""
+        s.close()
+        assert closed and time.time() - t0 < 4.5
+
+
+@pytest.mark.integration
+def test_connections_past_the_limit_get_503(model):
+    import socket
+
+    with BackgroundServer(create_app(model), max_connections=2) as u:
+        port = int(u.rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        try:
+            with httpx.Client(base_url=u, timeout=30) as c:
+                assert c.get("/health").status_code == 503
+        finally:
+            for s in idle:
+                s.close()
+
+
+@pytest.mark.integration
+def test_host_content_type_api_key_and_no_api_docs(model):
+    from mtkd.serve import allowed_hosts_for
+
+    app = create_app(model, api_key="s3cret")
+    with (
+        BackgroundServer(app) as u,
+        httpx.Client(base_url=u, timeout=30) as anonymous,
+        httpx.Client(base_url=u, timeout=30, headers={"Authorization": "Bearer s3cret"}) as c,
+    ):
+        r = anonymous.get("/tasks")
+        assert (
+            r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer" and r.json()["field"] == "Authorization"
+        )
+        assert c.get("/tasks", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/tasks").status_code == 200
+        for host in ("localhost:8000", "127.0.0.1", "[::1]:8000"):
+            assert c.get("/health", headers={"Host": host}).status_code == 200, host
+        r = c.get("/health", headers={"Host": "attacker.example"})
+        assert r.status_code == 400 and r.json()["field"] == "Host"
+        # a web page can POST text/plain or a form without a preflight: only JSON is taken
+        for kind, body in (
+            ("text/plain", '{"texts": ["a"]}'),
+            ("application/x-www-form-urlencoded", "texts=a"),
+            (None, '{"texts": ["a"]}'),
+        ):
+            headers = {"Content-Type": kind} if kind else {}
+            r = c.post("/predict", content=body, headers=headers)
+            assert r.status_code == 415 and r.json()["field"] == "Content-Type", (kind, r.text)
+        assert (
+            c.post(
+                "/predict", content='{"texts": ["a"]}', headers={"Content-Type": "application/json; charset=utf-8"}
+            ).status_code
+            == 200
+        )
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert c.get(path).status_code == 404, path
+    assert allowed_hosts_for("0.0.0.0") == ("*",) and allowed_hosts_for("10.1.2.3") == ("10.1.2.3",)
+    assert "localhost" in allowed_hosts_for("127.0.0.1") and "attacker.example" not in allowed_hosts_for("127.0.0.1")
+
+
+@pytest.mark.integration
+def test_dropped_requests_leave_the_queue_at_once(model):
+    """A request dropped (deadline or client gone) while the model is busy frees its place in the
+    queue right away: the next request is not refused as busy."""
+    slow = Slow(model, 1.5)
+    app = create_app(slow, max_wait_ms=0, max_batch=8, max_texts=8, max_queue=16, timeout_s=0.5)
+    eight = {"texts": [f"text {j}" for j in range(8)], "tasks": ["SST-2"]}
+    with BackgroundServer(app) as u, httpx.Client(base_url=u, timeout=60) as c:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(c.post, "/predict", json={"texts": ["busy"], "tasks": ["SST-2"]})
+            assert slow.started.wait(20)
+            assert c.post("/predict", json=eight).status_code == 504  # queued, then dropped at its deadline
+            _raw_request(u, eight).close()  # queued, then its client leaves
+            _wait_for(lambda: app.state.counters.abandoned == 1)
+            assert app.state.batcher.queued == 0 and app.state.batcher.queued_texts == 0
+            r = c.post("/predict", json=eight)
+            assert r.status_code != 503, r.text
+            busy.result()
+
+
+@pytest.mark.integration
+def test_a_body_trickled_after_the_answer_does_not_hold_the_connection(model):
+    """A client answered before its body arrived (here: refused, 415) is disconnected, not kept
+    alive while it trickles the rest in."""
+    import socket
+    import time
+
+    with BackgroundServer(create_app(model)) as u:
+        s = socket.create_connection(("127.0.0.1", int(u.rsplit(":", 1)[1])))
+        s.settimeout(10)
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n"
+        )
+        assert s.recv(4096).startswith(b"HTTP/1.1 415")
+        closed = False
+        try:
+            for _ in range(20):
+                s.sendall(b"x")
+                time.sleep(0.1)
+            closed = s.recv(1024) == b""
+        except OSError:
+            closed = True
+        s.close()
+        assert closed
+
+
+def test_host_names_are_parsed_strictly():
+    from mtkd.errors import ConfigError
+    from mtkd.serve import host_name
+
+    assert host_name("[::1]:8000") == "::1" and host_name("LocalHost:80") == "localhost" and host_name("::1") == "::1"
+    for bad in ("[::1].attacker.example", "[::1]x:80", "a:b:c:d:e:g", "name:port", "", "user@host"):
+        assert host_name(bad) is None, bad
+    with pytest.raises(ConfigError, match="API key"):
+        create_app(Slow.__new__(Slow), api_key="clé")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -46,7 +45,7 @@ def test_max_seq_len_of_a_task_and_of_a_split_parse_and_round_trip():
     )
     assert spec.max_len_for("dev", 128) == 384  # the split's
     assert spec.max_len_for("train", 128) == 256  # else the task's
-    assert replace(spec, max_seq_len=None).max_len_for("train", 128) == 128  # else data.max_seq_len
+    assert spec.model_copy(update={"max_seq_len": None}).max_len_for("train", 128) == 128  # else data.max_seq_len
     d = spec.to_dict()
     assert (
         d["max_seq_len"] == 256

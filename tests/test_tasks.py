@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 
+from mtkd.config import RunConfig, validate
 from mtkd.data import read_split
 from mtkd.errors import ConfigError
 from mtkd.tasks import GLUE_TASK_NAMES, FileFormat, HeadKind, TaskSpec, glue_tasks, load_task_specs, task_from_dict
@@ -170,7 +171,7 @@ def test_head_of_a_task_not_in_the_list_suggests_the_closest(tmp_path):
         match=r"task 'Hard' uses the head of 'Reviws', which is not in the task list "
         r"\['Reviews', 'Hard'\] \(did you mean 'Reviews'\?\)",
     ):
-        load_task_specs({"Reviews": {}, "Hard": {}}, f)
+        validate(RunConfig(), load_task_specs({"Reviews": {}, "Hard": {}}, f))
 
 
 def test_override_of_a_split_given_as_a_bare_path_is_merged_into_it(tmp_path):
@@ -198,7 +199,7 @@ def test_tasks_file_that_is_not_yaml(tmp_path):
 
 def test_head_of_a_task_not_in_the_list_is_refused():
     with pytest.raises(ConfigError, match=r"task 'AX' uses the head of 'MNLI', which is not in the task list"):
-        load_task_specs({"AX": {}, "RTE": {}})
+        validate(RunConfig(), load_task_specs({"AX": {}, "RTE": {}}))
     specs = load_task_specs({"AX": {}, "MNLI": {}})
     assert specs["AX"].head_name == "MNLI"
 
@@ -299,7 +300,7 @@ def test_tasks_file_errors(tmp_path):
         ),
         (
             {"head": "regression", "fields": {"text_a": "a"}, "splits": {"train": {"format": "tsv"}}},
-            r"split 'train': missing 'path'",
+            r"split 'train': missing required key 'path'",
         ),
         (
             {"head": "regression", "fields": {"text_a": "a"}, "splits": {"train": {"path": "x", "format": "xml"}}},
@@ -428,7 +429,7 @@ def test_tasks_file_errors(tmp_path):
                 "fields": {"text_a": "a"},
                 "splits": {"train": {"path": "x", "skip_malformed": "yes"}},
             },
-            r"field 'skip_malformed': expected true or false, got 'yes'",
+            r"field 'skip_malformed': expected true or false, got str 'yes'",
         ),
         (
             {"head": "regression", "fields": {"text_a": "a"}, "splits": {"dev": "a", "dev_b": "b"}},

@@ -113,7 +113,7 @@ def test_report_as_and_split_names_checked(tmp_path):
         ("kd.soft_weight=1.5", "kd.soft_weight must be a number in [0, 1], got 1.5"),
         ("kd.temperature=0", "kd.temperature must be a positive number, got 0.0"),
         ("kd.top_k=0", "kd.top_k must be a positive integer, got 0"),
-        ("kd.candidates=[{dropout: 2}]", "kd.candidates[0].dropout must be a number in [0, 1), got 2"),
+        ("kd.candidates=[{dropout: 2}]", "kd.candidates[0].dropout must be a number in [0, 1), got 2.0"),
         ("predict.max_tokens=0", "predict.max_tokens must be a positive integer, got 0"),
         ("tasks.SST-2.train_cap=0", "tasks.SST-2.train_cap must be a positive integer, got 0"),
     ],

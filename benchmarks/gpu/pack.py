@@ -35,7 +35,7 @@ LIMIT = 64 * 2**20
 ENCODER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
-from mtkd.data import file_fingerprint as sha256  # noqa: E402  (src is on the path above)
+from mtkd.files import file_fingerprint as sha256  # noqa: E402  (src is on the path above)
 
 
 def data_files(config: Path, root: Path) -> list[str]:

@@ -14,10 +14,8 @@ next save.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -29,7 +27,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mtkd.errors import CheckpointError, DiskFullError
+from mtkd.errors import CheckpointError
+from mtkd.files import file_digest, write_error
 
 STATE_FILE = "trainer_state.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -41,13 +40,6 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------- file integrity
-def file_digest(path: Path) -> dict:
-    """{"size": bytes, "sha256": hex} of a file (read in 1 MiB chunks)."""
-    from mtkd.data import file_fingerprint
-
-    return {"size": Path(path).stat().st_size, "sha256": file_fingerprint(path)}
-
-
 def check_file(path: Path, want: dict | None) -> str | None:
     """What is wrong with `path` against its recorded {"size", "sha256"} (None: nothing; with no
     record only its presence is checked)."""
@@ -77,17 +69,6 @@ def tensor_bytes(obj) -> int:
     return 0
 
 
-def _no_space(e: BaseException, where: Path, needed: int) -> bool:
-    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    if any(s in str(e) for s in ("No space left", "StorageFull", "Disk quota")):
-        return True
-    try:  # torch.save only says "basic_ios::clear: iostream error": look at the free space
-        return shutil.disk_usage(where).free < needed
-    except OSError:
-        return False
-
-
 @contextmanager
 def guarded_write(where: Path, partial: Path | list[Path], needed: int, what: str):
     """Around writing `what` into `partial` (temporary files or folders under `where`): on any
@@ -104,12 +85,8 @@ def guarded_write(where: Path, partial: Path | list[Path], needed: int, what: st
                 p.unlink(missing_ok=True)
         if not isinstance(e, _WRITE_ERRORS):
             raise
-        if _no_space(e, where, needed):
-            free = shutil.disk_usage(where).free if where.exists() else 0
-            raise DiskFullError(f"no space left on {where}: about {math.ceil(needed / 2**20)} MB needed, "
-                                f"{free // 2**20} MB free; {what} was not written (its partial files are "
-                                "removed, earlier files are kept); free some space and rerun") from e
-        raise CheckpointError(f"{where}: writing {what} failed: {type(e).__name__}: {e}") from e
+        raise write_error(e, where, what, needed) or CheckpointError(
+            f"{where}: writing {what} failed: {type(e).__name__}: {e}") from e
 
 
 def remove_stale_temp(folder: Path) -> list[Path]:
@@ -221,19 +198,6 @@ def _candidates(folder: Path) -> list[Path]:
             step = int(m.group(1))
         found.append((step, p.name, p))
     return [p for *_, p in sorted(found, reverse=True)]
-
-
-def load_checkpoint(path: Path, model, optimizer, expect: dict) -> dict:
-    """Restore weights, optimizer and RNG from `path`; `expect` (tasks, encoder) must match the
-    checkpoint, else CheckpointError names the difference. Returns the trainer state. Damaged
-    files raise CheckpointError naming the file (see load_latest_checkpoint for the fallback)."""
-    state, problem = check_checkpoint(path)
-    if problem:
-        raise CheckpointError(f"{path}: damaged checkpoint: {problem}")
-    try:
-        return _load(path, state, model, optimizer, expect)
-    except _Damaged as e:
-        raise CheckpointError(f"{path}: damaged checkpoint: {e}") from e
 
 
 def _load(path: Path, state: dict, model, optimizer, expect: dict) -> dict:

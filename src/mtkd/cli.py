@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -25,6 +26,9 @@ EPILOG = """examples:
   mtkd tasks --tasks-file my_tasks.yaml MyTask   (a custom task, validated, defaults filled in)
   mtkd check-config configs/glue-cpu.yaml --data   (everything run checks before training, every row)
 """
+
+
+USER_FIXABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
 
 
 def _config_args(p):
@@ -120,7 +124,7 @@ def _add_serving_commands(sub) -> None:
                        description="Export a model folder to ONNX: DIR/model.onnx (inputs input_ids, attention_mask "
                                    "[, token_type_ids]; one output per task), the tokenizer and mtkd_export.json "
                                    "(the tasks, labels, lengths), served by ONNX Runtime without PyTorch "
-                                   "(mtkd.export.OnnxModel, mtkd serve DIR). The graph is checked against PyTorch on "
+                                   "(mtkd.onnx_model.OnnxModel, mtkd serve DIR). The graph is checked against PyTorch on "
                                    "real examples of varied length (max abs diff <= 1e-4) before anything is written. "
                                    "Needs pip install 'mtkd[onnx]'.")
     p.add_argument("model", type=Path, help="mtkd model folder (a stage's DIR/model)")
@@ -143,7 +147,10 @@ def _add_serving_commands(sub) -> None:
                                    "GET /tasks, GET /health. Concurrent requests are batched into one model call "
                                    "(up to --max-batch texts or --max-wait-ms). Needs pip install 'mtkd[serve]'.")
     p.add_argument("model", type=Path, help="mtkd model folder, or an `mtkd export` folder")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only). 0.0.0.0 (or ::) listens on "
+                        "every network interface: anyone who can reach the machine can use the API, so set "
+                        "--api-key and, behind a name, --allowed-host")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free port, printed)")
     p.add_argument("--max-batch", type=int, default=64, help="most texts per model call (default 64)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
@@ -151,6 +158,21 @@ def _add_serving_commands(sub) -> None:
     p.add_argument("--max-texts", type=int, default=256, help="most texts per request (default 256; more: 413)")
     p.add_argument("--max-chars", type=int, default=20000, help="most characters per text (default 20000; more: 413)")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MB (default 16; more: 413)")
+    p.add_argument("--timeout-s", type=float, default=30.0,
+                   help="a request's deadline: body upload, queue and model (default 30; past it: 504, or 408 while "
+                        "the body is still arriving); requests whose client went away are dropped, not run")
+    p.add_argument("--max-queue", type=int, default=1024,
+                   help="most texts waiting for the model (default 1024; a request past it: 503 with Retry-After)")
+    p.add_argument("--max-connections", type=int, default=256,
+                   help="most open connections (default 256; past it: 503); idle keep-alive connections close after "
+                        "5 s, a request's headers must arrive within 10 s")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every request (default: $MTKD_API_KEY; unset: none); "
+                        "prefer the variable: a command line is visible to other users of the machine")
+    p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                   help="a Host header to answer (repeatable; default: the loopback names for a loopback --host, the "
+                        "address itself for another, any for 0.0.0.0/::); '*': any. Refusing other names stops DNS "
+                        "rebinding from a web page")
     p.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
 
 
@@ -195,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     except MtkdError as e:
         print(f"mtkd: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the file system refused (read-only, permissions, full): one line, not a traceback
+        if e.errno not in USER_FIXABLE_ERRNOS:
+            raise
+        print(f"mtkd: error: {e.filename or 'a file'}: {os.strerror(e.errno)}", file=sys.stderr)
+        return 2
 
 
 def _silence_stdout() -> None:
@@ -224,7 +251,7 @@ def _check_output_dir(folder: Path | None, flag: str = "--output-dir") -> None:
 
 
 def _dispatch(args) -> int:
-    from mtkd.config import load_config
+    from mtkd.config import load_config, task_specs, validate
 
     _check_output_dir(getattr(args, "output_dir", None))
     if args.command == "tasks":
@@ -242,6 +269,7 @@ def _dispatch(args) -> int:
         print(f"wrote {args.output_dir / 'results.json'} (seeds {res['seeds']})")
         return 0
     cfg = load_config(args.config, args.overrides)
+    validate(cfg, task_specs(cfg), str(args.config))  # the config's rules about its tasks, before anything runs
     if args.command == "check-config":
         return _check_config(args, cfg)
     from mtkd.recipes import evaluate, finetune, mtl, pipeline, predict
@@ -283,17 +311,20 @@ def _serve(args) -> int:
     from mtkd.errors import ConfigError
     from mtkd.serve import serve
 
-    for flag, v in (("--max-batch", args.max_batch), ("--max-texts", args.max_texts), ("--max-chars", args.max_chars)):
+    for flag, v in (("--max-batch", args.max_batch), ("--max-texts", args.max_texts), ("--max-chars", args.max_chars),
+                    ("--max-queue", args.max_queue), ("--max-connections", args.max_connections)):
         if v < 1:
             raise ConfigError(f"serve: {flag} must be >= 1, got {v}")
-    if not args.max_wait_ms >= 0 or not args.max_body_mb > 0:
-        raise ConfigError(f"serve: --max-wait-ms must be >= 0 and --max-body-mb > 0 "
-                          f"(got {args.max_wait_ms}, {args.max_body_mb})")
+    if not args.max_wait_ms >= 0 or not args.max_body_mb > 0 or not args.timeout_s > 0:
+        raise ConfigError(f"serve: --max-wait-ms must be >= 0, --max-body-mb and --timeout-s > 0 "
+                          f"(got {args.max_wait_ms}, {args.max_body_mb}, {args.timeout_s})")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"serve: --port must be 0..65535, got {args.port}")
     serve(args.model, args.host, args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
           max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=max(1, int(args.max_body_mb * 2**20)),
-          access_log=args.access_log, print_fn=lambda line: print(line, flush=True))
+          timeout_s=args.timeout_s, max_queue=args.max_queue, max_connections=args.max_connections,
+          api_key=args.api_key, allowed_hosts=args.allowed_host, access_log=args.access_log,
+          print_fn=lambda line: print(line, flush=True))
     return 0
 
 
@@ -327,8 +358,9 @@ def _tasks(args) -> int:
 
 
 def _check_config(args, cfg) -> int:
-    """`mtkd check-config CONFIG [--data]`: the checks `run` makes before training (RunContext builds
-    the tasks, check_inputs the lengths and files), then the resolved config on stdout."""
+    """`mtkd check-config CONFIG [--data]`: the checks `run` makes before training (the config's rules
+    checked by _dispatch, RunContext builds the tasks, check_inputs the lengths and files), then the
+    resolved config on stdout."""
     import yaml
 
     from mtkd.config import to_dict
@@ -415,8 +447,9 @@ def _read_predict_input(args, need_pair: bool):
         fields["id"] = args.id_column or "id"
     if need_pair or args.pair_column is not None:
         fields["text_b"] = args.pair_column or "pair"
-    spec = TaskSpec(name="--input", head=HeadKind.REGRESSION, fields=fields,
-                    splits={"input": SplitSource(path=str(args.input.resolve()), format=fmt)})
+    # a reader's spec for one file, not a task definition (its split is named "input"): not validated as one
+    spec = TaskSpec.model_construct(name="--input", head=HeadKind.REGRESSION, fields=fields,
+                                    splits={"input": SplitSource(path=str(args.input.resolve()), format=fmt)})
     raw = read_split(spec, "input")
     return raw.ids, raw.text_a, raw.text_b
 
@@ -433,9 +466,9 @@ def _write_predictions(path: Path, ids, answers: dict[str, list[dict]]) -> None:
     bad = next((i for i in ids if any(c in i for c in "\t\r\n")), None) if tsv else None
     if bad is not None:
         raise DataError(path, f"example id {bad!r} holds a tab or line break; write JSONL instead (--output X.jsonl)")
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "w", encoding="utf-8") as f:
+    from mtkd.files import atomic_output
+
+    with atomic_output(path, "the predictions") as tmp, open(tmp, "w", encoding="utf-8") as f:
         if tsv:
             header = ["id", *columns] + [f"{t}:{lab}" for t, probs in prob_cols.items() for lab in probs[0]]
             f.write("\t".join(header) + "\n")
@@ -450,7 +483,6 @@ def _write_predictions(path: Path, ids, answers: dict[str, list[dict]]) -> None:
                     row["probabilities"] = {t: {lab: round(p, 6) for lab, p in probs[r].items()}
                                             for t, probs in prob_cols.items()}
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,25 @@
-"""Configs are plain data: nested dataclasses loaded from YAML, overridden with dotted key=value.
+"""Configs are plain data: nested models (mtkd.schema) loaded from YAML, overridden with dotted
+key=value, with the rules between their keys in one `validate`.
 
-Unknown keys (with the closest known key suggested) and wrong types are errors, raised before
-anything runs. The resolved config is saved next to every run's outputs (config.yaml).
+Unknown keys (with the closest known key suggested), wrong types and out-of-range values are errors,
+raised before anything runs. The resolved config is saved next to every run's outputs (config.yaml).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import re
-import types
-import typing
-from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, ClassVar, Literal, Union
 
 import yaml
+from pydantic import Discriminator, Field, Strict, Tag, WrapValidator, create_model, model_validator
+from pydantic.fields import FieldInfo
 
-from mtkd.errors import ConfigError, did_you_mean, unknown_key
+from mtkd.errors import ConfigError, did_you_mean
+from mtkd.heads import kind_of
 from mtkd.sampler import SamplingMode
+from mtkd.schema import Partial, Schema, from_dict, load_yaml, read_yaml_mapping, refuse, to_dict
+from mtkd.tasks import MIN_SEQ_LEN, SplitSource, TaskOptions, TaskSpec, check_name, load_task_specs
 
 
 class Optimizer(str, Enum):
@@ -44,199 +44,165 @@ class Stage(str, Enum):
     DISTILL = "distill"  # MTL with soft targets (MT-DNN-KD) + fine-tune + evaluate
 
 
-@dataclass
-class EncoderConfig:
+class Section(Schema):
+    """A section of the config; one written empty (`mtl:`) is its defaults."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_defaults(cls, data):
+        return {} if data is None else data
+
+
+class EncoderConfig(Section):
     name: str = "default"  # 'default' = bundled all-MiniLM-L6-v2; else a local folder or hub name
-    num_hidden_layers: int | None = None  # keep only the first N layers (smaller student)
-    dropout: float | None = None  # shared-layer dropout; None keeps the encoder's own (0.1)
-    init: str = "pretrained"  # 'pretrained' | 'random' (tests)
+    num_hidden_layers: int | None = Field(None, ge=1)  # keep only the first N layers (smaller student)
+    dropout: float | None = Field(None, ge=0, lt=1)  # shared-layer dropout; None keeps the encoder's own (0.1)
+    init: Literal["pretrained", "random"] = "pretrained"  # 'random': tests
 
 
-@dataclass
-class DataConfig:
+class DataConfig(Section):
     root: str | None = None  # GLUE folder; None -> $MTKD_DATA_ROOT -> ../shared/data/glue
     cache_dir: str | None = None  # tokenised caches; None -> $MTKD_CACHE -> ~/.cache/mtkd
-    max_seq_len: int = 512  # wordpiece inputs are cut here (paper: 512)
+    max_seq_len: int = Field(512, ge=MIN_SEQ_LEN)  # wordpiece inputs are cut here (paper: 512)
     cap_seed: int = 0  # seed of the random subsets drawn by train_cap / dev_cap
 
 
-@dataclass
-class TaskOptions:
-    train_cap: int | None = None  # use a seeded random subset of at most this many training examples
-    dev_cap: int | None = None
-    override: dict = field(default_factory=dict)  # changes to the task definition (splits, note, dropout)
-
-
-@dataclass
-class TrainConfig:
-    epochs: float = 5
-    batch_size: int = 32
-    lr: float = 5e-5
-    optimizer: Optimizer = Optimizer.ADAMAX
-    weight_decay: float = 0.0
-    warmup: float = 0.1  # fraction of steps with linear warm-up, then linear decay to 0
-    grad_clip: float = 1.0
-    sampling: SamplingMode = SamplingMode.PROPORTIONAL
-    temperature: float = 1.0  # sampling=temperature: p_t ∝ n_t^(1/T)
-    epoch_size: int | None = None  # sampling=temperature: batches per epoch (None: same as proportional)
-    bucket: int = 50  # length-bucketing window in batches (0: off); batches stay single-task and shuffled
-    max_steps: int | None = None  # stop early (smoke runs)
-    checkpoint_every: int = 500  # steps between checkpoints (also one at every epoch end)
-    keep_checkpoints: int = 2
-    precision: Precision = Precision.AUTO
-    log_every: int = 20
+class TrainConfig(Section):
+    epochs: float = Field(5, gt=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    optimizer: Optimizer = Field(Optimizer.ADAMAX, strict=False)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup: float = Field(0.1, ge=0, lt=1)  # fraction of steps with linear warm-up, then linear decay to 0
+    grad_clip: float = Field(1.0, ge=0)
+    sampling: SamplingMode = Field(SamplingMode.PROPORTIONAL, strict=False)
+    temperature: float = Field(1.0, gt=0)  # sampling=temperature: p_t ∝ n_t^(1/T)
+    epoch_size: int | None = Field(None, ge=1)  # sampling=temperature: batches per epoch (None: as proportional)
+    bucket: int = Field(50, ge=0)  # length-bucketing window in batches (0: off); batches stay single-task and shuffled
+    max_steps: int | None = Field(None, ge=1)  # stop early (smoke runs)
+    checkpoint_every: int = Field(500, ge=1)  # steps between checkpoints (also one at every epoch end)
+    keep_checkpoints: int = Field(2, ge=0)
+    precision: Precision = Field(Precision.AUTO, strict=False)
+    log_every: int = Field(20, ge=1)
     # steps between reading the loss on the host (divergence check, loss log): every step costs a
     # GPU sync per step; with N > 1 a divergence is caught up to N - 1 steps late
-    check_every: int = 1
+    check_every: int = Field(1, ge=1)
 
 
-@dataclass
-class PredictConfig:
-    batch_size: int = 128  # most examples per inference batch
+def _as_written(value, handler):
+    checked = handler(value)
+    return value if isinstance(value, int) else checked
+
+
+# a number checked as a float and kept as written: the integer 0 stays 0 (identities hash it)
+NumberAsWritten = Annotated[float, WrapValidator(_as_written)]
+
+# kd.teacher_mtl / kd.teacher_finetune: any TrainConfig keys (same types and ranges), applied on top
+# of `mtl` / `finetune`; a key not given is unset (null is refused, as in TrainConfig)
+TrainChanges = create_model("TrainChanges", __base__=Partial, **{
+    k: (NumberAsWritten if f.annotation is float else f.annotation, FieldInfo.merge_field_infos(f, default=None))
+    for k, f in TrainConfig.model_fields.items()})
+
+
+class PredictConfig(Section):
+    batch_size: int = Field(128, ge=1)  # most examples per inference batch
     # most padded tokens per batch (batch rows x longest row): length-sorted short examples go in
     # batches of up to batch_size, long ones in smaller batches; None: always batch_size
-    max_tokens: int | None = 8192
+    max_tokens: int | None = Field(8192, ge=1)
     submission: bool = True
 
 
-# a teacher candidate's keys: its seed (default: derived from the run seed), and either its start from
-# the encoder (shared-layer dropout, another encoder) or from_mtdnn: continue this seed's MT-DNN MTL model
-CANDIDATE_KEYS = ("seed", "dropout", "encoder", "from_mtdnn")
+class Candidate(Partial):
+    """A teacher candidate (kd.candidates[i]): its seed, and where its MTL starts: the encoder (with
+    another shared-layer dropout or encoder, if given), or from_mtdnn: this seed's MT-DNN MTL model,
+    trained further (it has its own dropout and encoder)."""
+
+    seed: int = Field(None, ge=0)  # unset: derived from the run seed (KDConfig.seeded_candidates)
+    dropout: NumberAsWritten | None = Field(None, ge=0, lt=1)
+    encoder: str | None = Field(None, pattern=r"\S", description="an encoder name or folder")
+    from_mtdnn: bool = False
+
+    @model_validator(mode="after")
+    def _from_mtdnn_has_its_own_start(self):
+        clash = [k for k in ("dropout", "encoder") if self.from_mtdnn and getattr(self, k) is not None]
+        if clash:
+            raise refuse(f"from_mtdnn continues MT-DNN's MTL model, which has its own {' and '.join(clash)}; "
+                         f"remove {', '.join(clash)}")
+        return self
+
+
 # teacher candidates when kd.candidates is empty: seeds derived from the run seed, these dropouts
 DEFAULT_CANDIDATE_DROPOUTS = (0.1, 0.2, 0.3, 0.1)
 
 
-@dataclass
-class KDConfig:
-    teacher_tasks: list[str] = field(default_factory=list)  # paper: MNLI, QQP, RTE, QNLI
-    candidates: list[dict] = field(default_factory=list)  # [{seed?, dropout?, encoder?}] or [{from_mtdnn: true}]; paper: 6
-    top_k: int = 3  # members kept per ensemble (paper: 3)
-    select_by: list[str] = field(default_factory=list)  # tasks whose mean dev score ranks candidates
-    soft_weight: float = 0.5  # weight of Eq. 4 in the student's loss (paper: average -> 0.5)
-    temperature: float = 1.0  # T for teacher and student logits; soft term scaled by T² (T=1: paper)
+class UnlabeledFromTrain(Partial):
+    """kd.unlabeled.<task>: {from_train: true, cap: N}: the rows of the task's training file that its
+    train_cap leaves unused (so it must have one), at most N of them."""
+
+    from_train: bool  # true (validate refuses false, naming the key)
+    cap: int | None = Field(None, ge=1, description="a positive integer (or absent: every unused row)")
+
+
+def _unlabeled_kind(source) -> str:
+    from_train = isinstance(source, UnlabeledFromTrain) or isinstance(source, dict) and "from_train" in source
+    return "from_train" if from_train else "file"
+
+
+# kd.unlabeled.<task>: a file of text (a split's keys: path, format, fields, ...) or the task's unused training rows
+UnlabeledSource = Annotated[
+    Union[Annotated[SplitSource, Tag("file")], Annotated[UnlabeledFromTrain, Tag("from_train")]],
+    Discriminator(_unlabeled_kind)]
+
+
+class KDConfig(Section):
+    teacher_tasks: list[str] = []  # paper: MNLI, QQP, RTE, QNLI
+    candidates: list[Candidate] = []  # [{seed?, dropout?, encoder?}] or [{from_mtdnn: true}]; paper: 6
+    top_k: int = Field(3, ge=1)  # members kept per ensemble (paper: 3)
+    select_by: list[str] = []  # tasks whose mean dev score ranks candidates
+    soft_weight: float = Field(0.5, ge=0, le=1)  # weight of Eq. 4 in the student's loss (paper: average -> 0.5)
+    temperature: float = Field(1.0, gt=0)  # T for teacher and student logits; soft term scaled by T² (T=1: paper)
     student: EncoderConfig | None = None  # the student's encoder (e.g. fewer layers); None: `encoder`
     finetune_with_soft: bool = True  # the student's per-task fine-tuning keeps the KD loss on teacher tasks
     # beyond the paper: extra unlabeled text per teacher task, from a file ({MNLI: {path: x.tsv, fields:
     # {text_a: s}}}) or from the task's own training rows that its train_cap leaves unused ({MNLI:
     # {from_train: true, cap: 3000}}); the teachers label it with soft targets and a second student,
     # "MT-DNN-KD + unlabeled text", trains on it with the soft loss alone (the paper's student does not)
-    unlabeled: dict[str, dict] = field(default_factory=dict)
+    unlabeled: dict[str, UnlabeledSource] = {}
     # the teachers' own training budget: TrainConfig keys applied on top of `mtl` for the candidates'
     # MTL and on top of `finetune` for the members' fine-tuning (e.g. {epochs: 2}); MT-DNN, the
     # single-task baseline and the students keep `mtl` / `finetune`
-    teacher_mtl: dict = field(default_factory=dict)
-    teacher_finetune: dict = field(default_factory=dict)
+    teacher_mtl: TrainChanges = Field(default_factory=TrainChanges)
+    teacher_finetune: TrainChanges = Field(default_factory=TrainChanges)
+
+    def seeded_candidates(self, seed: int) -> list[Candidate]:
+        """The candidates at run seed `seed`: kd.candidates, or by default 4 with shared-layer dropout
+        0.1/0.2/0.3/0.1; a candidate without a seed gets seed + 1000 * (its position + 1)."""
+        cands = self.candidates or [Candidate(dropout=d) for d in DEFAULT_CANDIDATE_DROPOUTS]
+        return [c if c.seed is not None else c.model_copy(update={"seed": seed + 1000 * (i + 1)})
+                for i, c in enumerate(cands)]
 
 
-@dataclass
-class RunConfig:
+class RunConfig(Schema):
     # the dotted keys the config file and --set gave (after every override, `~key` removals
     # included), set by load_config: what the user chose as opposed to a default (`mtkd predict`
-    # cuts at data.max_seq_len only when it is given). Not a config key, not saved.
-    given: typing.ClassVar[frozenset[str]] = frozenset()
-    seeds: list[int] = field(default_factory=lambda: [42])
-    stages: list[Stage] = field(default_factory=lambda: [Stage.MTL, Stage.FINETUNE, Stage.EVALUATE, Stage.PREDICT])
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    tasks: dict[str, TaskOptions] = field(default_factory=dict)
+    # cuts at data.max_seq_len only when it is given). Not a config key: not saved, not compared.
+    given: ClassVar[frozenset[str]] = frozenset()
+    seeds: list[int] = [42]
+    stages: list[Annotated[Stage, Strict(False)]] = [Stage.MTL, Stage.FINETUNE, Stage.EVALUATE, Stage.PREDICT]
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    tasks: dict[str, TaskOptions] = {}
     tasks_file: str | None = None  # YAML with custom task definitions (same format as GLUE's)
-    mtl: TrainConfig = field(default_factory=TrainConfig)
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1))
+    mtl: TrainConfig = Field(default_factory=TrainConfig)
+    # built unvalidated so that epochs stays the integer 1, as every default stays as written
+    finetune: TrainConfig = Field(default_factory=lambda: TrainConfig.model_construct(epochs=1))
     finetune_tasks: list[str] | None = None  # None: every task with training data
-    predict: PredictConfig = field(default_factory=PredictConfig)
-    kd: KDConfig = field(default_factory=KDConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+    kd: KDConfig = Field(default_factory=KDConfig)
     notes: str = ""  # free text saved with the results
 
 
-# ------------------------------------------------------------------------------ loading/validation
-_SCI_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        non_none = [a for a in args if a is not type(None)]
-        return _convert(value, non_none[0], where)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
-    if isinstance(tp, type) and issubclass(tp, Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            values = [e.value for e in tp]
-            raise ConfigError(f"{where}: {value!r} is not one of {values}{did_you_mean(value, values)}") from None
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
-        if args:
-            return {k: _convert({} if v is None and dataclasses.is_dataclass(args[1]) else v, args[1], f"{where}.{k}")
-                    for k, v in value.items()}
-        return value
-    if tp is float:
-        if isinstance(value, str) and _SCI_FLOAT.fullmatch(value.strip()):
-            return float(value)  # `5e-5`: a float in YAML 1.2, a string to PyYAML (YAML 1.1 needs `5.0e-5`)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {type(value).__name__} {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
-        return value
-    return value
-
-
-def from_dict(cls, d: dict | None, where: str = "config"):
-    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
-    if d is None:
-        d = {}
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__} {d!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    if cls is TaskOptions:  # anything besides the caps is a change to the task definition
-        from mtkd.tasks import check_task_entry, task_option_keys
-
-        check_task_entry(d, where)  # the options and every task, split and field key, named here
-        options = set(task_option_keys())
-        d = {k: v for k, v in d.items() if k in options} | {"override": {k: v for k, v in d.items() if k not in options}}
-    kwargs = {}
-    for k, v in d.items():
-        if k not in names:
-            raise unknown_key(where, k, names)
-        kwargs[k] = _convert(v, hints[k], f"{where}.{k}")
-    return cls(**kwargs)
-
-
-def to_dict(obj) -> Any:
-    if dataclasses.is_dataclass(obj):
-        out = {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-        if isinstance(obj, TaskOptions):  # flatten back to the YAML form
-            out.update(out.pop("override"))
-        return out
-    if isinstance(obj, Enum):
-        return obj.value
-    if isinstance(obj, list):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
-
+# ------------------------------------------------------------------------------ loading
 def apply_override(raw: dict, item: str) -> None:
     """`a.b.c=value` (value parsed as YAML) sets raw['a']['b']['c']; `~a.b` deletes it."""
     if item.startswith("~"):
@@ -252,7 +218,7 @@ def apply_override(raw: dict, item: str) -> None:
         raise ConfigError(f"override {item!r}: expected key=value")
     key, value = item.split("=", 1)
     try:
-        parsed = yaml.safe_load(value)
+        parsed = load_yaml(value)
     except yaml.YAMLError as e:
         raise ConfigError(f"override {item!r}: the value is not valid YAML ({e})") from None
     *parents, last = key.strip().split(".")
@@ -279,194 +245,113 @@ def given_keys(raw: dict, prefix: str = "") -> frozenset[str]:
     return frozenset(keys)
 
 
-def read_yaml_mapping(path: Path, what: str, mapping: str) -> dict:
-    """A user's YAML file (a config, a tasks_file) that must hold a mapping; {} when empty. Errors
-    name the file: missing ("<what> '<path>' does not exist"), invalid YAML, not a mapping."""
-    if not path.is_file():
-        raise ConfigError(f"{what} {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected {mapping}")
-    return raw
-
-
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """The config file (or the defaults) with `overrides` applied, validated (types, ranges and the
+    rules `validate` checks without the task definitions)."""
     raw: dict = {}
     if path is not None:
         raw = read_yaml_mapping(Path(path), "config file", "a mapping at the top level")
     for item in overrides:
         apply_override(raw, item)
-    cfg = from_dict(RunConfig, raw, where=str(path or "config"))
-    cfg.given = given_keys(raw)
+    where = str(path or "config")
+    cfg = from_dict(RunConfig, raw, where)
+    object.__setattr__(cfg, "given", given_keys(raw))  # beside the fields: not validated, saved or compared
     if cfg.tasks_file and path is not None and not Path(cfg.tasks_file).is_absolute():
         candidate = Path(path).parent / cfg.tasks_file
         if candidate.is_file():
             cfg.tasks_file = str(candidate)
-    validate(cfg, str(path or "config"))
+    validate(cfg, where=where)
     return cfg
 
 
-def _bad(where: str, key: str, expected: str, value) -> ConfigError:
-    return ConfigError(f"{where}: {key} must be {expected}, got {value!r}")
+def task_specs(cfg: RunConfig) -> dict[str, TaskSpec]:
+    """The config's tasks, resolved (mtkd.tasks.load_task_specs)."""
+    return load_task_specs({n: o.override for n, o in cfg.tasks.items()}, cfg.tasks_file)
 
 
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def _check_int(where, key, v, low: int, optional: bool = False) -> None:
-    if v is None and optional:
-        return
-    if v is None or v < low:
-        raise _bad(where, key, "a positive integer" if low == 1 else f"an integer >= {low}", v)
-
-
-def _check_float(where, key, v, low: float, high: float | None = None, low_open: bool = False,
-                 high_open: bool = True, optional: bool = False) -> None:
-    if v is None and optional:
-        return
-    ok = _finite(v) and (v > low if low_open else v >= low)
-    if ok and high is not None:
-        ok = v < high if high_open else v <= high
-    if not ok:
-        if high is None:
-            expected = "a positive number" if (low == 0 and low_open) else f"a number >= {low:g}"
-        else:
-            expected = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise _bad(where, key, expected, v)
-
-
-def _check_encoder(where: str, key: str, enc: EncoderConfig) -> None:
-    _check_int(where, f"{key}.num_hidden_layers", enc.num_hidden_layers, 1, optional=True)
-    _check_float(where, f"{key}.dropout", enc.dropout, 0, 1, optional=True)
-    if enc.init not in ("pretrained", "random"):
-        raise _bad(where, f"{key}.init", "'pretrained' or 'random'", enc.init)
-
-
-def _check_train(where: str, key: str, tc: TrainConfig) -> None:
-    _check_float(where, f"{key}.epochs", tc.epochs, 0, low_open=True)
-    _check_int(where, f"{key}.batch_size", tc.batch_size, 1)
-    _check_float(where, f"{key}.lr", tc.lr, 0, low_open=True)
-    _check_float(where, f"{key}.weight_decay", tc.weight_decay, 0)
-    _check_float(where, f"{key}.warmup", tc.warmup, 0, 1)
-    _check_float(where, f"{key}.grad_clip", tc.grad_clip, 0)
-    _check_float(where, f"{key}.temperature", tc.temperature, 0, low_open=True)
-    _check_int(where, f"{key}.epoch_size", tc.epoch_size, 1, optional=True)
-    _check_int(where, f"{key}.bucket", tc.bucket, 0)
-    _check_int(where, f"{key}.max_steps", tc.max_steps, 1, optional=True)
-    _check_int(where, f"{key}.checkpoint_every", tc.checkpoint_every, 1)
-    _check_int(where, f"{key}.keep_checkpoints", tc.keep_checkpoints, 0)
-    _check_int(where, f"{key}.log_every", tc.log_every, 1)
-    _check_int(where, f"{key}.check_every", tc.check_every, 1)
-
-
-TEACHER_SECTIONS = ("mtl", "finetune")  # kd.teacher_mtl / kd.teacher_finetune apply on top of these
-
-
-def teacher_train_config(cfg: RunConfig, section: str, where: str = "config") -> TrainConfig:
+def teacher_train_config(cfg: RunConfig, section: str) -> TrainConfig:
     """The teachers' training settings: `mtl` (the candidates' MTL) or `finetune` (the members'
-    fine-tuning) with the keys of kd.teacher_mtl / kd.teacher_finetune applied on top. Unknown keys
-    (with the closest suggested) and wrong types are refused as everywhere in the config."""
-    if section not in TEACHER_SECTIONS:
-        raise ValueError(f"section must be one of {TEACHER_SECTIONS}, got {section!r}")
-    base, overrides = getattr(cfg, section), getattr(cfg.kd, f"teacher_{section}")
-    if not overrides:
+    fine-tuning) with the keys of kd.teacher_mtl / kd.teacher_finetune applied on top."""
+    base, changes = getattr(cfg, section), getattr(cfg.kd, f"teacher_{section}")
+    if not changes.model_fields_set:
         return base
-    return from_dict(TrainConfig, {**to_dict(base), **overrides}, f"{where}: kd.teacher_{section}")
-
-
-UNLABELED_FROM_TRAIN_KEYS = ("from_train", "cap")
-
-
-def _check_from_train(where: str, task: str, src: dict, cfg: RunConfig) -> None:
-    """kd.unlabeled.<task>: {from_train: true, cap: N}: the rows of the task's training file that its
-    train_cap leaves unused (so there must be a train_cap), at most N of them."""
-    key = f"kd.unlabeled.{task}"
-    for k in src:
-        if k not in UNLABELED_FROM_TRAIN_KEYS:
-            raise unknown_key(f"{where}: {key} (from_train)", k, UNLABELED_FROM_TRAIN_KEYS)
-    if src["from_train"] is not True:
-        raise _bad(where, f"{key}.from_train", "true (or give the text's file as 'path' instead)", src["from_train"])
-    cap = src.get("cap")
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-        raise _bad(where, f"{key}.cap", "a positive integer (or absent: every unused row)", cap)
-    opts = cfg.tasks.get(task)
-    if opts is None or opts.train_cap is None:
-        raise ConfigError(f"{where}: {key}: from_train takes the rows of {task}'s training file that "
-                          f"tasks.{task}.train_cap leaves unused, but {task} has no train_cap: every row is "
-                          f"already labelled training data (set tasks.{task}.train_cap, or give a 'path')")
-
-
-def validate(cfg: RunConfig, where: str = "config") -> None:
-    """Value checks after the type checks of from_dict: every refusal names the key and the value.
-    (data.max_seq_len against the encoder's positions needs the encoder: mtkd.model.check_max_seq_len.)"""
-    from mtkd.tasks import check_name
-
-    if not cfg.seeds:
-        raise ConfigError(f"{where}: seeds must hold at least one seed")
-    _check_encoder(where, "encoder", cfg.encoder)
-    if cfg.kd.student is not None:
-        _check_encoder(where, "kd.student", cfg.kd.student)
-    if cfg.data.max_seq_len < 8:
-        raise ConfigError(f"{where}: data.max_seq_len must be at least 8, got {cfg.data.max_seq_len}")
-    for name, opts in cfg.tasks.items():
-        check_name(name, f"{where}: tasks: task name")
-        for key in ("train_cap", "dev_cap"):
-            _check_int(where, f"tasks.{name}.{key}", getattr(opts, key), 1, optional=True)
-    for key in ("finetune_tasks", "kd.teacher_tasks", "kd.select_by"):
-        obj = cfg
-        for part in key.split("."):
-            obj = getattr(obj, part)
-        for i, name in enumerate(obj or ()):
-            check_name(name, f"{where}: {key}[{i}]")
-    for name, src in cfg.kd.unlabeled.items():
-        check_name(name, f"{where}: kd.unlabeled: task name")
-        if name not in cfg.tasks:  # before what the entry asks of the task (a typo has no train_cap)
-            raise ConfigError(f"{where}: kd.unlabeled: no task {name!r} in the config's tasks "
-                              f"{list(cfg.tasks)}{did_you_mean(name, cfg.tasks)}")
-        if isinstance(src, dict) and "from_train" in src:
-            _check_from_train(where, name, src, cfg)
-    for section in ("mtl", "finetune"):
-        _check_train(where, section, getattr(cfg, section))
-        _check_train(where, f"kd.teacher_{section}", teacher_train_config(cfg, section, where))
-    _check_int(where, "predict.batch_size", cfg.predict.batch_size, 1)
-    _check_int(where, "predict.max_tokens", cfg.predict.max_tokens, 1, optional=True)
-    _check_int(where, "kd.top_k", cfg.kd.top_k, 1)
-    _check_float(where, "kd.soft_weight", cfg.kd.soft_weight, 0, 1, high_open=False)
-    _check_float(where, "kd.temperature", cfg.kd.temperature, 0, low_open=True)
-    for i, cand in enumerate(cfg.kd.candidates):
-        _check_candidate(where, i, cand, cfg)
-
-
-def _check_candidate(where: str, i: int, cand, cfg: RunConfig) -> None:
-    """kd.candidates[i]: {seed?, dropout?, encoder?} (from the encoder) or {seed?, from_mtdnn: true}."""
-    key = f"kd.candidates[{i}]"
-    if not isinstance(cand, dict):
-        raise _bad(where, key, "a mapping {seed, dropout, encoder} or {seed, from_mtdnn: true}", cand)
-    for k in cand:
-        if k not in CANDIDATE_KEYS:
-            raise unknown_key(f"{where}: {key}", k, CANDIDATE_KEYS)
-    if "seed" in cand and (isinstance(cand["seed"], bool) or not isinstance(cand["seed"], int) or cand["seed"] < 0):
-        raise _bad(where, f"{key}.seed", "an integer >= 0", cand["seed"])
-    if cand.get("encoder") is not None and (not isinstance(cand["encoder"], str) or not cand["encoder"].strip()):
-        raise _bad(where, f"{key}.encoder", "an encoder name or folder", cand["encoder"])
-    if cand.get("dropout") is not None:
-        d = cand["dropout"]
-        _check_float(where, f"{key}.dropout", None if isinstance(d, bool) else d, 0, 1)
-    if "from_mtdnn" in cand:
-        if not isinstance(cand["from_mtdnn"], bool):
-            raise _bad(where, f"{key}.from_mtdnn", "true or false", cand["from_mtdnn"])
-        if cand["from_mtdnn"]:
-            clash = [k for k in ("dropout", "encoder") if cand.get(k) is not None]
-            if clash:
-                raise ConfigError(f"{where}: {key}: from_mtdnn continues MT-DNN's MTL model, which has its own "
-                                  f"{' and '.join(clash)}; remove {', '.join(clash)}")
-            if Stage.MTL not in cfg.stages and {Stage.TEACH, Stage.DISTILL} & set(cfg.stages):
-                raise ConfigError(f"{where}: {key}.from_mtdnn needs MT-DNN's MTL model: add mtl to `stages`")
+    return TrainConfig.model_validate({**base.model_dump(), **changes.model_dump()})
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ------------------------------------------------------------------------------ the rules between keys
+def validate(cfg: RunConfig, specs: dict[str, TaskSpec] | None = None, where: str = "config") -> None:
+    """The rules between a config's keys, which `run` and `check-config` share: those of the config
+    alone (load_config checks these) and, given the resolved task definitions `specs`, those about
+    the tasks: a head_of task is in the list; finetune_tasks have training data; kd.teacher_tasks and
+    kd.select_by are in the list, and teachers are of a kind that can have them; kd.unlabeled's
+    tasks have teachers and a from_train one a training file; kd.top_k is at most the number of
+    candidates, and no two candidates train the same model. Every refusal names the key and the
+    value. (data.max_seq_len against the encoder's positions: mtkd.model.check_max_seq_len.)"""
+    kd = cfg.kd
+    if not cfg.seeds:
+        raise ConfigError(f"{where}: seeds must hold at least one seed")
+    for name in cfg.tasks:
+        check_name(name, f"{where}: tasks: task name")
+    for key, names in (("finetune_tasks", cfg.finetune_tasks or []), ("kd.teacher_tasks", kd.teacher_tasks),
+                       ("kd.select_by", kd.select_by)):
+        for i, name in enumerate(names):
+            check_name(name, f"{where}: {key}[{i}]")
+    for task, source in kd.unlabeled.items():
+        check_name(task, f"{where}: kd.unlabeled: task name")
+        if task not in cfg.tasks:  # before what the entry asks of the task (a typo has no train_cap)
+            raise ConfigError(f"{where}: kd.unlabeled: no task {task!r} in the config's tasks "
+                              f"{list(cfg.tasks)}{did_you_mean(task, cfg.tasks)}")
+        if isinstance(source, UnlabeledFromTrain) and source.from_train is not True:
+            raise ConfigError(f"{where}: kd.unlabeled.{task}.from_train must be true (or give the text's file as "
+                              f"'path' instead), got {source.from_train!r}")
+        if isinstance(source, UnlabeledFromTrain) and cfg.tasks[task].train_cap is None:
+            raise ConfigError(f"{where}: kd.unlabeled.{task}: from_train takes the rows of {task}'s training file "
+                              f"that tasks.{task}.train_cap leaves unused, but {task} has no train_cap: every row is "
+                              f"already labelled training data (set tasks.{task}.train_cap, or give a 'path')")
+    for i, cand in enumerate(kd.candidates):
+        if cand.from_mtdnn and Stage.MTL not in cfg.stages and {Stage.TEACH, Stage.DISTILL} & set(cfg.stages):
+            raise ConfigError(f"{where}: kd.candidates[{i}].from_mtdnn needs MT-DNN's MTL model: add mtl to `stages`")
+    if specs is None:
+        return
+    # the rules about the tasks
+    for spec in specs.values():
+        if spec.head_of and spec.head_of not in specs:
+            raise ConfigError(f"{where}: task {spec.name!r} uses the head of {spec.head_of!r}, which is not in the "
+                              f"task list {list(specs)}{did_you_mean(spec.head_of, specs)}")
+    train = [t for t, s in specs.items() if "train" in s.splits and s.head_of is None]
+    for key, names, allowed in (("finetune_tasks", cfg.finetune_tasks or [], train),
+                                ("kd.teacher_tasks", kd.teacher_tasks, list(specs)),
+                                ("kd.select_by", kd.select_by, list(specs))):
+        for name in names:
+            if name not in allowed:
+                what = "a task with training data" if key == "finetune_tasks" else "in the task list"
+                raise ConfigError(f"{where}: {key}: task {name!r} is not {what} {allowed}{did_you_mean(name, allowed)}")
+    for name in kd.teacher_tasks:
+        if not kind_of(specs[name]).has_teachers:
+            raise ConfigError(f"{where}: kd.teacher_tasks: task {name!r} is a {specs[name].head.value} task; teachers "
+                              f"for {specs[name].head.value} tasks are not supported yet")
+    for task, source in kd.unlabeled.items():
+        if task not in kd.teacher_tasks:
+            raise ConfigError(f"{where}: kd.unlabeled: task {task!r} has no teacher (kd.teacher_tasks) to label its "
+                              f"text")
+        if isinstance(source, UnlabeledFromTrain) and "train" not in specs[task].splits:
+            raise ConfigError(f"{where}: kd.unlabeled.{task}: from_train, but {task} has no train split")
+    if not kd.teacher_tasks:
+        return
+    n = len(kd.seeded_candidates(0))
+    if kd.top_k > n:
+        raise ConfigError(f"{where}: kd.top_k is {kd.top_k} but there are {n} teacher candidates (kd.candidates)")
+    for seed in cfg.seeds:  # identical teachers at full cost
+        seen: dict[tuple, int] = {}
+        for i, c in enumerate(kd.seeded_candidates(seed)):
+            start = (c.seed, c.from_mtdnn, c.dropout, c.encoder)
+            if start in seen:
+                raise ConfigError(f"{where}: kd.candidates[{i}] trains the same model as kd.candidates[{seen[start]}] "
+                                  f"at run seed {seed} (seed {c.seed}, the same start): give it another seed, dropout "
+                                  f"or encoder")
+            seen[start] = i
+

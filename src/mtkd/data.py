@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from mtkd.errors import DataError, did_you_mean
+from mtkd.files import file_fingerprint
 from mtkd.heads import kind_of
 from mtkd.inference import pad_rows, pad_token_id
 from mtkd.tasks import FileFormat, TaskSpec
@@ -54,14 +55,6 @@ class RawSplit:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def file_fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _decode(path: Path, data: bytes) -> str:
@@ -147,6 +140,29 @@ def _rows_json(path: Path, text: str, fmt: FileFormat):
 
 
 HEAD_BYTES = 1 << 20  # what check_split reads of a TSV/CSV/JSONL file: the header and the first rows
+# the longest line a TSV/CSV/JSONL file may have: one example, not a corpus (a 1 GB line would take
+# several GB to decode and split); checked on the bytes, before anything else is done with them
+MAX_LINE_BYTES = 16 << 20
+
+
+def check_line_lengths(path: Path, data: bytes, limit: int = MAX_LINE_BYTES, chunk: int = 1 << 26) -> None:
+    """Refuse (DataError naming the line) a line of `data` longer than `limit` bytes."""
+    view = np.frombuffer(data, dtype=np.uint8)
+    last_end, lines = -1, 0  # offset of the newline before the current line, newlines seen
+    for offset in range(0, len(view), chunk):
+        ends = np.flatnonzero(view[offset:offset + chunk] == 10) + offset
+        lengths = np.diff(ends, prepend=last_end) - 1
+        too_long = np.flatnonzero(lengths > limit)
+        if len(too_long):
+            lines += int(too_long[0])
+            break
+        lines += len(ends)
+        last_end = int(ends[-1]) if len(ends) else last_end
+    else:
+        if len(view) - last_end - 1 <= limit:
+            return
+    raise DataError(path, f"line longer than {limit // 2**20} MB (one example per line is expected; is this the "
+                          f"right file and format?)", line=lines + 1)
 
 
 def split_path(spec: TaskSpec, split: str, root: str | Path | None = None) -> Path:
@@ -223,6 +239,8 @@ def read_split(spec: TaskSpec, split: str, root: str | Path | None = None, head_
     data, complete = _read_head(path) if head_only and src.format != FileFormat.JSON else (path.read_bytes(), True)
     if complete and not data.strip():
         raise DataError(path, "file is empty")
+    if src.format != FileFormat.JSON:
+        check_line_lengths(path, data)
     text = _decode(path, data)
     fields = spec.fields_for(split)
     if split.startswith("test") and "label" in fields and not _has_column(text, src, fields["label"]):

@@ -38,7 +38,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -576,7 +576,7 @@ def export_onnx(model_folder: str | Path, out_dir: str | Path, quantize: str | N
     Raises the model loader's CheckpointError for a damaged folder, ConfigError for bad arguments
     or a missing onnx/onnxruntime, ExportError when the exporter fails or the graph does not match
     PyTorch within `atol`; nothing is left in `out_dir` then."""
-    from mtkd.checkpoint import file_digest
+    from mtkd.files import file_digest
     from mtkd.data import resolve_data_root
     from mtkd.model import MTModel, max_positions
 

@@ -26,6 +26,7 @@ from mtkd.checkpoint import load_latest_checkpoint, save_checkpoint
 from mtkd.config import Optimizer, Precision, TrainConfig
 from mtkd.data import EncodedSplit, collate
 from mtkd.errors import CheckpointError, TrainingDiverged
+from mtkd.files import atomic_write
 from mtkd.identity import checkpoint_problem
 from mtkd.inference import batched_logits
 from mtkd.losses import task_loss
@@ -373,9 +374,7 @@ def _truncate_log(path: Path, step: int) -> None:
         except (ValueError, KeyError, TypeError):
             continue  # a torn last line
     if len(keep) != len(lines):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(keep))
-        tmp.replace(path)
+        atomic_write(path, "".join(keep))
 
 
 def _tensorboard(folder: Path):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mtkd.errors import DataError
+from mtkd.files import atomic_output, atomic_write
 from mtkd.heads import kind_of
 from mtkd.tasks import TaskSpec, glue_tasks
 
@@ -22,16 +23,12 @@ def save_predictions(path: Path, entries: dict[str, dict]) -> None:
     """Per-example predictions of evaluated splits, compressed: {report name: {"ids", "labels",
     "predictions", "groups"}} as arrays named `<report>.<field>` (predictions: label indices, or
     the regression scores, as the head kind's `predictions` gives them; groups: ranking tasks
-    only). Written to a temporary name, then renamed."""
+    only). Written atomically."""
     arrays = {f"{report}.{k}": np.asarray(e[k]) for report, e in entries.items() for k in PREDICTION_FIELDS
               if e.get(k) is not None}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
+    atomic_write(path, buf.getvalue())
 
 
 def load_predictions(path: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -130,9 +127,10 @@ SUBMISSION_FILES = ("CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI-m", "MNLI-mm"
 
 
 def write_submission_file(path: Path, ids, predictions, spec: TaskSpec) -> None:
-    """The GLUE leaderboard layout: header `index\\tprediction`, one cell per prediction as its head kind
-    writes it (label names; regression: the score clipped to the label range, 3 decimals). Ids holding a tab or line break (possible in CSV/JSON data)
-    would add columns or rows, so they are refused (DataError) before anything is written."""
+    """The GLUE leaderboard layout: header `index\\tprediction`, one cell per prediction as its head
+    kind writes it (label names; regression: the score clipped to the label range, 3 decimals). Ids
+    holding a tab or line break (possible in CSV/JSON data) would add columns or rows, so they are
+    refused (DataError) before anything is written."""
     if len(ids) != len(predictions):
         raise ValueError(f"{path}: {len(ids)} ids but {len(predictions)} predictions")
     for i in ids:
@@ -140,10 +138,8 @@ def write_submission_file(path: Path, ids, predictions, spec: TaskSpec) -> None:
             raise DataError(path, f"example id {str(i)!r} holds a tab or line break, which would break the "
                                   f"TSV layout (index<TAB>prediction per line); fix the id in the data file")
     kind = kind_of(spec)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("index\tprediction\n")
-        for i, p in zip(ids, predictions):
-            f.write(f"{i}\t{kind.submission_value(p)}\n")
+    rows = "".join(f"{i}\t{kind.submission_value(p)}\n" for i, p in zip(ids, predictions))
+    atomic_write(path, "index\tprediction\n" + rows)
 
 
 def zip_submission(folder: Path, zip_path: Path) -> list[str]:
@@ -151,7 +147,7 @@ def zip_submission(folder: Path, zip_path: Path) -> list[str]:
     missing (a task whose test file is not available here), also written to MISSING.txt."""
     present = sorted(p.name for p in folder.glob("*.tsv"))
     missing = [f"{n}.tsv" for n in SUBMISSION_FILES if f"{n}.tsv" not in present]
-    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as z:
+    with atomic_output(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
         for name in present:
             z.write(folder / name, name)
         if missing:

@@ -23,9 +23,10 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from mtkd import inference
-from mtkd.checkpoint import check_file, file_digest, guarded_write, tensor_bytes
+from mtkd.checkpoint import check_file, guarded_write, tensor_bytes
 from mtkd.dropout import use_fast_dropout
 from mtkd.errors import CheckpointError, ConfigError
+from mtkd.files import file_digest
 from mtkd.heads import kind_of
 from mtkd.tasks import TaskSpec, task_from_dict
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from mtkd.files import atomic_write
+
 log = logging.getLogger(__name__)
 
 CARD_FILE = "README.md"
@@ -106,15 +108,6 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _ours(folder: Path) -> bool:
     card = folder / CARD_FILE
     if not card.exists():
@@ -158,7 +151,7 @@ def write_model_card(folder: str | Path, training: dict | None = None, metrics: 
     if not _ours(folder):
         log.info("%s: has its own %s (not written by mtkd); the model card is left as it is", folder, CARD_FILE)
         if not same:
-            _write_atomic(folder / DATA_FILE, json.dumps(data, indent=2))
+            atomic_write(folder / DATA_FILE, json.dumps(data, indent=2))
         return None
     text = render(config, data, folder)
     try:
@@ -166,8 +159,8 @@ def write_model_card(folder: str | Path, training: dict | None = None, metrics: 
     except OSError:
         unchanged = False
     if not unchanged:  # an evaluation rerun with the same results rewrites nothing
-        _write_atomic(folder / DATA_FILE, json.dumps(data, indent=2))
-        _write_atomic(folder / CARD_FILE, text)
+        atomic_write(folder / DATA_FILE, json.dumps(data, indent=2))
+        atomic_write(folder / CARD_FILE, text)
     return folder / CARD_FILE
 
 

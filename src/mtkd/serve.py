@@ -23,9 +23,20 @@ the texts it cut ({"Reviews": [0]}; {} when nothing was cut). Tasks of different
 different texts: a 20-token text is cut by a task trained at 16, not by one at 24.
 
 Errors: a JSON body {"error": message, "field": the field it names}: 400 malformed JSON, 413 a
-body, a text count or a text over the configured limits, 422 anything else that is not a valid
-request (wrong type, unknown field or task, empty list or text, missing pairs). A failure inside
-the model answers the requests of that batch with 500; the server keeps serving.
+body, a text count or a text over the configured limits, 415 a body not sent as application/json
+(a web page can POST text/plain or a form without a CORS preflight), 422 anything else that is not
+a valid request (wrong type, unknown field or task, empty list or text, missing pairs). A failure
+inside the model answers the requests of that batch with 500; the server keeps serving.
+
+Guards: every request's Host header must be one the server answers to (400: by default the
+loopback names on a loopback address, so a web page cannot reach it through DNS rebinding), and
+with an API key (--api-key or $MTKD_API_KEY) it must carry `Authorization: Bearer <key>` (401).
+Each /predict request has a deadline (--timeout-s): 408 if its body has not arrived by then, 504 if
+its answer has not; a request whose client has gone, or whose deadline passed, is dropped from the
+queue and never run. The queue holds at most --max-queue texts (503 with Retry-After past it). The
+connection limits are uvicorn's and ours: at most --max-connections (503 past it), a request's
+headers within HEADER_TIMEOUT_S, idle keep-alive connections closed after KEEP_ALIVE_S. There are no
+/docs, /redoc or /openapi.json pages.
 
 Micro-batching: requests wait in a queue; one worker takes what is queued, waiting up to
 `max_wait_ms` after the first request for more until `max_batch` texts, and runs them in a worker
@@ -44,13 +55,16 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import hmac
 import logging
+import os
+import re
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 
 from mtkd import inference
@@ -66,6 +80,13 @@ DEFAULT_MAX_WAIT_MS = 5.0  # how long the first queued request waits for company
 DEFAULT_MAX_TEXTS = 256  # per request
 DEFAULT_MAX_CHARS = 20000  # per text (and per pair)
 DEFAULT_MAX_BODY_BYTES = 16 * 2**20
+DEFAULT_TIMEOUT_S = 30.0  # a request is answered within this (queue, model and body upload), else 504/408
+DEFAULT_MAX_QUEUE = 1024  # texts waiting for the model; a request that would pass it gets 503 + Retry-After
+DEFAULT_MAX_CONNECTIONS = 256  # open connections; past it uvicorn answers 503
+HEADER_TIMEOUT_S = 10.0  # a request's headers must arrive within this, else the connection is closed
+KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this
+API_KEY_ENV = "MTKD_API_KEY"  # the bearer token, when set (mtkd serve --api-key has the same effect)
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 INSTALL_HINT = "mtkd serve needs FastAPI and uvicorn: pip install 'mtkd[serve]'"
 REQUEST_FIELDS = ("texts", "pairs", "tasks", "probabilities")
 
@@ -80,7 +101,7 @@ def _require_server_stack():
 
 # ---------------------------------------------------------------------------------- the model
 def load_for_serving(path: str | Path, device: str | None = None):
-    """(model, backend) for a folder: an ONNX export (it holds mtkd_export.json) -> mtkd.export's
+    """(model, backend) for a folder: an ONNX export (it holds mtkd_export.json) -> mtkd.onnx_model's
     OnnxModel, 'onnx'; an mtkd model folder (config.json with "format": "mtkd") -> MTModel, 'pytorch',
     in eval mode on `device` (default: CUDA when available, else the CPU)."""
     path = Path(path)
@@ -181,7 +202,7 @@ def _pydantic_message(err: dict) -> tuple[str, str]:
     return where, f"{where}: {err.get('msg', 'invalid')}"
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself, not its texts: the queue removes exactly this one
 class Job:
     """One validated /predict request."""
 
@@ -295,6 +316,8 @@ class BatchRunner:
 
     def __init__(self, model, max_batch: int):
         self.model, self.max_batch = model, int(max_batch)
+        if hasattr(model, "eval"):  # a PyTorch model answers without dropout
+            model.eval()
         self.max_len = {t: task_max_len(model, s) for t, s in model.tasks.items()}
         self.pair = {t: is_pair_task(s) for t, s in model.tasks.items()}
 
@@ -336,6 +359,9 @@ class Counters:
     requests: int = 0  # /predict requests answered with results
     rejected: int = 0  # 4xx
     failed: int = 0  # 5xx
+    timed_out: int = 0  # 504: no answer within the deadline
+    abandoned: int = 0  # the client went away before its answer (not run when it was still queued)
+    busy: int = 0  # 503: the queue was full
     batches: int = 0
     batched_requests: int = 0
     texts: int = 0
@@ -343,7 +369,8 @@ class Counters:
 
     def as_dict(self) -> dict:
         return {"uptime_s": round(time.time() - self.started, 3), "requests": self.requests, "rejected": self.rejected,
-                "failed": self.failed, "batches": self.batches, "texts": self.texts,
+                "failed": self.failed, "timed_out": self.timed_out, "abandoned": self.abandoned, "busy": self.busy,
+                "batches": self.batches, "texts": self.texts,
                 "mean_batch_texts": round(self.texts / self.batches, 3) if self.batches else None,
                 "mean_batch_requests": round(self.batched_requests / self.batches, 3) if self.batches else None,
                 "largest_batch_texts": self.largest_batch}
@@ -366,6 +393,10 @@ class MicroBatcher:
     def queued(self) -> int:
         return len(self._pending)
 
+    @property
+    def queued_texts(self) -> int:
+        return self._queued_texts
+
     def start(self) -> None:
         self._event = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._worker(), name="mtkd-batcher")
@@ -380,22 +411,43 @@ class MicroBatcher:
                 job.future.set_exception(RuntimeError("the server is shutting down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, job: Job) -> dict:
+    async def submit(self, job: Job, timeout_s: float, gone: Callable[[], Awaitable[None]]) -> dict:
+        """The job's answer. Raises TimeoutError when none came within `timeout_s`, ClientGone when
+        `gone()` returned first; either way a job still queued is dropped, not run."""
         loop = asyncio.get_running_loop()
         job.arrived, job.future = loop.time(), loop.create_future()
         self._pending.append(job)
         self._queued_texts += len(job.texts)
         self._event.set()
-        return await job.future
+        watcher = asyncio.ensure_future(gone())
+        try:
+            await asyncio.wait({job.future, watcher}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the handler was cancelled (the server stops)
+            self._drop(job)
+            raise
+        finally:
+            watcher.cancel()
+        if job.future.done() and not job.future.cancelled():
+            return job.future.result()
+        self._drop(job)
+        raise ClientGone() if watcher.done() and not watcher.cancelled() else TimeoutError()
+
+    def _drop(self, job: Job) -> None:
+        """Nobody waits for `job` any more: out of the queue (and its texts off the queue's count); a
+        batch already running it discards its answer."""
+        job.future.cancel()
+        try:
+            self._pending.remove(job)
+        except ValueError:  # already taken by a batch
+            return
+        self._queued_texts -= len(job.texts)
 
     def _take(self) -> list[Job]:
         batch, n = [], 0
         while self._pending and (not batch or n + len(self._pending[0].texts) <= self.max_batch):
             job = self._pending.popleft()
             self._queued_texts -= len(job.texts)
-            # a request whose handler was cancelled (uvicorn cancels the handlers still waiting when
-            # it stops) is not run; a client that disconnects is not noticed, its request still runs
-            if job.future.done():
+            if job.future.done():  # answered already (the server is stopping)
                 continue
             batch.append(job)
             n += len(job.texts)
@@ -441,13 +493,77 @@ class MicroBatcher:
 
 
 # -------------------------------------------------------------------------------- the app
-def _check_limits(max_batch, max_wait_ms, max_texts, max_chars, max_body_bytes) -> None:
+class ClientGone(Exception):
+    """The client closed its connection before its answer was ready."""
+
+
+def _disconnect_of(request):
+    """An awaitable that returns once the client of `request` (whose body has been read) disconnects."""
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return gone
+
+
+def allowed_hosts_for(host: str) -> tuple[str, ...]:
+    """The Host headers a server bound to `host` accepts by default: the loopback names for a loopback
+    address (a web page elsewhere cannot reach it through DNS rebinding), the address itself for a
+    specific one, any for a wildcard (0.0.0.0, ::), where the reachable names are not known."""
+    if host in ("0.0.0.0", "::", ""):
+        return ("*",)
+    if host in LOOPBACK_HOSTS or host.startswith("127."):
+        return LOOPBACK_HOSTS + ((host,) if host not in LOOPBACK_HOSTS else ())
+    return (host,)
+
+
+_HOST = re.compile(r"\[(?P<v6>[0-9a-f:.]+)\](?::\d+)?|(?P<name>[^:\[\]\s/@]+)(?::\d+)?|(?P<bare6>[0-9a-f]*:[0-9a-f:.]+)")
+
+
+def host_name(value: str) -> str | None:
+    """A Host header's (or an allowed host's) name, lower case, without port or brackets:
+    '[::1]:8000' -> '::1', 'LocalHost:80' -> 'localhost'; None for anything else."""
+    m = _HOST.fullmatch(value.strip().lower())
+    return None if m is None else m["v6"] or m["name"] or m["bare6"]
+
+
+class _Guard:
+    """Before any endpoint (pure ASGI, so a disconnect still reaches the endpoint): the Host header
+    must be an allowed one, and with an API key the request must carry it as a bearer token."""
+
+    def __init__(self, app, hosts: Sequence[str], api_key: str | None, refuse: Callable):
+        self.app, self.api_key, self.refuse = app, api_key, refuse
+        self.any_host = "*" in hosts
+        self.hosts = {host_name(h) for h in hosts if h != "*"} - {None}
+
+    def _host_ok(self, host: str) -> bool:
+        return self.any_host or host_name(host) in self.hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            if not self._host_ok(headers.get("host", "")):
+                return await self.refuse(400, f"Host header {headers.get('host', '')!r} is not one this server answers "
+                                              f"to (mtkd serve --allowed-host)", "Host")(scope, receive, send)
+            if self.api_key is not None:
+                scheme, _, token = headers.get("authorization", "").partition(" ")
+                if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+                    return await self.refuse(401, "missing or wrong API key: send the header "
+                                                  "'Authorization: Bearer <key>'", "Authorization",
+                                             {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def _check_limits(max_batch, max_wait_ms, max_texts, max_chars, max_body_bytes, timeout_s, max_queue) -> None:
     for label, v in (("max_batch", max_batch), ("max_texts", max_texts), ("max_chars", max_chars),
-                     ("max_body_bytes", max_body_bytes)):
+                     ("max_body_bytes", max_body_bytes), ("max_queue", max_queue)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"serve: {label} must be a positive integer, got {v!r}")
     if not max_wait_ms >= 0:
         raise ConfigError(f"serve: max_wait_ms must be >= 0, got {max_wait_ms!r}")
+    if not timeout_s > 0:
+        raise ConfigError(f"serve: timeout_s must be > 0, got {timeout_s!r}")
 
 
 async def _read_body(request, max_body_bytes: int) -> bytes:
@@ -486,30 +602,43 @@ def _lifespan(batcher: MicroBatcher, on_ready: Callable[[], None] | None):
 def create_app(model, *, name: str = "", backend: str = "pytorch", max_batch: int = DEFAULT_MAX_BATCH,
                max_wait_ms: float = DEFAULT_MAX_WAIT_MS, max_texts: int = DEFAULT_MAX_TEXTS,
                max_chars: int = DEFAULT_MAX_CHARS, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               timeout_s: float = DEFAULT_TIMEOUT_S, max_queue: int = DEFAULT_MAX_QUEUE,
+               allowed_hosts: Sequence[str] = LOOPBACK_HOSTS, api_key: str | None = None,
                on_ready: Callable[[], None] | None = None):
-    """The FastAPI app serving `model` (see the module docstring for the API)."""
+    """The FastAPI app serving `model` (see the module docstring for the API). `allowed_hosts`: the
+    Host headers it answers ("*": any); `api_key`: the bearer token every request must carry."""
     _require_server_stack()
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    _check_limits(max_batch, max_wait_ms, max_texts, max_chars, max_body_bytes)
+    _check_limits(max_batch, max_wait_ms, max_texts, max_chars, max_body_bytes, timeout_s, max_queue)
+    if api_key is not None and not (api_key.isascii() and api_key.isprintable() and api_key.strip() == api_key
+                                    and api_key):
+        raise ConfigError("serve: the API key must be printable ASCII, without spaces around it")
+    bad_hosts = [h for h in allowed_hosts if h != "*" and host_name(h) is None]
+    if bad_hosts:
+        raise ConfigError(f"serve: --allowed-host {bad_hosts[0]!r} is not a host name or address")
     counters = Counters()
     validator = Validator(model, max_texts, max_chars)
     batcher = MicroBatcher(BatchRunner(model, max_batch), max_batch, max_wait_ms, counters)
     tasks_doc = describe_tasks(model)
     limits = {"max_texts": max_texts, "max_chars": max_chars, "max_body_bytes": max_body_bytes,
-              "max_batch": max_batch, "max_wait_ms": max_wait_ms}
-    app = FastAPI(title="mtkd", description="Predictions of an mtkd multi-task model",
-                  lifespan=_lifespan(batcher, on_ready))
+              "max_batch": max_batch, "max_wait_ms": max_wait_ms, "timeout_s": timeout_s, "max_queue": max_queue}
+    # no /docs, /redoc or /openapi.json: the API is documented in the module docstring and docs/
+    app = FastAPI(title="mtkd", description="Predictions of an mtkd multi-task model", docs_url=None, redoc_url=None,
+                  openapi_url=None, lifespan=_lifespan(batcher, on_ready))
     app.state.counters, app.state.batcher, app.state.model = counters, batcher, model
 
-    def error(status: int, message: str, where: str | None = None) -> JSONResponse:
+    def error(status: int, message: str, where: str | None = None, headers: dict | None = None) -> JSONResponse:
         if status >= 500:
             counters.failed += 1
         else:
             counters.rejected += 1
-        return JSONResponse({"error": message, **({"field": where} if where else {})}, status_code=status)
+        return JSONResponse({"error": message, **({"field": where} if where else {})}, status_code=status,
+                            headers=headers)
+
+    app.add_middleware(_Guard, hosts=allowed_hosts, api_key=api_key, refuse=error)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc):
@@ -522,12 +651,31 @@ def create_app(model, *, name: str = "", backend: str = "pytorch", max_batch: in
         """{"texts", "pairs", "tasks", "probabilities"} -> {"model", "tasks", "results": one {task: result}
         per text, "truncated": {task: [indices of the texts it cut at its max length]} (only the tasks
         that cut something; {} when none did)}; bad requests get {"error", "field"} (400 / 413 / 422)."""
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            return error(415, f"Content-Type {kind or '(none)'!r}: send the request as JSON with "
+                              f"'Content-Type: application/json'", "Content-Type")
+        start = time.monotonic()
         try:
-            job = validator.parse(await _read_body(request, max_body_bytes))
+            job = validator.parse(await asyncio.wait_for(_read_body(request, max_body_bytes), timeout_s))
+        except asyncio.TimeoutError:
+            return error(408, f"request body: not received within {timeout_s:g} s (mtkd serve --timeout-s)",
+                         "(request body)")
         except RequestError as e:
             return error(e.status, e.message, e.field)
+        if batcher.queued_texts + len(job.texts) > max_queue and batcher.queued:
+            counters.busy += 1
+            return error(503, f"the server is busy: {batcher.queued_texts} texts are waiting (mtkd serve "
+                              f"--max-queue {max_queue}); retry shortly", headers={"Retry-After": "1"})
         try:
-            res = await batcher.submit(job)
+            res = await batcher.submit(job, timeout_s - (time.monotonic() - start), _disconnect_of(request))
+        except TimeoutError:
+            counters.timed_out += 1
+            return error(504, f"no answer within {timeout_s:g} s (mtkd serve --timeout-s): the server is busy; "
+                              f"retry later, or send fewer texts", headers={"Retry-After": "1"})
+        except ClientGone:
+            counters.abandoned += 1
+            return JSONResponse({"error": "the client closed the connection"}, status_code=499)  # nobody reads it
         except Exception as e:
             return error(500, f"the model failed on this batch: {type(e).__name__}: {e}")
         counters.requests += 1
@@ -564,23 +712,71 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(app, sock: socket.socket, access_log: bool = False, log_level: str = "warning"):
-    """A uvicorn.Server for `app` on `sock` (run it with server.run(sockets=[sock]))."""
+def _http_protocol(header_timeout_s: float):
+    """uvicorn's HTTP/1.1 protocol, with a deadline for each request's headers: a client that sends
+    them slowly (a byte every few seconds, to hold connections open) is disconnected."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class DeadlineH11Protocol(H11Protocol):
+        header_deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is h11.IDLE:  # still reading a request's headers
+                if self.header_deadline is None:
+                    self._arm()
+            else:
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.conn.their_state is h11.SEND_BODY:  # answered before its body arrived (408, 415, 401):
+                self.transport.close()  # a client still trickling it in does not hold the connection
+
+        def connection_lost(self, exc):
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self.header_deadline = self.loop.call_later(header_timeout_s, self.transport.close)
+
+        def _disarm(self) -> None:
+            if self.header_deadline is not None:
+                self.header_deadline.cancel()
+                self.header_deadline = None
+
+    return DeadlineH11Protocol
+
+
+def make_server(app, sock: socket.socket, access_log: bool = False, log_level: str = "warning",
+                max_connections: int = DEFAULT_MAX_CONNECTIONS, header_timeout_s: float = HEADER_TIMEOUT_S):
+    """A uvicorn.Server for `app` on `sock` (run it with server.run(sockets=[sock])): at most
+    `max_connections` open connections (503 past it), headers within `header_timeout_s`, idle
+    keep-alive connections closed after KEEP_ALIVE_S."""
     import uvicorn
 
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(app, host=host, port=port, access_log=access_log, log_level=log_level,
-                            timeout_graceful_shutdown=5, lifespan="on")
+                            timeout_graceful_shutdown=5, lifespan="on", limit_concurrency=max_connections,
+                            timeout_keep_alive=KEEP_ALIVE_S, http=_http_protocol(header_timeout_s))
     return uvicorn.Server(config)
 
 
-def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, *, max_batch: int = DEFAULT_MAX_BATCH,
-          max_wait_ms: float = DEFAULT_MAX_WAIT_MS, max_texts: int = DEFAULT_MAX_TEXTS,
-          max_chars: int = DEFAULT_MAX_CHARS, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-          access_log: bool = False, print_fn: Callable[[str], None] = print) -> None:
+def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, *, access_log: bool = False,
+          max_connections: int = DEFAULT_MAX_CONNECTIONS, allowed_hosts: Sequence[str] | None = None,
+          api_key: str | None = None, print_fn: Callable[[str], None] = print, **limits) -> None:
     """Load the model at `path` and serve it until interrupted (SIGINT/SIGTERM). The port is bound
-    first, so an address in use is refused before a long model load."""
+    first, so an address in use is refused before a long model load. `allowed_hosts` (default:
+    `allowed_hosts_for(host)`) and `api_key` (default: $MTKD_API_KEY) guard every request; `limits` are
+    create_app's (max_batch, max_wait_ms, max_texts, max_chars, max_body_bytes, timeout_s, max_queue)."""
     _require_server_stack()
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    hosts = tuple(allowed_hosts) if allowed_hosts else allowed_hosts_for(host)
     sock = bind_socket(host, port)
     try:
         model, backend = load_for_serving(path)
@@ -592,11 +788,13 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, *, max_ba
 
     def ready():
         print_fn(f"mtkd serve: {path} ({backend}; tasks {', '.join(model.tasks)}) on http://{shown}:{bound} "
-                 f"(POST /predict, GET /tasks, GET /health)")
+                 f"(POST /predict, GET /tasks, GET /health; Host {', '.join(hosts)}"
+                 f"{'; API key required' if api_key else ''})")
 
-    app = create_app(model, name=str(path), backend=backend, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                     max_texts=max_texts, max_chars=max_chars, max_body_bytes=max_body_bytes, on_ready=ready)
-    server = make_server(app, sock, access_log=access_log, log_level="info" if access_log else "warning")
+    app = create_app(model, name=str(path), backend=backend, allowed_hosts=hosts, api_key=api_key, on_ready=ready,
+                     **limits)
+    server = make_server(app, sock, access_log=access_log, log_level="info" if access_log else "warning",
+                         max_connections=max_connections)
     try:
         server.run(sockets=[sock])
     finally:
@@ -607,12 +805,12 @@ class BackgroundServer:
     """The app served by uvicorn in a daemon thread on a free loopback port (tests, benchmarks):
     `with BackgroundServer(app) as url: ...`."""
 
-    def __init__(self, app, host: str = "127.0.0.1"):
+    def __init__(self, app, host: str = "127.0.0.1", **server_options):
         self.app, self.host = app, host
         self.sock = bind_socket(host, 0)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
-        self.server = make_server(app, self.sock)
+        self.server = make_server(app, self.sock, **server_options)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True,
                                        name="mtkd-serve")
 

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from mtkd.data import EncodedSplit
 from mtkd.errors import SoftTargetError
+from mtkd.files import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,16 @@ class SoftTargets:
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         if len(self.ids) != len(self.values):
             raise SoftTargetError(f"{self.task}: {len(self.ids)} ids but {len(self.values)} rows of values")
-        tmp = folder / f"{self.task}.safetensors.tmp"
-        save_file({"values": torch.from_numpy(np.ascontiguousarray(self.values, dtype=np.float32))}, str(tmp))
-        meta = {"task": self.task, "ids": self.ids, "provenance": self.provenance}
-        (folder / f"{self.task}.json.tmp").write_text(json.dumps(meta))
-        tmp.replace(folder / f"{self.task}.safetensors")
-        (folder / f"{self.task}.json.tmp").replace(folder / f"{self.task}.json")
+        values = np.ascontiguousarray(self.values, dtype=np.float32)
+        meta = json.dumps({"task": self.task, "ids": self.ids, "provenance": self.provenance})
+        what = f"the soft targets of {self.task}"
+        # both files complete before either replaces its old version: values never sit beside another store's ids
+        with atomic_output(folder / f"{self.task}.json", what, len(meta)) as meta_tmp:
+            meta_tmp.write_text(meta, encoding="utf-8")
+            with atomic_output(folder / f"{self.task}.safetensors", what, values.nbytes) as values_tmp:
+                save_file({"values": torch.from_numpy(values)}, str(values_tmp))
 
     @classmethod
     def load(cls, folder: Path, task: str) -> "SoftTargets":

@@ -9,16 +9,16 @@ from __future__ import annotations
 import copy
 import math
 import re
-from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
-import yaml
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_serializer, model_validator
 
 from mtkd.errors import ConfigError, did_you_mean, unknown_key
-from mtkd.heads import HeadKind, kind_of
+from mtkd.heads import KINDS, HeadKind, kind_of
+from mtkd.schema import Schema, from_dict, load_yaml, read_yaml_mapping, refuse, to_dict
 
 
 class FileFormat(str, Enum):
@@ -28,7 +28,8 @@ class FileFormat(str, Enum):
     JSON = "json"  # one JSON object {id: {field: value}} or a list of objects
 
 
-FIELD_ROLES = ("id", "text_a", "text_b", "label")
+FieldRole = Literal["id", "text_a", "text_b", "label"]
+FIELD_ROLES = get_args(FieldRole)
 METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman")
 # Task names, split names and report_as values become file and folder names (DIR/finetune/<task>,
 # <report_as>.tsv, caches, soft targets): letters, digits and . _ + - only, not starting with a
@@ -36,46 +37,170 @@ METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman")
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 # the splits a run reads: train; dev and dev_<name> (scored, one report each); test and test_<name> (predicted)
 SPLIT_NAME = re.compile(r"train|(dev|test)(_[A-Za-z0-9][A-Za-z0-9._+-]*)?")
+MIN_SEQ_LEN = 8  # as data.max_seq_len: [CLS], [SEP] and a few tokens
+SEQ_LEN = f"an integer >= {MIN_SEQ_LEN} (tokens)"
+
+
+def name_problem(name) -> str | None:
+    """Why `name` would not be a plain file name (a path, '..', spaces, control characters), if it would not."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        return (f"{name!r} is not a valid name: use letters, digits and . _ + - (starting with a letter or digit); "
+                f"it becomes a file name")
+    return None
 
 
 def check_name(name, where: str) -> str:
-    """Refuse a name that would not be a plain file name (a path, '..', spaces, control characters)."""
-    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
-        raise ConfigError(f"{where}: {name!r} is not a valid name: use letters, digits and . _ + - "
-                          f"(starting with a letter or digit); it becomes a file name")
+    """Refuse a name that would not be a plain file name."""
+    if name_problem(name):
+        raise ConfigError(f"{where}: {name_problem(name)}")
     return name
 
 
-@dataclass(frozen=True)
-class SplitSource:
-    """One file of a task: where it is, how it is laid out, which column plays which role."""
+def _safe_name(name: str) -> str:
+    if name_problem(name):
+        raise refuse(name_problem(name))
+    return name
+
+
+SafeName = Annotated[str, AfterValidator(_safe_name)]
+Label = Annotated[str, BeforeValidator(str)]  # label names are text: YAML's 0 and 1 are "0" and "1"
+
+
+def _columns(fields):
+    """A `fields` mapping names a column (a non-empty string) for each field role."""
+    for role, column in fields.items() if isinstance(fields, dict) else ():
+        if not isinstance(column, str) or not column:
+            raise refuse(f"{role} must name a column (a string), got {column!r}")
+    return fields
+
+
+def _absent_is_empty(value):
+    return () if value is None else value
+
+
+class SplitSource(Schema, frozen=True):
+    """One file of a task: where it is, how it is laid out, which column plays which role. Written
+    as a bare path or a mapping; the format defaults to the path's suffix, else TSV."""
 
     path: str
-    format: FileFormat = FileFormat.TSV
-    columns: tuple[str, ...] | None = None  # column names of a header-less file
-    fields: dict[str, str] | None = None  # overrides the task's field mapping for this file
+    format: FileFormat = Field(FileFormat.TSV, strict=False)
+    columns: tuple[str, ...] | None = Field(None, strict=False)  # column names of a header-less file
+    fields: dict[FieldRole, str] | None = None  # overrides the task's field mapping for this file
     skip_malformed: bool = False  # skip (and report) rows with a wrong number of fields
-    report_as: str | None = None  # name in results/submission (MNLI-m); default: the task name
-    max_seq_len: int | None = None  # tokens kept of this file's examples; default: the task's
+    report_as: SafeName | None = None  # name in results/submission (MNLI-m); default: the task name
+    max_seq_len: int | None = Field(None, ge=MIN_SEQ_LEN, description=SEQ_LEN)  # default: the task's
+
+    _check_columns = field_validator("fields", mode="before")(_columns)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_or_mapping(cls, data):
+        if isinstance(data, str):
+            data = {"path": data}
+        if not isinstance(data, dict):
+            raise refuse(f"expected a path or a mapping, got {type(data).__name__} {data!r}")
+        if data.get("format") is None and isinstance(data.get("path"), str):
+            data = {**data, "format": _guess_format(data["path"])}
+        return data
+
+    @model_validator(mode="after")
+    def _header_less_columns(self):
+        if self.columns is not None:
+            if self.format not in (FileFormat.TSV, FileFormat.CSV):
+                raise refuse(f"only a TSV or CSV file without a header line has columns (format is "
+                             f"{self.format.value}: JSON records name their fields)", at=("columns",))
+            if not self.columns or not all(self.columns) or len(set(self.columns)) != len(self.columns):
+                raise refuse(f"expected distinct column names, one per field of the header-less file, got "
+                             f"{list(self.columns)!r}", at=("columns",))
+        return self
+
+    @model_serializer(mode="wrap")
+    def _yaml_form(self, handler):
+        """path and format, then only the keys that differ from their defaults."""
+        return {k: v for k, v in handler(self).items() if k in ("path", "format") or v not in (None, False)}
 
 
-@dataclass(frozen=True)
-class TaskSpec:
+class TaskSpec(Schema, frozen=True):
     """A task: head kind, label names, field mapping, metrics, files per split, head dropout."""
 
-    name: str
-    head: HeadKind
-    fields: dict[str, str]
+    name: str = Field(exclude=True)  # the key it is defined under, not a key of its definition
+    head: HeadKind = Field(strict=False)
+    fields: dict[FieldRole, str]
+    labels: tuple[Label, ...] = Field((), strict=False)
+    metrics: tuple[str, ...] = Field((), strict=False)
+    dropout: float = Field(0.1, ge=0, lt=1)
     splits: dict[str, SplitSource]
-    labels: tuple[str, ...] = ()
-    metrics: tuple[str, ...] = ()
-    dropout: float = 0.1
-    head_of: str | None = None  # predict with another task's head (AX uses MNLI's)
+    head_of: SafeName | None = None  # predict with another task's head (AX uses MNLI's)
     label_range: tuple[float, float] | None = None  # regression: clip predictions (STS-B: [0, 5])
     note: str | None = None  # shown next to this task's results (e.g. "dev is a train sample")
-    positive_label: str | None = None  # ranking: the label of a relevant candidate (QNLI: entailment)
-    max_seq_len: int | None = None  # tokens kept per example; default: the config's data.max_seq_len
+    positive_label: Label | None = None  # ranking: the label of a relevant candidate (QNLI: entailment)
+    max_seq_len: int | None = Field(None, ge=MIN_SEQ_LEN, description=SEQ_LEN)  # default: data.max_seq_len
 
+    _check_columns = field_validator("fields", mode="before")(_columns)
+    _empty_lists = field_validator("labels", "metrics", mode="before")(_absent_is_empty)
+
+    @field_validator("splits", mode="before")
+    @classmethod
+    def _split_names(cls, splits):
+        """A split set to null (removed by an override) is left out; names are train, dev[_<name>], test[_<name>]."""
+        if splits is None or not isinstance(splits, dict):
+            return {} if splits is None else splits
+        for name in splits:
+            if name_problem(name):
+                raise refuse(f"split name: {name_problem(name)}")
+            if not SPLIT_NAME.fullmatch(name):
+                raise refuse(f"split name {name!r}: a split is train, dev, dev_<name> (more evaluation sets) or test, "
+                             f"test_<name>{did_you_mean(name, ('train', 'dev', 'test'))}")
+        return {name: split for name, split in splits.items() if split is not None}
+
+    @field_validator("label_range", mode="before")
+    @classmethod
+    def _low_high(cls, value):
+        """[low, high], finite, low < high (predictions are clipped to it)."""
+        if value is None:
+            return None
+        ok = isinstance(value, list) and len(value) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        if not ok or value[0] >= value[1]:
+            raise refuse(f"expected [low, high] with low < high, got {value!r}")
+        return float(value[0]), float(value[1])
+
+    @model_validator(mode="after")
+    def _definition_rules(self):
+        """text_a is mapped; labels are distinct; metrics are known; no two dev (or test) splits
+        share a report name (results and submission files are keyed by it)."""
+        if "text_a" not in self.fields:
+            raise refuse("'text_a' is required", at=("fields",))
+        if len(set(self.labels)) != len(self.labels):
+            raise refuse(f"duplicate label names {list(self.labels)}", at=("labels",))
+        for m in self.metrics:
+            if m not in METRICS:
+                raise refuse(f"unknown metric {m!r}{did_you_mean(m, METRICS)}", at=("metrics",))
+        for prefix in ("dev", "test"):
+            seen: dict[str, str] = {}
+            for split in self.eval_splits(prefix):
+                report = self.report_name(split)
+                if report in seen:
+                    raise refuse(f"splits {seen[report]!r} and {split!r} both report as {report!r}; give one of "
+                                 f"them another report_as", at=("splits",))
+                seen[report] = split
+        return self
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _head_kind_rules(cls, data, handler):
+        """What the task's head kind asks of its definition: its defaults and its rules
+        (mtkd.heads: `definition_defaults`, `definition_problem`)."""
+        head = data.get("head") if isinstance(data, dict) else None
+        if isinstance(head, str) and head in [k.value for k in KINDS]:  # else the schema refuses it
+            data = KINDS[HeadKind(head)].definition_defaults(data)
+        spec = handler(data)
+        problem = KINDS[spec.head].definition_problem(spec)
+        if problem:
+            raise refuse(problem[1], at=(problem[0],))
+        return spec
+
+    # ------------------------------------------------------------------------------ reading
     def max_len_for(self, split: str, default: int) -> int:
         """The length a split is cut at: the split's own max_seq_len, else the task's, else `default`
         (the config's data.max_seq_len)."""
@@ -92,7 +217,7 @@ class TaskSpec:
     def positive_index(self) -> int:
         """Ranking: the index in `labels` of the label that marks a relevant candidate (the encoded
         labels are indices into `labels`)."""
-        if self.head != HeadKind.RANKING or self.positive_label is None:
+        if self.positive_label is None:  # only ranking definitions have one
             raise ValueError(f"task {self.name!r} is not a ranking task with a positive_label")
         return self.labels.index(self.positive_label)
 
@@ -112,252 +237,22 @@ class TaskSpec:
         return [s for s in self.splits if s.startswith(prefix)]
 
     def to_dict(self) -> dict[str, Any]:
-        out = {
-            "head": self.head.value,
-            "fields": dict(self.fields),
-            "labels": list(self.labels),
-            "metrics": list(self.metrics),
-            "dropout": self.dropout,
-            "splits": {},
-        }
-        for k in ("head_of", "label_range", "note", "positive_label", "max_seq_len"):
-            v = getattr(self, k)
-            if v is not None:
-                out[k] = list(v) if isinstance(v, tuple) else v
-        for name, src in self.splits.items():
-            split_dict: dict[str, Any] = {"path": src.path, "format": src.format.value}
-            if src.columns is not None:
-                split_dict["columns"] = list(src.columns)
-            if src.fields is not None:
-                split_dict["fields"] = dict(src.fields)
-            if src.skip_malformed:
-                split_dict["skip_malformed"] = True
-            if src.report_as is not None:
-                split_dict["report_as"] = src.report_as
-            if src.max_seq_len is not None:
-                split_dict["max_seq_len"] = src.max_seq_len
-            out["splits"][name] = split_dict
-        return out
+        """The YAML form (as in glue_tasks.yaml), defaults filled in; the optional keys when set."""
+        return {k: v for k, v in to_dict(self).items() if v is not None}
 
 
-def _check_keys(d: dict, allowed, where: str) -> None:
-    for k in d:
-        if k not in allowed:
-            raise unknown_key(where, k, allowed)
-
-
-def _enum(cls, value, where):
-    try:
-        return cls(value)
-    except ValueError:
-        values = [e.value for e in cls]
-        raise ConfigError(f"{where}: {value!r} is not one of {values}{did_you_mean(value, values)}") from None
-
-
-_SPLIT_KEYS = {"path", "format", "columns", "fields", "skip_malformed", "report_as", "max_seq_len"}
-_TASK_KEYS = {"head", "fields", "splits", "labels", "metrics", "dropout", "head_of", "label_range", "note",
-              "positive_label", "max_seq_len"}
-
-_REGRESSION_METRICS = ("pearson", "spearman")
-MIN_SEQ_LEN = 8  # as data.max_seq_len: [CLS], [SEP] and a few tokens
-
-
-def _max_seq_len(value, where: str) -> int | None:
-    """A task's or split's max_seq_len: absent, or an integer >= MIN_SEQ_LEN."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_SEQ_LEN:
-        raise ConfigError(f"{where}, field 'max_seq_len': expected an integer >= {MIN_SEQ_LEN} (tokens), got {value!r}")
-    return value
+_TASK_KEYS = {k for k, f in TaskSpec.model_fields.items() if not f.exclude}
+_SPLIT_KEYS = set(SplitSource.model_fields)
 
 
 def task_from_dict(name: str, d: dict[str, Any], where: str = "task definition") -> TaskSpec:
-    """Build and validate a TaskSpec from its YAML form (see glue_tasks.yaml). The checks run in a
-    fixed order (keys, head, fields, labels, metrics, splits, the rest), so one definition with
-    several mistakes is always blamed for the same one."""
+    """Build and validate a TaskSpec from its YAML form (see glue_tasks.yaml); a refusal names
+    `where`, the task, the split and the key."""
     check_name(name, f"{where}: task name")
     where = f"{where}: task {name!r}"
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
-    _check_keys(d, _TASK_KEYS, where)
-    for req in ("head", "fields", "splits"):
-        if req not in d:
-            raise ConfigError(f"{where}: missing required key {req!r}")
-    head = _enum(HeadKind, d["head"], f"{where}, field 'head'")
-    fields = _fields_mapping(d["fields"], f"{where}, field 'fields'")
-    if "text_a" not in fields:
-        raise ConfigError(f"{where}, field 'fields': 'text_a' is required")
-    labels = tuple(str(x) for x in _list(d.get("labels"), f"{where}, field 'labels'"))
-    if head == HeadKind.CLASSIFICATION and len(labels) < 2:
-        raise ConfigError(f"{where}, field 'labels': a classification task needs at least 2 label names")
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"{where}, field 'labels': duplicate label names {list(labels)}")
-    positive = _positive_label(head, labels, d.get("positive_label"), where)
-    if head == HeadKind.RANKING and not labels:
-        labels = ("0", "1")
-    metrics = _metrics(head, labels, d.get("metrics"), f"{where}, field 'metrics'")
-    splits = _splits(d["splits"], name, where)
-    dropout = d.get("dropout", 0.1)
-    if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ConfigError(f"{where}, field 'dropout': expected a number in [0, 1), got {dropout!r}")
-    label_range = _label_range(head, d.get("label_range"), f"{where}, field 'label_range'")
-    for key in ("note", "head_of"):
-        if d.get(key) is not None and not isinstance(d[key], str):
-            raise ConfigError(f"{where}, field {key!r}: expected a string, got {type(d[key]).__name__} {d[key]!r}")
-    if d.get("head_of") is not None:
-        check_name(d["head_of"], f"{where}, field 'head_of'")
-    return TaskSpec(
-        name=name,
-        head=head,
-        fields=dict(fields),
-        splits=splits,
-        labels=labels,
-        metrics=metrics,
-        dropout=float(dropout),
-        head_of=d.get("head_of"),
-        label_range=label_range,
-        note=d.get("note"),
-        positive_label=positive,
-        max_seq_len=_max_seq_len(d.get("max_seq_len"), where),
-    )
-
-
-def _fields_mapping(fields, where: str) -> dict:
-    """A task's or split's `fields`: a mapping of field roles to column names."""
-    if not isinstance(fields, dict):
-        raise ConfigError(f"{where}: expected a mapping of {FIELD_ROLES} to column names")
-    _check_keys(fields, FIELD_ROLES, where)
-    _check_columns(fields, where)
-    return fields
-
-
-def _metrics(head: HeadKind, labels: tuple[str, ...], value, where: str) -> tuple[str, ...]:
-    """A task's metrics: known names that score its head kind (f1 only with exactly 2 labels)."""
-    metrics = tuple(_list(value, where))
-    for m in metrics:
-        if m not in METRICS:
-            raise ConfigError(f"{where}: unknown metric {m!r}{did_you_mean(m, METRICS)}")
-        fits = m in _REGRESSION_METRICS if head == HeadKind.REGRESSION else m not in _REGRESSION_METRICS
-        if not fits:
-            allowed = [x for x in METRICS if (x in _REGRESSION_METRICS) == (head == HeadKind.REGRESSION)]
-            raise ConfigError(f"{where}: {m!r} does not score a {head.value} task; use {allowed}")
-        if m == "f1" and head == HeadKind.CLASSIFICATION and len(labels) != 2:
-            raise ConfigError(f"{where}: f1 scores a task with 2 labels (the second is the positive "
-                              f"class), this one has {len(labels)}")
-    return metrics
-
-
-def _splits(raw_splits, task_name: str, where: str) -> dict[str, SplitSource]:
-    """A task's `splits`: {split name: SplitSource}; a split set to None (removed by an override)
-    is left out, and no two dev (or test) splits may share a report name."""
-    raw_splits = raw_splits or {}
-    if not isinstance(raw_splits, dict):
-        raise ConfigError(f"{where}, field 'splits': expected a mapping split-name -> file")
-    splits: dict[str, SplitSource] = {}
-    for split_name, split_def in raw_splits.items():
-        if split_def is None:  # removed by an override
-            continue
-        check_name(split_name, f"{where}, split name")
-        if not SPLIT_NAME.fullmatch(split_name):
-            raise ConfigError(f"{where}, split name {split_name!r}: a split is train, dev, dev_<name> (more evaluation "
-                              f"sets) or test, test_<name>{did_you_mean(split_name, ('train', 'dev', 'test'))}")
-        splits[split_name] = _split_source(split_def, f"{where}, split {split_name!r}")
-    for prefix in ("dev", "test"):  # results and submission files are keyed by report name
-        seen: dict[str, str] = {}
-        for split_name, src in splits.items():
-            if split_name.startswith(prefix):
-                report = src.report_as or task_name
-                if report in seen:
-                    raise ConfigError(f"{where}, field 'splits': splits {seen[report]!r} and {split_name!r} both "
-                                      f"report as {report!r}; give one of them another report_as")
-                seen[report] = split_name
-    return splits
-
-
-def _split_source(split_def, where: str) -> SplitSource:
-    """One split's definition: a bare path, or a mapping of _SPLIT_KEYS."""
-    if isinstance(split_def, str):
-        split_def = {"path": split_def}
-    if not isinstance(split_def, dict):
-        raise ConfigError(f"{where}: expected a path or a mapping, got {type(split_def).__name__} {split_def!r}")
-    _check_keys(split_def, _SPLIT_KEYS, where)
-    if "path" not in split_def:
-        raise ConfigError(f"{where}: missing 'path'")
-    if split_def.get("report_as") is not None:
-        check_name(split_def["report_as"], f"{where}, field 'report_as'")
-    fmt = _enum(FileFormat, split_def.get("format") or _guess_format(split_def["path"]), f"{where}, field 'format'")
-    split_fields = split_def.get("fields")
-    if split_fields is not None:
-        _fields_mapping(split_fields, f"{where}, field 'fields'")
-    columns = split_def.get("columns")
-    if columns is not None:
-        columns = _list(columns, f"{where}, field 'columns'")
-        if fmt not in (FileFormat.TSV, FileFormat.CSV):
-            raise ConfigError(f"{where}, field 'columns': only a TSV or CSV file without a header line has "
-                              f"columns (format is {fmt.value}: JSON records name their fields)")
-        if not columns or not all(isinstance(c, str) and c for c in columns) or len(set(columns)) != len(columns):
-            raise ConfigError(f"{where}, field 'columns': expected distinct column names, one per field of "
-                              f"the header-less file, got {columns!r}")
-    if not isinstance(split_def.get("skip_malformed", False), bool):
-        raise ConfigError(f"{where}, field 'skip_malformed': expected true or false, got {split_def['skip_malformed']!r}")
-    return SplitSource(
-        path=str(split_def["path"]),
-        format=fmt,
-        columns=tuple(columns) if columns else None,
-        fields=dict(split_fields) if split_fields is not None else None,
-        skip_malformed=bool(split_def.get("skip_malformed", False)),
-        report_as=split_def.get("report_as"),
-        max_seq_len=_max_seq_len(split_def.get("max_seq_len"), where),
-    )
-
-
-def _list(value, where: str) -> list:
-    """A list-valued key (labels, metrics, columns): absent is empty; a bare string is refused
-    (it would be read letter by letter)."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _check_columns(fields: dict, where: str) -> None:
-    for role, col in fields.items():
-        if not isinstance(col, str) or not col:
-            raise ConfigError(f"{where}: {role} must name a column (a string), got {col!r}")
-
-
-def _label_range(head: HeadKind, value, where: str) -> tuple[float, float] | None:
-    """Regression only: [low, high], finite, low < high (predictions are clipped to it)."""
-    if value is None:
-        return None
-    if head != HeadKind.REGRESSION:
-        raise ConfigError(f"{where}: only regression tasks have one (head is {head.value})")
-    ok = isinstance(value, list) and len(value) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-    if not ok or value[0] >= value[1]:
-        raise ConfigError(f"{where}: expected [low, high] with low < high, got {value!r}")
-    return float(value[0]), float(value[1])
-
-
-def _positive_label(head: HeadKind, labels: tuple[str, ...], value, where: str) -> str | None:
-    """Ranking tasks name the label of a relevant candidate. Without `labels` a ranking task's
-    labels are ["0", "1"] and the positive is "1"; with `labels` (exactly two names, e.g. QNLI's
-    [entailment, not_entailment]) `positive_label` is required. Other heads have none."""
-    if head != HeadKind.RANKING:
-        if value is not None:
-            raise ConfigError(f"{where}, field 'positive_label': only ranking tasks have one (head is {head.value})")
-        return None
-    if not labels:
-        labels, value = ("0", "1"), "1" if value is None else value
-    if len(labels) != 2:
-        raise ConfigError(f"{where}, field 'labels': a ranking task has exactly 2 labels (relevant / not), got {list(labels)}")
-    if value is None:
-        raise ConfigError(f"{where}, field 'positive_label': a ranking task with labels {list(labels)} must say which "
-                          f"one marks a relevant candidate, e.g. positive_label: {labels[0]}")
-    if str(value) not in labels:
-        raise ConfigError(f"{where}, field 'positive_label': {value!r} is not one of the labels {list(labels)}")
-    return str(value)
+    if isinstance(d, dict) and "name" in d:
+        raise unknown_key(where, "name", _TASK_KEYS)
+    return from_dict(TaskSpec, {**d, "name": name} if isinstance(d, dict) else d, where, task_style=True)
 
 
 def _guess_format(path: str) -> str:
@@ -365,12 +260,59 @@ def _guess_format(path: str) -> str:
     return suffix if suffix in {f.value for f in FileFormat} else "tsv"
 
 
-def _glue_raw() -> dict[str, Any]:
-    text = resources.files("mtkd").joinpath("glue_tasks.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+# ------------------------------------------------------------------------------ a config's task entries
+class TaskOptions(Schema, extra="allow"):
+    """A config's `tasks.<name>` entry: the run's options for the task and, beside them, changes to
+    its definition (`override`: task keys, merged into the definition by load_task_specs). The keys
+    are checked here, named by their key path in the config; the values with the merged definition."""
+
+    train_cap: int | None = Field(None, ge=1)  # use a seeded random subset of at most this many training examples
+    dev_cap: int | None = Field(None, ge=1)
+
+    @property
+    def override(self) -> dict:
+        """The changes to the task definition (splits, note, dropout, ...)."""
+        return dict(self.model_extra)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, entry):
+        if entry is None:  # `RTE:` is an entry with no changes
+            return {}
+        if isinstance(entry, dict):
+            _check_entry_keys(entry)
+        return entry
 
 
+def task_option_keys() -> tuple[str, ...]:
+    """The keys of a config's `tasks.<name>` entry that are options of the run, not task keys."""
+    return tuple(TaskOptions.model_fields)
+
+
+def _check_entry_keys(entry: dict) -> None:
+    """An entry's keys are the run's options or task keys; each split's keys split keys; each
+    `fields` mapping's keys field roles (the first other key is refused)."""
+    mappings = [((), entry, _TASK_KEYS | set(TaskOptions.model_fields))]
+    if isinstance(entry.get("fields"), dict):
+        mappings.append((("fields",), entry["fields"], FIELD_ROLES))
+    splits = entry.get("splits")
+    for split_name, split_def in splits.items() if isinstance(splits, dict) else ():
+        if isinstance(split_def, dict):
+            mappings.append((("splits", split_name), split_def, _SPLIT_KEYS))
+            if isinstance(split_def.get("fields"), dict):
+                mappings.append((("splits", split_name, "fields"), split_def["fields"], FIELD_ROLES))
+    for at, mapping, allowed in mappings:
+        for key in mapping:
+            if key not in allowed:
+                raise refuse("unknown key", at, key=key, allowed=list(allowed))
+
+
+# ------------------------------------------------------------------------------ resolving a task list
 GLUE_TASK_NAMES = ("CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI", "QNLI", "RTE", "WNLI", "AX")
+
+
+def _glue_raw() -> dict[str, Any]:
+    return load_yaml(resources.files("mtkd").joinpath("glue_tasks.yaml").read_text(encoding="utf-8"))
 
 
 def glue_tasks() -> dict[str, TaskSpec]:
@@ -391,38 +333,9 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def task_option_keys() -> tuple[str, ...]:
-    """The keys of a config's `tasks.<name>` entry that are options of the run, not task keys
-    (train_cap, dev_cap: config.TaskOptions)."""
-    import dataclasses
-
-    from mtkd.config import TaskOptions
-
-    return tuple(f.name for f in dataclasses.fields(TaskOptions) if f.name != "override")
-
-
-def check_task_entry(entry: dict, where: str) -> None:
-    """The one check of a config's `tasks.<name>` entry, named by its key path `where` (so a typo
-    made in the config is never blamed on the tasks file): its keys are the run's options
-    (task_option_keys) or task keys, each split's keys split keys, each `fields` mapping field roles.
-    What the entry does not change is the definition's, checked (and blamed on its file) by
-    task_from_dict."""
-    _check_keys(entry, _TASK_KEYS | set(task_option_keys()), where)
-    if isinstance(entry.get("fields"), dict):
-        _check_keys(entry["fields"], FIELD_ROLES, f"{where}.fields")
-    splits = entry.get("splits")
-    for split_name, split_def in (splits.items() if isinstance(splits, dict) else ()):
-        if isinstance(split_def, dict):
-            _check_keys(split_def, _SPLIT_KEYS, f"{where}.splits.{split_name}")
-            if isinstance(split_def.get("fields"), dict):
-                _check_keys(split_def["fields"], FIELD_ROLES, f"{where}.splits.{split_name}.fields")
-
-
 def read_tasks_file(tasks_file: str | Path) -> dict[str, Any]:
     """The raw definitions of a tasks_file, by task name (names checked; definitions are checked
     when resolved, by load_task_specs)."""
-    from mtkd.config import read_yaml_mapping  # here, not at the top: config imports this module
-
     path = Path(tasks_file)
     user = read_yaml_mapping(path, "tasks_file", "a mapping task-name -> definition")
     for name in user:
@@ -430,11 +343,13 @@ def read_tasks_file(tasks_file: str | Path) -> dict[str, Any]:
     return user
 
 
-def load_task_specs(entries: dict[str, dict | None] | None, tasks_file: str | Path | None = None) -> dict[str, TaskSpec]:
+def load_task_specs(entries: dict[str, dict | None] | None,
+                    tasks_file: str | Path | None = None) -> dict[str, TaskSpec]:
     """Resolve a config's task entries: built-in GLUE definitions (or those of `tasks_file`), each
     merged with the entry's overrides (e.g. other files for a split, or `dev_matched: null`); the
     run's options in an entry (train_cap, dev_cap) are not part of the definition and are left out.
-    `entries` None: every task, GLUE's and the tasks_file's, as defined."""
+    `entries` None: every task, GLUE's and the tasks_file's, as defined. (That a task's head_of is
+    in the list is one of the config's rules: mtkd.config.validate.)"""
     defs = _glue_raw()
     from_file: dict[str, str] = {}  # task -> the tasks_file defining it (named in errors)
     if tasks_file is not None:
@@ -444,22 +359,17 @@ def load_task_specs(entries: dict[str, dict | None] | None, tasks_file: str | Pa
     if entries is None:
         entries = dict.fromkeys(defs)
     specs = {}
-    for name, override in entries.items():
+    for name, entry in entries.items():
         check_name(name, "tasks: task name")
         if name not in defs:
-            raise ConfigError(f"task {name!r} is neither a GLUE task nor defined in tasks_file{did_you_mean(name, defs)}")
-        if isinstance(override, dict):  # the config's tasks.<name>: its options or any task key
-            check_task_entry(override, f"tasks.{name}")
-            override = {k: v for k, v in override.items() if k not in task_option_keys()}
+            raise ConfigError(f"task {name!r} is neither a GLUE task nor defined in tasks_file"
+                              f"{did_you_mean(name, defs)}")
+        override = from_dict(TaskOptions, entry, f"tasks.{name}").override  # the config's tasks.<name>
         base = defs[name]
         if isinstance(base, dict) and isinstance(base.get("splits"), dict):
             # a bare path becomes {path: ...}, so an override of that split merges into it
             base = {**base, "splits": {split_name: {"path": split_def} if isinstance(split_def, str) else split_def
                                        for split_name, split_def in base["splits"].items()}}
-        specs[name] = task_from_dict(name, _merge(base, override or {}) if isinstance(base, dict) else base,
-                                     f"tasks.{name}" + (f" (defined in {from_file[name]})" if name in from_file else ""))
-    for spec in specs.values():
-        if spec.head_of and spec.head_of not in specs:
-            raise ConfigError(f"task {spec.name!r} uses the head of {spec.head_of!r}, which is not in the task list "
-                              f"{list(specs)}{did_you_mean(spec.head_of, specs)}")
+        where = f"tasks.{name}" + (f" (defined in {from_file[name]})" if name in from_file else "")
+        specs[name] = task_from_dict(name, _merge(base, override) if isinstance(base, dict) else base, where)
     return specs

@@ -125,7 +125,7 @@ def test_unlabeled_from_train_is_validated(tmp_path, glue_root, tiny_encoder):
     ):
         with pytest.raises(ConfigError, match=message):
             load_config(path, [override])
-    # the older form, a file of extra text, still loads (it now trains the extra row, see README)
+    # the older form, a file of extra text, still loads (it now trains the extra row, see docs/distillation.md)
     old = load_config(path, ["kd.unlabeled.RTE={path: x.tsv, fields: {text_a: a}}"])
     ctx = RunContext(old, tmp_path / "o")
     assert ctx.specs["RTE+unlabeled"].splits["train"].path == "x.tsv" and ctx.from_train("RTE+unlabeled") is None

@@ -40,6 +40,12 @@ class Classification(HeadKindRules):
     kind = HeadKind.CLASSIFICATION
     metric_names = ("accuracy", "f1", "mcc")
 
+    @classmethod
+    def label_problem(cls, spec):
+        if len(spec.labels) < 2:
+            return "labels", "a classification task needs at least 2 label names"
+        return None
+
     @property
     def num_outputs(self) -> int:
         return len(self.spec.labels)
@@ -91,10 +97,9 @@ class Classification(HeadKindRules):
         return [self.spec.labels[i] for i in logits.argmax(-1)]
 
     def answer_json(self, logits_row, probabilities):
-        p = softmax(logits_row[None, :])[0]
-        out: dict = {"label": self.spec.labels[int(p.argmax())]}
+        out: dict = {"label": self.spec.labels[int(logits_row.argmax())]}  # as `answers`: from the logits
         if probabilities:
-            out["probabilities"] = {lab: float(x) for lab, x in zip(self.spec.labels, p)}
+            out["probabilities"] = {lab: float(x) for lab, x in zip(self.spec.labels, softmax(logits_row[None, :])[0])}
         return out
 
     def submission_value(self, prediction) -> str:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mtkd.config import RunConfig, to_dict
+from mtkd.config import RunConfig, UnlabeledFromTrain, to_dict
 from mtkd.data import EncodedSplit, encode_split, split_path, subsample, tokenizer_fingerprint
 from mtkd.errors import ConfigError, DataError
 from mtkd.loop import TrainSet, autocast, make_accelerator, predict_logits
@@ -32,27 +32,19 @@ UNLABELED_SUFFIX = "+unlabeled"
 def unlabeled_specs(cfg: RunConfig, specs: dict[str, TaskSpec]) -> dict[str, TaskSpec]:
     """kd.unlabeled entries as pseudo-tasks that share their task's head and have no labels."""
     out = {}
-    for task, src in cfg.kd.unlabeled.items():
-        if task not in specs:
-            raise ConfigError(f"kd.unlabeled: task {task!r} is not in the task list {list(specs)}")
-        if task not in cfg.kd.teacher_tasks:
-            raise ConfigError(f"kd.unlabeled: task {task!r} has no teacher (kd.teacher_tasks) to label its text")
+    for task, src in cfg.kd.unlabeled.items():  # checked by mtkd.config.validate
         name = f"{task}{UNLABELED_SUFFIX}"
         base = specs[task]
-        if isinstance(src, dict) and src.get("from_train"):
+        if isinstance(src, UnlabeledFromTrain):
             # the task's own training file, read as the task reads it (same rows, same ids) without
             # its labels; RunContext.train_set keeps the rows its train_cap leaves unused
-            if "train" not in base.splits:
-                raise ConfigError(f"kd.unlabeled.{task}: from_train, but {task} has no train split")
             fields = {k: v for k, v in base.fields_for("train").items() if k in ("text_a", "text_b", "id")}
-            out[name] = replace(base, name=name, head_of=task, fields=fields, metrics=(), note=None,
-                                splits={"train": replace(base.splits["train"], fields=None, report_as=None)})
+            out[name] = base.model_copy(update=dict(
+                name=name, head_of=task, fields=fields, metrics=(), note=None,
+                splits={"train": base.splits["train"].model_copy(update=dict(fields=None, report_as=None))}))
             continue
-        if not isinstance(src, dict) or "path" not in src:
-            raise ConfigError(f"kd.unlabeled.{task}: expected a mapping with 'path' (and optional format, fields), "
-                              f"or {{from_train: true, cap: N}}")
-        fields = src.get("fields") or {k: v for k, v in base.fields.items() if k in ("text_a", "text_b")}
-        split = {k: v for k, v in src.items() if k != "fields"}
+        fields = src.fields or {k: v for k, v in base.fields.items() if k in ("text_a", "text_b")}
+        split = src.model_copy(update=dict(fields=None))
         out[name] = task_from_dict(name, {"head": base.head.value, "labels": list(base.labels), "head_of": task,
                                           "fields": fields, "splits": {"train": split},
                                           "max_seq_len": base.max_seq_len}, "kd.unlabeled")  # cut as its task
@@ -75,8 +67,8 @@ class RunContext:
         specs = load_task_specs({n: o.override for n, o in self.cfg.tasks.items()}, self.cfg.tasks_file)
         # every task carries the length it is trained at (its own max_seq_len, else data.max_seq_len),
         # so the models saved from this run record it and predict uses it
-        self.specs = {n: s if s.max_seq_len is not None else replace(s, max_seq_len=self.cfg.data.max_seq_len)
-                      for n, s in specs.items()}
+        self.specs = {n: s if s.max_seq_len is not None
+                      else s.model_copy(update={"max_seq_len": self.cfg.data.max_seq_len}) for n, s in specs.items()}
         self.specs.update(unlabeled_specs(self.cfg, self.specs))
         self.accelerator = make_accelerator(self.cfg.mtl.precision)
         self.cache_dir = Path(self.cfg.data.cache_dir or os.environ.get("MTKD_CACHE") or Path.home() / ".cache" / "mtkd")
@@ -126,8 +118,8 @@ class RunContext:
         (kd.unlabeled.<task>: {from_train: true, cap: N}); None for every other task."""
         base = self.unlabeled_tasks().get(task)
         src = self.cfg.kd.unlabeled.get(base) if base is not None else None
-        if isinstance(src, dict) and src.get("from_train"):
-            return base, src.get("cap")
+        if isinstance(src, UnlabeledFromTrain):
+            return base, src.cap
         return None
 
     def train_set(self, task: str, tokenizer=None) -> TrainSet:

@@ -1,20 +1,18 @@
-"""What the pipeline checks and prepares before any stage runs: the config's task lists, every
-length against the encoders, every data file (`mtkd check-config` runs the same checks), then every
-split tokenised once into the cache; and the data report written beside the results."""
+"""What the pipeline checks and prepares before any stage runs: every length against the encoders,
+every data file (`mtkd check-config` runs the same checks), then every split tokenised once into the
+cache; and the data report written beside the results. (The config's rules: mtkd.config.validate.)"""
 
 from __future__ import annotations
 
 from mtkd.data import check_files, raise_problems, read_split, split_path
-from mtkd.errors import ConfigError, DataError, did_you_mean
+from mtkd.errors import DataError
 from mtkd.model import resolve_encoder
-from mtkd.recipes import teach
 from mtkd.recipes.context import RunContext
-from mtkd.heads import kind_of
 
 
 def tokenizer_sources(ctx: RunContext) -> list[str]:
     """Every encoder whose tokenizer some stage of this config uses (teachers, candidates, student)."""
-    names = [ctx.cfg.encoder.name] + [c["encoder"] for c in ctx.cfg.kd.candidates if c.get("encoder")]
+    names = [ctx.cfg.encoder.name] + [c.encoder for c in ctx.cfg.kd.candidates if c.encoder]
     if ctx.cfg.kd.student is not None:
         names.append(ctx.cfg.kd.student.name)
     return list(dict.fromkeys(str(n) for n in names))
@@ -43,7 +41,6 @@ def check_inputs(ctx: RunContext, splits: tuple[str, ...] = ("train", "dev", "te
 
     from mtkd.model import check_max_seq_len
 
-    check_task_lists(ctx)
     longest, key = longest_max_len(ctx)
     for source in tokenizer_sources(ctx):  # a length beyond the position embeddings fails mid-training
         check_max_seq_len(AutoConfig.from_pretrained(resolve_encoder(source)), longest, f"encoder {source}", key=key)
@@ -53,30 +50,6 @@ def check_inputs(ctx: RunContext, splits: tuple[str, ...] = ("train", "dev", "te
             if ctx.from_train(task) is not None:
                 ctx.check_rows_left(task, len(read_split(ctx.specs[task], "train", ctx.cfg.data.root)))
     return notes
-
-
-def check_task_lists(ctx: RunContext) -> None:
-    """The config's lists of task names name tasks that can play that part: finetune_tasks have
-    training data; kd.teacher_tasks and kd.select_by are in the task list, teachers are not
-    ranking tasks, and kd.top_k is at most the number of candidates."""
-    kd, train = ctx.cfg.kd, ctx.train_tasks()
-    for key, names, allowed in (("finetune_tasks", ctx.cfg.finetune_tasks or [], train),
-                                ("kd.teacher_tasks", kd.teacher_tasks, list(ctx.specs)),
-                                ("kd.select_by", kd.select_by, list(ctx.specs))):
-        for name in names:
-            if name not in allowed:
-                what = "a task with training data" if key == "finetune_tasks" else "in the task list"
-                raise ConfigError(f"{key}: task {name!r} is not {what} {allowed}{did_you_mean(name, allowed)}")
-    for name in kd.teacher_tasks:
-        if not kind_of(ctx.specs[name]).has_teachers:
-            raise ConfigError(f"kd.teacher_tasks: task {name!r} is a {ctx.specs[name].head.value} task; teachers for "
-                              f"{ctx.specs[name].head.value} tasks are not supported yet")
-    if kd.teacher_tasks:
-        n = len(teach.configured_candidates(ctx))
-        if kd.top_k > n:
-            raise ConfigError(f"kd.top_k is {kd.top_k} but there are {n} teacher candidates (kd.candidates)")
-        for seed in ctx.cfg.seeds:
-            teach.candidates(ctx, seed)  # refuses two candidates that would train the same model
 
 
 def prepare_data(ctx: RunContext, splits: tuple[str, ...] = ("train", "dev", "test")) -> None:

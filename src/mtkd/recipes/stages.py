@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from mtkd.config import EncoderConfig, TrainConfig, to_dict
-from mtkd.data import file_fingerprint
+from mtkd.files import file_fingerprint
 from mtkd.errors import CheckpointError, ConfigError
 from mtkd.identity import checkpoint_problem, differences, digest, plain
 from mtkd.loop import autocast

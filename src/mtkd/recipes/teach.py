@@ -17,7 +17,7 @@
    retrains or relabels anything the paper's student reads.
 
 Resumable: every training sub-stage has its own DONE.json and checkpoints.
-The teacher and selection tasks and top_k are checked before any stage runs (recipes.inputs.check_task_lists).
+The teacher and selection tasks, top_k and the candidates are checked before any stage runs (mtkd.config.validate).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtkd.config import DEFAULT_CANDIDATE_DROPOUTS, TrainConfig, teacher_train_config
+from mtkd.config import Candidate, TrainConfig, teacher_train_config, to_dict
 from mtkd.errors import ConfigError
 from mtkd.identity import digest
 from mtkd.heads import kind_of
@@ -46,26 +46,6 @@ def teacher_configs(ctx: RunContext) -> tuple[TrainConfig, TrainConfig]:
     """(the candidates' MTL settings, the members' fine-tuning settings): `mtl` and `finetune` with
     kd.teacher_mtl / kd.teacher_finetune applied on top."""
     return teacher_train_config(ctx.cfg, "mtl"), teacher_train_config(ctx.cfg, "finetune")
-
-
-def configured_candidates(ctx: RunContext) -> list[dict]:
-    """kd.candidates as written, or the default 4 (dropout 0.1/0.2/0.3/0.1), before seeds are derived."""
-    return ctx.cfg.kd.candidates or [{"dropout": d} for d in DEFAULT_CANDIDATE_DROPOUTS]
-
-
-def candidates(ctx: RunContext, seed: int) -> list[dict]:
-    """The configured candidates, or by default 4 differing by seed and dropout 0.1/0.2/0.3/0.1; a
-    candidate without a seed gets seed + 1000 * (its position + 1). Two candidates that would train
-    the same model (same seed and start) are refused: identical teachers at full cost."""
-    cands = [{"seed": seed + 1000 * (i + 1), **c} for i, c in enumerate(configured_candidates(ctx))]
-    seen: dict[tuple, int] = {}
-    for i, c in enumerate(cands):
-        key = (c["seed"], bool(c.get("from_mtdnn")), c.get("dropout"), c.get("encoder"))
-        if key in seen:
-            raise ConfigError(f"kd.candidates[{i}] trains the same model as kd.candidates[{seen[key]}] at run seed "
-                              f"{seed} (seed {c['seed']}, the same start): give it another seed, dropout or encoder")
-        seen[key] = i
-    return cands
 
 
 def _member_outputs(ctx, model, folder, task, split, indices, temperature):
@@ -100,13 +80,13 @@ def run(ctx: RunContext, out: Path, seed: int, mtdnn_mtl: Path | None = None) ->
     """Candidates, selection, members, the teacher tasks' soft targets and the ensemble's dev results
     (one stage, DIR/DONE.json), then the soft targets of kd.unlabeled's text (DIR/unlabeled).
     `mtdnn_mtl`: this seed's MT-DNN MTL model, which the from_mtdnn candidates continue."""
-    cands = candidates(ctx, seed)
+    cands = ctx.cfg.kd.seeded_candidates(seed)
     # 1. train the candidates (the teachers' MTL budget: kd.teacher_mtl on top of mtl)
     teacher_mtl = teacher_configs(ctx)[0]
     keys = []
     for i, c in enumerate(cands):
         folder = out / f"candidate-{i}"
-        train_stage(ctx, folder / "mtl", mtl.job(ctx, c["seed"], cfg=teacher_mtl, start=_start(c, mtdnn_mtl),
+        train_stage(ctx, folder / "mtl", mtl.job(ctx, c.seed, cfg=teacher_mtl, start=_start(c, mtdnn_mtl),
                                                    desc=f"teacher candidate {i}"))
         keys.append(ctx.stages.model_identity(folder / "mtl" / "model"))
     identity = teacher_identity(ctx, keys)
@@ -121,23 +101,23 @@ def run(ctx: RunContext, out: Path, seed: int, mtdnn_mtl: Path | None = None) ->
     return summary
 
 
-def _start(candidate: dict, mtdnn_mtl: Path | None) -> FreshEncoder | FromModel:
+def _start(candidate: Candidate, mtdnn_mtl: Path | None) -> FreshEncoder | FromModel:
     """Where a candidate's MTL starts: the encoder (its dropout / encoder overrides; the paper), or
     this seed's MT-DNN MTL model (from_mtdnn: the candidate is MT-DNN trained further)."""
-    if candidate.get("from_mtdnn"):
+    if candidate.from_mtdnn:
         if mtdnn_mtl is None:
             raise ConfigError("kd.candidates: a from_mtdnn candidate needs MT-DNN's MTL model (the mtl stage)")
         return FromModel(Path(mtdnn_mtl))
-    return FreshEncoder(dropout=candidate.get("dropout"), encoder=candidate.get("encoder"))
+    return FreshEncoder(dropout=candidate.dropout, encoder=candidate.encoder)
 
 
-def _ensembles(ctx: RunContext, out: Path, cands: list[dict], identity: dict) -> dict:
+def _ensembles(ctx: RunContext, out: Path, cands: list[Candidate], identity: dict) -> dict:
     """2-4: select, fine-tune the members, write the teacher tasks' soft targets, score the ensemble."""
     kd = ctx.cfg.kd
     teacher_ft = teacher_configs(ctx)[1]
     if ctx.stages.planning:  # which candidates become members is known only after training: check them all
         for i, c in enumerate(cands):
-            finetune.run(ctx, out / f"candidate-{i}" / "finetune", c["seed"], out / f"candidate-{i}" / "mtl" / "model",
+            finetune.run(ctx, out / f"candidate-{i}" / "finetune", c.seed, out / f"candidate-{i}" / "mtl" / "model",
                          cfg=teacher_ft, tasks=list(kd.teacher_tasks))
         ctx.stages.check_resumable(out, identity)
         return {"planned": str(out)}
@@ -149,7 +129,7 @@ def _ensembles(ctx: RunContext, out: Path, cands: list[dict], identity: dict) ->
     # 3. fine-tune every member on every teacher task
     for i in members:
         folder = out / f"candidate-{i}"
-        finetune.run(ctx, folder / "finetune", cands[i]["seed"], folder / "mtl" / "model", cfg=teacher_ft,
+        finetune.run(ctx, folder / "finetune", cands[i].seed, folder / "mtl" / "model", cfg=teacher_ft,
                      tasks=list(kd.teacher_tasks), desc=f"teacher {i}")
     # 4. soft targets for the student's training examples + the ensemble's dev results; every rank
     # computes its share of each member's predictions, rank 0 writes
@@ -168,8 +148,8 @@ def _ensembles(ctx: RunContext, out: Path, cands: list[dict], identity: dict) ->
     if ctx.main:
         save_predictions(out / ENSEMBLE_PREDICTIONS, predicted)
         (out / "ensemble_dev.json").write_text(json.dumps(ensemble_dev, indent=2))
-    summary = {"candidates": cands, "selection_scores": scores, "members": members, "ensemble_dev": ensemble_dev,
-               "soft_targets": str(out / "soft_targets")}
+    summary = {"candidates": to_dict(cands), "selection_scores": scores, "members": members,
+               "ensemble_dev": ensemble_dev, "soft_targets": str(out / "soft_targets")}
     ctx.stages.mark_done(out, summary, identity)
     return summary
 
@@ -180,8 +160,8 @@ def _member_folders(out: Path, members: list[int], task: str) -> list[Path]:
 
 def _provenance(ctx, cands, members, scores, folders, task, split_set, teacher_key, **extra) -> dict:
     spec = ctx.specs[task]
-    return {"members": [{"candidate": i, **cands[i], "model": str(f), "selection_dev_score": scores[i] if scores else None}
-                        for i, f in zip(members, folders)],
+    return {"members": [{"candidate": i, **to_dict(cands[i]), "model": str(f),
+                         "selection_dev_score": scores[i] if scores else None} for i, f in zip(members, folders)],
             "teacher_key": teacher_key, "data_file": split_set.data.meta["path"],
             "data_fingerprint": split_set.data.fingerprint,
             "tokenizer_fingerprint": split_set.data.meta["tokenizer_fingerprint"], "max_len": split_set.data.meta["max_len"],
@@ -220,7 +200,7 @@ def _ensure_ensemble_predictions(ctx: RunContext, out: Path, summary: dict) -> N
             save_predictions(out / ENSEMBLE_PREDICTIONS, predicted)
 
 
-def label_unlabeled(ctx: RunContext, out: Path, cands: list[dict], summary: dict, teachers_key: str) -> dict:
+def label_unlabeled(ctx: RunContext, out: Path, cands: list[Candidate], summary: dict, teachers_key: str) -> dict:
     """5. The ensembles' soft targets for kd.unlabeled's text (each pseudo-task labelled by its
     task's members), in DIR/unlabeled/soft_targets; a sub-stage of its own (DIR/unlabeled/DONE.json)
     keyed by the teachers and the text."""

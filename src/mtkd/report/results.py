@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from mtkd.errors import ConfigError, MtkdError
+from mtkd.files import atomic_write, write_json
 from mtkd.identity import changed
 from mtkd.report.charts import plot_charts
 from mtkd.report.intervals import interval_specs, paired_intervals
@@ -22,10 +23,9 @@ log = logging.getLogger(__name__)
 
 
 def write_results(results: dict, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    write_json(out_dir / "results.json", results)
     markdown = results_markdown(results)
-    (out_dir / "results.md").write_text(markdown)
+    atomic_write(out_dir / "results.md", markdown)
     plot_charts(results, out_dir / "charts")
     log.info("results:\n%s", markdown)
 
