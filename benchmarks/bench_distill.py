@@ -24,8 +24,18 @@ from train_subsets import fixed_train_sets
 
 NAME = "distill"
 TEACHER_TASKS = ["MNLI", "QQP", "RTE", "QNLI"]
-KEYS = ["examples_per_s", "tokens_per_s", "seconds", "first_step_s", "steady_examples_per_s", "startup_s",
-        "teardown_s", "steps", "examples", "tokens"]
+KEYS = [
+    "examples_per_s",
+    "tokens_per_s",
+    "seconds",
+    "first_step_s",
+    "steady_examples_per_s",
+    "startup_s",
+    "teardown_s",
+    "steps",
+    "examples",
+    "tokens",
+]
 
 
 def offline_factory(tables: dict[str, torch.Tensor]):
@@ -35,7 +45,9 @@ def offline_factory(tables: dict[str, torch.Tensor]):
         def loss_fn(task, logits, batch):
             soft = tables[task][batch["index"].cpu()].to(logits.device)
             return kd_loss(model.tasks[task].head, logits, batch.get("labels"), soft, 0.5, 1.0)
+
         return loss_fn
+
     return factory
 
 
@@ -45,10 +57,19 @@ def live_factory(teachers: list):
     def factory(model):
         def loss_fn(task, logits, batch):
             with torch.no_grad():
-                probs = torch.stack([torch.softmax(t(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                                                     task=task).float(), dim=-1) for t in teachers]).mean(0)
+                probs = torch.stack(
+                    [
+                        torch.softmax(
+                            t(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], task=task).float(),
+                            dim=-1,
+                        )
+                        for t in teachers
+                    ]
+                ).mean(0)
             return kd_loss(model.tasks[task].head, logits, batch.get("labels"), probs, 0.5, 1.0)
+
         return loss_fn
+
     return factory
 
 
@@ -96,18 +117,29 @@ def run(env) -> dict:
             r.pop("shapes", None)
     ratios = {"distill_offline_vs_live": paired_ratio(runs["offline_soft_targets"], runs["live_teachers_x3"])}
     summaries = {name: summarize(rs, KEYS) for name, rs in runs.items()}
-    rows = [[name, median_range(s["examples_per_s"]), median_range(s["tokens_per_s"]), median_range(s["seconds"])]
-            for name, s in summaries.items()]
+    rows = [
+        [name, median_range(s["examples_per_s"]), median_range(s["tokens_per_s"]), median_range(s["seconds"])]
+        for name, s in summaries.items()
+    ]
     t1 = md_table(["student training", "examples/s", "tokens/s (real)", "timed s"], rows)
     what = {"distill_offline_vs_live": "offline soft targets / 3 teachers run live"}
     t2 = ratio_table(ratios, what)
-    title = (f"## Distillation step cost ({env.encoder_label} student and teachers; tasks {', '.join(tasks)}; "
-             f"{mode.distill_steps} timed steps, {mode.repeats} rounds interleaved)")
+    title = (
+        f"## Distillation step cost ({env.encoder_label} student and teachers; tasks {', '.join(tasks)}; "
+        f"{mode.distill_steps} timed steps, {mode.repeats} rounds interleaved)"
+    )
     print(f"\n{title}\n\n{t1}\n\n{t2}\n", flush=True)
-    settings = {"tasks": tasks, "timed_steps": mode.distill_steps, "rounds": mode.repeats, "ensemble_members": 3,
-                "teacher_dropouts": [0.1, 0.2, 0.3], "soft_weight": 0.5, "temperature": 1.0,
-                "offline_targets": "random probability rows (seeded), indexed by batch['index']",
-                "live_teachers": "eval mode, torch.no_grad, softmax averaged over 3 members"}
+    settings = {
+        "tasks": tasks,
+        "timed_steps": mode.distill_steps,
+        "rounds": mode.repeats,
+        "ensemble_members": 3,
+        "teacher_dropouts": [0.1, 0.2, 0.3],
+        "soft_weight": 0.5,
+        "temperature": 1.0,
+        "offline_targets": "random probability rows (seeded), indexed by batch['index']",
+        "live_teachers": "eval mode, torch.no_grad, softmax averaged over 3 members",
+    }
     return bench_document(env, NAME, settings, summaries, ratios, [title, t1, t2], what=what)
 
 

@@ -81,8 +81,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    inputs = {"attention": torch.randn(args.batch, args.heads, args.width, args.width, requires_grad=True),
-              "hidden": torch.randn(args.batch, args.width, args.hidden, requires_grad=True)}
+    inputs = {
+        "attention": torch.randn(args.batch, args.heads, args.width, args.width, requires_grad=True),
+        "hidden": torch.randn(args.batch, args.width, args.hidden, requires_grad=True),
+    }
     fns = contenders()
     compile_s = {}
     for op, x in inputs.items():  # warm-up; the compiled contender compiles here
@@ -98,18 +100,31 @@ def main() -> None:
                 f, b = time_fwd_bwd(fn, x)
                 ms[op][name]["forward"].append(f)
                 ms[op][name]["backward"].append(b)
-    med = {op: {name: {k: statistics.median(v) for k, v in parts.items()} for name, parts in by.items()}
-           for op, by in ms.items()}
+    med = {
+        op: {name: {k: statistics.median(v) for k, v in parts.items()} for name, parts in by.items()}
+        for op, by in ms.items()
+    }
     for op in med:
         for name in med[op]:
             med[op][name]["total"] = med[op][name]["forward"] + med[op][name]["backward"]
     rows = []
     for op, by in ms.items():
         for name, parts in by.items():
-            rows.append([op, name, *(f"{med[op][name][k]:.2f} ({min(parts[k]):.2f}-{max(parts[k]):.2f})"
-                                     for k in ("forward", "backward")), f"{med[op][name]['total']:.2f}"])
-    print(f"## Dropout p={P} at batch {args.batch} x {args.width} ({args.threads} threads, median (min-max) ms "
-          f"of {args.repeats}, interleaved)\n")
+            rows.append(
+                [
+                    op,
+                    name,
+                    *(
+                        f"{med[op][name][k]:.2f} ({min(parts[k]):.2f}-{max(parts[k]):.2f})"
+                        for k in ("forward", "backward")
+                    ),
+                    f"{med[op][name]['total']:.2f}",
+                ]
+            )
+    print(
+        f"## Dropout p={P} at batch {args.batch} x {args.width} ({args.threads} threads, median (min-max) ms "
+        f"of {args.repeats}, interleaved)\n"
+    )
     print(md_table(["tensor", "contender", "forward", "backward", "total"], rows))
     ratios = {f"{op}_compiled_over_mtkd": med[op]["compiled"]["total"] / med[op]["mtkd"]["total"] for op in med}
     ratios.update({f"{op}_torch_over_mtkd": med[op]["torch"]["total"] / med[op]["mtkd"]["total"] for op in med})
@@ -117,10 +132,23 @@ def main() -> None:
     print("compile time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in compile_s.items()))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "benchmark": "dropout_ops", "machine": machine_info(), "p": P,
-            "settings": {k: getattr(args, k) for k in ("batch", "width", "heads", "hidden", "threads", "repeats")},
-            "ms": ms, "median_ms": med, "ratios": ratios, "compile_s": compile_s}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "benchmark": "dropout_ops",
+                    "machine": machine_info(),
+                    "p": P,
+                    "settings": {
+                        k: getattr(args, k) for k in ("batch", "width", "heads", "hidden", "threads", "repeats")
+                    },
+                    "ms": ms,
+                    "median_ms": med,
+                    "ratios": ratios,
+                    "compile_s": compile_s,
+                },
+                indent=1,
+            )
+        )
         print(f"wrote {args.json}")
 
 

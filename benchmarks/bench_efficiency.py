@@ -67,16 +67,24 @@ def fit_flop_model(model, task: str) -> dict:
     checked at (B=3, L=24)."""
     ls = np.array([8.0, 16.0, 32.0])
     per_ex = np.array([count_step_flops(model, task, 2, int(L)) / 2 for L in ls])
-    c, a, b = np.linalg.solve(np.stack([np.ones(3), ls, ls ** 2], 1), per_ex)
+    c, a, b = np.linalg.solve(np.stack([np.ones(3), ls, ls**2], 1), per_ex)
     check = count_step_flops(model, task, 3, 24)
-    pred = 3 * (c + a * 24 + b * 24 ** 2)
+    pred = 3 * (c + a * 24 + b * 24**2)
     enc = model.encoder.config
     nonemb = sum(p.numel() for n, p in model.encoder.named_parameters() if "embeddings" not in n)
-    return {"c": float(c), "a": float(a), "b": float(b), "check_counted": check, "check_predicted": float(pred),
-            "check_rel_error": abs(pred - check) / check, "nonembedding_params": nonemb,
-            "layers": enc.num_hidden_layers, "hidden": enc.hidden_size,
-            "counter_flops_per_token_L128": float(c / 128 + a + b * 128),
-            "analytic_flops_per_token_L128": float(6 * nonemb + 12 * enc.num_hidden_layers * enc.hidden_size * 128)}
+    return {
+        "c": float(c),
+        "a": float(a),
+        "b": float(b),
+        "check_counted": check,
+        "check_predicted": float(pred),
+        "check_rel_error": abs(pred - check) / check,
+        "nonembedding_params": nonemb,
+        "layers": enc.num_hidden_layers,
+        "hidden": enc.hidden_size,
+        "counter_flops_per_token_L128": float(c / 128 + a + b * 128),
+        "analytic_flops_per_token_L128": float(6 * nonemb + 12 * enc.num_hidden_layers * enc.hidden_size * 128),
+    }
 
 
 def step_flops(flop_model: dict, shapes) -> float:
@@ -99,9 +107,16 @@ def full_width_sets(env, n_batches: int, seed: int, width: int = 128) -> dict:
     rng = np.random.default_rng(seed)
     ids = rng.integers(1000, 2000, size=n * width).astype(np.int32)
     ids[::width] = 101  # [CLS]
-    data = EncodedSplit(task, "synthetic", [f"s{i}" for i in range(n)], ids, np.zeros(n * width, dtype=np.int8),
-                        np.arange(n + 1, dtype=np.int64) * width, rng.integers(0, 2, size=n).astype(np.int64),
-                        {"data_fingerprint": "synthetic", "max_len": width})
+    data = EncodedSplit(
+        task,
+        "synthetic",
+        [f"s{i}" for i in range(n)],
+        ids,
+        np.zeros(n * width, dtype=np.int8),
+        np.arange(n + 1, dtype=np.int64) * width,
+        rng.integers(0, 2, size=n).astype(np.int64),
+        {"data_fingerprint": "synthetic", "max_len": width},
+    )
     return {task: TrainSet(data, np.arange(n, dtype=np.int64))}
 
 
@@ -119,8 +134,14 @@ def matmul_peak(n: int, reps: int) -> dict:
         torch.mm(a, b, out=c)
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    return {"n": n, "reps": reps, "seconds_median": med, "seconds_min": min(times), "flop_per_s": 2 * n ** 3 / med,
-            "flop_per_s_best": 2 * n ** 3 / min(times)}
+    return {
+        "n": n,
+        "reps": reps,
+        "seconds_median": med,
+        "seconds_min": min(times),
+        "flop_per_s": 2 * n**3 / med,
+        "flop_per_s_best": 2 * n**3 / min(times),
+    }
 
 
 # ----------------------------------------------------------------------------------------- RSS
@@ -156,23 +177,45 @@ def rss_child(args) -> None:
     marks["after_train"] = rss_now_mb()
     peak = peak_rss_mb()
     shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"peak_rss_mb": peak, "peak_rss_data_mb": peak_data, "rss_marks_mb": marks, "steps": summary["steps"],
-                      "examples": summary["examples"], "seconds": time.time() - t0,
-                      "train_examples": {t: len(s.indices) for t, s in train_sets.items()},
-                      "checkpoint_every": cfg.checkpoint_every}))
+    print(
+        json.dumps(
+            {
+                "peak_rss_mb": peak,
+                "peak_rss_data_mb": peak_data,
+                "rss_marks_mb": marks,
+                "steps": summary["steps"],
+                "examples": summary["examples"],
+                "seconds": time.time() - t0,
+                "train_examples": {t: len(s.indices) for t, s in train_sets.items()},
+                "checkpoint_every": cfg.checkpoint_every,
+            }
+        )
+    )
 
 
 def measure_rss(env) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", "--steps", str(env.mode.rss_steps),
-           "--overrides", json.dumps(env.overrides), "--threads", str(env.threads)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--rss-child",
+        "--steps",
+        str(env.mode.rss_steps),
+        "--overrides",
+        json.dumps(env.overrides),
+        "--threads",
+        str(env.threads),
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if proc.returncode != 0:
         raise RuntimeError(f"peak-RSS subprocess failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     res["wall_s"] = time.perf_counter() - t0
-    print(f"  [{NAME}] peak RSS of {res['steps']} MTL steps: {res['peak_rss_mb']:.0f} MB ({res['wall_s']:.1f} s)",
-          file=sys.stderr, flush=True)
+    print(
+        f"  [{NAME}] peak RSS of {res['steps']} MTL steps: {res['peak_rss_mb']:.0f} MB ({res['wall_s']:.1f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
     return res
 
 
@@ -182,13 +225,29 @@ def _gflops(s: dict) -> dict:
 
 
 def flops_table(mode, summaries: dict) -> str:
-    mm_s, mtl_s, wide_s = summaries["matmul_peak"], summaries["mtkd_mtl_train_step"], summaries["mtkd_train_step_32x128"]
-    rows = [["fp32 matmul peak", f"{mode.matmul_n}x{mode.matmul_n} mm, median of {mode.matmul_reps}",
-             median_range(_gflops(mm_s["flop_per_s"]))],
-            ["mtkd MTL training step", f"{mode.flops_steps} steps, FlopCounterMode FLOPs", median_range(_gflops(mtl_s["flop_per_s"]))],
-            ["  (analytic FLOPs)", "6*P*tokens + attention", median_range(_gflops(mtl_s["flop_per_s_analytic"]))],
-            ["mtkd training step, batch 32 x 128", f"{mode.flops_steps} steps, synthetic full-width SST-2",
-             median_range(_gflops(wide_s["flop_per_s"]))]]
+    mm_s, mtl_s, wide_s = (
+        summaries["matmul_peak"],
+        summaries["mtkd_mtl_train_step"],
+        summaries["mtkd_train_step_32x128"],
+    )
+    rows = [
+        [
+            "fp32 matmul peak",
+            f"{mode.matmul_n}x{mode.matmul_n} mm, median of {mode.matmul_reps}",
+            median_range(_gflops(mm_s["flop_per_s"])),
+        ],
+        [
+            "mtkd MTL training step",
+            f"{mode.flops_steps} steps, FlopCounterMode FLOPs",
+            median_range(_gflops(mtl_s["flop_per_s"])),
+        ],
+        ["  (analytic FLOPs)", "6*P*tokens + attention", median_range(_gflops(mtl_s["flop_per_s_analytic"]))],
+        [
+            "mtkd training step, batch 32 x 128",
+            f"{mode.flops_steps} steps, synthetic full-width SST-2",
+            median_range(_gflops(wide_s["flop_per_s"])),
+        ],
+    ]
     return md_table(["what", "how", "GFLOP/s median (min-max)"], rows)
 
 
@@ -218,10 +277,16 @@ def timed_rounds(env, flop_model: dict) -> dict[str, list[dict]]:
         res["flop_per_s_analytic"] = res["flops_analytic"] / res["seconds"]
         return res
 
-    return interleave([("matmul_peak", lambda r: matmul_peak(mode.matmul_n, mode.matmul_reps)),
-                       ("mtkd_mtl_train_step", lambda r: timed_flops(mtl_sets(r), 5000 + r)),
-                       ("mtkd_train_step_32x128", lambda r: timed_flops(wide_sets(r), 6000 + r))],
-                      mode.repeats, warmup=mode.warmup_round, label=NAME)
+    return interleave(
+        [
+            ("matmul_peak", lambda r: matmul_peak(mode.matmul_n, mode.matmul_reps)),
+            ("mtkd_mtl_train_step", lambda r: timed_flops(mtl_sets(r), 5000 + r)),
+            ("mtkd_train_step_32x128", lambda r: timed_flops(wide_sets(r), 6000 + r)),
+        ],
+        mode.repeats,
+        warmup=mode.warmup_round,
+        label=NAME,
+    )
 
 
 def run(env) -> dict:
@@ -232,24 +297,40 @@ def run(env) -> dict:
     runs = timed_rounds(env, flop_model)
     rss = measure_rss(env)
 
-    ratios = {"train_step_fraction_of_matmul_peak": paired_ratio(runs["mtkd_mtl_train_step"], runs["matmul_peak"], "flop_per_s"),
-              "train_step_32x128_fraction_of_matmul_peak": paired_ratio(runs["mtkd_train_step_32x128"], runs["matmul_peak"],
-                                                                         "flop_per_s")}
-    summaries = {"matmul_peak": summarize(runs["matmul_peak"], ["flop_per_s", "flop_per_s_best", "seconds_median"]),
-                 "mtkd_mtl_train_step": summarize(runs["mtkd_mtl_train_step"], KEYS_TRAIN + ["flop_per_s_analytic"]),
-                 "mtkd_train_step_32x128": summarize(runs["mtkd_train_step_32x128"], KEYS_TRAIN + ["flop_per_s_analytic"])}
+    ratios = {
+        "train_step_fraction_of_matmul_peak": paired_ratio(
+            runs["mtkd_mtl_train_step"], runs["matmul_peak"], "flop_per_s"
+        ),
+        "train_step_32x128_fraction_of_matmul_peak": paired_ratio(
+            runs["mtkd_train_step_32x128"], runs["matmul_peak"], "flop_per_s"
+        ),
+    }
+    summaries = {
+        "matmul_peak": summarize(runs["matmul_peak"], ["flop_per_s", "flop_per_s_best", "seconds_median"]),
+        "mtkd_mtl_train_step": summarize(runs["mtkd_mtl_train_step"], KEYS_TRAIN + ["flop_per_s_analytic"]),
+        "mtkd_train_step_32x128": summarize(runs["mtkd_train_step_32x128"], KEYS_TRAIN + ["flop_per_s_analytic"]),
+    }
     t1 = flops_table(mode, summaries)
-    what = {"train_step_fraction_of_matmul_peak": "achieved training FLOP/s / matmul peak (MTL mix, real lengths)",
-            "train_step_32x128_fraction_of_matmul_peak": "achieved training FLOP/s / matmul peak (batch 32 x 128)",
-            "peak_rss_mtl_mb": f"VmHWM, {rss['steps']} MTL steps, fresh process"}
+    what = {
+        "train_step_fraction_of_matmul_peak": "achieved training FLOP/s / matmul peak (MTL mix, real lengths)",
+        "train_step_32x128_fraction_of_matmul_peak": "achieved training FLOP/s / matmul peak (batch 32 x 128)",
+        "peak_rss_mtl_mb": f"VmHWM, {rss['steps']} MTL steps, fresh process",
+    }
     t2 = ratio_table({**ratios, "peak_rss_mtl_mb": stats([rss["peak_rss_mb"]])}, what)
     title = f"## Efficiency ({env.encoder_label}; {env.threads} threads; {mode.repeats} rounds interleaved)"
     print(f"\n{title}\n\n{t1}\n\n{t2}\n", flush=True)
-    settings = {"flop_model": flop_model, "matmul_n": mode.matmul_n, "matmul_reps": mode.matmul_reps,
-                "timed_steps": mode.flops_steps, "rss_steps": mode.rss_steps, "rounds": mode.repeats,
-                "flops_note": "matmul FLOPs (mm/addmm/bmm) of forward+backward at the executed (padded) shapes"}
-    return bench_document(env, NAME, settings, summaries, ratios, [title, t1, t2], what=what,
-                          peak_rss_mtl_mb=rss["peak_rss_mb"], rss=rss)
+    settings = {
+        "flop_model": flop_model,
+        "matmul_n": mode.matmul_n,
+        "matmul_reps": mode.matmul_reps,
+        "timed_steps": mode.flops_steps,
+        "rss_steps": mode.rss_steps,
+        "rounds": mode.repeats,
+        "flops_note": "matmul FLOPs (mm/addmm/bmm) of forward+backward at the executed (padded) shapes",
+    }
+    return bench_document(
+        env, NAME, settings, summaries, ratios, [title, t1, t2], what=what, peak_rss_mtl_mb=rss["peak_rss_mb"], rss=rss
+    )
 
 
 if __name__ == "__main__":

@@ -19,8 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-WORDS = ("the a cat dog film plot story man woman city river house music game team player market price "
-         "company government year day night good bad new old big small first last long great").split()
+WORDS = (
+    "the a cat dog film plot story man woman city river house music game team player market price "
+    "company government year day night good bad new old big small first last long great"
+).split()
 
 
 def write_task(folder: Path, n: int) -> Path:
@@ -38,20 +40,27 @@ def write_task(folder: Path, n: int) -> Path:
 def _spec(path: Path):
     from mtkd.tasks import task_from_dict
 
-    return task_from_dict("SYN", {"head": "classification", "labels": ["contradiction", "entailment", "neutral"],
-                                  "fields": {"id": "index", "text_a": "sentence1", "text_b": "sentence2", "label": "label"},
-                                  "splits": {"train": {"path": str(path)}}})
+    return task_from_dict(
+        "SYN",
+        {
+            "head": "classification",
+            "labels": ["contradiction", "entailment", "neutral"],
+            "fields": {"id": "index", "text_a": "sentence1", "text_b": "sentence2", "label": "label"},
+            "splits": {"train": {"path": str(path)}},
+        },
+    )
 
 
 def child(mode: str, path: str, cache: str) -> None:
     import suite  # noqa: F401  sets the offline HF defaults before transformers loads anything
+
+    # isort: split
     from transformers import AutoTokenizer
 
+    from machine import peak_rss_mb
     from mtkd.data import collate, encode_split
     from mtkd.encoders import resolve_encoder
     from mtkd.sampler import MultiTaskBatchSampler
-
-    from machine import peak_rss_mb
 
     tok = AutoTokenizer.from_pretrained(resolve_encoder("default"), use_fast=True)
 
@@ -62,14 +71,20 @@ def child(mode: str, path: str, cache: str) -> None:
     if mode == "epoch":
         import numpy as np
 
-        sampler = MultiTaskBatchSampler({"SYN": np.arange(len(data))}, 32, seed=0, lengths={"SYN": data.lengths}, bucket=50)
+        sampler = MultiTaskBatchSampler(
+            {"SYN": np.arange(len(data))}, 32, seed=0, lengths={"SYN": data.lengths}, bucket=50
+        )
         batches = 0
         for _, idx, _ in sampler:
             collate(data, idx)
             batches += 1
         out["batches"] = batches
-    out.update(mode=mode, seconds=round(time.time() - t0, 1), baseline_rss_mb=round(base, 1),
-               peak_rss_mb=round(peak_rss_mb(), 1))
+    out.update(
+        mode=mode,
+        seconds=round(time.time() - t0, 1),
+        baseline_rss_mb=round(base, 1),
+        peak_rss_mb=round(peak_rss_mb(), 1),
+    )
     print(json.dumps(out))
 
 
@@ -86,17 +101,26 @@ def main() -> None:
         t0 = time.time()
         path = write_task(tmp, args.n)
         file_mb = round(path.stat().st_size / 1e6, 1)
-        print(f"wrote {args.n} examples ({path.stat().st_size / 1e6:.0f} MB) in {time.time() - t0:.0f}s", file=sys.stderr)
+        print(
+            f"wrote {args.n} examples ({path.stat().st_size / 1e6:.0f} MB) in {time.time() - t0:.0f}s", file=sys.stderr
+        )
         rows = []
         for mode in ("tokenise", "epoch"):  # the second run reads the cache written by the first
-            res = subprocess.run([sys.executable, __file__, "--child", mode, str(path), str(tmp / "cache")],
-                                 capture_output=True, text=True, check=True)
+            res = subprocess.run(
+                [sys.executable, __file__, "--child", mode, str(path), str(tmp / "cache")],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
     report = {"n_examples": args.n, "file_mb": file_mb, "runs": rows}
     print("| stage | examples | tokens | peak RSS (MB) | RSS before (MB) | seconds |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['examples']} | {r['tokens']} | {r['peak_rss_mb']} | {r['baseline_rss_mb']} | {r['seconds']} |")
+        print(
+            f"| {r['mode']} | {r['examples']} | {r['tokens']} | {r['peak_rss_mb']} | {r['baseline_rss_mb']} "
+            f"| {r['seconds']} |"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "memory.json").write_text(json.dumps(report, indent=2))
 

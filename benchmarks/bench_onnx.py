@@ -74,6 +74,7 @@ MODES = {
 class Contenders:
     """What every measurement needs: the model's tasks and tokenizer, the dev texts, and one
     `run_batch(heads, ids, mask, types)` per contender."""
+
     mode: Mode
     specs: dict
     tokenizer: object
@@ -120,8 +121,11 @@ def _pool(dev: dict, tokenizer, specs, limit, n: int, seed: int):
         rows += r
         types += t if t is not None else [[0] * len(x) for x in r]
         where += [report] * len(r)
-    pick = np.random.default_rng(seed).permutation(len(rows))[:n] if n < len(rows) else \
-        np.random.default_rng(seed).choice(len(rows), size=n, replace=True)
+    pick = (
+        np.random.default_rng(seed).permutation(len(rows))[:n]
+        if n < len(rows)
+        else np.random.default_rng(seed).choice(len(rows), size=n, replace=True)
+    )
     return [rows[i] for i in pick], [types[i] for i in pick], [where[i] for i in pick]
 
 
@@ -132,8 +136,11 @@ def _percentile(values, q):
 # ------------------------------------------------------------------------------ setting up
 def mode_of(args) -> Mode:
     """The mode asked for, with the --rounds / --latency-texts / --throughput-texts / --dev-cap given."""
-    changes = {k: getattr(args, k) for k in ("rounds", "latency_texts", "throughput_texts", "dev_cap")
-               if getattr(args, k, None)}
+    changes = {
+        k: getattr(args, k)
+        for k in ("rounds", "latency_texts", "throughput_texts", "dev_cap")
+        if getattr(args, k, None)
+    }
     return Mode(**{**asdict(MODES[args.mode]), **changes}) if changes else MODES[args.mode]
 
 
@@ -154,11 +161,23 @@ def export_both(args, model_dir: Path, work: Path, data_root: Path) -> dict:
     exports = {}
     for name, q in (("onnx_fp32", None), ("onnx_int8", "int8")):
         t0 = time.perf_counter()
-        meta = export_onnx(model_dir, work / name, quantize=q, data_root=data_root, compare=False,
-                           optimize=not args.no_optimize, exporter=args.exporter,
-                           echo=lambda line: print(f"  [export] {line}", file=sys.stderr, flush=True))
-        exports[name] = {"seconds": time.perf_counter() - t0, "graph_mb": meta["graph"]["size"] / 2**20,
-                         "fused": meta["fused"], "check": meta["check"], "exporter": meta["exporter"]}
+        meta = export_onnx(
+            model_dir,
+            work / name,
+            quantize=q,
+            data_root=data_root,
+            compare=False,
+            optimize=not args.no_optimize,
+            exporter=args.exporter,
+            echo=lambda line: print(f"  [export] {line}", file=sys.stderr, flush=True),
+        )
+        exports[name] = {
+            "seconds": time.perf_counter() - t0,
+            "graph_mb": meta["graph"]["size"] / 2**20,
+            "fused": meta["fused"],
+            "check": meta["check"],
+            "exporter": meta["exporter"],
+        }
     return exports
 
 
@@ -177,7 +196,9 @@ def load_contenders(mode: Mode, model_dir: Path, work: Path, data_root: Path, th
     dev = dev_sets(specs, data_root, mode.dev_cap)
     if not dev:
         raise SystemExit(f"bench_onnx: no labelled dev files of {', '.join(specs)} under {data_root} (--data-root)")
-    return Contenders(mode, specs, tok, max_positions(model.encoder.config), inference.pad_token_id(tok), heads, dev, runners)
+    return Contenders(
+        mode, specs, tok, max_positions(model.encoder.config), inference.pad_token_id(tok), heads, dev, runners
+    )
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -189,8 +210,10 @@ def time_latency(setup: Contenders) -> tuple[dict[str, list[float]], dict[str, l
     lat_rounds: dict[str, list[float]] = {name: [] for name in CONTENDERS}
     for r in setup.rounds():
         rows, types, _ = setup.pool(setup.mode.latency_texts if r >= 0 else 16, seed=100 + r)
-        singles = [inference.pad_rows([rows[i]], [types[i]] if types is not None else None, setup.pad_id)
-                   for i in range(len(rows))]
+        singles = [
+            inference.pad_rows([rows[i]], [types[i]] if types is not None else None, setup.pad_id)
+            for i in range(len(rows))
+        ]
         for name in CONTENDERS:
             times = []
             for ids, mask, tt in singles:
@@ -200,7 +223,11 @@ def time_latency(setup: Contenders) -> tuple[dict[str, list[float]], dict[str, l
             if r >= 0:
                 lat[name] += times
                 lat_rounds[name].append(float(np.median(times)))
-            print(f"  [latency] {setup.tag(r):>11} {name:<13} p50 {1e3 * np.median(times):.2f} ms", file=sys.stderr, flush=True)
+            print(
+                f"  [latency] {setup.tag(r):>11} {name:<13} p50 {1e3 * np.median(times):.2f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
             gc.collect()
     return lat, lat_rounds
 
@@ -212,9 +239,12 @@ def time_throughput(setup: Contenders) -> dict[str, list[dict]]:
     thr: dict[str, list[dict]] = {name: [] for name in CONTENDERS}
     for r in setup.rounds():
         rows, types, _ = setup.pool(setup.mode.throughput_texts if r >= 0 else 64, seed=200 + r)
-        batches = [inference.pad_rows([rows[i] for i in sel], [types[i] for i in sel] if types is not None else None,
-                                      setup.pad_id)
-                   for sel in inference.length_batches([len(x) for x in rows], 32)]
+        batches = [
+            inference.pad_rows(
+                [rows[i] for i in sel], [types[i] for i in sel] if types is not None else None, setup.pad_id
+            )
+            for sel in inference.length_batches([len(x) for x in rows], 32)
+        ]
         tokens = sum(len(x) for x in rows)
         for name in CONTENDERS:
             t0 = time.perf_counter()
@@ -222,9 +252,20 @@ def time_throughput(setup: Contenders) -> dict[str, list[dict]]:
                 setup.runners[name](setup.heads, ids, mask, tt)
             dt = time.perf_counter() - t0
             if r >= 0:
-                thr[name].append({"examples": len(rows), "tokens": tokens, "seconds": dt,
-                                  "examples_per_s": len(rows) / dt, "tokens_per_s": tokens / dt})
-            print(f"  [batch-32] {setup.tag(r):>11} {name:<13} {len(rows) / dt:.1f} examples/s", file=sys.stderr, flush=True)
+                thr[name].append(
+                    {
+                        "examples": len(rows),
+                        "tokens": tokens,
+                        "seconds": dt,
+                        "examples_per_s": len(rows) / dt,
+                        "tokens_per_s": tokens / dt,
+                    }
+                )
+            print(
+                f"  [batch-32] {setup.tag(r):>11} {name:<13} {len(rows) / dt:.1f} examples/s",
+                file=sys.stderr,
+                flush=True,
+            )
             gc.collect()
     return thr
 
@@ -238,8 +279,11 @@ def dev_accuracy(setup: Contenders) -> dict[str, dict]:
         t0 = time.perf_counter()
         timed = Timed(setup.runners[name])
         acc[name] = dev_scores(setup.tokenizer, timed, setup.specs, setup.dev, setup.limit)
-        print(f"  [dev] {name:<13} {time.perf_counter() - t0:.1f} s ({timed.examples_per_s:.1f} examples/s)",
-              file=sys.stderr, flush=True)
+        print(
+            f"  [dev] {name:<13} {time.perf_counter() - t0:.1f} s ({timed.examples_per_s:.1f} examples/s)",
+            file=sys.stderr,
+            flush=True,
+        )
     return acc
 
 
@@ -248,11 +292,16 @@ def contender_records(lat, lat_rounds, thr, acc, task_score) -> dict:
     out = {}
     for name in CONTENDERS:
         out[name] = {
-            "latency_b1_ms": {"p50": 1e3 * _percentile(lat[name], 50), "p99": 1e3 * _percentile(lat[name], 99),
-                              "mean": 1e3 * float(np.mean(lat[name])), "calls": len(lat[name]),
-                              "round_p50": [1e3 * v for v in lat_rounds[name]]},
+            "latency_b1_ms": {
+                "p50": 1e3 * _percentile(lat[name], 50),
+                "p99": 1e3 * _percentile(lat[name], 99),
+                "mean": 1e3 * float(np.mean(lat[name])),
+                "calls": len(lat[name]),
+                "round_p50": [1e3 * v for v in lat_rounds[name]],
+            },
             "throughput_b32": summarize(thr[name], ["examples_per_s", "tokens_per_s", "seconds", "examples", "tokens"]),
-            "dev": acc[name], "task_scores": task_score[name],
+            "dev": acc[name],
+            "task_scores": task_score[name],
         }
     return out
 
@@ -263,35 +312,72 @@ def ratios_of(lat_rounds, thr) -> dict:
     for name in ONNX_CONTENDERS:
         key = name.replace("onnx_", "")
         ratios[f"{key}_throughput_b32_vs_pytorch"] = stats(
-            a["examples_per_s"] / b["examples_per_s"] for a, b in zip(thr[name], thr["pytorch_fp32"]))
+            a["examples_per_s"] / b["examples_per_s"] for a, b in zip(thr[name], thr["pytorch_fp32"])
+        )
         ratios[f"{key}_latency_b1_p50_speedup_vs_pytorch"] = stats(
-            b / a for a, b in zip(lat_rounds[name], lat_rounds["pytorch_fp32"]))
+            b / a for a, b in zip(lat_rounds[name], lat_rounds["pytorch_fp32"])
+        )
     return ratios
 
 
 def tables(contenders: dict, exports: dict, ratios: dict, acc: dict, delta: dict, worst_loss: float, met: dict):
     """(speed, accuracy, targets) tables."""
+
     def vs_pytorch(name):
-        return "1" if name == "pytorch_fp32" else median_range(ratios[f"{name.replace('onnx_', '')}_throughput_b32_vs_pytorch"])
+        return (
+            "1"
+            if name == "pytorch_fp32"
+            else median_range(ratios[f"{name.replace('onnx_', '')}_throughput_b32_vs_pytorch"])
+        )
 
     speed = md_table(
         ["contender", "batch-1 p50 ms", "batch-1 p99 ms", "batch-32 examples/s", "vs PyTorch (batch 32)", "graph MB"],
-        [[name, contenders[name]["latency_b1_ms"]["p50"], contenders[name]["latency_b1_ms"]["p99"],
-          median_range(contenders[name]["throughput_b32"]["examples_per_s"]), vs_pytorch(name),
-          exports[name]["graph_mb"] if name in exports else None] for name in CONTENDERS])
+        [
+            [
+                name,
+                contenders[name]["latency_b1_ms"]["p50"],
+                contenders[name]["latency_b1_ms"]["p99"],
+                median_range(contenders[name]["throughput_b32"]["examples_per_s"]),
+                vs_pytorch(name),
+                exports[name]["graph_mb"] if name in exports else None,
+            ]
+            for name in CONTENDERS
+        ],
+    )
     base = acc["pytorch_fp32"]
     accuracy = md_table(
         ["dev split", "metric", "PyTorch fp32", "ONNX fp32", "ONNX int8", "int8 - fp32"],
-        [[rep, m, base[rep][m], acc["onnx_fp32"][rep][m], acc["onnx_int8"][rep][m],
-          f"{acc['onnx_int8'][rep][m] - base[rep][m]:+.2f}"]
-         for rep in base for m in base[rep]])
+        [
+            [
+                rep,
+                m,
+                base[rep][m],
+                acc["onnx_fp32"][rep][m],
+                acc["onnx_int8"][rep][m],
+                f"{acc['onnx_int8'][rep][m] - base[rep][m]:+.2f}",
+            ]
+            for rep in base
+            for m in base[rep]
+        ],
+    )
     lost = ", ".join(f"{t} {d['onnx_int8']:+.2f}" for t, d in delta.items())
     targets = md_table(
         ["target", "measured", "target", "met"],
-        [["int8 batch-32 throughput / PyTorch", median_range(ratios["int8_throughput_b32_vs_pytorch"]), ">= 2.0",
-          "yes" if met["int8_throughput_b32_vs_pytorch"] else "NO"],
-         [f"int8 points lost, worst task ({lost})", f"{worst_loss:.2f}", "<= 0.5",
-          "yes" if met["int8_max_points_lost_per_task"] else "NO"]])
+        [
+            [
+                "int8 batch-32 throughput / PyTorch",
+                median_range(ratios["int8_throughput_b32_vs_pytorch"]),
+                ">= 2.0",
+                "yes" if met["int8_throughput_b32_vs_pytorch"] else "NO",
+            ],
+            [
+                f"int8 points lost, worst task ({lost})",
+                f"{worst_loss:.2f}",
+                "<= 0.5",
+                "yes" if met["int8_max_points_lost_per_task"] else "NO",
+            ],
+        ],
+    )
     return speed, accuracy, targets
 
 
@@ -316,33 +402,51 @@ def run(args) -> dict:
         thr = time_throughput(setup)
         acc = dev_accuracy(setup)
         task_score = {name: task_scores(acc[name], setup.specs) for name in CONTENDERS}
-        delta = {t: {name: task_score[name][t] - task_score["pytorch_fp32"][t] for name in ONNX_CONTENDERS}
-                 for t in task_score["pytorch_fp32"]}
+        delta = {
+            t: {name: task_score[name][t] - task_score["pytorch_fp32"][t] for name in ONNX_CONTENDERS}
+            for t in task_score["pytorch_fp32"]
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     contenders = contender_records(lat, lat_rounds, thr, acc, task_score)
     ratios = ratios_of(lat_rounds, thr)
     worst_loss = max(0.0, *(-d["onnx_int8"] for d in delta.values()))
-    met = {"int8_throughput_b32_vs_pytorch": ratios["int8_throughput_b32_vs_pytorch"]["median"] >= 2.0,
-           "int8_max_points_lost_per_task": worst_loss <= 0.5}
+    met = {
+        "int8_throughput_b32_vs_pytorch": ratios["int8_throughput_b32_vs_pytorch"]["median"] >= 2.0,
+        "int8_max_points_lost_per_task": worst_loss <= 0.5,
+    }
     t1, t2, t3 = tables(contenders, exports, ratios, acc, delta, worst_loss, met)
-    title = (f"## ONNX Runtime vs PyTorch ({label}; {threads} threads; {mode.latency_texts} texts one by one, "
-             f"{mode.throughput_texts} in batches of 32, {mode.rounds} rounds interleaved; dev cap {mode.dev_cap})")
+    title = (
+        f"## ONNX Runtime vs PyTorch ({label}; {threads} threads; {mode.latency_texts} texts one by one, "
+        f"{mode.throughput_texts} in batches of 32, {mode.rounds} rounds interleaved; dev cap {mode.dev_cap})"
+    )
     print(f"\n{title}\n\n{t1}\n\n{t2}\n\n{t3}\n", flush=True)
     return {
-        "benchmark": NAME, "mode": mode.name, "machine": machine_info(), "model": label,
+        "benchmark": NAME,
+        "mode": mode.name,
+        "machine": machine_info(),
+        "model": label,
         "data_root": str(data_root),
-        "settings": {"mode": asdict(mode), "threads": threads, "optimize": not args.no_optimize, "exporter": args.exporter,
-                     "onnxruntime_intra_op_threads": threads, "heads_per_call": setup.heads,
-                     "inputs": "tokenised beforehand; model time only",
-                     "dev_splits": {r: {"examples": len(d["texts"]), "of": d["total"]} for r, d in setup.dev.items()}},
-        "exports": exports, "contenders": contenders,
-        "ratios": {k: v["median"] for k, v in ratios.items()}, "ratio_stats": ratios,
+        "settings": {
+            "mode": asdict(mode),
+            "threads": threads,
+            "optimize": not args.no_optimize,
+            "exporter": args.exporter,
+            "onnxruntime_intra_op_threads": threads,
+            "heads_per_call": setup.heads,
+            "inputs": "tokenised beforehand; model time only",
+            "dev_splits": {r: {"examples": len(d["texts"]), "of": d["total"]} for r, d in setup.dev.items()},
+        },
+        "exports": exports,
+        "contenders": contenders,
+        "ratios": {k: v["median"] for k, v in ratios.items()},
+        "ratio_stats": ratios,
         "int8_delta_points_per_task": {t: d["onnx_int8"] for t, d in delta.items()},
         "onnx_fp32_delta_points_per_task": {t: d["onnx_fp32"] for t, d in delta.items()},
         "int8_max_points_lost_per_task": worst_loss,
-        "targets": {k: list(v) for k, v in TARGETS.items()}, "met": met,
+        "targets": {k: list(v) for k, v in TARGETS.items()},
+        "met": met,
         "tables": [title, t1, t2, t3],
     }
 
@@ -353,8 +457,9 @@ def main(argv=None) -> int:
     for m in MODES:
         g.add_argument(f"--{m}", dest="mode", action="store_const", const=m)
     p.set_defaults(mode="quick")
-    p.add_argument("--model", help=f"trained model folder (default {DEFAULT_MODEL.relative_to(REPO)}; "
-                                   "smoke: a tiny random one)")
+    p.add_argument(
+        "--model", help=f"trained model folder (default {DEFAULT_MODEL.relative_to(REPO)}; smoke: a tiny random one)"
+    )
     p.add_argument("--out", help="output folder (default results/bench)")
     p.add_argument("--threads", type=int, default=0, help="PyTorch and ONNX Runtime threads (default: torch's default)")
     p.add_argument("--data-root", help="GLUE folder (default $MTKD_DATA_ROOT or ../shared/data/glue)")
@@ -363,7 +468,9 @@ def main(argv=None) -> int:
     p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
     p.add_argument("--latency-texts", type=int, help="texts timed one by one per round (overrides the mode's)")
     p.add_argument("--throughput-texts", type=int, help="texts per batch-32 pass per round (overrides the mode's)")
-    p.add_argument("--dev-cap", type=int, help="dev examples per split for the accuracy comparison (overrides the mode's)")
+    p.add_argument(
+        "--dev-cap", type=int, help="dev examples per split for the accuracy comparison (overrides the mode's)"
+    )
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     doc = run(args)

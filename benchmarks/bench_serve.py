@@ -64,7 +64,7 @@ def dev_texts(data_root: Path, n: int, seed: int) -> tuple[list[str], list[tuple
         singles = list(read_split(specs["SST-2"], "dev", data_root).text_a)
         for t in ("MRPC", "STS-B", "RTE"):
             raw = read_split(specs[t], "dev", data_root)
-            pairs += list(zip(raw.text_a, raw.text_b))
+            pairs += list(zip(raw.text_a, raw.text_b, strict=True))
     except Exception as e:  # no GLUE files: synthetic text
         print(f"(no GLUE dev files under {data_root}: {type(e).__name__}; using synthetic sentences)", file=sys.stderr)
         words = "the a film plot cast story was good bad dull great fine awful lovely poor show man plays music".split()
@@ -84,7 +84,7 @@ def request_pool(model, singles, pairs, n_requests: int, seed: int) -> list[dict
     single_tasks = [t for t, s in model.tasks.items() if not is_pair_task(s)]
     pair_tasks = [t for t, s in model.tasks.items() if is_pair_task(s)]
     pool = []
-    for i in range(n_requests):
+    for _ in range(n_requests):
         r = rng.random()
         k = 1 if r < 0.6 else (rng.randint(2, 16) if r < 0.9 else rng.randint(32, MAX_TEXTS))
         use_pairs = bool(pair_tasks) and (not single_tasks or rng.random() < 0.5)
@@ -92,11 +92,17 @@ def request_pool(model, singles, pairs, n_requests: int, seed: int) -> list[dict
             start = rng.randrange(len(pairs))
             chosen = [pairs[(start + j) % len(pairs)] for j in range(k)]
             tasks = rng.sample(pair_tasks, rng.randint(1, len(pair_tasks)))
-            req = {"texts": [a[:MAX_CHARS] for a, _ in chosen], "pairs": [b[:MAX_CHARS] for _, b in chosen], "tasks": tasks}
+            req = {
+                "texts": [a[:MAX_CHARS] for a, _ in chosen],
+                "pairs": [b[:MAX_CHARS] for _, b in chosen],
+                "tasks": tasks,
+            }
         else:
             start = rng.randrange(len(singles))
-            req = {"texts": [singles[(start + j) % len(singles)][:MAX_CHARS] for j in range(k)],
-                   "tasks": rng.sample(single_tasks, rng.randint(1, len(single_tasks)))}
+            req = {
+                "texts": [singles[(start + j) % len(singles)][:MAX_CHARS] for j in range(k)],
+                "tasks": rng.sample(single_tasks, rng.randint(1, len(single_tasks))),
+            }
         req["probabilities"] = rng.random() < 1 / 3
         pool.append(req)
     return pool
@@ -138,7 +144,7 @@ def reference_answers(model, pool: list[dict]) -> list[list[dict]]:
     from mtkd.tasks import HeadKind
 
     def inputs(req, paired):
-        return list(zip(req["texts"], req["pairs"])) if paired else [(x, None) for x in req["texts"]]
+        return list(zip(req["texts"], req["pairs"], strict=True)) if paired else [(x, None) for x in req["texts"]]
 
     outputs = {}  # task -> ({input: index}, predictions)
     for t in dict.fromkeys(t for req in pool for t in req["tasks"]):
@@ -150,8 +156,10 @@ def reference_answers(model, pool: list[dict]) -> list[list[dict]]:
                     index.setdefault(item, len(index))
         items = list(index)
         classify = model.tasks[t].head == HeadKind.CLASSIFICATION
-        outputs[t] = (index, model.predict(t, [a for a, _ in items], [b for _, b in items] if paired else None,
-                                           return_probs=classify))
+        outputs[t] = (
+            index,
+            model.predict(t, [a for a, _ in items], [b for _, b in items] if paired else None, return_probs=classify),
+        )
     answers = []
     for req in pool:
         rows = [{} for _ in req["texts"]]
@@ -161,7 +169,10 @@ def reference_answers(model, pool: list[dict]) -> list[list[dict]]:
                 v = out[index[item]]
                 if spec.head == HeadKind.CLASSIFICATION:
                     p = np.asarray(v, dtype=np.float64)
-                    rows[r][t] = {"label": spec.labels[int(p.argmax())], "probabilities": dict(zip(spec.labels, p.tolist()))}
+                    rows[r][t] = {
+                        "label": spec.labels[int(p.argmax())],
+                        "probabilities": dict(zip(spec.labels, p.tolist(), strict=True)),
+                    }
                 else:
                     rows[r][t] = {"score": float(v)}
         answers.append(rows)
@@ -171,9 +182,13 @@ def reference_answers(model, pool: list[dict]) -> list[list[dict]]:
 def check_answer(got: dict, want: list[dict], req: dict) -> str | None:
     """None when the server's answer matches the reference; else what differs."""
     results = got.get("results")
-    if got.get("tasks") != list(dict.fromkeys(req["tasks"])) or not isinstance(results, list) or len(results) != len(want):
+    if (
+        got.get("tasks") != list(dict.fromkeys(req["tasks"]))
+        or not isinstance(results, list)
+        or len(results) != len(want)
+    ):
         return f"shape: tasks {got.get('tasks')} vs {req['tasks']}, {len(results or [])} vs {len(want)} results"
-    for r, (g, w) in enumerate(zip(results, want)):
+    for r, (g, w) in enumerate(zip(results, want, strict=True)):
         for t, wv in w.items():
             gv = g.get(t) or {}
             if "label" in wv:
@@ -219,8 +234,23 @@ class Server:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
-        cmd = [sys.executable, "-m", "mtkd.cli", "serve", str(model_dir), "--port", "0", "--max-texts", str(MAX_TEXTS),
-               "--max-chars", str(MAX_CHARS), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mtkd.cli",
+            "serve",
+            str(model_dir),
+            "--port",
+            "0",
+            "--max-texts",
+            str(MAX_TEXTS),
+            "--max-chars",
+            str(MAX_CHARS),
+            "--max-batch",
+            str(max_batch),
+            "--max-wait-ms",
+            str(max_wait_ms),
+        ]
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         line = self._first_line(timeout=300)
@@ -268,7 +298,12 @@ class LevelTally:
         self.lat_good: list[float] = []
         self.lat_bad: list[float] = []
         self.counts = {"good": 0, "bad": 0, "5xx": 0, "wrong_answers": 0, "wrong_status": 0, "transport_errors": 0}
-        self.examples: dict[str, list[str]] = {"wrong_answers": [], "wrong_status": [], "5xx": [], "transport_errors": []}
+        self.examples: dict[str, list[str]] = {
+            "wrong_answers": [],
+            "wrong_status": [],
+            "5xx": [],
+            "transport_errors": [],
+        }
         self.texts = 0
 
     def fail(self, kind: str, example: str) -> None:
@@ -299,23 +334,38 @@ class LevelTally:
         batches = health1["batches"] - health0["batches"]
         total = counts["good"] + counts["bad"]
         return {
-            "clients": clients, "seconds": round(wall, 3), **counts,
-            "requests_per_s": total / wall, "good_requests_per_s": counts["good"] / wall, "texts_per_s": self.texts / wall,
-            "latency_ms": {"p50": _ms(_pct(lat_good, 0.5)), "p99": _ms(_pct(lat_good, 0.99)),
-                           "mean": _ms(statistics.fmean(lat_good)) if lat_good else None, "max": _ms(max(lat_good, default=None))},
+            "clients": clients,
+            "seconds": round(wall, 3),
+            **counts,
+            "requests_per_s": total / wall,
+            "good_requests_per_s": counts["good"] / wall,
+            "texts_per_s": self.texts / wall,
+            "latency_ms": {
+                "p50": _ms(_pct(lat_good, 0.5)),
+                "p99": _ms(_pct(lat_good, 0.99)),
+                "mean": _ms(statistics.fmean(lat_good)) if lat_good else None,
+                "max": _ms(max(lat_good, default=None)),
+            },
             "bad_latency_ms": {"p50": _ms(_pct(lat_bad, 0.5)), "p99": _ms(_pct(lat_bad, 0.99))},
             "server_batches": batches,
             "mean_batch_texts": (health1["texts"] - health0["texts"]) / batches if batches else None,
             "mean_batch_requests": (health1["requests"] - health0["requests"]) / batches if batches else None,
-            "server_rejected": health1["rejected"] - health0["rejected"], "server_failed": health1["failed"] - health0["failed"],
-            "rss_mb": {"start": rss[0] if rss else None, "end": rss[-1] if rss else None, "min": min(rss, default=None),
-                       "max": max(rss, default=None), "samples": rss},
+            "server_rejected": health1["rejected"] - health0["rejected"],
+            "server_failed": health1["failed"] - health0["failed"],
+            "rss_mb": {
+                "start": rss[0] if rss else None,
+                "end": rss[-1] if rss else None,
+                "min": min(rss, default=None),
+                "max": max(rss, default=None),
+                "samples": rss,
+            },
             "examples": {k: v[:5] for k, v in self.examples.items() if v},
         }
 
 
-async def run_level(url: str, pid: int, pool, answers, bad, clients: int, seconds: float, bad_every: int,
-                    offset: int) -> dict:
+async def run_level(
+    url: str, pid: int, pool, answers, bad, clients: int, seconds: float, bad_every: int, offset: int
+) -> dict:
     """`clients` clients for `seconds`, each sending its next request when the last is answered;
     request i is bad when i % bad_every == bad_every - 1. The server's RSS sampled every 0.5 s."""
     import httpx
@@ -395,17 +445,28 @@ def tiny_model(folder: Path) -> Path:
     torch.manual_seed(0)
     g = glue_tasks()
     tasks = {t: g[t] for t in ("SST-2", "MRPC", "STS-B", "RTE")}
-    tasks.update({"SST-2": g["SST-2"].model_copy(update={"max_seq_len": 16}),
-                  "RTE": g["RTE"].model_copy(update={"max_seq_len": 48})})
+    tasks.update(
+        {
+            "SST-2": g["SST-2"].model_copy(update={"max_seq_len": 16}),
+            "RTE": g["RTE"].model_copy(update={"max_seq_len": 48}),
+        }
+    )
     MTModel.from_encoder(str(enc), tasks).save_pretrained(folder / "model")
     return folder / "model"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="mtkd benchmark: the HTTP server under load")
-    p.add_argument("--model", type=Path, default=None, help=f"model folder or ONNX export (default {DEFAULT_MODEL.relative_to(REPO)})")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help=f"model folder or ONNX export (default {DEFAULT_MODEL.relative_to(REPO)})",
+    )
     p.add_argument("--quick", action="store_true", help="tiny random model, 2 s per level, 1/4 clients (smoke test)")
-    p.add_argument("--seconds", type=float, default=None, help="duration of each concurrency level (default 60; quick 2)")
+    p.add_argument(
+        "--seconds", type=float, default=None, help="duration of each concurrency level (default 60; quick 2)"
+    )
     p.add_argument("--clients", default=None, help="concurrency levels, comma-separated (default 1,8,32; quick 1,4)")
     p.add_argument("--requests", type=int, default=None, help="distinct requests in the pool (default 400; quick 40)")
     p.add_argument("--bad-every", type=int, default=10, help="every Nth request is a bad input (0: none)")
@@ -435,12 +496,26 @@ def serve_levels(model_dir: Path, args, pool, answers, bad, levels: list[int], s
         rss_start = rss_mb(server.pid)
         results = []
         for c in levels:
-            res = asyncio.run(run_level(server.url, server.pid, pool, answers, bad, c, seconds, args.bad_every,
-                                        offset=sum(r["good"] + r["bad"] for r in results)))
+            res = asyncio.run(
+                run_level(
+                    server.url,
+                    server.pid,
+                    pool,
+                    answers,
+                    bad,
+                    c,
+                    seconds,
+                    args.bad_every,
+                    offset=sum(r["good"] + r["bad"] for r in results),
+                )
+            )
             results.append(res)
-            print(f"  {c:>3} clients: {res['requests_per_s']:.1f} req/s, p50 {res['latency_ms']['p50']} ms, "
-                  f"p99 {res['latency_ms']['p99']} ms, 5xx {res['5xx']}, wrong {res['wrong_answers']}, "
-                  f"batch {res['mean_batch_texts'] or 0:.1f} texts, RSS {res['rss_mb']['end']} MB", flush=True)
+            print(
+                f"  {c:>3} clients: {res['requests_per_s']:.1f} req/s, p50 {res['latency_ms']['p50']} ms, "
+                f"p99 {res['latency_ms']['p99']} ms, 5xx {res['5xx']}, wrong {res['wrong_answers']}, "
+                f"batch {res['mean_batch_texts'] or 0:.1f} texts, RSS {res['rss_mb']['end']} MB",
+                flush=True,
+            )
         rss_end = rss_mb(server.pid)
         alive = server.proc.poll() is None
     finally:
@@ -457,22 +532,58 @@ def summary_of(served: dict) -> dict:
         "wrong_answers": sum(r["wrong_answers"] for r in results),
         "wrong_status": sum(r["wrong_status"] for r in results),
         "transport_errors": sum(r["transport_errors"] for r in results),
-        "rss_mb_start": rss_start, "rss_mb_end": rss_end,
+        "rss_mb_start": rss_start,
+        "rss_mb_end": rss_end,
         "rss_growth_mb": (rss_end - rss_start) if rss_start and rss_end else None,
         # the samples of every level: transient activations of big batches come and go; a leak climbs level by level
         "rss_mb_max": max((x for r in results for x in r["rss_mb"]["samples"]), default=None),
-        "rss_mb_median_per_level": [statistics.median(r["rss_mb"]["samples"]) if r["rss_mb"]["samples"] else None
-                                    for r in results],
-        "server_alive_at_end": served["alive"], "server_exit_code": served["code"],
+        "rss_mb_median_per_level": [
+            statistics.median(r["rss_mb"]["samples"]) if r["rss_mb"]["samples"] else None for r in results
+        ],
+        "server_alive_at_end": served["alive"],
+        "server_exit_code": served["code"],
     }
 
 
 def level_table(results: list[dict]) -> str:
-    rows = [[r["clients"], r["seconds"], r["good"], r["bad"], r["requests_per_s"], r["texts_per_s"],
-             r["latency_ms"]["p50"], r["latency_ms"]["p99"], r["5xx"], r["wrong_answers"], r["wrong_status"],
-             r["mean_batch_texts"], r["rss_mb"]["start"], r["rss_mb"]["end"]] for r in results]
-    return md_table(["clients", "s", "good", "bad", "req/s", "texts/s", "p50 ms", "p99 ms", "5xx", "wrong",
-                     "wrong status", "texts/batch", "RSS start MB", "RSS end MB"], rows)
+    rows = [
+        [
+            r["clients"],
+            r["seconds"],
+            r["good"],
+            r["bad"],
+            r["requests_per_s"],
+            r["texts_per_s"],
+            r["latency_ms"]["p50"],
+            r["latency_ms"]["p99"],
+            r["5xx"],
+            r["wrong_answers"],
+            r["wrong_status"],
+            r["mean_batch_texts"],
+            r["rss_mb"]["start"],
+            r["rss_mb"]["end"],
+        ]
+        for r in results
+    ]
+    return md_table(
+        [
+            "clients",
+            "s",
+            "good",
+            "bad",
+            "req/s",
+            "texts/s",
+            "p50 ms",
+            "p99 ms",
+            "5xx",
+            "wrong",
+            "wrong status",
+            "texts/batch",
+            "RSS start MB",
+            "RSS end MB",
+        ],
+        rows,
+    )
 
 
 def main(argv=None) -> int:
@@ -499,35 +610,66 @@ def main(argv=None) -> int:
         answers = reference_answers(model, pool)
         ref_s = time.perf_counter() - t0
         del model
-        print(f"mtkd serve benchmark: {label} ({backend}), {len(pool)} requests in the pool "
-              f"({sum(len(r['texts']) for r in pool)} texts; reference answers in {ref_s:.1f} s), "
-              f"levels {levels} x {seconds:g} s, every {args.bad_every}th request bad", flush=True)
+        print(
+            f"mtkd serve benchmark: {label} ({backend}), {len(pool)} requests in the pool "
+            f"({sum(len(r['texts']) for r in pool)} texts; reference answers in {ref_s:.1f} s), "
+            f"levels {levels} x {seconds:g} s, every {args.bad_every}th request bad",
+            flush=True,
+        )
         served = serve_levels(model_dir, args, pool, answers, bad, levels, seconds)
         results, summary = served["results"], summary_of(served)
-        ok = summary["5xx"] == 0 and summary["wrong_answers"] == 0 and summary["wrong_status"] == 0 and \
-            summary["transport_errors"] == 0 and served["alive"]
+        ok = (
+            summary["5xx"] == 0
+            and summary["wrong_answers"] == 0
+            and summary["wrong_status"] == 0
+            and summary["transport_errors"] == 0
+            and served["alive"]
+        )
         table = level_table(results)
         doc = {
-            "benchmark": NAME, "mode": "quick" if args.quick else "full", "machine": machine_info(), "model": label,
+            "benchmark": NAME,
+            "mode": "quick" if args.quick else "full",
+            "machine": machine_info(),
+            "model": label,
             "backend": backend,
-            "settings": {"seconds": seconds, "clients": levels, "pool_requests": len(pool),
-                         "pool_texts": sum(len(r["texts"]) for r in pool), "bad_every": args.bad_every,
-                         "bad_inputs": [n for n, _, _ in bad], "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
-                         "max_texts": MAX_TEXTS, "max_chars": MAX_CHARS, "server_threads": args.threads or "default",
-                         "tolerance": TOLERANCE, "reference_seconds": ref_s,
-                         "client": "one asyncio process (httpx.AsyncClient) on the same machine"},
-            "levels": results, "summary": summary, "ok": ok, "tables": [table],
+            "settings": {
+                "seconds": seconds,
+                "clients": levels,
+                "pool_requests": len(pool),
+                "pool_texts": sum(len(r["texts"]) for r in pool),
+                "bad_every": args.bad_every,
+                "bad_inputs": [n for n, _, _ in bad],
+                "max_batch": args.max_batch,
+                "max_wait_ms": args.max_wait_ms,
+                "max_texts": MAX_TEXTS,
+                "max_chars": MAX_CHARS,
+                "server_threads": args.threads or "default",
+                "tolerance": TOLERANCE,
+                "reference_seconds": ref_s,
+                "client": "one asyncio process (httpx.AsyncClient) on the same machine",
+            },
+            "levels": results,
+            "summary": summary,
+            "ok": ok,
+            "tables": [table],
         }
         path = write_json(args.out or DEFAULT_OUT, NAME, doc)
         rss_start, rss_end = summary["rss_mb_start"], summary["rss_mb_end"]
-        print(f"\n{table}\n\n5xx: {summary['5xx']}, wrong answers: {summary['wrong_answers']}, wrong statuses: "
-              f"{summary['wrong_status']}, server RSS {rss_start and round(rss_start)} -> {rss_end and round(rss_end)} MB "
-              f"(max {summary['rss_mb_max'] and round(summary['rss_mb_max'])}, median per level "
-              f"{[m and round(m) for m in summary['rss_mb_median_per_level']]})"
-              f"\nwrote {path}")
+        print(
+            f"\n{table}\n\n5xx: {summary['5xx']}, wrong answers: {summary['wrong_answers']}, wrong statuses: "
+            f"{summary['wrong_status']}, server RSS {rss_start and round(rss_start)} -> "
+            f"{rss_end and round(rss_end)} MB "
+            f"(max {summary['rss_mb_max'] and round(summary['rss_mb_max'])}, median per level "
+            f"{[m and round(m) for m in summary['rss_mb_median_per_level']]})"
+            f"\nwrote {path}"
+        )
         if not ok:
-            print("FAILED: " + json.dumps({k: v for r in results for k, v in r["examples"].items()})[:2000]
-                  + f"\nserver stderr:\n{served['tail']}", file=sys.stderr)
+            print(
+                "FAILED: "
+                + json.dumps({k: v for r in results for k, v in r["examples"].items()})[:2000]
+                + f"\nserver stderr:\n{served['tail']}",
+                file=sys.stderr,
+            )
         return 0 if ok else 1
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -77,6 +77,7 @@ def parse_args() -> argparse.Namespace:
 
 def contenders(student, members: dict, texts, pairs, settings: dict) -> dict:
     """name -> fn(): every example for all four tasks, then for one task at a time."""
+
     def student_all():
         student.predict(list(TEACHER_TASKS), texts, pairs, return_probs=True, **settings)
 
@@ -120,22 +121,50 @@ def kd_dev_scores() -> tuple[dict | None, object]:
             return None
         ms = kd["systems"][system][task]
         return sum(ms.values()) / len(ms)
+
     return kd, accuracy
 
 
 def cost_table(eps: dict, accuracy, args, n: int, params: dict, n_heads: int) -> str:
-    rows = [["all 4 tasks per example", f"{eps['student: all 4 tasks']:.1f}", f"{eps['ensembles: all 4 tasks']:.1f}",
-             f"{eps['student: all 4 tasks'] / eps['ensembles: all 4 tasks']:.1f}x", "", ""]]
+    rows = [
+        [
+            "all 4 tasks per example",
+            f"{eps['student: all 4 tasks']:.1f}",
+            f"{eps['ensembles: all 4 tasks']:.1f}",
+            f"{eps['student: all 4 tasks'] / eps['ensembles: all 4 tasks']:.1f}x",
+            "",
+            "",
+        ]
+    ]
     for t in TEACHER_TASKS:
         s, e = eps[f"student: {t} only"], eps[f"ensemble: {t} only"]
         a_s, a_e = accuracy("mtdnn_kd", t), accuracy("ensemble", t)
-        rows.append([f"{t} only", f"{s:.1f}", f"{e:.1f}", f"{s / e:.1f}x",
-                     "-" if a_s is None else f"{a_s:.2f}", "-" if a_e is None else f"{a_e:.2f}"])
-    table = md_table(["requests", "student ex/s", "ensembles ex/s", "student / ensembles",
-                      "MT-DNN-KD dev score", "ensemble dev score"], rows)
-    return table + (f"\n\nParameters: student {params['student'] / 1e6:.1f} M (one encoder, {n_heads} heads); "
-                    f"ensembles {params['ensembles'] / 1e6:.1f} M ({len(TEACHER_TASKS)} tasks x {args.members} members). "
-                    f"{n} requests ({args.per_task} dev pairs per teacher task), median of {args.rounds} rounds.")
+        rows.append(
+            [
+                f"{t} only",
+                f"{s:.1f}",
+                f"{e:.1f}",
+                f"{s / e:.1f}x",
+                "-" if a_s is None else f"{a_s:.2f}",
+                "-" if a_e is None else f"{a_e:.2f}",
+            ]
+        )
+    table = md_table(
+        [
+            "requests",
+            "student ex/s",
+            "ensembles ex/s",
+            "student / ensembles",
+            "MT-DNN-KD dev score",
+            "ensemble dev score",
+        ],
+        rows,
+    )
+    return table + (
+        f"\n\nParameters: student {params['student'] / 1e6:.1f} M (one encoder, {n_heads} heads); "
+        f"ensembles {params['ensembles'] / 1e6:.1f} M ({len(TEACHER_TASKS)} tasks x {args.members} members). "
+        f"{n} requests ({args.per_task} dev pairs per teacher task), median of {args.rounds} rounds."
+    )
 
 
 def main() -> None:
@@ -154,33 +183,54 @@ def main() -> None:
     specs = TaskData(cfg).specs
     root = resolve_data_root(args.data_root or cfg.data.root)
     texts, pairs = requests(specs, root, args.per_task)
-    settings = {"batch_size": cfg.predict.batch_size, "max_tokens": cfg.predict.max_tokens, "max_len": cfg.data.max_seq_len}
+    settings = {
+        "batch_size": cfg.predict.batch_size,
+        "max_tokens": cfg.predict.max_tokens,
+        "max_len": cfg.data.max_seq_len,
+    }
     init = "random" if args.smoke else "pretrained"
     encoder = args.encoder or cfg.encoder.name
     train_tasks = {t: s for t, s in specs.items() if "train" in s.splits and s.head_of is None}
     student = MTModel.from_encoder(encoder, train_tasks, init=init).eval()
-    members = {t: [MTModel.from_encoder(encoder, train_tasks, init=init).eval() for _ in range(args.members)]
-               for t in TEACHER_TASKS}
+    members = {
+        t: [MTModel.from_encoder(encoder, train_tasks, init=init).eval() for _ in range(args.members)]
+        for t in TEACHER_TASKS
+    }
     for m in [student] + [m for ms in members.values() for m in ms]:  # warm-up: first-call allocations
         m.predict(TEACHER_TASKS[0], texts[:16], pairs[:16], **settings)
     seconds = timed_rounds(contenders(student, members, texts, pairs, settings), args.rounds)
     n = len(texts)
     eps = {k: n / statistics.median(v) for k, v in seconds.items()}
     kd, accuracy = kd_dev_scores()
-    params = {"student": sum(p.numel() for p in student.parameters()),
-              "ensembles": sum(p.numel() for ms in members.values() for m in ms for p in m.parameters())}
+    params = {
+        "student": sum(p.numel() for p in student.parameters()),
+        "ensembles": sum(p.numel() for ms in members.values() for m in ms for p in m.parameters()),
+    }
     table = cost_table(eps, accuracy, args, n, params, len(train_tasks))
     print(table)
-    doc = {"benchmark": "serving_cost", "machine": machine_info(),
-           "settings": {**settings, "requests": n, "per_task": args.per_task, "rounds": args.rounds,
-                        "members": args.members, "encoder": encoder, "init": init},
-           "seconds": seconds, "examples_per_s": eps,
-           "ratio_all_tasks": eps["student: all 4 tasks"] / eps["ensembles: all 4 tasks"],
-           "ratio_per_task": {t: eps[f"student: {t} only"] / eps[f"ensemble: {t} only"] for t in TEACHER_TASKS},
-           "parameters": params,
-           "accuracy_source": str(KD_RESULTS.relative_to(REPO)) if kd else None,
-           "accuracy": {t: {"mtdnn_kd": accuracy("mtdnn_kd", t), "ensemble": accuracy("ensemble", t)} for t in TEACHER_TASKS},
-           "tables": [table]}
+    doc = {
+        "benchmark": "serving_cost",
+        "machine": machine_info(),
+        "settings": {
+            **settings,
+            "requests": n,
+            "per_task": args.per_task,
+            "rounds": args.rounds,
+            "members": args.members,
+            "encoder": encoder,
+            "init": init,
+        },
+        "seconds": seconds,
+        "examples_per_s": eps,
+        "ratio_all_tasks": eps["student: all 4 tasks"] / eps["ensembles: all 4 tasks"],
+        "ratio_per_task": {t: eps[f"student: {t} only"] / eps[f"ensemble: {t} only"] for t in TEACHER_TASKS},
+        "parameters": params,
+        "accuracy_source": str(KD_RESULTS.relative_to(REPO)) if kd else None,
+        "accuracy": {
+            t: {"mtdnn_kd": accuracy("mtdnn_kd", t), "ensemble": accuracy("ensemble", t)} for t in TEACHER_TASKS
+        },
+        "tables": [table],
+    }
     print(f"wrote {write_json(Path(args.out), 'serving_cost', doc)}")
 
 

@@ -51,8 +51,9 @@ def worker(args) -> None:
         for _ in range(args.steps // 2 + 1):
             rows = rng.choice(len(raw.text_a), 32, replace=False)
             pairs = [raw.text_b[i] for i in rows] if raw.text_b is not None else None
-            enc = tok([raw.text_a[i] for i in rows], pairs, truncation=True, max_length=128, padding=True,
-                      return_tensors="pt")
+            enc = tok(
+                [raw.text_a[i] for i in rows], pairs, truncation=True, max_length=128, padding=True, return_tensors="pt"
+            )
             batches.append((t, enc, torch.as_tensor(np.asarray(raw.labels)[rows])))
     batches = batches[: args.steps + 1]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -75,8 +76,18 @@ def worker(args) -> None:
     t0 = time.perf_counter()
     model.predict("SST-2", dev, batch_size=64)
     predict_s = time.perf_counter() - t0
-    print(json.dumps({"threads": torch.get_num_threads(), "train_s": train_s, "steps": len(batches) - 1,
-                      "predict_s": predict_s, "predicted": len(dev)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "threads": torch.get_num_threads(),
+                "train_s": train_s,
+                "steps": len(batches) - 1,
+                "predict_s": predict_s,
+                "predicted": len(dev),
+            }
+        ),
+        flush=True,
+    )
 
 
 SCENARIOS = {  # name -> (processes, OMP_NUM_THREADS or None for torch's default)
@@ -96,18 +107,22 @@ def run_scenario(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--steps", str(args.steps), "--predict", str(args.predict)]
     cmd += ["--encoder", args.encoder] if args.encoder else []
     cmd += ["--data-root", args.data_root] if args.data_root else []
-    workers = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(procs)]
+    workers = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(procs)
+    ]
     outs = []
     for w in workers:
         out, err = w.communicate()
         if w.returncode != 0:
             raise RuntimeError(f"worker of {name!r} failed:\n{err[-2000:]}")
         outs.append(json.loads(out.strip().splitlines()[-1]))
-    return {"threads": outs[0]["threads"], "processes": procs,
-            "step_s": statistics.mean(o["train_s"] / o["steps"] for o in outs),
-            "train_examples_per_s": sum(32 * o["steps"] / o["train_s"] for o in outs),
-            "predict_examples_per_s": sum(o["predicted"] / o["predict_s"] for o in outs)}
+    return {
+        "threads": outs[0]["threads"],
+        "processes": procs,
+        "step_s": statistics.mean(o["train_s"] / o["steps"] for o in outs),
+        "train_examples_per_s": sum(32 * o["steps"] / o["train_s"] for o in outs),
+        "predict_examples_per_s": sum(o["predicted"] / o["predict_s"] for o in outs),
+    }
 
 
 def main() -> None:
@@ -136,24 +151,53 @@ def main() -> None:
         for name in names:
             t0 = time.perf_counter()
             runs[name].append(run_scenario(name, args))
-            print(f"  round {r + 1}/{args.rounds} {name:<36} {runs[name][-1]['step_s']:.3f} s/step "
-                  f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"  round {r + 1}/{args.rounds} {name:<36} {runs[name][-1]['step_s']:.3f} s/step "
+                f"({time.perf_counter() - t0:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def median(name, key):
         return statistics.median(x[key] for x in runs[name])
 
-    rows = [[n, runs[n][0]["processes"], runs[n][0]["threads"], median(n, "step_s"), median(n, "train_examples_per_s"),
-             median(n, "predict_examples_per_s")] for n in names]
-    table = md_table(["scenario", "processes", "torch threads each", "s / step (each)", "train ex/s (all)",
-                      "predict ex/s (all)"], rows)
+    rows = [
+        [
+            n,
+            runs[n][0]["processes"],
+            runs[n][0]["threads"],
+            median(n, "step_s"),
+            median(n, "train_examples_per_s"),
+            median(n, "predict_examples_per_s"),
+        ]
+        for n in names
+    ]
+    table = md_table(
+        ["scenario", "processes", "torch threads each", "s / step (each)", "train ex/s (all)", "predict ex/s (all)"],
+        rows,
+    )
     print(table)
-    doc = {"benchmark": "threads", "machine": machine_info(),
-           "settings": {"steps": args.steps, "predict": args.predict, "rounds": args.rounds, "batch": 32,
-                        "encoder": args.encoder or "default"},
-           "scenarios": {n: {"runs": runs[n], "median_step_s": median(n, "step_s"),
-                             "median_train_examples_per_s": median(n, "train_examples_per_s"),
-                             "median_predict_examples_per_s": median(n, "predict_examples_per_s")} for n in names},
-           "tables": [table]}
+    doc = {
+        "benchmark": "threads",
+        "machine": machine_info(),
+        "settings": {
+            "steps": args.steps,
+            "predict": args.predict,
+            "rounds": args.rounds,
+            "batch": 32,
+            "encoder": args.encoder or "default",
+        },
+        "scenarios": {
+            n: {
+                "runs": runs[n],
+                "median_step_s": median(n, "step_s"),
+                "median_train_examples_per_s": median(n, "train_examples_per_s"),
+                "median_predict_examples_per_s": median(n, "predict_examples_per_s"),
+            }
+            for n in names
+        },
+        "tables": [table],
+    }
     print(f"wrote {write_json(Path(args.out), 'threads', doc)}")
 
 

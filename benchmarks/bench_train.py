@@ -35,8 +35,20 @@ from train_subsets import fixed_train_sets
 from trainer_contender import hf_features, run_trainer
 
 NAME = "train"
-KEYS = ["examples_per_s", "tokens_per_s", "padded_tokens_per_s", "padding_fraction", "seconds", "first_step_s",
-        "steady_examples_per_s", "startup_s", "teardown_s", "steps", "examples", "tokens"]
+KEYS = [
+    "examples_per_s",
+    "tokens_per_s",
+    "padded_tokens_per_s",
+    "padding_fraction",
+    "seconds",
+    "first_step_s",
+    "steady_examples_per_s",
+    "startup_s",
+    "teardown_s",
+    "steps",
+    "examples",
+    "tokens",
+]
 
 
 def workloads(env) -> dict[str, tuple[list[str], int]]:
@@ -54,8 +66,10 @@ def contenders(env, loads: dict) -> list[tuple[str, object]]:
         if (key, r) not in plans:
             steps = mode.warmup_steps if r < 0 else mode.train_steps
             train_sets = fixed_train_sets(env, loads[key][0], steps, seed=1000 + r)
-            plans[(key, r)] = (train_sets, [(train_sets[t].data, idx)
-                                            for t, idx in mtkd_batches(env, train_sets, seed=1000 + r)])
+            plans[(key, r)] = (
+                train_sets,
+                [(train_sets[t].data, idx) for t, idx in mtkd_batches(env, train_sets, seed=1000 + r)],
+            )
         return plans[(key, r)]
 
     def mtkd_fn(key):
@@ -66,8 +80,10 @@ def contenders(env, loads: dict) -> list[tuple[str, object]]:
             _, batches = plan(key, r)
             num_labels = loads[key][1]
             feats = hf_features(batches, pad_to=None if dynamic else env.cfg.data.max_seq_len, num_labels=num_labels)
-            return run_trainer(env, feats, len(batches), seed=1000 + r, dynamic=dynamic, num_labels=num_labels,
-                               sampling=sampling)
+            return run_trainer(
+                env, feats, len(batches), seed=1000 + r, dynamic=dynamic, num_labels=num_labels, sampling=sampling
+            )
+
         return fn
 
     out = []
@@ -91,18 +107,42 @@ def ratios_of(runs: dict, loads: dict, padded_per_task: bool) -> tuple[dict, dic
         ratios[f"train_vs_trainer_dynamic_{key}"] = paired_ratio(runs[f"{key}:mtkd"], runs[f"{key}:trainer_dynamic"])
         what[f"train_vs_trainer_dynamic_{key}"] = "mtkd / Trainer dynamic padding, same batches"
         if f"{key}:trainer_group_by_length" in runs:
-            ratios[f"train_vs_trainer_group_by_length_{key}"] = paired_ratio(runs[f"{key}:mtkd"], runs[f"{key}:trainer_group_by_length"])
-            what[f"train_vs_trainer_group_by_length_{key}"] = "mtkd / Trainer group_by_length on the subset (informative)"
+            ratios[f"train_vs_trainer_group_by_length_{key}"] = paired_ratio(
+                runs[f"{key}:mtkd"], runs[f"{key}:trainer_group_by_length"]
+            )
+            what[f"train_vs_trainer_group_by_length_{key}"] = (
+                "mtkd / Trainer group_by_length on the subset (informative)"
+            )
     return ratios, what
 
 
 def contender_table(summaries: dict) -> str:
-    rows = [[name, median_range(s["examples_per_s"]), median_range(s["tokens_per_s"]), median_range(s["padded_tokens_per_s"]),
-             f"{s['padding_fraction']['median']:.0%}", median_range(s["first_step_s"]), median_range(s["startup_s"]),
-             median_range(s["teardown_s"])]
-            for name, s in summaries.items()]
-    return md_table(["contender", "examples/s", "tokens/s (real)", "tokens/s (padded)", "padding", "first step s",
-                     "start-up s", "tear-down s"], rows)
+    rows = [
+        [
+            name,
+            median_range(s["examples_per_s"]),
+            median_range(s["tokens_per_s"]),
+            median_range(s["padded_tokens_per_s"]),
+            f"{s['padding_fraction']['median']:.0%}",
+            median_range(s["first_step_s"]),
+            median_range(s["startup_s"]),
+            median_range(s["teardown_s"]),
+        ]
+        for name, s in summaries.items()
+    ]
+    return md_table(
+        [
+            "contender",
+            "examples/s",
+            "tokens/s (real)",
+            "tokens/s (padded)",
+            "padding",
+            "first step s",
+            "start-up s",
+            "tear-down s",
+        ],
+        rows,
+    )
 
 
 def run(env) -> dict:
@@ -111,8 +151,10 @@ def run(env) -> dict:
     runs = interleave(contenders(env, loads), mode.repeats, warmup=mode.warmup_round, label=NAME)
 
     # the dynamic Trainer was fed mtkd's batches: check it really ran the same shapes, then drop them
-    same_batches = {key: all(a["shapes"] == b["shapes"] for a, b in zip(runs[f"{key}:mtkd"], runs[f"{key}:trainer_dynamic"]))
-                    for key in loads}
+    same_batches = {
+        key: all(a["shapes"] == b["shapes"] for a, b in zip(runs[f"{key}:mtkd"], runs[f"{key}:trainer_dynamic"]))
+        for key in loads
+    }
     for rs in runs.values():
         for r in rs:
             r.pop("shapes", None)
@@ -120,16 +162,25 @@ def run(env) -> dict:
     ratios, what = ratios_of(runs, loads, mode.padded_per_task)
     summaries = {name: summarize(rs, KEYS) for name, rs in runs.items()}
     t1, t2 = contender_table(summaries), ratio_table(ratios, what)
-    title = (f"## Training throughput ({env.encoder_label}; batch {BATCH}, {mode.train_steps} timed steps, "
-             f"{mode.repeats} rounds interleaved, median (min-max), {env.threads} threads)")
+    title = (
+        f"## Training throughput ({env.encoder_label}; batch {BATCH}, {mode.train_steps} timed steps, "
+        f"{mode.repeats} rounds interleaved, median (min-max), {env.threads} threads)"
+    )
     print(f"\n{title}\n\n{t1}\n\n{t2}\n", flush=True)
-    settings = {"batch_size": BATCH, "optimizer": "Adamax", "lr": 2e-4, "precision": "fp32",
-                "timed_steps": mode.train_steps, "warmup_round_steps": mode.warmup_steps, "rounds": mode.repeats,
-                "workloads": {k: v[0] for k, v in loads.items()},
-                "trainer_padded_shared_across_tasks": not mode.padded_per_task,
-                "trainer_dynamic_same_batches_as_mtkd": same_batches,
-                "mtl_trainer_note": "Trainer runs the MTL mix's examples as one single-task run with one 3-way head",
-                "timing": "first forward start -> last optimizer step end; same examples for every contender of a round"}
+    settings = {
+        "batch_size": BATCH,
+        "optimizer": "Adamax",
+        "lr": 2e-4,
+        "precision": "fp32",
+        "timed_steps": mode.train_steps,
+        "warmup_round_steps": mode.warmup_steps,
+        "rounds": mode.repeats,
+        "workloads": {k: v[0] for k, v in loads.items()},
+        "trainer_padded_shared_across_tasks": not mode.padded_per_task,
+        "trainer_dynamic_same_batches_as_mtkd": same_batches,
+        "mtl_trainer_note": "Trainer runs the MTL mix's examples as one single-task run with one 3-way head",
+        "timing": "first forward start -> last optimizer step end; same examples for every contender of a round",
+    }
     return bench_document(env, NAME, settings, summaries, ratios, [title, t1, t2], what=what)
 
 

@@ -88,8 +88,10 @@ def infer_batches(data, task: str, split, indices) -> list[tuple[str, int, int]]
     from mtkd.inference import length_batches
 
     lens = split.lengths[indices]
-    return [(task, len(sel), int(lens[sel].max()))
-            for sel in length_batches(lens, data.cfg.predict.batch_size, data.cfg.predict.max_tokens)]
+    return [
+        (task, len(sel), int(lens[sel].max()))
+        for sel in length_batches(lens, data.cfg.predict.batch_size, data.cfg.predict.max_tokens)
+    ]
 
 
 def plan(data, seed: int, pad: int) -> list[dict]:
@@ -102,8 +104,12 @@ def plan(data, seed: int, pad: int) -> list[dict]:
     def training_run(task_list, cfg_):
         batches = train_batches(data, task_list, cfg_, seed, pad)
         steps = total_steps(cfg_, len(batches))
-        return {"batches": batches, "epochs": cfg_.epochs, "steps": steps,
-                "checkpoints": steps // cfg_.checkpoint_every + math.ceil(cfg_.epochs)}
+        return {
+            "batches": batches,
+            "epochs": cfg_.epochs,
+            "steps": steps,
+            "checkpoints": steps // cfg_.checkpoint_every + math.ceil(cfg_.epochs),
+        }
 
     def finetunes(task_list, cfg_):  # one run per task
         return [training_run([t], cfg_) for t in task_list]
@@ -111,8 +117,9 @@ def plan(data, seed: int, pad: int) -> list[dict]:
     mtl_run = training_run(data.train_tasks(), cfg.mtl)
 
     def dev_batches(task_list):
-        return [b for t in task_list for split, idx in data.dev_sets(t).values()
-                for b in infer_batches(data, t, split, idx)]
+        return [
+            b for t in task_list for split, idx in data.dev_sets(t).values() for b in infer_batches(data, t, split, idx)
+        ]
 
     n_cand = len(kd.seeded_candidates(seed))
     teacher_infer = []
@@ -123,11 +130,12 @@ def plan(data, seed: int, pad: int) -> list[dict]:
         {"stage": "single_task", "train": finetunes(tasks, cfg.mtl), "infer": dev_batches(tasks)},
         {"stage": "mtl", "train": [mtl_run], "infer": []},
         {"stage": "finetune", "train": finetunes(tasks, cfg.finetune), "infer": dev_batches(tasks)},
-        {"stage": "teach", "train": [mtl_run] * n_cand
-         + finetunes(list(kd.teacher_tasks), cfg.finetune) * kd.top_k,
-         "infer": dev_batches(kd.select_by or kd.teacher_tasks) * n_cand + teacher_infer},
-        {"stage": "distill", "train": [mtl_run] + finetunes(tasks, cfg.finetune),
-         "infer": dev_batches(tasks)},
+        {
+            "stage": "teach",
+            "train": [mtl_run] * n_cand + finetunes(list(kd.teacher_tasks), cfg.finetune) * kd.top_k,
+            "infer": dev_batches(kd.select_by or kd.teacher_tasks) * n_cand + teacher_infer,
+        },
+        {"stage": "distill", "train": [mtl_run] + finetunes(tasks, cfg.finetune), "infer": dev_batches(tasks)},
     ]
 
 
@@ -141,18 +149,48 @@ def tiny_twin(data):
 
     path = resolve_encoder(data.cfg.encoder.name)
     full = AutoConfig.from_pretrained(path)
-    tiny = AutoConfig.from_pretrained(path, hidden_size=4 * full.num_attention_heads, intermediate_size=8 * full.num_attention_heads)
+    tiny = AutoConfig.from_pretrained(
+        path, hidden_size=4 * full.num_attention_heads, intermediate_size=8 * full.num_attention_heads
+    )
     model = use_torch_dropout(MTModel(load_encoder(tiny, None), data.specs, None, encoder_name="tiny-twin"))
     return model, full
 
 
 # operators that only make views or allocate: no kernel on a GPU
-NO_KERNEL = {"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::as_strided", "aten::view",
-             "aten::_unsafe_view", "aten::_reshape_alias", "aten::reshape", "aten::resolve_conj", "aten::resolve_neg",
-             "aten::expand", "aten::transpose", "aten::permute", "aten::t", "aten::unsqueeze", "aten::squeeze",
-             "aten::slice", "aten::select", "aten::detach", "aten::alias", "aten::lift_fresh", "aten::split",
-             "aten::unbind", "aten::chunk", "aten::_local_scalar_dense", "aten::item", "aten::is_nonzero",
-             "aten::result_type", "aten::set_", "aten::to", "aten::_to_copy", "aten::contiguous"}
+NO_KERNEL = {
+    "aten::empty",
+    "aten::empty_strided",
+    "aten::empty_like",
+    "aten::as_strided",
+    "aten::view",
+    "aten::_unsafe_view",
+    "aten::_reshape_alias",
+    "aten::reshape",
+    "aten::resolve_conj",
+    "aten::resolve_neg",
+    "aten::expand",
+    "aten::transpose",
+    "aten::permute",
+    "aten::t",
+    "aten::unsqueeze",
+    "aten::squeeze",
+    "aten::slice",
+    "aten::select",
+    "aten::detach",
+    "aten::alias",
+    "aten::lift_fresh",
+    "aten::split",
+    "aten::unbind",
+    "aten::chunk",
+    "aten::_local_scalar_dense",
+    "aten::item",
+    "aten::is_nonzero",
+    "aten::result_type",
+    "aten::set_",
+    "aten::to",
+    "aten::_to_copy",
+    "aten::contiguous",
+}
 MULTI_TENSOR_CHUNK = 48  # tensors per launch of a CUDA foreach kernel with 3-4 tensor lists
 
 
@@ -180,8 +218,15 @@ def count_kernels(fn, before=None, foreach_chunks: int = 1) -> int:
         fn()
     events = prof.events()
     top_foreach = sum(1 for e in events if e.name.startswith("aten::_foreach_") and not _under_foreach(e))
-    leaf = sum(1 for e in events if e.name.startswith("aten::") and not e.cpu_children and e.name not in NO_KERNEL
-               and not _under_foreach(e) and not e.name.startswith("aten::_foreach_"))
+    leaf = sum(
+        1
+        for e in events
+        if e.name.startswith("aten::")
+        and not e.cpu_children
+        and e.name not in NO_KERNEL
+        and not _under_foreach(e)
+        and not e.name.startswith("aten::_foreach_")
+    )
     return leaf + top_foreach * foreach_chunks
 
 
@@ -222,13 +267,16 @@ def host_times(model, task: str, steps: int) -> dict:
     def zero_grad():
         optimizer.zero_grad(set_to_none=True)
 
-    out = {"forward_backward_ms": median_ms(forward_backward, steps, before=zero_grad),
-           "clip_adamax_ms": median_ms(clip_and_update, steps, before=forward_backward),
-           "infer_batch_ms": median_ms(infer_batch, steps),
-           "param_tensors": len(params)}
+    out = {
+        "forward_backward_ms": median_ms(forward_backward, steps, before=zero_grad),
+        "clip_adamax_ms": median_ms(clip_and_update, steps, before=forward_backward),
+        "infer_batch_ms": median_ms(infer_batch, steps),
+        "param_tensors": len(params),
+    }
     out["forward_backward_kernels"] = count_kernels(forward_backward, before=zero_grad)
-    out["clip_adamax_kernels"] = count_kernels(clip_and_update, before=forward_backward,
-                                               foreach_chunks=math.ceil(len(params) / MULTI_TENSOR_CHUNK))
+    out["clip_adamax_kernels"] = count_kernels(
+        clip_and_update, before=forward_backward, foreach_chunks=math.ceil(len(params) / MULTI_TENSOR_CHUNK)
+    )
     out["infer_batch_kernels"] = count_kernels(infer_batch)
     return out
 
@@ -266,8 +314,12 @@ def save_times(data, folder: Path) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "glue-kd-gpu.yaml")
-    ap.add_argument("--tflops", type=float, default=150.0,
-                    help="assumed sustained bf16 TFLOP/s of the GPU on these shapes (H100 SXM peak: 989 dense)")
+    ap.add_argument(
+        "--tflops",
+        type=float,
+        default=150.0,
+        help="assumed sustained bf16 TFLOP/s of the GPU on these shapes (H100 SXM peak: 989 dense)",
+    )
     ap.add_argument("--launch-us", type=float, default=4.0, help="assumed host microseconds per CUDA kernel launch")
     ap.add_argument("--host-steps", type=int, default=20)
     ap.add_argument("--json", type=Path, default=REPO / "results" / "bench" / "gpu_estimate.json")
@@ -304,10 +356,20 @@ def host_step_seconds(host: dict, launch_us: float) -> dict:
     lower: clip + Adamax as the CUDA multi-tensor kernels only, and half the launch cost."""
     train_kernels = host["forward_backward_kernels"] + host["clip_adamax_kernels"]
     return {
-        "upper": ((host["collate_ms"] + host["forward_backward_ms"] + host["clip_adamax_ms"] + train_kernels * launch_us / 1000) / 1000,
-                  (host["infer_batch_ms"] + host["infer_batch_kernels"] * launch_us / 1000) / 1000),
-        "lower": ((host["collate_ms"] + host["forward_backward_ms"] + train_kernels * launch_us / 2000) / 1000,
-                  (host["infer_batch_ms"] + host["infer_batch_kernels"] * launch_us / 2000) / 1000),
+        "upper": (
+            (
+                host["collate_ms"]
+                + host["forward_backward_ms"]
+                + host["clip_adamax_ms"]
+                + train_kernels * launch_us / 1000
+            )
+            / 1000,
+            (host["infer_batch_ms"] + host["infer_batch_kernels"] * launch_us / 1000) / 1000,
+        ),
+        "lower": (
+            (host["collate_ms"] + host["forward_backward_ms"] + train_kernels * launch_us / 2000) / 1000,
+            (host["infer_batch_ms"] + host["infer_batch_kernels"] * launch_us / 2000) / 1000,
+        ),
     }
 
 
@@ -325,12 +387,22 @@ def estimate(measured: dict, flops: tuple[float, float], tflops: float, train_ho
         # every run trains `epochs` passes over its batch list: scale one epoch's GPU time
         train_gpu = sum(gpu_s(r["batches"], 3) * r["steps"] / len(r["batches"]) for r in st["train"])
         infer_gpu = gpu_s(st["infer"], 1)
-        saves_s = (sum(r["checkpoints"] for r in st["train"]) * saves["checkpoint_s"]
-                   + len(st["train"]) * saves["save_model_s"])
-        d = {"stage": st["stage"], "training_runs": len(st["train"]), "train_steps": steps,
-             "train_examples": sum(sum(b[1] for b in r["batches"]) * r["epochs"] for r in st["train"]),
-             "infer_batches": len(st["infer"]), "train_gpu_s": train_gpu, "train_host_s": steps * train_host_s,
-             "infer_gpu_s": infer_gpu, "infer_host_s": len(st["infer"]) * infer_host_s, "saves_s": saves_s}
+        saves_s = (
+            sum(r["checkpoints"] for r in st["train"]) * saves["checkpoint_s"]
+            + len(st["train"]) * saves["save_model_s"]
+        )
+        d = {
+            "stage": st["stage"],
+            "training_runs": len(st["train"]),
+            "train_steps": steps,
+            "train_examples": sum(sum(b[1] for b in r["batches"]) * r["epochs"] for r in st["train"]),
+            "infer_batches": len(st["infer"]),
+            "train_gpu_s": train_gpu,
+            "train_host_s": steps * train_host_s,
+            "infer_gpu_s": infer_gpu,
+            "infer_host_s": len(st["infer"]) * infer_host_s,
+            "saves_s": saves_s,
+        }
         d["seconds"] = d["train_gpu_s"] + d["train_host_s"] + d["infer_gpu_s"] + d["infer_host_s"] + saves_s
         total += d["seconds"]
         out.append(d)
@@ -339,21 +411,48 @@ def estimate(measured: dict, flops: tuple[float, float], tflops: float, train_ho
 
 def print_report(args, measured: dict, host_s: dict, stages: list[dict], total: float, total_lower: float) -> None:
     host, saves, tokenise_s = measured["host"], measured["saves"], measured["tokenise_s"]
-    rows = [[d["stage"], d["training_runs"], d["train_steps"], d["infer_batches"], f"{d['train_gpu_s']:.0f}",
-             f"{d['train_host_s']:.0f}", f"{d['infer_gpu_s'] + d['infer_host_s']:.0f}", f"{d['saves_s']:.0f}",
-             f"{d['seconds'] / 60:.1f}"] for d in stages]
+    rows = [
+        [
+            d["stage"],
+            d["training_runs"],
+            d["train_steps"],
+            d["infer_batches"],
+            f"{d['train_gpu_s']:.0f}",
+            f"{d['train_host_s']:.0f}",
+            f"{d['infer_gpu_s'] + d['infer_host_s']:.0f}",
+            f"{d['saves_s']:.0f}",
+            f"{d['seconds'] / 60:.1f}",
+        ]
+        for d in stages
+    ]
     rows.append(["tokenise (measured)", "", "", "", "", "", "", "", f"{tokenise_s / 60:.1f}"])
     rows.append(["**total**", "", sum(d["train_steps"] for d in stages), "", "", "", "", "", f"**{total / 60:.1f}**"])
     print(f"## Estimated time of {args.config.name} on one GPU\n")
-    print(f"assumed: {args.tflops:.0f} TFLOP/s sustained bf16, {args.launch_us:.0f} us per kernel launch; measured here: "
-          f"host {host['collate_ms']:.2f} ms collate, {host['forward_backward_ms']:.1f} ms forward + backward "
-          f"({host['forward_backward_kernels']} kernels) and "
-          f"{host['clip_adamax_ms']:.1f} ms clip + Adamax ({host['clip_adamax_kernels']} kernels) per training step, "
-          f"{host['infer_batch_ms']:.1f} ms per inference batch ({host['infer_batch_kernels']} kernels); "
-          f"{host_s['upper'][0] * 1000:.1f} ms per step with launches (lower bound {host_s['lower'][0] * 1000:.1f}), "
-          f"checkpoint {saves['checkpoint_s']:.2f} s, model save {saves['save_model_s']:.2f} s, tokenising {tokenise_s:.0f} s\n")
-    print(md_table(["stage", "training runs", "steps", "inference batches", "train GPU s", "train host s",
-                    "inference s", "saves s", "minutes"], rows))
+    print(
+        f"assumed: {args.tflops:.0f} TFLOP/s sustained bf16, {args.launch_us:.0f} us per kernel launch; measured here: "
+        f"host {host['collate_ms']:.2f} ms collate, {host['forward_backward_ms']:.1f} ms forward + backward "
+        f"({host['forward_backward_kernels']} kernels) and "
+        f"{host['clip_adamax_ms']:.1f} ms clip + Adamax ({host['clip_adamax_kernels']} kernels) per training step, "
+        f"{host['infer_batch_ms']:.1f} ms per inference batch ({host['infer_batch_kernels']} kernels); "
+        f"{host_s['upper'][0] * 1000:.1f} ms per step with launches (lower bound {host_s['lower'][0] * 1000:.1f}), "
+        f"checkpoint {saves['checkpoint_s']:.2f} s, model save {saves['save_model_s']:.2f} s, tokenising {tokenise_s:.0f} s\n"
+    )
+    print(
+        md_table(
+            [
+                "stage",
+                "training runs",
+                "steps",
+                "inference batches",
+                "train GPU s",
+                "train host s",
+                "inference s",
+                "saves s",
+                "minutes",
+            ],
+            rows,
+        )
+    )
     print(f"\ntotal: {total_lower / 60:.1f}-{total / 60:.1f} minutes (lower bound - the table's upper bound)")
 
 
@@ -368,13 +467,25 @@ def main(argv=None) -> int:
     stages, total = estimate(measured, flops, tflops, *host_s["upper"])
     _, total_lower = estimate(measured, flops, tflops, *host_s["lower"])
     print_report(args, measured, host_s, stages, total, total_lower)
-    doc = {"benchmark": "gpu_estimate", "machine": machine_info(), "config": str(args.config.relative_to(REPO))
-           if args.config.is_relative_to(REPO) else str(args.config),
-           "assumed": {"tflops": args.tflops, "launch_us": args.launch_us},
-           "measured": {**measured["host"], **measured["saves"], "tokenise_s": measured["tokenise_s"], "host_batch_shape": list(HOST_BATCH_SHAPE)},
-           "flops_per_token_forward": flops[0], "attention_flops_per_token_per_length": flops[1],
-           "host_step_s": {k: {"train": v[0], "infer_batch": v[1]} for k, v in host_s.items()},
-           "stages": stages, "total_s": total, "total_min": total / 60, "total_min_lower": total_lower / 60}
+    doc = {
+        "benchmark": "gpu_estimate",
+        "machine": machine_info(),
+        "config": str(args.config.relative_to(REPO)) if args.config.is_relative_to(REPO) else str(args.config),
+        "assumed": {"tflops": args.tflops, "launch_us": args.launch_us},
+        "measured": {
+            **measured["host"],
+            **measured["saves"],
+            "tokenise_s": measured["tokenise_s"],
+            "host_batch_shape": list(HOST_BATCH_SHAPE),
+        },
+        "flops_per_token_forward": flops[0],
+        "attention_flops_per_token_per_length": flops[1],
+        "host_step_s": {k: {"train": v[0], "infer_batch": v[1]} for k, v in host_s.items()},
+        "stages": stages,
+        "total_s": total,
+        "total_min": total / 60,
+        "total_min_lower": total_lower / 60,
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=1))
     print(f"\nwrote {args.json}")

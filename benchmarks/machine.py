@@ -46,8 +46,11 @@ def warn_if_busy(mode_name: str) -> None:
     except OSError:
         load1 = 0.0
     if mode_name != "smoke" and load1 > 0.5:
-        print(f"WARNING: the machine is not idle (1-minute load average {load1:.2f}); timings will be distorted",
-              file=sys.stderr, flush=True)
+        print(
+            f"WARNING: the machine is not idle (1-minute load average {load1:.2f}); timings will be distorted",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _cpu_model_and_flags() -> tuple[str, str]:
@@ -75,10 +78,17 @@ def machine_info() -> dict:
     except OSError:
         load = None
     return {
-        "cpu": cpu, "cpu_flags": flags, "logical_cpus": os.cpu_count(), "usable_cpus": usable_cpus,
-        "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "torch": torch.__version__,
-        "transformers": transformers.__version__, "python": platform.python_version(),
-        "platform": platform.platform(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable_cpus,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "loadavg_at_start": load,
     }

@@ -17,7 +17,7 @@ from timing import StepClock
 def mtkd_train_config(env: Env, steps: int):
     """The config's MTL settings (Adamax, lr 2e-4, clip 1.0, bucket 50, warm-up 0.1), max_steps=steps;
     no checkpoint inside the timed steps (the final one is tear-down, timed apart)."""
-    return env.cfg.mtl.model_copy(update=dict(batch_size=BATCH, lr=LR, max_steps=steps, checkpoint_every=10 ** 9))
+    return env.cfg.mtl.model_copy(update=dict(batch_size=BATCH, lr=LR, max_steps=steps, checkpoint_every=10**9))
 
 
 def _steps_of(train_sets: dict) -> int:

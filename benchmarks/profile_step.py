@@ -51,8 +51,11 @@ def models_with_optimizers() -> dict:
     from mtkd.tasks import glue_tasks
 
     fast = MTModel.from_encoder("default", {"SST-2": glue_tasks()["SST-2"]}).train()
-    models = {"torch_dropout": with_torch_dropout(fast).train(), "mtkd_fast_dropout": fast,
-              "no_dropout_reference": without_dropout(fast).train()}
+    models = {
+        "torch_dropout": with_torch_dropout(fast).train(),
+        "mtkd_fast_dropout": fast,
+        "no_dropout_reference": without_dropout(fast).train(),
+    }
     state = {}
     for name, model in models.items():
         params = [p for p in model.parameters() if p.requires_grad]
@@ -76,10 +79,10 @@ def time_parts(state: dict, inputs: tuple, labels, repeats: int) -> dict:
             optimizer.zero_grad(set_to_none=True)
             t4 = time.perf_counter()
             if i >= 2:
-                for k, v in zip(PARTS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                for k, v in zip(PARTS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                     times[name][k].append(v * 1000)
     for name in state:
-        times[name]["total"] = [sum(parts) for parts in zip(*(times[name][k] for k in PARTS))]
+        times[name]["total"] = [sum(parts) for parts in zip(*(times[name][k] for k in PARTS), strict=True)]
     return times
 
 
@@ -87,8 +90,11 @@ def print_breakdown(times: dict, med: dict) -> None:
     names = list(times)
     print("| part | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     for k in (*PARTS, "total"):
-        print(f"| {k} | " + " | ".join(f"{med[n][k]:.1f} ({min(times[n][k]):.1f}-{max(times[n][k]):.1f})"
-                                       for n in names) + " |")
+        print(
+            f"| {k} | "
+            + " | ".join(f"{med[n][k]:.1f} ({min(times[n][k]):.1f}-{max(times[n][k]):.1f})" for n in names)
+            + " |"
+        )
 
 
 def top_operators(state: dict, inputs: tuple) -> dict:
@@ -126,19 +132,35 @@ def main() -> None:
     labels = torch.randint(0, 2, (args.batch,), generator=g)
     times = time_parts(state, inputs, labels, args.repeats)
     med = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
-    print(f"## Step at batch {args.batch} x {args.width} ({args.threads} threads, median (min-max) ms of "
-          f"{args.repeats}, interleaved)\n")
+    print(
+        f"## Step at batch {args.batch} x {args.width} ({args.threads} threads, median (min-max) ms of "
+        f"{args.repeats}, interleaved)\n"
+    )
     print_breakdown(times, med)
     ratio = med["torch_dropout"]["total"] / med["mtkd_fast_dropout"]["total"]
     print(f"\nstep-time ratio torch_dropout / mtkd_fast_dropout: {ratio:.2f}\n")
     tops = top_operators(state, inputs)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "benchmark": "profile_step", "machine": machine_info(),
-            "settings": {"batch": args.batch, "width": args.width, "threads": args.threads, "repeats": args.repeats},
-            "ms": times, "median_ms": med, "ratios": {"step_torch_dropout_over_fast_dropout": ratio},
-            "forward_top_ops_ms": tops}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "benchmark": "profile_step",
+                    "machine": machine_info(),
+                    "settings": {
+                        "batch": args.batch,
+                        "width": args.width,
+                        "threads": args.threads,
+                        "repeats": args.repeats,
+                    },
+                    "ms": times,
+                    "median_ms": med,
+                    "ratios": {"step_torch_dropout_over_fast_dropout": ratio},
+                    "forward_top_ops_ms": tops,
+                },
+                indent=1,
+            )
+        )
         print(f"wrote {args.json}")
 
 

@@ -49,7 +49,9 @@ def combined_document(env, docs: dict, errors: dict, walls: dict, total_s: float
     """bench.json: every ratio and target at the top level, then every benchmark's document."""
     ratio_stats = {k: v for d in docs.values() for k, v in d["ratio_stats"].items()}
     combined = {
-        "mode": env.mode.name, "machine": machine_info(), "encoder": env.encoder_label,
+        "mode": env.mode.name,
+        "machine": machine_info(),
+        "encoder": env.encoder_label,
         "ratios": {k: v["median"] for k, v in ratio_stats.items()},
         "ratio_stats": ratio_stats,
         "targets": {k: list(target_for(k)) for k in ratio_stats if target_for(k)},
@@ -84,8 +86,11 @@ def main(argv=None) -> int:
         p.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {BENCHMARKS}")
     t_start = time.perf_counter()
     env = make_env(args)
-    print(f"mtkd benchmarks, mode {env.mode.name}: encoder {env.encoder_label}, data {env.data_root}, "
-          f"{env.threads} torch threads, out {env.out_dir}", flush=True)
+    print(
+        f"mtkd benchmarks, mode {env.mode.name}: encoder {env.encoder_label}, data {env.data_root}, "
+        f"{env.threads} torch threads, out {env.out_dir}",
+        flush=True,
+    )
     try:
         docs, errors, walls = run_each(env, names)
     finally:

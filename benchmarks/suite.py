@@ -13,9 +13,9 @@ import dataclasses
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from machine import machine_info, warn_if_busy
 from reporting import target_for, write_json
@@ -58,17 +58,56 @@ class Mode:
 
 MODES = {
     # tiny random encoder, a handful of steps: checks the machinery, not the machine (seconds)
-    "smoke": Mode("smoke", repeats=1, warmup_round=False, warmup_steps=1, train_steps=2, padded_per_task=False,
-                  trainer_group_by_length=False, distill_steps=2, infer_examples=64, heads_examples=64,
-                  flops_steps=2, matmul_n=256, matmul_reps=3, rss_steps=3),
+    "smoke": Mode(
+        "smoke",
+        repeats=1,
+        warmup_round=False,
+        warmup_steps=1,
+        train_steps=2,
+        padded_per_task=False,
+        trainer_group_by_length=False,
+        distill_steps=2,
+        infer_examples=64,
+        heads_examples=64,
+        flops_steps=2,
+        matmul_n=256,
+        matmul_reps=3,
+        rss_steps=3,
+    ),
     # the real encoder; whole suite about 10 minutes on an idle 2-core machine (estimate)
-    "quick": Mode("quick", repeats=3, warmup_round=True, warmup_steps=3, train_steps=10, padded_per_task=False,
-                  trainer_group_by_length=False, distill_steps=8, infer_examples=1536, heads_examples=128,
-                  flops_steps=8, matmul_n=2048, matmul_reps=10, rss_steps=100),
+    "quick": Mode(
+        "quick",
+        repeats=3,
+        warmup_round=True,
+        warmup_steps=3,
+        train_steps=10,
+        padded_per_task=False,
+        trainer_group_by_length=False,
+        distill_steps=8,
+        infer_examples=1536,
+        heads_examples=128,
+        flops_steps=8,
+        matmul_n=2048,
+        matmul_reps=10,
+        rss_steps=100,
+    ),
     # more rounds and steps (about 45-60 minutes on 2 cores, estimate)
-    "full": Mode("full", repeats=5, warmup_round=True, warmup_steps=5, train_steps=30, padded_per_task=True,
-                 trainer_group_by_length=True, distill_steps=24, infer_examples=4096, heads_examples=512,
-                 flops_steps=30, matmul_n=2048, matmul_reps=20, rss_steps=300),
+    "full": Mode(
+        "full",
+        repeats=5,
+        warmup_round=True,
+        warmup_steps=5,
+        train_steps=30,
+        padded_per_task=True,
+        trainer_group_by_length=True,
+        distill_steps=24,
+        infer_examples=4096,
+        heads_examples=512,
+        flops_steps=30,
+        matmul_n=2048,
+        matmul_reps=20,
+        rss_steps=300,
+    ),
 }
 
 
@@ -108,6 +147,7 @@ def quiet_hf():
     except AttributeError:
         pass
     import logging
+
     logging.getLogger("mtkd").setLevel(logging.WARNING)
 
 
@@ -178,9 +218,13 @@ def close_env(env: Env) -> None:
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--quick", dest="mode", action="store_const", const="quick", help="default: about 10 minutes on 2 idle cores")
+    g.add_argument(
+        "--quick", dest="mode", action="store_const", const="quick", help="default: about 10 minutes on 2 idle cores"
+    )
     g.add_argument("--full", dest="mode", action="store_const", const="full", help="more repeats and steps")
-    g.add_argument("--smoke", dest="mode", action="store_const", const="smoke", help="tiny random encoder, seconds (tests)")
+    g.add_argument(
+        "--smoke", dest="mode", action="store_const", const="smoke", help="tiny random encoder, seconds (tests)"
+    )
     p.set_defaults(mode="quick")
     p.add_argument("--out", help=f"output folder (default {DEFAULT_OUT.relative_to(REPO)})")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's default, all cores)")
@@ -192,13 +236,26 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------------ the document
-def bench_document(env: Env, name: str, settings: dict, contenders: dict, ratios: dict, tables: list[str],
-                   what: dict | None = None, **extra) -> dict:
+def bench_document(
+    env: Env,
+    name: str,
+    settings: dict,
+    contenders: dict,
+    ratios: dict,
+    tables: list[str],
+    what: dict | None = None,
+    **extra,
+) -> dict:
     """The JSON document of one benchmark: every measured number, plus `ratios` (key -> median) and
     `ratio_stats` (key -> median/min/max/values) and the targets."""
     return {
-        "benchmark": name, "mode": env.mode.name, "machine": machine_info(), "encoder": env.encoder_label,
-        "encoder_path": env.encoder, "config": str(CONFIG.relative_to(REPO)), "data_root": str(env.data_root),
+        "benchmark": name,
+        "mode": env.mode.name,
+        "machine": machine_info(),
+        "encoder": env.encoder_label,
+        "encoder_path": env.encoder,
+        "config": str(CONFIG.relative_to(REPO)),
+        "data_root": str(env.data_root),
         "settings": {"mode": dataclasses.asdict(env.mode), **settings},
         "contenders": contenders,
         "ratios": {k: v["median"] for k, v in ratios.items()},

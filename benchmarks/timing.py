@@ -11,15 +11,20 @@ import gc
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def stats(values) -> dict:
     vals = [float(v) for v in values]
     if not vals:
         return {"median": None, "min": None, "max": None, "n": 0, "values": []}
-    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals),
-            "values": [round(v, 6) for v in vals]}
+    return {
+        "median": statistics.median(vals),
+        "min": min(vals),
+        "max": max(vals),
+        "n": len(vals),
+        "values": [round(v, 6) for v in vals],
+    }
 
 
 def _progress(label: str, tag: str, name: str, res: dict, seconds: float) -> None:
@@ -28,8 +33,9 @@ def _progress(label: str, tag: str, name: str, res: dict, seconds: float) -> Non
     print(f"  [{label}] {tag:>11} {name:<28} {shown:<26} ({seconds:.1f} s)", file=sys.stderr, flush=True)
 
 
-def interleave(contenders: list[tuple[str, Callable[[int], dict]]], repeats: int, warmup: bool = True,
-               label: str = "") -> dict[str, list[dict]]:
+def interleave(
+    contenders: list[tuple[str, Callable[[int], dict]]], repeats: int, warmup: bool = True, label: str = ""
+) -> dict[str, list[dict]]:
     """Run the contenders A B C A B C ...: round -1 is a discarded warm-up, then rounds 0..repeats-1.
     fn(round) returns a dict of measurements; returns name -> list of the timed rounds' dicts."""
     out: dict[str, list[dict]] = {name: [] for name, _ in contenders}
@@ -53,7 +59,7 @@ def summarize(runs: list[dict], keys=None) -> dict:
 
 def paired_ratio(a: list[dict], b: list[dict], key: str = "examples_per_s") -> dict:
     """stats of a[r][key] / b[r][key] over rounds r (a and b ran in the same rounds)."""
-    return stats(x[key] / y[key] for x, y in zip(a, b))
+    return stats(x[key] / y[key] for x, y in zip(a, b, strict=True))
 
 
 class StepClock:
@@ -74,7 +80,9 @@ class StepClock:
         ids = kwargs.get("input_ids", args[0] if args else None)
         mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
         self.starts.append(time.perf_counter())
-        self.shapes.append((int(ids.shape[0]), int(ids.shape[1]), int(mask.sum()) if mask is not None else int(ids.numel())))
+        self.shapes.append(
+            (int(ids.shape[0]), int(ids.shape[1]), int(mask.sum()) if mask is not None else int(ids.numel()))
+        )
 
     def _post(self, opt, args, kwargs):
         self.ends.append(time.perf_counter())
@@ -105,12 +113,20 @@ class StepClock:
         padded = sum(s[0] * s[1] for s in shapes)
         after_first = self.ends[-1] - self.ends[0]
         return {
-            "steps": n, "examples": examples, "tokens": tokens, "padded_tokens": padded, "seconds": seconds,
-            "examples_per_s": examples / seconds, "tokens_per_s": tokens / seconds, "padded_tokens_per_s": padded / seconds,
+            "steps": n,
+            "examples": examples,
+            "tokens": tokens,
+            "padded_tokens": padded,
+            "seconds": seconds,
+            "examples_per_s": examples / seconds,
+            "tokens_per_s": tokens / seconds,
+            "padded_tokens_per_s": padded / seconds,
             "padding_fraction": 1.0 - tokens / padded,
             "first_step_s": self.ends[0] - self.starts[0],
-            "steady_examples_per_s": ((examples - shapes[0][0]) / after_first if n > 1 and after_first > 0
-                                      else examples / seconds),
-            "startup_s": self.starts[0] - self.call_start, "teardown_s": self.call_end - self.ends[-1],
+            "steady_examples_per_s": (
+                (examples - shapes[0][0]) / after_first if n > 1 and after_first > 0 else examples / seconds
+            ),
+            "startup_s": self.starts[0] - self.call_start,
+            "teardown_s": self.call_end - self.ends[-1],
             "shapes": [list(s) for s in shapes],
         }

@@ -43,10 +43,24 @@ def training_args(out_dir: Path, steps: int, seed: int, sampling: str):
     from transformers import TrainingArguments
 
     params = inspect.signature(TrainingArguments.__init__).parameters
-    kw = dict(output_dir=str(out_dir), per_device_train_batch_size=BATCH, max_steps=steps, learning_rate=LR,
-              weight_decay=0.0, max_grad_norm=1.0, lr_scheduler_type="linear", warmup_steps=int(0.1 * steps),
-              seed=seed, data_seed=seed, save_strategy="no", report_to="none", dataloader_num_workers=0,
-              fp16=False, bf16=False, disable_tqdm=False)
+    kw = dict(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=BATCH,
+        max_steps=steps,
+        learning_rate=LR,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        lr_scheduler_type="linear",
+        warmup_steps=int(0.1 * steps),
+        seed=seed,
+        data_seed=seed,
+        save_strategy="no",
+        report_to="none",
+        dataloader_num_workers=0,
+        fp16=False,
+        bf16=False,
+        disable_tqdm=False,
+    )
     if "use_cpu" in params:
         kw["use_cpu"] = True
     if sampling != "random":
@@ -59,24 +73,29 @@ def training_args(out_dir: Path, steps: int, seed: int, sampling: str):
     return TrainingArguments(**kw)
 
 
-def run_trainer(env: Env, features: list[dict], steps: int, seed: int, dynamic: bool, num_labels: int,
-                sampling: str = "random") -> dict:
+def run_trainer(
+    env: Env, features: list[dict], steps: int, seed: int, dynamic: bool, num_labels: int, sampling: str = "random"
+) -> dict:
     """One Hugging Face Trainer run of `steps` steps over `features` (one pass), timed the same way.
     dynamic=False: run_glue defaults (features pre-padded to 128, default_data_collator).
     dynamic=True: DataCollatorWithPadding. sampling: 'random' (run_glue), 'sequential' (features
     in the given batch order) or 'group_by_length'. Optimizer: Adamax lr 2e-4 (passed in)."""
     import torch
-    from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
-                              default_data_collator)
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, default_data_collator
 
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(env.encoder, num_labels=num_labels)
     run_dir = Path(tempfile.mkdtemp(prefix="hf-run-", dir=env.work))
     tok = env.data.tokenizer()
     optimizer = torch.optim.Adamax(model.parameters(), lr=LR, weight_decay=0.0)
-    trainer = Trainer(model=model, args=training_args(run_dir, steps, seed, sampling), train_dataset=features,
-                      data_collator=DataCollatorWithPadding(tok) if dynamic else default_data_collator,
-                      processing_class=tok, optimizers=(optimizer, None))
+    trainer = Trainer(
+        model=model,
+        args=training_args(run_dir, steps, seed, sampling),
+        train_dataset=features,
+        data_collator=DataCollatorWithPadding(tok) if dynamic else default_data_collator,
+        processing_class=tok,
+        optimizers=(optimizer, None),
+    )
     try:
         with StepClock(model) as clock:
             trainer.train()

@@ -88,6 +88,7 @@ def main() -> int:
             if opts.nan_at is not None and this_rank and len(calls) == opts.nan_at + 1:
                 loss = loss * float("nan")
             return loss
+
         return hooked
 
     loop.default_loss = default_loss

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # benchmark smoke runs
+
 REPO = Path(__file__).resolve().parent.parent
 DATA_ROOT = Path(os.environ.get("MTKD_DATA_ROOT") or REPO.parent / "shared" / "data" / "glue")
 
@@ -23,8 +25,15 @@ RATIOS = {
     "efficiency": ["train_step_fraction_of_matmul_peak", "train_step_32x128_fraction_of_matmul_peak"],
 }
 CONTENDERS = {
-    "train": ["sst2:mtkd", "sst2:trainer_padded", "sst2:trainer_dynamic", "mrpc:mtkd", "mrpc:trainer_dynamic",
-              "mtl:mtkd", "mtl:trainer_dynamic"],
+    "train": [
+        "sst2:mtkd",
+        "sst2:trainer_padded",
+        "sst2:trainer_dynamic",
+        "mrpc:mtkd",
+        "mrpc:trainer_dynamic",
+        "mtl:mtkd",
+        "mtl:trainer_dynamic",
+    ],
     "distill": ["offline_soft_targets", "live_teachers_x3"],
     "inference": ["mtkd_predict_logits_sorted", "hf_forward_b64_padded128", "all_heads_one_encoder_pass"],
     "efficiency": ["matmul_peak", "mtkd_mtl_train_step", "mtkd_train_step_32x128"],
@@ -37,14 +46,30 @@ def _positive_finite(x) -> bool:
 
 @pytest.fixture(scope="module")
 def smoke_out(tmp_path_factory) -> Path:
-    needed = [DATA_ROOT / "SST-2" / "train.tsv", DATA_ROOT / "MRPC" / "train.tsv",
-              DATA_ROOT / "MNLI" / "partial" / "powerfulpromptft_sample" / "train.json"]
+    needed = [
+        DATA_ROOT / "SST-2" / "train.tsv",
+        DATA_ROOT / "MRPC" / "train.tsv",
+        DATA_ROOT / "MNLI" / "partial" / "powerfulpromptft_sample" / "train.json",
+    ]
     if not all(p.is_file() for p in needed):
         pytest.skip(f"GLUE data not found under {DATA_ROOT} (set MTKD_DATA_ROOT)")
     out = tmp_path_factory.mktemp("bench")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--smoke", "--out", str(out),
-                           "--data-root", str(DATA_ROOT)], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "run_all.py"),
+            "--smoke",
+            "--out",
+            str(out),
+            "--data-root",
+            str(DATA_ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"run_all --smoke failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     assert "## Summary" in proc.stdout
     return out
@@ -87,8 +112,13 @@ def test_training_contenders_saw_the_same_batches(smoke_out):
 
 def test_bench_memory_smoke(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_memory.py"), "--n", "300", "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_memory.py"), "--n", "300", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((tmp_path / "memory.json").read_text())
     assert doc["n_examples"] == 300 and doc["file_mb"] > 0
@@ -103,11 +133,35 @@ def test_bench_memory_smoke(tmp_path):
 def test_profile_step_smoke():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     out = REPO / ".pytest_cache" / "profile_step_smoke.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "profile_step.py"), "--batch", "2", "--width", "8",
-                           "--repeats", "1", "--json", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "profile_step.py"),
+            "--batch",
+            "2",
+            "--width",
+            "8",
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for row in ("| forward |", "| backward |", "| clip |", "| optimizer |", "| total |", "aten::addmm",
-                "| part | torch_dropout | mtkd_fast_dropout | no_dropout_reference |", "step-time ratio"):
+    for row in (
+        "| forward |",
+        "| backward |",
+        "| clip |",
+        "| optimizer |",
+        "| total |",
+        "aten::addmm",
+        "| part | torch_dropout | mtkd_fast_dropout | no_dropout_reference |",
+        "step-time ratio",
+    ):
         assert row in proc.stdout
     doc = json.loads(out.read_text())
     assert set(doc["median_ms"]) == {"torch_dropout", "mtkd_fast_dropout", "no_dropout_reference"}
@@ -120,9 +174,28 @@ def test_profile_step_smoke():
 def test_bench_dropout_ops_smoke():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     out = REPO / ".pytest_cache" / "dropout_ops_smoke.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_dropout_ops.py"), "--batch", "2", "--width", "8",
-                           "--heads", "2", "--hidden", "16", "--repeats", "1", "--json", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_dropout_ops.py"),
+            "--batch",
+            "2",
+            "--width",
+            "8",
+            "--heads",
+            "2",
+            "--hidden",
+            "16",
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| tensor | contender | forward | backward | total |" in proc.stdout
     doc = json.loads(out.read_text())
@@ -144,9 +217,24 @@ def test_estimate_gpu_time_counts_the_pipeline(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     out = tmp_path / "gpu_estimate.json"
     config = REPO / "configs" / "glue-kd-cpu.yaml"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "estimate_gpu_time.py"), "--config", str(config),
-                           "--host-steps", "2", "--data-root", str(DATA_ROOT), "--json", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "estimate_gpu_time.py"),
+            "--config",
+            str(config),
+            "--host-steps",
+            "2",
+            "--data-root",
+            str(DATA_ROOT),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| stage | training runs | steps |" in proc.stdout and "minutes (lower bound" in proc.stdout
     doc = json.loads(out.read_text())
@@ -174,15 +262,37 @@ def test_bench_serve_smoke(tmp_path):
     pytest.importorskip("fastapi")
     pytest.importorskip("httpx")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_serve.py"), "--quick", "--seconds", "1",
-                           "--clients", "1,4", "--requests", "24", "--bad-every", "4", "--data-root", str(DATA_ROOT),
-                           "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_serve.py"),
+            "--quick",
+            "--seconds",
+            "1",
+            "--clients",
+            "1,4",
+            "--requests",
+            "24",
+            "--bad-every",
+            "4",
+            "--data-root",
+            str(DATA_ROOT),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "| clients | s | good | bad | req/s |" in proc.stdout
     doc = json.loads((tmp_path / "serve.json").read_text())
     assert doc["benchmark"] == "serve" and doc["ok"] is True
     s = doc["summary"]
-    assert s["5xx"] == s["wrong_answers"] == s["wrong_status"] == s["transport_errors"] == 0 and s["server_alive_at_end"]
+    assert (
+        s["5xx"] == s["wrong_answers"] == s["wrong_status"] == s["transport_errors"] == 0 and s["server_alive_at_end"]
+    )
     assert [lv["clients"] for lv in doc["levels"]] == [1, 4]
     for lv in doc["levels"]:
         assert lv["good"] > 0 and lv["bad"] > 0 and _positive_finite(lv["requests_per_s"])
@@ -193,9 +303,24 @@ def test_bench_serve_smoke(tmp_path):
 
 def _run_bench(script: str, tmp_path, tiny_encoder, *extra) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--smoke", "--encoder", str(tiny_encoder),
-                           "--data-root", str(DATA_ROOT), "--out", str(tmp_path), *extra],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / script),
+            "--smoke",
+            "--encoder",
+            str(tiny_encoder),
+            "--data-root",
+            str(DATA_ROOT),
+            "--out",
+            str(tmp_path),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -218,7 +343,9 @@ def test_bench_threads_smoke(tmp_path, tiny_encoder):
     assert set(sc) == {"1 process, 1 thread", "2 processes, 1 thread each"}
     assert [r["threads"] for r in sc["1 process, 1 thread"]["runs"]] == [1]
     assert sc["2 processes, 1 thread each"]["runs"][0]["processes"] == 2
-    assert all(_positive_finite(s["median_step_s"]) and _positive_finite(s["median_train_examples_per_s"]) for s in sc.values())
+    assert all(
+        _positive_finite(s["median_step_s"]) and _positive_finite(s["median_train_examples_per_s"]) for s in sc.values()
+    )
 
 
 def test_bench_onnx_smoke(tmp_path):
@@ -228,8 +355,21 @@ def test_bench_onnx_smoke(tmp_path):
     if not all((DATA_ROOT / t / "dev.tsv").is_file() for t in ("SST-2", "MRPC", "STS-B", "RTE")):
         pytest.skip(f"GLUE data not found under {DATA_ROOT}")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_onnx.py"), "--smoke", "--out", str(tmp_path),
-                           "--data-root", str(DATA_ROOT)], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_onnx.py"),
+            "--smoke",
+            "--out",
+            str(tmp_path),
+            "--data-root",
+            str(DATA_ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| contender | batch-1 p50 ms | batch-1 p99 ms | batch-32 examples/s |" in proc.stdout
     doc = json.loads((tmp_path / "onnx.json").read_text())
@@ -240,7 +380,11 @@ def test_bench_onnx_smoke(tmp_path):
         assert _positive_finite(lat["p50"]) and lat["p50"] <= lat["p99"] and lat["calls"] == 8
         assert _positive_finite(c["throughput_b32"]["examples_per_s"]["median"])
         assert set(c["dev"]) == {"SST-2", "MRPC", "STS-B", "RTE"}
-    for key in ("int8_throughput_b32_vs_pytorch", "fp32_throughput_b32_vs_pytorch", "int8_latency_b1_p50_speedup_vs_pytorch"):
+    for key in (
+        "int8_throughput_b32_vs_pytorch",
+        "fp32_throughput_b32_vs_pytorch",
+        "int8_latency_b1_p50_speedup_vs_pytorch",
+    ):
         assert _positive_finite(doc["ratios"][key]), key
     assert set(doc["int8_delta_points_per_task"]) == {"SST-2", "MRPC", "STS-B", "RTE"}
     assert all(math.isfinite(v) for v in doc["onnx_fp32_delta_points_per_task"].values())

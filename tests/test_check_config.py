@@ -13,9 +13,13 @@ import yaml
 from conftest import tiny_config
 from mtkd.cli import main
 
-TASK = {"head": "classification", "labels": ["neg", "pos"], "metrics": ["accuracy"],
-        "fields": {"id": "id", "text_a": "review", "label": "sentiment"},
-        "splits": {"train": "my/train.tsv", "dev": "my/dev.tsv", "test": "my/test.tsv"}}
+TASK = {
+    "head": "classification",
+    "labels": ["neg", "pos"],
+    "metrics": ["accuracy"],
+    "fields": {"id": "id", "text_a": "review", "label": "sentiment"},
+    "splits": {"train": "my/train.tsv", "dev": "my/dev.tsv", "test": "my/test.tsv"},
+}
 ROWS = "id\treview\tsentiment\n1\ta good film\tpos\n2\ta bad film\tneg\n"
 
 
@@ -45,7 +49,7 @@ def _both(capsys, cfg: Path, tmp_path, data: bool = False) -> tuple[int, str, in
     check = capsys.readouterr().err
     run_rc = main(["run", str(cfg), "--output-dir", str(tmp_path / "out")])
     run_err = capsys.readouterr().err
-    return rc, check, run_rc, run_err[run_err.index("mtkd: error:"):] if "mtkd: error:" in run_err else run_err
+    return rc, check, run_rc, run_err[run_err.index("mtkd: error:") :] if "mtkd: error:" in run_err else run_err
 
 
 def test_valid_config_prints_the_resolved_yaml_and_what_was_checked(setup, capsys):
@@ -55,7 +59,10 @@ def test_valid_config_prints_the_resolved_yaml_and_what_was_checked(setup, capsy
     out, err = capsys.readouterr()
     printed = yaml.safe_load(out)
     assert printed["tasks"]["My"] == {"train_cap": 1, "dev_cap": None, "max_seq_len": 16}
-    assert "checked: config, tasks (1), encoder lengths, files (2: headers, columns, first rows; rows not read: add --data)" in err
+    assert (
+        "checked: config, tasks (1), encoder lengths, files (2: headers, columns, first rows; "
+        "rows not read: add --data)" in err
+    )
     # the absent test file is a note (predict lists it as missing), as for run
     assert re.search(r"note: .*my/test\.tsv: file not found \(task My, split test; set data.root", err)
     assert main(["check-config", str(cfg), "--data"]) == 0
@@ -65,18 +72,37 @@ def test_valid_config_prints_the_resolved_yaml_and_what_was_checked(setup, capsy
 # the six broken configs of issue 14 (and a per-task length beyond the encoder): check-config said
 # "fine" (exit 0) to each; now it refuses each with the message run gives
 HEADER_BROKEN = [
-    ("wrong column", {"task": {**TASK, "fields": {"id": "id", "text_a": "reviw", "label": "sentiment"}}},
-     "header has no column 'reviw' for text_a (task My) (did you mean 'review'?); header is ['id', 'review', 'sentiment']"),
-    ("missing file", {"task": {**TASK, "splits": {**TASK["splits"], "dev": "my/nope.tsv"}}},
-     "my/nope.tsv: file not found (task My, split dev; set data.root or $MTKD_DATA_ROOT)"),
-    ("key typo in the tasks file", {"task": {**TASK, "metric": ["accuracy"]}},
-     "task 'My': unknown key 'metric' (did you mean 'metrics'?); allowed: ["),
-    ("typo in a task override", {"entry": {"trian_cap": 3}},
-     "tasks.My: unknown key 'trian_cap' (did you mean 'train_cap'?); allowed: ['dev_cap', "),
-    ("length beyond the encoder", {"entry": {"max_seq_len": 500}},
-     "tasks.My.max_seq_len is 500, but the encoder (bert) takes at most 128 tokens; set tasks.My.max_seq_len <= 128"),
-    ("split length beyond the encoder", {"entry": {"splits": {"dev": {"max_seq_len": 200}}}},
-     "tasks.My.splits.dev.max_seq_len is 200, but the encoder (bert) takes at most 128 tokens"),
+    (
+        "wrong column",
+        {"task": {**TASK, "fields": {"id": "id", "text_a": "reviw", "label": "sentiment"}}},
+        "header has no column 'reviw' for text_a (task My) (did you mean 'review'?); "
+        "header is ['id', 'review', 'sentiment']",
+    ),
+    (
+        "missing file",
+        {"task": {**TASK, "splits": {**TASK["splits"], "dev": "my/nope.tsv"}}},
+        "my/nope.tsv: file not found (task My, split dev; set data.root or $MTKD_DATA_ROOT)",
+    ),
+    (
+        "key typo in the tasks file",
+        {"task": {**TASK, "metric": ["accuracy"]}},
+        "task 'My': unknown key 'metric' (did you mean 'metrics'?); allowed: [",
+    ),
+    (
+        "typo in a task override",
+        {"entry": {"trian_cap": 3}},
+        "tasks.My: unknown key 'trian_cap' (did you mean 'train_cap'?); allowed: ['dev_cap', ",
+    ),
+    (
+        "length beyond the encoder",
+        {"entry": {"max_seq_len": 500}},
+        "tasks.My.max_seq_len is 500, but the encoder (bert) takes at most 128 tokens; set tasks.My.max_seq_len <= 128",
+    ),
+    (
+        "split length beyond the encoder",
+        {"entry": {"splits": {"dev": {"max_seq_len": 200}}}},
+        "tasks.My.splits.dev.max_seq_len is 200, but the encoder (bert) takes at most 128 tokens",
+    ),
 ]
 
 
@@ -91,12 +117,21 @@ def test_broken_config_refused_as_run_refuses_it(setup, tmp_path, capsys, what, 
 
 
 TASK_LIST_BROKEN = [
-    ("finetune task without training data", {"finetune_tasks": ["Myy"]},
-     "finetune_tasks: task 'Myy' is not a task with training data ['My'] (did you mean 'My'?)"),
-    ("teacher task not in the list", {"kd": {"teacher_tasks": ["MNLI"]}},
-     "kd.teacher_tasks: task 'MNLI' is not in the task list ['My']"),
-    ("top_k above the candidates", {"kd": {"teacher_tasks": ["My"], "candidates": [{"dropout": 0.1}], "top_k": 2}},
-     "kd.top_k is 2 but there are 1 teacher candidates (kd.candidates)"),
+    (
+        "finetune task without training data",
+        {"finetune_tasks": ["Myy"]},
+        "finetune_tasks: task 'Myy' is not a task with training data ['My'] (did you mean 'My'?)",
+    ),
+    (
+        "teacher task not in the list",
+        {"kd": {"teacher_tasks": ["MNLI"]}},
+        "kd.teacher_tasks: task 'MNLI' is not in the task list ['My']",
+    ),
+    (
+        "top_k above the candidates",
+        {"kd": {"teacher_tasks": ["My"], "candidates": [{"dropout": 0.1}], "top_k": 2}},
+        "kd.top_k is 2 but there are 1 teacher candidates (kd.candidates)",
+    ),
 ]
 
 
@@ -109,8 +144,11 @@ def test_task_lists_checked_before_anything_runs(setup, tmp_path, capsys, what, 
 
 
 ROW_BROKEN = [
-    ("unknown label", ROWS + "3\tso-so\tmeh\n",
-     "my/train.tsv, line 4, field 'sentiment': unknown label 'meh'; task My expects one of ['neg', 'pos']"),
+    (
+        "unknown label",
+        ROWS + "3\tso-so\tmeh\n",
+        "my/train.tsv, line 4, field 'sentiment': unknown label 'meh'; task My expects one of ['neg', 'pos']",
+    ),
     ("duplicate id", ROWS + "1\tagain\tpos\n", "my/train.tsv, line 4, field 'id': duplicate example id '1'"),
 ]
 
@@ -129,8 +167,14 @@ def test_row_problems_found_with_data(setup, tmp_path, capsys, what, rows, messa
 def test_non_numeric_regression_label_found_with_data(setup, tmp_path, capsys):
     root, write = setup
     (root / "my" / "reg.tsv").write_text("id\treview\tscore\n1\tgood\t4.5\n2\tbad\tn/a\n")
-    cfg = write(task={"head": "regression", "metrics": ["pearson"], "fields": {"id": "id", "text_a": "review", "label": "score"},
-                      "splits": {"train": "my/reg.tsv"}})
+    cfg = write(
+        task={
+            "head": "regression",
+            "metrics": ["pearson"],
+            "fields": {"id": "id", "text_a": "review", "label": "score"},
+            "splits": {"train": "my/reg.tsv"},
+        }
+    )
     rc, check, run_rc, run_err = _both(capsys, cfg, tmp_path, data=True)
     assert (rc, run_rc) == (2, 2)
     assert "my/reg.tsv, line 3, field 'score': regression label 'n/a' is not a number" in check
@@ -142,8 +186,7 @@ def test_every_file_problem_reported_at_once(setup, tmp_path, capsys):
     root, write = setup
     (root / "my" / "dev.tsv").write_text("id\ttext\tsentiment\n1\tx\tpos\n")
     absent = tmp_path / "elsewhere" / "train.tsv"
-    cfg = write(task={**TASK, "splits": {"train": str(absent), "dev": "my/dev.tsv", "test": "my/test.tsv"}},
-                entry=None)
+    cfg = write(task={**TASK, "splits": {"train": str(absent), "dev": "my/dev.tsv", "test": "my/test.tsv"}}, entry=None)
     rc, check, run_rc, run_err = _both(capsys, cfg, tmp_path)
     assert (rc, run_rc) == (2, 2) and check.strip() == run_err.strip()
     assert "data: 2 problems:" in check
@@ -160,7 +203,10 @@ def test_headerless_file_columns_checked(setup, tmp_path, capsys):
     capsys.readouterr()
     task["splits"]["train"]["columns"] = ["id", "review", "sentiment", "extra"]  # one column too many
     assert main(["check-config", str(write(task=task))]) == 2
-    assert "nohead.tsv, line 1: expected 4 fields ['id', 'review', 'sentiment', 'extra'], found 3" in capsys.readouterr().err
+    assert (
+        "nohead.tsv, line 1: expected 4 fields ['id', 'review', 'sentiment', 'extra'], found 3"
+        in capsys.readouterr().err
+    )
 
 
 # ------------------------------------------------------------------------------ mtkd tasks --tasks-file
@@ -188,7 +234,7 @@ def test_tasks_command_prints_a_tasks_file_resolved(tmp_path, capsys):
 def _readme_section() -> str:
     """docs/tasks.md, "Custom tasks": the user docs' task format."""
     text = (Path(__file__).resolve().parents[1] / "docs" / "tasks.md").read_text(encoding="utf-8")
-    return text[text.index("## Custom tasks"):text.index("**Ranking.**")]
+    return text[text.index("## Custom tasks") : text.index("**Ranking.**")]
 
 
 def test_readme_documents_every_key_of_the_task_format():
@@ -213,9 +259,26 @@ def test_readme_examples_are_valid(tmp_path):
     f.write_text(tasks_yaml)
     specs = load_task_specs(None, f)
     mine = yaml.safe_load(tasks_yaml)
-    used = {k for n in mine for k in specs[n].to_dict()} | {k for n in mine for s in specs[n].to_dict()["splits"].values() for k in s}
-    assert used >= {"head", "labels", "metrics", "dropout", "max_seq_len", "note", "label_range", "positive_label",
-                    "head_of", "columns", "fields", "skip_malformed", "report_as", "format", "path"}
+    used = {k for n in mine for k in specs[n].to_dict()} | {
+        k for n in mine for s in specs[n].to_dict()["splits"].values() for k in s
+    }
+    assert used >= {
+        "head",
+        "labels",
+        "metrics",
+        "dropout",
+        "max_seq_len",
+        "note",
+        "label_range",
+        "positive_label",
+        "head_of",
+        "columns",
+        "fields",
+        "skip_malformed",
+        "report_as",
+        "format",
+        "path",
+    }
     cfg = from_dict(RunConfig, {**yaml.safe_load(config_yaml), "tasks_file": str(f)})
     resolved = load_task_specs({n: o.override for n, o in cfg.tasks.items()}, cfg.tasks_file)
     assert cfg.tasks["Reviews"].train_cap == 5000 and "dev_ood" not in resolved["Reviews"].splits

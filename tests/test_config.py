@@ -8,8 +8,18 @@ import pytest
 import yaml
 
 from conftest import tiny_config
-from mtkd.config import (EncoderConfig, Optimizer, Precision, RunConfig, Stage, TaskOptions, apply_override,
-                         load_config, save_config, to_dict)
+from mtkd.config import (
+    EncoderConfig,
+    Optimizer,
+    Precision,
+    RunConfig,
+    Stage,
+    TaskOptions,
+    apply_override,
+    load_config,
+    save_config,
+    to_dict,
+)
 from mtkd.errors import ConfigError, MtkdError
 from mtkd.sampler import SamplingMode
 from mtkd.tasks import load_task_specs
@@ -35,7 +45,9 @@ def test_defaults():
 
 
 def test_load_yaml_with_enums_and_task_entries(tmp_path):
-    p = _write(tmp_path, """
+    p = _write(
+        tmp_path,
+        """
 seeds: [1, 2]
 stages: [single_task, mtl]
 encoder: {name: x, num_hidden_layers: 3}
@@ -47,7 +59,8 @@ tasks:
     splits: {dev_mismatched: null}
 mtl: {optimizer: adamw, precision: bf16, sampling: temperature, temperature: 2, lr: 1.0e-4, epochs: 2}
 kd: {student: {name: small, num_hidden_layers: 2}, candidates: [{seed: 1, dropout: 0.1}]}
-""")
+""",
+    )
     cfg = load_config(p)
     assert cfg.seeds == [1, 2] and cfg.stages == [Stage.SINGLE_TASK, Stage.MTL]
     assert cfg.encoder == EncoderConfig(name="x", num_hidden_layers=3)
@@ -75,9 +88,20 @@ def test_tiny_config_loads(tmp_path):
 
 def test_overrides_set_and_delete(tmp_path):
     p = _write(tmp_path, {"tasks": {"SST-2": {"train_cap": 5}, "RTE": None}, "mtl": {"batch_size": 8}})
-    cfg = load_config(p, ["mtl.lr=0.001", "mtl.batch_size=16", "data.root=/x/y", "stages=[mtl]",
-                          "tasks.RTE.train_cap=7", "~tasks.SST-2.train_cap", "tasks.QNLI.note=hello world",
-                          "encoder.num_hidden_layers=null", "notes=a=b"])
+    cfg = load_config(
+        p,
+        [
+            "mtl.lr=0.001",
+            "mtl.batch_size=16",
+            "data.root=/x/y",
+            "stages=[mtl]",
+            "tasks.RTE.train_cap=7",
+            "~tasks.SST-2.train_cap",
+            "tasks.QNLI.note=hello world",
+            "encoder.num_hidden_layers=null",
+            "notes=a=b",
+        ],
+    )
     assert cfg.mtl.lr == 0.001 and cfg.mtl.batch_size == 16 and cfg.data.root == "/x/y"
     assert cfg.stages == [Stage.MTL]
     assert cfg.tasks["RTE"].train_cap == 7  # set inside a task given as `RTE: null`
@@ -113,14 +137,17 @@ def test_bad_override_syntax():
         apply_override({"mtl": {"batch_size": 2}}, "mtl.batch_size.x=3")
 
 
-@pytest.mark.parametrize("raw,msg", [
-    ({"mtl": {"epoch": 3}}, r"\.mtl: unknown key 'epoch' \(did you mean 'epochs'\?\)"),
-    ({"mtl": {"lerning_rate": 1.0}}, r"\.mtl: unknown key 'lerning_rate'"),
-    ({"mtl": {"batchsize": 3}}, r"unknown key 'batchsize' \(did you mean 'batch_size'\?\)"),
-    ({"seed": [1]}, r"unknown key 'seed' \(did you mean 'seeds'\?\)"),
-    ({"data": {"max_len": 12}}, r"\.data: unknown key 'max_len'"),
-    ({"kd": {"student": {"nme": "x"}}}, r"\.kd\.student: unknown key 'nme' \(did you mean 'name'\?\)"),
-])
+@pytest.mark.parametrize(
+    "raw,msg",
+    [
+        ({"mtl": {"epoch": 3}}, r"\.mtl: unknown key 'epoch' \(did you mean 'epochs'\?\)"),
+        ({"mtl": {"lerning_rate": 1.0}}, r"\.mtl: unknown key 'lerning_rate'"),
+        ({"mtl": {"batchsize": 3}}, r"unknown key 'batchsize' \(did you mean 'batch_size'\?\)"),
+        ({"seed": [1]}, r"unknown key 'seed' \(did you mean 'seeds'\?\)"),
+        ({"data": {"max_len": 12}}, r"\.data: unknown key 'max_len'"),
+        ({"kd": {"student": {"nme": "x"}}}, r"\.kd\.student: unknown key 'nme' \(did you mean 'name'\?\)"),
+    ],
+)
 def test_unknown_keys_name_the_file_and_suggest(tmp_path, raw, msg):
     p = _write(tmp_path, raw)
     with pytest.raises(ConfigError, match=msg) as ei:
@@ -128,24 +155,27 @@ def test_unknown_keys_name_the_file_and_suggest(tmp_path, raw, msg):
     assert str(ei.value).startswith(str(p))
 
 
-@pytest.mark.parametrize("raw,msg", [
-    ({"mtl": {"batch_size": "big"}}, r"\.mtl\.batch_size: expected an integer, got str 'big'"),
-    ({"mtl": {"batch_size": 3.5}}, r"\.mtl\.batch_size: expected an integer, got float 3\.5"),
-    ({"mtl": {"batch_size": True}}, r"\.mtl\.batch_size: expected an integer, got bool True"),
-    ({"mtl": {"lr": True}}, r"\.mtl\.lr: expected a number, got bool True"),
-    ({"mtl": {"lr": "fast"}}, r"\.mtl\.lr: expected a number, got str 'fast'"),
-    ({"mtl": {"optimizer": "sgd"}}, r"\.mtl\.optimizer: 'sgd' is not one of \['adamax', 'adamw'\]"),
-    ({"mtl": {"precision": "fp8"}}, r"\.mtl\.precision: 'fp8' is not one of \['auto', 'fp32', 'bf16', 'fp16'\]"),
-    ({"stages": ["mtl", "train"]}, r"\.stages\[1\]: 'train' is not one of"),
-    ({"stages": "mtl"}, r"\.stages: expected a list, got str 'mtl'"),
-    ({"seeds": [1, "two"]}, r"\.seeds\[1\]: expected an integer, got str 'two'"),
-    ({"predict": {"submission": "yes"}}, r"\.predict\.submission: expected true or false, got str 'yes'"),
-    ({"data": {"root": 5}}, r"\.data\.root: expected a string, got int 5"),
-    ({"tasks": ["SST-2"]}, r"\.tasks: expected a mapping, got list"),
-    ({"tasks": {"SST-2": {"train_cap": "all"}}}, r"\.tasks\.SST-2\.train_cap: expected an integer, got str 'all'"),
-    ({"mtl": 5}, r"\.mtl: expected a mapping, got int 5"),
-    ({"seeds": []}, r"seeds must hold at least one seed"),
-])
+@pytest.mark.parametrize(
+    "raw,msg",
+    [
+        ({"mtl": {"batch_size": "big"}}, r"\.mtl\.batch_size: expected an integer, got str 'big'"),
+        ({"mtl": {"batch_size": 3.5}}, r"\.mtl\.batch_size: expected an integer, got float 3\.5"),
+        ({"mtl": {"batch_size": True}}, r"\.mtl\.batch_size: expected an integer, got bool True"),
+        ({"mtl": {"lr": True}}, r"\.mtl\.lr: expected a number, got bool True"),
+        ({"mtl": {"lr": "fast"}}, r"\.mtl\.lr: expected a number, got str 'fast'"),
+        ({"mtl": {"optimizer": "sgd"}}, r"\.mtl\.optimizer: 'sgd' is not one of \['adamax', 'adamw'\]"),
+        ({"mtl": {"precision": "fp8"}}, r"\.mtl\.precision: 'fp8' is not one of \['auto', 'fp32', 'bf16', 'fp16'\]"),
+        ({"stages": ["mtl", "train"]}, r"\.stages\[1\]: 'train' is not one of"),
+        ({"stages": "mtl"}, r"\.stages: expected a list, got str 'mtl'"),
+        ({"seeds": [1, "two"]}, r"\.seeds\[1\]: expected an integer, got str 'two'"),
+        ({"predict": {"submission": "yes"}}, r"\.predict\.submission: expected true or false, got str 'yes'"),
+        ({"data": {"root": 5}}, r"\.data\.root: expected a string, got int 5"),
+        ({"tasks": ["SST-2"]}, r"\.tasks: expected a mapping, got list"),
+        ({"tasks": {"SST-2": {"train_cap": "all"}}}, r"\.tasks\.SST-2\.train_cap: expected an integer, got str 'all'"),
+        ({"mtl": 5}, r"\.mtl: expected a mapping, got int 5"),
+        ({"seeds": []}, r"seeds must hold at least one seed"),
+    ],
+)
 def test_wrong_types(tmp_path, raw, msg):
     p = _write(tmp_path, raw)
     with pytest.raises(ConfigError, match=msg) as ei:
@@ -164,7 +194,9 @@ def test_wrong_type_via_override():
 
 def test_unknown_task_name_in_config(tmp_path):
     cfg = load_config(_write(tmp_path, {"tasks": {"SST-2": {}, "MNLl": {}}}))
-    with pytest.raises(ConfigError, match=r"task 'MNLl' is neither a GLUE task nor defined in tasks_file \(did you mean 'MNLI'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"task 'MNLl' is neither a GLUE task nor defined in tasks_file \(did you mean 'MNLI'\?\)"
+    ):
         _specs(cfg)
 
 
@@ -187,15 +219,23 @@ def test_typo_in_a_task_override_suggests_options_and_task_keys(tmp_path):
     with pytest.raises(ConfigError, match=r"tasks\.RTE: unknown key 'dev_cpa' \(did you mean 'dev_cap'\?\)"):
         load_config(None, ["tasks.RTE.dev_cpa=5"])
     # the same list when the task specs are built from entries directly
-    with pytest.raises(ConfigError, match=r"tasks\.RTE: unknown key 'trian_cap' \(did you mean 'train_cap'\?\); allowed: .*'dev_cap'"):
+    with pytest.raises(
+        ConfigError, match=r"tasks\.RTE: unknown key 'trian_cap' \(did you mean 'train_cap'\?\); allowed: .*'dev_cap'"
+    ):
         load_task_specs({"RTE": {"trian_cap": 3}})
 
 
-@pytest.mark.parametrize("raw, msg", [
-    ({"mtl": {"optimizer": "adammax"}}, r"'adammax' is not one of \['adamax', 'adamw'\] \(did you mean 'adamax'\?\)"),
-    ({"mtl": {"sampling": "proportionl"}}, r"\(did you mean 'proportional'\?\)"),
-    ({"Tasks": {}}, r"unknown key 'Tasks' \(did you mean 'tasks'\?\)"),
-])
+@pytest.mark.parametrize(
+    "raw, msg",
+    [
+        (
+            {"mtl": {"optimizer": "adammax"}},
+            r"'adammax' is not one of \['adamax', 'adamw'\] \(did you mean 'adamax'\?\)",
+        ),
+        ({"mtl": {"sampling": "proportionl"}}, r"\(did you mean 'proportional'\?\)"),
+        ({"Tasks": {}}, r"unknown key 'Tasks' \(did you mean 'tasks'\?\)"),
+    ],
+)
 def test_one_suggestion_mechanism_for_sections_and_values(tmp_path, raw, msg):
     with pytest.raises(ConfigError, match=msg):
         load_config(_write(tmp_path, raw))
@@ -203,7 +243,9 @@ def test_one_suggestion_mechanism_for_sections_and_values(tmp_path, raw, msg):
 
 def test_tasks_file_relative_to_the_config(tmp_path):
     (tmp_path / "conf").mkdir()
-    (tmp_path / "conf" / "mine.yaml").write_text("Mine:\n  head: regression\n  fields: {text_a: a, label: y}\n  splits: {train: m.tsv}\n")
+    (tmp_path / "conf" / "mine.yaml").write_text(
+        "Mine:\n  head: regression\n  fields: {text_a: a, label: y}\n  splits: {train: m.tsv}\n"
+    )
     cfg = load_config(_write(tmp_path / "conf", {"tasks_file": "mine.yaml", "tasks": {"Mine": {}}}))
     assert cfg.tasks_file == str(tmp_path / "conf" / "mine.yaml")
     assert _specs(cfg)["Mine"].splits["train"].path == "m.tsv"
@@ -226,9 +268,15 @@ def test_empty_file_is_the_defaults(tmp_path):
 
 
 def test_save_and_reload_round_trip(tmp_path):
-    p = _write(tmp_path, {"tasks": {"MNLI": {"train_cap": 10, "splits": {"test_matched": None}}},
-                          "mtl": {"optimizer": "adamw", "lr": 3.0e-4}, "stages": ["teach", "distill"],
-                          "kd": {"student": {"num_hidden_layers": 3}}})
+    p = _write(
+        tmp_path,
+        {
+            "tasks": {"MNLI": {"train_cap": 10, "splits": {"test_matched": None}}},
+            "mtl": {"optimizer": "adamw", "lr": 3.0e-4},
+            "stages": ["teach", "distill"],
+            "kd": {"student": {"num_hidden_layers": 3}},
+        },
+    )
     cfg = load_config(p)
     out = tmp_path / "saved.yaml"
     save_config(cfg, out)
@@ -243,8 +291,11 @@ def test_a_typo_in_a_kd_unlabeled_task_name_is_named_before_what_the_entry_asks(
     """kd.unlabeled={Reviws: {from_train: true}} used to say "Reviws has no train_cap"."""
     base = ["tasks={Reviews: {train_cap: 5}, SST-2: {}}"]
     for entry in ("{from_train: true}", "{path: x.tsv}"):
-        with pytest.raises(ConfigError, match=r"kd\.unlabeled: no task 'Reviws' in the config's tasks "
-                                              r"\['Reviews', 'SST-2'\] \(did you mean 'Reviews'\?\)"):
+        with pytest.raises(
+            ConfigError,
+            match=r"kd\.unlabeled: no task 'Reviws' in the config's tasks "
+            r"\['Reviews', 'SST-2'\] \(did you mean 'Reviews'\?\)",
+        ):
             load_config(None, base + [f"kd.unlabeled={{Reviws: {entry}}}"])
     assert "Reviews" in load_config(None, base + ["kd.unlabeled={Reviews: {from_train: true}}"]).kd.unlabeled
 
@@ -258,16 +309,22 @@ def test_load_config_records_the_keys_given_and_does_not_save_them(tmp_path):
     assert "given" not in saved and saved["data"]["max_seq_len"] == 512  # the effective value
 
 
-@pytest.mark.parametrize("candidate, message", [
-    ("{dropuot: 0.2}", r"kd\.candidates\[0\]: unknown key 'dropuot' \(did you mean 'dropout'\?\)"),
-    ("{seed: -1}", r"kd\.candidates\[0\]\.seed must be an integer >= 0, got -1"),
-    ("{seed: true}", r"kd\.candidates\[0\]\.seed: expected an integer, got bool True"),
-    ("{seed: null}", r"kd\.candidates\[0\]\.seed: expected an integer, got NoneType None"),
-    ("{encoder: ''}", r"kd\.candidates\[0\]\.encoder must be an encoder name or folder"),
-    ("{from_mtdnn: 'yes'}", r"kd\.candidates\[0\]\.from_mtdnn: expected true or false, got str 'yes'"),
-    ("{from_mtdnn: true, dropout: 0.2}", r"kd\.candidates\[0\]: from_mtdnn continues MT-DNN's MTL model, which has "
-                                         r"its own dropout; remove dropout"),
-])
+@pytest.mark.parametrize(
+    "candidate, message",
+    [
+        ("{dropuot: 0.2}", r"kd\.candidates\[0\]: unknown key 'dropuot' \(did you mean 'dropout'\?\)"),
+        ("{seed: -1}", r"kd\.candidates\[0\]\.seed must be an integer >= 0, got -1"),
+        ("{seed: true}", r"kd\.candidates\[0\]\.seed: expected an integer, got bool True"),
+        ("{seed: null}", r"kd\.candidates\[0\]\.seed: expected an integer, got NoneType None"),
+        ("{encoder: ''}", r"kd\.candidates\[0\]\.encoder must be an encoder name or folder"),
+        ("{from_mtdnn: 'yes'}", r"kd\.candidates\[0\]\.from_mtdnn: expected true or false, got str 'yes'"),
+        (
+            "{from_mtdnn: true, dropout: 0.2}",
+            r"kd\.candidates\[0\]: from_mtdnn continues MT-DNN's MTL model, which has "
+            r"its own dropout; remove dropout",
+        ),
+    ],
+)
 def test_a_bad_teacher_candidate_is_named(candidate, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, ["stages=[mtl, teach]", f"kd.candidates=[{candidate}]"])

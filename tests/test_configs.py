@@ -42,6 +42,7 @@ def test_kd_v2_config_has_the_levers_of_the_decisive_experiment():
     assert all(src.from_train is True and cfg.tasks[t].train_cap for t, src in cfg.kd.unlabeled.items())
 
 
+@pytest.mark.integration
 def test_kd_v2_config_plans_every_stage(tmp_path, tiny_encoder):
     """Planned (identities computed, nothing trained) on the tiny GLUE-layout fixture with the tiny
     encoder: the three candidates (each continuing MT-DNN's MTL stage), both students and the
@@ -54,18 +55,36 @@ def test_kd_v2_config_plans_every_stage(tmp_path, tiny_encoder):
     glue = write_glue_fixture(tmp_path / "glue")
     qnli = glue / "QNLI" / "partial" / "powerfulpromptft_sample"  # the config's QNLI sample file
     qnli.mkdir(parents=True)
-    qnli.joinpath("train.json").write_text(json.dumps(
-        {str(i): {"text_a": f"question {i}", "text_b": f"the film was {'good' if i % 2 else 'bad'} .",
-                  "label": "entailment" if i % 2 else "not_entailment"} for i in range(48)}))
-    overrides = [f"data.root={glue}", f"data.cache_dir={tmp_path / 'cache'}", f"encoder.name={tiny_encoder}",
-                 "data.max_seq_len=32"] + [f"tasks.{t}.train_cap=30" for t in ("CoLA", "SST-2", "QQP", "MNLI", "QNLI")]
+    qnli.joinpath("train.json").write_text(
+        json.dumps(
+            {
+                str(i): {
+                    "text_a": f"question {i}",
+                    "text_b": f"the film was {'good' if i % 2 else 'bad'} .",
+                    "label": "entailment" if i % 2 else "not_entailment",
+                }
+                for i in range(48)
+            }
+        )
+    )
+    overrides = [
+        f"data.root={glue}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"encoder.name={tiny_encoder}",
+        "data.max_seq_len=32",
+    ] + [f"tasks.{t}.train_cap=30" for t in ("CoLA", "SST-2", "QQP", "MNLI", "QNLI")]
     out = tmp_path / "out"
     data, runner, _ = pipeline.plan(load_config(V2, overrides), out)
     keys = runner.stages.planned_keys()
     assert not runner.stages.problems
     planned = {Path(f).relative_to(out.resolve()).as_posix() for f in keys}
-    assert {"seed-42/mtl/model", "seed-42/distill/mtl/model", "seed-42/distill_unlabeled/mtl/model",
-            "seed-42/teach/soft_targets", "seed-42/teach/unlabeled/soft_targets"} <= planned
+    assert {
+        "seed-42/mtl/model",
+        "seed-42/distill/mtl/model",
+        "seed-42/distill_unlabeled/mtl/model",
+        "seed-42/teach/soft_targets",
+        "seed-42/teach/unlabeled/soft_targets",
+    } <= planned
     candidates = [f"seed-42/teach/candidate-{i}/mtl/model" for i in range(3)]
     assert set(candidates) <= planned and "seed-42/teach/candidate-3/mtl/model" not in planned
     assert "seed-42/single_task/SST-2/model" not in planned
@@ -76,6 +95,7 @@ def test_kd_v2_config_plans_every_stage(tmp_path, tiny_encoder):
         assert len(unlabeled.indices) == 18 and not set(labelled.indices) & set(unlabeled.indices)
 
 
+@pytest.mark.integration
 def test_kd_v2_unlabeled_text_adds_at_most_40_percent_student_steps():
     """The sizing comment of glue-kd-cpu-v2.yaml, from the real files' row counts (no tokenising)."""
     import math
@@ -91,7 +111,8 @@ def test_kd_v2_unlabeled_text_adds_at_most_40_percent_student_steps():
     cap = {t: cfg.tasks[t].train_cap for t in rows}
     used = {t: min(n, cap[t]) if cap[t] else n for t, n in rows.items()}
     steps = sum(math.ceil(n / cfg.mtl.batch_size) for n in used.values())
-    extra = sum(math.ceil(min(rows[t] - cap[t], src.cap or rows[t]) / cfg.mtl.batch_size)
-                for t, src in cfg.kd.unlabeled.items())
+    extra = sum(
+        math.ceil(min(rows[t] - cap[t], src.cap or rows[t]) / cfg.mtl.batch_size) for t, src in cfg.kd.unlabeled.items()
+    )
     assert (steps, extra) == (1061, 408)  # the numbers the config's comment states
     assert extra / steps <= 0.40

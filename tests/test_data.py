@@ -13,8 +13,8 @@ import torch
 import mtkd.data as data_mod
 from conftest import NEG, POS
 from mtkd.data import collate, encode_split, read_split, subsample
-from mtkd.inference import length_batches
 from mtkd.errors import DataError, MtkdError
+from mtkd.inference import length_batches
 from mtkd.tasks import HeadKind, glue_tasks, load_task_specs, task_from_dict
 
 GLUE = glue_tasks()
@@ -93,7 +93,9 @@ def test_mrpc_quote_spanning_tabs_and_lines_is_not_treated_as_quoting(tmp_path):
     (root / "MRPC" / "train.tsv").write_text(
         "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
         '1\t1\t2\t" the witness\tsaid " no\n'
-        '0\t3\t4\tan "open quote\tand "another\n', encoding="utf-8")
+        '0\t3\t4\tan "open quote\tand "another\n',
+        encoding="utf-8",
+    )
     raw = read_split(GLUE["MRPC"], "train", root)
     assert raw.text_a == ['" the witness', 'an "open quote']
     assert raw.text_b == ['said " no', 'and "another']
@@ -116,16 +118,20 @@ def test_stsb_exact_scores(tmp_path):
     root = tmp_path / "glue"
     (root / "STS-B").mkdir(parents=True)
     head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
-    (root / "STS-B" / "dev.tsv").write_text(head + "7\tmain\tf\t2012\t0001\tnone\tnone\tA plane.\tA jet.\t5.000\n"
-                                                   "9\tmain\tf\t2012\t0002\tnone\tnone\tA man.\tA dog.\t 0.250 \n")
+    (root / "STS-B" / "dev.tsv").write_text(
+        head + "7\tmain\tf\t2012\t0001\tnone\tnone\tA plane.\tA jet.\t5.000\n"
+        "9\tmain\tf\t2012\t0002\tnone\tnone\tA man.\tA dog.\t 0.250 \n"
+    )
     raw = read_split(GLUE["STS-B"], "dev", root)
     assert raw.ids == ["7", "9"]
     assert raw.labels == [5.0, 0.25]
     assert raw.text_a == ["A plane.", "A man."] and raw.text_b == ["A jet.", "A dog."]
 
 
-@pytest.mark.parametrize("task,labels", [("RTE", ("entailment", "not_entailment")),
-                                         ("QNLI", ("entailment", "not_entailment")), ("WNLI", ("1", "0"))])
+@pytest.mark.parametrize(
+    "task,labels",
+    [("RTE", ("entailment", "not_entailment")), ("QNLI", ("entailment", "not_entailment")), ("WNLI", ("1", "0"))],
+)
 def test_pair_tasks_label_names_and_unlabelled_test(glue_root, task, labels):
     spec = GLUE[task]
     raw = read_split(spec, "train", glue_root)
@@ -144,16 +150,22 @@ def test_ax_diagnostic_is_unlabelled(glue_root):
     assert raw.text_a == ["The cat sat."] * 12
 
 
-MNLI_HEAD = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
-             "sentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label\n")
+MNLI_HEAD = (
+    "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
+    "sentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label\n"
+)
 
 
 def test_mnli_labels_by_name_three_classes(tmp_path):
     root = tmp_path / "glue"
     (root / "MNLI").mkdir(parents=True)
     rows = [("10", "neutral"), ("11", "contradiction"), ("12", "entailment"), ("13", "neutral")]
-    (root / "MNLI" / "train.tsv").write_text(MNLI_HEAD + "".join(
-        f"{i}\t1\t1n\tfiction\t( a )\t( b )\t(S a)\t(S b)\tpremise {i}\thypothesis {i}\t{y}\t{y}\n" for i, y in rows))
+    (root / "MNLI" / "train.tsv").write_text(
+        MNLI_HEAD
+        + "".join(
+            f"{i}\t1\t1n\tfiction\t( a )\t( b )\t(S a)\t(S b)\tpremise {i}\thypothesis {i}\t{y}\t{y}\n" for i, y in rows
+        )
+    )
     spec = GLUE["MNLI"]
     assert spec.labels == ("contradiction", "entailment", "neutral") and spec.num_outputs == 3
     raw = read_split(spec, "train", root)
@@ -161,15 +173,24 @@ def test_mnli_labels_by_name_three_classes(tmp_path):
     assert raw.labels == [2, 0, 1, 2]
     assert raw.text_a == [f"premise {i}" for i, _ in rows] and raw.text_b == [f"hypothesis {i}" for i, _ in rows]
     # test_matched: the same layout without label columns
-    (root / "MNLI" / "test_matched.tsv").write_text(MNLI_HEAD.rsplit("\tlabel1", 1)[0] + "\n" + "".join(
-        f"{i}\t1\t1n\tfiction\t( a )\t( b )\t(S a)\t(S b)\tpremise {i}\thypothesis {i}\n" for i, _ in rows))
+    (root / "MNLI" / "test_matched.tsv").write_text(
+        MNLI_HEAD.rsplit("\tlabel1", 1)[0]
+        + "\n"
+        + "".join(f"{i}\t1\t1n\tfiction\t( a )\t( b )\t(S a)\t(S b)\tpremise {i}\thypothesis {i}\n" for i, _ in rows)
+    )
     test = read_split(spec, "test_matched", root)
     assert test.labels is None and test.ids == ["10", "11", "12", "13"]
 
 
 def test_json_object_of_records_id_is_the_key(glue_root):
-    spec = load_task_specs({"MNLI": {"fields": {"text_a": "text_a", "text_b": "text_b", "label": "label"},
-                                     "splits": {"train": {"path": "MNLI/partial/powerfulpromptft_sample/train.json"}}}})["MNLI"]
+    spec = load_task_specs(
+        {
+            "MNLI": {
+                "fields": {"text_a": "text_a", "text_b": "text_b", "label": "label"},
+                "splits": {"train": {"path": "MNLI/partial/powerfulpromptft_sample/train.json"}},
+            }
+        }
+    )["MNLI"]
     assert spec.splits["train"].format.value == "json"  # guessed from the suffix
     raw = read_split(spec, "train", glue_root)
     recs = json.loads((glue_root / "MNLI/partial/powerfulpromptft_sample/train.json").read_text())
@@ -181,17 +202,29 @@ def test_json_object_of_records_id_is_the_key(glue_root):
 
 
 def test_json_keys_need_not_be_contiguous(tmp_path):
-    recs = {"a7": {"text_a": "x", "text_b": "y", "label": "neutral"}, "3": {"text_a": "p", "text_b": "q", "label": "entailment"}}
+    recs = {
+        "a7": {"text_a": "x", "text_b": "y", "label": "neutral"},
+        "3": {"text_a": "p", "text_b": "q", "label": "entailment"},
+    }
     (tmp_path / "d.json").write_text(json.dumps(recs))
-    spec = load_task_specs({"MNLI": {"fields": {"text_a": "text_a", "text_b": "text_b", "label": "label"},
-                                     "splits": {"train": str(tmp_path / "d.json")}}})["MNLI"]
+    spec = load_task_specs(
+        {
+            "MNLI": {
+                "fields": {"text_a": "text_a", "text_b": "text_b", "label": "label"},
+                "splits": {"train": str(tmp_path / "d.json")},
+            }
+        }
+    )["MNLI"]
     raw = read_split(spec, "train")
     assert raw.ids == ["a7", "3"] and raw.labels == [2, 1] and raw.text_b == ["y", "q"]
 
 
 def test_json_list_of_records_uses_positions_as_ids(tmp_path):
-    spec, _ = _task(tmp_path, files={"train": ("l.json", json.dumps([{"a": "one", "y": "pos"}, {"a": "two", "y": "neg"}]))},
-                    fields={"text_a": "a", "label": "y"})
+    spec, _ = _task(
+        tmp_path,
+        files={"train": ("l.json", json.dumps([{"a": "one", "y": "pos"}, {"a": "two", "y": "neg"}]))},
+        fields={"text_a": "a", "label": "y"},
+    )
     raw = read_split(spec, "train")
     assert raw.ids == ["0", "1"] and raw.text_a == ["one", "two"] and raw.labels == [1, 0]
 
@@ -205,7 +238,8 @@ def test_qqp_missing_fields_are_skipped_and_reported(tmp_path, caplog):
         "2\t3\t4\tWhat is it\n"  # line 3: missing fields
         "3\t5\t6\tWho?\tWhom?\t1\n"
         "4\t7\t8\tA\tB\t1\textra\n"  # line 5: one too many
-        "5\t9\t10\tWhen?\tWhere?\t1\n")
+        "5\t9\t10\tWhen?\tWhere?\t1\n"
+    )
     spec = GLUE["QQP"]
     assert spec.splits["train"].skip_malformed
     raw = read_split(spec, "train", root)
@@ -230,7 +264,9 @@ def test_jsonl_custom_task(tmp_path):
 
 def test_csv_custom_task_with_rfc4180_quoting(tmp_path):
     content = 'id,a,b,y\r\nx1,"hello, world","say ""hi""",pos\r\nx2,"two\nlines",plain,neg\r\n'
-    spec, _ = _task(tmp_path, files={"train": ("t.csv", content)}, fields={"id": "id", "text_a": "a", "text_b": "b", "label": "y"})
+    spec, _ = _task(
+        tmp_path, files={"train": ("t.csv", content)}, fields={"id": "id", "text_a": "a", "text_b": "b", "label": "y"}
+    )
     raw = read_split(spec, "train")
     assert raw.ids == ["x1", "x2"]
     assert raw.text_a == ["hello, world", "two\nlines"]
@@ -326,19 +362,37 @@ def test_unknown_label(tmp_path):
 
 
 def test_unknown_label_in_json_names_the_record(tmp_path):
-    recs = {"0": {"text_a": "a", "text_b": "b", "label": "entailment"}, "17": {"text_a": "a", "text_b": "b", "label": "maybe"}}
+    recs = {
+        "0": {"text_a": "a", "text_b": "b", "label": "entailment"},
+        "17": {"text_a": "a", "text_b": "b", "label": "maybe"},
+    }
     (tmp_path / "d.json").write_text(json.dumps(recs))
-    spec = load_task_specs({"MNLI": {"fields": {"text_a": "text_a", "text_b": "text_b", "label": "label"},
-                                     "splits": {"train": str(tmp_path / "d.json")}}})["MNLI"]
+    spec = load_task_specs(
+        {
+            "MNLI": {
+                "fields": {"text_a": "text_a", "text_b": "text_b", "label": "label"},
+                "splits": {"train": str(tmp_path / "d.json")},
+            }
+        }
+    )["MNLI"]
     e = _err(spec)
     assert "record '17'" in str(e) and "unknown label 'maybe'" in str(e) and str(tmp_path / "d.json") in str(e)
 
 
-@pytest.mark.parametrize("value,what", [("high", "is not a number"), ("nan", "is not finite"),
-                                        ("NaN", "is not finite"), ("inf", "is not finite"), ("", "is not a number")])
+@pytest.mark.parametrize(
+    "value,what",
+    [
+        ("high", "is not a number"),
+        ("nan", "is not finite"),
+        ("NaN", "is not finite"),
+        ("inf", "is not finite"),
+        ("", "is not a number"),
+    ],
+)
 def test_bad_regression_label(tmp_path, value, what):
-    spec, paths = _task(tmp_path, files={"train": ("t.tsv", f"id\ta\ty\n1\tx\t3.5\n2\ty\t{value}\n")},
-                        head="regression", labels=[])
+    spec, paths = _task(
+        tmp_path, files={"train": ("t.tsv", f"id\ta\ty\n1\tx\t3.5\n2\ty\t{value}\n")}, head="regression", labels=[]
+    )
     e = _err(spec)
     assert e.line == 3 and e.field == "y"
     assert f"regression label {value!r} {what}" in str(e) and str(paths["train"]) in str(e)
@@ -346,14 +400,17 @@ def test_bad_regression_label(tmp_path, value, what):
 
 @pytest.mark.parametrize("a,b,field", [("", "ok", "a"), ("   ", "ok", "a"), ("ok", "", "b")])
 def test_empty_text(tmp_path, a, b, field):
-    spec, paths = _task(tmp_path, files={"train": ("t.tsv", f"id\ta\tb\ty\n1\tx\tz\tpos\n2\t{a}\t{b}\tneg\n")},
-                        fields={"id": "id", "text_a": "a", "text_b": "b", "label": "y"})
+    spec, paths = _task(
+        tmp_path,
+        files={"train": ("t.tsv", f"id\ta\tb\ty\n1\tx\tz\tpos\n2\t{a}\t{b}\tneg\n")},
+        fields={"id": "id", "text_a": "a", "text_b": "b", "label": "y"},
+    )
     e = _err(spec)
     assert str(e) == f"{paths['train']}, line 3, field {field!r}: empty text"
 
 
 def test_invalid_utf8_reports_the_line(tmp_path):
-    content = "id\ta\ty\n1\tfine\tpos\n".encode() + b"2\tbad \xff\xfe byte\tneg\n3\tz\tpos\n"
+    content = b"id\ta\ty\n1\tfine\tpos\n" + b"2\tbad \xff\xfe byte\tneg\n3\tz\tpos\n"
     spec, paths = _task(tmp_path, files={"train": ("t.tsv", content)})
     e = _err(spec)
     assert e.line == 3
@@ -373,7 +430,9 @@ def test_duplicate_ids_tsv(tmp_path):
 
 
 def test_duplicate_ids_jsonl(tmp_path):
-    spec, _ = _task(tmp_path, files={"train": ("t.jsonl", '{"id": 5, "a": "x", "y": "pos"}\n{"id": "5", "a": "y", "y": "neg"}\n')})
+    spec, _ = _task(
+        tmp_path, files={"train": ("t.jsonl", '{"id": 5, "a": "x", "y": "pos"}\n{"id": "5", "a": "y", "y": "neg"}\n')}
+    )
     e = _err(spec)
     assert e.line == 2 and "duplicate example id '5' (first seen at line 1)" in str(e)
 
@@ -394,15 +453,18 @@ def test_missing_field_in_json_record(tmp_path):
     assert "missing field for label" in str(_err(spec))
 
 
-@pytest.mark.parametrize("fname,content,line,what", [
-    ("bad.jsonl", '{"id": 1, "a": "x", "y": "pos"}\n{"id": 2, "a": \n', 2, "invalid JSON"),
-    ("bad2.jsonl", '{"id": 1, "a": "x", "y": "pos"}\n[1, 2]\n', 2, "expected a JSON object, got list"),
-    ("bad.json", '{"0": {"a": "x", "y": "pos"},\n "1": }', 2, "invalid JSON"),
-    ("bad3.json", '"just a string"', None, "expected a JSON object {id: record} or a list of records"),
-    ("bad4.json", '{"0": ["x", "pos"]}', None, "record '0': expected a JSON object, got list"),
-    ("big.json", '{"0": {"a": ' + "9" * 5000 + ', "y": "pos"}}', None, "invalid JSON"),
-    ("deep.json", "[" * 100_000, None, "invalid JSON"),
-])
+@pytest.mark.parametrize(
+    "fname,content,line,what",
+    [
+        ("bad.jsonl", '{"id": 1, "a": "x", "y": "pos"}\n{"id": 2, "a": \n', 2, "invalid JSON"),
+        ("bad2.jsonl", '{"id": 1, "a": "x", "y": "pos"}\n[1, 2]\n', 2, "expected a JSON object, got list"),
+        ("bad.json", '{"0": {"a": "x", "y": "pos"},\n "1": }', 2, "invalid JSON"),
+        ("bad3.json", '"just a string"', None, "expected a JSON object {id: record} or a list of records"),
+        ("bad4.json", '{"0": ["x", "pos"]}', None, "record '0': expected a JSON object, got list"),
+        ("big.json", '{"0": {"a": ' + "9" * 5000 + ', "y": "pos"}}', None, "invalid JSON"),
+        ("deep.json", "[" * 100_000, None, "invalid JSON"),
+    ],
+)
 def test_malformed_json(tmp_path, fname, content, line, what):
     spec, paths = _task(tmp_path, files={"train": (fname, content)}, fields={"text_a": "a", "label": "y"})
     e = _err(spec)
@@ -445,7 +507,13 @@ def test_cache_written_once_and_reused(glue_root, tmp_path, tokenizer, monkeypat
     assert len(calls) == 1
     folders = _cache_folders(cache)
     assert len(folders) == 1 and re.fullmatch(r"MRPC\.train\.[0-9a-f]{16}", folders[0].name)
-    assert {p.name for p in folders[0].iterdir()} == {"meta.json", "input_ids.npy", "token_type_ids.npy", "offsets.npy", "labels.npy"}
+    assert {p.name for p in folders[0].iterdir()} == {
+        "meta.json",
+        "input_ids.npy",
+        "token_type_ids.npy",
+        "offsets.npy",
+        "labels.npy",
+    }
     mtime = (folders[0] / "input_ids.npy").stat().st_mtime_ns
 
     def boom(*a, **k):
@@ -506,8 +574,11 @@ def test_truncation_cuts_tokens_never_examples(tmp_path, tokenizer, pair):
     texts = ["short one", long, "tiny", long + " more", "two words"]
     if pair:
         rows = "".join(f"{i}\t{t}\t{t}\t{'pos' if i % 2 else 'neg'}\n" for i, t in enumerate(texts))
-        spec, _ = _task(tmp_path, files={"train": ("t.tsv", "id\ta\tb\ty\n" + rows)},
-                        fields={"id": "id", "text_a": "a", "text_b": "b", "label": "y"})
+        spec, _ = _task(
+            tmp_path,
+            files={"train": ("t.tsv", "id\ta\tb\ty\n" + rows)},
+            fields={"id": "id", "text_a": "a", "text_b": "b", "label": "y"},
+        )
     else:
         rows = "".join(f"{i}\t{t}\t{'pos' if i % 2 else 'neg'}\n" for i, t in enumerate(texts))
         spec, _ = _task(tmp_path, files={"train": ("t.tsv", "id\ta\ty\n" + rows)})
@@ -517,15 +588,18 @@ def test_truncation_cuts_tokens_never_examples(tmp_path, tokenizer, pair):
     assert all(n < 10 for i, n in enumerate(enc.lengths.tolist()) if i not in (1, 3))
     assert enc.meta["n_truncated"] == 2 and enc.meta["n"] == 5
     for i in range(5):
-        toks = enc.input_ids[enc.offsets[i]:enc.offsets[i + 1]].tolist()
+        toks = enc.input_ids[enc.offsets[i] : enc.offsets[i + 1]].tolist()
         assert toks[0] == tokenizer.cls_token_id and toks[-1] == tokenizer.sep_token_id
         assert toks.count(tokenizer.sep_token_id) == (2 if pair else 1)
     assert enc.labels.tolist() == [0, 1, 0, 1, 0] and enc.labels.dtype == np.int64
 
 
 def test_skipped_rows_are_kept_in_the_cache_meta(tmp_path, tokenizer):
-    spec, _ = _task(tmp_path, files={"train": ("t.tsv", "id\ta\ty\n1\tx\tpos\n2\tbroken\n3\tz\tneg\n")},
-                    train_extra={"skip_malformed": True})
+    spec, _ = _task(
+        tmp_path,
+        files={"train": ("t.tsv", "id\ta\ty\n1\tx\tpos\n2\tbroken\n3\tz\tneg\n")},
+        train_extra={"skip_malformed": True},
+    )
     enc = encode_split(spec, "train", tokenizer, 16, tmp_path / "cache")
     assert enc.ids == ["1", "3"]
     assert [line for line, _ in enc.meta["skipped_rows"]] == [3]
@@ -563,7 +637,7 @@ def test_collate_pads_dynamically(glue_root, tmp_path, tokenizer):
     assert batch["labels"].dtype == torch.int64 and batch["labels"].tolist() == np.asarray(enc.labels)[idx].tolist()
     for r, i in enumerate(idx):
         n = int(lengths[i])
-        assert batch["input_ids"][r, :n].tolist() == enc.input_ids[enc.offsets[i]:enc.offsets[i + 1]].tolist()
+        assert batch["input_ids"][r, :n].tolist() == enc.input_ids[enc.offsets[i] : enc.offsets[i + 1]].tolist()
         assert (batch["input_ids"][r, n:] == tokenizer.pad_token_id).all()
         assert (batch["token_type_ids"][r, n:] == 0).all()
         assert batch["token_type_ids"][r, :n].max() == 1  # a pair: segment B present
@@ -588,9 +662,17 @@ def test_collate_unlabelled_split_has_no_labels(glue_root, tmp_path, tokenizer):
 
 
 def test_ranking_task_groups_by_query(tmp_path, tokenizer):
-    rows = "q\tdoc\trel\nwhat is a cat\ta small animal\t1\nwhat is a cat\ta car\t0\nwho won\tthe team\t1\nwhat is a cat\tpets\t0\n"
-    spec, _ = _task(tmp_path, files={"train": ("r.tsv", rows)}, head="ranking", labels=None,
-                    fields={"text_a": "q", "text_b": "doc", "label": "rel"})
+    rows = (
+        "q\tdoc\trel\nwhat is a cat\ta small animal\t1\nwhat is a cat\ta car\t0\n"
+        "who won\tthe team\t1\nwhat is a cat\tpets\t0\n"
+    )
+    spec, _ = _task(
+        tmp_path,
+        files={"train": ("r.tsv", rows)},
+        head="ranking",
+        labels=None,
+        fields={"text_a": "q", "text_b": "doc", "label": "rel"},
+    )
     assert spec.head == HeadKind.RANKING and spec.labels == ("0", "1") and spec.num_outputs == 1
     enc = encode_split(spec, "train", tokenizer, 16, tmp_path / "cache")
     g = enc.groups.tolist()
@@ -612,7 +694,6 @@ def test_subsample():
     assert len(subsample(5, 0, 0)) == 0
 
 
-
 # ============================================================================ inference batches
 @pytest.mark.parametrize("batch_size,max_tokens", [(4, None), (128, 40), (3, 25), (128, 5)])
 def test_length_batches_sorted_capped_and_complete(batch_size, max_tokens):
@@ -626,7 +707,7 @@ def test_length_batches_sorted_capped_and_complete(batch_size, max_tokens):
         if max_tokens is not None and len(b) > 1:
             assert len(b) * lengths[b].max() <= max_tokens
     if max_tokens == 40:  # greedy: each batch as large as the budget allows
-        for b, nxt in zip(batches, batches[1:]):
+        for b, nxt in zip(batches, batches[1:], strict=False):
             assert (len(b) + 1) * lengths[nxt[0]] > 40
 
 
@@ -668,8 +749,15 @@ def test_a_line_past_the_limit_is_refused_before_it_is_decoded(tmp_path):
     check_line_lengths(tmp_path / "f.tsv", data, limit=110, chunk=16)
     with pytest.raises(DataError, match="line 2: line longer"):  # the last line, with no newline after it
         check_line_lengths(tmp_path / "f.tsv", b"header\n" + b"y" * 60, limit=50, chunk=7)
-    spec = task_from_dict("T", {"head": "classification", "labels": ["0", "1"],
-                                "fields": {"text_a": "sentence", "label": "label"}, "splits": {"train": "t.tsv"}})
+    spec = task_from_dict(
+        "T",
+        {
+            "head": "classification",
+            "labels": ["0", "1"],
+            "fields": {"text_a": "sentence", "label": "label"},
+            "splits": {"train": "t.tsv"},
+        },
+    )
     (tmp_path / "t.tsv").write_bytes(b"sentence\tlabel\n" + b"z" * (17 << 20) + b"\t1\n")
     with pytest.raises(DataError, match=r"t.tsv, line 2: line longer than 16 MB"):
         read_split(spec, "train", tmp_path)

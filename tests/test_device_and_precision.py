@@ -16,11 +16,18 @@ from mtkd.cli import main
 from mtkd.errors import TrainingDiverged
 from mtkd.model import MTModel
 
+pytestmark = pytest.mark.integration
+
 
 def _kd_config(glue_root, tiny_encoder, tmp_path, **sections):
     cfg = tiny_config(glue_root, tiny_encoder, tmp_path / "cache", tasks=("SST-2", "RTE"), **sections)
     cfg["stages"] = ["mtl", "finetune", "teach", "distill", "evaluate", "predict"]
-    cfg["kd"] = {"teacher_tasks": ["RTE"], "select_by": ["RTE"], "candidates": [{"dropout": 0.1}, {"dropout": 0.2}], "top_k": 1}
+    cfg["kd"] = {
+        "teacher_tasks": ["RTE"],
+        "select_by": ["RTE"],
+        "candidates": [{"dropout": 0.1}, {"dropout": 0.2}],
+        "top_k": 1,
+    }
     path = tmp_path / "kd.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -93,6 +100,7 @@ def test_check_every_logs_and_checks_every_n_steps(glue_root, tiny_encoder, tmp_
             calls.append(1)
             loss = fn(task, logits, batch)
             return loss * float("nan") if len(calls) == 7 else loss
+
         return loss_fn
 
     monkeypatch.setattr(mtkd.loop, "default_loss", nan_at_6)
@@ -102,7 +110,9 @@ def test_check_every_logs_and_checks_every_n_steps(glue_root, tiny_encoder, tmp_
     from mtkd.task_data import TaskData
 
     cfg = load_config(path, ["mtl.checkpoint_every=2"])
-    with pytest.raises(TrainingDiverged, match=r"at step 7, .*read every 4 steps, so the last good state is the newest checkpoint"):
+    with pytest.raises(
+        TrainingDiverged, match=r"at step 7, .*read every 4 steps, so the last good state is the newest checkpoint"
+    ):
         Runner(cfg, tmp_path / "nan").run([mtl.job(cfg, TaskData(cfg), tmp_path / "nan", 0)])
     from safetensors.torch import load_file
 

@@ -35,6 +35,8 @@ from mtkd.recipes.evaluate import evaluate
 from mtkd.recipes.runner import Runner
 from mtkd.task_data import TaskData
 
+pytestmark = pytest.mark.integration  # torchrun: two processes training, signals, NaN on one rank
+
 HELPER = Path(__file__).parent / "_train_helper.py"
 TASKS = ("SST-2", "STS-B", "MNLI")
 STEPS = 12  # 3 tasks x (32 + 16 examples) = 6 global batches per epoch, 2 epochs
@@ -49,8 +51,19 @@ def _free_port() -> int:
 
 def torchrun(*args, timeout=150) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(HELPER), *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(HELPER),
+        *map(str, args),
+    ]
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = p.communicate(timeout=timeout)
@@ -93,8 +106,14 @@ def read_records(path: Path) -> list[dict]:
 def runs(tmp_path_factory, tiny_encoder):
     base = tmp_path_factory.mktemp("ddp")
     glue = write_glue_fixture(base / "glue")
-    raw = tiny_config(glue, tiny_encoder, base / "cache", tasks=TASKS, stages=["mtl", "evaluate"],
-                      mtl={"epochs": 2, "batch_size": 32, "checkpoint_every": 4})
+    raw = tiny_config(
+        glue,
+        tiny_encoder,
+        base / "cache",
+        tasks=TASKS,
+        stages=["mtl", "evaluate"],
+        mtl={"epochs": 2, "batch_size": 32, "checkpoint_every": 4},
+    )
     raw["encoder"]["dropout"] = 0.0
     for entry in raw["tasks"].values():
         entry["dropout"] = 0.0  # the heads' own dropout (glue_tasks.yaml: 0.05 / 0.1 / 0.3)
@@ -116,19 +135,26 @@ def runs(tmp_path_factory, tiny_encoder):
         def loss_fn(task, logits, batch):
             rec1.append({"task": task, "index": batch["index"].tolist()})
             return fn(task, logits, batch)
+
         return loss_fn
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(mtkd.loop, "default_loss", recording)
         assert cli_main(["mtl", str(cfg), "--output-dir", str(single)]) == 0
-    return SimpleNamespace(base=base, cfg=cfg, ddp=ddp, single=single, rec1=rec1,
-                           rec2=[read_records(rec2 / f"rank-{r}.jsonl") for r in (0, 1)])
+    return SimpleNamespace(
+        base=base,
+        cfg=cfg,
+        ddp=ddp,
+        single=single,
+        rec1=rec1,
+        rec2=[read_records(rec2 / f"rank-{r}.jsonl") for r in (0, 1)],
+    )
 
 
 def test_each_rank_trains_half_of_the_same_single_task_batch(runs):
     r0, r1 = runs.rec2
     assert len(runs.rec1) == len(r0) == len(r1) == STEPS
-    for step, (one, a, b) in enumerate(zip(runs.rec1, r0, r1)):
+    for step, (one, a, b) in enumerate(zip(runs.rec1, r0, r1, strict=True)):
         assert one["task"] == a["task"] == b["task"], f"step {step}: the ranks trained different tasks"
         assert not set(a["index"]) & set(b["index"]), f"step {step}: an example on both ranks"
         assert sorted(a["index"] + b["index"]) == sorted(one["index"]), f"step {step}: not the 1-process batch"
@@ -163,7 +189,7 @@ def test_the_logged_loss_is_the_global_batch_loss(runs):
     one = read_records(runs.single / "metrics.jsonl")
     two = read_records(runs.ddp / "metrics.jsonl")
     assert [x["step"] for x in one] == [x["step"] for x in two]
-    diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(one, two)]
+    diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(one, two, strict=True)]
     assert max(diffs) < 1e-3, diffs
 
 
@@ -177,7 +203,13 @@ def test_only_rank_0_writes(runs):
     assert done["steps"] == STEPS and done["train_examples"] == {t: 48 for t in TASKS}
     assert sorted(p.name for p in out.iterdir()) == ["DONE.json", "metrics.jsonl", "model", "tensorboard"]
     assert sorted(p.name for p in (out / "model").iterdir()) == [
-        "README.md", "config.json", "model.safetensors", "model_card.json", "tokenizer.json", "tokenizer_config.json"]
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "model_card.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
 
 
 def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step_and_resume_matches(runs, tmp_path):

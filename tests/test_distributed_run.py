@@ -28,6 +28,8 @@ from conftest import tiny_config, write_glue_fixture
 from mtkd.cli import main as cli_main
 from test_distributed import _free_port, torchrun
 
+pytestmark = pytest.mark.integration  # torchrun and accelerate launch of every stage, a killed rank
+
 METRIC_TOLERANCE = 0.01  # points (x100)
 STAGES = ["single_task", "mtl", "finetune", "teach", "distill", "evaluate", "predict"]
 
@@ -40,8 +42,12 @@ def setup(tmp_path_factory, tiny_encoder):
     raw["encoder"]["dropout"] = 0.0
     for entry in raw["tasks"].values():
         entry["dropout"] = 0.0
-    raw["kd"] = {"teacher_tasks": ["RTE", "MNLI", "STS-B"], "select_by": ["RTE"], "top_k": 2,
-                 "candidates": [{"dropout": 0.0}, {"dropout": 0.0}, {"dropout": 0.0}]}
+    raw["kd"] = {
+        "teacher_tasks": ["RTE", "MNLI", "STS-B"],
+        "select_by": ["RTE"],
+        "top_k": 2,
+        "candidates": [{"dropout": 0.0}, {"dropout": 0.0}, {"dropout": 0.0}],
+    }
     cfg = base / "kd.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     single = base / "single"
@@ -68,7 +74,7 @@ def _assert_same_results(single: Path, multi: Path):
     for name in sa:
         if name == "STS-B.tsv":
             assert [r[0] for r in sa[name]] == [r[0] for r in sb[name]]
-            assert all(abs(float(x[1]) - float(y[1])) < 1e-3 for x, y in zip(sa[name][1:], sb[name][1:]))
+            assert all(abs(float(x[1]) - float(y[1])) < 1e-3 for x, y in zip(sa[name][1:], sb[name][1:], strict=True))
         else:
             assert sa[name] == sb[name], name
     # one writer: the soft targets and the stage markers are complete and written once
@@ -96,9 +102,28 @@ def test_accelerate_launch_runs_every_stage_and_matches_one_process(setup):
     out = base / "accelerate"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     # --multi_gpu is Accelerate's torchrun launcher; without GPUs mtkd's ranks run on the CPU with gloo
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "-m", "mtkd.cli", "run", str(cfg), "--output-dir", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "mtkd.cli",
+        "run",
+        str(cfg),
+        "--output-dir",
+        str(out),
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-4000:]
     _assert_same_results(single, out)

@@ -14,8 +14,13 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "results" / "README.md",
-        *sorted((ROOT / "results").glob("*/README.md")), ROOT / "benchmarks" / "README.md"]
+DOCS = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    ROOT / "results" / "README.md",
+    *sorted((ROOT / "results").glob("*/README.md")),
+    ROOT / "benchmarks" / "README.md",
+]
 
 
 def _slug(heading: str) -> str:

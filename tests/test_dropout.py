@@ -7,8 +7,15 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from mtkd.dropout import (ATTENTION_NAME, FastDropout, attention_with_fast_dropout, fast_dropout, keep_mask,
-                          keep_scale, use_fast_dropout)
+from mtkd.dropout import (
+    ATTENTION_NAME,
+    FastDropout,
+    attention_with_fast_dropout,
+    fast_dropout,
+    keep_mask,
+    keep_scale,
+    use_fast_dropout,
+)
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.3])
@@ -61,7 +68,9 @@ def test_attention_function_matches_the_formula_with_the_same_mask():
     assert torch.allclose(out, expected.transpose(1, 2), atol=1e-6)
     module.eval()  # eval (transformers then passes dropout=0): plain SDPA
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=pad, scale=0.5).transpose(1, 2)
-    assert torch.allclose(attention_with_fast_dropout(module, q, k, v, pad, dropout=0.0, scaling=0.5)[0], ref, atol=1e-6)
+    assert torch.allclose(
+        attention_with_fast_dropout(module, q, k, v, pad, dropout=0.0, scaling=0.5)[0], ref, atol=1e-6
+    )
 
 
 def _tiny_bert():
@@ -80,8 +89,10 @@ def test_encoder_switch_keeps_eval_outputs_and_the_padding_mask_in_training():
     mask = torch.ones_like(ids)
     mask[0, 5:] = 0
     plain.eval(), fast.eval()
-    assert torch.equal(plain(input_ids=ids, attention_mask=mask).last_hidden_state,
-                       fast(input_ids=ids, attention_mask=mask).last_hidden_state)
+    assert torch.equal(
+        plain(input_ids=ids, attention_mask=mask).last_hidden_state,
+        fast(input_ids=ids, attention_mask=mask).last_hidden_state,
+    )
     # training: what sits in padded positions must not reach the real tokens
     fast.train()
     other = ids.clone()

@@ -31,7 +31,8 @@ TOKEN_TYPES = {"bert", "electra"}  # type_vocab_size 2; RoBERTa 1, DeBERTa-v2 0,
 # SDPA dispatched through AttentionInterface: BERT, RoBERTa, DistilBERT, ELECTRA since transformers 5.0,
 # ModernBERT since 5.7 (before, it keeps PyTorch's SDPA); DeBERTa-v2 has its own (eager) attention
 TWIN = {"bert", "roberta", "distilbert", "electra"} | (
-    {"modernbert"} if Version(transformers.__version__) >= Version("5.7") else set())
+    {"modernbert"} if Version(transformers.__version__) >= Version("5.7") else set()
+)
 PAD_IDS = {"bert": 0, "distilbert": 0, "electra": 0, "deberta-v2": 0, "roberta": 1, "modernbert": 403}
 # dropout modules per family: embeddings + per layer attention probabilities, attention output, FFN output
 # (DistilBERT has no attention-output dropout, DeBERTa-v2 also drops its relative-position embeddings,
@@ -104,7 +105,9 @@ def test_cached_batches_are_padded_with_the_tokenizers_pad_id(family, tmp_path):
     name, folder = family
     tok = MTModel.from_encoder(str(folder), SPECS).tokenizer
     (tmp_path / "SST-2").mkdir()
-    (tmp_path / "SST-2" / "train.tsv").write_text("sentence\tlabel\nthe film was good and the cast was great .\t1\na\t0\n")
+    (tmp_path / "SST-2" / "train.tsv").write_text(
+        "sentence\tlabel\nthe film was good and the cast was great .\t1\na\t0\n"
+    )
     data = encode_split(SPECS["SST-2"], "train", tok, 32, tmp_path / "cache", root=tmp_path)
     assert data.meta["pad_id"] == PAD_IDS[name]
     b = collate(data, [0, 1])  # the short second example gets padding
@@ -167,8 +170,10 @@ def test_dropout_that_cannot_be_set_is_refused():
 
     with pytest.raises(ConfigError, match=r"'gpt2' encoder.*attn_pdrop.*ENCODER_DROPOUT_FIELDS"):
         set_encoder_dropout(GPT2Config(), 0.2)
-    bert = BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=64), add_pooling_layer=False)
+    bert = BertModel(
+        BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+        add_pooling_layer=False,
+    )
     bert.encoder.layer[0].output.dropout.p = 0.2  # one module the config did not reach
     wrong = r"dropout 0.1 did not reach.*1 of \d+ dropout rates differ: encoder.layer.0.output.dropout=0.2"
     with pytest.raises(ConfigError, match=wrong):
@@ -182,12 +187,17 @@ def test_a_tokenizer_without_a_first_cls_token_is_refused():
         check_first_token_pooling(tok, "encoder 'x'")
 
 
+@pytest.mark.integration
 def test_mtl_teachers_student_and_predict(family, glue, tmp_path):
     name, folder = family
     cfg = tiny_config(glue, folder, tmp_path / "cache", tasks=("SST-2", "MRPC"))
     cfg["stages"] = ["mtl", "finetune", "teach", "distill"]
-    cfg["kd"] = {"teacher_tasks": ["MRPC"], "select_by": ["MRPC"],
-                 "candidates": [{"dropout": 0.1}, {"dropout": 0.3}], "top_k": 1}
+    cfg["kd"] = {
+        "teacher_tasks": ["MRPC"],
+        "select_by": ["MRPC"],
+        "candidates": [{"dropout": 0.1}, {"dropout": 0.3}],
+        "top_k": 1,
+    }
     path = tmp_path / "kd.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"

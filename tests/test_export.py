@@ -22,17 +22,17 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from conftest import write_glue_fixture  # noqa: E402
+from conftest import TRAINED_TASKS, write_glue_fixture  # noqa: E402
 from mtkd.cli import main  # noqa: E402
 from mtkd.errors import CheckpointError, ConfigError, DataError, ExportError  # noqa: E402
 from mtkd.export import export_onnx  # noqa: E402
-from mtkd.onnx_model import EXPORT_FILE, GRAPH_FILE, OnnxModel  # noqa: E402
 from mtkd.model import MTModel, weights_sha256  # noqa: E402
+from mtkd.onnx_model import EXPORT_FILE, GRAPH_FILE, OnnxModel  # noqa: E402
 from mtkd.tasks import glue_tasks  # noqa: E402
 
 ALL = glue_tasks()
 # classification; regression with a label range (pair); pair classification; 3 labels (pair); AX on MNLI's head
-TASKS = ("SST-2", "STS-B", "MRPC", "MNLI", "AX")
+TASKS = TRAINED_TASKS  # ("SST-2", "STS-B", "MRPC", "MNLI", "AX"): conftest's shared trained model
 HEADS = ["SST-2", "STS-B", "MRPC", "MNLI"]
 WORDS = "the film movie plot cast story show was good great fine lovely bad awful poor dull".split()
 
@@ -40,7 +40,10 @@ WORDS = "the film movie plot cast story show was good great fine lovely bad awfu
 def _texts(n: int, seed: int, longest: int = 90) -> list[str]:
     """Texts of 1 to `longest` words (varied lengths, so batches carry padding)."""
     rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=int(k))) for k in np.linspace(1, longest, n).round().astype(int)[rng.permutation(n)]]
+    return [
+        " ".join(rng.choice(WORDS, size=int(k)))
+        for k in np.linspace(1, longest, n).round().astype(int)[rng.permutation(n)]
+    ]
 
 
 TEXTS, PAIRS = _texts(11, 0), _texts(11, 1, longest=20)
@@ -53,15 +56,16 @@ def _make_model(encoder: Path, folder: Path, tasks=TASKS) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_encoder, tmp_path_factory) -> Path:
-    return _make_model(tiny_encoder, tmp_path_factory.mktemp("export") / "model")
+def model_dir(trained_model_dir) -> Path:
+    return trained_model_dir
 
 
 @pytest.fixture(scope="module")
-def model(model_dir) -> MTModel:
-    return MTModel.from_pretrained(model_dir).eval()
+def model(trained_model) -> MTModel:
+    return trained_model
 
 
+# the tests that export (`export_dir`, `int8`, export_onnx through to a graph) are marked integration
 @pytest.fixture(scope="module")
 def export_dir(model_dir, tmp_path_factory):
     """fp32 export through the command line, no dev data (the check runs on the built-in sentences)."""
@@ -97,6 +101,7 @@ def _torch_heads(model, ids, mask, types):
         return {h: model.heads[h](cls).numpy() for h in model.heads}
 
 
+@pytest.mark.integration
 def test_export_folder_layout_and_metadata(export_dir, model_dir):
     out, printed = export_dir
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".onnx") == [GRAPH_FILE]  # one graph
@@ -113,6 +118,7 @@ def test_export_folder_layout_and_metadata(export_dir, model_dir):
     assert "max abs diff" in printed and "built-in sentences" in printed
 
 
+@pytest.mark.integration
 def test_graph_inputs_outputs_named_and_dynamic(export_dir):
     sess = ort.InferenceSession(str(export_dir[0] / GRAPH_FILE), providers=["CPUExecutionProvider"])
     ins = {i.name: i for i in sess.get_inputs()}
@@ -124,13 +130,16 @@ def test_graph_inputs_outputs_named_and_dynamic(export_dir):
     assert len(outs["STS-B"]) == 1  # a regression head: the (batch,) score
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("batch_size", [1, 3, 11])
 def test_onnx_matches_pytorch_on_varied_length_batches(export_dir, model, batch_size):
     sess = ort.InferenceSession(str(export_dir[0] / GRAPH_FILE), providers=["CPUExecutionProvider"])
     for lo in range(0, len(TEXTS), batch_size):
-        enc = model.tokenizer(TEXTS[lo:lo + batch_size], PAIRS[lo:lo + batch_size], padding=True, return_tensors="np")
+        enc = model.tokenizer(
+            TEXTS[lo : lo + batch_size], PAIRS[lo : lo + batch_size], padding=True, return_tensors="np"
+        )
         feed = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
-        got = dict(zip(HEADS, sess.run(HEADS, feed)))
+        got = dict(zip(HEADS, sess.run(HEADS, feed), strict=True))
         want = _torch_heads(model, *feed.values())
         for h in HEADS:
             w = want[h] if h != "STS-B" else want[h][:, 0]
@@ -138,6 +147,7 @@ def test_onnx_matches_pytorch_on_varied_length_batches(export_dir, model, batch_
             assert np.abs(got[h] - w).max() <= 1e-4, h
 
 
+@pytest.mark.integration
 def test_onnx_model_predict_equals_mtmodel(onnx_model, model):
     assert set(onnx_model.tasks) == set(TASKS) and onnx_model.tokenizer.is_fast
     for kw in ({}, {"batch_size": 2, "max_tokens": 40}, {"max_len": 16}):
@@ -148,8 +158,11 @@ def test_onnx_model_predict_equals_mtmodel(onnx_model, model):
         np.testing.assert_allclose(a["STS-B"], b["STS-B"], atol=1e-4)
         assert all(0.0 <= s <= 5.0 for s in a["STS-B"])
     assert onnx_model.predict("SST-2", TEXTS) == model.predict("SST-2", TEXTS)  # one task: a list
-    np.testing.assert_allclose(onnx_model.predict("MNLI", TEXTS, PAIRS, return_probs=True),
-                               model.predict("MNLI", TEXTS, PAIRS, return_probs=True), atol=1e-5)
+    np.testing.assert_allclose(
+        onnx_model.predict("MNLI", TEXTS, PAIRS, return_probs=True),
+        model.predict("MNLI", TEXTS, PAIRS, return_probs=True),
+        atol=1e-5,
+    )
     assert onnx_model.predict("SST-2", []) == [] and onnx_model.predict("MNLI", [], return_probs=True).shape == (0, 3)
     with pytest.raises(KeyError, match="CoLA"):
         onnx_model.predict("CoLA", TEXTS)
@@ -157,6 +170,7 @@ def test_onnx_model_predict_equals_mtmodel(onnx_model, model):
         onnx_model.predict("MRPC", TEXTS, PAIRS[:2])
 
 
+@pytest.mark.integration
 def test_int8_export_loads_and_answers(int8, model):
     out, meta, lines = int8
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".onnx") == [GRAPH_FILE]  # no fp32 intermediate
@@ -178,6 +192,7 @@ def test_int8_export_loads_and_answers(int8, model):
     assert meta["check"]["max_abs_diff_fp32"] <= 1e-4  # the fp32 graph was checked before quantizing
 
 
+@pytest.mark.integration
 def test_loading_refuses_what_is_not_an_export(model_dir, export_dir, tmp_path):
     with pytest.raises(CheckpointError, match=EXPORT_FILE):
         OnnxModel.from_pretrained(model_dir)
@@ -208,12 +223,14 @@ def test_damaged_model_folder_gives_the_loaders_error(model_dir, tmp_path):
     assert main(["export", str(bad), "--output-dir", str(tmp_path / "out")]) == 2
 
 
+@pytest.mark.integration
 def test_failed_check_writes_nothing(model_dir, tmp_path):
     with pytest.raises(ExportError, match="differ from PyTorch's by"):
         export_onnx(model_dir, tmp_path / "out", data_root=tmp_path / "none", atol=0.0, optimize=False)
     assert list(tmp_path.iterdir()) == []  # neither the folder nor a temp folder
 
 
+@pytest.mark.integration
 def test_output_folder_refusals_and_replacing_an_export(model_dir, export_dir, tmp_path):
     busy = tmp_path / "busy"
     busy.mkdir()
@@ -231,13 +248,16 @@ def test_output_folder_refusals_and_replacing_an_export(model_dir, export_dir, t
     assert not (again / "stale.txt").exists() and OnnxModel.from_pretrained(again).predict("SST-2", ["fine"])
 
 
+@pytest.mark.integration
 def test_serving_an_export_needs_no_torch(export_dir, onnx_model):
-    code = ("import sys, json\n"
-            "for m in ('torch', 'safetensors.torch', 'accelerate'):\n"
-            "    sys.modules[m] = None  # as if not installed\n"
-            "from mtkd.onnx_model import OnnxModel\n"
-            f"m = OnnxModel.from_pretrained({str(export_dir[0])!r})\n"
-            f"print(json.dumps(m.predict(['SST-2', 'STS-B'], {TEXTS[:4]!r}, {PAIRS[:4]!r})))\n")
+    code = (
+        "import sys, json\n"
+        "for m in ('torch', 'safetensors.torch', 'accelerate'):\n"
+        "    sys.modules[m] = None  # as if not installed\n"
+        "from mtkd.onnx_model import OnnxModel\n"
+        f"m = OnnxModel.from_pretrained({str(export_dir[0])!r})\n"
+        f"print(json.dumps(m.predict(['SST-2', 'STS-B'], {TEXTS[:4]!r}, {PAIRS[:4]!r})))\n"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -247,6 +267,7 @@ def test_serving_an_export_needs_no_torch(export_dir, onnx_model):
     np.testing.assert_allclose(got["STS-B"], want["STS-B"], atol=1e-6)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("family", ["roberta", "distilbert", "electra", "deberta-v2", "modernbert"])
 def test_other_encoder_families_export(family, tmp_path):
     from mtkd.testing import save_tiny_family_encoder
@@ -261,6 +282,7 @@ def test_other_encoder_families_export(family, tmp_path):
     np.testing.assert_allclose(a["STS-B"], b["STS-B"], atol=1e-4)
 
 
+@pytest.mark.integration
 def test_dynamo_exporter(model_dir, model, tmp_path):
     pytest.importorskip("onnxscript")
     meta = export_onnx(model_dir, tmp_path / "onnx", data_root=tmp_path / "none", exporter="dynamo")
@@ -269,6 +291,7 @@ def test_dynamo_exporter(model_dir, model, tmp_path):
     assert m.predict(["SST-2", "MNLI"], TEXTS, PAIRS) == model.predict(["SST-2", "MNLI"], TEXTS, PAIRS)
 
 
+@pytest.mark.integration
 def test_without_onnxruntime_the_error_names_the_extra(model_dir, export_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
     with pytest.raises(ConfigError, match=r"pip install 'mtkd\[onnx\]'"):
@@ -288,6 +311,7 @@ def test_a_malformed_dev_file_is_an_error_naming_it(model_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 def test_a_fused_graph_that_does_not_run_falls_back_to_the_plain_graph(model_dir, tmp_path, monkeypatch):
     import mtkd.export as export
 

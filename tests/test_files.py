@@ -36,8 +36,11 @@ def test_a_failing_writer_leaves_the_old_file_and_no_temporary_file(tmp_path):
 
 def test_a_full_disk_says_so_with_the_size_and_removes_the_temporary_file(tmp_path, monkeypatch):
     path = tmp_path / "soft.safetensors"
-    with pytest.raises(DiskFullError, match=rf"no space left on {tmp_path}: about 3 MB needed, \d+ MB free; "
-                                           r"the soft targets was not written"):
+    with pytest.raises(
+        DiskFullError,
+        match=rf"no space left on {tmp_path}: about 3 MB needed, \d+ MB free; "
+        r"the soft targets was not written",
+    ):
         with atomic_output(path, "the soft targets", needed=3 * 2**20):
             raise OSError(errno.ENOSPC, "No space left on device")
     assert list(tmp_path.iterdir()) == []
@@ -45,6 +48,7 @@ def test_a_full_disk_says_so_with_the_size_and_removes_the_temporary_file(tmp_pa
 
 def test_a_read_only_folder_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     """(Simulated: this suite may run as root, for whom a chmod'ed folder is writable.)"""
+
     def read_only(src, dst):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
 

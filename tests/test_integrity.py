@@ -112,7 +112,10 @@ def test_every_checkpoint_damaged_raises_naming_each(two_checkpoints):
         load_latest_checkpoint(folder, model, opt, EXPECT)
     msg = str(e.value)
     assert f"no usable checkpoint in {folder}" in msg
-    assert f"{folder / 'step-000000001'}: optimizer.pt is" in msg and f"{folder / 'step-000000002'}: model.safetensors has sha256" in msg
+    assert (
+        f"{folder / 'step-000000001'}: optimizer.pt is" in msg
+        and f"{folder / 'step-000000002'}: model.safetensors has sha256" in msg
+    )
 
 
 def test_checkpoint_without_recorded_checksums_loads_and_an_unreadable_one_is_skipped(two_checkpoints, caplog):
@@ -130,6 +133,7 @@ def test_checkpoint_without_recorded_checksums_loads_and_an_unreadable_one_is_sk
     assert "optimizer.pt cannot be read (RuntimeError" in caplog.records[-1].getMessage()
 
 
+@pytest.mark.integration
 def test_training_resumes_from_the_newest_good_checkpoint(tmp_path, tiny_encoder, caplog):
     """Through the loop: checkpoints of steps 2 and 3, step 3's weights truncated; the rerun
     resumes at step 2 (warning names step 3) and trains step 3 again."""
@@ -142,15 +146,23 @@ def test_training_resumes_from_the_newest_good_checkpoint(tmp_path, tiny_encoder
     from mtkd.recipes.runner import Runner
     from mtkd.task_data import TaskData
 
-    raw = tiny_config(write_glue_fixture(tmp_path / "glue", n_train=16), tiny_encoder, tmp_path / "cache", tasks=("SST-2",),
-                      mtl={"max_steps": 3, "checkpoint_every": 1})
+    raw = tiny_config(
+        write_glue_fixture(tmp_path / "glue", n_train=16),
+        tiny_encoder,
+        tmp_path / "cache",
+        tasks=("SST-2",),
+        mtl={"max_steps": 3, "checkpoint_every": 1},
+    )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
     cfg = load_config(tmp_path / "c.yaml")
     data, runner = TaskData(cfg), Runner(cfg, tmp_path / "run")
     out = tmp_path / "run"
     out.mkdir()
     sets = {"SST-2": data.train_set("SST-2")}
-    assert train(new_model(cfg.encoder, data.specs, runner.device), sets, cfg.mtl, 0, out, runner.accelerator)["steps"] == 3
+    assert (
+        train(new_model(cfg.encoder, data.specs, runner.device), sets, cfg.mtl, 0, out, runner.accelerator)["steps"]
+        == 3
+    )
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-000000002", "step-000000003"]
     _truncate(out / "checkpoints" / "step-000000003" / "model.safetensors")
     with caplog.at_level(logging.INFO):
@@ -163,22 +175,30 @@ def test_training_resumes_from_the_newest_good_checkpoint(tmp_path, tiny_encoder
 
 
 # ----------------------------------------------------------------------- item 6: disk full
-MB_NEEDED = math.ceil((3 * (512 * 512 + 512) * 4 + 2 * 4 + 2**20) / 2**20)  # weights + Adam's 2 moments + 2 steps + 1 MiB
+MB_NEEDED = math.ceil(
+    (3 * (512 * 512 + 512) * 4 + 2 * 4 + 2**20) / 2**20
+)  # weights + Adam's 2 moments + 2 steps + 1 MiB
 
 
 def _partial_then(exc):
     """A writer that writes half a megabyte of the file, then fails like a full disk."""
+
     def writer(obj, target, *a, **k):
         Path(target).write_bytes(b"\0" * 500_000)
         raise exc
+
     return writer
 
 
 FULL = {
     "OSError ENOSPC in torch.save": ("save", OSError(errno.ENOSPC, "No space left on device")),
     "torch.save iostream error": ("save", RuntimeError("basic_ios::clear: iostream error")),
-    "safetensors write error": ("save_file", SafetensorError("Error while serializing: IoError(Os { code: 28, "
-                                                             "kind: StorageFull, message: \"No space left on device\" })")),
+    "safetensors write error": (
+        "save_file",
+        SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        ),
+    ),
 }
 
 
@@ -191,12 +211,15 @@ def test_disk_full_removes_the_partial_checkpoint_and_keeps_the_good_one(two_che
     else:
         monkeypatch.setattr(ckpt, "save_file", _partial_then(exc))
     # the iostream error carries no errno: the free space decides (here: less than the checkpoint needs)
-    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: namedtuple("U", "total used free")(10 * 2**30, 0, 3 * 2**20))
+    monkeypatch.setattr(
+        ckpt.shutil, "disk_usage", lambda p: namedtuple("U", "total used free")(10 * 2**30, 0, 3 * 2**20)
+    )
     model, opt = _model_and_opt(3)
     with pytest.raises(DiskFullError) as e:
         save_checkpoint(folder, model, opt, {**EXPECT, "step": 3})
-    assert str(e.value).startswith(f"no space left on {folder}: about {MB_NEEDED} MB needed, 3 MB free; "
-                                   "the checkpoint of step 3 was not written")
+    assert str(e.value).startswith(
+        f"no space left on {folder}: about {MB_NEEDED} MB needed, 3 MB free; the checkpoint of step 3 was not written"
+    )
     assert sorted(p.name for p in folder.iterdir()) == ["step-000000001", "step-000000002"]  # partial folder gone
     monkeypatch.undo()
     assert _loads_step(folder, weights)[1]["step"] == 2
@@ -262,12 +285,22 @@ OWN = ("config.json", "model.safetensors")
 MODEL_DAMAGE = {
     "truncated weights": (lambda f: _truncate(f / "model.safetensors"), "{m}/model.safetensors: is", "bytes"),
     "flipped byte": (lambda f: _flip_byte(f / "model.safetensors"), "{m}/model.safetensors: has sha256", "damaged"),
-    "missing tokenizer file": (lambda f: (f / "tokenizer.json").unlink(), "{m}: tokenizer files missing", "tokenizer.json"),
+    "missing tokenizer file": (
+        lambda f: (f / "tokenizer.json").unlink(),
+        "{m}: tokenizer files missing",
+        "tokenizer.json",
+    ),
     "unparsable config.json": (lambda f: (f / "config.json").write_text("{"), "{m}/config.json: unreadable", "damaged"),
-    "old folder, unreadable weights": (lambda f: (_drop_records(f), _truncate(f / "model.safetensors")),
-                                       "{m}/model.safetensors: not a readable safetensors file", "deserializing"),
-    "old folder, no tokenizer": (lambda f: (_drop_records(f), *(p.unlink() for p in f.iterdir() if p.name not in OWN)),
-                                 "{m}: the tokenizer files are missing or unreadable", ""),
+    "old folder, unreadable weights": (
+        lambda f: (_drop_records(f), _truncate(f / "model.safetensors")),
+        "{m}/model.safetensors: not a readable safetensors file",
+        "deserializing",
+    ),
+    "old folder, no tokenizer": (
+        lambda f: (_drop_records(f), *(p.unlink() for p in f.iterdir() if p.name not in OWN)),
+        "{m}: the tokenizer files are missing or unreadable",
+        "",
+    ),
 }
 
 
@@ -299,7 +332,9 @@ def test_disk_full_while_saving_a_model_keeps_the_previous_one(tiny_encoder, mod
 
 
 # --------------------------------------------------------------------------- item 9: encoders
-@pytest.mark.parametrize("name", ["./no-such-encoder", "runs/x/no-such-encoder", "~/no-such-mtkd-encoder", "/no/such/encoder"])
+@pytest.mark.parametrize(
+    "name", ["./no-such-encoder", "runs/x/no-such-encoder", "~/no-such-mtkd-encoder", "/no/such/encoder"]
+)
 def test_path_like_encoder_name_that_does_not_exist(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     want = Path(name).expanduser().absolute()
@@ -329,14 +364,19 @@ def test_hub_name_without_network(monkeypatch):
     import mtkd.encoders
 
     def no_network(*a, **k):
-        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them "
-                      "in the cached files.\nCheck your internet connection")
+        raise OSError(
+            "We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them "
+            "in the cached files.\nCheck your internet connection"
+        )
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(mtkd.encoders.AutoConfig, "from_pretrained", no_network)
-    with pytest.raises(CheckpointError, match="as a hub name it needs a network connection or a local copy "
-                                              r"\(the hub could not provide it: We couldn't connect to 'https://huggingface.co'"):
+    with pytest.raises(
+        CheckpointError,
+        match="as a hub name it needs a network connection or a local copy "
+        r"\(the hub could not provide it: We couldn't connect to 'https://huggingface.co'",
+    ):
         resolve_encoder("bert-tiny-nonexistent")
 
 

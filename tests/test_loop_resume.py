@@ -46,8 +46,9 @@ def _env():
 
 
 def helper(*args, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(HELPER), *map(str, args)], env=_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(HELPER), *map(str, args)], env=_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def ckpt_steps(out: Path) -> list[int]:
@@ -73,8 +74,14 @@ def setup(tmp_path_factory, tiny_encoder):
     torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("resume")
     glue = write_glue_fixture(base / "glue")
-    raw = tiny_config(glue, tiny_encoder, base / "cache", tasks=TASKS, stages=["mtl"],
-                      mtl={"epochs": 2, "checkpoint_every": 5, "keep_checkpoints": 2})
+    raw = tiny_config(
+        glue,
+        tiny_encoder,
+        base / "cache",
+        tasks=TASKS,
+        stages=["mtl"],
+        mtl={"epochs": 2, "checkpoint_every": 5, "keep_checkpoints": 2},
+    )
     cfg = base / "config.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     ref = base / "reference"
@@ -82,10 +89,17 @@ def setup(tmp_path_factory, tiny_encoder):
     done = json.loads((ref / "DONE.json").read_text())
     assert done["steps"] == TOTAL and done["epochs"] == 2.0
     assert not (ref / "checkpoints").exists()  # removed once the model is saved
-    return SimpleNamespace(base=base, glue=glue, raw=raw, cfg=cfg, weights=load_file(str(ref / "model" / "model.safetensors")),
-                           log=log_records(ref))
+    return SimpleNamespace(
+        base=base,
+        glue=glue,
+        raw=raw,
+        cfg=cfg,
+        weights=load_file(str(ref / "model" / "model.safetensors")),
+        log=log_records(ref),
+    )
 
 
+@pytest.mark.integration
 def test_reference_log_is_complete(setup):
     assert [r["step"] for r in setup.log] == list(range(1, TOTAL + 1))
     assert [r["epoch"] for r in setup.log] == [0] * 18 + [1] * 18
@@ -93,6 +107,7 @@ def test_reference_log_is_complete(setup):
     assert all(r["loss"] == r["loss"] for r in setup.log)  # finite numbers, no NaN
 
 
+@pytest.mark.integration
 def test_sigkill_mid_epoch_and_during_checkpoint_write_then_resume_is_exact(setup, tmp_path):
     out = tmp_path / "run"
     args = ("--", "mtl", setup.cfg, "--output-dir", out)
@@ -119,6 +134,7 @@ def test_sigkill_mid_epoch_and_during_checkpoint_write_then_resume_is_exact(setu
     assert not (out / "checkpoints").exists()
 
 
+@pytest.mark.integration
 def test_sigterm_finishes_the_step_checkpoints_and_resumes_exactly(setup, tmp_path):
     out = tmp_path / "run"
     r = helper("--signal-at", "7:TERM", "--", "mtl", setup.cfg, "--output-dir", out)
@@ -140,11 +156,17 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes_exactly(setup, tmp_pa
     assert log_records(out) == setup.log
 
 
+@pytest.mark.integration
 def test_sigint_from_outside_at_an_arbitrary_step_then_resume_is_exact(setup, tmp_path):
     out = tmp_path / "run"
     log = out / "metrics.jsonl"
-    p = subprocess.Popen([sys.executable, str(HELPER), "--sleep", "0.1", "--", "mtl", str(setup.cfg),
-                          "--output-dir", str(out)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, str(HELPER), "--sleep", "0.1", "--", "mtl", str(setup.cfg), "--output-dir", str(out)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 90
         while not (log.is_file() and len(log.read_text().splitlines()) >= 10):  # flushed at the step-10 checkpoint
@@ -165,6 +187,7 @@ def test_sigint_from_outside_at_an_arbitrary_step_then_resume_is_exact(setup, tm
     assert log_records(out) == setup.log
 
 
+@pytest.mark.integration
 def test_nan_loss_raises_with_step_and_task_and_keeps_the_last_good_state(setup, tmp_path):
     out = tmp_path / "run"
     cfg = load_config(setup.cfg)
@@ -181,6 +204,7 @@ def test_nan_loss_raises_with_step_and_task_and_keeps_the_last_good_state(setup,
                 snapshot.update({k: v.detach().clone() for k, v in model.state_dict().items()})
                 return loss * float("nan")
             return loss
+
         return loss_fn
 
     with pytest.raises(TrainingDiverged) as e:
@@ -199,20 +223,29 @@ def _run_mtl(cfg, out):
     return Runner(cfg, out).run([mtl.job(cfg, TaskData(cfg), out, 0)])[0]
 
 
+@pytest.mark.integration
 def test_resume_refuses_a_checkpoint_of_another_task_set(setup, tmp_path):
     out = tmp_path / "run"
     cfg = load_config(setup.cfg)
     data, runner = TaskData(cfg), Runner(cfg, out)
     out.mkdir()
-    train(new_model(cfg.encoder, data.specs, runner.device), {t: data.train_set(t) for t in TASKS},
-          cfg.mtl.model_copy(update={"max_steps": 3, "checkpoint_every": 1}), 0, out, runner.accelerator)
+    train(
+        new_model(cfg.encoder, data.specs, runner.device),
+        {t: data.train_set(t) for t in TASKS},
+        cfg.mtl.model_copy(update={"max_steps": 3, "checkpoint_every": 1}),
+        0,
+        out,
+        runner.accelerator,
+    )
     assert ckpt_steps(out) == [2, 3]
     before = sorted(p.name for p in (out / "checkpoints").iterdir())
 
     other = {**setup.raw, "tasks": {t: setup.raw["tasks"][t] for t in ("SST-2", "STS-B")}}
     cfg2 = tmp_path / "other.yaml"
     cfg2.write_text(yaml.safe_dump(other))
-    with pytest.raises(CheckpointError, match=r"checkpoint tasks is \['MNLI', 'SST-2', 'STS-B'\] but this run has \['SST-2', 'STS-B'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"checkpoint tasks is \['MNLI', 'SST-2', 'STS-B'\] but this run has \['SST-2', 'STS-B'\]"
+    ):
         _run_mtl(load_config(cfg2, ["mtl.max_steps=3"]), out)
     # same tasks, another length of run: the learning-rate schedule differs, refused too
     with pytest.raises(CheckpointError, match="total_steps is 3 but this run has 4"):
@@ -221,11 +254,19 @@ def test_resume_refuses_a_checkpoint_of_another_task_set(setup, tmp_path):
     assert not (out / "model").exists()
 
 
-@pytest.mark.parametrize("precision,cuda,bf16,expected", [
-    ("auto", True, True, "bf16"), ("auto", True, False, "fp16"), ("fp16", True, True, "fp16"),
-    ("bf16", True, True, "bf16"), ("fp32", True, True, "no"),
-    ("auto", False, False, "no"), ("bf16", False, False, "no"), ("fp16", False, False, "no"),
-])
+@pytest.mark.parametrize(
+    "precision,cuda,bf16,expected",
+    [
+        ("auto", True, True, "bf16"),
+        ("auto", True, False, "fp16"),
+        ("fp16", True, True, "fp16"),
+        ("bf16", True, True, "bf16"),
+        ("fp32", True, True, "no"),
+        ("auto", False, False, "no"),
+        ("bf16", False, False, "no"),
+        ("fp16", False, False, "no"),
+    ],
+)
 def test_amp_on_cuda_fp32_on_cpu(precision, cuda, bf16, expected):
     from mtkd.config import Precision
     from mtkd.loop import make_accelerator, mixed_precision_mode

@@ -123,16 +123,25 @@ def test_ranking_loss_without_groups_is_refused():
 def test_task_loss_reads_the_positive_label_of_the_spec():
     from mtkd.tasks import task_from_dict
 
-    spec = task_from_dict("QNLIr", {"head": "ranking", "labels": ["entailment", "not_entailment"],
-                                    "positive_label": "entailment", "fields": {"text_a": "q"}, "splits": {}})
+    spec = task_from_dict(
+        "QNLIr",
+        {
+            "head": "ranking",
+            "labels": ["entailment", "not_entailment"],
+            "positive_label": "entailment",
+            "fields": {"text_a": "q"},
+            "splits": {},
+        },
+    )
     batch = {"labels": torch.tensor([1, 0, 0]), "groups": torch.tensor([3, 3, 3])}
     scores = torch.tensor([[0.5], [1.5], [-1.0]])
     lp = log_softmax_np([0.5, 1.5, -1.0])
     np.testing.assert_allclose(task_loss(spec, scores, batch).numpy(), [0.0, -lp[1] / 2, -lp[2] / 2], rtol=1e-6)
     cls = task_from_dict("C", {"head": "classification", "labels": ["a", "b"], "fields": {"text_a": "q"}, "splits": {}})
     logits = torch.tensor([[2.0, 0.0]])
-    torch.testing.assert_close(task_loss(cls, logits, {"labels": torch.tensor([1])}),
-                               cross_entropy(logits, torch.tensor([1])))
+    torch.testing.assert_close(
+        task_loss(cls, logits, {"labels": torch.tensor([1])}), cross_entropy(logits, torch.tensor([1]))
+    )
 
 
 # ----------------------------------------------------------------------------------- soft (Eq. 4)
@@ -153,7 +162,7 @@ def test_soft_cross_entropy_with_temperature():
     T = 2.0
     out = soft_cross_entropy(torch.tensor([z]), torch.tensor([q]), temperature=T)
     lp = log_softmax_np([v / T for v in z])
-    expected = -(0.5 * lp[0] + 0.3 * lp[1] + 0.2 * lp[2]) * T ** 2
+    expected = -(0.5 * lp[0] + 0.3 * lp[1] + 0.2 * lp[2]) * T**2
     assert out.shape == (1,)
     assert out.item() == pytest.approx(expected, rel=1e-6)
     assert out.item() != pytest.approx(soft_cross_entropy(torch.tensor([z]), torch.tensor([q])).item(), rel=1e-3)
@@ -196,8 +205,12 @@ def test_kd_loss_soft_weight(cls_case, w):
 def test_kd_loss_temperature_scales_soft_term_only(cls_case):
     logits, labels, q, hard, _ = cls_case
     T = 2.0
-    soft_t = np.array([-(np.array(q[i].tolist()) * log_softmax_np([v / T for v in logits[i].tolist()])).sum() * T ** 2
-                       for i in range(2)])
+    soft_t = np.array(
+        [
+            -(np.array(q[i].tolist()) * log_softmax_np([v / T for v in logits[i].tolist()])).sum() * T**2
+            for i in range(2)
+        ]
+    )
     out = kd_loss(C, logits, labels, q, temperature=T)
     np.testing.assert_allclose(out.numpy(), 0.5 * hard + 0.5 * soft_t, rtol=1e-6)
 
@@ -229,8 +242,9 @@ def test_kd_loss_unlabeled_rows_get_soft_loss_only(cls_case):
 
 def test_kd_loss_unlabeled_regression_rows_with_nan_label_have_finite_gradient():
     pred = torch.tensor([[1.0], [2.0]], requires_grad=True)
-    out = kd_loss(R, pred, torch.tensor([1.0, float("nan")]), torch.tensor([0.5, 0.5]),
-                  has_label=torch.tensor([True, False]))
+    out = kd_loss(
+        R, pred, torch.tensor([1.0, float("nan")]), torch.tensor([0.5, 0.5]), has_label=torch.tensor([True, False])
+    )
     np.testing.assert_allclose(out.detach().numpy(), [0.5 * 0.0 + 0.5 * 0.25, 2.25], rtol=1e-6)
     out.sum().backward()
     # row 0: 0.5 * 2 * (1 - 1) + 0.5 * 2 * (1 - 0.5); row 1: 2 * (2 - 0.5)

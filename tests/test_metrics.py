@@ -10,7 +10,14 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from mtkd.heads import kind_of
-from mtkd.metrics import SUBMISSION_FILES, glue_score, markdown_table, task_scores, write_submission_file, zip_submission
+from mtkd.metrics import (
+    SUBMISSION_FILES,
+    glue_score,
+    markdown_table,
+    task_scores,
+    write_submission_file,
+    zip_submission,
+)
 from mtkd.tasks import HeadKind, glue_tasks, load_task_specs
 
 SPECS = glue_tasks()
@@ -84,14 +91,25 @@ def test_sts_b_correlations_use_unclipped_predictions(tmp_path):
     clipped = np.clip(raw, 0, 5)
     assert got["pearson"] != pytest.approx(100 * pearsonr(y, clipped)[0], abs=0.5)
     assert 100 * spearmanr(y, clipped)[0] < 99.0
-    write_submission_file(tmp_path / "STS-B.tsv", list(range(8)), kind_of(SPECS["STS-B"]).predictions(logits), SPECS["STS-B"])
-    assert [r[1] for r in read_tsv(tmp_path / "STS-B.tsv")[1:]] == ["0.000", "0.000", "0.900", "2.100", "2.800",
-                                                                     "4.400", "5.000", "5.000"]
+    write_submission_file(
+        tmp_path / "STS-B.tsv", list(range(8)), kind_of(SPECS["STS-B"]).predictions(logits), SPECS["STS-B"]
+    )
+    assert [r[1] for r in read_tsv(tmp_path / "STS-B.tsv")[1:]] == [
+        "0.000",
+        "0.000",
+        "0.900",
+        "2.100",
+        "2.800",
+        "4.400",
+        "5.000",
+        "5.000",
+    ]
 
 
 def _ranking(labels=("entailment", "not_entailment"), positive="entailment"):
-    return SPECS["QNLI"].model_copy(update=dict(head=HeadKind.RANKING, labels=labels, positive_label=positive,
-                                                metrics=("accuracy", "f1")))
+    return SPECS["QNLI"].model_copy(
+        update=dict(head=HeadKind.RANKING, labels=labels, positive_label=positive, metrics=("accuracy", "f1"))
+    )
 
 
 def test_ranking_predictions_top_per_group():
@@ -132,21 +150,34 @@ def test_ranking_submission_file_writes_label_names(tmp_path):
     spec = _ranking()
     preds = kind_of(spec).predictions(np.array([[0.1], [0.9], [0.3]]), np.array([0, 0, 0]))
     write_submission_file(tmp_path / "QNLI.tsv", ["a", "b", "c"], preds, spec)
-    assert read_tsv(tmp_path / "QNLI.tsv")[1:] == [["a", "not_entailment"], ["b", "entailment"], ["c", "not_entailment"]]
+    assert read_tsv(tmp_path / "QNLI.tsv")[1:] == [
+        ["a", "not_entailment"],
+        ["b", "entailment"],
+        ["c", "not_entailment"],
+    ]
 
 
 # ------------------------------------------------------------------------------ average, table
 def test_glue_score_averages_per_task_means():
-    results = {"MRPC": {"accuracy": 80.0, "f1": 90.0}, "SST-2": {"accuracy": 70.0},
-               "STS-B": {"pearson": 60.0, "spearman": 50.0}, "AX": {}}
+    results = {
+        "MRPC": {"accuracy": 80.0, "f1": 90.0},
+        "SST-2": {"accuracy": 70.0},
+        "STS-B": {"pearson": 60.0, "spearman": 50.0},
+        "AX": {},
+    }
     # (85 + 70 + 55) / 3; AX (no metric) does not count
     assert glue_score(results) == pytest.approx(70.0)
     assert glue_score({"MRPC": {"accuracy": 81.0, "f1": 86.0}, "RTE": {"accuracy": 66.0}}) == pytest.approx(74.75)
     assert np.isnan(glue_score({}))
 
 
-MNLI_BOTH = {"MNLI-m": {"accuracy": 80.0}, "MNLI-mm": {"accuracy": 70.0}, "RTE": {"accuracy": 60.0},
-             "MRPC": {"accuracy": 80.0, "f1": 90.0}, "AX": {}}
+MNLI_BOTH = {
+    "MNLI-m": {"accuracy": 80.0},
+    "MNLI-mm": {"accuracy": 70.0},
+    "RTE": {"accuracy": 60.0},
+    "MRPC": {"accuracy": 80.0, "f1": 90.0},
+    "AX": {},
+}
 
 
 def test_glue_score_counts_mnli_matched_and_mismatched_as_one_task():
@@ -154,7 +185,9 @@ def test_glue_score_counts_mnli_matched_and_mismatched_as_one_task():
     MNLI-m and MNLI-mm into one MNLI score first: (75 + 60 + 85) / 3."""
     assert task_scores(MNLI_BOTH) == {"MNLI": 75.0, "RTE": 60.0, "MRPC": 85.0}
     assert glue_score(MNLI_BOTH) == pytest.approx(73.3333, abs=1e-4)
-    assert glue_score(MNLI_BOTH, load_task_specs({"MNLI": {}, "RTE": {}, "MRPC": {}})) == pytest.approx(73.3333, abs=1e-4)
+    assert glue_score(MNLI_BOTH, load_task_specs({"MNLI": {}, "RTE": {}, "MRPC": {}})) == pytest.approx(
+        73.3333, abs=1e-4
+    )
     assert "| **average** | | **73.33** |" in markdown_table(MNLI_BOTH).splitlines()
     # only the matched set evaluated: MNLI is that one
     assert task_scores({"MNLI-m": {"accuracy": 80.0}, "RTE": {"accuracy": 60.0}}) == {"MNLI": 80.0, "RTE": 60.0}
@@ -164,11 +197,18 @@ def test_task_scores_follow_the_specs_report_names(tmp_path):
     """Teacher selection uses task_scores with the run's specs: a custom task's dev splits with
     their own report names make one task; a report name no spec knows is a task of its own."""
     f = tmp_path / "tasks.yaml"
-    f.write_text("Mine:\n  head: classification\n  labels: [a, b]\n  metrics: [accuracy]\n  fields: {text_a: t, label: l}\n"
-                 "  splits:\n    dev_a: {path: a.tsv, report_as: Mine-a}\n    dev_b: {path: b.tsv, report_as: Mine-b}\n")
+    f.write_text(
+        "Mine:\n  head: classification\n  labels: [a, b]\n  metrics: [accuracy]\n  fields: {text_a: t, label: l}\n"
+        "  splits:\n    dev_a: {path: a.tsv, report_as: Mine-a}\n    dev_b: {path: b.tsv, report_as: Mine-b}\n"
+    )
     specs = load_task_specs({"Mine": {}, "MNLI": {}}, tasks_file=f)
-    results = {"Mine-a": {"accuracy": 50.0}, "Mine-b": {"accuracy": 70.0}, "MNLI-m": {"accuracy": 90.0},
-               "MNLI-mm": {"accuracy": 80.0}, "Other": {"accuracy": 10.0}}
+    results = {
+        "Mine-a": {"accuracy": 50.0},
+        "Mine-b": {"accuracy": 70.0},
+        "MNLI-m": {"accuracy": 90.0},
+        "MNLI-mm": {"accuracy": 80.0},
+        "Other": {"accuracy": 10.0},
+    }
     assert task_scores(results, specs) == {"Mine": 60.0, "MNLI": 85.0, "Other": 10.0}
     assert glue_score(results, specs) == pytest.approx((60 + 85 + 10) / 3, abs=1e-4)
     assert task_scores(results) == {"Mine-a": 50.0, "Mine-b": 70.0, "MNLI": 85.0, "Other": 10.0}  # GLUE table only
@@ -241,8 +281,19 @@ def test_zip_submission_lists_missing_files(tmp_path):
 def test_zip_submission_complete_has_no_missing_file(tmp_path):
     sub = tmp_path / "submission"
     sub.mkdir()
-    expected = ["CoLA.tsv", "SST-2.tsv", "MRPC.tsv", "STS-B.tsv", "QQP.tsv", "MNLI-m.tsv", "MNLI-mm.tsv",
-                "QNLI.tsv", "RTE.tsv", "WNLI.tsv", "AX.tsv"]
+    expected = [
+        "CoLA.tsv",
+        "SST-2.tsv",
+        "MRPC.tsv",
+        "STS-B.tsv",
+        "QQP.tsv",
+        "MNLI-m.tsv",
+        "MNLI-mm.tsv",
+        "QNLI.tsv",
+        "RTE.tsv",
+        "WNLI.tsv",
+        "AX.tsv",
+    ]
     for name in expected:
         (sub / name).write_text("index\tprediction\n0\t1\n")
     assert zip_submission(sub, tmp_path / "s.zip") == []

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TRAINED_TASKS
 from mtkd.errors import CheckpointError
 from mtkd.model import MTModel
 from mtkd.tasks import glue_tasks
 
 ALL = glue_tasks()
-NAMES = ("SST-2", "STS-B", "MNLI", "AX")
+NAMES = TRAINED_TASKS  # the shared trained model's tasks (conftest): SST-2, STS-B, MRPC, MNLI, AX on MNLI's head
 TEXTS = ["the film was good .", "the plot was awful .", "a lovely cast", "the show was dull and the story poor ."]
 PAIRS = ["the movie is fine", "it was bad", "the cast is great", "nothing happened"]
 
@@ -25,9 +26,8 @@ def specs(names=NAMES):
 
 
 @pytest.fixture(scope="module")
-def model(tiny_encoder):
-    torch.manual_seed(0)
-    return MTModel.from_encoder(str(tiny_encoder), specs(), init="pretrained").eval()
+def model(trained_model):
+    return trained_model
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def batch(model, texts=TEXTS, pairs=PAIRS):
 
 
 def test_one_head_per_task_ax_uses_mnli(model):
-    assert set(model.heads) == {"SST-2", "STS-B", "MNLI"}
+    assert set(model.heads) == {"SST-2", "STS-B", "MRPC", "MNLI"}
     assert model.tasks["AX"].head_name == "MNLI"
     assert model.heads["MNLI"].dropout.p == 0.3 and model.heads["SST-2"].dropout.p == 0.05
     assert model.heads["MNLI"].out.in_features == 64  # tiny encoder's hidden size
@@ -60,9 +60,10 @@ def test_forward_shapes(model):
     assert torch.equal(mnli, ax)
 
 
-def test_pretrained_init_loads_encoder_weights(model, tiny_encoder):
+def test_pretrained_init_loads_encoder_weights(tiny_encoder):
     from transformers import AutoModel
 
+    model = MTModel.from_encoder(str(tiny_encoder), specs(), init="pretrained")  # a fresh one, not the trained model
     ref = AutoModel.from_pretrained(str(tiny_encoder), add_pooling_layer=False)
     ref_state = ref.state_dict()
     state = model.encoder.state_dict()
@@ -226,7 +227,9 @@ def test_num_hidden_layers_and_dropout_overrides(tiny_encoder, tmp_path):
     from transformers import AutoModel
 
     ref = AutoModel.from_pretrained(str(tiny_encoder), add_pooling_layer=False)
-    for (k, v), (k2, v2) in zip(m.encoder.encoder.layer[0].state_dict().items(), ref.encoder.layer[0].state_dict().items()):
+    for (k, v), (k2, v2) in zip(
+        m.encoder.encoder.layer[0].state_dict().items(), ref.encoder.layer[0].state_dict().items(), strict=True
+    ):
         assert k == k2 and torch.equal(v, v2)
     # and it survives a save/load round trip
     m.save_pretrained(tmp_path / "small")
@@ -235,7 +238,8 @@ def test_num_hidden_layers_and_dropout_overrides(tiny_encoder, tmp_path):
     assert back.encoder.config.hidden_dropout_prob == 0.3
 
 
-def test_random_init_differs_from_pretrained(tiny_encoder, model):
+def test_random_init_differs_from_pretrained(tiny_encoder):
+    model = MTModel.from_encoder(str(tiny_encoder), specs(("SST-2",)), init="pretrained")  # fresh, not trained
     torch.manual_seed(1)
     r = MTModel.from_encoder(str(tiny_encoder), specs(("SST-2",)), init="random")
     a = r.encoder.encoder.layer[0].attention.self.query.weight

@@ -17,8 +17,16 @@ import yaml
 from conftest import tiny_config, write_glue_fixture
 from mtkd.cli import main
 from mtkd.model import MTModel, weights_sha256
-from mtkd.model_card import (CARD_FILE, DATA_FILE, MARKER, UNKNOWN_LICENSE, encoder_info, load_card_data,
-                             update_model_card, write_model_card)
+from mtkd.model_card import (
+    CARD_FILE,
+    DATA_FILE,
+    MARKER,
+    UNKNOWN_LICENSE,
+    encoder_info,
+    load_card_data,
+    update_model_card,
+    write_model_card,
+)
 from mtkd.tasks import glue_tasks, load_task_specs
 
 TASKS = ("SST-2", "STS-B", "MRPC")
@@ -26,7 +34,7 @@ TASKS = ("SST-2", "STS-B", "MRPC")
 
 def _front(text: str) -> dict:
     assert text.startswith("---\n")
-    return yaml.safe_load(text[4:text.index("\n---", 4)])
+    return yaml.safe_load(text[4 : text.index("\n---", 4)])
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -50,8 +58,11 @@ def test_save_pretrained_writes_a_card(saved, tiny_encoder):
     assert "base_model" not in meta  # a local folder is not a hub id
     assert meta["license"] == "unknown" and UNKNOWN_LICENSE in text
     assert MARKER in text and f"`{tiny_encoder}`" in text
-    for row in ("| SST-2 | classification | `0`, `1` | text | 128 |", "| STS-B | regression | score in [0, 5] | text, pair | 128 |",
-                "| MRPC | classification | `0`, `1` | text, pair | 128 |"):
+    for row in (
+        "| SST-2 | classification | `0`, `1` | text | 128 |",
+        "| STS-B | regression | score in [0, 5] | text, pair | 128 |",
+        "| MRPC | classification | `0`, `1` | text, pair | 128 |",
+    ):
         assert row in text
     assert 'MTModel.from_pretrained("path/to/this/folder")' in text and 'model.predict("SST-2", ["first text"])' in text
     assert "mtkd serve path/to/this/folder" in text and "mtkd predict --model" in text and "mtkd export" in text
@@ -65,21 +76,29 @@ def test_the_card_shows_each_tasks_trained_length_capped_at_the_encoders_positio
     from mtkd.tasks import task_from_dict
 
     base = {"head": "classification", "labels": ["neg", "pos"], "metrics": ["accuracy"], "fields": {"text_a": "t"}}
-    tasks = {"Reviews": task_from_dict("Reviews", {**base, "max_seq_len": 32,
-                                                   "splits": {"train": {"path": "r.tsv", "max_seq_len": 24}}}),
-             "Long": task_from_dict("Long", {**base, "max_seq_len": 400, "splits": {"train": "l.tsv"}}),
-             "Short": task_from_dict("Short", {**base, "max_seq_len": 16, "splits": {"train": "s.tsv"}})}
+    tasks = {
+        "Reviews": task_from_dict(
+            "Reviews", {**base, "max_seq_len": 32, "splits": {"train": {"path": "r.tsv", "max_seq_len": 24}}}
+        ),
+        "Long": task_from_dict("Long", {**base, "max_seq_len": 400, "splits": {"train": "l.tsv"}}),
+        "Short": task_from_dict("Short", {**base, "max_seq_len": 16, "splits": {"train": "s.tsv"}}),
+    }
     folder = tmp_path / "m"
     MTModel.from_encoder(str(tiny_encoder), tasks).save_pretrained(folder)
     text = (folder / CARD_FILE).read_text()
     # the training split's 24 (not the task's 32); 400 capped at the tiny encoder's 128 positions
-    for row in ("| Reviews | classification | `neg`, `pos` | text | 24 |", "| Long | classification | `neg`, `pos` | text | 128 |",
-                "| Short | classification | `neg`, `pos` | text | 16 |"):
+    for row in (
+        "| Reviews | classification | `neg`, `pos` | text | 24 |",
+        "| Long | classification | `neg`, `pos` | text | 128 |",
+        "| Short | classification | `neg`, `pos` | text | 16 |",
+    ):
         assert row in text
     # the training record's lengths are per task: one number only when they agree
     lines = "\n".join(_training_lines({"data": {"root": "r", "max_seq_len": {"Reviews": 24, "Short": 16}}}))
     assert "inputs cut at Reviews 24, Short 16 tokens" in lines
-    assert "inputs cut at 24 tokens" in "\n".join(_training_lines({"data": {"root": "r", "max_seq_len": {"A": 24, "B": 24}}}))
+    assert "inputs cut at 24 tokens" in "\n".join(
+        _training_lines({"data": {"root": "r", "max_seq_len": {"A": 24, "B": 24}}})
+    )
 
 
 def test_pipeline_tag_only_when_a_head_classifies(tiny_encoder, tmp_path):
@@ -96,7 +115,10 @@ def test_pipeline_tag_only_when_a_head_classifies(tiny_encoder, tmp_path):
 def test_the_card_changes_neither_weights_nor_loading(saved):
     before = _hashes(saved)
     update_model_card(saved, {"SST-2": {"accuracy": 91.5}})
-    assert _hashes(saved) == before and weights_sha256(saved) == json.loads((saved / "config.json").read_text())["weights"]["sha256"]
+    assert (
+        _hashes(saved) == before
+        and weights_sha256(saved) == json.loads((saved / "config.json").read_text())["weights"]["sha256"]
+    )
     assert "SST-2: accuracy 91.5" in (saved / CARD_FILE).read_text()
     (saved / DATA_FILE).write_text("{not json")  # from_pretrained reads neither file
     (saved / CARD_FILE).write_text("---\nbroken: [\n")
@@ -146,6 +168,7 @@ def test_default_encoder_license_and_hub_id():
     assert encoder_info("some-org/some-encoder")["hub_id"] == "some-org/some-encoder"  # no network: license unknown
 
 
+@pytest.mark.integration
 def test_a_tiny_run_writes_cards_with_training_info_and_dev_metrics(tiny_encoder, tmp_path):
     glue = write_glue_fixture(tmp_path / "glue")
     raw = tiny_config(glue, tiny_encoder, tmp_path / "cache", tasks=TASKS)
@@ -180,19 +203,27 @@ def test_a_tiny_run_writes_cards_with_training_info_and_dev_metrics(tiny_encoder
     assert "MRPC" not in load_card_data(ft)["metrics"]["dev"]  # each folder gets the tasks it was scored on
     # the stage is reused on a rerun: the card does not change its identity
     before = (out / "seed-7" / "mtl" / "DONE.json").read_text()
-    cards = {p: p.stat().st_mtime_ns for p in out.rglob(CARD_FILE)} | {p: p.stat().st_mtime_ns for p in out.rglob(DATA_FILE)}
+    cards = {p: p.stat().st_mtime_ns for p in out.rglob(CARD_FILE)} | {
+        p: p.stat().st_mtime_ns for p in out.rglob(DATA_FILE)
+    }
     assert main(["run", str(tmp_path / "c.yaml"), "--output-dir", str(out)]) == 0
     assert (out / "seed-7" / "mtl" / "DONE.json").read_text() == before
     # ...and the same evaluation again rewrites no card
     assert {p: p.stat().st_mtime_ns for p in cards} == cards and len(cards) == 8
 
 
+@pytest.mark.integration
 def test_the_distilled_student_card_describes_the_distillation(tiny_encoder, tmp_path):
     glue = write_glue_fixture(tmp_path / "glue")
     raw = tiny_config(glue, tiny_encoder, tmp_path / "cache", tasks=("SST-2", "RTE"))
     raw["stages"] = ["distill"]
-    raw["kd"] = {"teacher_tasks": ["RTE"], "select_by": ["RTE"], "candidates": [{"dropout": 0.1}, {"dropout": 0.2}],
-                 "top_k": 1, "soft_weight": 0.4}
+    raw["kd"] = {
+        "teacher_tasks": ["RTE"],
+        "select_by": ["RTE"],
+        "candidates": [{"dropout": 0.1}, {"dropout": 0.2}],
+        "top_k": 1,
+        "soft_weight": 0.4,
+    }
     (tmp_path / "kd.yaml").write_text(yaml.safe_dump(raw))
     out = tmp_path / "out"
     assert main(["run", str(tmp_path / "kd.yaml"), "--output-dir", str(out)]) == 0

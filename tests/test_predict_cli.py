@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from mtkd.cli import main
 from mtkd.inference import length_batches
@@ -17,23 +16,24 @@ from mtkd.tasks import glue_tasks
 
 ALL = glue_tasks()
 # lengths differ a lot, so length sorting reorders them
-TEXTS = ["the film was good and the cast was lovely and the plot was fine .", "awful", "a lovely cast",
-         "the show was dull , the story poor and the plot terrible from start to end .", "great"]
+TEXTS = [
+    "the film was good and the cast was lovely and the plot was fine .",
+    "awful",
+    "a lovely cast",
+    "the show was dull , the story poor and the plot terrible from start to end .",
+    "great",
+]
 PAIRS = ["the movie is fine", "it was bad", "the cast is great", "nothing happened", "fine"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_encoder, tmp_path_factory):
-    torch.manual_seed(0)
-    model = MTModel.from_encoder(str(tiny_encoder), {n: ALL[n] for n in ("SST-2", "STS-B", "MNLI")})
-    folder = tmp_path_factory.mktemp("predict-cli") / "model"
-    model.save_pretrained(folder)
-    return folder
+def model_dir(trained_model_dir):
+    return trained_model_dir  # conftest's shared model: SST-2, STS-B, MRPC, MNLI, AX
 
 
 @pytest.fixture(scope="module")
-def model(model_dir):
-    return MTModel.from_pretrained(model_dir)
+def model(trained_model):
+    return trained_model
 
 
 def _predict(model_dir, *args) -> int:
@@ -62,7 +62,9 @@ def test_pair_task_without_pair_refused(model_dir, capsys):
 def test_unknown_task_suggests_the_closest(model_dir, capsys):
     assert _predict(model_dir, "--task", "SST2", "--text", "good") == 2
     err = capsys.readouterr().err
-    assert f"--task SST2: not a task of {model_dir} (did you mean 'SST-2'?) (it has SST-2, STS-B, MNLI)" in err
+    assert (
+        f"--task SST2: not a task of {model_dir} (did you mean 'SST-2'?) (it has SST-2, STS-B, MRPC, MNLI, AX)" in err
+    )
 
 
 def test_file_options_need_input(model_dir, capsys):
@@ -74,7 +76,7 @@ def test_file_options_need_input(model_dir, capsys):
 def test_tsv_input_matches_text_and_keeps_order(model_dir, tmp_path, capsys):
     ids = [f"r{i}" for i in (5, 3, 9, 1, 7)]
     inp = tmp_path / "in.tsv"
-    inp.write_text("id\ttext\tpair\n" + "".join(f"{i}\t{t}\t{p}\n" for i, t, p in zip(ids, TEXTS, PAIRS)))
+    inp.write_text("id\ttext\tpair\n" + "".join(f"{i}\t{t}\t{p}\n" for i, t, p in zip(ids, TEXTS, PAIRS, strict=True)))
     out = tmp_path / "pred.jsonl"
     assert _predict(model_dir, "--task", "SST-2", "--task", "STS-B", "--input", inp, "--output", out) == 0
     assert f"wrote 5 predictions (SST-2, STS-B) to {out}" in capsys.readouterr().out
@@ -87,10 +89,27 @@ def test_tsv_input_matches_text_and_keeps_order(model_dir, tmp_path, capsys):
 
 def test_jsonl_input_tsv_output_with_probs(model_dir, model, tmp_path, capsys):
     inp = tmp_path / "in.jsonl"
-    inp.write_text("".join(json.dumps({"id": i, "t": t, "h": p}) + "\n" for i, (t, p) in enumerate(zip(TEXTS, PAIRS))))
+    inp.write_text(
+        "".join(json.dumps({"id": i, "t": t, "h": p}) + "\n" for i, (t, p) in enumerate(zip(TEXTS, PAIRS, strict=True)))
+    )
     out = tmp_path / "sub" / "pred.tsv"
-    assert _predict(model_dir, "--task", "MNLI", "--input", inp, "--text-column", "t", "--pair-column", "h",
-                    "--output", out, "--probs") == 0
+    assert (
+        _predict(
+            model_dir,
+            "--task",
+            "MNLI",
+            "--input",
+            inp,
+            "--text-column",
+            "t",
+            "--pair-column",
+            "h",
+            "--output",
+            out,
+            "--probs",
+        )
+        == 0
+    )
     lines = out.read_text().splitlines()
     labels = ALL["MNLI"].labels
     assert lines[0].split("\t") == ["id", "MNLI"] + [f"MNLI:{lab}" for lab in labels]
@@ -108,13 +127,16 @@ def test_pair_task_input_needs_pair_column(model_dir, tmp_path, capsys):
     assert f"{inp.resolve()}, line 1, field 'pair': header has no column 'pair'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name, content, where", [
-    ("missing.tsv", "id\tsentence\n1\tgood\n", "line 1, field 'text': header has no column 'text'"),
-    ("empty.tsv", "id\ttext\n1\tgood\n2\t  \n", "line 3, field 'text': empty text"),
-    ("short.tsv", "id\ttext\n1\tgood\n2\n", "line 3: expected 2 fields"),
-    ("dup.tsv", "id\ttext\n1\tgood\n1\tbad\n", "line 3, field 'id': duplicate example id '1'"),
-    ("nokey.jsonl", '{"id": 1, "text": "good"}\n{"id": 2}\n', "line 2, field 'text': missing field"),
-])
+@pytest.mark.parametrize(
+    "name, content, where",
+    [
+        ("missing.tsv", "id\tsentence\n1\tgood\n", "line 1, field 'text': header has no column 'text'"),
+        ("empty.tsv", "id\ttext\n1\tgood\n2\t  \n", "line 3, field 'text': empty text"),
+        ("short.tsv", "id\ttext\n1\tgood\n2\n", "line 3: expected 2 fields"),
+        ("dup.tsv", "id\ttext\n1\tgood\n1\tbad\n", "line 3, field 'id': duplicate example id '1'"),
+        ("nokey.jsonl", '{"id": 1, "text": "good"}\n{"id": 2}\n', "line 2, field 'text': missing field"),
+    ],
+)
 def test_bad_input_rows_name_file_and_line(model_dir, tmp_path, capsys, name, content, where):
     inp = tmp_path / name
     inp.write_text(content)
@@ -137,7 +159,9 @@ def test_input_output_refusals(model_dir, tmp_path, capsys):
     jl.write_text(json.dumps({"id": "a\tb", "text": "good"}) + "\n")
     assert _predict(model_dir, "--task", "SST-2", "--input", jl, "--output", tmp_path / "o.tsv") == 2
     assert "example id 'a\\tb' holds a tab or line break" in capsys.readouterr().err
-    assert _predict(model_dir, "--task", "SST-2", "--input", jl, "--output", tmp_path / "o.jsonl") == 0  # JSON escapes it
+    assert (
+        _predict(model_dir, "--task", "SST-2", "--input", jl, "--output", tmp_path / "o.jsonl") == 0
+    )  # JSON escapes it
     assert json.loads((tmp_path / "o.jsonl").read_text())["id"] == "a\tb"
 
 
@@ -158,8 +182,24 @@ def test_input_uses_predict_config_batches(model_dir, tmp_path, capsys, monkeypa
     seen = _spy_on_predict(monkeypatch)
     inp = tmp_path / "in.tsv"
     inp.write_text("id\ttext\n" + "".join(f"{i}\t{t}\n" for i, t in enumerate(TEXTS)))
-    assert _predict(model_dir, "--task", "SST-2", "--input", inp, "--output", tmp_path / "o.jsonl",
-                    "--set", "predict.batch_size=2", "--set", "predict.max_tokens=40", "--set", "data.max_seq_len=16") == 0
+    assert (
+        _predict(
+            model_dir,
+            "--task",
+            "SST-2",
+            "--input",
+            inp,
+            "--output",
+            tmp_path / "o.jsonl",
+            "--set",
+            "predict.batch_size=2",
+            "--set",
+            "predict.max_tokens=40",
+            "--set",
+            "data.max_seq_len=16",
+        )
+        == 0
+    )
     assert (seen["batch_size"], seen["max_tokens"], seen["max_len"]) == (2, 40, 16)
 
 
@@ -169,8 +209,11 @@ def test_data_max_seq_len_cuts_every_task_however_it_is_given(model_dir, tmp_pat
     seen = _spy_on_predict(monkeypatch)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("data: {max_seq_len: 8}\n" if how in ("file", "removed") else "predict: {batch_size: 4}\n")
-    extra = {"dotted": ["--set", "data.max_seq_len=8"], "mapping": ["--set", "data={max_seq_len: 8}"],
-             "removed": ["--set", "~data.max_seq_len"]}.get(how, [])
+    extra = {
+        "dotted": ["--set", "data.max_seq_len=8"],
+        "mapping": ["--set", "data={max_seq_len: 8}"],
+        "removed": ["--set", "~data.max_seq_len"],
+    }.get(how, [])
     assert _predict(model_dir, cfg, "--task", "SST-2", "--text", "good", *extra) == 0
     assert seen["max_len"] == (None if how in ("unset", "removed") else 8)  # None: each task's trained length
 
@@ -178,7 +221,9 @@ def test_data_max_seq_len_cuts_every_task_however_it_is_given(model_dir, tmp_pat
 # ------------------------------------------------------------------------------ MTModel.predict batching
 def test_predict_sorts_by_length_in_token_budget_batches_and_keeps_order(model):
     calls = []
-    h = model.encoder.register_forward_hook(lambda mod, args, kw, out: calls.append(kw["input_ids"].shape), with_kwargs=True)
+    h = model.encoder.register_forward_hook(
+        lambda mod, args, kw, out: calls.append(kw["input_ids"].shape), with_kwargs=True
+    )
     try:
         out = model.predict(["SST-2", "STS-B"], TEXTS, PAIRS, batch_size=4, max_tokens=40)
     finally:
@@ -187,7 +232,7 @@ def test_predict_sorts_by_length_in_token_budget_batches_and_keeps_order(model):
     expected = length_batches(lengths, 4, 40)
     assert [s[0] for s in calls] == [len(b) for b in expected]
     assert [s[1] for s in calls] == [max(lengths[i] for i in b) for b in expected]  # padded to the batch's longest
-    one_by_one = [model.predict(["SST-2", "STS-B"], [t], [p]) for t, p in zip(TEXTS, PAIRS)]
+    one_by_one = [model.predict(["SST-2", "STS-B"], [t], [p]) for t, p in zip(TEXTS, PAIRS, strict=True)]
     assert out["SST-2"] == [o["SST-2"][0] for o in one_by_one]
     np.testing.assert_allclose(out["STS-B"], [o["STS-B"][0] for o in one_by_one], atol=1e-5)
     assert model.predict("SST-2", []) == []

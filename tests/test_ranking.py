@@ -48,8 +48,11 @@ GRADIENT_FREE = ("heads.Rank.out.bias", "encoder.encoder.layer.1.output.LayerNor
 # ------------------------------------------------------------------------------- the task spec
 def test_glue_qnli_is_classification_and_ranking_needs_a_positive_label():
     assert load_task_specs({"QNLI": {}})["QNLI"].head == HeadKind.CLASSIFICATION
-    with pytest.raises(ConfigError, match=r"tasks.QNLI: task 'QNLI', field 'positive_label': a ranking task with labels "
-                                          r"\['entailment', 'not_entailment'\] must say which one"):
+    with pytest.raises(
+        ConfigError,
+        match=r"tasks.QNLI: task 'QNLI', field 'positive_label': a ranking task with labels "
+        r"\['entailment', 'not_entailment'\] must say which one",
+    ):
         load_task_specs({"QNLI": {"head": "ranking"}})
     q = load_task_specs({"QNLI": {"head": "ranking", "positive_label": "entailment"}})["QNLI"]
     assert q.head == HeadKind.RANKING and q.positive_label == "entailment" and q.positive_index == 0
@@ -64,12 +67,18 @@ def test_ranking_without_labels_defaults_to_0_1_with_positive_1():
     assert r0.positive_index == 0
 
 
-@pytest.mark.parametrize("d,msg", [
-    ({"head": "classification", "labels": ["a", "b"], "positive_label": "a"}, r"only ranking tasks have one"),
-    ({"head": "ranking", "labels": ["a", "b"], "positive_label": "c"}, r"'c' is not one of the labels \['a', 'b'\]"),
-    ({"head": "ranking", "positive_label": "yes"}, r"'yes' is not one of the labels \['0', '1'\]"),
-    ({"head": "ranking", "labels": ["a", "b", "c"], "positive_label": "a"}, r"exactly 2 labels"),
-])
+@pytest.mark.parametrize(
+    "d,msg",
+    [
+        ({"head": "classification", "labels": ["a", "b"], "positive_label": "a"}, r"only ranking tasks have one"),
+        (
+            {"head": "ranking", "labels": ["a", "b"], "positive_label": "c"},
+            r"'c' is not one of the labels \['a', 'b'\]",
+        ),
+        ({"head": "ranking", "positive_label": "yes"}, r"'yes' is not one of the labels \['0', '1'\]"),
+        ({"head": "ranking", "labels": ["a", "b", "c"], "positive_label": "a"}, r"exactly 2 labels"),
+    ],
+)
 def test_bad_positive_labels_are_refused(d, msg):
     with pytest.raises(ConfigError, match=msg):
         task_from_dict("R", {**d, "fields": {"text_a": "q"}, "splits": {}}, "my.yaml")
@@ -77,7 +86,7 @@ def test_bad_positive_labels_are_refused(d, msg):
 
 def test_positive_index_of_a_non_ranking_task_is_an_error():
     with pytest.raises(ValueError, match="not a ranking task"):
-        load_task_specs({"RTE": {}})["RTE"].positive_index
+        _ = load_task_specs({"RTE": {}})["RTE"].positive_index  # reading the property raises
 
 
 # -------------------------------------------------------------------------- end to end (1 and 2)
@@ -105,10 +114,18 @@ def write_ranking_data(root: Path, n_groups: int, seed: int, name: str) -> list[
         rel = set(rng.sample(range(size), n_rel))
         for c in range(size):
             good = c in rel
-            rows.append((f"{name}-q{q}-{c}", f"question {q} about the {noun}",
-                         f"the {noun} was {rng.choice(POS if good else NEG)} .", "yes" if good else "no"))
+            rows.append(
+                (
+                    f"{name}-q{q}-{c}",
+                    f"question {q} about the {noun}",
+                    f"the {noun} was {rng.choice(POS if good else NEG)} .",
+                    "yes" if good else "no",
+                )
+            )
     (root / "rank").mkdir(parents=True, exist_ok=True)
-    (root / "rank" / f"{name}.tsv").write_text("id\tquery\tcandidate\tlabel\n" + "".join("\t".join(r) + "\n" for r in rows))
+    (root / "rank" / f"{name}.tsv").write_text(
+        "id\tquery\tcandidate\tlabel\n" + "".join("\t".join(r) + "\n" for r in rows)
+    )
     return rows
 
 
@@ -122,15 +139,21 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+# the tests that read `runs` (one process and torchrun) are marked integration
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_encoder):
     base = tmp_path_factory.mktemp("ranking")
     train = write_ranking_data(base / "data", 16, seed=0, name="train")
     dev = write_ranking_data(base / "data", 12, seed=1, name="dev")
     (base / "tasks.yaml").write_text(TASKS_FILE)
-    raw = {"seeds": [0], "encoder": {"name": str(tiny_encoder), "dropout": 0.0}, "tasks_file": str(base / "tasks.yaml"),
-           "data": {"root": str(base / "data"), "cache_dir": str(base / "cache"), "max_seq_len": 32},
-           "tasks": {"Rank": {}}, "mtl": {"epochs": 4, "batch_size": 8, "lr": 2e-3, "checkpoint_every": 1000}}
+    raw = {
+        "seeds": [0],
+        "encoder": {"name": str(tiny_encoder), "dropout": 0.0},
+        "tasks_file": str(base / "tasks.yaml"),
+        "data": {"root": str(base / "data"), "cache_dir": str(base / "cache"), "max_seq_len": 32},
+        "tasks": {"Rank": {}},
+        "mtl": {"epochs": 4, "batch_size": 8, "lr": 2e-3, "checkpoint_every": 1000},
+    }
     cfg = base / "config.yaml"
     cfg.write_text(yaml.safe_dump(raw))
 
@@ -144,6 +167,7 @@ def runs(tmp_path_factory, tiny_encoder):
         def loss_fn(task, logits, batch):
             rec1.append(batch["index"].tolist())
             return fn(task, logits, batch)
+
         return loss_fn
 
     with pytest.MonkeyPatch.context() as mp:
@@ -153,14 +177,39 @@ def runs(tmp_path_factory, tiny_encoder):
     # 2 processes (gloo), through the test helper that records each rank's examples
     ddp, rec2 = base / "ddp", base / "rec-ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(HELPER), "--record", str(rec2), "--", "mtl", str(cfg),
-           "--output-dir", str(ddp)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(HELPER),
+        "--record",
+        str(rec2),
+        "--",
+        "mtl",
+        str(cfg),
+        "--output-dir",
+        str(ddp),
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-4000:]
     spec = load_task_specs({"Rank": {}}, base / "tasks.yaml")["Rank"]
-    return SimpleNamespace(base=base, cfg=cfg, single=single, ddp=ddp, rec1=rec1, spec=spec, dev=dev,
-                           train_query=[row[1] for row in train], rec2=[[x["index"] for x in _read(rec2 / f"rank-{k}.jsonl")] for k in (0, 1)])
+    return SimpleNamespace(
+        base=base,
+        cfg=cfg,
+        single=single,
+        ddp=ddp,
+        rec1=rec1,
+        spec=spec,
+        dev=dev,
+        train_query=[row[1] for row in train],
+        rec2=[[x["index"] for x in _read(rec2 / f"rank-{k}.jsonl")] for k in (0, 1)],
+    )
 
 
 def dev_metrics(model_dir: Path, spec, dev, with_scores: bool = False):
@@ -175,6 +224,7 @@ def dev_metrics(model_dir: Path, spec, dev, with_scores: bool = False):
     return (scores, metrics) if with_scores else metrics
 
 
+@pytest.mark.integration
 def test_ranking_trains_the_relevant_candidates_up(runs):
     """Per query, the top-scored dev candidate is relevant for most queries that have one (a loss
     on `label > 0` would push 'no' candidates up: accuracy near 0)."""
@@ -184,12 +234,13 @@ def test_ranking_trains_the_relevant_candidates_up(runs):
     assert np.mean(losses[-8:]) < 0.5 * np.mean(losses[:8])
 
 
+@pytest.mark.integration
 def test_two_processes_keep_groups_whole_and_train_the_same_model(runs):
     q = runs.train_query  # the query text of each training row = its group
     r0, r1 = runs.rec2
     assert len(runs.rec1) == len(r0) == len(r1) > 0
     uneven = 0
-    for step, (one, a, b) in enumerate(zip(runs.rec1, r0, r1)):
+    for step, (one, a, b) in enumerate(zip(runs.rec1, r0, r1, strict=True)):
         n_groups = len({q[i] for i in one})
         if n_groups >= 2:
             assert not {q[i] for i in a} & {q[i] for i in b}, f"step {step}: a query's candidates on both ranks"
@@ -205,7 +256,9 @@ def test_two_processes_keep_groups_whole_and_train_the_same_model(runs):
     y = load_file(str(runs.ddp / "model" / "model.safetensors"))
     diff = max(float((x[k] - y[k]).abs().max()) for k in x if not k.endswith(GRADIENT_FREE))
     assert diff < TOLERANCE, f"max abs weight difference {diff}"
-    (s1, m1), (s2, m2) = (dev_metrics(d / "model", runs.spec, runs.dev, with_scores=True) for d in (runs.single, runs.ddp))
+    (s1, m1), (s2, m2) = (
+        dev_metrics(d / "model", runs.spec, runs.dev, with_scores=True) for d in (runs.single, runs.ddp)
+    )
     groups = np.unique([r[1] for r in runs.dev], return_inverse=True)[1]
     centred = [s - (np.bincount(groups, s) / np.bincount(groups))[groups] for s in (s1, s2)]  # score - its query's mean
     np.testing.assert_allclose(centred[0], centred[1], atol=1e-3)
@@ -213,6 +266,7 @@ def test_two_processes_keep_groups_whole_and_train_the_same_model(runs):
     assert m1 == pytest.approx(m2, abs=0.01)
 
 
+@pytest.mark.integration
 def test_evaluate_command_scores_ranking_per_query(runs):
     out = runs.base / "eval"
     assert cli_main(["evaluate", str(runs.cfg), "--model", str(runs.single / "model"), "--output-dir", str(out)]) == 0
@@ -220,6 +274,7 @@ def test_evaluate_command_scores_ranking_per_query(runs):
     assert got["Rank"] == pytest.approx(dev_metrics(runs.single / "model", runs.spec, runs.dev), abs=0.01)
 
 
+@pytest.mark.integration
 def test_a_ranking_task_can_select_teachers(runs):
     """kd.select_by with a ranking task: the candidate's selection score is its per-query dev score
     (groups passed through), equal to scoring the saved model independently."""

@@ -76,9 +76,13 @@ def test_random_bytes(content, fmt, head):
 # sometimes-valid labels and ids; half of the files are well formed apart from one damaged row
 CELL = st.one_of(st.text(max_size=12), st.sampled_from(["", " ", '"', "\r", "pos", "neg", "1", "2.5", "nan", "\ufeff"]))
 LABEL = st.one_of(st.sampled_from(LABELS + ["0", "3.25", "-1e3", "inf", "NaN", "", " pos "]), st.text(max_size=6))
-WORD = st.text(st.characters(blacklist_characters="\t\n\r", blacklist_categories=("Cs",)), min_size=1, max_size=10).filter(str.strip)
-GOOD_LABEL = {"classification": st.sampled_from(LABELS + [" pos", "neg "]),
-              "regression": st.one_of(st.floats(-1e6, 1e6).map(repr), st.integers(-9, 9).map(str))}
+WORD = st.text(
+    st.characters(blacklist_characters="\t\n\r", blacklist_categories=("Cs",)), min_size=1, max_size=10
+).filter(str.strip)
+GOOD_LABEL = {
+    "classification": st.sampled_from(LABELS + [" pos", "neg "]),
+    "regression": st.one_of(st.floats(-1e6, 1e6).map(repr), st.integers(-9, 9).map(str)),
+}
 
 
 @st.composite
@@ -87,10 +91,16 @@ def tsv_files(draw):
     eol = draw(st.sampled_from(["\n", "\r\n"]))
     rows = []
     if draw(st.booleans()):  # anything goes
-        header = draw(st.one_of(st.just(["id", "a", "b", "y"]), st.lists(st.sampled_from(["id", "a", "b", "y", "x", ""]), max_size=6)))
+        header = draw(
+            st.one_of(
+                st.just(["id", "a", "b", "y"]), st.lists(st.sampled_from(["id", "a", "b", "y", "x", ""]), max_size=6)
+            )
+        )
         for i in range(draw(st.integers(0, 8))):
             if draw(st.booleans()):  # the right number of fields, random texts/labels/ids
-                rows.append([draw(st.one_of(st.just(str(i)), st.sampled_from(["0", "1"]))), draw(CELL), draw(CELL), draw(LABEL)])
+                rows.append(
+                    [draw(st.one_of(st.just(str(i)), st.sampled_from(["0", "1"]))), draw(CELL), draw(CELL), draw(LABEL)]
+                )
             else:
                 rows.append(draw(st.lists(CELL, max_size=7)))
     else:  # well formed, apart from (sometimes) one damaged row
@@ -120,17 +130,27 @@ def test_random_tsv_rows(file, skip):
 
 def test_random_tsv_rows_can_parse():
     """The generator above is not all-refusal: a clean file of the same shape parses."""
-    raw = _read(b"id\ta\tb\ty\n0\tx\ty\tpos\n1\t\"q\tz\tneg\n", "tsv", events=False)
+    raw = _read(b'id\ta\tb\ty\n0\tx\ty\tpos\n1\t"q\tz\tneg\n', "tsv", events=False)
     assert raw is not None and raw.labels == [1, 0] and raw.text_a == ["x", '"q']
 
 
-JSON_VALUE = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8)),
-                          lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=4), c, max_size=3)),
-                          max_leaves=6)
-GOOD_JSON_LABEL = {"classification": st.sampled_from(LABELS), "regression": st.one_of(st.floats(-1e6, 1e6), st.integers(-9, 9), st.just("3.5"))}
+JSON_VALUE = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8)),
+    lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=4), c, max_size=3)),
+    max_leaves=6,
+)
+GOOD_JSON_LABEL = {
+    "classification": st.sampled_from(LABELS),
+    "regression": st.one_of(st.floats(-1e6, 1e6), st.integers(-9, 9), st.just("3.5")),
+}
 ANY_RECORD = st.one_of(
-    st.fixed_dictionaries({"text_a": st.one_of(st.text(max_size=8), JSON_VALUE), "text_b": st.one_of(st.text(max_size=8), JSON_VALUE),
-                           "label": st.one_of(st.sampled_from(LABELS + [0, 1, 2.5, "3.5", None]), JSON_VALUE)}),
+    st.fixed_dictionaries(
+        {
+            "text_a": st.one_of(st.text(max_size=8), JSON_VALUE),
+            "text_b": st.one_of(st.text(max_size=8), JSON_VALUE),
+            "label": st.one_of(st.sampled_from(LABELS + [0, 1, 2.5, "3.5", None]), JSON_VALUE),
+        }
+    ),
     JSON_VALUE,
 )
 
@@ -140,8 +160,13 @@ ANY_RECORD = st.one_of(
 def test_random_json_records(data, head, lines, junk):
     good = st.fixed_dictionaries({"text_a": WORD, "text_b": WORD, "label": GOOD_JSON_LABEL[head]})
     record = st.one_of(good, good, good, ANY_RECORD)
-    records = data.draw(st.one_of(st.dictionaries(st.text(max_size=5), record, min_size=1, max_size=6),
-                                  st.lists(record, min_size=1, max_size=6), JSON_VALUE))
+    records = data.draw(
+        st.one_of(
+            st.dictionaries(st.text(max_size=5), record, min_size=1, max_size=6),
+            st.lists(record, min_size=1, max_size=6),
+            JSON_VALUE,
+        )
+    )
     if lines:
         items = records.values() if isinstance(records, dict) else records if isinstance(records, list) else [records]
         text = "\n".join(json.dumps(r, allow_nan=True) for r in items) + junk

@@ -30,7 +30,7 @@ def task_sequence(batches):
 
 
 def n_switches(seq):
-    return sum(a != b for a, b in zip(seq, seq[1:]))
+    return sum(a != b for a, b in zip(seq, seq[1:], strict=False))
 
 
 def as_key(batches):
@@ -183,7 +183,7 @@ def test_temperature_mode_streams_whole_passes_over_each_task():
         full_passes = len(batches) // per[t]
         assert full_passes >= 1, t
         for k in range(full_passes):
-            flat = np.concatenate(batches[k * per[t]:(k + 1) * per[t]])
+            flat = np.concatenate(batches[k * per[t] : (k + 1) * per[t]])
             assert sorted(flat.tolist()) == sorted(tasks[t].tolist()), (t, k)
 
 
@@ -308,8 +308,9 @@ def test_ranking_groups_in_temperature_mode():
     gid = grouped_task()
     n = len(gid)
     tasks = {"rank": np.arange(n), "cls": np.arange(30)}
-    s = MultiTaskBatchSampler(tasks, BS, seed=0, mode="temperature", temperature=1.0, epoch_size=50,
-                              groups={"rank": gid})
+    s = MultiTaskBatchSampler(
+        tasks, BS, seed=0, mode="temperature", temperature=1.0, epoch_size=50, groups={"rank": gid}
+    )
     pass_lens = [len(s._task_batches("rank", r)) for r in range(8)]
     assert len(set(pass_lens)) > 1  # the case this test is about
     stream = []
@@ -322,7 +323,7 @@ def test_ranking_groups_in_temperature_mode():
     for r, k in enumerate(pass_lens):
         if pos + k > len(stream):
             break
-        flat = np.concatenate(stream[pos:pos + k])
+        flat = np.concatenate(stream[pos : pos + k])
         assert sorted(flat.tolist()) == list(range(n)), r
         pos += k
     assert pos > 0
@@ -330,8 +331,14 @@ def test_ranking_groups_in_temperature_mode():
 
 # ------------------------------------------------------------------------------------ property
 @settings(max_examples=40, deadline=None)
-@given(sizes=st.lists(st.integers(1, 60), min_size=1, max_size=4), batch_size=st.integers(2, 9),
-       bucket=st.integers(0, 3), seed=st.integers(0, 2**31 - 1), epoch=st.integers(0, 3), world=st.integers(1, 2))
+@given(
+    sizes=st.lists(st.integers(1, 60), min_size=1, max_size=4),
+    batch_size=st.integers(2, 9),
+    bucket=st.integers(0, 3),
+    seed=st.integers(0, 2**31 - 1),
+    epoch=st.integers(0, 3),
+    world=st.integers(1, 2),
+)
 def test_property_exactly_once_and_shards_partition(sizes, batch_size, bucket, seed, epoch, world):
     tasks = {f"t{i}": np.arange(n) * 3 + i for i, n in enumerate(sizes)}
     rng = np.random.default_rng(seed)
@@ -340,9 +347,11 @@ def test_property_exactly_once_and_shards_partition(sizes, batch_size, bucket, s
     batches = glob.epoch_batches(epoch)
     assert len(batches) == len(glob) == sum(math.ceil(n / batch_size) for n in sizes)
     check_exactly_once(batches, tasks, batch_size)
-    ranks = [MultiTaskBatchSampler(tasks, batch_size, seed, lengths=lengths, bucket=bucket, rank=r, world_size=world)
-             for r in range(world)]
-    for (t, b), *parts in zip(batches, *(r.epoch_batches(epoch) for r in ranks)):
+    ranks = [
+        MultiTaskBatchSampler(tasks, batch_size, seed, lengths=lengths, bucket=bucket, rank=r, world_size=world)
+        for r in range(world)
+    ]
+    for (t, b), *parts in zip(batches, *(r.epoch_batches(epoch) for r in ranks), strict=True):
         shards = [r.shard(b) for r in ranks]
         assert all(pt == t for pt, _ in parts)
         if len(b) >= world:
@@ -357,9 +366,11 @@ def test_ddp_never_splits_a_group_across_ranks(world):
     gid = grouped_task(seed=2)
     tasks = {"rank": np.arange(len(gid)), "cls": np.arange(30)}
     glob = MultiTaskBatchSampler(tasks, BS, seed=3, groups={"rank": gid})
-    ranks = [MultiTaskBatchSampler(tasks, BS, seed=3, groups={"rank": gid}, rank=r, world_size=world) for r in range(world)]
+    ranks = [
+        MultiTaskBatchSampler(tasks, BS, seed=3, groups={"rank": gid}, rank=r, world_size=world) for r in range(world)
+    ]
     for epoch in range(2):
-        for (t, b), *parts in zip(glob.epoch_batches(epoch), *(r.epoch_batches(epoch) for r in ranks)):
+        for (t, b), *parts in zip(glob.epoch_batches(epoch), *(r.epoch_batches(epoch) for r in ranks), strict=True):
             assert all(pt == t and np.array_equal(pb, b) for pt, pb in parts)  # batches do not depend on world_size
             splits = [r.split(b, t) for r in ranks]
             if t != "rank":
@@ -398,8 +409,10 @@ def test_ddp_grouped_loss_scaling_equals_the_one_process_mean():
         return ranking_loss(torch.tensor(scores[i]), torch.tensor(labels[i]), torch.tensor(gid[i]), positive=1)
 
     for world in (2, 3):
-        ranks = [MultiTaskBatchSampler({"q": np.arange(len(gid))}, 6, seed=1, groups={"q": gid}, rank=r,
-                                       world_size=world) for r in range(world)]
+        ranks = [
+            MultiTaskBatchSampler({"q": np.arange(len(gid))}, 6, seed=1, groups={"q": gid}, rank=r, world_size=world)
+            for r in range(world)
+        ]
         for batch in [np.arange(len(gid)), np.flatnonzero(gid == 4), *ranks[0].epoch_batches(0)]:
             batch = batch[1] if isinstance(batch, tuple) else batch
             one = float(loss_of(batch).sum()) / len(batch)

@@ -22,36 +22,40 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
+from conftest import TRAINED_TASKS  # noqa: E402
 from mtkd.errors import CheckpointError  # noqa: E402
 from mtkd.model import MTModel  # noqa: E402
 from mtkd.serve import BackgroundServer, BatchRunner, Job, create_app, load_for_serving  # noqa: E402
 from mtkd.tasks import glue_tasks  # noqa: E402
 
-TASKS = ("SST-2", "STS-B", "MRPC")  # classification; regression with a label range (pair); pair classification
+TASKS = TRAINED_TASKS  # conftest's shared model: SST-2, STS-B (regression, a label range), MRPC, MNLI, AX (pairs)
 TEXTS = ["the film was good .", "the plot was awful .", "a lovely cast", "the show was dull and the story poor ."]
 PAIRS = ["the movie is fine", "it was bad", "the cast is great", "nothing happened"]
 MAX_TEXTS, MAX_CHARS = 8, 2000
 
 
 @pytest.fixture(scope="module")
-def folder(tiny_encoder, tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    all_tasks = glue_tasks()
-    model = MTModel.from_encoder(str(tiny_encoder), {t: all_tasks[t] for t in TASKS})
-    out = tmp_path_factory.mktemp("serve") / "model"
-    model.save_pretrained(out)
-    return out
+def folder(trained_model_dir) -> Path:
+    return trained_model_dir
 
 
 @pytest.fixture(scope="module")
-def model(folder) -> MTModel:
-    return MTModel.from_pretrained(folder).eval()
+def model(trained_model) -> MTModel:
+    return trained_model
 
 
+# the tests that talk to a server (`url`, `client`, BackgroundServer, `mtkd serve`) are marked integration
 @pytest.fixture(scope="module")
 def url(model, folder):
-    app = create_app(model, name="tiny", max_texts=MAX_TEXTS, max_chars=MAX_CHARS, max_body_bytes=64 * 1024,
-                     max_batch=32, max_wait_ms=20)
+    app = create_app(
+        model,
+        name="tiny",
+        max_texts=MAX_TEXTS,
+        max_chars=MAX_CHARS,
+        max_body_bytes=64 * 1024,
+        max_batch=32,
+        max_wait_ms=20,
+    )
     with BackgroundServer(app) as u:
         yield u
 
@@ -68,6 +72,7 @@ def _health(client) -> dict:
     return r.json()
 
 
+@pytest.mark.integration
 def test_health_and_tasks(client, model):
     h = _health(client)
     assert h["status"] == "ok" and h["model"] == "tiny" and h["backend"] == "pytorch"
@@ -76,13 +81,20 @@ def test_health_and_tasks(client, model):
     assert r.status_code == 200
     tasks = {t["name"]: t for t in r.json()["tasks"]}
     assert list(tasks) == list(TASKS)
-    assert tasks["SST-2"] == {"name": "SST-2", "kind": "classification", "labels": ["0", "1"], "inputs": ["text"],
-                              "max_len": 128, "output": "label"}  # the tiny encoder has 128 positions
+    assert tasks["SST-2"] == {
+        "name": "SST-2",
+        "kind": "classification",
+        "labels": ["0", "1"],
+        "inputs": ["text"],
+        "max_len": 128,
+        "output": "label",
+    }  # the tiny encoder has 128 positions
     assert tasks["STS-B"]["kind"] == "regression" and tasks["STS-B"]["range"] == [0.0, 5.0]
     assert tasks["STS-B"]["inputs"] == tasks["MRPC"]["inputs"] == ["text", "pair"]
     assert tasks["MRPC"]["labels"] == ["0", "1"] and tasks["STS-B"]["output"] == "score"
 
 
+@pytest.mark.integration
 def test_predict_answers_as_mtmodel_predict(client, model):
     r = client.post("/predict", json={"texts": TEXTS, "tasks": ["SST-2"]})
     assert r.status_code == 200, r.text
@@ -95,17 +107,21 @@ def test_predict_answers_as_mtmodel_predict(client, model):
     probs = np.array([[res["SST-2"]["probabilities"][lab] for lab in ("0", "1")] for res in r.json()["results"]])
     np.testing.assert_allclose(probs, model.predict("SST-2", TEXTS, return_probs=True), atol=1e-5)
 
-    r = client.post("/predict", json={"texts": TEXTS, "pairs": PAIRS, "tasks": ["STS-B", "MRPC"], "probabilities": True})
+    r = client.post(
+        "/predict", json={"texts": TEXTS, "pairs": PAIRS, "tasks": ["STS-B", "MRPC"], "probabilities": True}
+    )
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     want = model.predict(["STS-B", "MRPC"], TEXTS, PAIRS, return_probs=True)
     np.testing.assert_allclose([res["STS-B"]["score"] for res in results], want["STS-B"], atol=1e-5)
     assert all(0.0 <= res["STS-B"]["score"] <= 5.0 for res in results)
     assert [res["MRPC"]["label"] for res in results] == model.predict("MRPC", TEXTS, PAIRS)
-    np.testing.assert_allclose([[res["MRPC"]["probabilities"][lab] for lab in ("0", "1")] for res in results],
-                               want["MRPC"], atol=1e-5)
+    np.testing.assert_allclose(
+        [[res["MRPC"]["probabilities"][lab] for lab in ("0", "1")] for res in results], want["MRPC"], atol=1e-5
+    )
 
 
+@pytest.mark.integration
 def test_mixed_tasks_and_default_tasks(client, model):
     # a single-text task reads the texts only, a pair task the (text, pair) pairs
     r = client.post("/predict", json={"texts": TEXTS, "pairs": PAIRS, "tasks": ["MRPC", "SST-2"]})
@@ -116,21 +132,31 @@ def test_mixed_tasks_and_default_tasks(client, model):
     assert [res["MRPC"]["label"] for res in body["results"]] == model.predict("MRPC", TEXTS, PAIRS)
     # no tasks: every task that reads what was sent
     assert client.post("/predict", json={"texts": TEXTS}).json()["tasks"] == ["SST-2"]
-    assert client.post("/predict", json={"texts": TEXTS, "pairs": PAIRS}).json()["tasks"] == ["STS-B", "MRPC"]
+    assert client.post("/predict", json={"texts": TEXTS, "pairs": PAIRS}).json()["tasks"] == [
+        "STS-B",
+        "MRPC",
+        "MNLI",
+        "AX",
+    ]
 
 
 LONG = "the film was good . " * 40  # 200 words: over the tiny encoder's 128 positions
 
 
+@pytest.mark.integration
 def test_long_text_is_truncated_and_reported(client, model):
     r = client.post("/predict", json={"texts": ["a fine film", LONG], "tasks": ["SST-2"], "probabilities": True})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["truncated"] == {"SST-2": [1]}  # per task: the tasks that cut something
     probs = [[res["SST-2"]["probabilities"][lab] for lab in ("0", "1")] for res in body["results"]]
-    np.testing.assert_allclose(probs, model.predict("SST-2", ["a fine film", LONG], max_len=128, return_probs=True), atol=1e-5)
+    np.testing.assert_allclose(
+        probs, model.predict("SST-2", ["a fine film", LONG], max_len=128, return_probs=True), atol=1e-5
+    )
     # a pair longer than the limit together
-    r = client.post("/predict", json={"texts": ["a cat", LONG[:300]], "pairs": ["a dog", LONG[:300]], "tasks": ["STS-B"]})
+    r = client.post(
+        "/predict", json={"texts": ["a cat", LONG[:300]], "pairs": ["a dog", LONG[:300]], "tasks": ["STS-B"]}
+    )
     assert r.json()["truncated"] == {"STS-B": [1]}
 
 
@@ -142,8 +168,11 @@ def short_folder(tiny_encoder, tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     g = glue_tasks()
-    tasks = {"SST-2": g["SST-2"].model_copy(update={"max_seq_len": 16}),
-             "CoLA": g["CoLA"].model_copy(update={"max_seq_len": 24}), "MRPC": g["MRPC"]}
+    tasks = {
+        "SST-2": g["SST-2"].model_copy(update={"max_seq_len": 16}),
+        "CoLA": g["CoLA"].model_copy(update={"max_seq_len": 24}),
+        "MRPC": g["MRPC"],
+    }
     out = tmp_path_factory.mktemp("serve-short") / "model"
     MTModel.from_encoder(str(tiny_encoder), tasks).save_pretrained(out)
     return out
@@ -156,6 +185,7 @@ def _text_of(tokenizer, n: int) -> str:
     return text
 
 
+@pytest.mark.integration
 def test_trained_lengths_are_served_and_truncation_is_reported_per_task(short_folder):
     model = MTModel.from_pretrained(short_folder).eval()
     t10, t20, t30 = (_text_of(model.tokenizer, n) for n in (10, 20, 30))
@@ -169,7 +199,9 @@ def test_trained_lengths_are_served_and_truncation_is_reported_per_task(short_fo
         assert body["truncated"] == {"SST-2": [1, 2], "CoLA": [1]}
         for task, n in (("SST-2", 16), ("CoLA", 24)):  # the answers are those at the trained length
             got = [[res[task]["probabilities"][lab] for lab in ("0", "1")] for res in body["results"]]
-            np.testing.assert_allclose(got, model.predict(task, [t10, t30, t20], max_len=n, return_probs=True), atol=1e-5)
+            np.testing.assert_allclose(
+                got, model.predict(task, [t10, t30, t20], max_len=n, return_probs=True), atol=1e-5
+            )
         assert c.post("/predict", json={"texts": [t10], "tasks": ["SST-2"]}).json()["truncated"] == {}
         r = c.post("/predict", json={"texts": [t10, t30], "pairs": [t10, t10], "tasks": ["MRPC", "SST-2"]})
         assert r.json()["truncated"] == {"SST-2": [1]}  # MRPC's pairs (40 tokens) fit its 128
@@ -184,10 +216,16 @@ def test_one_tokenisation_per_input_kind_and_length_per_batch(short_folder, monk
     runner = BatchRunner(model, max_batch=64)
     calls = []
     real = inference.tokenize
-    monkeypatch.setattr(inference, "tokenize", lambda tok, texts, pairs, n: calls.append(
-        (len(texts), pairs is not None, n)) or real(tok, texts, pairs, n))
-    jobs = [Job(["a film", "a dull film"], None, ["SST-2", "CoLA"], False), Job(["good"], ["fine"], ["MRPC", "SST-2"], False),
-            Job(["bad"], None, ["CoLA"], False)]
+    monkeypatch.setattr(
+        inference,
+        "tokenize",
+        lambda tok, texts, pairs, n: calls.append((len(texts), pairs is not None, n)) or real(tok, texts, pairs, n),
+    )
+    jobs = [
+        Job(["a film", "a dull film"], None, ["SST-2", "CoLA"], False),
+        Job(["good"], ["fine"], ["MRPC", "SST-2"], False),
+        Job(["bad"], None, ["CoLA"], False),
+    ]
     out = runner(jobs)
     assert sorted(calls) == [(1, True, 128), (3, False, 16), (3, False, 24)]
     assert [o["truncated"] for o in out] == [{}, {}, {}] and out[1]["tasks"] == ["MRPC", "SST-2"]
@@ -206,33 +244,70 @@ BAD = {
     "a text a number": ({"texts": ["a", 1]}, 422, "texts[1]", "texts[1]: expected a string, got a number"),
     "a text null": ({"texts": [None]}, 422, "texts[0]", "texts[0]: expected a string, got null"),
     "tasks a string": ({"texts": ["a"], "tasks": "SST-2"}, 422, "tasks", "tasks: expected a list of strings"),
-    "probabilities a string": ({"texts": ["a"], "probabilities": "yes"}, 422, "probabilities",
-                               "probabilities: expected true or false, got a string"),
-    "unknown task": ({"texts": ["a"], "tasks": ["SST-2", "SST2"]}, 422, "tasks[1]",
-                     "tasks[1]: unknown task 'SST2' (did you mean 'SST-2'?); this model has SST-2, STS-B, MRPC"),
+    "probabilities a string": (
+        {"texts": ["a"], "probabilities": "yes"},
+        422,
+        "probabilities",
+        "probabilities: expected true or false, got a string",
+    ),
+    "unknown task": (
+        {"texts": ["a"], "tasks": ["SST-2", "SST2"]},
+        422,
+        "tasks[1]",
+        "tasks[1]: unknown task 'SST2' (did you mean 'SST-2'?); this model has SST-2, STS-B, MRPC, MNLI, AX",
+    ),
     "empty task list": ({"texts": ["a"], "tasks": []}, 422, "tasks", "tasks: empty list"),
     "empty text list": ({"texts": [], "tasks": ["SST-2"]}, 422, "texts", "texts: empty list"),
     "empty string": ({"texts": ["a", ""], "tasks": ["SST-2"]}, 422, "texts[1]", "texts[1]: empty text"),
     "blank string": ({"texts": ["  \t"]}, 422, "texts[0]", "texts[0]: empty text"),
-    "pair task without pairs": ({"texts": ["a"], "tasks": ["STS-B"]}, 422, "pairs",
-                                "pairs: missing; STS-B is a pair task"),
-    "a pair missing its second text": ({"texts": ["a", "b"], "pairs": ["c"], "tasks": ["MRPC"]}, 422, "pairs",
-                                       "pairs: 2 texts but 1 pairs"),
-    "an empty second text": ({"texts": ["a", "b"], "pairs": ["c", ""], "tasks": ["MRPC"]}, 422, "pairs[1]",
-                             "pairs[1]: empty text"),
-    "pairs for single-text tasks": ({"texts": ["a"], "pairs": ["b"], "tasks": ["SST-2"]}, 422, "pairs",
-                                    "no requested task reads a second text"),
-    "too many texts": ({"texts": ["a"] * (MAX_TEXTS + 1)}, 413, "texts",
-                       f"texts: {MAX_TEXTS + 1} texts, over this server's limit of {MAX_TEXTS} per request"),
-    "too many characters": ({"texts": ["a", "b" * (MAX_CHARS + 1)]}, 413, "texts[1]",
-                            f"texts[1]: {MAX_CHARS + 1} characters, over this server's limit of {MAX_CHARS} per text"),
-    "a pair too long": ({"texts": ["a"], "pairs": ["b" * (MAX_CHARS + 1)], "tasks": ["MRPC"]}, 413, "pairs[0]",
-                        "pairs[0]: 2001 characters"),
+    "pair task without pairs": (
+        {"texts": ["a"], "tasks": ["STS-B"]},
+        422,
+        "pairs",
+        "pairs: missing; STS-B is a pair task",
+    ),
+    "a pair missing its second text": (
+        {"texts": ["a", "b"], "pairs": ["c"], "tasks": ["MRPC"]},
+        422,
+        "pairs",
+        "pairs: 2 texts but 1 pairs",
+    ),
+    "an empty second text": (
+        {"texts": ["a", "b"], "pairs": ["c", ""], "tasks": ["MRPC"]},
+        422,
+        "pairs[1]",
+        "pairs[1]: empty text",
+    ),
+    "pairs for single-text tasks": (
+        {"texts": ["a"], "pairs": ["b"], "tasks": ["SST-2"]},
+        422,
+        "pairs",
+        "no requested task reads a second text",
+    ),
+    "too many texts": (
+        {"texts": ["a"] * (MAX_TEXTS + 1)},
+        413,
+        "texts",
+        f"texts: {MAX_TEXTS + 1} texts, over this server's limit of {MAX_TEXTS} per request",
+    ),
+    "too many characters": (
+        {"texts": ["a", "b" * (MAX_CHARS + 1)]},
+        413,
+        "texts[1]",
+        f"texts[1]: {MAX_CHARS + 1} characters, over this server's limit of {MAX_CHARS} per text",
+    ),
+    "a pair too long": (
+        {"texts": ["a"], "pairs": ["b" * (MAX_CHARS + 1)], "tasks": ["MRPC"]},
+        413,
+        "pairs[0]",
+        "pairs[0]: 2001 characters",
+    ),
     "body too large": (TOO_BIG, 413, "(request body)", "request body: 70"),
     "a lone surrogate": (b'{"texts": ["a \\ud800 b"]}', None, None, None),  # 400 or 422, naming the place
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_gets_4xx_naming_the_field(client, model, case):
     body, status, where, part = BAD[case]
@@ -251,9 +326,12 @@ def test_bad_input_gets_4xx_naming_the_field(client, model, case):
     assert _health(client)["rejected"] == before + 1
     # ...and the server keeps serving
     r = client.post("/predict", json={"texts": TEXTS[:2], "tasks": ["SST-2"]})
-    assert r.status_code == 200 and [x["SST-2"]["label"] for x in r.json()["results"]] == model.predict("SST-2", TEXTS[:2])
+    assert r.status_code == 200 and [x["SST-2"]["label"] for x in r.json()["results"]] == model.predict(
+        "SST-2", TEXTS[:2]
+    )
 
 
+@pytest.mark.integration
 def test_unknown_routes_and_methods_answer_json(client):
     r = client.get("/predict")
     assert r.status_code == 405 and "GET /predict" in r.json()["error"]
@@ -268,8 +346,14 @@ def _requests() -> list[dict]:
         k = 1 + i % 4
         texts = [TEXTS[(i + j) % 4] + f" {i}" for j in range(k)]
         if i % 3 == 0:
-            out.append({"texts": texts, "pairs": [PAIRS[(i + j) % 4] for j in range(k)], "tasks": ["STS-B", "MRPC"],
-                        "probabilities": True})
+            out.append(
+                {
+                    "texts": texts,
+                    "pairs": [PAIRS[(i + j) % 4] for j in range(k)],
+                    "tasks": ["STS-B", "MRPC"],
+                    "probabilities": True,
+                }
+            )
         elif i % 3 == 1:
             out.append({"texts": texts, "tasks": ["SST-2"], "probabilities": bool(i % 2)})
         else:
@@ -280,7 +364,7 @@ def _requests() -> list[dict]:
 def _same(a: dict, b: dict) -> None:
     assert a["tasks"] == b["tasks"] and a["truncated"] == b["truncated"]
     assert len(a["results"]) == len(b["results"])
-    for x, y in zip(a["results"], b["results"]):
+    for x, y in zip(a["results"], b["results"], strict=True):
         assert list(x) == list(y)
         for t in x:
             assert set(x[t]) == set(y[t])
@@ -292,6 +376,7 @@ def _same(a: dict, b: dict) -> None:
                 assert p == pytest.approx(y[t]["probabilities"][lab], abs=1e-5)
 
 
+@pytest.mark.integration
 def test_concurrent_requests_are_batched_and_answered_as_one_by_one(client, url):
     reqs = _requests()
     one_by_one = []
@@ -308,7 +393,7 @@ def test_concurrent_requests_are_batched_and_answered_as_one_by_one(client, url)
     with concurrent.futures.ThreadPoolExecutor(len(reqs)) as pool:
         answers = list(pool.map(post, reqs))
     assert all(r.status_code == 200 for r in answers), [r.text for r in answers if r.status_code != 200]
-    for got, want in zip(answers, one_by_one):
+    for got, want in zip(answers, one_by_one, strict=True):
         _same(got.json(), want)
     after = _health(client)
     assert after["requests"] - before["requests"] == len(reqs)
@@ -330,6 +415,7 @@ class Flaky:
         return self.model.run_batch(names, ids, mask, types)
 
 
+@pytest.mark.integration
 def test_a_failing_batch_answers_500_and_the_server_keeps_serving(model):
     with BackgroundServer(create_app(Flaky(model), max_wait_ms=0)) as u, httpx.Client(base_url=u, timeout=60) as c:
         r = c.post("/predict", json={"texts": ["boom"], "tasks": ["SST-2"]})
@@ -349,6 +435,7 @@ def test_load_for_serving(folder, tmp_path):
         load_for_serving(tmp_path)
 
 
+@pytest.mark.integration
 def test_serves_the_onnx_export(folder, model, tmp_path):
     """The ONNX export folder is served through mtkd.export's OnnxModel with the same answers."""
     pytest.importorskip("onnx")
@@ -368,10 +455,16 @@ def test_serves_the_onnx_export(folder, model, tmp_path):
         assert [x["MRPC"]["label"] for x in r.json()["results"]] == model.predict("MRPC", TEXTS, PAIRS)
 
 
+@pytest.mark.integration
 def test_mtkd_serve_command(folder):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MTKD_API_KEY": "s3cret"}
-    proc = subprocess.Popen([sys.executable, "-m", "mtkd.cli", "serve", str(folder), "--port", "0", "--max-texts", "3"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mtkd.cli", "serve", str(folder), "--port", "0", "--max-texts", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = proc.stdout.readline()
         m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
@@ -445,8 +538,10 @@ def _raw_request(url: str, body: dict, host: str = "127.0.0.1"):
     port = int(url.rsplit(":", 1)[1])
     data = json.dumps(body).encode()
     s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"POST /predict HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Type: application/json\r\n"
-              b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+    s.sendall(
+        b"POST /predict HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data
+    )
     return s
 
 
@@ -459,6 +554,7 @@ def _wait_for(fn, seconds: float = 20.0):
         time.sleep(0.05)
 
 
+@pytest.mark.integration
 def test_requests_whose_client_went_away_are_not_run(model):
     """Ten requests sent and dropped while the model is busy: none of their texts reaches the model,
     and a request after them is answered as soon as the running batch ends."""
@@ -483,6 +579,7 @@ def test_requests_whose_client_went_away_are_not_run(model):
         assert h["abandoned"] == 10 and h["requests"] == 2
 
 
+@pytest.mark.integration
 def test_a_request_past_its_deadline_gets_504_and_is_not_run_later(model):
     slow = Slow(model, 1.5)
     app = create_app(slow, max_wait_ms=0, timeout_s=0.4)
@@ -500,6 +597,7 @@ def test_a_request_past_its_deadline_gets_504_and_is_not_run_later(model):
         assert c.get("/health").json()["timed_out"] == 2
 
 
+@pytest.mark.integration
 def test_a_full_queue_answers_503_with_retry_after(model):
     slow = Slow(model, 1.0)
     app = create_app(slow, max_wait_ms=0, max_batch=4, max_texts=4, max_queue=4)
@@ -516,6 +614,7 @@ def test_a_full_queue_answers_503_with_retry_after(model):
         assert c.get("/health").json()["busy"] == 1
 
 
+@pytest.mark.integration
 def test_slow_headers_are_cut_off(model):
     """A client sending its headers a byte at a time is disconnected at the header deadline."""
     import socket
@@ -537,6 +636,7 @@ def test_slow_headers_are_cut_off(model):
         assert closed and time.time() - t0 < 4.5
 
 
+@pytest.mark.integration
 def test_connections_past_the_limit_get_503(model):
     import socket
 
@@ -551,14 +651,20 @@ def test_connections_past_the_limit_get_503(model):
                 s.close()
 
 
+@pytest.mark.integration
 def test_host_content_type_api_key_and_no_api_docs(model):
     from mtkd.serve import allowed_hosts_for
 
     app = create_app(model, api_key="s3cret")
-    with BackgroundServer(app) as u, httpx.Client(base_url=u, timeout=30) as anonymous, \
-            httpx.Client(base_url=u, timeout=30, headers={"Authorization": "Bearer s3cret"}) as c:
+    with (
+        BackgroundServer(app) as u,
+        httpx.Client(base_url=u, timeout=30) as anonymous,
+        httpx.Client(base_url=u, timeout=30, headers={"Authorization": "Bearer s3cret"}) as c,
+    ):
         r = anonymous.get("/tasks")
-        assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer" and r.json()["field"] == "Authorization"
+        assert (
+            r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer" and r.json()["field"] == "Authorization"
+        )
         assert c.get("/tasks", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/tasks").status_code == 200
         for host in ("localhost:8000", "127.0.0.1", "[::1]:8000"):
@@ -566,19 +672,27 @@ def test_host_content_type_api_key_and_no_api_docs(model):
         r = c.get("/health", headers={"Host": "attacker.example"})
         assert r.status_code == 400 and r.json()["field"] == "Host"
         # a web page can POST text/plain or a form without a preflight: only JSON is taken
-        for kind, body in (("text/plain", '{"texts": ["a"]}'), ("application/x-www-form-urlencoded", "texts=a"),
-                           (None, '{"texts": ["a"]}')):
+        for kind, body in (
+            ("text/plain", '{"texts": ["a"]}'),
+            ("application/x-www-form-urlencoded", "texts=a"),
+            (None, '{"texts": ["a"]}'),
+        ):
             headers = {"Content-Type": kind} if kind else {}
             r = c.post("/predict", content=body, headers=headers)
             assert r.status_code == 415 and r.json()["field"] == "Content-Type", (kind, r.text)
-        assert c.post("/predict", content='{"texts": ["a"]}',
-                      headers={"Content-Type": "application/json; charset=utf-8"}).status_code == 200
+        assert (
+            c.post(
+                "/predict", content='{"texts": ["a"]}', headers={"Content-Type": "application/json; charset=utf-8"}
+            ).status_code
+            == 200
+        )
         for path in ("/docs", "/redoc", "/openapi.json"):
             assert c.get(path).status_code == 404, path
     assert allowed_hosts_for("0.0.0.0") == ("*",) and allowed_hosts_for("10.1.2.3") == ("10.1.2.3",)
     assert "localhost" in allowed_hosts_for("127.0.0.1") and "attacker.example" not in allowed_hosts_for("127.0.0.1")
 
 
+@pytest.mark.integration
 def test_dropped_requests_leave_the_queue_at_once(model):
     """A request dropped (deadline or client gone) while the model is busy frees its place in the
     queue right away: the next request is not refused as busy."""
@@ -598,6 +712,7 @@ def test_dropped_requests_leave_the_queue_at_once(model):
             busy.result()
 
 
+@pytest.mark.integration
 def test_a_body_trickled_after_the_answer_does_not_hold_the_connection(model):
     """A client answered before its body arrived (here: refused, 415) is disconnected, not kept
     alive while it trickles the rest in."""
@@ -607,7 +722,9 @@ def test_a_body_trickled_after_the_answer_does_not_hold_the_connection(model):
     with BackgroundServer(create_app(model)) as u:
         s = socket.create_connection(("127.0.0.1", int(u.rsplit(":", 1)[1])))
         s.settimeout(10)
-        s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n")
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n"
+        )
         assert s.recv(4096).startswith(b"HTTP/1.1 415")
         closed = False
         try:

@@ -9,9 +9,9 @@ from transformers import AutoTokenizer
 
 from mtkd.data import encode_split, subsample
 from mtkd.errors import SoftTargetError
+from mtkd.heads.classification import softmax
 from mtkd.losses import kd_loss
 from mtkd.sampler import MultiTaskBatchSampler
-from mtkd.heads.classification import softmax
 from mtkd.soft_targets import SoftTargets, ensemble_average
 from mtkd.tasks import glue_tasks
 

@@ -51,7 +51,11 @@ def test_seed_noise_widens_the_interval_and_the_mean_averages_tasks():
     a, b = [], []
     for gain in (-4.0, 0.0, 8.0):  # per-seed gains of B over A on RTE: +-4 points of seed noise
         base = rng.random(n) < 0.6
-        flip = np.flatnonzero(~base)[: int(abs(gain) / 100 * n)] if gain > 0 else np.flatnonzero(base)[: int(abs(gain) / 100 * n)]
+        flip = (
+            np.flatnonzero(~base)[: int(abs(gain) / 100 * n)]
+            if gain > 0
+            else np.flatnonzero(base)[: int(abs(gain) / 100 * n)]
+        )
         better = base.copy()
         better[flip] = gain > 0
         a.append({"RTE": _classification(y, base), "SST-2": _classification(y_sst, base)})
@@ -80,8 +84,15 @@ def test_regression_and_two_metric_tasks_use_the_task_score():
 def test_ranking_tasks_resample_whole_query_groups():
     from mtkd.tasks import task_from_dict
 
-    spec = task_from_dict("R", {"head": "ranking", "fields": {"text_a": "q", "text_b": "c", "label": "l"},
-                                "metrics": ["accuracy"], "splits": {"dev": "x.tsv"}})
+    spec = task_from_dict(
+        "R",
+        {
+            "head": "ranking",
+            "fields": {"text_a": "q", "text_b": "c", "label": "l"},
+            "metrics": ["accuracy"],
+            "splits": {"dev": "x.tsv"},
+        },
+    )
     groups = np.repeat(np.arange(50), 4)
     labels = np.tile([1, 0, 0, 0], 50)
     good = labels.copy()  # top-scored candidate relevant in every group
@@ -97,8 +108,9 @@ def test_refuses_unpaired_inputs():
     with pytest.raises(ValueError, match="same seeds"):
         paired_bootstrap({"RTE": SPECS["RTE"]}, [{"RTE": _classification(y, y == 0)}], [])
     with pytest.raises(ValueError, match="different dev rows"):
-        paired_bootstrap({"RTE": SPECS["RTE"]}, [{"RTE": _classification(y, y == 0)}],
-                         [{"RTE": _classification(y[:3], y[:3] == 0)}])
+        paired_bootstrap(
+            {"RTE": SPECS["RTE"]}, [{"RTE": _classification(y, y == 0)}], [{"RTE": _classification(y[:3], y[:3] == 0)}]
+        )
 
 
 @pytest.mark.parametrize("task", ["CoLA", "SST-2", "MRPC", "STS-B", "MNLI"])
@@ -119,7 +131,8 @@ def test_the_fast_task_score_equals_the_metrics_module(task):
     expected = float(np.mean(list(kind_of(spec).scores(y[rows], p[rows]).values())))
     assert task_score(spec, Evaluated(y, p), rows) == pytest.approx(expected, abs=1e-3)
     assert task_score(spec, Evaluated(y, np.zeros_like(p))) == pytest.approx(
-        float(np.mean(list(kind_of(spec).scores(y, np.zeros_like(p)).values()))), abs=1e-3)
+        float(np.mean(list(kind_of(spec).scores(y, np.zeros_like(p)).values()))), abs=1e-3
+    )
 
 
 def test_a_task_of_several_dev_splits_scores_the_mean_of_its_splits():
@@ -142,7 +155,9 @@ def test_a_task_of_several_dev_splits_scores_the_mean_of_its_splits():
     r = res["tasks"]["MNLI"]
     assert set(res["tasks"]) == {"MNLI"} and r["diff"] == pytest.approx(exact, abs=1e-3)
     assert 0 < r["low"] < exact < r["high"] and res["mean"]["diff"] == r["diff"]
-    alone = paired_bootstrap({"MNLI": SPECS["MNLI"]}, a, b, replicates=300, layout={"MNLI": ["MNLI-m"]})["tasks"]["MNLI"]
+    alone = paired_bootstrap({"MNLI": SPECS["MNLI"]}, a, b, replicates=300, layout={"MNLI": ["MNLI-m"]})["tasks"][
+        "MNLI"
+    ]
     assert alone["diff"] == pytest.approx(2 * exact, abs=1e-3)
     assert (r["high"] - r["low"]) == pytest.approx((alone["high"] - alone["low"]) / 2, rel=0.3)
     with pytest.raises(ValueError, match="no task is evaluated"):
@@ -152,10 +167,15 @@ def test_a_task_of_several_dev_splits_scores_the_mean_of_its_splits():
 def test_the_default_layout_is_one_name_per_task():
     rng = np.random.default_rng(7)
     y = rng.integers(0, 2, 200)
-    a = [{"RTE": _classification(y, rng.random(200) < 0.6), "SST-2": _classification(y, rng.random(200) < 0.7)}
-         for _ in range(2)]
-    b = [{"RTE": _classification(y, rng.random(200) < 0.65), "SST-2": _classification(y, rng.random(200) < 0.7)}
-         for _ in range(2)]
+    a = [
+        {"RTE": _classification(y, rng.random(200) < 0.6), "SST-2": _classification(y, rng.random(200) < 0.7)}
+        for _ in range(2)
+    ]
+    b = [
+        {"RTE": _classification(y, rng.random(200) < 0.65), "SST-2": _classification(y, rng.random(200) < 0.7)}
+        for _ in range(2)
+    ]
     specs = {"RTE": SPECS["RTE"], "SST-2": SPECS["SST-2"]}
-    assert paired_bootstrap(specs, a, b, replicates=100) == \
-        paired_bootstrap(specs, a, b, replicates=100, layout={"RTE": ["RTE"], "SST-2": ["SST-2"]})
+    assert paired_bootstrap(specs, a, b, replicates=100) == paired_bootstrap(
+        specs, a, b, replicates=100, layout={"RTE": ["RTE"], "SST-2": ["SST-2"]}
+    )

@@ -22,30 +22,53 @@ from mtkd.model import MTModel
 from mtkd.task_data import TaskData
 from mtkd.tasks import glue_tasks, load_task_specs, task_from_dict
 
-BASE = {"head": "classification", "labels": ["neg", "pos"], "metrics": ["accuracy"],
-        "fields": {"id": "id", "text_a": "text", "label": "label"}}
+BASE = {
+    "head": "classification",
+    "labels": ["neg", "pos"],
+    "metrics": ["accuracy"],
+    "fields": {"id": "id", "text_a": "text", "label": "label"},
+}
 
 
 # ------------------------------------------------------------------------------ the task format
 def test_max_seq_len_of_a_task_and_of_a_split_parse_and_round_trip():
-    spec = task_from_dict("Reviews", {**BASE, "max_seq_len": 256,
-                                      "splits": {"train": "r/train.tsv", "dev": {"path": "r/dev.tsv", "max_seq_len": 384}}})
-    assert spec.max_seq_len == 256 and spec.splits["dev"].max_seq_len == 384 and spec.splits["train"].max_seq_len is None
+    spec = task_from_dict(
+        "Reviews",
+        {
+            **BASE,
+            "max_seq_len": 256,
+            "splits": {"train": "r/train.tsv", "dev": {"path": "r/dev.tsv", "max_seq_len": 384}},
+        },
+    )
+    assert (
+        spec.max_seq_len == 256 and spec.splits["dev"].max_seq_len == 384 and spec.splits["train"].max_seq_len is None
+    )
     assert spec.max_len_for("dev", 128) == 384  # the split's
     assert spec.max_len_for("train", 128) == 256  # else the task's
     assert spec.model_copy(update={"max_seq_len": None}).max_len_for("train", 128) == 128  # else data.max_seq_len
     d = spec.to_dict()
-    assert d["max_seq_len"] == 256 and d["splits"]["dev"]["max_seq_len"] == 384 and "max_seq_len" not in d["splits"]["train"]
+    assert (
+        d["max_seq_len"] == 256
+        and d["splits"]["dev"]["max_seq_len"] == 384
+        and "max_seq_len" not in d["splits"]["train"]
+    )
     assert task_from_dict("Reviews", yaml.safe_load(yaml.safe_dump(d))) == spec
     assert "max_seq_len" not in glue_tasks()["SST-2"].to_dict()  # GLUE tasks: data.max_seq_len
 
 
-@pytest.mark.parametrize("where, value, message", [
-    ("task", 7, r"task 'Reviews', field 'max_seq_len': expected an integer >= 8 \(tokens\), got 7"),
-    ("task", "long", r"task 'Reviews', field 'max_seq_len': expected an integer >= 8 \(tokens\), got 'long'"),
-    ("task", True, r"task 'Reviews', field 'max_seq_len': expected an integer >= 8 \(tokens\), got True"),
-    ("split", 64.5, r"task 'Reviews', split 'dev', field 'max_seq_len': expected an integer >= 8 \(tokens\), got 64.5"),
-])
+@pytest.mark.parametrize(
+    "where, value, message",
+    [
+        ("task", 7, r"task 'Reviews', field 'max_seq_len': expected an integer >= 8 \(tokens\), got 7"),
+        ("task", "long", r"task 'Reviews', field 'max_seq_len': expected an integer >= 8 \(tokens\), got 'long'"),
+        ("task", True, r"task 'Reviews', field 'max_seq_len': expected an integer >= 8 \(tokens\), got True"),
+        (
+            "split",
+            64.5,
+            r"task 'Reviews', split 'dev', field 'max_seq_len': expected an integer >= 8 \(tokens\), got 64.5",
+        ),
+    ],
+)
 def test_bad_max_seq_len_is_refused_naming_task_split_and_field(where, value, message):
     d = {**BASE, "splits": {"train": "r/train.tsv", "dev": {"path": "r/dev.tsv"}}}
     if where == "task":
@@ -78,14 +101,16 @@ def _write_reviews(root, n_train=24, n_dev=12, seed=0):
             rows = []
             for i in range(n):
                 y = rng.random() < 0.5
-                rows.append(f"{split}-{i},\"{_review(rng, y, rng.randint(*words))}\",{'pos' if y else 'neg'}\n")
+                rows.append(f'{split}-{i},"{_review(rng, y, rng.randint(*words))}",{"pos" if y else "neg"}\n')
             (root / task / f"{split}.csv").write_text("id,text,label\n" + "".join(rows))
     return root
 
 
 def _tasks_file(path, reviews_extra=None):
-    tasks = {t: {**BASE, "splits": {"train": {"path": f"{t}/train.csv"}, "dev": {"path": f"{t}/dev.csv"}}}
-             for t in ("Reviews", "Short")}
+    tasks = {
+        t: {**BASE, "splits": {"train": {"path": f"{t}/train.csv"}, "dev": {"path": f"{t}/dev.csv"}}}
+        for t in ("Reviews", "Short")
+    }
     extra = dict(reviews_extra or {})
     for split, more in extra.pop("splits", {}).items():
         tasks["Reviews"]["splits"][split].update(more)
@@ -125,10 +150,15 @@ def _csv_texts(path) -> list[str]:
     return [r["text"] for r in csv.DictReader(path.open())]
 
 
+@pytest.mark.integration
 def test_each_split_is_tokenised_at_its_own_length(trained):
     data = TaskData(load_config(trained.cfg))
     assert {(t, s): data.max_len(t, s) for t in ("Reviews", "Short") for s in ("train", "dev")} == {
-        ("Reviews", "train"): 16, ("Reviews", "dev"): 48, ("Short", "train"): 64, ("Short", "dev"): 64}
+        ("Reviews", "train"): 16,
+        ("Reviews", "dev"): 48,
+        ("Short", "train"): 64,
+        ("Short", "dev"): 64,
+    }
     for (t, s), n in {("Reviews", "train"): 16, ("Reviews", "dev"): 48, ("Short", "train"): 64}.items():
         split = data.encoded(t, s)
         assert split.meta["max_len"] == n and int(split.lengths.max()) <= n
@@ -145,6 +175,7 @@ def test_each_split_is_tokenised_at_its_own_length(trained):
     assert {t: v["max_len"] for t, v in done["identity"]["tasks"].items()} == {"Reviews": 16, "Short": 64}
 
 
+@pytest.mark.integration
 def test_changing_one_tasks_length_changes_only_its_data_identity(trained):
     a = TaskData(load_config(trained.cfg))
     b = TaskData(load_config(trained.cfg, ["tasks.Reviews.max_seq_len=24"]))
@@ -153,6 +184,7 @@ def test_changing_one_tasks_length_changes_only_its_data_identity(trained):
     assert a.data_identity("Short", "train") == b.data_identity("Short", "train")
 
 
+@pytest.mark.integration
 def test_the_saved_model_records_each_tasks_trained_length(trained):
     saved = json.loads((trained.model / "config.json").read_text())["tasks"]
     assert saved["Reviews"]["max_seq_len"] == 16 and saved["Reviews"]["splits"]["dev"]["max_seq_len"] == 48
@@ -161,6 +193,7 @@ def test_the_saved_model_records_each_tasks_trained_length(trained):
     assert (model.train_max_len("Reviews"), model.train_max_len("Short")) == (16, 64)
 
 
+@pytest.mark.integration
 def test_predict_cuts_at_the_trained_length_by_default(trained):
     model = MTModel.from_pretrained(trained.model)
     texts = _csv_texts(trained.root / "Reviews" / "dev.csv")
@@ -174,11 +207,14 @@ def test_predict_cuts_at_the_trained_length_by_default(trained):
     np.testing.assert_allclose(default[short_rows], full[short_rows], atol=1e-6)  # short ones do not
 
 
+@pytest.mark.integration
 def test_tasks_of_different_lengths_are_served_per_length(trained):
     model = MTModel.from_pretrained(trained.model)
     texts = _csv_texts(trained.root / "Reviews" / "dev.csv")
     widths = []
-    h = model.encoder.register_forward_hook(lambda mod, args, kw, out: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    h = model.encoder.register_forward_hook(
+        lambda mod, args, kw, out: widths.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
     try:
         both = model.predict(["Reviews", "Short"], texts, return_probs=True, batch_size=64)
     finally:
@@ -189,7 +225,9 @@ def test_tasks_of_different_lengths_are_served_per_length(trained):
     np.testing.assert_array_equal(both["Short"], model.predict("Short", texts, max_len=64, return_probs=True))
     # an explicit max_len serves every task at that length, in one pass per batch
     widths.clear()
-    h = model.encoder.register_forward_hook(lambda mod, args, kw, out: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    h = model.encoder.register_forward_hook(
+        lambda mod, args, kw, out: widths.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
     try:
         model.predict(["Reviews", "Short"], texts, max_len=32, batch_size=64)
     finally:
@@ -197,6 +235,7 @@ def test_tasks_of_different_lengths_are_served_per_length(trained):
     assert widths == [32]
 
 
+@pytest.mark.integration
 def test_cli_predict_uses_the_trained_length_unless_data_max_seq_len_is_given(trained, tmp_path, capsys):
     model = MTModel.from_pretrained(trained.model)
     texts = _csv_texts(trained.root / "Reviews" / "dev.csv")
@@ -205,11 +244,31 @@ def test_cli_predict_uses_the_trained_length_unless_data_max_seq_len_is_given(tr
 
     def cli_probs(*extra):
         out = tmp_path / "o.jsonl"
-        assert main(["predict", "--model", str(trained.model), "--task", "Reviews", "--input", str(inp),
-                     "--output", str(out), "--probs", *extra]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    "--model",
+                    str(trained.model),
+                    "--task",
+                    "Reviews",
+                    "--input",
+                    str(inp),
+                    "--output",
+                    str(out),
+                    "--probs",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         capsys.readouterr()
-        return np.array([[r["probabilities"]["Reviews"][lab] for lab in ("neg", "pos")]
-                         for r in map(json.loads, out.read_text().splitlines())])
+        return np.array(
+            [
+                [r["probabilities"]["Reviews"][lab] for lab in ("neg", "pos")]
+                for r in map(json.loads, out.read_text().splitlines())
+            ]
+        )
 
     at16 = model.predict("Reviews", texts, max_len=16, return_probs=True)
     at32 = model.predict("Reviews", texts, max_len=32, return_probs=True)
@@ -232,8 +291,9 @@ def test_a_folder_saved_without_lengths_predicts_at_512_capped_at_the_encoders_p
     loaded = MTModel.from_pretrained(tmp_path / "m")
     assert loaded.train_max_len("SST-2") == 512
     text = ["the film was good " * 60]  # 242 tokens; the tiny encoder has 128 positions
-    np.testing.assert_array_equal(loaded.predict("SST-2", text, return_probs=True),
-                                  loaded.predict("SST-2", text, max_len=128, return_probs=True))
+    np.testing.assert_array_equal(
+        loaded.predict("SST-2", text, return_probs=True), loaded.predict("SST-2", text, max_len=128, return_probs=True)
+    )
 
 
 def test_a_length_beyond_the_encoders_positions_is_refused_naming_the_key(tmp_path, tiny_encoder, capsys):

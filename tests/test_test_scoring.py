@@ -26,13 +26,25 @@ from mtkd.tasks import task_from_dict
 
 N_TEST = 20
 TASKS = {
-    "Reviews": {"head": "classification", "labels": ["neg", "pos"], "metrics": ["accuracy", "f1"],
-                "fields": {"id": "id", "text_a": "text", "label": "label"},
-                "splits": {"train": "Reviews/train.csv", "dev": "Reviews/dev.csv", "test": "Reviews/test.csv",
-                           "test_extra": {"path": "Reviews/absent.csv", "report_as": "Reviews-extra"}}},
-    "Notes": {"head": "classification", "labels": ["neg", "pos"], "metrics": ["accuracy"],
-              "fields": {"id": "id", "text_a": "text", "label": "label"},
-              "splits": {"train": "Notes/train.tsv", "dev": "Notes/dev.tsv", "test": "Notes/test.tsv"}},
+    "Reviews": {
+        "head": "classification",
+        "labels": ["neg", "pos"],
+        "metrics": ["accuracy", "f1"],
+        "fields": {"id": "id", "text_a": "text", "label": "label"},
+        "splits": {
+            "train": "Reviews/train.csv",
+            "dev": "Reviews/dev.csv",
+            "test": "Reviews/test.csv",
+            "test_extra": {"path": "Reviews/absent.csv", "report_as": "Reviews-extra"},
+        },
+    },
+    "Notes": {
+        "head": "classification",
+        "labels": ["neg", "pos"],
+        "metrics": ["accuracy"],
+        "fields": {"id": "id", "text_a": "text", "label": "label"},
+        "splits": {"train": "Notes/train.tsv", "dev": "Notes/dev.tsv", "test": "Notes/test.tsv"},
+    },
 }
 
 
@@ -50,6 +62,7 @@ def _write(root, seed=0):
     return root
 
 
+# the tests that read `run` (an `mtkd run`) are marked integration
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_encoder):
     base = tmp_path_factory.mktemp("test-scoring")
@@ -72,8 +85,15 @@ def run(tmp_path_factory, tiny_encoder):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-    return SimpleNamespace(base=base, root=root, raw=raw, cfg=cfg, out=out, model=out / "seed-0" / "mtl" / "model",
-                           log="\n".join(r.getMessage() for r in records))
+    return SimpleNamespace(
+        base=base,
+        root=root,
+        raw=raw,
+        cfg=cfg,
+        out=out,
+        model=out / "seed-0" / "mtl" / "model",
+        log="\n".join(r.getMessage() for r in records),
+    )
 
 
 def _accuracy_and_f1(model, path, task="Reviews"):
@@ -87,6 +107,7 @@ def _accuracy_and_f1(model, path, task="Reviews"):
     return 100 * float((y == p).mean()), 100 * f1
 
 
+@pytest.mark.integration
 def test_run_scores_the_labelled_test_split_beside_dev(run):
     metrics = json.loads((run.out / "metrics.json").read_text())
     assert set(metrics) == {"Reviews", "Notes", "test"}
@@ -101,6 +122,7 @@ def test_run_scores_the_labelled_test_split_beside_dev(run):
     assert json.loads((run.out / "seed-0" / "metrics.json").read_text()) == metrics  # one seed: the mean is that seed's
 
 
+@pytest.mark.integration
 def test_metrics_md_lists_test_rows_apart_and_averages_dev_only(run):
     metrics = json.loads((run.out / "metrics.json").read_text())
     md = (run.out / "metrics.md").read_text()
@@ -113,6 +135,7 @@ def test_metrics_md_lists_test_rows_apart_and_averages_dev_only(run):
     assert "Notes" not in test_part
 
 
+@pytest.mark.integration
 def test_unlabelled_and_absent_test_files_are_listed_not_scored(run):
     assert "test splits without labels, not scored (unlabelled): Notes/test" in run.log
     assert "test files not found, not scored: Reviews/test_extra" in run.log
@@ -131,6 +154,7 @@ def test_a_test_file_labelled_on_some_rows_only_is_refused(tmp_path):
         read_split(spec, "dev", tmp_path)
 
 
+@pytest.mark.integration
 def test_no_glue_task_no_submission_zip_and_no_leaderboard_warning(run):
     assert not (run.out / "submission.zip").exists() and not (run.out / "seed-0" / "submission.zip").exists()
     assert "submission.zip lacks" not in run.log and "MISSING" not in run.log
@@ -141,21 +165,27 @@ def test_no_glue_task_no_submission_zip_and_no_leaderboard_warning(run):
     assert sorted(p.name for p in (run.out / "seed-0" / "predictions").iterdir()) == ["Notes.tsv", "Reviews.tsv"]
 
 
+@pytest.mark.integration
 def test_evaluate_split_test_scores_the_labelled_test_files(run, capsys):
     ev = run.base / "ev-test"
     assert main(["evaluate", str(run.cfg), "--model", str(run.model), "--output-dir", str(ev), "--split", "test"]) == 0
     capsys.readouterr()
     metrics = json.loads((run.out / "metrics.json").read_text())
     assert json.loads((ev / "metrics.json").read_text()) == {"test": metrics["test"]}
-    assert "| Reviews | accuracy |" in (ev / "metrics.md").read_text() and "average" not in (ev / "metrics.md").read_text()
+    assert (
+        "| Reviews | accuracy |" in (ev / "metrics.md").read_text() and "average" not in (ev / "metrics.md").read_text()
+    )
     dev = run.base / "ev-dev"
     assert main(["evaluate", str(run.cfg), "--model", str(run.model), "--output-dir", str(dev)]) == 0  # default: dev
     assert json.loads((dev / "metrics.json").read_text()) == {k: v for k, v in metrics.items() if k != "test"}
-    assert main(["evaluate", str(run.cfg), "--model", str(run.model), "--output-dir", str(dev), "--split", "heldout"]) == 2
+    assert (
+        main(["evaluate", str(run.cfg), "--model", str(run.model), "--output-dir", str(dev), "--split", "heldout"]) == 2
+    )
     err = capsys.readouterr().err
     assert "--split 'heldout': expected the start of a dev or test split name" in err and "'test_extra'" in err
 
 
+@pytest.mark.integration
 def test_dev_and_test_evaluations_into_one_folder_keep_each_other(run, capsys, caplog):
     """`evaluate` then `evaluate --split test` into one folder: metrics.json holds both; the
     same with another model drops the other model's section (with a warning) instead of mixing."""
@@ -168,8 +198,11 @@ def test_dev_and_test_evaluations_into_one_folder_keep_each_other(run, capsys, c
     assert main(["evaluate", str(run.cfg), "--model", str(run.model), "--output-dir", str(ev)]) == 0  # dev again
     assert json.loads((ev / "metrics.json").read_text()) == metrics
     caplog.set_level(logging.WARNING, logger="mtkd")  # as if the dev results had come from another model:
-    (ev / "metrics_sources.json").write_text(json.dumps({**json.loads((ev / "metrics_sources.json").read_text()),
-                                                           "dev": {"Reviews": "0" * 64, "Notes": "0" * 64}}))
+    (ev / "metrics_sources.json").write_text(
+        json.dumps(
+            {**json.loads((ev / "metrics_sources.json").read_text()), "dev": {"Reviews": "0" * 64, "Notes": "0" * 64}}
+        )
+    )
     assert main(["evaluate", str(run.cfg), "--model", str(run.model), "--output-dir", str(ev), "--split", "test"]) == 0
     assert json.loads((ev / "metrics.json").read_text()) == {"test": metrics["test"]}
     assert not (ev / "predictions.npz").exists()
@@ -177,14 +210,19 @@ def test_dev_and_test_evaluations_into_one_folder_keep_each_other(run, capsys, c
     capsys.readouterr()
 
 
+@pytest.mark.integration
 def test_evaluate_a_test_prefix_with_nothing_labelled_is_refused(run, capsys):
     ev = run.base / "ev-unlabelled"
-    assert main(["evaluate", str(run.cfg), "--model", str(run.model), "--output-dir", str(ev), "--split", "test_extra"]) == 2
+    assert (
+        main(["evaluate", str(run.cfg), "--model", str(run.model), "--output-dir", str(ev), "--split", "test_extra"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--split 'test_extra': no labelled split to score; file not found: Reviews/test_extra" in err
     assert not (ev / "metrics.json").exists()
 
 
+@pytest.mark.integration
 def test_evaluate_with_a_config_listing_a_subset_of_the_models_tasks(run, tmp_path, caplog):
     """Item 4: the model has Reviews and Notes heads; a config with Reviews alone evaluates it and
     logs the head it leaves out."""

@@ -18,8 +18,12 @@ from mtkd.metrics import write_submission_file
 from mtkd.encoders import check_max_seq_len, max_positions
 from mtkd.tasks import GLUE_TASK_NAMES, check_name, glue_tasks, load_task_specs
 
-MY_TASK = {"head": "classification", "labels": ["0", "1"], "fields": {"text_a": "sentence", "label": "label"},
-           "splits": {"train": "SST-2/train.tsv", "dev": "SST-2/dev.tsv"}}
+MY_TASK = {
+    "head": "classification",
+    "labels": ["0", "1"],
+    "fields": {"text_a": "sentence", "label": "label"},
+    "splits": {"train": "SST-2/train.tsv", "dev": "SST-2/dev.tsv"},
+}
 
 
 def _write(path: Path, raw) -> Path:
@@ -69,9 +73,14 @@ def test_tasks_file_name_that_is_absolute_path_refused_before_anything_runs(tmp_
 
 
 def test_report_as_and_split_names_checked(tmp_path):
-    f = _write(tmp_path / "mine.yaml", {"Mine": {**MY_TASK, "splits": {"dev": {"path": "d.tsv", "report_as": "../../x"}}}})
-    with pytest.raises(ConfigError, match=r"tasks\.Mine \(defined in .*mine\.yaml\): task 'Mine', split 'dev', "
-                                          r"field 'report_as': '\.\./\.\./x' is not a valid name"):
+    f = _write(
+        tmp_path / "mine.yaml", {"Mine": {**MY_TASK, "splits": {"dev": {"path": "d.tsv", "report_as": "../../x"}}}}
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"tasks\.Mine \(defined in .*mine\.yaml\): task 'Mine', split 'dev', "
+        r"field 'report_as': '\.\./\.\./x' is not a valid name",
+    ):
         load_task_specs({"Mine": {}}, f)
     with pytest.raises(ConfigError, match=r"split name: '\.\./cache' is not a valid name"):
         load_task_specs({"SST-2": {"splits": {"../cache": "x.tsv"}}})
@@ -80,32 +89,35 @@ def test_report_as_and_split_names_checked(tmp_path):
 
 
 # ------------------------------------------------------------------------------ value ranges
-@pytest.mark.parametrize("override, message", [
-    ("mtl.checkpoint_every=0", "mtl.checkpoint_every must be a positive integer, got 0"),
-    ("finetune.log_every=0", "finetune.log_every must be a positive integer, got 0"),
-    ("mtl.max_steps=-5", "mtl.max_steps must be a positive integer, got -5"),
-    ("mtl.max_steps=0", "mtl.max_steps must be a positive integer, got 0"),
-    ("finetune.lr=-1e-4", "finetune.lr must be a positive number, got -0.0001"),
-    ("mtl.lr=.nan", "mtl.lr must be a positive number, got nan"),
-    ("mtl.batch_size=0", "mtl.batch_size must be a positive integer, got 0"),
-    ("finetune.epochs=0", "finetune.epochs must be a positive number, got 0.0"),
-    ("mtl.epochs=.inf", "mtl.epochs must be a positive number, got inf"),
-    ("mtl.warmup=1", "mtl.warmup must be a number in [0, 1), got 1.0"),
-    ("mtl.grad_clip=-1", "mtl.grad_clip must be a number >= 0, got -1.0"),
-    ("mtl.temperature=0", "mtl.temperature must be a positive number, got 0.0"),
-    ("mtl.keep_checkpoints=-1", "mtl.keep_checkpoints must be an integer >= 0, got -1"),
-    ("mtl.epoch_size=0", "mtl.epoch_size must be a positive integer, got 0"),
-    ("encoder.num_hidden_layers=0", "encoder.num_hidden_layers must be a positive integer, got 0"),
-    ("encoder.dropout=1.0", "encoder.dropout must be a number in [0, 1), got 1.0"),
-    ("kd.student.num_hidden_layers=0", "kd.student.num_hidden_layers must be a positive integer, got 0"),
-    ("kd.student.dropout=-0.1", "kd.student.dropout must be a number in [0, 1), got -0.1"),
-    ("kd.soft_weight=1.5", "kd.soft_weight must be a number in [0, 1], got 1.5"),
-    ("kd.temperature=0", "kd.temperature must be a positive number, got 0.0"),
-    ("kd.top_k=0", "kd.top_k must be a positive integer, got 0"),
-    ("kd.candidates=[{dropout: 2}]", "kd.candidates[0].dropout must be a number in [0, 1), got 2.0"),
-    ("predict.max_tokens=0", "predict.max_tokens must be a positive integer, got 0"),
-    ("tasks.SST-2.train_cap=0", "tasks.SST-2.train_cap must be a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("mtl.checkpoint_every=0", "mtl.checkpoint_every must be a positive integer, got 0"),
+        ("finetune.log_every=0", "finetune.log_every must be a positive integer, got 0"),
+        ("mtl.max_steps=-5", "mtl.max_steps must be a positive integer, got -5"),
+        ("mtl.max_steps=0", "mtl.max_steps must be a positive integer, got 0"),
+        ("finetune.lr=-1e-4", "finetune.lr must be a positive number, got -0.0001"),
+        ("mtl.lr=.nan", "mtl.lr must be a positive number, got nan"),
+        ("mtl.batch_size=0", "mtl.batch_size must be a positive integer, got 0"),
+        ("finetune.epochs=0", "finetune.epochs must be a positive number, got 0.0"),
+        ("mtl.epochs=.inf", "mtl.epochs must be a positive number, got inf"),
+        ("mtl.warmup=1", "mtl.warmup must be a number in [0, 1), got 1.0"),
+        ("mtl.grad_clip=-1", "mtl.grad_clip must be a number >= 0, got -1.0"),
+        ("mtl.temperature=0", "mtl.temperature must be a positive number, got 0.0"),
+        ("mtl.keep_checkpoints=-1", "mtl.keep_checkpoints must be an integer >= 0, got -1"),
+        ("mtl.epoch_size=0", "mtl.epoch_size must be a positive integer, got 0"),
+        ("encoder.num_hidden_layers=0", "encoder.num_hidden_layers must be a positive integer, got 0"),
+        ("encoder.dropout=1.0", "encoder.dropout must be a number in [0, 1), got 1.0"),
+        ("kd.student.num_hidden_layers=0", "kd.student.num_hidden_layers must be a positive integer, got 0"),
+        ("kd.student.dropout=-0.1", "kd.student.dropout must be a number in [0, 1), got -0.1"),
+        ("kd.soft_weight=1.5", "kd.soft_weight must be a number in [0, 1], got 1.5"),
+        ("kd.temperature=0", "kd.temperature must be a positive number, got 0.0"),
+        ("kd.top_k=0", "kd.top_k must be a positive integer, got 0"),
+        ("kd.candidates=[{dropout: 2}]", "kd.candidates[0].dropout must be a number in [0, 1), got 2.0"),
+        ("predict.max_tokens=0", "predict.max_tokens must be a positive integer, got 0"),
+        ("tasks.SST-2.train_cap=0", "tasks.SST-2.train_cap must be a positive integer, got 0"),
+    ],
+)
 def test_out_of_range_values_name_their_key(tmp_path, override, message):
     cfg = _write(tmp_path / "cfg.yaml", {"tasks": {"SST-2": {}}})
     with pytest.raises(ConfigError) as e:
@@ -114,8 +126,18 @@ def test_out_of_range_values_name_their_key(tmp_path, override, message):
 
 
 def test_edge_values_accepted():
-    cfg = load_config(None, ["mtl.warmup=0", "mtl.grad_clip=0", "kd.soft_weight=1", "kd.soft_weight=0",
-                             "mtl.keep_checkpoints=0", "mtl.bucket=0", "encoder.dropout=0"])
+    cfg = load_config(
+        None,
+        [
+            "mtl.warmup=0",
+            "mtl.grad_clip=0",
+            "kd.soft_weight=1",
+            "kd.soft_weight=0",
+            "mtl.keep_checkpoints=0",
+            "mtl.bucket=0",
+            "encoder.dropout=0",
+        ],
+    )
     assert cfg.mtl.warmup == 0 and cfg.kd.soft_weight == 0
 
 
@@ -124,7 +146,9 @@ def test_cli_refuses_zero_checkpoint_every_before_start(tmp_path, capsys):
     cfg = _write(tmp_path / "cfg.yaml", {"tasks": {"SST-2": {}}})
     out = tmp_path / "out"
     assert main(["mtl", str(cfg), "--output-dir", str(out), "--set", "mtl.checkpoint_every=0"]) == 2
-    assert capsys.readouterr().err.strip() == f"mtkd: error: {cfg}: mtl.checkpoint_every must be a positive integer, got 0"
+    assert (
+        capsys.readouterr().err.strip() == f"mtkd: error: {cfg}: mtl.checkpoint_every must be a positive integer, got 0"
+    )
     assert not out.exists()
 
 
@@ -134,7 +158,9 @@ def test_max_seq_len_against_position_embeddings():
     bert = BertConfig(max_position_embeddings=128)
     assert max_positions(bert) == 128
     check_max_seq_len(bert, 128, "cfg.yaml")
-    with pytest.raises(ConfigError, match=r"cfg.yaml: data.max_seq_len is 129, but the encoder \(bert\) takes at most 128 tokens"):
+    with pytest.raises(
+        ConfigError, match=r"cfg.yaml: data.max_seq_len is 129, but the encoder \(bert\) takes at most 128 tokens"
+    ):
         check_max_seq_len(bert, 129, "cfg.yaml")
     roberta = RobertaConfig(max_position_embeddings=514, pad_token_id=1)  # roberta-base: 512 tokens
     assert max_positions(roberta) == 512
@@ -152,18 +178,34 @@ def test_predict_on_roberta_style_encoder_cuts_at_usable_positions(tiny_encoder)
 
     tok = AutoTokenizer.from_pretrained(str(tiny_encoder))
     torch.manual_seed(0)
-    enc = RobertaModel(RobertaConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=34, pad_token_id=tok.pad_token_id),
-                       add_pooling_layer=False)
+    enc = RobertaModel(
+        RobertaConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=34,
+            pad_token_id=tok.pad_token_id,
+        ),
+        add_pooling_layer=False,
+    )
     model = MTModel(enc, {"SST-2": glue_tasks()["SST-2"]}, tok)
     out = model.predict("SST-2", ["word " * 200, "short"])
     assert len(out) == 2
 
 
 # ------------------------------------------------------------------------------ --output-dir is a file
-@pytest.mark.parametrize("command", [
-    ["run", "CFG"], ["mtl", "CFG"], ["finetune", "CFG"], ["evaluate", "CFG", "--model", "M"], ["predict", "CFG", "--model", "M"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "CFG"],
+        ["mtl", "CFG"],
+        ["finetune", "CFG"],
+        ["evaluate", "CFG", "--model", "M"],
+        ["predict", "CFG", "--model", "M"],
+    ],
+)
 def test_output_dir_that_is_a_file(tmp_path, capsys, command):
     cfg = _write(tmp_path / "cfg.yaml", {"tasks": {"SST-2": {}}})
     target = tmp_path / "results.txt"
@@ -195,8 +237,10 @@ def test_json_test_split_with_newline_id_refused_at_submission(tmp_path):
     from mtkd.data import read_split
 
     (tmp_path / "test.json").write_text(json.dumps({"7": {"s": "fine"}, "8\nx\t1": {"s": "bad"}}))
-    spec = load_task_specs({"Mine": {}}, _write(tmp_path / "t.yaml", {"Mine": {**MY_TASK, "fields": {"text_a": "s"},
-                                                                             "splits": {"test": "test.json"}}}))["Mine"]
+    spec = load_task_specs(
+        {"Mine": {}},
+        _write(tmp_path / "t.yaml", {"Mine": {**MY_TASK, "fields": {"text_a": "s"}, "splits": {"test": "test.json"}}}),
+    )["Mine"]
     raw = read_split(spec, "test", tmp_path)
     with pytest.raises(DataError, match=r"Mine.tsv: example id '8\\nx\\t1' holds a tab or line break"):
         write_submission_file(tmp_path / "Mine.tsv", raw.ids, np.zeros(len(raw.ids), dtype=int), spec)
@@ -217,13 +261,20 @@ def test_run_refuses_max_seq_len_beyond_the_encoder_before_training(glue_root, t
 def test_missing_file_hint_only_for_relative_paths(tmp_path):
     from mtkd.data import check_split, read_split
 
-    spec = load_task_specs({"Mine": {}}, _write(tmp_path / "t.yaml", {"Mine": {
-        **MY_TASK, "splits": {"train": "rel/train.tsv", "dev": str(tmp_path / "abs" / "dev.tsv")}}}))["Mine"]
+    spec = load_task_specs(
+        {"Mine": {}},
+        _write(
+            tmp_path / "t.yaml",
+            {"Mine": {**MY_TASK, "splits": {"train": "rel/train.tsv", "dev": str(tmp_path / "abs" / "dev.tsv")}}},
+        ),
+    )["Mine"]
     for read in (read_split, check_split):
         with pytest.raises(DataError) as e:
             read(spec, "train", tmp_path / "root")
-        assert str(e.value) == (f"{tmp_path / 'root' / 'rel' / 'train.tsv'}: file not found (task Mine, split train; "
-                                f"set data.root or $MTKD_DATA_ROOT)")
+        assert str(e.value) == (
+            f"{tmp_path / 'root' / 'rel' / 'train.tsv'}: file not found (task Mine, split train; "
+            f"set data.root or $MTKD_DATA_ROOT)"
+        )
         with pytest.raises(DataError) as e:
             read(spec, "dev", tmp_path / "root")
         assert str(e.value) == f"{tmp_path / 'abs' / 'dev.tsv'}: file not found (task Mine, split dev)"
@@ -240,12 +291,19 @@ def test_check_files_names_every_problem_and_notes_absent_test_files(tmp_path):
         check_files(specs, tmp_path)
     lines = str(e.value).split("\n")
     assert lines[0] == "data: 3 problems:"
-    assert "SST-2/dev.tsv, line 1, field 'label': header has no column 'label' for label (task SST-2) " \
-           "(did you mean 'labels'?)" in lines[1]
-    assert [ln.strip().split(":")[0] for ln in lines[2:]] == [str(tmp_path / "RTE" / "train.tsv"), str(tmp_path / "RTE" / "dev.tsv")]
+    assert (
+        "SST-2/dev.tsv, line 1, field 'label': header has no column 'label' for label (task SST-2) "
+        "(did you mean 'labels'?)" in lines[1]
+    )
+    assert [ln.strip().split(":")[0] for ln in lines[2:]] == [
+        str(tmp_path / "RTE" / "train.tsv"),
+        str(tmp_path / "RTE" / "dev.tsv"),
+    ]
     (tmp_path / "SST-2" / "dev.tsv").write_text("sentence\tlabel\nnice\t1\n")
     notes = check_files({"SST-2": specs["SST-2"]}, tmp_path)  # the test file is absent: a note, no error
-    assert notes == [f"{tmp_path / 'SST-2' / 'test.tsv'}: file not found (task SST-2, split test; set data.root or $MTKD_DATA_ROOT)"]
+    assert notes == [
+        f"{tmp_path / 'SST-2' / 'test.tsv'}: file not found (task SST-2, split test; set data.root or $MTKD_DATA_ROOT)"
+    ]
     assert check_files({"SST-2": specs["SST-2"]}, tmp_path, splits=("train",)) == []
 
 

@@ -51,9 +51,14 @@ def _metrics_so_far(run: Path) -> dict:
 
 
 def _partial_md(status: str, script: dict, pipeline: dict, metrics: dict) -> str:
-    lines = [f"# glue-kd-gpu device run: {status}", "",
-             "The run's results.md was not written (the run did not finish); this is what it did.", "",
-             "| step / stage | seconds |", "| --- | --- |"]
+    lines = [
+        f"# glue-kd-gpu device run: {status}",
+        "",
+        "The run's results.md was not written (the run did not finish); this is what it did.",
+        "",
+        "| step / stage | seconds |",
+        "| --- | --- |",
+    ]
     lines += [f"| script: {k} | {v:.1f} |" for k, v in script.items() if isinstance(v, (int, float))]
     lines += [f"| stage: {k} | {v:.1f} |" for k, v in pipeline.items() if isinstance(v, (int, float))]
     lines += ["", "## metrics so far (dev, x100 where mtkd reports so)", ""]
@@ -71,16 +76,24 @@ def collect(run: Path, work: Path, out: Path, status: str) -> None:
     final = _read_json(run / "results.json")
     if final is not None and status == "running":
         status = "complete"
-    body = {"status": status, "collected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "script_steps_s": script,
-            "environment": env, "stages_done": [k for k in pipeline if k != "interrupted"],  # "interrupted": unfinished attempts
-            "pipeline_timings_s": pipeline}
+    body = {
+        "status": status,
+        "collected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "script_steps_s": script,
+        "environment": env,
+        "stages_done": [k for k in pipeline if k != "interrupted"],  # "interrupted": unfinished attempts
+        "pipeline_timings_s": pipeline,
+    }
     if final is not None:
         body["results"] = final
     else:
         body["metrics_so_far"] = _metrics_so_far(run) if run.is_dir() else {}
     _atomic_write(out / "results.json", json.dumps(body, indent=2) + "\n")
-    md = (run / "results.md").read_text() if final is not None and (run / "results.md").is_file() else \
-        _partial_md(status, script, pipeline, body.get("metrics_so_far", {}))
+    md = (
+        (run / "results.md").read_text()
+        if final is not None and (run / "results.md").is_file()
+        else _partial_md(status, script, pipeline, body.get("metrics_so_far", {}))
+    )
     if env.get("encoder_note"):
         md += f"\n_Note: {env['encoder_note']}_\n"
     _atomic_write(out / "results.md", md)

@@ -93,8 +93,12 @@ def pack_encoder(src: Path, dest: Path) -> list[dict]:
 
 def tree_bytes() -> int:
     """Bytes of the files that travel without `carry`: tracked + untracked-not-ignored."""
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                         capture_output=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout
     return sum((REPO / p).stat().st_size for p in out.decode().split("\0") if p and (REPO / p).is_file())
 
 
@@ -102,7 +106,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=REPO / "configs/glue-kd-gpu.yaml")
     ap.add_argument("--out", type=Path, default=REPO / ".gpu-payload")
-    ap.add_argument("--data-root", type=Path, default=None, help="default: data.root -> $MTKD_DATA_ROOT -> ../shared/data/glue")
+    ap.add_argument(
+        "--data-root", type=Path, default=None, help="default: data.root -> $MTKD_DATA_ROOT -> ../shared/data/glue"
+    )
     ap.add_argument("--encoder", default="default", help="encoder to halve (default: the bundled default encoder)")
     args = ap.parse_args(argv)
 
@@ -116,22 +122,33 @@ def main(argv=None) -> int:
     data_members = pack_data(root, files, args.out / "glue.tar.xz")
     enc_members = pack_encoder(Path(resolve_encoder(args.encoder)), args.out / "encoder-fp16.tar")
 
-    payload = [{"name": n, "bytes": (args.out / n).stat().st_size, "sha256": sha256(args.out / n)}
-               for n in ("glue.tar.xz", "encoder-fp16.tar")]
+    payload = [
+        {"name": n, "bytes": (args.out / n).stat().st_size, "sha256": sha256(args.out / n)}
+        for n in ("glue.tar.xz", "encoder-fp16.tar")
+    ]
     tree = tree_bytes()
     total = tree + sum(p["bytes"] for p in payload)
-    manifest = {"config": str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config),
-                "data_root": str(root), "encoder": args.encoder, "payload": payload,
-                "glue_files": data_members, "encoder_files": enc_members,
-                "raw_data_bytes": sum(m["bytes"] for m in data_members),
-                "working_tree_bytes": tree, "total_bytes": total, "limit_bytes": LIMIT}
+    manifest = {
+        "config": str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config),
+        "data_root": str(root),
+        "encoder": args.encoder,
+        "payload": payload,
+        "glue_files": data_members,
+        "encoder_files": enc_members,
+        "raw_data_bytes": sum(m["bytes"] for m in data_members),
+        "working_tree_bytes": tree,
+        "total_bytes": total,
+        "limit_bytes": LIMIT,
+    }
     (args.out / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
     mib = lambda b: f"{b / 2**20:.2f} MiB"  # noqa: E731
     print(f"  glue.tar.xz       {mib(payload[0]['bytes'])} (raw {mib(manifest['raw_data_bytes'])})")
     print(f"  encoder-fp16.tar  {mib(payload[1]['bytes'])}")
     print(f"  working tree      {mib(tree)} (tracked + untracked-not-ignored)")
-    print(f"total {mib(total)} of {mib(LIMIT)}: {'fits' if total <= LIMIT else 'DOES NOT FIT'} "
-          f"({mib(LIMIT - total)} to spare)")
+    print(
+        f"total {mib(total)} of {mib(LIMIT)}: {'fits' if total <= LIMIT else 'DOES NOT FIT'} "
+        f"({mib(LIMIT - total)} to spare)"
+    )
     return 0 if total <= LIMIT else 1
 
 

@@ -44,8 +44,9 @@ def test_amp_trains_and_fp16_checkpoints_its_grad_scaler(glue_root, tiny_encoder
     seen = []
     handle = model.encoder.register_forward_hook(lambda m, i, o: seen.append(o.last_hidden_state.dtype))
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    summary = train(model, {t: ctx.train_set(t) for t in ("SST-2", "STS-B")}, ctx.cfg.mtl, 0, tmp_path / "out",
-                    ctx.accelerator)
+    summary = train(
+        model, {t: ctx.train_set(t) for t in ("SST-2", "STS-B")}, ctx.cfg.mtl, 0, tmp_path / "out", ctx.accelerator
+    )
     handle.remove()
     assert summary["steps"] == 6 and set(seen) == {dtype}
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
@@ -78,8 +79,12 @@ def test_tiny_kd_pipeline_on_cuda_with_every_model_on_the_gpu(glue_root, tiny_en
     monkeypatch.setattr(MTModel, "encode", encode)
     cfg = tiny_config(glue_root, tiny_encoder, tmp_path / "cache", tasks=("SST-2", "RTE", "STS-B"))
     cfg["stages"] = ["mtl", "finetune", "teach", "distill", "evaluate", "predict"]
-    cfg["kd"] = {"teacher_tasks": ["RTE", "STS-B"], "select_by": ["RTE"], "candidates": [{"dropout": 0.1}, {"dropout": 0.2}],
-                 "top_k": 2}
+    cfg["kd"] = {
+        "teacher_tasks": ["RTE", "STS-B"],
+        "select_by": ["RTE"],
+        "candidates": [{"dropout": 0.1}, {"dropout": 0.2}],
+        "top_k": 2,
+    }
     path = tmp_path / "kd.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"

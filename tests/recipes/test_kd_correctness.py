@@ -31,6 +31,8 @@ from conftest import tiny_config, write_glue_fixture
 from mtkd.cli import main
 from mtkd.model import MTModel
 
+pytestmark = pytest.mark.integration  # every test reads the module's teach + distill run
+
 N_TRAIN, N_DEV = 24, 16
 W, T = 0.7, 2.0
 TASKS = ("RTE", "MNLI", "STS-B")
@@ -51,10 +53,15 @@ def run(tmp_path_factory, tiny_encoder):
         entry["dropout"] = 0.0
     cfg["stages"] = ["teach", "distill"]
     cfg["finetune"]["batch_size"] = N_TRAIN  # one fine-tuning step per task, on the whole training set
-    cfg["kd"] = {"teacher_tasks": list(TASKS), "select_by": ["RTE", "MNLI"], "top_k": 2,
-                 "candidates": [{"dropout": 0.1}, {"dropout": 0.2}, {"dropout": 0.0}],
-                 "student": {"name": str(tiny_encoder), "num_hidden_layers": 1, "dropout": 0.0},
-                 "soft_weight": W, "temperature": T}
+    cfg["kd"] = {
+        "teacher_tasks": list(TASKS),
+        "select_by": ["RTE", "MNLI"],
+        "top_k": 2,
+        "candidates": [{"dropout": 0.1}, {"dropout": 0.2}, {"dropout": 0.0}],
+        "student": {"name": str(tiny_encoder), "num_hidden_layers": 1, "dropout": 0.0},
+        "soft_weight": W,
+        "temperature": T,
+    }
     path = base / "kd.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = base / "out"
@@ -80,8 +87,9 @@ def read_examples(glue: Path, task: str, split: str = "train") -> dict[str, tupl
 def logits_of(model_dir: Path, task: str, pairs: list[tuple[str, str]]) -> np.ndarray:
     """A saved model's logits (N, C) on text pairs, tokenised here (max length 32, as the config)."""
     model = MTModel.from_pretrained(model_dir).eval()
-    enc = model.tokenizer([a for a, _ in pairs], [b for _, b in pairs], truncation=True, max_length=32,
-                          padding=True, return_tensors="pt")
+    enc = model.tokenizer(
+        [a for a, _ in pairs], [b for _, b in pairs], truncation=True, max_length=32, padding=True, return_tensors="pt"
+    )
     return model(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"), task=task).double().numpy()
 
 
@@ -120,7 +128,7 @@ def test_student_loss_is_the_kd_mix_at_the_configured_weight_and_temperature(run
     else:
         y = np.array([LABELS[task].index(ex[i][2]) for i in meta["ids"]])
         hard = -np.log(softmax(z))[np.arange(len(y)), y]
-        soft = -(q * np.log(softmax(z / T))).sum(-1) * T ** 2
+        soft = -(q * np.log(softmax(z / T))).sum(-1) * T**2
         default_mix = 0.5 * hard - 0.5 * (q * np.log(softmax(z))).sum(-1)
     expected = float(np.mean((1 - W) * hard + W * soft))
     logged = first_step_loss(run.distill / "finetune" / task)
@@ -174,7 +182,11 @@ def test_selection_score_is_the_mean_dev_score_with_mnli_counted_once(run):
     twice = []
     for i, got in enumerate(done["selection_scores"]):
         model_dir = run.teach / f"candidate-{i}" / "mtl" / "model"
-        rte, m, mm = accuracy(model_dir, "RTE", "dev"), accuracy(model_dir, "MNLI", "dev"), accuracy(model_dir, "MNLI", "dev_mm")
+        rte, m, mm = (
+            accuracy(model_dir, "RTE", "dev"),
+            accuracy(model_dir, "MNLI", "dev"),
+            accuracy(model_dir, "MNLI", "dev_mm"),
+        )
         assert got == pytest.approx((rte + (m + mm) / 2) / 2, abs=1e-3), f"candidate {i}"
         twice.append(abs((rte + m + mm) / 3 - (rte + (m + mm) / 2) / 2))
     assert max(twice) > 1e-3  # the fixture tells the two averages apart

@@ -45,9 +45,15 @@ RTE_CAP, UNLABELED_CAP, N_TRAIN = 30, 10, 48
 def _config(glue, encoder, cache, **kd) -> dict:
     cfg = tiny_config(glue, encoder, cache, tasks=TASKS, stages=["mtl", "finetune", "teach", "distill"])
     cfg["tasks"]["RTE"]["train_cap"] = RTE_CAP
-    cfg["kd"] = {"teacher_tasks": ["RTE"], "select_by": ["RTE"], "candidates": [{"dropout": 0.1}, {"dropout": 0.2}],
-                 "top_k": 2, "teacher_mtl": {"epochs": 2},
-                 "unlabeled": {"RTE": {"from_train": True, "cap": UNLABELED_CAP}}, **kd}
+    cfg["kd"] = {
+        "teacher_tasks": ["RTE"],
+        "select_by": ["RTE"],
+        "candidates": [{"dropout": 0.1}, {"dropout": 0.2}],
+        "top_k": 2,
+        "teacher_mtl": {"epochs": 2},
+        "unlabeled": {"RTE": {"from_train": True, "cap": UNLABELED_CAP}},
+        **kd,
+    }
     return cfg
 
 
@@ -62,8 +68,15 @@ def run(tmp_path_factory, tiny_encoder):
     out = base / "out"
     planned = pipeline.plan(load_config(path), out)[1].stages.planned_keys()  # the plan, made before anything trains
     assert main(["run", str(path), "--output-dir", str(out)]) == 0
-    return SimpleNamespace(base=base, glue=glue, path=path, out=out, sd=out / "seed-0", planned=planned,
-                           res=json.loads((out / "results.json").read_text()))
+    return SimpleNamespace(
+        base=base,
+        glue=glue,
+        path=path,
+        out=out,
+        sd=out / "seed-0",
+        planned=planned,
+        res=json.loads((out / "results.json").read_text()),
+    )
 
 
 def _steps(folder: Path) -> list[str]:
@@ -81,7 +94,9 @@ def test_teacher_budget_keys_are_validated_like_the_mtl_section(tmp_path, glue_r
     cfg = load_config(path, ["kd.teacher_finetune.lr=0.01"])
     mtl, ft = teacher_train_config(cfg, "mtl"), teacher_train_config(cfg, "finetune")
     assert mtl.epochs == 2 and cfg.mtl.epochs == 1  # on top of `mtl`; `mtl` itself unchanged
-    assert {k: v for k, v in vars(mtl).items() if k != "epochs"} == {k: v for k, v in vars(cfg.mtl).items() if k != "epochs"}
+    assert {k: v for k, v in vars(mtl).items() if k != "epochs"} == {
+        k: v for k, v in vars(cfg.mtl).items() if k != "epochs"
+    }
     assert ft.lr == 0.01 and ft.batch_size == cfg.finetune.batch_size and cfg.finetune.lr == 1e-3
     for override, message in (
         ("kd.teacher_mtl.epoch=2", "kd.teacher_mtl: unknown key 'epoch' (did you mean 'epochs'?)"),
@@ -98,8 +113,11 @@ def test_unlabeled_from_train_is_validated(tmp_path, glue_root, tiny_encoder):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(_config(glue_root, tiny_encoder, tmp_path / "cache")))
     for override, message in (
-        ("tasks.RTE.train_cap=null", "kd.unlabeled.RTE: from_train takes the rows of RTE's training file that "
-                                     "tasks.RTE.train_cap leaves unused, but RTE has no train_cap"),
+        (
+            "tasks.RTE.train_cap=null",
+            "kd.unlabeled.RTE: from_train takes the rows of RTE's training file that "
+            "tasks.RTE.train_cap leaves unused, but RTE has no train_cap",
+        ),
         ("kd.unlabeled.RTE.cpa=3", r"kd.unlabeled.RTE \(from_train\): unknown key 'cpa' \(did you mean 'cap'\?\)"),
         ("kd.unlabeled.RTE.cap=0", "kd.unlabeled.RTE.cap must be a positive integer"),
         ("kd.unlabeled.RTE.from_train=false", "kd.unlabeled.RTE.from_train must be true"),
@@ -112,6 +130,7 @@ def test_unlabeled_from_train_is_validated(tmp_path, glue_root, tiny_encoder):
     assert unlabeled.from_train(old, "RTE+unlabeled") is None
 
 
+@pytest.mark.integration
 def test_from_train_takes_exactly_the_unused_training_rows(tmp_path, glue_root, tiny_encoder):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(_config(glue_root, tiny_encoder, tmp_path / "cache")))
@@ -129,6 +148,7 @@ def test_from_train_takes_exactly_the_unused_training_rows(tmp_path, glue_root, 
         TaskData(load_config(path, [f"tasks.RTE.train_cap={N_TRAIN}"])).train_set("RTE+unlabeled")
 
 
+@pytest.mark.integration
 def test_from_train_with_no_row_left_is_refused_before_training(tmp_path, glue_root, tiny_encoder, capsys):
     """check-config --data and run's data preparation refuse it, with the message train_set gives."""
     from mtkd.cli import main
@@ -146,16 +166,22 @@ def test_from_train_with_no_row_left_is_refused_before_training(tmp_path, glue_r
 
 
 # ------------------------------------------------------------------------------ the experiment
+@pytest.mark.integration
 def test_the_plan_keys_every_stage_as_the_run_stores_it(run):
-    trained = {p.parent: _done(p.parent)["stage_key"] for p in run.out.rglob("DONE.json") if (p.parent / "model").is_dir()}
+    trained = {
+        p.parent: _done(p.parent)["stage_key"] for p in run.out.rglob("DONE.json") if (p.parent / "model").is_dir()
+    }
     assert len(trained) >= 14  # mtl, 3 finetunes, 2 candidates, 2 member finetunes, 2 students x (mtl + 3 finetunes)
     for folder, key in trained.items():
         assert run.planned[str((folder / "model").resolve())] == key, folder
     assert run.planned[str((run.sd / "teach" / "soft_targets").resolve())] == _done(run.sd / "teach")["stage_key"]
-    assert run.planned[str((run.sd / "teach" / "unlabeled" / "soft_targets").resolve())] == \
-        _done(run.sd / "teach" / "unlabeled")["stage_key"]
+    assert (
+        run.planned[str((run.sd / "teach" / "unlabeled" / "soft_targets").resolve())]
+        == _done(run.sd / "teach" / "unlabeled")["stage_key"]
+    )
 
 
+@pytest.mark.integration
 def test_two_students_from_the_same_teachers_the_paper_row_without_the_unlabeled_text(run):
     res, sd = run.res, run.sd
     assert set(res["systems"]) == {"mtdnn", "ensemble", "mtdnn_kd", "mtdnn_kd_unlabeled"}
@@ -166,7 +192,10 @@ def test_two_students_from_the_same_teachers_the_paper_row_without_the_unlabeled
     assert set(res["comparison"]["kd_unlabeled_minus_mtdnn"]) == set(TASKS)
     assert "RTE+unlabeled" not in _steps(sd / "distill" / "mtl")  # the paper's student: no unlabeled text
     assert _steps(sd / "distill_unlabeled" / "mtl").count("RTE+unlabeled") == -(-UNLABELED_CAP // 8)  # batch 8
-    paper, extra = _done(sd / "distill" / "mtl")["identity"]["loss"], _done(sd / "distill_unlabeled" / "mtl")["identity"]["loss"]
+    paper, extra = (
+        _done(sd / "distill" / "mtl")["identity"]["loss"],
+        _done(sd / "distill_unlabeled" / "mtl")["identity"]["loss"],
+    )
     assert paper["teachers"] == extra["teachers"] == _done(sd / "teach")["stage_key"]  # the same teachers
     assert paper["soft_tasks"] == ["RTE"] and "unlabeled_targets" not in paper
     assert extra["soft_tasks"] == ["RTE", "RTE+unlabeled"]
@@ -174,6 +203,7 @@ def test_two_students_from_the_same_teachers_the_paper_row_without_the_unlabeled
     assert "seed-0/distill_unlabeled" in res["timings"]
 
 
+@pytest.mark.integration
 def test_the_teachers_label_only_unused_rows(run):
     data = TaskData(load_config(run.path))
     labelled = {data.train_set("RTE").data.ids[i] for i in data.train_set("RTE").indices}
@@ -186,6 +216,7 @@ def test_the_teachers_label_only_unused_rows(run):
     assert len(extra["provenance"]["members"]) == 2
 
 
+@pytest.mark.integration
 def test_mtdnn_and_the_paper_student_see_the_same_batches_in_the_same_order(run):
     from mtkd.loop import make_sampler
     from mtkd.recipes.distill import student_tasks
@@ -207,6 +238,7 @@ def test_mtdnn_and_the_paper_student_see_the_same_batches_in_the_same_order(run)
     assert plan(student_tasks(cfg, data, with_text=True)) != plan(data.train_tasks())  # the extra row adds batches
 
 
+@pytest.mark.integration
 def test_every_evaluation_keeps_its_per_example_predictions(run):
     data = TaskData(load_config(run.path))
     for system in ("mtdnn", "mtdnn_kd", "mtdnn_kd_unlabeled", "ensemble"):
@@ -224,6 +256,7 @@ def test_every_evaluation_keeps_its_per_example_predictions(run):
     assert (run.sd / "teach" / "ensemble_predictions.npz").is_file()
 
 
+@pytest.mark.integration
 def test_results_hold_the_paired_intervals_computed_from_the_predictions(run):
     iv = run.res["intervals"]
     assert iv["baseline"] == "mtdnn" and iv["replicates"] == 1000 and iv["bootstrap_seed"] == 0 and iv["seeds"] == [0]
@@ -233,8 +266,12 @@ def test_results_hold_the_paired_intervals_computed_from_the_predictions(run):
     data = TaskData(load_config(run.path))
 
     def evaluated(system):
-        return [{r: Evaluated(p["labels"], p["predictions"]) for r, p in
-                 load_predictions(run.sd / "eval" / system / "predictions.npz").items()}]
+        return [
+            {
+                r: Evaluated(p["labels"], p["predictions"])
+                for r, p in load_predictions(run.sd / "eval" / system / "predictions.npz").items()
+            }
+        ]
 
     base = evaluated("mtdnn")
     order = list(run.res["report_layout"])  # the tasks in the order the run drew their rows
@@ -259,6 +296,7 @@ def test_results_hold_the_paired_intervals_computed_from_the_predictions(run):
     assert "Targets of the decisive KD experiment:" in md
 
 
+@pytest.mark.integration
 def test_combine_finds_each_seeds_predictions_in_the_run_folders(run, tmp_path):
     # a second "seed" made from the first run's files (seed 1), and a run folder without predictions (seed 2)
     res = run.res
@@ -277,7 +315,9 @@ def test_combine_finds_each_seeds_predictions_in_the_run_folders(run, tmp_path):
     both = json.loads((out / "results.json").read_text())
     kd = both["intervals"]["comparisons"]["mtdnn_kd"]
     one = res["intervals"]["comparisons"]["mtdnn_kd"]
-    assert both["intervals"]["seeds"] == [0, 1] and kd["tasks"]["RTE"]["per_seed"] == one["tasks"]["RTE"]["per_seed"] * 2
+    assert (
+        both["intervals"]["seeds"] == [0, 1] and kd["tasks"]["RTE"]["per_seed"] == one["tasks"]["RTE"]["per_seed"] * 2
+    )
     assert kd["mean"]["diff"] == pytest.approx(one["mean"]["diff"], abs=1e-4)
     assert (out / "charts" / "paired_differences.png").is_file()
     # predictions missing for a seed: the report says so, without intervals
@@ -293,6 +333,7 @@ def test_combine_finds_each_seeds_predictions_in_the_run_folders(run, tmp_path):
     assert wins and all(t["value"]["mean_interval"] is None and t["met"] in (None, False) for t in wins)
 
 
+@pytest.mark.integration
 def test_teacher_levers_and_unlabeled_text_retrain_only_what_reads_them(run, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(run.out, out)
@@ -301,8 +342,10 @@ def test_teacher_levers_and_unlabeled_text_retrain_only_what_reads_them(run, tmp
     def changed():
         now = {p for p in weights if p.read_bytes() != weights[p]}
         weights.update({p: p.read_bytes() for p in now})
-        return {str(p.relative_to(out / "seed-0")).split("/")[0] + "/" + str(p.relative_to(out / "seed-0")).split("/")[1]
-                for p in now}
+        return {
+            str(p.relative_to(out / "seed-0")).split("/")[0] + "/" + str(p.relative_to(out / "seed-0")).split("/")[1]
+            for p in now
+        }
 
     # more (or less) unlabeled text: relabelled and the extra row retrained; the teachers and the
     # paper's student are reused
@@ -312,10 +355,29 @@ def test_teacher_levers_and_unlabeled_text_retrain_only_what_reads_them(run, tmp
     assert _done(out / "seed-0" / "teach")["stage_key"] == teach_key
     assert _done(out / "seed-0" / "teach" / "unlabeled")["examples"] == {"RTE+unlabeled": 5}
     # the teachers' MTL budget: the candidates, the members and both students retrain; MT-DNN does not
-    assert main(["run", str(run.path), "--output-dir", str(out), "--set", "kd.unlabeled.RTE.cap=5",
-                 "--set", "kd.teacher_mtl.epochs=1"]) == 0
-    assert changed() == {"teach/candidate-0", "teach/candidate-1", "distill/mtl", "distill/finetune",
-                         "distill_unlabeled/mtl", "distill_unlabeled/finetune"}
+    assert (
+        main(
+            [
+                "run",
+                str(run.path),
+                "--output-dir",
+                str(out),
+                "--set",
+                "kd.unlabeled.RTE.cap=5",
+                "--set",
+                "kd.teacher_mtl.epochs=1",
+            ]
+        )
+        == 0
+    )
+    assert changed() == {
+        "teach/candidate-0",
+        "teach/candidate-1",
+        "distill/mtl",
+        "distill/finetune",
+        "distill_unlabeled/mtl",
+        "distill_unlabeled/finetune",
+    }
     assert _done(out / "seed-0" / "teach" / "candidate-0" / "mtl")["identity"]["train"]["epochs"] == 1
     assert _done(out / "seed-0" / "mtl")["identity"]["train"]["epochs"] == 1  # MT-DNN: `mtl`, untouched
     assert _done(out / "seed-0" / "teach")["stage_key"] != teach_key
@@ -329,17 +391,26 @@ def test_targets_from_known_numbers():
     mt = {t: {"accuracy": 70.0} for t in tasks}
     kd = {t: {"accuracy": 71.0 if i < 6 else 69.0} for i, t in enumerate(tasks)}
     ens = {t: {"accuracy": 72.0} for t in tasks[:4]}
-    res = {"per_seed": {"mtdnn": {"1": mt, "2": mt}, "ensemble": {"1": ens, "2": {t: {"accuracy": 71.0} for t in tasks[:4]}},
-                       "mtdnn_kd": {"1": kd, "2": kd}},
-           "report_layout": {t: {"reports": [t], "beside": []} for t in tasks},
-           "comparison": {"kd_beats_mtdnn": {"tasks": tasks[:6], "of": 8, "mean_diff": 0.5},
-                          "kd_minus_mtdnn": {t: (1.0 if i < 6 else -1.0) for i, t in enumerate(tasks)},
-                          "ensemble_minus_mtdnn": {t: 1.5 for t in tasks[:4]}},
-           "intervals": {"comparisons": {"mtdnn_kd": {"mean": {"diff": 0.5, "low": 0.1, "high": 0.9}}}}}
+    res = {
+        "per_seed": {
+            "mtdnn": {"1": mt, "2": mt},
+            "ensemble": {"1": ens, "2": {t: {"accuracy": 71.0} for t in tasks[:4]}},
+            "mtdnn_kd": {"1": kd, "2": kd},
+        },
+        "report_layout": {t: {"reports": [t], "beside": []} for t in tasks},
+        "comparison": {
+            "kd_beats_mtdnn": {"tasks": tasks[:6], "of": 8, "mean_diff": 0.5},
+            "kd_minus_mtdnn": {t: (1.0 if i < 6 else -1.0) for i, t in enumerate(tasks)},
+            "ensemble_minus_mtdnn": {t: 1.5 for t in tasks[:4]},
+        },
+        "intervals": {"comparisons": {"mtdnn_kd": {"mean": {"diff": 0.5, "low": 0.1, "high": 0.9}}}},
+    }
     gain, wins, kept = targets(res, tasks[:4])
     assert gain["value"]["per_seed"] == {"1": 2.0, "2": 1.0} and gain["met"] is False  # seed 2 below 1.5
     assert wins["target"].startswith("MT-DNN-KD beats MT-DNN on ≥ 6 of 8 tasks") and wins["met"] is True
-    assert kept["value"] == {"student_gain": 1.0, "ensemble_gain": 1.5, "kept": round(1 / 1.5, 4)} and kept["met"] is True
+    assert (
+        kept["value"] == {"student_gain": 1.0, "ensemble_gain": 1.5, "kept": round(1 / 1.5, 4)} and kept["met"] is True
+    )
     res["intervals"]["comparisons"]["mtdnn_kd"]["mean"]["low"] = -0.1
     assert targets(res, tasks[:4])[1]["met"] is False  # the mean's interval reaches 0
     del res["intervals"]

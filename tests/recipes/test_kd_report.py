@@ -12,18 +12,36 @@ from mtkd.metrics import report_layout
 from mtkd.report import aggregate, combine, compare, results_markdown
 from mtkd.tasks import load_task_specs
 
-IMDB = ("IMDB:\n  head: classification\n  labels: [neg, pos]\n  metrics: [accuracy]\n  fields: {text_a: t, label: l}\n"
-        "  splits:\n    train: i/train.tsv\n    dev: i/dev.tsv\n    dev_ood: {path: i/ood.tsv, report_as: IMDB-ood}\n")
+IMDB = (
+    "IMDB:\n  head: classification\n  labels: [neg, pos]\n  metrics: [accuracy]\n  fields: {text_a: t, label: l}\n"
+    "  splits:\n    train: i/train.tsv\n    dev: i/dev.tsv\n    dev_ood: {path: i/ood.tsv, report_as: IMDB-ood}\n"
+)
 
 SYSTEMS = {
-    "mtdnn": {"SST-2": {"accuracy": 80.0}, "MNLI-m": {"accuracy": 70.0}, "MNLI-mm": {"accuracy": 72.0},
-              "RTE": {"accuracy": 60.0}, "QQP": {"accuracy": 80.0}, "IMDB": {"accuracy": 85.0},
-              "IMDB-ood": {"accuracy": 70.0}},
-    "ensemble": {"MNLI-m": {"accuracy": 71.0}, "MNLI-mm": {"accuracy": 71.4}, "RTE": {"accuracy": 60.5},
-                 "QQP": {"accuracy": 79.0}},
-    "mtdnn_kd": {"SST-2": {"accuracy": 81.0}, "MNLI-m": {"accuracy": 70.5}, "MNLI-mm": {"accuracy": 72.1},
-                 "RTE": {"accuracy": 61.855}, "QQP": {"accuracy": 79.5}, "IMDB": {"accuracy": 84.0},
-                 "IMDB-ood": {"accuracy": 75.0}},
+    "mtdnn": {
+        "SST-2": {"accuracy": 80.0},
+        "MNLI-m": {"accuracy": 70.0},
+        "MNLI-mm": {"accuracy": 72.0},
+        "RTE": {"accuracy": 60.0},
+        "QQP": {"accuracy": 80.0},
+        "IMDB": {"accuracy": 85.0},
+        "IMDB-ood": {"accuracy": 70.0},
+    },
+    "ensemble": {
+        "MNLI-m": {"accuracy": 71.0},
+        "MNLI-mm": {"accuracy": 71.4},
+        "RTE": {"accuracy": 60.5},
+        "QQP": {"accuracy": 79.0},
+    },
+    "mtdnn_kd": {
+        "SST-2": {"accuracy": 81.0},
+        "MNLI-m": {"accuracy": 70.5},
+        "MNLI-mm": {"accuracy": 72.1},
+        "RTE": {"accuracy": 61.855},
+        "QQP": {"accuracy": 79.5},
+        "IMDB": {"accuracy": 84.0},
+        "IMDB-ood": {"accuracy": 75.0},
+    },
 }
 TEACHERS = ["MNLI", "RTE", "QQP"]
 
@@ -46,12 +64,20 @@ def test_counts_and_means_are_over_tasks_not_splits(layout):
     c = compare(SYSTEMS, TEACHERS, layout)
     # before: 7 report names were 7 "tasks" (MNLI twice, IMDB-ood one more): "5 of 7 tasks"
     assert c["kd_minus_mtdnn"] == {"SST-2": 1.0, "MNLI": 0.3, "RTE": 1.855, "QQP": -0.5, "IMDB": -1.0}
-    assert c["kd_beats_mtdnn"] == {"tasks": ["MNLI", "RTE", "SST-2"], "of": 5, "mean_diff": round(1.655 / 5, 4),
-                                   "tasks_without_teacher": ["SST-2"], "of_without_teacher": 2,
-                                   "mean_diff_without_teacher": 0.0}
+    assert c["kd_beats_mtdnn"] == {
+        "tasks": ["MNLI", "RTE", "SST-2"],
+        "of": 5,
+        "mean_diff": round(1.655 / 5, 4),
+        "tasks_without_teacher": ["SST-2"],
+        "of_without_teacher": 2,
+        "mean_diff_without_teacher": 0.0,
+    }
     assert c["kd_minus_mtdnn_extra_splits"] == {"IMDB-ood": 5.0}  # reported, not counted
     md = results_markdown({"systems": SYSTEMS, "seeds": [1], "comparison": c, "report_layout": layout})
-    assert "MT-DNN-KD better than MT-DNN on 3 of 5 tasks (mean +0.33); on tasks without a teacher 1 of 2 (mean +0.00)." in md
+    assert (
+        "MT-DNN-KD better than MT-DNN on 3 of 5 tasks (mean +0.33); on tasks without a teacher 1 of 2 (mean +0.00)."
+        in md
+    )
     assert "extra evaluation splits (not counted): IMDB-ood +5.0" in md
     rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
     assert rows["MT-DNN"].endswith("| 75.2 |")  # (80 + 71 + 60 + 80 + 85) / 5; before: 517 / 7 = 73.9
@@ -82,8 +108,10 @@ def test_results_without_a_layout_use_the_glue_one():
 
 
 def test_aggregate_averages_the_test_entries_too():
-    runs = [{"IMDB": {"accuracy": 80.0}, "test": {"IMDB": {"accuracy": 70.0}}},
-            {"IMDB": {"accuracy": 84.0}, "test": {"IMDB": {"accuracy": 74.0}}}]
+    runs = [
+        {"IMDB": {"accuracy": 80.0}, "test": {"IMDB": {"accuracy": 70.0}}},
+        {"IMDB": {"accuracy": 84.0}, "test": {"IMDB": {"accuracy": 74.0}}},
+    ]
     agg = aggregate({"mtdnn": runs}, [1, 2])
     assert agg["systems"]["mtdnn"] == {"IMDB": {"accuracy": 82.0}, "test": {"IMDB": {"accuracy": 72.0}}}
     assert agg["std"]["mtdnn"] == {"IMDB": {"accuracy": 2.0}, "test": {"IMDB": {"accuracy": 2.0}}}
@@ -92,8 +120,13 @@ def test_aggregate_averages_the_test_entries_too():
 def test_combine_keeps_the_layout(layout, tmp_path):
     paths = []
     for seed in (1, 2):
-        res = {**aggregate({s: [r] for s, r in SYSTEMS.items()}, [seed]), "report_layout": layout,
-               "config": {"seeds": [seed], "kd": {"teacher_tasks": TEACHERS}}, "notes": {}, "timings": {}}
+        res = {
+            **aggregate({s: [r] for s, r in SYSTEMS.items()}, [seed]),
+            "report_layout": layout,
+            "config": {"seeds": [seed], "kd": {"teacher_tasks": TEACHERS}},
+            "notes": {},
+            "timings": {},
+        }
         res["per_seed"] = {s: {str(seed): r} for s, r in SYSTEMS.items()}
         paths.append(tmp_path / f"r{seed}.json")
         paths[-1].write_text(json.dumps(res))

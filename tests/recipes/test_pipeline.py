@@ -44,6 +44,7 @@ def _files(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+# the tests that read `run` (a whole `mtkd run`) are marked integration
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_encoder):
     base = tmp_path_factory.mktemp("pipeline")
@@ -55,33 +56,49 @@ def run(tmp_path_factory, tiny_encoder):
     out = base / "out"
     assert main(["run", str(cfg), "--output-dir", str(out)]) == 0
     seed = out / "seed-0"
-    return SimpleNamespace(base=base, glue=glue, raw=raw, cfg=cfg, out=out, seed=seed,
-                           metrics=(out / "metrics.json").read_text(),
-                           trained=_files(seed / "mtl") | {f"finetune/{k}": v for k, v in _files(seed / "finetune").items()})
+    return SimpleNamespace(
+        base=base,
+        glue=glue,
+        raw=raw,
+        cfg=cfg,
+        out=out,
+        seed=seed,
+        metrics=(out / "metrics.json").read_text(),
+        trained=_files(seed / "mtl") | {f"finetune/{k}": v for k, v in _files(seed / "finetune").items()},
+    )
 
 
+@pytest.mark.integration
 def test_metrics_json_has_every_task_with_a_dev_set(run):
     metrics = json.loads(run.metrics)
     assert set(metrics) == {"SST-2", "MRPC", "STS-B", "MNLI"}  # AX has no dev set; MNLI as 'MNLI', not MNLI-m
     assert {t: set(m) for t, m in metrics.items()} == {
-        "SST-2": {"accuracy"}, "MRPC": {"accuracy", "f1"}, "STS-B": {"pearson", "spearman"}, "MNLI": {"accuracy"}}
+        "SST-2": {"accuracy"},
+        "MRPC": {"accuracy", "f1"},
+        "STS-B": {"pearson", "spearman"},
+        "MNLI": {"accuracy"},
+    }
     for task, ms in metrics.items():
         for name, v in ms.items():
             assert -100 <= v <= 100, (task, name, v)
     for task in ("SST-2", "MRPC", "MNLI"):  # accuracies over 16 dev examples: multiples of 100/16
-        assert metrics[task]["accuracy"] * N_DEV / 100 == pytest.approx(round(metrics[task]["accuracy"] * N_DEV / 100), abs=1e-3)
+        assert metrics[task]["accuracy"] * N_DEV / 100 == pytest.approx(
+            round(metrics[task]["accuracy"] * N_DEV / 100), abs=1e-3
+        )
     assert json.loads((run.seed / "metrics.json").read_text()) == metrics  # one seed: the mean is that seed's
 
 
+@pytest.mark.integration
 def test_dev_accuracy_is_that_of_the_fine_tuned_model(run):
     """Recompute SST-2 dev accuracy independently: the fine-tuned SST-2 model on the raw dev file."""
     rows = _tsv((run.glue / "SST-2" / "dev.tsv").read_text())
     model = MTModel.from_pretrained(run.seed / "finetune" / "SST-2" / "model")
     preds = model.predict("SST-2", [r["sentence"] for r in rows])
-    acc = 100 * np.mean([p == r["label"] for p, r in zip(preds, rows)])
+    acc = 100 * np.mean([p == r["label"] for p, r in zip(preds, rows, strict=True)])
     assert json.loads(run.metrics)["SST-2"]["accuracy"] == pytest.approx(acc, abs=1e-3)
 
 
+@pytest.mark.integration
 def test_metrics_md_lists_every_value_and_the_glue_average(run):
     md = (run.out / "metrics.md").read_text()
     metrics = json.loads(run.metrics)
@@ -91,6 +108,7 @@ def test_metrics_md_lists_every_value_and_the_glue_average(run):
     assert f"| **average** | | **{glue_score(metrics):.2f}** |" in md
 
 
+@pytest.mark.integration
 def test_config_yaml_is_the_resolved_config(run):
     saved = load_config(run.out / "config.yaml")
     assert to_dict(saved) == to_dict(load_config(run.cfg))
@@ -98,20 +116,34 @@ def test_config_yaml_is_the_resolved_config(run):
     assert [s.value for s in saved.stages] == ["mtl", "finetune", "evaluate", "predict"]
 
 
+@pytest.mark.integration
 def test_data_report(run):
     rep = json.loads((run.out / "data_report.json").read_text())
     assert set(rep) == set(TASKS)
     assert rep["MRPC"]["train"]["examples"] == 48 and rep["MRPC"]["train"]["used"] == 40  # train_cap
-    assert rep["SST-2"]["train"] == {"file": str(run.glue / "SST-2" / "train.tsv"), "examples": 48, "used": 48,
-                                     "truncated": 0, "skipped_rows": 0}
+    assert rep["SST-2"]["train"] == {
+        "file": str(run.glue / "SST-2" / "train.tsv"),
+        "examples": 48,
+        "used": 48,
+        "truncated": 0,
+        "skipped_rows": 0,
+    }
     assert rep["MNLI"]["dev_matched"]["examples"] == N_DEV
-    assert rep["AX"] == {"test": {"file": str(run.glue / "diagnostic" / "diagnostic.tsv"), "examples": N_TEST,
-                                  "used": N_TEST, "truncated": 0, "skipped_rows": 0}}
+    assert rep["AX"] == {
+        "test": {
+            "file": str(run.glue / "diagnostic" / "diagnostic.tsv"),
+            "examples": N_TEST,
+            "used": N_TEST,
+            "truncated": 0,
+            "skipped_rows": 0,
+        }
+    }
     done = json.loads((run.seed / "mtl" / "DONE.json").read_text())
     assert done["train_examples"] == {"SST-2": 48, "MRPC": 40, "STS-B": 48, "MNLI": 48}
     assert done["steps"] == 6 + 5 + 6 + 6  # one epoch of batches of 8
 
 
+@pytest.mark.integration
 def test_submission_zip(run):
     with zipfile.ZipFile(run.out / "submission.zip") as z:
         names = set(z.namelist())
@@ -139,6 +171,7 @@ def test_submission_zip(run):
     assert (run.out / "submission.zip").read_bytes() == (run.seed / "submission.zip").read_bytes()
 
 
+@pytest.mark.integration
 def test_finished_stages_leave_no_resume_state(run):
     for stage in [run.seed / "mtl"] + [run.seed / "finetune" / t for t in ("SST-2", "MRPC", "STS-B", "MNLI")]:
         assert (stage / "DONE.json").is_file() and (stage / "model" / "model.safetensors").is_file()
@@ -146,6 +179,7 @@ def test_finished_stages_leave_no_resume_state(run):
     assert not (run.seed / "finetune" / "AX").exists()  # nothing to train
 
 
+@pytest.mark.integration
 def test_rerun_reuses_finished_stages(run, capsys):
     assert main(["run", str(run.cfg), "--output-dir", str(run.out)]) == 0
     after = _files(run.seed / "mtl") | {f"finetune/{k}": v for k, v in _files(run.seed / "finetune").items()}
@@ -154,6 +188,7 @@ def test_rerun_reuses_finished_stages(run, capsys):
     assert "mtl:" not in capsys.readouterr().err  # no training progress bar
 
 
+@pytest.mark.integration
 def test_predict_command(run, capsys):
     ft = run.seed / "finetune" / "SST-2" / "model"
     texts = ["the film was great .", "the plot was awful ."]
@@ -163,7 +198,12 @@ def test_predict_command(run, capsys):
     assert set(out["SST-2"]) <= {"0", "1"}
     # the MTL model serves several heads at once, pairs included
     mtl_model = str(run.seed / "mtl" / "model")
-    assert main(["predict", "--model", mtl_model, "--task", "STS-B", "--task", "MNLI", "--text", "a cat", "--pair", "a dog"]) == 0
+    assert (
+        main(
+            ["predict", "--model", mtl_model, "--task", "STS-B", "--task", "MNLI", "--text", "a cat", "--pair", "a dog"]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"STS-B", "MNLI"} and len(out["STS-B"]) == 1 and 0.0 <= out["STS-B"][0] <= 5.0
     assert out["MNLI"][0] in MNLI_LABELS
@@ -172,6 +212,7 @@ def test_predict_command(run, capsys):
     assert "not a task of" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_check_config(run, tmp_path, capsys):
     assert main(["check-config", str(run.cfg)]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
@@ -188,6 +229,7 @@ def test_check_config(run, tmp_path, capsys):
     assert "unknown key 'seed' (did you mean 'seeds'?)" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_finetune_from_a_model_with_other_labels_for_a_task_is_refused(run, tmp_path, capsys):
     other = {**run.raw, "tasks": {"SST-2": {"labels": ["1", "0"]}}}  # the same names, another order
     path = tmp_path / "other.yaml"
@@ -201,6 +243,7 @@ def test_finetune_from_a_model_with_other_labels_for_a_task_is_refused(run, tmp_
     assert not list(tmp_path.rglob("model.safetensors"))  # nothing trained
 
 
+@pytest.mark.integration
 def test_finetune_an_mtl_model_on_a_new_task_adds_a_head(run, tmp_path, caplog):
     """Paper Section 2.1: the MTL model fine-tuned on a task it was not trained on (RTE)."""
     new = {**run.raw, "tasks": {"SST-2": {}, "RTE": {}}}
@@ -228,6 +271,7 @@ def test_finetune_an_mtl_model_on_a_new_task_adds_a_head(run, tmp_path, caplog):
         MTModel.from_pretrained(mtl_model, tasks=["RTE"])
 
 
+@pytest.mark.integration
 def test_a_missing_test_file_is_reported_and_the_rest_is_predicted(tiny_encoder, tmp_path):
     glue = write_glue_fixture(tmp_path / "glue")
     (glue / "SST-2" / "test.tsv").unlink()
@@ -246,12 +290,14 @@ def test_a_missing_test_file_is_reported_and_the_rest_is_predicted(tiny_encoder,
     assert main(["run", str(path), "--output-dir", str(tmp_path / "out2")]) == 2
 
 
+@pytest.mark.integration
 def test_timings_sum_the_attempts_of_a_stage_stopped_and_resumed(tiny_encoder, tmp_path, monkeypatch):
     """`mtkd run` stopped by SIGTERM part-way through MTL records the attempt's seconds under
     "interrupted"; the rerun that finishes MTL reports both attempts as the stage's time."""
     glue = write_glue_fixture(tmp_path / "glue", n_dev=8, n_test=4)
-    raw = tiny_config(glue, tiny_encoder, tmp_path / "cache", tasks=("SST-2",), stages=["mtl"],
-                      mtl={"checkpoint_every": 2})
+    raw = tiny_config(
+        glue, tiny_encoder, tmp_path / "cache", tasks=("SST-2",), stages=["mtl"], mtl={"checkpoint_every": 2}
+    )
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     out = tmp_path / "out"

@@ -38,6 +38,7 @@ def _done(out):
     return json.loads((out / "seed-0" / "mtl" / "DONE.json").read_text())
 
 
+@pytest.mark.integration
 def test_changed_settings_retrain_and_unrelated_settings_reuse(glue_root, tiny_encoder, tmp_path, caplog):
     path = _config(glue_root, tiny_encoder, tmp_path, max_steps=2)
     out = tmp_path / "out"
@@ -46,8 +47,21 @@ def test_changed_settings_retrain_and_unrelated_settings_reuse(glue_root, tiny_e
     first = weights.read_bytes()
     key = _done(out)["stage_key"]
     # a setting that does not shape the model (inference batch, checkpoint cadence): reused
-    assert main(["run", str(path), "--output-dir", str(out), "--set", "predict.batch_size=7",
-                 "--set", "mtl.checkpoint_every=3"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(path),
+                "--output-dir",
+                str(out),
+                "--set",
+                "predict.batch_size=7",
+                "--set",
+                "mtl.checkpoint_every=3",
+            ]
+        )
+        == 0
+    )
     assert weights.read_bytes() == first and _done(out)["stage_key"] == key
     # the learning rate shapes it: trained again, and the log says why
     caplog.clear()
@@ -58,6 +72,7 @@ def test_changed_settings_retrain_and_unrelated_settings_reuse(glue_root, tiny_e
     assert yaml.safe_load((out / "config.yaml").read_text())["mtl"]["lr"] == 0.5
 
 
+@pytest.mark.integration
 def test_changed_labels_retrain_and_change_the_metrics(glue_root, tiny_encoder, tmp_path, caplog):
     path = _config(glue_root, tiny_encoder, tmp_path, epochs=2)
     out = tmp_path / "out"
@@ -76,13 +91,19 @@ def test_changed_labels_retrain_and_change_the_metrics(glue_root, tiny_encoder, 
     assert after != before  # the metrics are those of the model trained on the new labels
 
 
+@pytest.mark.integration
 def test_resume_under_changed_settings_is_refused_before_anything_is_written(glue_root, tiny_encoder, tmp_path, capsys):
     path = _config(glue_root, tiny_encoder, tmp_path, epochs=2, checkpoint_every=2)
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     # stopped by SIGTERM at update 3: a checkpoint of step 4 (after the current step), not finished
-    r = subprocess.run([sys.executable, str(HELPER), "--signal-at", "3:TERM", "--", "run", str(path), "--output-dir", str(out)],
-                       env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, str(HELPER), "--signal-at", "3:TERM", "--", "run", str(path), "--output-dir", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0 and "stopped by signal 15" in r.stderr, r.stderr[-2000:]
     stage = out / "seed-0" / "mtl"
     steps = [json.loads((p / STATE_FILE).read_text())["step"] for p in list_checkpoints(stage / "checkpoints")]
@@ -120,14 +141,25 @@ def test_cleanup_never_deletes_outside_the_run_folder(tmp_path):
     assert not inside.exists()
 
 
+@pytest.mark.integration
 def test_planning_computes_the_keys_the_run_stores(glue_root, tiny_encoder, tmp_path):
     """The plan (made before anything trains, to refuse mismatched checkpoints) must key every
     stage exactly as the real run does, for a KD config with stages that start from other stages."""
     from mtkd.recipes import pipeline
 
-    cfg = tiny_config(glue_root, tiny_encoder, tmp_path / "cache", tasks=("SST-2", "RTE"),
-                      stages=["mtl", "finetune", "teach", "distill"])
-    cfg["kd"] = {"teacher_tasks": ["RTE"], "select_by": ["RTE"], "candidates": [{"dropout": 0.1}, {"dropout": 0.2}], "top_k": 1}
+    cfg = tiny_config(
+        glue_root,
+        tiny_encoder,
+        tmp_path / "cache",
+        tasks=("SST-2", "RTE"),
+        stages=["mtl", "finetune", "teach", "distill"],
+    )
+    cfg["kd"] = {
+        "teacher_tasks": ["RTE"],
+        "select_by": ["RTE"],
+        "candidates": [{"dropout": 0.1}, {"dropout": 0.2}],
+        "top_k": 1,
+    }
     path = tmp_path / "kd.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"

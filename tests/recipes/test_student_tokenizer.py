@@ -19,18 +19,26 @@ from mtkd.model import MTModel
 from mtkd.tasks import load_task_specs
 from mtkd.testing import save_tiny_family_encoder
 
+pytestmark = pytest.mark.integration  # a KD run with its own student tokenizer
+
 
 @pytest.fixture(scope="module")
 def student_encoder(tmp_path_factory):
     return save_tiny_family_encoder(tmp_path_factory.mktemp("roberta") / "enc", "roberta", max_len=64)
 
 
-def test_student_with_its_own_tokenizer_trains_and_is_scored_on_its_own_ids(glue_root, tiny_encoder, student_encoder,
-                                                                           tmp_path, monkeypatch):
+def test_student_with_its_own_tokenizer_trains_and_is_scored_on_its_own_ids(
+    glue_root, tiny_encoder, student_encoder, tmp_path, monkeypatch
+):
     cfg = tiny_config(glue_root, tiny_encoder, tmp_path / "cache", tasks=("SST-2", "RTE"))
     cfg["stages"] = ["teach", "distill"]
-    cfg["kd"] = {"teacher_tasks": ["RTE"], "select_by": ["RTE"], "candidates": [{"dropout": 0.1}], "top_k": 1,
-                 "student": {"name": str(student_encoder)}}
+    cfg["kd"] = {
+        "teacher_tasks": ["RTE"],
+        "select_by": ["RTE"],
+        "candidates": [{"dropout": 0.1}],
+        "top_k": 1,
+        "student": {"name": str(student_encoder)},
+    }
     path = tmp_path / "kd.yaml"
     path.write_text(yaml.safe_dump(cfg))
     seen = []  # (task, indices, input_ids, attention_mask, tokenizer) of every training batch
@@ -39,7 +47,15 @@ def test_student_with_its_own_tokenizer_trains_and_is_scored_on_its_own_ids(glue
     def collate(data, idx, **kw):
         batch = real_collate(data, idx, **kw)
         if data.split == "train":  # (inference batches go through collate too)
-            seen.append((data.task, np.asarray(idx), batch["input_ids"], batch["attention_mask"], data.meta["tokenizer_fingerprint"]))
+            seen.append(
+                (
+                    data.task,
+                    np.asarray(idx),
+                    batch["input_ids"],
+                    batch["attention_mask"],
+                    data.meta["tokenizer_fingerprint"],
+                )
+            )
         return batch
 
     monkeypatch.setattr(mtkd.loop, "collate", collate)
@@ -73,15 +89,19 @@ def test_student_with_its_own_tokenizer_trains_and_is_scored_on_its_own_ids(glue
     dev = read_split(load_task_specs({"RTE": {}})["RTE"], "dev", glue_root)
     preds = student.predict("RTE", dev.text_a, dev.text_b)
     labels = ["entailment", "not_entailment"]
-    expected = 100 * float(np.mean([labels.index(p) == y for p, y in zip(preds, dev.labels)]))
+    expected = 100 * float(np.mean([labels.index(p) == y for p, y in zip(preds, dev.labels, strict=True)]))
     assert abs(got - expected) < 1e-6, (got, expected)
 
     # the same output folder with a student of the teachers' family: the student is trained again on
     # the new tokenizer's ids (nothing of the old vocabulary is reused); the teachers are kept
-    teacher_weights = (out / "seed-0" / "teach" / "candidate-0" / "mtl" / "model" / "model.safetensors").stat().st_mtime_ns
+    teacher_weights = (
+        (out / "seed-0" / "teach" / "candidate-0" / "mtl" / "model" / "model.safetensors").stat().st_mtime_ns
+    )
     seen.clear()
     assert main(["run", str(path), "--output-dir", str(out), "--set", f"kd.student.name={tiny_encoder}"]) == 0
-    assert (out / "seed-0" / "teach" / "candidate-0" / "mtl" / "model" / "model.safetensors").stat().st_mtime_ns == teacher_weights
+    assert (
+        out / "seed-0" / "teach" / "candidate-0" / "mtl" / "model" / "model.safetensors"
+    ).stat().st_mtime_ns == teacher_weights
     new_student = MTModel.from_pretrained(out / "seed-0" / "distill" / "finetune" / "RTE" / "model")
     assert new_student.tokenizer.get_vocab() == teacher.tokenizer.get_vocab()
     assert seen and {b[4] for b in seen} == {tokenizer_fingerprint(new_student.tokenizer)}
