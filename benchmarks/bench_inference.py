@@ -130,7 +130,7 @@ def all_heads(env, student, head_tasks: list[str]) -> dict[str, list[dict]]:
         t0 = time.perf_counter()
         with torch.inference_mode():
             for b in batches:
-                for t, model in zip(head_tasks, per_task):
+                for t, model in zip(head_tasks, per_task, strict=False):
                     model(b["input_ids"], b["attention_mask"], b["token_type_ids"], task=t).float().numpy()
         return counted(batches, time.perf_counter() - t0)
 

@@ -183,10 +183,10 @@ def export_both(args, model_dir: Path, work: Path, data_root: Path) -> dict:
 
 def load_contenders(mode: Mode, model_dir: Path, work: Path, data_root: Path, threads: int) -> Contenders:
     from mtkd import inference
-    from mtkd.export import dev_sets
-    from mtkd.onnx_model import OnnxModel
     from mtkd.encoders import max_positions
+    from mtkd.export import dev_sets
     from mtkd.model import MTModel
+    from mtkd.onnx_model import OnnxModel
 
     model = MTModel.from_pretrained(model_dir).eval()
     specs, tok = model.tasks, model.tokenizer
@@ -312,10 +312,10 @@ def ratios_of(lat_rounds, thr) -> dict:
     for name in ONNX_CONTENDERS:
         key = name.replace("onnx_", "")
         ratios[f"{key}_throughput_b32_vs_pytorch"] = stats(
-            a["examples_per_s"] / b["examples_per_s"] for a, b in zip(thr[name], thr["pytorch_fp32"])
+            a["examples_per_s"] / b["examples_per_s"] for a, b in zip(thr[name], thr["pytorch_fp32"], strict=False)
         )
         ratios[f"{key}_latency_b1_p50_speedup_vs_pytorch"] = stats(
-            b / a for a, b in zip(lat_rounds[name], lat_rounds["pytorch_fp32"])
+            b / a for a, b in zip(lat_rounds[name], lat_rounds["pytorch_fp32"], strict=False)
         )
     return ratios
 

@@ -152,7 +152,10 @@ def run(env) -> dict:
 
     # the dynamic Trainer was fed mtkd's batches: check it really ran the same shapes, then drop them
     same_batches = {
-        key: all(a["shapes"] == b["shapes"] for a, b in zip(runs[f"{key}:mtkd"], runs[f"{key}:trainer_dynamic"]))
+        key: all(
+            a["shapes"] == b["shapes"]
+            for a, b in zip(runs[f"{key}:mtkd"], runs[f"{key}:trainer_dynamic"], strict=False)
+        )
         for key in loads
     }
     for rs in runs.values():

@@ -208,8 +208,19 @@ def make_env(args) -> Env:
     cfg = load_config(CONFIG, overrides)
     warn_if_busy(mode.name)
     out_dir = Path(args.out) if args.out else DEFAULT_OUT
-    return Env(mode, out_dir, encoder, label, cfg, TaskData(cfg), make_accelerator(), work, data_root,
-               torch.get_num_threads(), overrides)
+    return Env(
+        mode,
+        out_dir,
+        encoder,
+        label,
+        cfg,
+        TaskData(cfg),
+        make_accelerator(),
+        work,
+        data_root,
+        torch.get_num_threads(),
+        overrides,
+    )
 
 
 def close_env(env: Env) -> None:

@@ -22,8 +22,12 @@ def modules() -> dict[str, Path]:
 
 def _is_type_checking(node: ast.AST) -> bool:
     test = getattr(node, "test", None)
-    return isinstance(node, ast.If) and (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
-                                          or isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return isinstance(node, ast.If) and (
+        isinstance(test, ast.Name)
+        and test.id == "TYPE_CHECKING"
+        or isinstance(test, ast.Attribute)
+        and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _import_nodes(node: ast.AST):
@@ -104,6 +108,9 @@ def test_no_import_cycles():
 
 
 def test_no_library_module_imports_a_recipe():
-    crossed = {name: sorted(t for t in targets if t.startswith("mtkd.recipes"))
-               for name, targets in graph().items() if not name.startswith(APPLICATION)}
+    crossed = {
+        name: sorted(t for t in targets if t.startswith("mtkd.recipes"))
+        for name, targets in graph().items()
+        if not name.startswith(APPLICATION)
+    }
     assert not {name: t for name, t in crossed.items() if t}, crossed

@@ -25,8 +25,8 @@ from safetensors import SafetensorError
 import mtkd.checkpoint as ckpt
 from mtkd.checkpoint import STATE_FILE, file_digest, list_checkpoints, load_latest_checkpoint, save_checkpoint
 from mtkd.cli import main as cli_main
-from mtkd.errors import CheckpointError, DiskFullError
 from mtkd.encoders import resolve_encoder
+from mtkd.errors import CheckpointError, DiskFullError
 from mtkd.model import MTModel, weights_sha256
 from mtkd.tasks import glue_tasks
 

@@ -30,8 +30,12 @@ def _ctx(glue_root, tiny_encoder, tmp_path, **mtl):
     path.write_text(yaml.safe_dump(cfg))
     cfg = load_config(path)
     data, runner = TaskData(cfg), Runner(cfg, tmp_path / "out")
-    return SimpleNamespace(cfg=cfg, accelerator=runner.accelerator, train_set=data.train_set,
-                           new_model=lambda dropout=None: new_model(cfg.encoder, data.specs, runner.device, dropout))
+    return SimpleNamespace(
+        cfg=cfg,
+        accelerator=runner.accelerator,
+        train_set=data.train_set,
+        new_model=lambda dropout=None: new_model(cfg.encoder, data.specs, runner.device, dropout),
+    )
 
 
 @pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
