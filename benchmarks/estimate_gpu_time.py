@@ -435,7 +435,8 @@ def print_report(args, measured: dict, host_s: dict, stages: list[dict], total: 
         f"{host['clip_adamax_ms']:.1f} ms clip + Adamax ({host['clip_adamax_kernels']} kernels) per training step, "
         f"{host['infer_batch_ms']:.1f} ms per inference batch ({host['infer_batch_kernels']} kernels); "
         f"{host_s['upper'][0] * 1000:.1f} ms per step with launches (lower bound {host_s['lower'][0] * 1000:.1f}), "
-        f"checkpoint {saves['checkpoint_s']:.2f} s, model save {saves['save_model_s']:.2f} s, tokenising {tokenise_s:.0f} s\n"
+        f"checkpoint {saves['checkpoint_s']:.2f} s, model save {saves['save_model_s']:.2f} s, "
+        f"tokenising {tokenise_s:.0f} s\n"
     )
     print(
         md_table(
