@@ -21,9 +21,8 @@ setup: $(BIN)/mtkd
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/mtkd run configs/demo.yaml --output-dir $(OUT)
 
-# ruff's rules and formatting (pyproject.toml [tool.ruff]). src/ joins once it is formatted (it is being
-# restructured); until then `ruff check src --statistics` shows what is left there.
-LINT_PATHS := tests benchmarks results
+# ruff's rules and formatting (pyproject.toml [tool.ruff])
+LINT_PATHS := src tests benchmarks results
 lint: setup
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)

@@ -86,7 +86,8 @@ def guarded_write(where: Path, partial: Path | list[Path], needed: int, what: st
         if not isinstance(e, _WRITE_ERRORS):
             raise
         raise write_error(e, where, what, needed) or CheckpointError(
-            f"{where}: writing {what} failed: {type(e).__name__}: {e}") from e
+            f"{where}: writing {what} failed: {type(e).__name__}: {e}"
+        ) from e
 
 
 def remove_stale_temp(folder: Path) -> list[Path]:
@@ -99,8 +100,11 @@ def remove_stale_temp(folder: Path) -> list[Path]:
             p.unlink(missing_ok=True)
         removed.append(p)
     if removed:
-        log.info("removed %d partial checkpoint folder(s) left by an interrupted save: %s",
-                 len(removed), ", ".join(p.name for p in removed))
+        log.info(
+            "removed %d partial checkpoint folder(s) left by an interrupted save: %s",
+            len(removed),
+            ", ".join(p.name for p in removed),
+        )
     return removed
 
 
@@ -203,14 +207,18 @@ def _candidates(folder: Path) -> list[Path]:
 def _load(path: Path, state: dict, model, optimizer, expect: dict) -> dict:
     for key, want in expect.items():
         if state.get(key) != want:
-            raise CheckpointError(f"{path}: checkpoint {key} is {state.get(key)!r} but this run has {want!r}; "
-                                  "use another --output-dir or delete the checkpoint")
+            raise CheckpointError(
+                f"{path}: checkpoint {key} is {state.get(key)!r} but this run has {want!r}; "
+                "use another --output-dir or delete the checkpoint"
+            )
     # read both files before changing anything: an unreadable one leaves model and optimizer as they were
     weights = _read(path / WEIGHTS_FILE, lambda f: load_file(str(f)))
     opt_state = _read(path / OPTIMIZER_FILE, lambda f: torch.load(f, weights_only=True, map_location="cpu"))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointError(
+            f"{path}: weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     optimizer.load_state_dict(opt_state)
     _set_rng_state(state["rng"])
     return state
@@ -245,6 +253,9 @@ def load_latest_checkpoint(folder: Path, model, optimizer, expect: dict) -> tupl
         bad.append(f"{path}: {problem}")
         log.warning("checkpoint %s is damaged (%s); trying the next older one", path, problem)
     if bad:
-        raise CheckpointError(f"no usable checkpoint in {folder}: " + "; ".join(bad)
-                              + f"; delete {folder} to train this stage from the start")
+        raise CheckpointError(
+            f"no usable checkpoint in {folder}: "
+            + "; ".join(bad)
+            + f"; delete {folder} to train this stage from the start"
+        )
     return None

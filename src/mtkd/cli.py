@@ -33,13 +33,23 @@ USER_FIXABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, err
 
 def _config_args(p):
     p.add_argument("config", help="experiment YAML (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. mtl.lr=1e-4 (repeatable; ~key deletes)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. mtl.lr=1e-4 (repeatable; ~key deletes)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="mtkd", description="Multi-task learning and knowledge distillation (MT-DNN, MT-DNN-KD).",
-                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="mtkd",
+        description="Multi-task learning and knowledge distillation (MT-DNN, MT-DNN-KD).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -72,134 +82,222 @@ def _add_training_commands(sub) -> None:
     _config_args(p)
     p.add_argument("--model", required=True, type=Path, help="model folder used for every task")
     p.add_argument("--output-dir", required=True, type=Path)
-    p.add_argument("--split", default="dev", metavar="PREFIX",
-                   help="score every split whose name starts with PREFIX (default: dev; test: the labelled test "
-                        "files, written under \"test\" in metrics.json; unlabelled ones are listed, not scored)")
+    p.add_argument(
+        "--split",
+        default="dev",
+        metavar="PREFIX",
+        help="score every split whose name starts with PREFIX (default: dev; test: the labelled test "
+        'files, written under "test" in metrics.json; unlabelled ones are listed, not scored)',
+    )
 
 
 def _add_predict_command(sub) -> None:
     """predict: new text, an input file, or a config's test sets (a GLUE submission)."""
-    p = sub.add_parser("predict", help="predict new text (--text, --input FILE) or write a GLUE submission (CONFIG --output-dir)",
-                       description="Three modes: CONFIG --output-dir DIR writes test predictions (and submission.zip "
-                                   "when a task is a GLUE task); "
-                                   "--task T --text ... prints predictions as JSON; --task T --input FILE --output FILE "
-                                   "writes one prediction per input row. Without --output-dir the config (optional) only "
-                                   "sets predict.batch_size, predict.max_tokens and data.max_seq_len: texts run sorted "
-                                   "by length in batches of at most that many texts and padded tokens, cut at "
-                                   "data.max_seq_len when given, else at each task's trained length (saved with the model).")
+    p = sub.add_parser(
+        "predict",
+        help="predict new text (--text, --input FILE) or write a GLUE submission (CONFIG --output-dir)",
+        description="Three modes: CONFIG --output-dir DIR writes test predictions (and submission.zip "
+        "when a task is a GLUE task); "
+        "--task T --text ... prints predictions as JSON; --task T --input FILE --output FILE "
+        "writes one prediction per input row. Without --output-dir the config (optional) only "
+        "sets predict.batch_size, predict.max_tokens and data.max_seq_len: texts run sorted "
+        "by length in batches of at most that many texts and padded tokens, cut at "
+        "data.max_seq_len when given, else at each task's trained length (saved with the model).",
+    )
     p.add_argument("config", nargs="?", help="with --output-dir: predict every test split of the config's tasks")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--task", action="append", default=[], help="task head(s) to use (repeatable)")
     p.add_argument("--text", action="append", default=[], help="input text (repeatable)")
     p.add_argument("--pair", action="append", default=None, help="second text of a pair task (one per --text)")
-    p.add_argument("--input", type=Path, default=None,
-                   help="file of texts to predict: TSV with a header row (no quoting, as GLUE), CSV, JSONL "
-                        "(one object per line) or JSON; format from the suffix (.tsv/.csv/.jsonl/.json, other: TSV) "
-                        "or --input-format")
+    p.add_argument(
+        "--input",
+        type=Path,
+        default=None,
+        help="file of texts to predict: TSV with a header row (no quoting, as GLUE), CSV, JSONL "
+        "(one object per line) or JSON; format from the suffix (.tsv/.csv/.jsonl/.json, other: TSV) "
+        "or --input-format",
+    )
     p.add_argument("--input-format", choices=["tsv", "csv", "jsonl", "json"], default=None)
-    p.add_argument("--id-column", default=None,
-                   help="column/key of the example id (default: id; a JSON {id: record} file: its keys)")
+    p.add_argument(
+        "--id-column",
+        default=None,
+        help="column/key of the example id (default: id; a JSON {id: record} file: its keys)",
+    )
     p.add_argument("--text-column", default="text", help="column/key of the text (default: text)")
-    p.add_argument("--pair-column", default=None,
-                   help="column/key of the second text, read when a task is a pair task or this is given (default: pair)")
-    p.add_argument("--output", type=Path, default=None,
-                   help="with --input: predictions file, TSV if it ends in .tsv (id, then one column per task), "
-                        "else JSONL ({\"id\", \"predictions\": {task: value}}), rows in input order")
-    p.add_argument("--probs", action="store_true",
-                   help="with --input: also write class probabilities of classification tasks")
+    p.add_argument(
+        "--pair-column",
+        default=None,
+        help="column/key of the second text, read when a task is a pair task or this is given (default: pair)",
+    )
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="with --input: predictions file, TSV if it ends in .tsv (id, then one column per task), "
+        'else JSONL ({"id", "predictions": {task: value}}), rows in input order',
+    )
+    p.add_argument(
+        "--probs", action="store_true", help="with --input: also write class probabilities of classification tasks"
+    )
     p.add_argument("--output-dir", type=Path, default=None)
 
 
 def _add_combine_command(sub) -> None:
     """combine: one results table over the seeds of an experiment."""
-    p = sub.add_parser("combine", help="merge experiment results of the same config run with different seeds -> DIR/results.json, .md, charts")
+    p = sub.add_parser(
+        "combine",
+        help="merge experiment results of the same config run with different seeds -> DIR/results.json, .md, charts",
+    )
     p.add_argument("results", nargs="+", type=Path, help="results.json files (or the run folders holding them)")
     p.add_argument("--output-dir", required=True, type=Path)
 
 
 def _add_serving_commands(sub) -> None:
     """export (one ONNX graph) and serve (HTTP JSON API)."""
-    p = sub.add_parser("export", help="one ONNX graph for the encoder and every head (+ tokenizer, task specs) -> DIR",
-                       description="Export a model folder to ONNX: DIR/model.onnx (inputs input_ids, attention_mask "
-                                   "[, token_type_ids]; one output per task), the tokenizer and mtkd_export.json "
-                                   "(the tasks, labels, lengths), served by ONNX Runtime without PyTorch "
-                                   "(mtkd.onnx_model.OnnxModel, mtkd serve DIR). The graph is checked against PyTorch on "
-                                   "real examples of varied length (max abs diff <= 1e-4) before anything is written. "
-                                   "Needs pip install 'mtkd[onnx]'.")
+    p = sub.add_parser(
+        "export",
+        help="one ONNX graph for the encoder and every head (+ tokenizer, task specs) -> DIR",
+        description="Export a model folder to ONNX: DIR/model.onnx (inputs input_ids, attention_mask "
+        "[, token_type_ids]; one output per task), the tokenizer and mtkd_export.json "
+        "(the tasks, labels, lengths), served by ONNX Runtime without PyTorch "
+        "(mtkd.onnx_model.OnnxModel, mtkd serve DIR). The graph is checked against PyTorch on "
+        "real examples of varied length (max abs diff <= 1e-4) before anything is written. "
+        "Needs pip install 'mtkd[onnx]'.",
+    )
     p.add_argument("model", type=Path, help="mtkd model folder (a stage's DIR/model)")
     p.add_argument("--output-dir", required=True, type=Path)
-    p.add_argument("--quantize", choices=["int8"], default=None,
-                   help="int8: ONNX Runtime dynamic quantization; prints each task's dev metric before and after "
-                        "and the speed ratio against PyTorch")
-    p.add_argument("--data-root", type=Path, default=None,
-                   help="where the tasks' dev files are (default $MTKD_DATA_ROOT or ../shared/data/glue): the check's "
-                        "examples and the int8 dev metrics; without them built-in sentences are used")
-    p.add_argument("--dev-cap", type=int, default=1000, help="dev examples per split for the int8 metrics (default 1000)")
-    p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript",
-                   help="PyTorch's ONNX exporter: torchscript (default; the graph ONNX Runtime fuses) or dynamo (torch.export)")
-    p.add_argument("--no-optimize", action="store_true",
-                   help="keep the exporter's graph (no ONNX Runtime transformer fusions)")
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="int8: ONNX Runtime dynamic quantization; prints each task's dev metric before and after "
+        "and the speed ratio against PyTorch",
+    )
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="where the tasks' dev files are (default $MTKD_DATA_ROOT or ../shared/data/glue): the check's "
+        "examples and the int8 dev metrics; without them built-in sentences are used",
+    )
+    p.add_argument(
+        "--dev-cap", type=int, default=1000, help="dev examples per split for the int8 metrics (default 1000)"
+    )
+    p.add_argument(
+        "--exporter",
+        choices=["torchscript", "dynamo"],
+        default="torchscript",
+        help="PyTorch's ONNX exporter: torchscript (default; the graph ONNX Runtime fuses) or dynamo (torch.export)",
+    )
+    p.add_argument(
+        "--no-optimize", action="store_true", help="keep the exporter's graph (no ONNX Runtime transformer fusions)"
+    )
 
-    p = sub.add_parser("serve", help="HTTP JSON API over a model folder or ONNX export (POST /predict, GET /tasks, GET /health)",
-                       description="Serve a model folder (PyTorch) or an ONNX export folder over HTTP: POST /predict "
-                                   "{\"texts\": [...], \"pairs\": [...], \"tasks\": [...], \"probabilities\": false}, "
-                                   "GET /tasks, GET /health. Concurrent requests are batched into one model call "
-                                   "(up to --max-batch texts or --max-wait-ms). Needs pip install 'mtkd[serve]'.")
+    p = sub.add_parser(
+        "serve",
+        help="HTTP JSON API over a model folder or ONNX export (POST /predict, GET /tasks, GET /health)",
+        description="Serve a model folder (PyTorch) or an ONNX export folder over HTTP: POST /predict "
+        '{"texts": [...], "pairs": [...], "tasks": [...], "probabilities": false}, '
+        "GET /tasks, GET /health. Concurrent requests are batched into one model call "
+        "(up to --max-batch texts or --max-wait-ms). Needs pip install 'mtkd[serve]'.",
+    )
     p.add_argument("model", type=Path, help="mtkd model folder, or an `mtkd export` folder")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only). 0.0.0.0 (or ::) listens on "
-                        "every network interface: anyone who can reach the machine can use the API, so set "
-                        "--api-key and, behind a name, --allowed-host")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only). 0.0.0.0 (or ::) listens on "
+        "every network interface: anyone who can reach the machine can use the API, so set "
+        "--api-key and, behind a name, --allowed-host",
+    )
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free port, printed)")
     p.add_argument("--max-batch", type=int, default=64, help="most texts per model call (default 64)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long a request waits for others to share its model call (default 5 ms)")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a request waits for others to share its model call (default 5 ms)",
+    )
     p.add_argument("--max-texts", type=int, default=256, help="most texts per request (default 256; more: 413)")
     p.add_argument("--max-chars", type=int, default=20000, help="most characters per text (default 20000; more: 413)")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MB (default 16; more: 413)")
-    p.add_argument("--timeout-s", type=float, default=30.0,
-                   help="a request's deadline: body upload, queue and model (default 30; past it: 504, or 408 while "
-                        "the body is still arriving); requests whose client went away are dropped, not run")
-    p.add_argument("--max-queue", type=int, default=1024,
-                   help="most texts waiting for the model (default 1024; a request past it: 503 with Retry-After)")
-    p.add_argument("--max-connections", type=int, default=256,
-                   help="most open connections (default 256; past it: 503); idle keep-alive connections close after "
-                        "5 s, a request's headers must arrive within 10 s")
-    p.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on every request (default: $MTKD_API_KEY; unset: none); "
-                        "prefer the variable: a command line is visible to other users of the machine")
-    p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
-                   help="a Host header to answer (repeatable; default: the loopback names for a loopback --host, the "
-                        "address itself for another, any for 0.0.0.0/::); '*': any. Refusing other names stops DNS "
-                        "rebinding from a web page")
+    p.add_argument(
+        "--timeout-s",
+        type=float,
+        default=30.0,
+        help="a request's deadline: body upload, queue and model (default 30; past it: 504, or 408 while "
+        "the body is still arriving); requests whose client went away are dropped, not run",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=1024,
+        help="most texts waiting for the model (default 1024; a request past it: 503 with Retry-After)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="most open connections (default 256; past it: 503); idle keep-alive connections close after "
+        "5 s, a request's headers must arrive within 10 s",
+    )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on every request (default: $MTKD_API_KEY; unset: none); "
+        "prefer the variable: a command line is visible to other users of the machine",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a Host header to answer (repeatable; default: the loopback names for a loopback --host, the "
+        "address itself for another, any for 0.0.0.0/::); '*': any. Refusing other names stops DNS "
+        "rebinding from a web page",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
 
 
 def _add_inspection_commands(sub) -> None:
     """tasks (the task definitions) and check-config (what run checks before training)."""
-    p = sub.add_parser("tasks", help="print task definitions: the built-in GLUE tasks (and those of --tasks-file), resolved")
+    p = sub.add_parser(
+        "tasks", help="print task definitions: the built-in GLUE tasks (and those of --tasks-file), resolved"
+    )
     p.add_argument("names", nargs="*", metavar="NAME", help="print only these tasks")
-    p.add_argument("--tasks-file", type=Path, default=None,
-                   help="a YAML of custom task definitions (a config's tasks_file): validated, printed with defaults filled in")
-    p = sub.add_parser("check-config", help="check a config as `run` does before training; print the resolved YAML",
-                       description="Checks what `run` checks before it trains, with the same messages: the config's keys "
-                                   "and values, the tasks_file and every task and split key, each encoder's positions "
-                                   "against data.max_seq_len and the tasks' max_seq_len, and every split file: that it "
-                                   "exists, its header or columns, the field mapping and the first row. With --data it "
-                                   "also reads every row (labels, regression numbers, empty texts, duplicate ids). "
-                                   "Exit 0 and the resolved config on stdout, or exit 2: a problem with the config "
-                                   "itself (its keys and values, the tasks_file, the tasks, the lengths) stops at the "
-                                   "first one; the problems with the split files are all listed in one error.")
+    p.add_argument(
+        "--tasks-file",
+        type=Path,
+        default=None,
+        help="a YAML of custom task definitions (a config's tasks_file): validated, printed with defaults filled in",
+    )
+    p = sub.add_parser(
+        "check-config",
+        help="check a config as `run` does before training; print the resolved YAML",
+        description="Checks what `run` checks before it trains, with the same messages: the config's keys "
+        "and values, the tasks_file and every task and split key, each encoder's positions "
+        "against data.max_seq_len and the tasks' max_seq_len, and every split file: that it "
+        "exists, its header or columns, the field mapping and the first row. With --data it "
+        "also reads every row (labels, regression numbers, empty texts, duplicate ids). "
+        "Exit 0 and the resolved config on stdout, or exit 2: a problem with the config "
+        "itself (its keys and values, the tasks_file, the tasks, the lengths) stops at the "
+        "first one; the problems with the split files are all listed in one error.",
+    )
     _config_args(p)
-    p.add_argument("--data", action="store_true",
-                   help="also read every row of every split, as run does when it tokenises (no tokenising)")
+    p.add_argument(
+        "--data",
+        action="store_true",
+        help="also read every row of every split, as run does when it tokenises (no tokenising)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for noisy in ("transformers", "accelerate", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.INFO)
     if not args.verbose:  # the encoder's load report (unused pooler weights) is expected noise
@@ -283,17 +381,27 @@ def _dispatch(args) -> int:
     data, runner = TaskData(cfg), Runner(cfg, args.output_dir)
     out = runner.out_dir
     # every rank at the same point: rank 0 tokenises what the command reads, the others wait
-    prepare_data(cfg, data, runner.accelerator, {"mtl": ("train",), "finetune": ("train",), "predict": ("test",)}.get(
-        args.command) or (evaluate.split_prefix(data.specs, args.split),))
+    prepare_data(
+        cfg,
+        data,
+        runner.accelerator,
+        {"mtl": ("train",), "finetune": ("train",), "predict": ("test",)}.get(args.command)
+        or (evaluate.split_prefix(data.specs, args.split),),
+    )
     seed = cfg.seeds[0] if getattr(args, "seed", None) is None else args.seed
     if args.command == "mtl":
         print(json.dumps(runner.run([mtl.job(cfg, data, out, seed)])[0], indent=2))
     elif args.command == "finetune":
         jobs = finetune.jobs(cfg, data, out, seed, args.init, train=cfg.finetune if args.init else cfg.mtl)
-        print(json.dumps({job.tasks[0]: summary for job, summary in zip(jobs, runner.run(jobs))}, indent=2))
+        print(
+            json.dumps({job.tasks[0]: summary for job, summary in zip(jobs, runner.run(jobs), strict=False)}, indent=2)
+        )
     elif args.command == "evaluate":
-        print(json.dumps(evaluate.evaluate(data, runner, {t: args.model for t in data.specs}, out, split=args.split),
-                         indent=2))
+        print(
+            json.dumps(
+                evaluate.evaluate(data, runner, {t: args.model for t in data.specs}, out, split=args.split), indent=2
+            )
+        )
     elif args.command == "predict":
         missing = predict.predict(data, runner, {t: args.model for t in data.specs}, out)
         written = out / ("submission.zip" if predict.is_glue(data.specs) else "predictions")
@@ -305,8 +413,16 @@ def _export(args) -> int:
     """`mtkd export MODEL --output-dir DIR [--quantize int8]`: the progress lines and the check's result."""
     from mtkd.export import export_onnx
 
-    export_onnx(args.model, args.output_dir, quantize=args.quantize, data_root=args.data_root, dev_cap=args.dev_cap,
-                exporter=args.exporter, optimize=not args.no_optimize, echo=lambda line: print(line, flush=True))
+    export_onnx(
+        args.model,
+        args.output_dir,
+        quantize=args.quantize,
+        data_root=args.data_root,
+        dev_cap=args.dev_cap,
+        exporter=args.exporter,
+        optimize=not args.no_optimize,
+        echo=lambda line: print(line, flush=True),
+    )
     return 0
 
 
@@ -315,20 +431,39 @@ def _serve(args) -> int:
     from mtkd.errors import ConfigError
     from mtkd.serve import serve
 
-    for flag, v in (("--max-batch", args.max_batch), ("--max-texts", args.max_texts), ("--max-chars", args.max_chars),
-                    ("--max-queue", args.max_queue), ("--max-connections", args.max_connections)):
+    for flag, v in (
+        ("--max-batch", args.max_batch),
+        ("--max-texts", args.max_texts),
+        ("--max-chars", args.max_chars),
+        ("--max-queue", args.max_queue),
+        ("--max-connections", args.max_connections),
+    ):
         if v < 1:
             raise ConfigError(f"serve: {flag} must be >= 1, got {v}")
     if not args.max_wait_ms >= 0 or not args.max_body_mb > 0 or not args.timeout_s > 0:
-        raise ConfigError(f"serve: --max-wait-ms must be >= 0, --max-body-mb and --timeout-s > 0 "
-                          f"(got {args.max_wait_ms}, {args.max_body_mb}, {args.timeout_s})")
+        raise ConfigError(
+            f"serve: --max-wait-ms must be >= 0, --max-body-mb and --timeout-s > 0 "
+            f"(got {args.max_wait_ms}, {args.max_body_mb}, {args.timeout_s})"
+        )
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"serve: --port must be 0..65535, got {args.port}")
-    serve(args.model, args.host, args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-          max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=max(1, int(args.max_body_mb * 2**20)),
-          timeout_s=args.timeout_s, max_queue=args.max_queue, max_connections=args.max_connections,
-          api_key=args.api_key, allowed_hosts=args.allowed_host, access_log=args.access_log,
-          print_fn=lambda line: print(line, flush=True))
+    serve(
+        args.model,
+        args.host,
+        args.port,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_texts=args.max_texts,
+        max_chars=args.max_chars,
+        max_body_bytes=max(1, int(args.max_body_mb * 2**20)),
+        timeout_s=args.timeout_s,
+        max_queue=args.max_queue,
+        max_connections=args.max_connections,
+        api_key=args.api_key,
+        allowed_hosts=args.allowed_host,
+        access_log=args.access_log,
+        print_fn=lambda line: print(line, flush=True),
+    )
     return 0
 
 
@@ -343,8 +478,9 @@ def _tasks(args) -> int:
     specs = load_task_specs(None, args.tasks_file)
     for name in args.names:
         if name not in specs:
-            raise ConfigError(f"mtkd tasks: no task {name!r}{did_you_mean(name, specs)}; "
-                              f"the tasks are {', '.join(specs)}")
+            raise ConfigError(
+                f"mtkd tasks: no task {name!r}{did_you_mean(name, specs)}; the tasks are {', '.join(specs)}"
+            )
     chosen = {n: s for n, s in specs.items() if not args.names or n in args.names}
     own = set(read_tasks_file(args.tasks_file)) if args.tasks_file else set()
     glue = {n: s.to_dict() for n, s in chosen.items() if n not in own}
@@ -375,11 +511,17 @@ def _check_config(args, cfg) -> int:
     notes = check_inputs(cfg, data, rows=args.data)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     for note in notes:
-        print(f"note: {note}: predict skips it with a warning (a GLUE leaderboard entry is also listed "
-              f"in submission.zip's MISSING.txt)", file=sys.stderr)
+        print(
+            f"note: {note}: predict skips it with a warning (a GLUE leaderboard entry is also listed "
+            f"in submission.zip's MISSING.txt)",
+            file=sys.stderr,
+        )
     n_files = sum(1 for s in data.specs.values() for _ in s.splits) - len(notes)
-    print(f"checked: config, tasks ({len(data.specs)}), encoder lengths, files ({n_files}: "
-          f"{'every row' if args.data else 'headers, columns, first rows; rows not read: add --data'})", file=sys.stderr)
+    print(
+        f"checked: config, tasks ({len(data.specs)}), encoder lengths, files ({n_files}: "
+        f"{'every row' if args.data else 'headers, columns, first rows; rows not read: add --data'})",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -391,12 +533,21 @@ def _predict_new_text(args, cfg) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("predict --text/--input runs in one process; start it without torchrun/accelerate launch")
     if not args.task or bool(args.text) == (args.input is not None):
-        raise ConfigError("predict: give --task and either --text or --input FILE --output FILE "
-                          "(or CONFIG --output-dir DIR for a submission)")
-    file_only = {"--output": args.output, "--id-column": args.id_column, "--pair-column": args.pair_column,
-                 "--input-format": args.input_format, "--probs": args.probs or None}
+        raise ConfigError(
+            "predict: give --task and either --text or --input FILE --output FILE "
+            "(or CONFIG --output-dir DIR for a submission)"
+        )
+    file_only = {
+        "--output": args.output,
+        "--id-column": args.id_column,
+        "--pair-column": args.pair_column,
+        "--input-format": args.input_format,
+        "--probs": args.probs or None,
+    }
     if args.input is None:
-        given = [k for k, v in file_only.items() if v is not None] + (["--text-column"] if args.text_column != "text" else [])
+        given = [k for k, v in file_only.items() if v is not None] + (
+            ["--text-column"] if args.text_column != "text" else []
+        )
         if given:
             raise ConfigError(f"predict: {', '.join(given)} go with --input FILE")
         for flag, values in (("--text", args.text), ("--pair", args.pair or [])):
@@ -420,15 +571,22 @@ def _predict_new_text(args, cfg) -> int:
     model = MTModel.from_pretrained(args.model)
     for t in args.task:
         if t not in model.tasks:
-            raise ConfigError(f"--task {t}: not a task of {args.model}{did_you_mean(t, model.tasks)} "
-                              f"(it has {', '.join(model.tasks)})")
+            raise ConfigError(
+                f"--task {t}: not a task of {args.model}{did_you_mean(t, model.tasks)} "
+                f"(it has {', '.join(model.tasks)})"
+            )
     pair_tasks = [t for t in args.task if "text_b" in model.tasks[t].fields]
-    kwargs = {"batch_size": cfg.predict.batch_size, "max_tokens": cfg.predict.max_tokens,
-              # the lengths the model was trained at, unless data.max_seq_len is given (config or --set)
-              "max_len": cfg.data.max_seq_len if "data.max_seq_len" in cfg.given else None}
+    kwargs = {
+        "batch_size": cfg.predict.batch_size,
+        "max_tokens": cfg.predict.max_tokens,
+        # the lengths the model was trained at, unless data.max_seq_len is given (config or --set)
+        "max_len": cfg.data.max_seq_len if "data.max_seq_len" in cfg.given else None,
+    }
     if args.input is None:
         if pair_tasks and args.pair is None:
-            raise ConfigError(f"predict: task {', '.join(pair_tasks)} is a pair task: give one --pair (second text) per --text")
+            raise ConfigError(
+                f"predict: task {', '.join(pair_tasks)} is a pair task: give one --pair (second text) per --text"
+            )
         print(json.dumps(model.predict(args.task, args.text, args.pair, **kwargs), indent=2, default=float))
         return 0
     ids, texts, pairs = _read_predict_input(args, need_pair=bool(pair_tasks))
@@ -452,8 +610,12 @@ def _read_predict_input(args, need_pair: bool):
     if need_pair or args.pair_column is not None:
         fields["text_b"] = args.pair_column or "pair"
     # a reader's spec for one file, not a task definition (its split is named "input"): not validated as one
-    spec = TaskSpec.model_construct(name="--input", head=HeadKind.REGRESSION, fields=fields,
-                                    splits={"input": SplitSource(path=str(args.input.resolve()), format=fmt)})
+    spec = TaskSpec.model_construct(
+        name="--input",
+        head=HeadKind.REGRESSION,
+        fields=fields,
+        splits={"input": SplitSource(path=str(args.input.resolve()), format=fmt)},
+    )
     raw = read_split(spec, "input")
     return raw.ids, raw.text_a, raw.text_b
 
@@ -465,7 +627,9 @@ def _write_predictions(path: Path, ids, answers: dict[str, list[dict]]) -> None:
     from mtkd.errors import DataError
 
     columns = {t: [a.get("label", a.get("score")) for a in rows] for t, rows in answers.items()}
-    prob_cols = {t: [a["probabilities"] for a in rows] for t, rows in answers.items() if rows and "probabilities" in rows[0]}
+    prob_cols = {
+        t: [a["probabilities"] for a in rows] for t, rows in answers.items() if rows and "probabilities" in rows[0]
+    }
     tsv = path.suffix.lower() == ".tsv"
     bad = next((i for i in ids if any(c in i for c in "\t\r\n")), None) if tsv else None
     if bad is not None:
@@ -484,8 +648,9 @@ def _write_predictions(path: Path, ids, answers: dict[str, list[dict]]) -> None:
             else:
                 row = {"id": ex_id, "predictions": {t: columns[t][r] for t in columns}}
                 if prob_cols:
-                    row["probabilities"] = {t: {lab: round(p, 6) for lab, p in probs[r].items()}
-                                            for t, probs in prob_cols.items()}
+                    row["probabilities"] = {
+                        t: {lab: round(p, 6) for lab, p in probs[r].items()} for t, probs in prob_cols.items()
+                    }
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 

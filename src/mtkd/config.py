@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal, Union
+from typing import Annotated, ClassVar, Literal
 
 import yaml
 from pydantic import Discriminator, Field, Strict, Tag, WrapValidator, create_model, model_validator
@@ -99,9 +99,14 @@ NumberAsWritten = Annotated[float, WrapValidator(_as_written)]
 
 # kd.teacher_mtl / kd.teacher_finetune: any TrainConfig keys (same types and ranges), applied on top
 # of `mtl` / `finetune`; a key not given is unset (null is refused, as in TrainConfig)
-TrainChanges = create_model("TrainChanges", __base__=Partial, **{
-    k: (NumberAsWritten if f.annotation is float else f.annotation, FieldInfo.merge_field_infos(f, default=None))
-    for k, f in TrainConfig.model_fields.items()})
+TrainChanges = create_model(
+    "TrainChanges",
+    __base__=Partial,
+    **{
+        k: (NumberAsWritten if f.annotation is float else f.annotation, FieldInfo.merge_field_infos(f, default=None))
+        for k, f in TrainConfig.model_fields.items()
+    },
+)
 
 
 class PredictConfig(Section):
@@ -126,8 +131,10 @@ class Candidate(Partial):
     def _from_mtdnn_has_its_own_start(self):
         clash = [k for k in ("dropout", "encoder") if self.from_mtdnn and getattr(self, k) is not None]
         if clash:
-            raise refuse(f"from_mtdnn continues MT-DNN's MTL model, which has its own {' and '.join(clash)}; "
-                         f"remove {', '.join(clash)}")
+            raise refuse(
+                f"from_mtdnn continues MT-DNN's MTL model, which has its own {' and '.join(clash)}; "
+                f"remove {', '.join(clash)}"
+            )
         return self
 
 
@@ -150,8 +157,9 @@ def _unlabeled_kind(source) -> str:
 
 # kd.unlabeled.<task>: a file of text (a split's keys: path, format, fields, ...) or the task's unused training rows
 UnlabeledSource = Annotated[
-    Union[Annotated[SplitSource, Tag("file")], Annotated[UnlabeledFromTrain, Tag("from_train")]],
-    Discriminator(_unlabeled_kind)]
+    Annotated[SplitSource, Tag("file")] | Annotated[UnlabeledFromTrain, Tag("from_train")],
+    Discriminator(_unlabeled_kind),
+]
 
 
 class KDConfig(Section):
@@ -178,8 +186,10 @@ class KDConfig(Section):
         """The candidates at run seed `seed`: kd.candidates, or by default 4 with shared-layer dropout
         0.1/0.2/0.3/0.1; a candidate without a seed gets seed + 1000 * (its position + 1)."""
         cands = self.candidates or [Candidate(dropout=d) for d in DEFAULT_CANDIDATE_DROPOUTS]
-        return [c if c.seed is not None else c.model_copy(update={"seed": seed + 1000 * (i + 1)})
-                for i, c in enumerate(cands)]
+        return [
+            c if c.seed is not None else c.model_copy(update={"seed": seed + 1000 * (i + 1)})
+            for i, c in enumerate(cands)
+        ]
 
 
 class RunConfig(Schema):
@@ -296,22 +306,31 @@ def validate(cfg: RunConfig, specs: dict[str, TaskSpec] | None = None, where: st
         raise ConfigError(f"{where}: seeds must hold at least one seed")
     for name in cfg.tasks:
         check_name(name, f"{where}: tasks: task name")
-    for key, names in (("finetune_tasks", cfg.finetune_tasks or []), ("kd.teacher_tasks", kd.teacher_tasks),
-                       ("kd.select_by", kd.select_by)):
+    for key, names in (
+        ("finetune_tasks", cfg.finetune_tasks or []),
+        ("kd.teacher_tasks", kd.teacher_tasks),
+        ("kd.select_by", kd.select_by),
+    ):
         for i, name in enumerate(names):
             check_name(name, f"{where}: {key}[{i}]")
     for task, source in kd.unlabeled.items():
         check_name(task, f"{where}: kd.unlabeled: task name")
         if task not in cfg.tasks:  # before what the entry asks of the task (a typo has no train_cap)
-            raise ConfigError(f"{where}: kd.unlabeled: no task {task!r} in the config's tasks "
-                              f"{list(cfg.tasks)}{did_you_mean(task, cfg.tasks)}")
+            raise ConfigError(
+                f"{where}: kd.unlabeled: no task {task!r} in the config's tasks "
+                f"{list(cfg.tasks)}{did_you_mean(task, cfg.tasks)}"
+            )
         if isinstance(source, UnlabeledFromTrain) and source.from_train is not True:
-            raise ConfigError(f"{where}: kd.unlabeled.{task}.from_train must be true (or give the text's file as "
-                              f"'path' instead), got {source.from_train!r}")
+            raise ConfigError(
+                f"{where}: kd.unlabeled.{task}.from_train must be true (or give the text's file as "
+                f"'path' instead), got {source.from_train!r}"
+            )
         if isinstance(source, UnlabeledFromTrain) and cfg.tasks[task].train_cap is None:
-            raise ConfigError(f"{where}: kd.unlabeled.{task}: from_train takes the rows of {task}'s training file "
-                              f"that tasks.{task}.train_cap leaves unused, but {task} has no train_cap: every row is "
-                              f"already labelled training data (set tasks.{task}.train_cap, or give a 'path')")
+            raise ConfigError(
+                f"{where}: kd.unlabeled.{task}: from_train takes the rows of {task}'s training file "
+                f"that tasks.{task}.train_cap leaves unused, but {task} has no train_cap: every row is "
+                f"already labelled training data (set tasks.{task}.train_cap, or give a 'path')"
+            )
     for i, cand in enumerate(kd.candidates):
         if cand.from_mtdnn and Stage.MTL not in cfg.stages and {Stage.TEACH, Stage.DISTILL} & set(cfg.stages):
             raise ConfigError(f"{where}: kd.candidates[{i}].from_mtdnn needs MT-DNN's MTL model: add mtl to `stages`")
@@ -320,24 +339,31 @@ def validate(cfg: RunConfig, specs: dict[str, TaskSpec] | None = None, where: st
     # the rules about the tasks
     for spec in specs.values():
         if spec.head_of and spec.head_of not in specs:
-            raise ConfigError(f"{where}: task {spec.name!r} uses the head of {spec.head_of!r}, which is not in the "
-                              f"task list {list(specs)}{did_you_mean(spec.head_of, specs)}")
+            raise ConfigError(
+                f"{where}: task {spec.name!r} uses the head of {spec.head_of!r}, which is not in the "
+                f"task list {list(specs)}{did_you_mean(spec.head_of, specs)}"
+            )
     train = [t for t, s in specs.items() if "train" in s.splits and s.head_of is None]
-    for key, names, allowed in (("finetune_tasks", cfg.finetune_tasks or [], train),
-                                ("kd.teacher_tasks", kd.teacher_tasks, list(specs)),
-                                ("kd.select_by", kd.select_by, list(specs))):
+    for key, names, allowed in (
+        ("finetune_tasks", cfg.finetune_tasks or [], train),
+        ("kd.teacher_tasks", kd.teacher_tasks, list(specs)),
+        ("kd.select_by", kd.select_by, list(specs)),
+    ):
         for name in names:
             if name not in allowed:
                 what = "a task with training data" if key == "finetune_tasks" else "in the task list"
                 raise ConfigError(f"{where}: {key}: task {name!r} is not {what} {allowed}{did_you_mean(name, allowed)}")
     for name in kd.teacher_tasks:
         if not kind_of(specs[name]).has_teachers:
-            raise ConfigError(f"{where}: kd.teacher_tasks: task {name!r} is a {specs[name].head.value} task; teachers "
-                              f"for {specs[name].head.value} tasks are not supported yet")
+            raise ConfigError(
+                f"{where}: kd.teacher_tasks: task {name!r} is a {specs[name].head.value} task; teachers "
+                f"for {specs[name].head.value} tasks are not supported yet"
+            )
     for task, source in kd.unlabeled.items():
         if task not in kd.teacher_tasks:
-            raise ConfigError(f"{where}: kd.unlabeled: task {task!r} has no teacher (kd.teacher_tasks) to label its "
-                              f"text")
+            raise ConfigError(
+                f"{where}: kd.unlabeled: task {task!r} has no teacher (kd.teacher_tasks) to label its text"
+            )
         if isinstance(source, UnlabeledFromTrain) and "train" not in specs[task].splits:
             raise ConfigError(f"{where}: kd.unlabeled.{task}: from_train, but {task} has no train split")
     if not kd.teacher_tasks:
@@ -350,8 +376,9 @@ def validate(cfg: RunConfig, specs: dict[str, TaskSpec] | None = None, where: st
         for i, c in enumerate(kd.seeded_candidates(seed)):
             start = (c.seed, c.from_mtdnn, c.dropout, c.encoder)
             if start in seen:
-                raise ConfigError(f"{where}: kd.candidates[{i}] trains the same model as kd.candidates[{seen[start]}] "
-                                  f"at run seed {seed} (seed {c.seed}, the same start): give it another seed, dropout "
-                                  f"or encoder")
+                raise ConfigError(
+                    f"{where}: kd.candidates[{i}] trains the same model as kd.candidates[{seen[start]}] "
+                    f"at run seed {seed} (seed {c.seed}, the same start): give it another seed, dropout "
+                    f"or encoder"
+                )
             seen[start] = i
-

@@ -62,7 +62,9 @@ def _decode(path: Path, data: bytes) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise DataError(path, f"bytes are not valid UTF-8 (byte {e.start}: {data[e.start:e.start + 4]!r})", line=line) from None
+        raise DataError(
+            path, f"bytes are not valid UTF-8 (byte {e.start}: {data[e.start : e.start + 4]!r})", line=line
+        ) from None
 
 
 def _rows_delimited(path: Path, text: str, fmt: FileFormat, columns):
@@ -93,8 +95,7 @@ def _rows_delimited(path: Path, text: str, fmt: FileFormat, columns):
     else:
         header = list(columns)
     yield 0, header
-    for line, values in records:
-        yield line, values
+    yield from records
 
 
 def _json_object(path: Path, line=None):
@@ -105,7 +106,9 @@ def _json_object(path: Path, line=None):
         out = {}
         for k, v in pairs:
             if k in out:
-                raise DataError(path, f"duplicate JSON key {k!r} (in an {{id: record}} file: a duplicate example id)", line=line)
+                raise DataError(
+                    path, f"duplicate JSON key {k!r} (in an {{id: record}} file: a duplicate example id)", line=line
+                )
             out[k] = v
         return out
 
@@ -150,7 +153,7 @@ def check_line_lengths(path: Path, data: bytes, limit: int = MAX_LINE_BYTES, chu
     view = np.frombuffer(data, dtype=np.uint8)
     last_end, lines = -1, 0  # offset of the newline before the current line, newlines seen
     for offset in range(0, len(view), chunk):
-        ends = np.flatnonzero(view[offset:offset + chunk] == 10) + offset
+        ends = np.flatnonzero(view[offset : offset + chunk] == 10) + offset
         lengths = np.diff(ends, prepend=last_end) - 1
         too_long = np.flatnonzero(lengths > limit)
         if len(too_long):
@@ -161,8 +164,11 @@ def check_line_lengths(path: Path, data: bytes, limit: int = MAX_LINE_BYTES, chu
     else:
         if len(view) - last_end - 1 <= limit:
             return
-    raise DataError(path, f"line longer than {limit // 2**20} MB (one example per line is expected; is this the "
-                          f"right file and format?)", line=lines + 1)
+    raise DataError(
+        path,
+        f"line longer than {limit // 2**20} MB (one example per line is expected; is this the right file and format?)",
+        line=lines + 1,
+    )
 
 
 def split_path(spec: TaskSpec, split: str, root: str | Path | None = None) -> Path:
@@ -186,7 +192,7 @@ def _read_head(path: Path) -> tuple[bytes, bool]:
         if len(data) <= HEAD_BYTES:
             return data, True
         cut = data.rfind(b"\n")
-        return (data[:cut + 1], False) if cut >= 0 else (data + f.read(), True)
+        return (data[: cut + 1], False) if cut >= 0 else (data + f.read(), True)
 
 
 def check_split(spec: TaskSpec, split: str, root: str | Path | None = None) -> None:
@@ -197,8 +203,12 @@ def check_split(spec: TaskSpec, split: str, root: str | Path | None = None) -> N
     read_split(spec, split, root, head_only=True)
 
 
-def check_files(specs: dict[str, TaskSpec], root: str | Path | None = None,
-                splits: tuple[str, ...] = ("train", "dev", "test"), rows: bool = False) -> list[str]:
+def check_files(
+    specs: dict[str, TaskSpec],
+    root: str | Path | None = None,
+    splits: tuple[str, ...] = ("train", "dev", "test"),
+    rows: bool = False,
+) -> list[str]:
     """Check every file of `specs` whose split name starts with one of `splits`, all of them before
     any is tokenised: check_split each (with `rows`, read_split: every row's labels, texts and ids).
     Raises one DataError naming every problem found (the error itself when there is one). A test
@@ -265,7 +275,9 @@ class _SplitRows:
         self.spec, self.path, self.fields = spec, path, fields
         self.is_test = split.startswith("test")
         self.id_col, self.a_col, self.b_col, self.y_col = (fields.get(k) for k in ("id", "text_a", "text_b", "label"))
-        self.out = RawSplit(path, [], [], [] if self.b_col else None, [] if self.y_col else None, fingerprint=fingerprint)
+        self.out = RawSplit(
+            path, [], [], [] if self.b_col else None, [] if self.y_col else None, fingerprint=fingerprint
+        )
         self.first_seen: dict[str, Any] = {}  # example id -> the line it is on
         self.empty_labels: list = []  # lines of a test file whose label is empty
 
@@ -287,8 +299,12 @@ class _SplitRows:
         else:
             ex_id = record_id if record_id is not None else str(len(out.ids))
         if ex_id in self.first_seen:
-            raise DataError(path, f"duplicate example id {ex_id!r} (first seen at line {self.first_seen[ex_id]})",
-                            line=line, field=self.id_col or "id")
+            raise DataError(
+                path,
+                f"duplicate example id {ex_id!r} (first seen at line {self.first_seen[ex_id]})",
+                line=line,
+                field=self.id_col or "id",
+            )
         self.first_seen[ex_id] = line
         a = self._text(row, self.a_col, "text_a", line)
         out.ids.append(ex_id)
@@ -311,10 +327,16 @@ class _SplitRows:
         if empty and len(empty) == len(out.ids):
             out.labels = None  # an empty label column: an unlabelled test file
         elif empty:
-            raise DataError(path, f"empty label on {len(empty)} of {len(out.ids)} rows (a test file is labelled on "
-                                  f"every row or on none)", line=empty[0], field=self.y_col)
+            raise DataError(
+                path,
+                f"empty label on {len(empty)} of {len(out.ids)} rows (a test file is labelled on every row or on none)",
+                line=empty[0],
+                field=self.y_col,
+            )
         if out.skipped and not head_only:
-            log.warning("%s: skipped %d malformed rows (lines %s)", path, len(out.skipped), [s[0] for s in out.skipped][:20])
+            log.warning(
+                "%s: skipped %d malformed rows (lines %s)", path, len(out.skipped), [s[0] for s in out.skipped][:20]
+            )
         return out
 
 
@@ -327,9 +349,13 @@ def _add_delimited(rows: _SplitRows, text: str, src, head_only: bool) -> None:
     for role, col in rows.fields.items():
         if col not in header:
             what = f"header has no column {col!r}" if src.columns is None else f"columns have no {col!r}"
-            raise DataError(path, f"{what} for {role} (task {rows.spec.name}){did_you_mean(col, header)}; "
-                                  f"{'header is' if src.columns is None else 'the split names columns'} {header}",
-                            line=None if src.columns else 1, field=col)
+            raise DataError(
+                path,
+                f"{what} for {role} (task {rows.spec.name}){did_you_mean(col, header)}; "
+                f"{'header is' if src.columns is None else 'the split names columns'} {header}",
+                line=None if src.columns else 1,
+                field=col,
+            )
     for line, values in records:
         if head_only and out.ids:
             break
@@ -339,7 +365,7 @@ def _add_delimited(rows: _SplitRows, text: str, src, head_only: bool) -> None:
                 out.skipped.append((line, reason))
                 continue
             raise DataError(path, reason, line=line)
-        rows.add(line, None, dict(zip(header, values)))
+        rows.add(line, None, dict(zip(header, values, strict=False)))
 
 
 def _has_column(text: str, src, column: str) -> bool:
@@ -368,7 +394,9 @@ def _parse_label(spec: TaskSpec, value: str, path, line, col):
 def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise DataError("tokenizer", f"{type(tokenizer).__name__} is not a fast tokenizer; mtkd needs one (use_fast=True)")
+        raise DataError(
+            "tokenizer", f"{type(tokenizer).__name__} is not a fast tokenizer; mtkd needs one (use_fast=True)"
+        )
     # the vocabulary and pipeline only: truncation/padding settings differ between an encoder's
     # tokenizer.json and the one save_pretrained writes, and mtkd sets both itself
     spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
@@ -402,7 +430,7 @@ class EncodedSplit:
     def rows(self, indices, values: np.ndarray | None = None) -> list[np.ndarray]:
         """Examples `indices` as token rows (views into the flat arrays): their `values` (default: input_ids)."""
         values = self.input_ids if values is None else values
-        return [values[self.offsets[i]:self.offsets[i + 1]] for i in indices]
+        return [values[self.offsets[i] : self.offsets[i + 1]] for i in indices]
 
     @property
     def fingerprint(self) -> str:
@@ -411,13 +439,32 @@ class EncodedSplit:
 
 def _cache_key(spec: TaskSpec, split: str, raw_fp: str, tok_fp: str, max_len: int) -> str:
     src = spec.splits[split]
-    payload = json.dumps([CACHE_VERSION, spec.head.value, list(spec.labels), spec.fields_for(split),
-                          src.format.value, list(src.columns or ()), raw_fp, tok_fp, max_len], sort_keys=True)
+    payload = json.dumps(
+        [
+            CACHE_VERSION,
+            spec.head.value,
+            list(spec.labels),
+            spec.fields_for(split),
+            src.format.value,
+            list(src.columns or ()),
+            raw_fp,
+            tok_fp,
+            max_len,
+        ],
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def encode_split(spec: TaskSpec, split: str, tokenizer, max_len: int, cache_dir: str | Path,
-                 root: str | Path | None = None, chunk: int = 8192) -> EncodedSplit:
+def encode_split(
+    spec: TaskSpec,
+    split: str,
+    tokenizer,
+    max_len: int,
+    cache_dir: str | Path,
+    root: str | Path | None = None,
+    chunk: int = 8192,
+) -> EncodedSplit:
     """Tokenise a split once (cached by tokenizer + max length + file contents) and open it by mmap.
 
     Truncation cuts tokens (longest-first for pairs), never examples; the count of truncated
@@ -445,8 +492,8 @@ def _write_cache(spec, split, tokenizer, max_len, root, folder: Path, tok_fp, ch
     offsets = np.zeros(n + 1, dtype=np.int64)
     ids_parts, type_parts, n_trunc = [], [], 0
     for start in range(0, n, chunk):
-        a = raw.text_a[start:start + chunk]
-        inputs = list(zip(a, raw.text_b[start:start + chunk])) if raw.text_b is not None else a
+        a = raw.text_a[start : start + chunk]
+        inputs = list(zip(a, raw.text_b[start : start + chunk], strict=False)) if raw.text_b is not None else a
         for j, enc in enumerate(backend.encode_batch(inputs)):
             offsets[start + j + 1] = offsets[start + j] + len(enc.ids)
             n_trunc += bool(enc.overflowing)
@@ -465,10 +512,20 @@ def _write_cache(spec, split, tokenizer, max_len, root, folder: Path, tok_fp, ch
     groups = kind.groups(raw.text_a)
     if groups is not None:
         np.save(tmp / "groups.npy", groups)
-    meta = {"cache_version": CACHE_VERSION, "task": spec.name, "split": split, "path": str(raw.path),
-            "data_fingerprint": raw.fingerprint, "tokenizer_fingerprint": tok_fp, "max_len": max_len,
-            "n": n, "n_truncated": n_trunc, "skipped_rows": raw.skipped, "pad_id": pad_token_id(tokenizer),
-            "ids": raw.ids}
+    meta = {
+        "cache_version": CACHE_VERSION,
+        "task": spec.name,
+        "split": split,
+        "path": str(raw.path),
+        "data_fingerprint": raw.fingerprint,
+        "tokenizer_fingerprint": tok_fp,
+        "max_len": max_len,
+        "n": n,
+        "n_truncated": n_trunc,
+        "skipped_rows": raw.skipped,
+        "pad_id": pad_token_id(tokenizer),
+        "ids": raw.ids,
+    }
     (tmp / "meta.json").write_text(json.dumps(meta))
     try:
         os.rename(tmp, folder)  # atomic: a reader sees either no cache or a complete one
@@ -481,10 +538,17 @@ def load_encoded(folder: Path) -> EncodedSplit:
     ids = meta.pop("ids")
     labels = np.load(folder / "labels.npy", mmap_mode="r") if (folder / "labels.npy").is_file() else None
     groups = np.load(folder / "groups.npy") if (folder / "groups.npy").is_file() else None
-    return EncodedSplit(meta["task"], meta["split"], ids,
-                        np.load(folder / "input_ids.npy", mmap_mode="r"),
-                        np.load(folder / "token_type_ids.npy", mmap_mode="r"),
-                        np.load(folder / "offsets.npy"), labels, meta, groups)
+    return EncodedSplit(
+        meta["task"],
+        meta["split"],
+        ids,
+        np.load(folder / "input_ids.npy", mmap_mode="r"),
+        np.load(folder / "token_type_ids.npy", mmap_mode="r"),
+        np.load(folder / "offsets.npy"),
+        labels,
+        meta,
+        groups,
+    )
 
 
 # -------------------------------------------------------------------------------------- batching
@@ -499,8 +563,12 @@ def collate(data: EncodedSplit, indices, pad_id: int | None = None, pad_multiple
     if pad_id is None:
         pad_id = int(data.meta.get("pad_id", 0))
     ids, mask, types = pad_rows(data.rows(indices), data.rows(indices, data.token_type_ids), pad_id, pad_multiple)
-    batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
-             "token_type_ids": torch.from_numpy(types), "index": torch.from_numpy(indices)}
+    batch = {
+        "input_ids": torch.from_numpy(ids),
+        "attention_mask": torch.from_numpy(mask),
+        "token_type_ids": torch.from_numpy(types),
+        "index": torch.from_numpy(indices),
+    }
     if data.groups is not None:
         batch["groups"] = torch.from_numpy(data.groups[indices])
     if data.labels is not None:
@@ -511,6 +579,7 @@ def collate(data: EncodedSplit, indices, pad_id: int | None = None, pad_multiple
 @dataclass
 class TrainSet:
     """The examples of a split a stage trains on: the split and its indices after caps."""
+
     data: EncodedSplit
     indices: np.ndarray
 

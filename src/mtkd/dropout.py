@@ -39,7 +39,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device=None) -> tor
     n = 1
     for s in shape:
         n *= int(s)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2 ** 63), None)  # all 64 bits
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)  # all 64 bits
     return words.view(torch.int16)[:n].view(shape) >= (_drop_level(p) - _LEVELS // 2)
 
 
@@ -62,18 +62,35 @@ class FastDropout(nn.Dropout):
         return fast_dropout(x, self.p)
 
 
-def attention_with_fast_dropout(module, query, key, value, attention_mask, dropout: float = 0.0,
-                                scaling: float | None = None, is_causal: bool | None = None, **kwargs):
+def attention_with_fast_dropout(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+):
     """A Hugging Face attention function (AttentionInterface): softmax(q k^T * scale + mask) with the
     cheap dropout, then @ v. Delegates to transformers' SDPA function whenever it would differ."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
-    if (not module.training or not 0.0 < dropout < 1.0 or query.device.type != "cpu" or causal
-            or getattr(module, "num_key_value_groups", 1) > 1 or key.shape[1] != query.shape[1]
-            or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+    if (
+        not module.training
+        or not 0.0 < dropout < 1.0
+        or query.device.type != "cpu"
+        or causal
+        or getattr(module, "num_key_value_groups", 1) > 1
+        or key.shape[1] != query.shape[1]
+        or kwargs.get("position_bias") is not None
+        or kwargs.get("softcap") is not None
+    ):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale)
     if attention_mask is not None:

@@ -50,7 +50,7 @@ def resolve_encoder(name: str | None) -> str:
     return name
 
 
-@functools.lru_cache(maxsize=None)  # once per name and process (failures are not cached: they raise)
+@functools.cache  # once per name and process (failures are not cached: they raise)
 def _check_hub_name(name: str, path: Path) -> None:
     """A hub name's config.json (a few KB) from the hub or the hub cache, as AutoConfig fetches it."""
     try:
@@ -59,11 +59,16 @@ def _check_hub_name(name: str, path: Path) -> None:
         from huggingface_hub import constants
 
         offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-        why = ("HF_HUB_OFFLINE is set and the hub cache has no copy" if offline
-               else f"the hub could not provide it: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-        raise CheckpointError(f"encoder {name!r}: no encoder folder at {path}, and as a hub name it needs a "
-                              f"network connection or a local copy ({why}); pass the folder of a downloaded copy, "
-                              f"or download it where there is a network") from None
+        why = (
+            "HF_HUB_OFFLINE is set and the hub cache has no copy"
+            if offline
+            else f"the hub could not provide it: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        )
+        raise CheckpointError(
+            f"encoder {name!r}: no encoder folder at {path}, and as a hub name it needs a "
+            f"network connection or a local copy ({why}); pass the folder of a downloaded copy, "
+            f"or download it where there is a network"
+        ) from None
 
 
 def load_encoder(config, pretrained_path: str | None):
@@ -99,8 +104,9 @@ def encoder_config(path: str, num_hidden_layers: int | None = None, dropout: flo
 def uses_token_types(encoder: nn.Module) -> bool:
     """Whether an encoder embeds token types: BERT and ELECTRA (type_vocab_size 2) do; RoBERTa (1),
     DeBERTa-v2 (0), DistilBERT and ModernBERT (no token_type_ids argument) do not."""
-    return (getattr(encoder.config, "type_vocab_size", 0) or 0) > 1 and \
-        "token_type_ids" in inspect.signature(encoder.forward).parameters
+    return (getattr(encoder.config, "type_vocab_size", 0) or 0) > 1 and "token_type_ids" in inspect.signature(
+        encoder.forward
+    ).parameters
 
 
 # Shared-layer dropout per encoder family (config.model_type): the config fields that together set
@@ -109,8 +115,10 @@ def uses_token_types(encoder: nn.Module) -> bool:
 # modules are checked (check_encoder_dropout), so a rate that did not arrive is an error, never a no-op.
 BERT_DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 ENCODER_DROPOUT_FIELDS = {
-    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta", "deberta-v2", "mpnet"),
-                    BERT_DROPOUT_FIELDS),
+    **dict.fromkeys(
+        ("bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta", "deberta-v2", "mpnet"),
+        BERT_DROPOUT_FIELDS,
+    ),
     "distilbert": ("dropout", "attention_dropout"),
     "modernbert": ("embedding_dropout", "attention_dropout", "mlp_dropout"),
 }
@@ -125,9 +133,11 @@ def set_encoder_dropout(config, p: float) -> None:
         fields = BERT_DROPOUT_FIELDS
     if fields is None:
         found = sorted(k for k, v in config.to_dict().items() if "drop" in k and isinstance(v, (int, float)))
-        raise ConfigError(f"cannot set the shared-layer dropout of a {config.model_type!r} encoder: mtkd does not know "
-                          f"which of its config fields {found} are the encoder's dropout "
-                          f"(add the family to mtkd.encoders.ENCODER_DROPOUT_FIELDS), or leave encoder.dropout unset")
+        raise ConfigError(
+            f"cannot set the shared-layer dropout of a {config.model_type!r} encoder: mtkd does not know "
+            f"which of its config fields {found} are the encoder's dropout "
+            f"(add the family to mtkd.encoders.ENCODER_DROPOUT_FIELDS), or leave encoder.dropout unset"
+        )
     for f in fields:
         setattr(config, f, float(p))
 
@@ -152,10 +162,16 @@ def check_encoder_dropout(encoder: nn.Module, p: float, where: str) -> None:
     rates = encoder_dropout_rates(encoder)
     wrong = {k: v for k, v in rates.items() if not math.isclose(v, p, abs_tol=1e-9)}
     if wrong or (p > 0 and not rates):
-        what = f"{len(wrong)} of {len(rates)} dropout rates differ: " + ", ".join(
-            f"{k}={v}" for k, v in list(wrong.items())[:5]) if wrong else "it has no dropout module"
-        raise ConfigError(f"{where}: shared-layer dropout {p} did not reach the {encoder.config.model_type!r} "
-                          f"encoder ({what}); add its config fields to mtkd.encoders.ENCODER_DROPOUT_FIELDS")
+        what = (
+            f"{len(wrong)} of {len(rates)} dropout rates differ: "
+            + ", ".join(f"{k}={v}" for k, v in list(wrong.items())[:5])
+            if wrong
+            else "it has no dropout module"
+        )
+        raise ConfigError(
+            f"{where}: shared-layer dropout {p} did not reach the {encoder.config.model_type!r} "
+            f"encoder ({what}); add its config fields to mtkd.encoders.ENCODER_DROPOUT_FIELDS"
+        )
 
 
 def check_first_token_pooling(tokenizer, where: str) -> None:
@@ -165,15 +181,31 @@ def check_first_token_pooling(tokenizer, where: str) -> None:
     firsts = {tokenizer.cls_token_id, tokenizer.bos_token_id} - {None}
     if not ids or ids[0] not in firsts:
         first = tokenizer.convert_ids_to_tokens(ids[:1]) if ids else []
-        raise ConfigError(f"{where}: the tokenizer does not start inputs with a [CLS]/<s> token (first token {first}, "
-                          f"cls/bos {sorted(firsts)}); mtkd's heads read the first position's vector, so this "
-                          f"encoder family is not supported")
+        raise ConfigError(
+            f"{where}: the tokenizer does not start inputs with a [CLS]/<s> token (first token {first}, "
+            f"cls/bos {sorted(firsts)}); mtkd's heads read the first position's vector, so this "
+            f"encoder family is not supported"
+        )
 
 
 # Encoders whose position ids start after the padding index (RoBERTa's create_position_ids_from_input_ids):
 # max_position_embeddings 514 holds 512 tokens.
-_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "ibert", "data2vec-text",
-                     "xmod", "roberta-prelayernorm", "mpnet", "luke", "mluke", "markuplm", "esm"}
+_OFFSET_POSITIONS = {
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "longformer",
+    "ibert",
+    "data2vec-text",
+    "xmod",
+    "roberta-prelayernorm",
+    "mpnet",
+    "luke",
+    "mluke",
+    "markuplm",
+    "esm",
+}
 
 
 def max_positions(encoder_config) -> int | None:
@@ -195,6 +227,8 @@ def check_max_seq_len(encoder_config, max_seq_len: int, where: str, key: str = "
     if limit is not None and max_seq_len > limit:
         n = encoder_config.max_position_embeddings
         extra = f" (max_position_embeddings {n}, positions start after the padding index)" if n != limit else ""
-        raise ConfigError(f"{where}: {key} is {max_seq_len}, but the encoder "
-                          f"({getattr(encoder_config, 'model_type', '?')}) takes at most {limit} tokens{extra}; "
-                          f"set {key} <= {limit}")
+        raise ConfigError(
+            f"{where}: {key} is {max_seq_len}, but the encoder "
+            f"({getattr(encoder_config, 'model_type', '?')}) takes at most {limit} tokens{extra}; "
+            f"set {key} <= {limit}"
+        )

@@ -53,8 +53,9 @@ def did_you_mean(name, options) -> str:
     if lower.get(name.lower(), name) != name:
         match = [lower[name.lower()]]
     else:
-        match = difflib.get_close_matches(name, options, n=1) or \
-            [lower[m] for m in difflib.get_close_matches(name.lower(), list(lower), n=1)]
+        match = difflib.get_close_matches(name, options, n=1) or [
+            lower[m] for m in difflib.get_close_matches(name.lower(), list(lower), n=1)
+        ]
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 

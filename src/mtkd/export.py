@@ -4,8 +4,9 @@ ONNX graph, served by ONNX Runtime without PyTorch (`OnnxModel`).
 The graph takes `input_ids` and `attention_mask` (and `token_type_ids` where the encoder embeds
 token types: BERT, ELECTRA), int64 (batch, sequence) with both axes dynamic, and has one output per
 head, named after its task: (batch, labels) logits for a classification head, the (batch,) score
-for a regression or ranking head. Batches are padded on the right (as OnnxModel pads them). One run answers every task; a task that predicts with another
-task's head (`head_of`: AX with MNLI's) reads that head's output.
+for a regression or ranking head. Batches are padded on the right (as OnnxModel pads them). One
+run answers every task; a task that predicts with another task's head (`head_of`: AX with MNLI's)
+reads that head's output.
 
 DIR holds `model.onnx` (the int8 graph when quantized; the fp32 graph it came from is not kept),
 the tokenizer files and `mtkd_export.json`: the tasks (labels, head kind, max length), which output
@@ -36,17 +37,25 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from mtkd import inference
 from mtkd.errors import ConfigError, ExportError
 from mtkd.heads import kind_of
-from mtkd.onnx_model import (EXPORT_FILE, FORMAT, FORMAT_VERSION, GRAPH_FILE, INSTALL_HINT, OnnxModel, is_export,
-                             open_session)
+from mtkd.onnx_model import (
+    EXPORT_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    GRAPH_FILE,
+    INSTALL_HINT,
+    OnnxModel,
+    is_export,
+    open_session,
+)
 from mtkd.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -62,14 +71,20 @@ VERIFY_PER_TASK = 8
 
 # built-in examples for the export check when no dev file is found: lengths from 1 word to ~150 tokens
 BUILTIN_TEXTS = [
-    "fine", "a gripping , funny film", "the plot was dull and the cast was poor .",
+    "fine",
+    "a gripping , funny film",
+    "the plot was dull and the cast was poor .",
     "He said the movie was good, and she said it was not; they argued for an hour about the ending.",
     "A man plays a flute on the street while a crowd gathers, and a child dances beside him in the sun.",
     " ".join(["the story moves slowly but the acting is superb and the music carries every scene"] * 9),
 ]
 BUILTIN_PAIRS = [
-    "good", "the film is funny", "the cast was great .", "They agreed about the ending.",
-    "A man plays music.", "the acting is bad",
+    "good",
+    "the film is funny",
+    "the cast was great .",
+    "They agreed about the ending.",
+    "A man plays music.",
+    "the acting is bad",
 ]
 
 
@@ -77,11 +92,13 @@ def _require_export_stack(exporter: str):
     try:
         import onnx  # noqa: F401  (the ONNX model format, for quantization and checks)
         import onnxruntime  # noqa: F401
+
         if exporter == "dynamo":
             import onnxscript  # noqa: F401  (the dynamo exporter writes through it)
     except ImportError as e:
-        raise ConfigError(f"mtkd export needs onnx, onnxruntime (and onnxscript for --exporter dynamo): "
-                          f"{INSTALL_HINT} ({e})") from None
+        raise ConfigError(
+            f"mtkd export needs onnx, onnxruntime (and onnxscript for --exporter dynamo): {INSTALL_HINT} ({e})"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------- export
@@ -128,7 +145,9 @@ def _verification_examples(model, data_root, per_task: int = VERIFY_PER_TASK) ->
         pairs = raw.text_b
         size = [len(a) + (len(pairs[i]) if pairs is not None else 0) for i, a in enumerate(raw.text_a)]
         order = np.argsort(size, kind="stable")
-        pick = sorted(set(order[np.linspace(0, len(order) - 1, min(per_task, len(order))).round().astype(int)].tolist()))
+        pick = sorted(
+            set(order[np.linspace(0, len(order) - 1, min(per_task, len(order))).round().astype(int)].tolist())
+        )
         examples += [(raw.text_a[i], pairs[i] if pairs is not None else None) for i in pick]
         found.append(f"{name}/{dev[0]}")
     if examples:
@@ -136,7 +155,7 @@ def _verification_examples(model, data_root, per_task: int = VERIFY_PER_TASK) ->
     pair_task = any("text_b" in s.fields for s in model.tasks.values())
     single_task = any("text_b" not in s.fields for s in model.tasks.values())
     out = [(t, None) for t in BUILTIN_TEXTS] if single_task or not pair_task else []
-    out += [(t, p) for t, p in zip(BUILTIN_TEXTS, BUILTIN_PAIRS)] if pair_task else []
+    out += [(t, p) for t, p in zip(BUILTIN_TEXTS, BUILTIN_PAIRS, strict=False)] if pair_task else []
     return out, "built-in sentences (no dev file found)"
 
 
@@ -148,8 +167,9 @@ def _encode_examples(tokenizer, examples, max_len: int):
         idx = [i for i, (_, p) in enumerate(examples) if (p is not None) == paired]
         if not idx:
             continue
-        r, t, _ = inference.tokenize(tokenizer, [examples[i][0] for i in idx],
-                                     [examples[i][1] for i in idx] if paired else None, max_len)
+        r, t, _ = inference.tokenize(
+            tokenizer, [examples[i][0] for i in idx], [examples[i][1] for i in idx] if paired else None, max_len
+        )
         for j, i in enumerate(idx):
             rows[i] = r[j]
             types[i] = t[j] if t is not None else [0] * len(r[j])
@@ -164,8 +184,10 @@ def _check_batches(rows, types, pad_id: int) -> list[tuple]:
     lengths = [len(r) for r in rows]
     sels = [np.arange(n)] + inference.length_batches(lengths, 4)
     sels += [np.array([int(np.argmin(lengths))]), np.array([int(np.argmax(lengths))])]
-    return [inference.pad_rows([rows[i] for i in sel], [types[i] for i in sel] if types is not None else None, pad_id)
-            for sel in sels]
+    return [
+        inference.pad_rows([rows[i] for i in sel], [types[i] for i in sel] if types is not None else None, pad_id)
+        for sel in sels
+    ]
 
 
 def _feed(batch, input_names):
@@ -180,17 +202,18 @@ def max_abs_diff(session, reference: list[list[np.ndarray]], batches, heads: lis
     """Largest |ONNX - PyTorch| over every output of every batch."""
     worst = 0.0
     names = [i.name for i in session.get_inputs()]
-    for batch, ref in zip(batches, reference):
+    for batch, ref in zip(batches, reference, strict=False):
         got = session.run(heads, _feed(batch, names))
-        for g, r in zip(got, ref):
+        for g, r in zip(got, ref, strict=False):
             if g.shape != r.shape:
                 raise ExportError(f"the ONNX graph's output has shape {g.shape}, PyTorch's {r.shape}")
             worst = max(worst, float(np.max(np.abs(g.astype(np.float32) - r))) if r.size else 0.0)
     return worst
 
 
-def _export_graph(wrapper, example, input_names: list[str], heads: list[str], path: Path, exporter: str,
-                  opset: int) -> None:
+def _export_graph(
+    wrapper, example, input_names: list[str], heads: list[str], path: Path, exporter: str, opset: int
+) -> None:
     import torch
 
     args = tuple(torch.from_numpy(a) for a in example)
@@ -201,17 +224,35 @@ def _export_graph(wrapper, example, input_names: list[str], heads: list[str], pa
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
             if exporter == "dynamo":
                 batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-                torch.onnx.export(wrapper, args, str(path), input_names=input_names, output_names=heads,
-                                  dynamic_shapes={n: {0: batch, 1: seq} for n in input_names},
-                                  opset_version=max(opset, 18), dynamo=True, external_data=False)
+                torch.onnx.export(
+                    wrapper,
+                    args,
+                    str(path),
+                    input_names=input_names,
+                    output_names=heads,
+                    dynamic_shapes={n: {0: batch, 1: seq} for n in input_names},
+                    opset_version=max(opset, 18),
+                    dynamo=True,
+                    external_data=False,
+                )
             else:
-                torch.onnx.export(wrapper, args, str(path), input_names=input_names, output_names=heads,
-                                  dynamic_axes={**axes, **{h: {0: "batch"} for h in heads}},
-                                  opset_version=opset, dynamo=False, do_constant_folding=True)
+                torch.onnx.export(
+                    wrapper,
+                    args,
+                    str(path),
+                    input_names=input_names,
+                    output_names=heads,
+                    dynamic_axes={**axes, **{h: {0: "batch"} for h in heads}},
+                    opset_version=opset,
+                    dynamo=False,
+                    do_constant_folding=True,
+                )
     except Exception as e:
         log.debug("exporter output:\n%s", sink.getvalue())
-        raise ExportError(f"the {exporter} exporter failed on this encoder ({type(e).__name__}: {inference.first_line(e)}); "
-                          f"try --exporter {_other_exporter(exporter)}") from None
+        raise ExportError(
+            f"the {exporter} exporter failed on this encoder ({type(e).__name__}: {inference.first_line(e)}); "
+            f"try --exporter {_other_exporter(exporter)}"
+        ) from None
     log.debug("exporter output:\n%s", sink.getvalue())
 
 
@@ -249,19 +290,26 @@ def _fuse(src: Path, dst: Path, encoder_config) -> dict | None:
         heads = getattr(encoder_config, "num_attention_heads", None) or getattr(encoder_config, "n_heads", 0)
         hidden = getattr(encoder_config, "hidden_size", None) or getattr(encoder_config, "dim", 0)
         with _quiet():
-            opt = optimizer.optimize_model(str(src), model_type="bert", num_heads=int(heads or 0),
-                                           hidden_size=int(hidden or 0))
+            opt = optimizer.optimize_model(
+                str(src), model_type="bert", num_heads=int(heads or 0), hidden_size=int(hidden or 0)
+            )
             fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
             opt.save_model_to_file(str(dst))
         return fused
     except Exception as e:  # the optimizer is best effort: the plain graph is kept
-        log.info("ONNX Runtime's transformer optimizer did not apply (%s: %s); keeping the plain graph", type(e).__name__, e)
+        log.info(
+            "ONNX Runtime's transformer optimizer did not apply (%s: %s); keeping the plain graph", type(e).__name__, e
+        )
         return None
 
 
-INT8_SETTINGS = {"method": "onnxruntime dynamic quantization", "ops": ["MatMul", "Attention"],
-                 "weights": "int8, per output channel, 7-bit range (reduce_range)", "activations": "uint8, per batch",
-                 "fp32": "embeddings (Gather), layer norms, softmax, the heads (Gemm)"}
+INT8_SETTINGS = {
+    "method": "onnxruntime dynamic quantization",
+    "ops": ["MatMul", "Attention"],
+    "weights": "int8, per output channel, 7-bit range (reduce_range)",
+    "activations": "uint8, per batch",
+    "fp32": "embeddings (Gather), layer norms, softmax, the heads (Gemm)",
+}
 
 
 def _quantize_int8(src: Path, dst: Path) -> None:
@@ -274,9 +322,15 @@ def _quantize_int8(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet():
-        quantize_dynamic(str(src), str(dst), op_types_to_quantize=INT8_SETTINGS["ops"], per_channel=True,
-                         reduce_range=True, weight_type=QuantType.QInt8,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fused ops carry no type
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            op_types_to_quantize=INT8_SETTINGS["ops"],
+            per_channel=True,
+            reduce_range=True,
+            weight_type=QuantType.QInt8,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )  # fused ops carry no type
 
 
 def dev_sets(specs: dict[str, TaskSpec], data_root, cap: int | None, seed: int = 0) -> dict[str, dict]:
@@ -301,23 +355,35 @@ def dev_sets(specs: dict[str, TaskSpec], data_root, cap: int | None, seed: int =
             idx = subsample(len(raw), cap, seed)
             kind = kind_of(spec)
             out[spec.report_name(split)] = {
-                "task": name, "split": split, "texts": [raw.text_a[i] for i in idx],
+                "task": name,
+                "split": split,
+                "texts": [raw.text_a[i] for i in idx],
                 "pairs": [raw.text_b[i] for i in idx] if raw.text_b is not None else None,
                 "labels": np.asarray([raw.labels[i] for i in idx], dtype=kind.label_dtype),
-                "groups": kind.groups([raw.text_a[i] for i in idx]), "total": len(raw)}
+                "groups": kind.groups([raw.text_a[i] for i in idx]),
+                "total": len(raw),
+            }
     return out
 
 
-def dev_scores(tokenizer, run_batch, specs: dict[str, TaskSpec], dev: dict[str, dict], max_positions: int | None,
-               batch_size: int = 64, max_tokens: int | None = 8192) -> dict[str, dict[str, float]]:
+def dev_scores(
+    tokenizer,
+    run_batch,
+    specs: dict[str, TaskSpec],
+    dev: dict[str, dict],
+    max_positions: int | None,
+    batch_size: int = 64,
+    max_tokens: int | None = 8192,
+) -> dict[str, dict[str, float]]:
     """{report name: metrics x100} of one model (`run_batch`, as mtkd.inference calls it) on `dev_sets`,
     each split cut at its task's trained length, in predict's length-sorted batches."""
     out = {}
     for report, d in dev.items():
         spec = specs[d["task"]]
         n = inference.served_max_len(spec, max_positions)
-        logits = inference.text_logits(tokenizer, run_batch, specs, [d["task"]], d["texts"], d["pairs"], n,
-                                       batch_size, max_tokens)[0][d["task"]]
+        logits = inference.text_logits(
+            tokenizer, run_batch, specs, [d["task"]], d["texts"], d["pairs"], n, batch_size, max_tokens
+        )[0][d["task"]]
         out[report] = kind_of(spec).score(logits, d["labels"], d["groups"])
     return out
 
@@ -348,8 +414,17 @@ def _compare_int8(model, onnx_model, dev: dict[str, dict], fallback_texts: list[
     if dev:
         before = dev_scores(model.tokenizer, torch_run, model.tasks, dev, onnx_model.max_positions)
         after = dev_scores(model.tokenizer, onnx_run, model.tasks, dev, onnx_model.max_positions)
-        results = {r: {"task": d["task"], "split": d["split"], "examples": len(d["texts"]), "of": d["total"],
-                       "pytorch_fp32": before[r], "onnx": after[r]} for r, d in dev.items()}
+        results = {
+            r: {
+                "task": d["task"],
+                "split": d["split"],
+                "examples": len(d["texts"]),
+                "of": d["total"],
+                "pytorch_fp32": before[r],
+                "onnx": after[r],
+            }
+            for r, d in dev.items()
+        }
     else:
         task = next(iter(model.tasks))
         pairs = fallback_texts if "text_b" in model.tasks[task].fields else None
@@ -368,8 +443,10 @@ def _prepare_out_dir(out_dir: Path, model_folder: Path) -> None:
         if not out_dir.is_dir():
             raise ConfigError(f"--output-dir {out_dir} is a file, not a folder")
         if any(out_dir.iterdir()) and not is_export(out_dir):
-            raise ConfigError(f"--output-dir {out_dir} is not empty and holds no earlier export ({EXPORT_FILE}); "
-                              f"export into a new or empty folder")
+            raise ConfigError(
+                f"--output-dir {out_dir} is not empty and holds no earlier export ({EXPORT_FILE}); "
+                f"export into a new or empty folder"
+            )
 
 
 def _replace_folder(tmp: Path, out_dir: Path) -> None:
@@ -453,8 +530,18 @@ def _reference_outputs(model, heads: list[str], batches) -> list[list[np.ndarray
     return out
 
 
-def _plain_and_fused(model, check: _ExportCheck, input_names: list[str], heads: list[str], tmp: Path,
-                     exporter: str, opset: int, atol: float, optimize: bool, echo) -> tuple[Path, float, dict | None]:
+def _plain_and_fused(
+    model,
+    check: _ExportCheck,
+    input_names: list[str],
+    heads: list[str],
+    tmp: Path,
+    exporter: str,
+    opset: int,
+    atol: float,
+    optimize: bool,
+    echo,
+) -> tuple[Path, float, dict | None]:
     """Export the plain graph and, with `optimize`, try ONNX Runtime's fusions on it: (the graph that
     goes on, its max abs diff from PyTorch, the fused operators' counts or None). The fused graph is
     kept only when it runs and stays within `atol`; the plain graph's diff is not judged here."""
@@ -464,8 +551,9 @@ def _plain_and_fused(model, check: _ExportCheck, input_names: list[str], heads: 
     attn = getattr(config, "_attn_implementation", None)
     eager = optimize and attn not in (None, "eager") and _set_attention(model, "eager")
     try:
-        _export_graph(_wrapper(model, heads), check.batches[0][:len(input_names)], input_names, heads, plain,
-                      exporter, opset)
+        _export_graph(
+            _wrapper(model, heads), check.batches[0][: len(input_names)], input_names, heads, plain, exporter, opset
+        )
     finally:
         if eager:
             _set_attention(model, attn)
@@ -487,48 +575,81 @@ def _plain_and_fused(model, check: _ExportCheck, input_names: list[str], heads: 
     return plain, diff, None
 
 
-def _fp32_graph(model, check: _ExportCheck, input_names: list[str], heads: list[str], tmp: Path, exporter: str,
-                opset: int, atol: float, optimize: bool, echo) -> tuple[Path, dict, dict | None]:
+def _fp32_graph(
+    model,
+    check: _ExportCheck,
+    input_names: list[str],
+    heads: list[str],
+    tmp: Path,
+    exporter: str,
+    opset: int,
+    atol: float,
+    optimize: bool,
+    echo,
+) -> tuple[Path, dict, dict | None]:
     """The fp32 graph (_plain_and_fused) and its check: (the graph, the check record of
     mtkd_export.json, the fused operators' counts or None); ExportError past `atol`."""
     graph, diff, fused = _plain_and_fused(model, check, input_names, heads, tmp, exporter, opset, atol, optimize, echo)
     n_ex, rows, where = len(check.examples), check.rows, check.source
-    echo(f"check: ONNX Runtime fp32 vs PyTorch on {n_ex} {where} ({len(check.batches)} batches, lengths "
-         f"{min(map(len, rows))}-{max(map(len, rows))} tokens): max abs diff {diff:.2e} (allowed {atol:g})")
+    echo(
+        f"check: ONNX Runtime fp32 vs PyTorch on {n_ex} {where} ({len(check.batches)} batches, lengths "
+        f"{min(map(len, rows))}-{max(map(len, rows))} tokens): max abs diff {diff:.2e} (allowed {atol:g})"
+    )
     if not diff <= atol:
-        raise ExportError(f"the exported graph's outputs differ from PyTorch's by {diff:.3g} (more than {atol:g}) "
-                          f"on {n_ex} {where}; nothing was written (try --exporter {_other_exporter(exporter)})")
-    return graph, {"max_abs_diff_fp32": diff, "atol": atol, "examples": n_ex, "source": where,
-                   "batches": len(check.batches)}, fused
+        raise ExportError(
+            f"the exported graph's outputs differ from PyTorch's by {diff:.3g} (more than {atol:g}) "
+            f"on {n_ex} {where}; nothing was written (try --exporter {_other_exporter(exporter)})"
+        )
+    return (
+        graph,
+        {"max_abs_diff_fp32": diff, "atol": atol, "examples": n_ex, "source": where, "batches": len(check.batches)},
+        fused,
+    )
 
 
-def _export_meta(model, model_folder: Path, quantize: str | None, input_names: list[str], heads: list[str],
-                 exporter: str, opset: int, fused: dict | None, check_record: dict, limit: int | None) -> dict:
+def _export_meta(
+    model,
+    model_folder: Path,
+    quantize: str | None,
+    input_names: list[str],
+    heads: list[str],
+    exporter: str,
+    opset: int,
+    fused: dict | None,
+    check_record: dict,
+    limit: int | None,
+) -> dict:
     """mtkd_export.json's fields known once the graph is checked (the graph's digest, the int8
     report and the seconds are added after)."""
     from mtkd.model import weights_sha256
 
     config = model.encoder.config
     return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "encoder_name": model.encoder_name,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "encoder_name": model.encoder_name,
         "encoder_type": config.model_type,
         "source": {"model": str(model_folder.resolve()), "weights_sha256": weights_sha256(model_folder)},
-        "quantization": quantize, "quantization_settings": INT8_SETTINGS if quantize == "int8" else None,
+        "quantization": quantize,
+        "quantization_settings": INT8_SETTINGS if quantize == "int8" else None,
         "inputs": input_names,
         "outputs": {t: s.head_name for t, s in model.tasks.items()},
         "output_shapes": {h: kind_of(model.tasks[h]).graph_shape() for h in heads},
         "tasks": {n: s.to_dict() for n, s in model.tasks.items()},
-        "use_token_types": bool(model.use_token_types), "max_positions": limit,
+        "use_token_types": bool(model.use_token_types),
+        "max_positions": limit,
         "padding": "right: attention_mask 1 on the tokens, then 0 (the fused attention reads lengths from it)",
-        "exporter": exporter, "opset": _graph_opset(exporter, opset),
+        "exporter": exporter,
+        "opset": _graph_opset(exporter, opset),
         "fused": fused or {},
         "check": check_record,
         "versions": _versions(),
     }
 
 
-def _final_graph(graph: Path, final: Path, quantize: str | None, check: _ExportCheck, heads: list[str], echo
-                 ) -> float | None:
+def _final_graph(
+    graph: Path, final: Path, quantize: str | None, check: _ExportCheck, heads: list[str], echo
+) -> float | None:
     """The checked fp32 graph becomes `final`, quantized to int8 when asked (then checked too: its max
     abs diff from PyTorch is returned, recorded, not judged); the intermediate graphs are removed."""
     int8_diff = None
@@ -554,15 +675,26 @@ def _int8_report(model, folder: Path, root: Path, dev_cap: int | None, check: _E
     if not dev:
         echo(f"no labelled dev files found under {root} (set --data-root): dev metrics not measured")
     speed = report["speed"]
-    echo(f"speed on the {'dev texts' if dev else 'built-in sentences'}: int8 ONNX {speed['onnx_examples_per_s']:.1f} "
-         f"examples/s, PyTorch fp32 {speed['pytorch_fp32_examples_per_s']:.1f} examples/s: {speed['ratio']:.2f}x")
+    echo(
+        f"speed on the {'dev texts' if dev else 'built-in sentences'}: int8 ONNX {speed['onnx_examples_per_s']:.1f} "
+        f"examples/s, PyTorch fp32 {speed['pytorch_fp32_examples_per_s']:.1f} examples/s: {speed['ratio']:.2f}x"
+    )
     return report
 
 
-def export_onnx(model_folder: str | Path, out_dir: str | Path, quantize: str | None = None,
-                data_root: str | Path | None = None, dev_cap: int | None = DEFAULT_DEV_CAP,
-                exporter: str = "torchscript", optimize: bool = True, opset: int = OPSET, atol: float = ATOL,
-                compare: bool = True, echo: Callable[[str], None] = log.info) -> dict:
+def export_onnx(
+    model_folder: str | Path,
+    out_dir: str | Path,
+    quantize: str | None = None,
+    data_root: str | Path | None = None,
+    dev_cap: int | None = DEFAULT_DEV_CAP,
+    exporter: str = "torchscript",
+    optimize: bool = True,
+    opset: int = OPSET,
+    atol: float = ATOL,
+    compare: bool = True,
+    echo: Callable[[str], None] = log.info,
+) -> dict:
     """Export a saved mtkd model folder (MTModel.save_pretrained) to `out_dir` (module docstring).
 
     `quantize`: None (fp32) or "int8". `data_root`: the GLUE/task data root the tasks' relative
@@ -576,9 +708,9 @@ def export_onnx(model_folder: str | Path, out_dir: str | Path, quantize: str | N
     Raises the model loader's CheckpointError for a damaged folder, ConfigError for bad arguments
     or a missing onnx/onnxruntime, ExportError when the exporter fails or the graph does not match
     PyTorch within `atol`; nothing is left in `out_dir` then."""
-    from mtkd.files import file_digest
     from mtkd.data import resolve_data_root
     from mtkd.encoders import max_positions
+    from mtkd.files import file_digest
     from mtkd.model import MTModel
 
     _check_export_args(quantize, exporter, dev_cap)
@@ -595,12 +727,16 @@ def export_onnx(model_folder: str | Path, out_dir: str | Path, quantize: str | N
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        echo(f"exporting {model_folder} ({model.encoder.config.model_type}, {len(heads)} heads: {', '.join(heads)}) "
-             f"with the {exporter} exporter, opset {_graph_opset(exporter, opset)}")
-        graph, check_record, fused = _fp32_graph(model, check, input_names, heads, tmp, exporter, opset, atol,
-                                                 optimize, echo)
-        meta = _export_meta(model, model_folder, quantize, input_names, heads, exporter, opset, fused, check_record,
-                            limit)
+        echo(
+            f"exporting {model_folder} ({model.encoder.config.model_type}, {len(heads)} heads: {', '.join(heads)}) "
+            f"with the {exporter} exporter, opset {_graph_opset(exporter, opset)}"
+        )
+        graph, check_record, fused = _fp32_graph(
+            model, check, input_names, heads, tmp, exporter, opset, atol, optimize, echo
+        )
+        meta = _export_meta(
+            model, model_folder, quantize, input_names, heads, exporter, opset, fused, check_record, limit
+        )
         final = tmp / GRAPH_FILE
         int8_diff = _final_graph(graph, final, quantize, check, heads, echo)
         if int8_diff is not None:
@@ -616,8 +752,10 @@ def export_onnx(model_folder: str | Path, out_dir: str | Path, quantize: str | N
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    echo(f"wrote {out_dir}: {GRAPH_FILE} ({meta['graph']['size'] / 2**20:.1f} MB{', int8' if quantize else ''}), "
-         f"tokenizer, {EXPORT_FILE} ({len(model.tasks)} tasks)")
+    echo(
+        f"wrote {out_dir}: {GRAPH_FILE} ({meta['graph']['size'] / 2**20:.1f} MB{', int8' if quantize else ''}), "
+        f"tokenizer, {EXPORT_FILE} ({len(model.tasks)} tasks)"
+    )
     return meta
 
 
@@ -629,5 +767,10 @@ def _versions() -> dict:
 
     from mtkd import __version__
 
-    return {"mtkd": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    return {
+        "mtkd": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }

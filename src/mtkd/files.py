@@ -19,8 +19,9 @@ import math
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mtkd.errors import DiskFullError, MtkdError
 
@@ -68,8 +69,10 @@ def write_error(e: BaseException, path: Path, what: str, needed: int = 0) -> Mtk
     if no_space(e, folder, needed):
         free = shutil.disk_usage(folder).free if folder.exists() else 0
         need = f"about {math.ceil(needed / 2**20)} MB needed, " if needed else ""
-        return DiskFullError(f"no space left on {folder}: {need}{free // 2**20} MB free; {what} was not written "
-                             f"(its partial files are removed, earlier files are kept); free some space and rerun")
+        return DiskFullError(
+            f"no space left on {folder}: {need}{free // 2**20} MB free; {what} was not written "
+            f"(its partial files are removed, earlier files are kept); free some space and rerun"
+        )
     if getattr(e, "errno", None) in (errno.EROFS, errno.EACCES, errno.EPERM):
         return OutputError(f"cannot write {what} to {path}: {os.strerror(e.errno)} (choose a writable --output-dir)")
     return None

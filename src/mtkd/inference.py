@@ -10,7 +10,7 @@ arrays, so an ONNX export serves without PyTorch installed.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -63,8 +63,9 @@ def served_max_len(spec: TaskSpec, limit: int | None) -> int:
     return min(n, limit or n)
 
 
-def length_groups(specs: Mapping[str, TaskSpec], names: Sequence[str], max_len: int | None,
-                  limit: int | None) -> dict[int, list[str]]:
+def length_groups(
+    specs: Mapping[str, TaskSpec], names: Sequence[str], max_len: int | None, limit: int | None
+) -> dict[int, list[str]]:
     """{cut length: the tasks served at it}: `max_len`, or (None) each task's `train_max_len`,
     capped at the encoder's positions `limit`."""
     groups: dict[int, list[str]] = {}
@@ -80,8 +81,9 @@ def tokenize(tokenizer, texts, text_pairs, max_len: int):
     tokens (longest first for pairs)."""
     if not len(texts):
         return [], None, []
-    enc = tokenizer(list(texts), list(text_pairs) if text_pairs is not None else None, truncation=True,
-                    max_length=max_len)
+    enc = tokenizer(
+        list(texts), list(text_pairs) if text_pairs is not None else None, truncation=True, max_length=max_len
+    )
     return enc["input_ids"], enc.get("token_type_ids"), [bool(e.overflowing) for e in enc.encodings]
 
 
@@ -100,15 +102,14 @@ def length_batches(lengths, batch_size: int, max_tokens: int | None = None) -> l
         size = min(batch_size, len(order) - i)
         if max_tokens is not None:
             # padded cost of taking the next k examples = k * length of the k-th (lengths ascend)
-            cost = np.arange(1, size + 1) * sorted_lens[i:i + size]
+            cost = np.arange(1, size + 1) * sorted_lens[i : i + size]
             size = max(1, int(np.searchsorted(cost, max_tokens, side="right")))
-        batches.append(order[i:i + size])
+        batches.append(order[i : i + size])
         i += size
     return batches
 
 
-def pad_rows(rows: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | None, pad_id: int,
-             multiple: int = 1):
+def pad_rows(rows: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | None, pad_id: int, multiple: int = 1):
     """Token rows padded on the right to the longest of them (rounded up to `multiple`):
     (input_ids, attention_mask, token_type_ids or None when there are no token types), int64 (B, L)."""
     width = max(len(r) for r in rows)
@@ -125,8 +126,16 @@ def pad_rows(rows: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | Non
     return ids, mask, tt
 
 
-def batched_logits(run_batch: RunBatch, names: Sequence[str], widths: Mapping[str, int], rows, types, pad_id: int,
-                   batch_size: int, max_tokens: int | None) -> dict[str, np.ndarray]:
+def batched_logits(
+    run_batch: RunBatch,
+    names: Sequence[str],
+    widths: Mapping[str, int],
+    rows,
+    types,
+    pad_id: int,
+    batch_size: int,
+    max_tokens: int | None,
+) -> dict[str, np.ndarray]:
     """{task: (N, C) float32 logits} of `names` on token rows: length-sorted token-budget batches, one
     model call per batch for every task; input order kept."""
     outs = {t: np.zeros((len(rows), widths[t]), dtype=np.float32) for t in names}
@@ -137,8 +146,17 @@ def batched_logits(run_batch: RunBatch, names: Sequence[str], widths: Mapping[st
     return outs
 
 
-def text_logits(tokenizer, run_batch: RunBatch, specs: Mapping[str, TaskSpec], names: Sequence[str], texts,
-                text_pairs, max_len: int, batch_size: int, max_tokens: int | None):
+def text_logits(
+    tokenizer,
+    run_batch: RunBatch,
+    specs: Mapping[str, TaskSpec],
+    names: Sequence[str],
+    texts,
+    text_pairs,
+    max_len: int,
+    batch_size: int,
+    max_tokens: int | None,
+):
     """({task: (N, C) logits}, whether each text was cut) of `names` on texts cut at `max_len`:
     tokenised once, then `batched_logits`."""
     rows, types, cut = tokenize(tokenizer, texts, text_pairs, max_len)
@@ -147,7 +165,9 @@ def text_logits(tokenizer, run_batch: RunBatch, specs: Mapping[str, TaskSpec], n
 
 
 # ------------------------------------------------------------------------------------ predict
-def check_request(known: Mapping[str, TaskSpec], tasks: str | Sequence[str], texts, text_pairs) -> tuple[bool, list[str]]:
+def check_request(
+    known: Mapping[str, TaskSpec], tasks: str | Sequence[str], texts, text_pairs
+) -> tuple[bool, list[str]]:
     """(one task asked for, the task names); refuses unknown tasks (KeyError), a bare string for
     texts or pairs (TypeError), pairs not matching the texts one to one and a pair task without pairs
     (ValueError)."""
@@ -162,21 +182,44 @@ def check_request(known: Mapping[str, TaskSpec], tasks: str | Sequence[str], tex
         raise ValueError(f"{len(texts)} texts but {len(text_pairs)} text pairs")
     pair_tasks = [t for t in names if "text_b" in known[t].fields]
     if text_pairs is None and pair_tasks and len(texts):  # no texts: nothing to pair
-        raise ValueError(f"task {', '.join(map(repr, pair_tasks))} reads sentence pairs: give text_pairs, "
-                         f"one second text per text")
+        raise ValueError(
+            f"task {', '.join(map(repr, pair_tasks))} reads sentence pairs: give text_pairs, one second text per text"
+        )
     return single, names
 
 
-def predict(specs: Mapping[str, TaskSpec], tokenizer, run_batch: RunBatch, tasks: str | Sequence[str], texts,
-            text_pairs=None, *, batch_size: int = 64, max_len: int | None = None, return_probs: bool = False,
-            max_tokens: int | None = 8192, max_positions: int | None = None, as_json: bool = False):
+def predict(
+    specs: Mapping[str, TaskSpec],
+    tokenizer,
+    run_batch: RunBatch,
+    tasks: str | Sequence[str],
+    texts,
+    text_pairs=None,
+    *,
+    batch_size: int = 64,
+    max_len: int | None = None,
+    return_probs: bool = False,
+    max_tokens: int | None = 8192,
+    max_positions: int | None = None,
+    as_json: bool = False,
+):
     """The whole of `MTModel.predict` (see there) over any model given as `run_batch`: for one task
     a list (labels, scores, or (N, C) probabilities; with `as_json` the HTTP API's answer objects),
     for several {task: list}. Tasks of different cut lengths are served per length (texts
     tokenised once per distinct length)."""
     single, names = check_request(specs, tasks, texts, text_pairs)
-    outs = task_logits(specs, tokenizer, run_batch, names, texts, text_pairs, batch_size=batch_size, max_len=max_len,
-                       max_tokens=max_tokens, max_positions=max_positions)
+    outs = task_logits(
+        specs,
+        tokenizer,
+        run_batch,
+        names,
+        texts,
+        text_pairs,
+        batch_size=batch_size,
+        max_len=max_len,
+        max_tokens=max_tokens,
+        max_positions=max_positions,
+    )
     kinds = {t: kind_of(specs[t]) for t in names}
     if as_json:
         result = {t: [kinds[t].answer_json(row, return_probs) for row in outs[t]] for t in names}
@@ -185,9 +228,19 @@ def predict(specs: Mapping[str, TaskSpec], tokenizer, run_batch: RunBatch, tasks
     return result[names[0]] if single else result
 
 
-def task_logits(specs: Mapping[str, TaskSpec], tokenizer, run_batch: RunBatch, names: Sequence[str], texts,
-                text_pairs=None, *, batch_size: int = 64, max_len: int | None = None, max_tokens: int | None = 8192,
-                max_positions: int | None = None) -> dict[str, np.ndarray]:
+def task_logits(
+    specs: Mapping[str, TaskSpec],
+    tokenizer,
+    run_batch: RunBatch,
+    names: Sequence[str],
+    texts,
+    text_pairs=None,
+    *,
+    batch_size: int = 64,
+    max_len: int | None = None,
+    max_tokens: int | None = 8192,
+    max_positions: int | None = None,
+) -> dict[str, np.ndarray]:
     """{task: (N, C) logits} of a checked request (`check_request`): each task's inputs cut at
     `max_len` (None: its trained length), at most `max_positions`; texts tokenised once per length."""
     outs: dict[str, np.ndarray] = {}

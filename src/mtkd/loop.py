@@ -14,9 +14,10 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -69,8 +70,9 @@ def make_accelerator(precision: Precision | None = None):
     # training alone and writing the same files) unless told to use the CPU: say so explicitly.
     cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     # each step uses one task's head only, so DDP must expect unused parameters
-    return Accelerator(mixed_precision="no", cpu=cpu,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    return Accelerator(
+        mixed_precision="no", cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
+    )
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -84,6 +86,7 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 def default_loss(model) -> LossFn:
     def fn(task, logits, batch):
         return task_loss(model.tasks[task], logits, batch)
+
     return fn
 
 
@@ -110,14 +113,23 @@ class _StopFlag:
             signal.signal(s, h)
 
 
-def make_sampler(train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, rank: int = 0,
-                 world_size: int = 1) -> MultiTaskBatchSampler:
+def make_sampler(
+    train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, rank: int = 0, world_size: int = 1
+) -> MultiTaskBatchSampler:
     """The batch sampler `train` draws from (also what benchmarks use to replay its batches)."""
     return MultiTaskBatchSampler(
-        {t: s.indices for t, s in train_sets.items()}, cfg.batch_size, seed, cfg.sampling, cfg.temperature,
-        cfg.epoch_size, lengths={t: s.data.lengths for t, s in train_sets.items()}, bucket=cfg.bucket,
+        {t: s.indices for t, s in train_sets.items()},
+        cfg.batch_size,
+        seed,
+        cfg.sampling,
+        cfg.temperature,
+        cfg.epoch_size,
+        lengths={t: s.data.lengths for t, s in train_sets.items()},
+        bucket=cfg.bucket,
         groups={t: s.data.groups for t, s in train_sets.items() if s.data.groups is not None},
-        rank=rank, world_size=world_size)
+        rank=rank,
+        world_size=world_size,
+    )
 
 
 def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
@@ -125,9 +137,18 @@ def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
     return cfg.max_steps or max(1, math.ceil(cfg.epochs * batches_per_epoch))
 
 
-def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, out_dir: Path, accelerator,
-          loss_fn: LossFn | None = None, run_config: dict | None = None, desc: str = "train",
-          identity: dict | None = None) -> dict:
+def train(
+    model,
+    train_sets: dict[str, TrainSet],
+    cfg: TrainConfig,
+    seed: int,
+    out_dir: Path,
+    accelerator,
+    loss_fn: LossFn | None = None,
+    run_config: dict | None = None,
+    desc: str = "train",
+    identity: dict | None = None,
+) -> dict:
     """Algorithm 1 with the paper's optimiser settings; resumes from out_dir/checkpoints if present.
 
     `identity` (what the stage depends on, see mtkd.stages) is stored in every checkpoint; a
@@ -144,10 +165,21 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
     ddp_model, optimizer = accelerator.prepare(model, opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
     amp, mode = autocast(cfg.precision, accelerator.device)
     scaler = torch.amp.GradScaler(accelerator.device.type, enabled=mode == "fp16")  # bf16 and fp32 need none
-    run = _Run(accelerator=accelerator, model=ddp_model, optimizer=optimizer, scaler=scaler, sampler=sampler,
-               params=params, cfg=cfg, total=total, ckpt_dir=out_dir / "checkpoints", desc=desc,
-               expect={"tasks": sorted(train_sets), "encoder": model.encoder_name, "total_steps": total},
-               run_config=run_config, identity=identity)
+    run = _Run(
+        accelerator=accelerator,
+        model=ddp_model,
+        optimizer=optimizer,
+        scaler=scaler,
+        sampler=sampler,
+        params=params,
+        cfg=cfg,
+        total=total,
+        ckpt_dir=out_dir / "checkpoints",
+        desc=desc,
+        expect={"tasks": sorted(train_sets), "encoder": model.encoder_name, "total_steps": total},
+        run_config=run_config,
+        identity=identity,
+    )
     _resume(run, model)
     logs = _Logs(out_dir, run.step, total, desc, cfg.log_every, accelerator.is_main_process)
     pad = 8 if mode != "no" else 1  # tensor-core friendly widths under AMP
@@ -166,7 +198,9 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
                     batch = {k: v.to(accelerator.device) for k, v in host_batch.items()}
                     rng_before = torch.get_rng_state()  # to checkpoint the exact state before a bad step
                     with amp:
-                        logits = ddp_model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], task=task)
+                        logits = ddp_model(
+                            batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], task=task
+                        )
                     # sum / (global batch / ranks): DDP's gradient average then equals the global mean
                     loss = loss_fn(task, logits, batch).sum() * accelerator.num_processes / global_n
                     loss_value = diverged = stop_now = None  # None: not read at this step
@@ -192,13 +226,19 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
     finally:  # also on an interruption / divergence: the log is complete up to the checkpoint
         logs.close()
         accelerator.free_memory()  # drop the prepared references so the next stage's model can be freed
-    return {"steps": run.step, "epochs": round(run.step / len(sampler), 3), "seconds": round(time.time() - logs.t0, 2),
-            "examples": n_examples, "tokens": n_tokens}
+    return {
+        "steps": run.step,
+        "epochs": round(run.step / len(sampler), 3),
+        "seconds": round(time.time() - logs.t0, 2),
+        "examples": n_examples,
+        "tokens": n_tokens,
+    }
 
 
 @dataclass
 class _Run:
     """What `train`'s helpers share: the prepared training pieces and how far the run is."""
+
     accelerator: object
     model: torch.nn.Module  # as prepared (DDP-wrapped under torchrun)
     optimizer: torch.optim.Optimizer
@@ -242,8 +282,9 @@ def _should_check(run: _Run, stop: _StopFlag) -> bool:
     hold weights an unchecked NaN spoilt. Every rank computes the same answer (a signal only counts
     here when running alone), so all ranks reduce at the same steps."""
     after = run.step + 1  # the step count once this update is taken
-    return after % run.check_every == 0 or _checkpoint_due(run, after, run.accelerator.num_processes == 1
-                                                           and stop.signum is not None)
+    return after % run.check_every == 0 or _checkpoint_due(
+        run, after, run.accelerator.num_processes == 1 and stop.signum is not None
+    )
 
 
 def _check_loss(loss: torch.Tensor, stop: _StopFlag, accelerator) -> tuple[float, bool, bool]:
@@ -252,24 +293,30 @@ def _check_loss(loss: torch.Tensor, stop: _StopFlag, accelerator) -> tuple[float
     loss_value = float(loss.detach())
     diverged, stop_now = not math.isfinite(loss_value), stop.signum is not None
     if accelerator.num_processes > 1:
-        flags = accelerator.reduce(torch.tensor([float(diverged), float(stop_now), loss_value],
-                                                device=accelerator.device), "sum")
+        flags = accelerator.reduce(
+            torch.tensor([float(diverged), float(stop_now), loss_value], device=accelerator.device), "sum"
+        )
         diverged, stop_now = bool(flags[0] > 0), bool(flags[1] > 0)
         # each rank's loss is its share of the global mean scaled by the world size
         loss_value = float(flags[2]) / accelerator.num_processes if not diverged else loss_value
     return loss_value, diverged, stop_now
 
 
-def _rewind_and_raise(run: _Run, task: str, idx: np.ndarray, data_ids, loss_value: float,
-                      rng_before: torch.Tensor) -> NoReturn:
+def _rewind_and_raise(
+    run: _Run, task: str, idx: np.ndarray, data_ids, loss_value: float, rng_before: torch.Tensor
+) -> NoReturn:
     """Raise TrainingDiverged naming the batch; when every step is checked, first checkpoint the state
     before this batch (the weights are still the last good ones: no step was taken)."""
     ids = [data_ids[i] for i in idx[:10]]
     shown = loss_value if not math.isfinite(loss_value) else "not finite on another rank"
-    where = f"{run.desc}: loss is {shown} at step {run.step}, task {task}, batch of {len(idx)} examples with ids {ids}..."
+    where = (
+        f"{run.desc}: loss is {shown} at step {run.step}, task {task}, batch of {len(idx)} examples with ids {ids}..."
+    )
     if run.check_every > 1:  # earlier unchecked steps may already have spoilt the weights
-        raise TrainingDiverged(f"{where}; the loss is read every {run.check_every} steps, so the last good "
-                               f"state is the newest checkpoint in {run.ckpt_dir}")
+        raise TrainingDiverged(
+            f"{where}; the loss is read every {run.check_every} steps, so the last good "
+            f"state is the newest checkpoint in {run.ckpt_dir}"
+        )
     # rewind the sampler and RNG so the checkpoint is exactly the state before this batch
     run.sampler.position -= 1
     torch.set_rng_state(rng_before)
@@ -290,8 +337,12 @@ def _optimizer_step(run: _Run, loss: torch.Tensor) -> None:
 
 def _checkpoint_due(run: _Run, step: int, stop_now: bool | None) -> bool:
     """After update `step`: every `checkpoint_every` steps, at each epoch end, at the last step and on a stop."""
-    return bool(step % run.cfg.checkpoint_every == 0 or run.sampler.position == len(run.sampler)
-                or step == run.total or stop_now)
+    return bool(
+        step % run.cfg.checkpoint_every == 0
+        or run.sampler.position == len(run.sampler)
+        or step == run.total
+        or stop_now
+    )
 
 
 def _save_checkpoint(run: _Run) -> None:
@@ -300,16 +351,25 @@ def _save_checkpoint(run: _Run) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         scaler = {"grad_scaler": run.scaler.state_dict()} if run.scaler.is_enabled() else {}
-        state = {**run.expect, "step": run.step, "sampler": run.sampler.state_dict(), "config": run.run_config,
-                 "identity": run.identity, **scaler}
-        save_checkpoint(run.ckpt_dir, accelerator.unwrap_model(run.model), run.optimizer, state,
-                        keep=run.cfg.keep_checkpoints)
+        state = {
+            **run.expect,
+            "step": run.step,
+            "sampler": run.sampler.state_dict(),
+            "config": run.run_config,
+            "identity": run.identity,
+            **scaler,
+        }
+        save_checkpoint(
+            run.ckpt_dir, accelerator.unwrap_model(run.model), run.optimizer, state, keep=run.cfg.keep_checkpoints
+        )
     accelerator.wait_for_everyone()  # no rank leaves (e.g. exits after a stop) before the checkpoint is complete
 
 
 def _interrupted(run: _Run, signum: int | None) -> TrainingInterrupted:
-    return TrainingInterrupted(f"{run.desc}: stopped by signal {signum or '(on another rank)'} after step {run.step}; "
-                               f"checkpoint saved in {run.ckpt_dir}; rerun the same command to resume")
+    return TrainingInterrupted(
+        f"{run.desc}: stopped by signal {signum or '(on another rank)'} after step {run.step}; "
+        f"checkpoint saved in {run.ckpt_dir}; rerun the same command to resume"
+    )
 
 
 class _Logs:
@@ -334,8 +394,14 @@ class _Logs:
         if loss_value is not None:
             avg = self.running
             avg[task] = loss_value if task not in avg else 0.95 * avg[task] + 0.05 * loss_value
-            rec = {"step": step, "epoch": epoch, "task": task, "loss": round(loss_value, 6), "lr": lr,
-                   "time": round(time.time() - self.t0, 3)}
+            rec = {
+                "step": step,
+                "epoch": epoch,
+                "task": task,
+                "loss": round(loss_value, 6),
+                "lr": lr,
+                "time": round(time.time() - self.t0, 3),
+            }
             self.metrics.write(json.dumps(rec) + "\n")
             if self.tb is not None:
                 self.tb.add_scalar(f"loss/{task}", loss_value, step)
@@ -379,9 +445,16 @@ def _tensorboard(folder: Path):
     return SummaryWriter(str(folder))
 
 
-def predict_logits(model, data: EncodedSplit, task: str, indices=None, batch_size: int = 128,
-                   max_tokens: int | None = None, accelerator=None, precision: Precision = Precision.FP32
-                   ) -> np.ndarray:
+def predict_logits(
+    model,
+    data: EncodedSplit,
+    task: str,
+    indices=None,
+    batch_size: int = 128,
+    max_tokens: int | None = None,
+    accelerator=None,
+    precision: Precision = Precision.FP32,
+) -> np.ndarray:
     """Logits (N, C) for examples `indices` of `data` (default: all), in the given order, in the
     prediction side's length-sorted batches of at most `batch_size` examples and `max_tokens` padded
     tokens (`mtkd.inference.batched_logits`), so batches carry little padding. Under several
@@ -395,8 +468,16 @@ def predict_logits(model, data: EncodedSplit, task: str, indices=None, batch_siz
     model.eval()
     width = {task: model.heads[model.tasks[task].head_name].out.out_features}
     with torch.inference_mode(), autocast(precision, device)[0]:
-        part = batched_logits(model.run_batch, [task], width, data.rows(rows), data.rows(rows, data.token_type_ids),
-                              int(data.meta.get("pad_id", 0)), batch_size, max_tokens)[task]
+        part = batched_logits(
+            model.run_batch,
+            [task],
+            width,
+            data.rows(rows),
+            data.rows(rows, data.token_type_ids),
+            int(data.meta.get("pad_id", 0)),
+            batch_size,
+            max_tokens,
+        )[task]
     if n == 1:
         return part
     from accelerate.utils import gather_object

@@ -20,8 +20,15 @@ def task_loss(spec: TaskSpec, logits: torch.Tensor, batch: dict) -> torch.Tensor
     return kind_of(spec).loss(logits, batch)
 
 
-def kd_loss(kind: HeadKind, logits: torch.Tensor, labels: torch.Tensor | None, soft: torch.Tensor,
-            soft_weight: float = 0.5, temperature: float = 1.0, has_label: torch.Tensor | None = None) -> torch.Tensor:
+def kd_loss(
+    kind: HeadKind,
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    soft: torch.Tensor,
+    soft_weight: float = 0.5,
+    temperature: float = 1.0,
+    has_label: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The student's loss on a task with a teacher: (1 - w) * hard + w * soft; w = 0.5 is the
     paper's average of Eq. 2 and Eq. 4. Regression: soft = MSE to the teachers' mean prediction
     `soft` (B,). Examples without a label (has_label False: extra unlabeled text) get the soft

@@ -24,8 +24,12 @@ def save_predictions(path: Path, entries: dict[str, dict]) -> None:
     "predictions", "groups"}} as arrays named `<report>.<field>` (predictions: label indices, or
     the regression scores, as the head kind's `predictions` gives them; groups: ranking tasks
     only). Written atomically."""
-    arrays = {f"{report}.{k}": np.asarray(e[k]) for report, e in entries.items() for k in PREDICTION_FIELDS
-              if e.get(k) is not None}
+    arrays = {
+        f"{report}.{k}": np.asarray(e[k])
+        for report, e in entries.items()
+        for k in PREDICTION_FIELDS
+        if e.get(k) is not None
+    }
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write(path, buf.getvalue())
@@ -67,8 +71,11 @@ def report_layout(specs: dict[str, TaskSpec]) -> dict[str, dict[str, list[str]]]
     return out
 
 
-def task_scores(results: dict[str, dict[str, float]], specs: dict[str, TaskSpec] | None = None,
-                layout: dict[str, dict[str, list[str]]] | None = None) -> dict[str, float]:
+def task_scores(
+    results: dict[str, dict[str, float]],
+    specs: dict[str, TaskSpec] | None = None,
+    layout: dict[str, dict[str, list[str]]] | None = None,
+) -> dict[str, float]:
     """One score per task from {report name: {metric: value}}: each report's mean metric
     (MRPC/QQP/STS-B average their two metrics, as the leaderboard does), then the mean over the
     report names that make the task's score (`report_layout`), so MNLI-m and MNLI-mm make one MNLI
@@ -87,16 +94,20 @@ def task_scores(results: dict[str, dict[str, float]], specs: dict[str, TaskSpec]
     return {t: float(np.mean(v)) for t, v in per_task.items()}
 
 
-def glue_score(results: dict[str, dict[str, float]], specs: dict[str, TaskSpec] | None = None,
-               layout: dict[str, dict[str, list[str]]] | None = None) -> float:
+def glue_score(
+    results: dict[str, dict[str, float]],
+    specs: dict[str, TaskSpec] | None = None,
+    layout: dict[str, dict[str, list[str]]] | None = None,
+) -> float:
     """The GLUE average: the mean of `task_scores` (MNLI-m and MNLI-mm averaged into one task first;
     extra dev splits and test entries left out)."""
     per_task = list(task_scores(results, specs, layout).values())
     return round(float(np.mean(per_task)), 4) if per_task else float("nan")
 
 
-def markdown_table(results: dict[str, dict[str, float]], notes: dict[str, str] | None = None,
-                   specs: dict[str, TaskSpec] | None = None) -> str:
+def markdown_table(
+    results: dict[str, dict[str, float]], notes: dict[str, str] | None = None, specs: dict[str, TaskSpec] | None = None
+) -> str:
     """One row per (dev report, metric) plus the average over tasks (`glue_score` with `specs`); then
     the labelled test splits' rows, if any (not averaged); notes flag data caveats and name the extra
     dev splits left out of the average."""
@@ -135,10 +146,13 @@ def write_submission_file(path: Path, ids, predictions, spec: TaskSpec) -> None:
         raise ValueError(f"{path}: {len(ids)} ids but {len(predictions)} predictions")
     for i in ids:
         if any(c in str(i) for c in "\t\r\n"):
-            raise DataError(path, f"example id {str(i)!r} holds a tab or line break, which would break the "
-                                  f"TSV layout (index<TAB>prediction per line); fix the id in the data file")
+            raise DataError(
+                path,
+                f"example id {str(i)!r} holds a tab or line break, which would break the "
+                f"TSV layout (index<TAB>prediction per line); fix the id in the data file",
+            )
     kind = kind_of(spec)
-    rows = "".join(f"{i}\t{kind.submission_value(p)}\n" for i, p in zip(ids, predictions))
+    rows = "".join(f"{i}\t{kind.submission_value(p)}\n" for i, p in zip(ids, predictions, strict=False))
     atomic_write(path, "index\tprediction\n" + rows)
 
 

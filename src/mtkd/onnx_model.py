@@ -8,8 +8,8 @@ positions, the source model and the check made on export.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -37,8 +37,9 @@ def _read_export_meta(folder: Path) -> tuple[dict, dict[str, TaskSpec]]:
     """An export folder's mtkd_export.json, checked (format, version, tasks, outputs), and its tasks."""
     meta_path = folder / EXPORT_FILE
     if not meta_path.is_file():
-        raise CheckpointError(f"{folder}: not an mtkd ONNX export (no {EXPORT_FILE}; "
-                              f"`mtkd export MODEL --output-dir DIR` writes one)")
+        raise CheckpointError(
+            f"{folder}: not an mtkd ONNX export (no {EXPORT_FILE}; `mtkd export MODEL --output-dir DIR` writes one)"
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as e:
@@ -47,14 +48,18 @@ def _read_export_meta(folder: Path) -> tuple[dict, dict[str, TaskSpec]]:
         got = meta.get("format") if isinstance(meta, dict) else meta
         raise CheckpointError(f"{meta_path}: field 'format' is {got!r}, expected {FORMAT!r}")
     if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path}: format_version {meta.get('format_version')!r}; this mtkd reads "
-                              f"up to {FORMAT_VERSION} (a newer mtkd wrote it)")
+        raise CheckpointError(
+            f"{meta_path}: format_version {meta.get('format_version')!r}; this mtkd reads "
+            f"up to {FORMAT_VERSION} (a newer mtkd wrote it)"
+        )
     for key in ("tasks", "outputs"):
         if not isinstance(meta.get(key), dict) or not meta[key]:
             raise CheckpointError(f"{meta_path}: field {key!r} is missing; the export is damaged")
     tasks = {n: task_from_dict(n, d, str(meta_path)) for n, d in meta["tasks"].items()}
     if set(meta["outputs"]) != set(tasks):
-        raise CheckpointError(f"{meta_path}: 'outputs' names tasks {sorted(meta['outputs'])}, 'tasks' has {sorted(tasks)}")
+        raise CheckpointError(
+            f"{meta_path}: 'outputs' names tasks {sorted(meta['outputs'])}, 'tasks' has {sorted(tasks)}"
+        )
     return meta, tasks
 
 
@@ -86,8 +91,9 @@ class OnnxModel:
         self.quantization: str | None = meta.get("quantization")
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, threads: int | None = None, providers: Sequence[str] | None = None
-                        ) -> "OnnxModel":
+    def from_pretrained(
+        cls, folder: str | Path, threads: int | None = None, providers: Sequence[str] | None = None
+    ) -> OnnxModel:
         """Load an export folder. `threads`: ONNX Runtime's intra-op threads (default: its own, one
         per physical core). Refuses (CheckpointError, naming the file) a folder without
         mtkd_export.json, another format, a missing or changed graph, unreadable tokenizer files."""
@@ -98,8 +104,9 @@ class OnnxModel:
             raise CheckpointError(f"{graph}: missing; the export is damaged (export again)")
         want = (meta.get("graph") or {}).get("size")
         if want is not None and graph.stat().st_size != want:
-            raise CheckpointError(f"{graph}: {graph.stat().st_size} bytes, {want} were written (truncated or "
-                                  f"overwritten); export again")
+            raise CheckpointError(
+                f"{graph}: {graph.stat().st_size} bytes, {want} were written (truncated or overwritten); export again"
+            )
         require_onnxruntime()  # its absence is a ConfigError (how to install), not a damaged export
         try:
             session = open_session(graph, threads, providers)
@@ -108,33 +115,55 @@ class OnnxModel:
         names = {o.name for o in session.get_outputs()}
         missing = sorted(set(meta["outputs"].values()) - names)
         if missing:
-            raise CheckpointError(f"{graph}: no output {', '.join(missing)} (its outputs: {sorted(names)}); "
-                                  f"{EXPORT_FILE} does not belong to this graph")
+            raise CheckpointError(
+                f"{graph}: no output {', '.join(missing)} (its outputs: {sorted(names)}); "
+                f"{EXPORT_FILE} does not belong to this graph"
+            )
         return cls(folder, session, inference.load_tokenizer(folder), meta, tasks)
 
-    def run_batch(self, names: Sequence[str], ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None = None
-                  ) -> dict[str, np.ndarray]:
+    def run_batch(
+        self, names: Sequence[str], ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """One graph run on a padded int64 batch: {task: (B, C) logits; (B, 1) for a score}."""
         feed = {"input_ids": ids, "attention_mask": mask}
         if self.use_token_types:
             feed["token_type_ids"] = types if types is not None else np.zeros_like(ids)
         wanted = list(dict.fromkeys(self.outputs[t] for t in names))
-        got = dict(zip(wanted, self.session.run(wanted, feed)))
+        got = dict(zip(wanted, self.session.run(wanted, feed), strict=False))
         return {t: got[self.outputs[t]].reshape(len(ids), -1) for t in names}
 
     def train_max_len(self, task: str) -> int:
         return inference.train_max_len(self.tasks[task])
 
-    def predict(self, tasks: str | Sequence[str], texts: Sequence[str], text_pairs: Sequence[str] | None = None,
-                batch_size: int = 64, max_len: int | None = None, return_probs: bool = False,
-                max_tokens: int | None = 8192, as_json: bool = False):
+    def predict(
+        self,
+        tasks: str | Sequence[str],
+        texts: Sequence[str],
+        text_pairs: Sequence[str] | None = None,
+        batch_size: int = 64,
+        max_len: int | None = None,
+        return_probs: bool = False,
+        max_tokens: int | None = 8192,
+        as_json: bool = False,
+    ):
         """As `MTModel.predict`: length-sorted batches of at most `batch_size` texts and `max_tokens`
         padded tokens, input order kept; inputs cut at `max_len` (None: each task's trained length),
         at most the encoder's positions. One task -> a list (labels, clipped regression scores,
         ranking scores; (N, C) probabilities with return_probs), several -> {task: list}."""
-        return inference.predict(self.tasks, self.tokenizer, self.run_batch, tasks, texts, text_pairs,
-                                 batch_size=batch_size, max_len=max_len, return_probs=return_probs,
-                                 max_tokens=max_tokens, max_positions=self.max_positions, as_json=as_json)
+        return inference.predict(
+            self.tasks,
+            self.tokenizer,
+            self.run_batch,
+            tasks,
+            texts,
+            text_pairs,
+            batch_size=batch_size,
+            max_len=max_len,
+            return_probs=return_probs,
+            max_tokens=max_tokens,
+            max_positions=self.max_positions,
+            as_json=as_json,
+        )
 
 
 def is_export(folder: str | Path) -> bool:

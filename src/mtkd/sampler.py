@@ -29,11 +29,20 @@ class MultiTaskBatchSampler:
         each update is on one task across ranks. The batches do not depend on world_size.
     """
 
-    def __init__(self, task_indices: dict[str, np.ndarray], batch_size: int, seed: int,
-                 mode: SamplingMode = SamplingMode.PROPORTIONAL, temperature: float = 1.0,
-                 epoch_size: int | None = None, lengths: dict[str, np.ndarray] | None = None,
-                 bucket: int = 0, groups: dict[str, np.ndarray] | None = None,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        task_indices: dict[str, np.ndarray],
+        batch_size: int,
+        seed: int,
+        mode: SamplingMode = SamplingMode.PROPORTIONAL,
+        temperature: float = 1.0,
+        epoch_size: int | None = None,
+        lengths: dict[str, np.ndarray] | None = None,
+        bucket: int = 0,
+        groups: dict[str, np.ndarray] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if batch_size < world_size:
             raise ValueError(f"batch_size {batch_size} is smaller than the number of processes {world_size}")
         self.tasks = list(task_indices)
@@ -72,10 +81,12 @@ class MultiTaskBatchSampler:
         if self.bucket > 0 and task in self.lengths:
             lens = self.lengths[task]
             chunk = self.bucket * bs
-            perm = np.concatenate([c[np.argsort(lens[c], kind="stable")] for c in np.split(perm, range(chunk, len(perm), chunk))])
-            batches = [perm[i:i + bs] for i in range(0, len(perm), bs)]
+            perm = np.concatenate(
+                [c[np.argsort(lens[c], kind="stable")] for c in np.split(perm, range(chunk, len(perm), chunk))]
+            )
+            batches = [perm[i : i + bs] for i in range(0, len(perm), bs)]
             return [batches[i] for i in rng.permutation(len(batches))]
-        return [perm[i:i + bs] for i in range(0, len(perm), bs)]
+        return [perm[i : i + bs] for i in range(0, len(perm), bs)]
 
     def probabilities(self) -> dict[str, float]:
         """Chance that a batch comes from each task (temperature mode: p_t ∝ n_t^(1/T))."""
@@ -84,7 +95,7 @@ class MultiTaskBatchSampler:
             p = np.array([self.batches_per_task[t] for t in self.tasks], dtype=np.float64)
         else:
             p = n ** (1.0 / self.temperature)
-        return dict(zip(self.tasks, p / p.sum()))
+        return dict(zip(self.tasks, p / p.sum(), strict=False))
 
     def _draws(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, 1_000_003, epoch])
@@ -155,7 +166,7 @@ class MultiTaskBatchSampler:
             return indices[owner[unit] == self.rank], len(indices)
         if len(indices) < w:
             return indices, len(indices) * w
-        return indices[self.rank::w], len(indices)
+        return indices[self.rank :: w], len(indices)
 
     def __len__(self) -> int:
         return self.epoch_size

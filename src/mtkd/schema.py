@@ -47,10 +47,26 @@ def refuse(message: str, at: tuple = (), **ctx) -> PydanticCustomError:
 
 
 # ------------------------------------------------------------------------------ validation error -> ConfigError
-_TYPES = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false", "string_type": "a string",
-          "list_type": "a list", "tuple_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
-_OUT_OF_RANGE = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number",
-                 "string_pattern_mismatch", "string_too_short", "too_short"}
+_TYPES = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+}
+_OUT_OF_RANGE = {
+    "greater_than",
+    "greater_than_equal",
+    "less_than",
+    "less_than_equal",
+    "finite_number",
+    "string_pattern_mismatch",
+    "string_too_short",
+    "too_short",
+}
 
 
 def from_dict(model: type[M], raw, where: str = "config", task_style: bool = False) -> M:
@@ -74,8 +90,9 @@ def _config_error(err: dict, model: type[BaseModel], where: str, task_style: boo
     if loc and loc[-1] == "[key]" and _values(tp):  # a mapping's key that is not one of its allowed keys
         return unknown_key(at(len(loc) - 2), loc[-2], _values(tp))
     if loc and loc[-1] == "[key]":
-        return ConfigError(f"{at(len(loc) - 2)}: key {value!r}: expected {_TYPES.get(kind, 'another key')}, "
-                           f"got {type(value).__name__}")
+        return ConfigError(
+            f"{at(len(loc) - 2)}: key {value!r}: expected {_TYPES.get(kind, 'another key')}, got {type(value).__name__}"
+        )
     if kind == "extra_forbidden":
         owner = _walk(model, loc[:-1])[2]
         return unknown_key(at(len(loc) - 1), loc[-1], [k for k, f in owner.model_fields.items() if not f.exclude])
@@ -94,10 +111,14 @@ def _config_error(err: dict, model: type[BaseModel], where: str, task_style: boo
     shown = float(value) if tp is float and isinstance(value, int) and not isinstance(value, bool) else value
     if kind in _OUT_OF_RANGE or (task_style and info is not None and _bounds(info)):
         expected = _expected(info, tp)
-        return ConfigError(f"{value_at}: expected {expected}, got {shown!r}" if task_style else
-                           f"{value_at} must be {expected}, got {shown!r}")
-    return ConfigError(f"{at(len(loc))}: expected {_TYPES.get(kind, err['msg'].lower())}, "
-                       f"got {type(value).__name__} {value!r}")
+        return ConfigError(
+            f"{value_at}: expected {expected}, got {shown!r}"
+            if task_style
+            else f"{value_at} must be {expected}, got {shown!r}"
+        )
+    return ConfigError(
+        f"{at(len(loc))}: expected {_TYPES.get(kind, err['msg'].lower())}, got {type(value).__name__} {value!r}"
+    )
 
 
 def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[tuple[Any, str]], FieldInfo | None, Any]:
@@ -115,7 +136,7 @@ def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[tuple[Any, str]], Fi
         elif origin in (Union, UnionType):
             tp, step = next((a for a in get_args(tp) if item in _tags(a)), Any), "tag"
         elif origin is dict:
-            tp, step = get_args(tp)[0 if loc[i + 1:i + 2] == ("[key]",) else 1], "key"
+            tp, step = get_args(tp)[0 if loc[i + 1 : i + 2] == ("[key]",) else 1], "key"
         elif origin in (list, tuple):
             tp, step = get_args(tp)[0], "index"
         else:
@@ -189,9 +210,11 @@ class _Yaml12Loader(yaml.SafeLoader):
     (PyYAML, on YAML 1.1, reads them as strings unless written `1.0e-4`)."""
 
 
-_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:float",
-                                    re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
-                                    list("-+.0123456789"))
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
 
 
 def load_yaml(text: str):

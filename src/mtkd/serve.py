@@ -62,10 +62,10 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
-
+from typing import Any
 
 from mtkd import inference
 from mtkd.errors import CheckpointError, ConfigError, did_you_mean
@@ -118,8 +118,9 @@ def load_for_serving(path: str | Path, device: str | None = None):
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return MTModel.from_pretrained(path).eval().to(device), "pytorch"
-    raise CheckpointError(f"{path}: neither an mtkd model folder (config.json, model.safetensors) "
-                          f"nor an ONNX export (mtkd_export.json)")
+    raise CheckpointError(
+        f"{path}: neither an mtkd model folder (config.json, model.safetensors) nor an ONNX export (mtkd_export.json)"
+    )
 
 
 def is_pair_task(spec: TaskSpec) -> bool:
@@ -147,8 +148,15 @@ def task_max_len(model, spec: TaskSpec) -> int:
 def describe_tasks(model) -> list[dict]:
     out = []
     for name, spec in model.tasks.items():
-        out.append({"name": name, "kind": spec.head.value, "inputs": ["text", "pair"] if is_pair_task(spec) else ["text"],
-                    "max_len": task_max_len(model, spec), **kind_of(spec).describe()})
+        out.append(
+            {
+                "name": name,
+                "kind": spec.head.value,
+                "inputs": ["text", "pair"] if is_pair_task(spec) else ["text"],
+                "max_len": task_max_len(model, spec),
+                **kind_of(spec).describe(),
+            }
+        )
     return out
 
 
@@ -188,7 +196,7 @@ def _pydantic_message(err: dict) -> tuple[str, str]:
     """(field, message) for one pydantic error."""
     where, kind, got = _loc(err.get("loc", ())), err.get("type", ""), err.get("input")
     if kind == "missing":
-        return where, f"{where}: missing (a request needs at least \"texts\": [...])"
+        return where, f'{where}: missing (a request needs at least "texts": [...])'
     if kind == "extra_forbidden":
         return where, f"{where}: unknown field (a request has {', '.join(REQUEST_FIELDS)})"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
@@ -238,8 +246,11 @@ class Validator:
         from pydantic import ValidationError
 
         if not body.strip():
-            raise RequestError(400, 'malformed JSON: the request body is empty; send a JSON object such as '
-                                    '{"texts": ["a gripping film"]}', "(request body)")
+            raise RequestError(
+                400,
+                'malformed JSON: the request body is empty; send a JSON object such as {"texts": ["a gripping film"]}',
+                "(request body)",
+            )
         try:
             req = self.schema.model_validate_json(body)
         except ValidationError as e:
@@ -258,8 +269,11 @@ class Validator:
         if req.pairs is not None:
             self._texts("pairs", req.pairs)
             if len(req.pairs) != len(req.texts):
-                raise RequestError(422, f"pairs: {len(req.texts)} texts but {len(req.pairs)} pairs; give one second "
-                                        f"text per text", "pairs")
+                raise RequestError(
+                    422,
+                    f"pairs: {len(req.texts)} texts but {len(req.pairs)} pairs; give one second text per text",
+                    "pairs",
+                )
         return Job(list(req.texts), list(req.pairs) if req.pairs is not None else None, tasks, bool(req.probabilities))
 
     def _tasks(self, asked: list[str] | None, has_pairs: bool) -> list[str]:
@@ -267,44 +281,77 @@ class Validator:
             tasks = self.pair_tasks if has_pairs else self.single_tasks
             if not tasks:
                 if has_pairs:
-                    raise RequestError(422, f"pairs: this model has no pair task (its tasks {', '.join(self.single_tasks)} "
-                                            f"read one text); drop pairs", "pairs")
-                raise RequestError(422, f"pairs: missing; every task of this model ({', '.join(self.pair_tasks)}) is "
-                                        f"a pair task: give one second text per text", "pairs")
+                    raise RequestError(
+                        422,
+                        f"pairs: this model has no pair task (its tasks {', '.join(self.single_tasks)} "
+                        f"read one text); drop pairs",
+                        "pairs",
+                    )
+                raise RequestError(
+                    422,
+                    f"pairs: missing; every task of this model ({', '.join(self.pair_tasks)}) is "
+                    f"a pair task: give one second text per text",
+                    "pairs",
+                )
             return list(tasks)
         if not asked:
-            raise RequestError(422, f"tasks: empty list; name at least one of {', '.join(self.model.tasks)} "
-                                    f"(or leave tasks out)", "tasks")
+            raise RequestError(
+                422,
+                f"tasks: empty list; name at least one of {', '.join(self.model.tasks)} (or leave tasks out)",
+                "tasks",
+            )
         for i, t in enumerate(asked):
             if t not in self.model.tasks:
-                raise RequestError(422, f"tasks[{i}]: unknown task {t!r}{did_you_mean(t, self.model.tasks)}; this model has "
-                                        f"{', '.join(self.model.tasks)}", f"tasks[{i}]")
+                raise RequestError(
+                    422,
+                    f"tasks[{i}]: unknown task {t!r}{did_you_mean(t, self.model.tasks)}; this model has "
+                    f"{', '.join(self.model.tasks)}",
+                    f"tasks[{i}]",
+                )
         tasks = list(dict.fromkeys(asked))
         pair = [t for t in tasks if t in self.pair_tasks]
         if pair and not has_pairs:
-            raise RequestError(422, f"pairs: missing; {', '.join(pair)} {'is a pair task' if len(pair) == 1 else 'are pair tasks'}: "
-                                    f"give one second text per text in \"pairs\"", "pairs")
+            raise RequestError(
+                422,
+                f"pairs: missing; {', '.join(pair)} {'is a pair task' if len(pair) == 1 else 'are pair tasks'}: "
+                f'give one second text per text in "pairs"',
+                "pairs",
+            )
         if has_pairs and not pair:
-            raise RequestError(422, f"pairs: given, but no requested task reads a second text ({', '.join(tasks)}); "
-                                    f"drop pairs or ask for a pair task", "pairs")
+            raise RequestError(
+                422,
+                f"pairs: given, but no requested task reads a second text ({', '.join(tasks)}); "
+                f"drop pairs or ask for a pair task",
+                "pairs",
+            )
         return tasks
 
     def _texts(self, name: str, values: list[str]) -> None:
         if not values:
             raise RequestError(422, f"{name}: empty list; give at least one text", name)
         if len(values) > self.max_texts:
-            raise RequestError(413, f"{name}: {len(values)} texts, over this server's limit of {self.max_texts} per "
-                                    f"request (mtkd serve --max-texts); send them in several requests", name)
+            raise RequestError(
+                413,
+                f"{name}: {len(values)} texts, over this server's limit of {self.max_texts} per "
+                f"request (mtkd serve --max-texts); send them in several requests",
+                name,
+            )
         for i, t in enumerate(values):
             if not t.strip():
                 raise RequestError(422, f"{name}[{i}]: empty text", f"{name}[{i}]")
             if len(t) > self.max_chars:
-                raise RequestError(413, f"{name}[{i}]: {len(t)} characters, over this server's limit of "
-                                        f"{self.max_chars} per text (mtkd serve --max-chars)", f"{name}[{i}]")
+                raise RequestError(
+                    413,
+                    f"{name}[{i}]: {len(t)} characters, over this server's limit of "
+                    f"{self.max_chars} per text (mtkd serve --max-chars)",
+                    f"{name}[{i}]",
+                )
             try:
                 t.encode("utf-8")
             except UnicodeEncodeError:
-                raise RequestError(422, f"{name}[{i}]: not valid Unicode (a lone surrogate escape)", f"{name}[{i}]") from None
+                raise RequestError(
+                    422, f"{name}[{i}]: not valid Unicode (a lone surrogate escape)", f"{name}[{i}]"
+                ) from None
 
 
 # ---------------------------------------------------------------------------- batch runner
@@ -334,8 +381,17 @@ class BatchRunner:
             members = [i for i, job in enumerate(jobs) if any(t in tasks for t in job.tasks)]
             texts = [x for i in members for x in jobs[i].texts]
             pairs = [x for i in members for x in jobs[i].pairs] if paired else None
-            logits, cut = inference.text_logits(self.model.tokenizer, self.model.run_batch, self.model.tasks, tasks,
-                                                texts, pairs, max_len, self.max_batch, DEFAULT_MAX_TOKENS)
+            logits, cut = inference.text_logits(
+                self.model.tokenizer,
+                self.model.run_batch,
+                self.model.tasks,
+                tasks,
+                texts,
+                pairs,
+                max_len,
+                self.max_batch,
+                DEFAULT_MAX_TOKENS,
+            )
             start = 0
             for i in members:
                 job, n = jobs[i], len(jobs[i].texts)
@@ -348,9 +404,14 @@ class BatchRunner:
                         truncated[i][t] = cut_here
                 start += n
         # the results (and "truncated") keep the order of each job's tasks
-        return [{"tasks": job.tasks, "results": [{t: row[t] for t in job.tasks} for row in per_job[i]],
-                 "truncated": {t: truncated[i][t] for t in job.tasks if t in truncated[i]}}
-                for i, job in enumerate(jobs)]
+        return [
+            {
+                "tasks": job.tasks,
+                "results": [{t: row[t] for t in job.tasks} for row in per_job[i]],
+                "truncated": {t: truncated[i][t] for t in job.tasks if t in truncated[i]},
+            }
+            for i, job in enumerate(jobs)
+        ]
 
 
 @dataclass
@@ -368,12 +429,20 @@ class Counters:
     largest_batch: int = 0
 
     def as_dict(self) -> dict:
-        return {"uptime_s": round(time.time() - self.started, 3), "requests": self.requests, "rejected": self.rejected,
-                "failed": self.failed, "timed_out": self.timed_out, "abandoned": self.abandoned, "busy": self.busy,
-                "batches": self.batches, "texts": self.texts,
-                "mean_batch_texts": round(self.texts / self.batches, 3) if self.batches else None,
-                "mean_batch_requests": round(self.batched_requests / self.batches, 3) if self.batches else None,
-                "largest_batch_texts": self.largest_batch}
+        return {
+            "uptime_s": round(time.time() - self.started, 3),
+            "requests": self.requests,
+            "rejected": self.rejected,
+            "failed": self.failed,
+            "timed_out": self.timed_out,
+            "abandoned": self.abandoned,
+            "busy": self.busy,
+            "batches": self.batches,
+            "texts": self.texts,
+            "mean_batch_texts": round(self.texts / self.batches, 3) if self.batches else None,
+            "mean_batch_requests": round(self.batched_requests / self.batches, 3) if self.batches else None,
+            "largest_batch_texts": self.largest_batch,
+        }
 
 
 class MicroBatcher:
@@ -487,7 +556,7 @@ class MicroBatcher:
             n = sum(len(j.texts) for j in batch)
             c.texts += n
             c.largest_batch = max(c.largest_batch, n)
-            for job, res in zip(batch, results):
+            for job, res in zip(batch, results, strict=False):
                 if not job.future.done():
                     job.future.set_result(res)
 
@@ -518,7 +587,9 @@ def allowed_hosts_for(host: str) -> tuple[str, ...]:
     return (host,)
 
 
-_HOST = re.compile(r"\[(?P<v6>[0-9a-f:.]+)\](?::\d+)?|(?P<name>[^:\[\]\s/@]+)(?::\d+)?|(?P<bare6>[0-9a-f]*:[0-9a-f:.]+)")
+_HOST = re.compile(
+    r"\[(?P<v6>[0-9a-f:.]+)\](?::\d+)?|(?P<name>[^:\[\]\s/@]+)(?::\d+)?|(?P<bare6>[0-9a-f]*:[0-9a-f:.]+)"
+)
 
 
 def host_name(value: str) -> str | None:
@@ -544,20 +615,32 @@ class _Guard:
         if scope["type"] == "http":
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             if not self._host_ok(headers.get("host", "")):
-                return await self.refuse(400, f"Host header {headers.get('host', '')!r} is not one this server answers "
-                                              f"to (mtkd serve --allowed-host)", "Host")(scope, receive, send)
+                return await self.refuse(
+                    400,
+                    f"Host header {headers.get('host', '')!r} is not one this server answers "
+                    f"to (mtkd serve --allowed-host)",
+                    "Host",
+                )(scope, receive, send)
             if self.api_key is not None:
                 scheme, _, token = headers.get("authorization", "").partition(" ")
                 if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
-                    return await self.refuse(401, "missing or wrong API key: send the header "
-                                                  "'Authorization: Bearer <key>'", "Authorization",
-                                             {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                    return await self.refuse(
+                        401,
+                        "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                        "Authorization",
+                        {"WWW-Authenticate": "Bearer"},
+                    )(scope, receive, send)
         await self.app(scope, receive, send)
 
 
 def _check_limits(max_batch, max_wait_ms, max_texts, max_chars, max_body_bytes, timeout_s, max_queue) -> None:
-    for label, v in (("max_batch", max_batch), ("max_texts", max_texts), ("max_chars", max_chars),
-                     ("max_body_bytes", max_body_bytes), ("max_queue", max_queue)):
+    for label, v in (
+        ("max_batch", max_batch),
+        ("max_texts", max_texts),
+        ("max_chars", max_chars),
+        ("max_body_bytes", max_body_bytes),
+        ("max_queue", max_queue),
+    ):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"serve: {label} must be a positive integer, got {v!r}")
     if not max_wait_ms >= 0:
@@ -571,14 +654,21 @@ async def _read_body(request, max_body_bytes: int) -> bytes:
     else while it streams in, so an oversized body is never held in memory whole."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-        raise RequestError(413, f"request body: {int(declared)} bytes, over this server's limit of "
-                                f"{max_body_bytes} bytes (mtkd serve --max-body-mb)", "(request body)")
+        raise RequestError(
+            413,
+            f"request body: {int(declared)} bytes, over this server's limit of "
+            f"{max_body_bytes} bytes (mtkd serve --max-body-mb)",
+            "(request body)",
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_body_bytes:
-            raise RequestError(413, f"request body: over this server's limit of {max_body_bytes} bytes "
-                                    f"(mtkd serve --max-body-mb)", "(request body)")
+            raise RequestError(
+                413,
+                f"request body: over this server's limit of {max_body_bytes} bytes (mtkd serve --max-body-mb)",
+                "(request body)",
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -599,12 +689,22 @@ def _lifespan(batcher: MicroBatcher, on_ready: Callable[[], None] | None):
     return lifespan
 
 
-def create_app(model, *, name: str = "", backend: str = "pytorch", max_batch: int = DEFAULT_MAX_BATCH,
-               max_wait_ms: float = DEFAULT_MAX_WAIT_MS, max_texts: int = DEFAULT_MAX_TEXTS,
-               max_chars: int = DEFAULT_MAX_CHARS, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               timeout_s: float = DEFAULT_TIMEOUT_S, max_queue: int = DEFAULT_MAX_QUEUE,
-               allowed_hosts: Sequence[str] = LOOPBACK_HOSTS, api_key: str | None = None,
-               on_ready: Callable[[], None] | None = None):
+def create_app(
+    model,
+    *,
+    name: str = "",
+    backend: str = "pytorch",
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+    max_texts: int = DEFAULT_MAX_TEXTS,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
+    api_key: str | None = None,
+    on_ready: Callable[[], None] | None = None,
+):
     """The FastAPI app serving `model` (see the module docstring for the API). `allowed_hosts`: the
     Host headers it answers ("*": any); `api_key`: the bearer token every request must carry."""
     _require_server_stack()
@@ -613,8 +713,9 @@ def create_app(model, *, name: str = "", backend: str = "pytorch", max_batch: in
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     _check_limits(max_batch, max_wait_ms, max_texts, max_chars, max_body_bytes, timeout_s, max_queue)
-    if api_key is not None and not (api_key.isascii() and api_key.isprintable() and api_key.strip() == api_key
-                                    and api_key):
+    if api_key is not None and not (
+        api_key.isascii() and api_key.isprintable() and api_key.strip() == api_key and api_key
+    ):
         raise ConfigError("serve: the API key must be printable ASCII, without spaces around it")
     bad_hosts = [h for h in allowed_hosts if h != "*" and host_name(h) is None]
     if bad_hosts:
@@ -623,11 +724,24 @@ def create_app(model, *, name: str = "", backend: str = "pytorch", max_batch: in
     validator = Validator(model, max_texts, max_chars)
     batcher = MicroBatcher(BatchRunner(model, max_batch), max_batch, max_wait_ms, counters)
     tasks_doc = describe_tasks(model)
-    limits = {"max_texts": max_texts, "max_chars": max_chars, "max_body_bytes": max_body_bytes,
-              "max_batch": max_batch, "max_wait_ms": max_wait_ms, "timeout_s": timeout_s, "max_queue": max_queue}
+    limits = {
+        "max_texts": max_texts,
+        "max_chars": max_chars,
+        "max_body_bytes": max_body_bytes,
+        "max_batch": max_batch,
+        "max_wait_ms": max_wait_ms,
+        "timeout_s": timeout_s,
+        "max_queue": max_queue,
+    }
     # no /docs, /redoc or /openapi.json: the API is documented in the module docstring and docs/
-    app = FastAPI(title="mtkd", description="Predictions of an mtkd multi-task model", docs_url=None, redoc_url=None,
-                  openapi_url=None, lifespan=_lifespan(batcher, on_ready))
+    app = FastAPI(
+        title="mtkd",
+        description="Predictions of an mtkd multi-task model",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=_lifespan(batcher, on_ready),
+    )
     app.state.counters, app.state.batcher, app.state.model = counters, batcher, model
 
     def error(status: int, message: str, where: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -635,8 +749,9 @@ def create_app(model, *, name: str = "", backend: str = "pytorch", max_batch: in
             counters.failed += 1
         else:
             counters.rejected += 1
-        return JSONResponse({"error": message, **({"field": where} if where else {})}, status_code=status,
-                            headers=headers)
+        return JSONResponse(
+            {"error": message, **({"field": where} if where else {})}, status_code=status, headers=headers
+        )
 
     app.add_middleware(_Guard, hosts=allowed_hosts, api_key=api_key, refuse=error)
 
@@ -653,26 +768,38 @@ def create_app(model, *, name: str = "", backend: str = "pytorch", max_batch: in
         that cut something; {} when none did)}; bad requests get {"error", "field"} (400 / 413 / 422)."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "application/json":
-            return error(415, f"Content-Type {kind or '(none)'!r}: send the request as JSON with "
-                              f"'Content-Type: application/json'", "Content-Type")
+            return error(
+                415,
+                f"Content-Type {kind or '(none)'!r}: send the request as JSON with 'Content-Type: application/json'",
+                "Content-Type",
+            )
         start = time.monotonic()
         try:
             job = validator.parse(await asyncio.wait_for(_read_body(request, max_body_bytes), timeout_s))
         except asyncio.TimeoutError:
-            return error(408, f"request body: not received within {timeout_s:g} s (mtkd serve --timeout-s)",
-                         "(request body)")
+            return error(
+                408, f"request body: not received within {timeout_s:g} s (mtkd serve --timeout-s)", "(request body)"
+            )
         except RequestError as e:
             return error(e.status, e.message, e.field)
         if batcher.queued_texts + len(job.texts) > max_queue and batcher.queued:
             counters.busy += 1
-            return error(503, f"the server is busy: {batcher.queued_texts} texts are waiting (mtkd serve "
-                              f"--max-queue {max_queue}); retry shortly", headers={"Retry-After": "1"})
+            return error(
+                503,
+                f"the server is busy: {batcher.queued_texts} texts are waiting (mtkd serve "
+                f"--max-queue {max_queue}); retry shortly",
+                headers={"Retry-After": "1"},
+            )
         try:
             res = await batcher.submit(job, timeout_s - (time.monotonic() - start), _disconnect_of(request))
         except TimeoutError:
             counters.timed_out += 1
-            return error(504, f"no answer within {timeout_s:g} s (mtkd serve --timeout-s): the server is busy; "
-                              f"retry later, or send fewer texts", headers={"Retry-After": "1"})
+            return error(
+                504,
+                f"no answer within {timeout_s:g} s (mtkd serve --timeout-s): the server is busy; "
+                f"retry later, or send fewer texts",
+                headers={"Retry-After": "1"},
+            )
         except ClientGone:
             counters.abandoned += 1
             return JSONResponse({"error": "the client closed the connection"}, status_code=499)  # nobody reads it
@@ -687,8 +814,14 @@ def create_app(model, *, name: str = "", backend: str = "pytorch", max_batch: in
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": name, "backend": backend, **counters.as_dict(), "queued": batcher.queued,
-                "limits": limits}
+        return {
+            "status": "ok",
+            "model": name,
+            "backend": backend,
+            **counters.as_dict(),
+            "queued": batcher.queued,
+            "limits": limits,
+        }
 
     return app
 
@@ -753,23 +886,47 @@ def _http_protocol(header_timeout_s: float):
     return DeadlineH11Protocol
 
 
-def make_server(app, sock: socket.socket, access_log: bool = False, log_level: str = "warning",
-                max_connections: int = DEFAULT_MAX_CONNECTIONS, header_timeout_s: float = HEADER_TIMEOUT_S):
+def make_server(
+    app,
+    sock: socket.socket,
+    access_log: bool = False,
+    log_level: str = "warning",
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+):
     """A uvicorn.Server for `app` on `sock` (run it with server.run(sockets=[sock])): at most
     `max_connections` open connections (503 past it), headers within `header_timeout_s`, idle
     keep-alive connections closed after KEEP_ALIVE_S."""
     import uvicorn
 
     host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(app, host=host, port=port, access_log=access_log, log_level=log_level,
-                            timeout_graceful_shutdown=5, lifespan="on", limit_concurrency=max_connections,
-                            timeout_keep_alive=KEEP_ALIVE_S, http=_http_protocol(header_timeout_s))
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        access_log=access_log,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+        limit_concurrency=max_connections,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        http=_http_protocol(header_timeout_s),
+    )
     return uvicorn.Server(config)
 
 
-def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, *, access_log: bool = False,
-          max_connections: int = DEFAULT_MAX_CONNECTIONS, allowed_hosts: Sequence[str] | None = None,
-          api_key: str | None = None, print_fn: Callable[[str], None] = print, **limits) -> None:
+def serve(
+    path: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    access_log: bool = False,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    allowed_hosts: Sequence[str] | None = None,
+    api_key: str | None = None,
+    print_fn: Callable[[str], None] = print,
+    **limits,
+) -> None:
     """Load the model at `path` and serve it until interrupted (SIGINT/SIGTERM). The port is bound
     first, so an address in use is refused before a long model load. `allowed_hosts` (default:
     `allowed_hosts_for(host)`) and `api_key` (default: $MTKD_API_KEY) guard every request; `limits` are
@@ -787,14 +944,18 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, *, access
     shown = f"[{host}]" if ":" in host else host
 
     def ready():
-        print_fn(f"mtkd serve: {path} ({backend}; tasks {', '.join(model.tasks)}) on http://{shown}:{bound} "
-                 f"(POST /predict, GET /tasks, GET /health; Host {', '.join(hosts)}"
-                 f"{'; API key required' if api_key else ''})")
+        print_fn(
+            f"mtkd serve: {path} ({backend}; tasks {', '.join(model.tasks)}) on http://{shown}:{bound} "
+            f"(POST /predict, GET /tasks, GET /health; Host {', '.join(hosts)}"
+            f"{'; API key required' if api_key else ''})"
+        )
 
-    app = create_app(model, name=str(path), backend=backend, allowed_hosts=hosts, api_key=api_key, on_ready=ready,
-                     **limits)
-    server = make_server(app, sock, access_log=access_log, log_level="info" if access_log else "warning",
-                         max_connections=max_connections)
+    app = create_app(
+        model, name=str(path), backend=backend, allowed_hosts=hosts, api_key=api_key, on_ready=ready, **limits
+    )
+    server = make_server(
+        app, sock, access_log=access_log, log_level="info" if access_log else "warning", max_connections=max_connections
+    )
     try:
         server.run(sockets=[sock])
     finally:
@@ -811,8 +972,9 @@ class BackgroundServer:
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
         self.server = make_server(app, self.sock, **server_options)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True,
-                                       name="mtkd-serve")
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True, name="mtkd-serve"
+        )
 
     def __enter__(self) -> str:
         self.thread.start()

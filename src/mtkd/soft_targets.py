@@ -57,7 +57,7 @@ class SoftTargets:
                 save_file({"values": torch.from_numpy(values)}, str(values_tmp))
 
     @classmethod
-    def load(cls, folder: Path, task: str) -> "SoftTargets":
+    def load(cls, folder: Path, task: str) -> SoftTargets:
         folder = Path(folder)
         meta_path, val_path = folder / f"{task}.json", folder / f"{task}.safetensors"
         if not meta_path.is_file() or not val_path.is_file():
@@ -77,16 +77,22 @@ class SoftTargets:
         where = f"soft targets for {self.task}"
         fp = self.provenance.get("data_fingerprint")
         if fp != data.fingerprint:
-            raise SoftTargetError(f"{where}: written for data with fingerprint {str(fp)[:12]}..., but "
-                                  f"{data.meta['path']} has {data.fingerprint[:12]}... (the file changed: regenerate them)")
+            raise SoftTargetError(
+                f"{where}: written for data with fingerprint {str(fp)[:12]}..., but "
+                f"{data.meta['path']} has {data.fingerprint[:12]}... (the file changed: regenerate them)"
+            )
         row_of = {i: r for r, i in enumerate(self.ids)}
         missing = [data.ids[i] for i in indices if data.ids[i] not in row_of]
         if missing:
-            raise SoftTargetError(f"{where}: {len(missing)} training examples have no soft target, e.g. ids {missing[:5]}")
+            raise SoftTargetError(
+                f"{where}: {len(missing)} training examples have no soft target, e.g. ids {missing[:5]}"
+            )
         known = set(data.ids)
         extra = [i for i in self.ids if i not in known]
         if extra:
-            raise SoftTargetError(f"{where}: {len(extra)} ids are not examples of {data.meta['path']}, e.g. {extra[:5]}")
+            raise SoftTargetError(
+                f"{where}: {len(extra)} ids are not examples of {data.meta['path']}, e.g. {extra[:5]}"
+            )
         out = np.full((len(data),) + self.values.shape[1:], np.nan, dtype=np.float32)
         rows = np.array([row_of[data.ids[i]] for i in indices], dtype=np.int64)
         out[np.asarray(indices)] = self.values[rows]

@@ -41,8 +41,9 @@ def _show(value) -> str:
 def changed(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
     """(dotted key, old value, new value) wherever two nested records differ, in key order."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return [c for k in sorted(set(old) | set(new), key=str)
-                for c in changed(old.get(k), new.get(k), f"{prefix}{k}.")]
+        return [
+            c for k in sorted(set(old) | set(new), key=str) for c in changed(old.get(k), new.get(k), f"{prefix}{k}.")
+        ]
     return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
@@ -59,9 +60,11 @@ def checkpoint_problem(folder: Path, identity: dict | None) -> str | None:
     if identity is None or stored is None or plain(stored) == plain(identity):
         return None
     folder, changes = ckpts[-1].parent, differences(plain(stored), plain(identity))
-    return (f"{folder.parent}: its checkpoint {ckpts[-1].name} was written under other settings or data "
-            f"({'; '.join(changes[:8])}). Rerun with the settings it was started with to resume it, or delete "
-            f"{folder} to train that stage from the start (or use another --output-dir)")
+    return (
+        f"{folder.parent}: its checkpoint {ckpts[-1].name} was written under other settings or data "
+        f"({'; '.join(changes[:8])}). Rerun with the settings it was started with to resume it, or delete "
+        f"{folder} to train that stage from the start (or use another --output-dir)"
+    )
 
 
 class Stages:
@@ -83,8 +86,11 @@ class Stages:
         """sha256 of a local encoder's weights file (a hub name is identified by its name)."""
         if name not in self._weights:
             folder = Path(resolve_encoder(name))
-            files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin")) \
-                if folder.is_dir() else []
+            files = (
+                sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+                if folder.is_dir()
+                else []
+            )
             files += [folder / "config.json"] if (folder / "config.json").is_file() else []
             self._weights[name] = digest([file_fingerprint(f) for f in files]) if files else None
         return self._weights[name]
@@ -131,8 +137,9 @@ class Stages:
             return info
         if self.accelerator.is_main_process and str(folder) not in self._reported:  # once (planning sees it first)
             self._reported.add(str(folder))
-            changed = differences(info.get("identity"), plain(identity)) if "identity" in info \
-                else ["made by an older mtkd"]
+            changed = (
+                differences(info.get("identity"), plain(identity)) if "identity" in info else ["made by an older mtkd"]
+            )
             log.warning("%s is out of date, training it again (%s)", folder, "; ".join(changed[:8]))
         return None
 
@@ -147,8 +154,9 @@ class Stages:
         if self.accelerator.is_main_process:
             Path(folder).mkdir(parents=True, exist_ok=True)
             tmp = Path(folder) / "DONE.json.tmp"
-            tmp.write_text(json.dumps({**info, "stage_key": digest(identity), "identity": identity}, indent=2,
-                                      default=str))
+            tmp.write_text(
+                json.dumps({**info, "stage_key": digest(identity), "identity": identity}, indent=2, default=str)
+            )
             tmp.replace(Path(folder) / "DONE.json")
         self.accelerator.wait_for_everyone()
 

@@ -67,9 +67,15 @@ def _draw(rng: np.random.Generator, n: int, members: list[np.ndarray] | None) ->
     return np.concatenate([members[k] for k in picked])
 
 
-def paired_bootstrap(specs: dict[str, TaskSpec], system_a: list[dict[str, Evaluated]],
-                     system_b: list[dict[str, Evaluated]], replicates: int = 1000, seed: int = 0,
-                     level: float = 0.95, layout: dict[str, list[str]] | None = None) -> dict:
+def paired_bootstrap(
+    specs: dict[str, TaskSpec],
+    system_a: list[dict[str, Evaluated]],
+    system_b: list[dict[str, Evaluated]],
+    replicates: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    layout: dict[str, list[str]] | None = None,
+) -> dict:
     """B - A per task and on the mean over tasks, with a percentile bootstrap interval.
 
     system_a / system_b: one {name: Evaluated} per seed, the same seeds in the same order, the same
@@ -80,14 +86,18 @@ def paired_bootstrap(specs: dict[str, TaskSpec], system_a: list[dict[str, Evalua
     Returns {"tasks": {task: {"diff", "low", "high", "per_seed": [...]}}, "mean": {...},
     "replicates", "level", "seeds"}; "diff" is the observed difference of the seed-mean scores."""
     if len(system_a) != len(system_b) or not system_a:
-        raise ValueError(f"paired comparison needs the same seeds for both systems ({len(system_a)} vs {len(system_b)})")
-    layout = {t: [t] for t in specs} if layout is None else {t: list(names) for t, names in layout.items() if t in specs}
+        raise ValueError(
+            f"paired comparison needs the same seeds for both systems ({len(system_a)} vs {len(system_b)})"
+        )
+    layout = (
+        {t: [t] for t in specs} if layout is None else {t: list(names) for t, names in layout.items() if t in specs}
+    )
     tasks = [t for t, names in layout.items() if names and all(n in s for n in names for s in system_a + system_b)]
     if not tasks:
         raise ValueError("no task is evaluated for both systems in every seed")
     for t in tasks:
         for name in layout[t]:
-            for a, b in zip(system_a, system_b):
+            for a, b in zip(system_a, system_b, strict=False):
                 if len(a[name].labels) != len(b[name].labels) or not np.array_equal(a[name].labels, b[name].labels):
                     raise ValueError(f"{name}: the two systems were evaluated on different dev rows")
 
@@ -95,7 +105,7 @@ def paired_bootstrap(specs: dict[str, TaskSpec], system_a: list[dict[str, Evalua
         return float(np.mean([task_score(specs[t], system[n], None if rows is None else rows[n]) for n in layout[t]]))
 
     n_seeds = len(system_a)
-    observed = {t: [score(b, t) - score(a, t) for a, b in zip(system_a, system_b)] for t in tasks}
+    observed = {t: [score(b, t) - score(a, t) for a, b in zip(system_a, system_b, strict=False)] for t in tasks}
     members = {n: _group_members(system_a[0][n].groups) for t in tasks for n in layout[t]}
     rng = np.random.default_rng(seed)
     boot = np.zeros((replicates, len(tasks)))
@@ -108,10 +118,19 @@ def paired_bootstrap(specs: dict[str, TaskSpec], system_a: list[dict[str, Evalua
 
     def summary(point: float, samples: np.ndarray, per_seed: list[float]) -> dict:
         low, high = np.percentile(samples, [tail, 100 - tail])
-        return {"diff": round(float(point), 4), "low": round(float(low), 4), "high": round(float(high), 4),
-                "per_seed": [round(float(v), 4) for v in per_seed]}
+        return {
+            "diff": round(float(point), 4),
+            "low": round(float(low), 4),
+            "high": round(float(high), 4),
+            "per_seed": [round(float(v), 4) for v in per_seed],
+        }
 
     out = {t: summary(np.mean(observed[t]), boot[:, j], observed[t]) for j, t in enumerate(tasks)}
     mean_per_seed = [float(np.mean([observed[t][s] for t in tasks])) for s in range(n_seeds)]
-    return {"tasks": out, "mean": summary(np.mean(mean_per_seed), boot.mean(axis=1), mean_per_seed),
-            "replicates": replicates, "level": level, "seeds": n_seeds}
+    return {
+        "tasks": out,
+        "mean": summary(np.mean(mean_per_seed), boot.mean(axis=1), mean_per_seed),
+        "replicates": replicates,
+        "level": level,
+        "seeds": n_seeds,
+    }

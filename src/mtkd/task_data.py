@@ -21,8 +21,10 @@ class TaskData:
         self.cfg = cfg
         # every task carries the length it is trained at (its own max_seq_len, else data.max_seq_len),
         # so the models saved from this run record it and predict uses it
-        self.specs = {n: s if s.max_seq_len is not None else s.model_copy(update={"max_seq_len": cfg.data.max_seq_len})
-                      for n, s in task_specs(cfg).items()}
+        self.specs = {
+            n: s if s.max_seq_len is not None else s.model_copy(update={"max_seq_len": cfg.data.max_seq_len})
+            for n, s in task_specs(cfg).items()
+        }
         self.specs.update(unlabeled.specs(cfg, self.specs))
         self.cache_dir = Path(cfg.data.cache_dir or os.environ.get("MTKD_CACHE") or Path.home() / ".cache" / "mtkd")
         self._encoded: dict = {}
@@ -46,8 +48,9 @@ class TaskData:
             self._fingerprints[id(tok)] = (tok, tokenizer_fingerprint(tok))  # is kept so its id stays its own
         key = (task, split, self._fingerprints[id(tok)][1])
         if key not in self._encoded:
-            self._encoded[key] = encode_split(self.specs[task], split, tok, self.max_len(task, split),
-                                              self.cache_dir, self.cfg.data.root)
+            self._encoded[key] = encode_split(
+                self.specs[task], split, tok, self.max_len(task, split), self.cache_dir, self.cfg.data.root
+            )
         return self._encoded[key]
 
     def max_len(self, task: str, split: str) -> int:
@@ -78,17 +81,25 @@ class TaskData:
         for split in self.specs[task].eval_splits("dev"):
             data = self.encoded(task, split, tokenizer)
             out[self.specs[task].report_name(split)] = (
-                data, subsample(len(data), self.cap(task, "dev_cap"), self.cfg.data.cap_seed))
+                data,
+                subsample(len(data), self.cap(task, "dev_cap"), self.cfg.data.cap_seed),
+            )
         return out
 
     def data_identity(self, task: str, split: str, tokenizer=None) -> dict:
         """What a stage reading this split depends on: file contents, tokenisation, the task's
         definition (head, labels, fields, head dropout) and, for training, the subset drawn."""
         data, spec = self.encoded(task, split, tokenizer), self.specs[task]
-        ident = {"sha256": data.fingerprint, "tokenizer": data.meta["tokenizer_fingerprint"],
-                 "max_len": data.meta["max_len"], "head": spec.head.value, "labels": list(spec.labels),
-                 "fields": spec.fields_for(split), "head_dropout": spec.dropout,
-                 "positive_label": getattr(spec, "positive_label", None)}
+        ident = {
+            "sha256": data.fingerprint,
+            "tokenizer": data.meta["tokenizer_fingerprint"],
+            "max_len": data.meta["max_len"],
+            "head": spec.head.value,
+            "labels": list(spec.labels),
+            "fields": spec.fields_for(split),
+            "head_dropout": spec.dropout,
+            "positive_label": getattr(spec, "positive_label", None),
+        }
         if split == "train":
             ident.update(cap=self.cap(task, "train_cap"), cap_seed=self.cfg.data.cap_seed)
             ident.update(unlabeled.train_identity(self, task))

@@ -44,8 +44,10 @@ SEQ_LEN = f"an integer >= {MIN_SEQ_LEN} (tokens)"
 def name_problem(name) -> str | None:
     """Why `name` would not be a plain file name (a path, '..', spaces, control characters), if it would not."""
     if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
-        return (f"{name!r} is not a valid name: use letters, digits and . _ + - (starting with a letter or digit); "
-                f"it becomes a file name")
+        return (
+            f"{name!r} is not a valid name: use letters, digits and . _ + - (starting with a letter or digit); "
+            f"it becomes a file name"
+        )
     return None
 
 
@@ -107,11 +109,17 @@ class SplitSource(Schema, frozen=True):
     def _header_less_columns(self):
         if self.columns is not None:
             if self.format not in (FileFormat.TSV, FileFormat.CSV):
-                raise refuse(f"only a TSV or CSV file without a header line has columns (format is "
-                             f"{self.format.value}: JSON records name their fields)", at=("columns",))
+                raise refuse(
+                    f"only a TSV or CSV file without a header line has columns (format is "
+                    f"{self.format.value}: JSON records name their fields)",
+                    at=("columns",),
+                )
             if not self.columns or not all(self.columns) or len(set(self.columns)) != len(self.columns):
-                raise refuse(f"expected distinct column names, one per field of the header-less file, got "
-                             f"{list(self.columns)!r}", at=("columns",))
+                raise refuse(
+                    f"expected distinct column names, one per field of the header-less file, got "
+                    f"{list(self.columns)!r}",
+                    at=("columns",),
+                )
         return self
 
     @model_serializer(mode="wrap")
@@ -149,8 +157,10 @@ class TaskSpec(Schema, frozen=True):
             if name_problem(name):
                 raise refuse(f"split name: {name_problem(name)}")
             if not SPLIT_NAME.fullmatch(name):
-                raise refuse(f"split name {name!r}: a split is train, dev, dev_<name> (more evaluation sets) or test, "
-                             f"test_<name>{did_you_mean(name, ('train', 'dev', 'test'))}")
+                raise refuse(
+                    f"split name {name!r}: a split is train, dev, dev_<name> (more evaluation sets) or test, "
+                    f"test_<name>{did_you_mean(name, ('train', 'dev', 'test'))}"
+                )
         return {name: split for name, split in splits.items() if split is not None}
 
     @field_validator("label_range", mode="before")
@@ -159,8 +169,11 @@ class TaskSpec(Schema, frozen=True):
         """[low, high], finite, low < high (predictions are clipped to it)."""
         if value is None:
             return None
-        ok = isinstance(value, list) and len(value) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        ok = (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        )
         if not ok or value[0] >= value[1]:
             raise refuse(f"expected [low, high] with low < high, got {value!r}")
         return float(value[0]), float(value[1])
@@ -181,8 +194,11 @@ class TaskSpec(Schema, frozen=True):
             for split in self.eval_splits(prefix):
                 report = self.report_name(split)
                 if report in seen:
-                    raise refuse(f"splits {seen[report]!r} and {split!r} both report as {report!r}; give one of "
-                                 f"them another report_as", at=("splits",))
+                    raise refuse(
+                        f"splits {seen[report]!r} and {split!r} both report as {report!r}; give one of "
+                        f"them another report_as",
+                        at=("splits",),
+                    )
                 seen[report] = split
         return self
 
@@ -343,8 +359,9 @@ def read_tasks_file(tasks_file: str | Path) -> dict[str, Any]:
     return user
 
 
-def load_task_specs(entries: dict[str, dict | None] | None,
-                    tasks_file: str | Path | None = None) -> dict[str, TaskSpec]:
+def load_task_specs(
+    entries: dict[str, dict | None] | None, tasks_file: str | Path | None = None
+) -> dict[str, TaskSpec]:
     """Resolve a config's task entries: built-in GLUE definitions (or those of `tasks_file`), each
     merged with the entry's overrides (e.g. other files for a split, or `dev_matched: null`); the
     run's options in an entry (train_cap, dev_cap) are not part of the definition and are left out.
@@ -362,14 +379,20 @@ def load_task_specs(entries: dict[str, dict | None] | None,
     for name, entry in entries.items():
         check_name(name, "tasks: task name")
         if name not in defs:
-            raise ConfigError(f"task {name!r} is neither a GLUE task nor defined in tasks_file"
-                              f"{did_you_mean(name, defs)}")
+            raise ConfigError(
+                f"task {name!r} is neither a GLUE task nor defined in tasks_file{did_you_mean(name, defs)}"
+            )
         override = from_dict(TaskOptions, entry, f"tasks.{name}").override  # the config's tasks.<name>
         base = defs[name]
         if isinstance(base, dict) and isinstance(base.get("splits"), dict):
             # a bare path becomes {path: ...}, so an override of that split merges into it
-            base = {**base, "splits": {split_name: {"path": split_def} if isinstance(split_def, str) else split_def
-                                       for split_name, split_def in base["splits"].items()}}
+            base = {
+                **base,
+                "splits": {
+                    split_name: {"path": split_def} if isinstance(split_def, str) else split_def
+                    for split_name, split_def in base["splits"].items()
+                },
+            }
         where = f"tasks.{name}" + (f" (defined in {from_file[name]})" if name in from_file else "")
         specs[name] = task_from_dict(name, _merge(base, override) if isinstance(base, dict) else base, where)
     return specs

@@ -18,8 +18,14 @@ def save_tiny_encoder(folder: Path, max_positions: int = 512) -> Path:
 
     tok = AutoTokenizer.from_pretrained(resolve_encoder("default"), use_fast=True)
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=128, max_position_embeddings=max_positions)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=max_positions,
+    )
     BertModel(cfg, add_pooling_layer=False).save_pretrained(folder)
     tok.save_pretrained(folder)
     return Path(folder)
@@ -46,8 +52,10 @@ def _wordpiece(vocab_size: int):
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(_CORPUS, trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    tok.train_from_iterator(
+        _CORPUS,
+        trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]),
+    )
     return tok
 
 
@@ -55,8 +63,10 @@ def _bert_template(tok, cls="[CLS]", sep="[SEP]", pair_type=1):
     from tokenizers import processors
 
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:{pair_type} {sep}:{pair_type}",
-        special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:{pair_type} {sep}:{pair_type}",
+        special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))],
+    )
     return tok
 
 
@@ -67,8 +77,12 @@ def _byte_bpe(vocab_size: int, special_tokens: list[str]):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(_CORPUS, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        _CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     return tok
 
 
@@ -80,8 +94,12 @@ def _unigram(vocab_size: int):
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(_CORPUS, trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"], unk_token="[UNK]"))
+    tok.train_from_iterator(
+        _CORPUS,
+        trainers.UnigramTrainer(
+            vocab_size=vocab_size, special_tokens=["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"], unk_token="[UNK]"
+        ),
+    )
     return tok
 
 
@@ -93,14 +111,23 @@ def tiny_tokenizer(family: str, max_len: int = 128):
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    bert_specials = dict(unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
+    bert_specials = dict(
+        unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]"
+    )
     if family in ("bert", "distilbert", "electra"):
         tok, specials = _bert_template(_wordpiece(300)), bert_specials
     elif family == "roberta":
         tok = _byte_bpe(400, ["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
         tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), add_prefix_space=False)
-        specials = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", sep_token="</s>", pad_token="<pad>",
-                        cls_token="<s>", mask_token="<mask>")
+        specials = dict(
+            bos_token="<s>",
+            eos_token="</s>",
+            unk_token="<unk>",
+            sep_token="</s>",
+            pad_token="<pad>",
+            cls_token="<s>",
+            mask_token="<mask>",
+        )
     elif family == "deberta-v2":
         tok, specials = _bert_template(_unigram(200)), {**bert_specials, "bos_token": "[CLS]", "eos_token": "[SEP]"}
     elif family == "modernbert":
@@ -112,8 +139,11 @@ def tiny_tokenizer(family: str, max_len: int = 128):
         specials = bert_specials
     else:
         raise ValueError(f"unknown family {family!r}; tiny builders exist for {FAMILIES}")
-    inputs = ["input_ids", "token_type_ids", "attention_mask"] if family in ("bert", "electra") else \
-        ["input_ids", "attention_mask"]  # what the family's own tokenizer returns
+    inputs = (
+        ["input_ids", "token_type_ids", "attention_mask"]
+        if family in ("bert", "electra")
+        else ["input_ids", "attention_mask"]
+    )  # what the family's own tokenizer returns
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_len, model_input_names=inputs, **specials)
 
 
@@ -123,23 +153,50 @@ def tiny_encoder_config(family: str, tokenizer, max_len: int = 128, hidden: int 
 
     ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     if family == "distilbert":
-        return AutoConfig.for_model("distilbert", dim=hidden, hidden_dim=2 * hidden, n_layers=layers, n_heads=2,
-                                    max_position_embeddings=max_len, **ids)
-    common = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=2, **ids)
+        return AutoConfig.for_model(
+            "distilbert",
+            dim=hidden,
+            hidden_dim=2 * hidden,
+            n_layers=layers,
+            n_heads=2,
+            max_position_embeddings=max_len,
+            **ids,
+        )
+    common = dict(
+        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=2, **ids
+    )
     if family == "modernbert":
         # local_attention 8: layer 1 (sliding window) sees +-4 tokens, so fixture sentences exceed the window
-        return AutoConfig.for_model("modernbert", max_position_embeddings=max_len, global_attn_every_n_layers=2,
-                                    local_attention=8, cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
-                                    bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id, **common)
+        return AutoConfig.for_model(
+            "modernbert",
+            max_position_embeddings=max_len,
+            global_attn_every_n_layers=2,
+            local_attention=8,
+            cls_token_id=tokenizer.cls_token_id,
+            sep_token_id=tokenizer.sep_token_id,
+            bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+            **common,
+        )
     if family == "roberta":  # positions start after the padding index
-        return AutoConfig.for_model("roberta", max_position_embeddings=max_len + 2, type_vocab_size=1,
-                                    bos_token_id=0, eos_token_id=2, **common)
+        return AutoConfig.for_model(
+            "roberta", max_position_embeddings=max_len + 2, type_vocab_size=1, bos_token_id=0, eos_token_id=2, **common
+        )
     if family == "electra":
         return AutoConfig.for_model("electra", embedding_size=hidden, max_position_embeddings=max_len, **common)
     if family == "deberta-v2":  # deberta-v3-like: relative attention, no absolute positions, no token types
-        return AutoConfig.for_model("deberta-v2", max_position_embeddings=max_len, relative_attention=True,
-                                    position_buckets=16, max_relative_positions=-1, pos_att_type=["p2c", "c2p"],
-                                    position_biased_input=False, type_vocab_size=0, norm_rel_ebd="layer_norm", **common)
+        return AutoConfig.for_model(
+            "deberta-v2",
+            max_position_embeddings=max_len,
+            relative_attention=True,
+            position_buckets=16,
+            max_relative_positions=-1,
+            pos_att_type=["p2c", "c2p"],
+            position_biased_input=False,
+            type_vocab_size=0,
+            norm_rel_ebd="layer_norm",
+            **common,
+        )
     return AutoConfig.for_model(family, max_position_embeddings=max_len, **common)
 
 

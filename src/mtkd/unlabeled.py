@@ -41,15 +41,31 @@ def specs(cfg: RunConfig, specs: dict[str, TaskSpec]) -> dict[str, TaskSpec]:
             # the task's own training file, read as the task reads it (same rows, same ids) without
             # its labels; unused_rows keeps the rows its train_cap leaves unused
             fields = {k: v for k, v in base.fields_for("train").items() if k in ("text_a", "text_b", "id")}
-            out[name] = base.model_copy(update=dict(
-                name=name, head_of=task, fields=fields, metrics=(), note=None,
-                splits={"train": base.splits["train"].model_copy(update=dict(fields=None, report_as=None))}))
+            out[name] = base.model_copy(
+                update=dict(
+                    name=name,
+                    head_of=task,
+                    fields=fields,
+                    metrics=(),
+                    note=None,
+                    splits={"train": base.splits["train"].model_copy(update=dict(fields=None, report_as=None))},
+                )
+            )
             continue
         fields = src.fields or {k: v for k, v in base.fields.items() if k in ("text_a", "text_b")}
         split = src.model_copy(update=dict(fields=None))
-        out[name] = task_from_dict(name, {"head": base.head.value, "labels": list(base.labels), "head_of": task,
-                                          "fields": fields, "splits": {"train": split},
-                                          "max_seq_len": base.max_seq_len}, "kd.unlabeled")  # cut as its task
+        out[name] = task_from_dict(
+            name,
+            {
+                "head": base.head.value,
+                "labels": list(base.labels),
+                "head_of": task,
+                "fields": fields,
+                "splits": {"train": split},
+                "max_seq_len": base.max_seq_len,
+            },
+            "kd.unlabeled",
+        )  # cut as its task
     return out
 
 
@@ -70,8 +86,9 @@ def unused_rows(data, task: str, encoded: EncodedSplit, tokenizer=None) -> Train
     base, cap = from_train(data.cfg, task)
     labelled = data.train_set(base, tokenizer)
     if list(labelled.data.ids) != list(encoded.ids):  # the same file read the same way: cannot differ
-        raise DataError(encoded.meta["path"], f"{task}: the rows read as unlabeled text differ from {base}'s "
-                                              f"training rows")
+        raise DataError(
+            encoded.meta["path"], f"{task}: the rows read as unlabeled text differ from {base}'s training rows"
+        )
     check_rows_left(data, task, len(encoded))
     unused = np.setdiff1d(np.arange(len(encoded), dtype=np.int64), labelled.indices)
     return TrainSet(encoded, unused[subsample(len(unused), cap, data.cfg.data.cap_seed)])
@@ -82,9 +99,11 @@ def check_rows_left(data, task: str, n_rows: int) -> None:
     base = from_train(data.cfg, task)[0]
     cap = data.cap(base, "train_cap")
     if cap is None or cap >= n_rows:
-        raise ConfigError(f"kd.unlabeled.{base}: from_train, but tasks.{base}.train_cap ({cap}) keeps all "
-                          f"{n_rows} rows of {split_path(data.specs[base], 'train', data.cfg.data.root)}: "
-                          f"no row is left unused")
+        raise ConfigError(
+            f"kd.unlabeled.{base}: from_train, but tasks.{base}.train_cap ({cap}) keeps all "
+            f"{n_rows} rows of {split_path(data.specs[base], 'train', data.cfg.data.root)}: "
+            f"no row is left unused"
+        )
 
 
 def from_train_tasks(cfg: RunConfig) -> list[str]:

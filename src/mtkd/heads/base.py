@@ -9,8 +9,9 @@ No torch at import: an ONNX export is served without PyTorch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -60,7 +61,11 @@ def _mcc(y, p) -> float:
 
 # metric name -> f(labels, predictions), a fraction (reported x100)
 METRIC_FUNCS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "accuracy": _accuracy, "f1": _f1, "mcc": _mcc, "pearson": _pearson, "spearman": _spearman,
+    "accuracy": _accuracy,
+    "f1": _f1,
+    "mcc": _mcc,
+    "pearson": _pearson,
+    "spearman": _spearman,
 }
 
 
@@ -103,8 +108,10 @@ class HeadKindRules:
             if m not in cls.metric_names:
                 return "metrics", f"{m!r} does not score a {cls.kind.value} task; use {list(cls.metric_names)}"
             if m == "f1" and len(spec.labels) != 2:
-                return "metrics", (f"f1 scores a task with 2 labels (the second is the positive class), this one "
-                                   f"has {len(spec.labels)}")
+                return "metrics", (
+                    f"f1 scores a task with 2 labels (the second is the positive class), this one "
+                    f"has {len(spec.labels)}"
+                )
         if spec.label_range is not None and not cls.takes_label_range:
             return "label_range", f"only regression tasks have one (head is {cls.kind.value})"
         return None
@@ -157,13 +164,13 @@ class HeadKindRules:
         """(N, C) logits -> what metrics and predictions.npz hold (N,): the raw score."""
         return logits[:, 0]
 
-    def scores(self, labels: np.ndarray, predictions: np.ndarray, groups: np.ndarray | None = None
-               ) -> dict[str, float]:
+    def scores(self, labels: np.ndarray, predictions: np.ndarray, groups: np.ndarray | None = None) -> dict[str, float]:
         """The task's metrics (x100, rounded to 4 places) of predictions against labels (N,)."""
         return {m: round(100.0 * float(METRIC_FUNCS[m](labels, predictions)), 4) for m in self.spec.metrics}
 
-    def fast_scores(self, labels: np.ndarray, predictions: np.ndarray, groups: np.ndarray | None = None
-                    ) -> dict[str, float]:
+    def fast_scores(
+        self, labels: np.ndarray, predictions: np.ndarray, groups: np.ndarray | None = None
+    ) -> dict[str, float]:
         """`scores`, unrounded, fast enough to be recomputed thousands of times (the bootstrap of
         mtkd.stats); kinds whose metric library calls dominate that override it."""
         return self.scores(labels, predictions, groups)

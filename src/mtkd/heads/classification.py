@@ -33,7 +33,7 @@ def soft_cross_entropy(logits, teacher_probs, temperature: float = 1.0):
     import torch
 
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return -(teacher_probs.float() * logp).sum(-1) * (temperature ** 2)
+    return -(teacher_probs.float() * logp).sum(-1) * (temperature**2)
 
 
 class Classification(HeadKindRules):
@@ -99,7 +99,9 @@ class Classification(HeadKindRules):
     def answer_json(self, logits_row, probabilities):
         out: dict = {"label": self.spec.labels[int(logits_row.argmax())]}  # as `answers`: from the logits
         if probabilities:
-            out["probabilities"] = {lab: float(x) for lab, x in zip(self.spec.labels, softmax(logits_row[None, :])[0])}
+            out["probabilities"] = {
+                lab: float(x) for lab, x in zip(self.spec.labels, softmax(logits_row[None, :])[0], strict=False)
+            }
         return out
 
     def submission_value(self, prediction) -> str:

@@ -53,8 +53,10 @@ class Ranking(HeadKindRules):
         if len(labels) != 2:
             return "labels", f"a ranking task has exactly 2 labels (relevant / not), got {labels}"
         if positive is None:
-            return "positive_label", (f"a ranking task with labels {labels} must say which one marks a relevant "
-                                      f"candidate, e.g. positive_label: {labels[0]}")
+            return "positive_label", (
+                f"a ranking task with labels {labels} must say which one marks a relevant "
+                f"candidate, e.g. positive_label: {labels[0]}"
+            )
         if positive not in labels:
             return "positive_label", f"{positive!r} is not one of the labels {labels}"
         return None

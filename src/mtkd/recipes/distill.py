@@ -31,19 +31,34 @@ from mtkd.stages import Stages
 from mtkd.task_data import TaskData
 
 
-def jobs(cfg: RunConfig, data: TaskData, out: Path, seed: int, teachers: Path, text: Path | None = None
-         ) -> list[TrainingJob]:
+def jobs(
+    cfg: RunConfig, data: TaskData, out: Path, seed: int, teachers: Path, text: Path | None = None
+) -> list[TrainingJob]:
     """The student (MTL with soft targets, then fine-tuning) in `out`, from the teacher tasks' soft
     targets in `teachers`. Without `text` this is the paper's MT-DNN-KD; with it (the soft targets
     of kd.unlabeled's text, DIR/teach/unlabeled/soft_targets) the student also trains on that text."""
     if text is not None and not unlabeled.pseudo_tasks(cfg):
         raise ConfigError("distill: unlabeled soft targets given, but kd.unlabeled is empty")
     loss = KDLoss(cfg, data, teachers, text)
-    student_mtl = mtl.job(cfg, data, out / "mtl", seed, tasks=student_tasks(cfg, data, text is not None),
-                          start=FreshEncoder(cfg.kd.student or cfg.encoder), loss=loss,
-                          desc="student mtl" + (" + unlabeled text" if text is not None else ""))
-    return [student_mtl] + finetune.jobs(cfg, data, out / "finetune", seed, out / "mtl" / "model",
-                                         loss=loss if cfg.kd.finetune_with_soft else None, desc="student finetune")
+    student_mtl = mtl.job(
+        cfg,
+        data,
+        out / "mtl",
+        seed,
+        tasks=student_tasks(cfg, data, text is not None),
+        start=FreshEncoder(cfg.kd.student or cfg.encoder),
+        loss=loss,
+        desc="student mtl" + (" + unlabeled text" if text is not None else ""),
+    )
+    return [student_mtl] + finetune.jobs(
+        cfg,
+        data,
+        out / "finetune",
+        seed,
+        out / "mtl" / "model",
+        loss=loss if cfg.kd.finetune_with_soft else None,
+        desc="student finetune",
+    )
 
 
 def student_tasks(cfg: RunConfig, data: TaskData, with_text: bool) -> list[str]:
@@ -58,6 +73,7 @@ class KDLoss:
     """The student's loss: the KD loss (Eq. 4 mixed with Eq. 2) on each teacher task against the soft
     targets in `teachers` and, with `text`, on kd.unlabeled's pseudo-tasks against theirs (soft
     loss only); each task's own loss elsewhere."""
+
     cfg: RunConfig
     data: TaskData
     teachers: Path
@@ -68,10 +84,14 @@ class KDLoss:
         """What the loss depends on: the teachers (their stage's key), the KD settings and, for the
         student with unlabeled text, that text's soft targets."""
         kd = self.cfg.kd
-        out = {"teachers": _targets_key(stages, self.teachers, kd.teacher_tasks[0] if kd.teacher_tasks else None,
-                                        "teacher_key"),
-               "soft_weight": kd.soft_weight, "temperature": kd.temperature,
-               "soft_tasks": list(kd.teacher_tasks) + list(unlabeled.soft_tasks(self.cfg, self.text))}
+        out = {
+            "teachers": _targets_key(
+                stages, self.teachers, kd.teacher_tasks[0] if kd.teacher_tasks else None, "teacher_key"
+            ),
+            "soft_weight": kd.soft_weight,
+            "temperature": kd.temperature,
+            "soft_tasks": list(kd.teacher_tasks) + list(unlabeled.soft_tasks(self.cfg, self.text)),
+        }
         if self.text is not None:
             first = next(iter(unlabeled.pseudo_tasks(self.cfg)), None)
             out["unlabeled_targets"] = _targets_key(stages, self.text, first, "unlabeled_key")
@@ -94,6 +114,7 @@ class KDLoss:
                 soft = tables[task][batch["index"].cpu()].to(logits.device)
                 return kd_loss(kind, logits, batch.get("labels"), soft, kd.soft_weight, kd.temperature)
             return task_loss(model.tasks[task], logits, batch)
+
         return loss_fn
 
 

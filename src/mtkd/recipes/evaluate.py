@@ -42,13 +42,21 @@ def split_prefix(specs: dict, prefix: str) -> str:
     """Check `mtkd evaluate --split PREFIX`: a dev or test split prefix some task of the config has."""
     defined = sorted({s for spec in specs.values() for s in spec.splits if s.startswith(EVAL_PREFIXES)})
     if not prefix.startswith(EVAL_PREFIXES) or not any(s.startswith(prefix) for s in defined):
-        raise ConfigError(f"--split {prefix!r}: expected the start of a dev or test split name of the config's "
-                          f"tasks (dev, test, ...); they have {defined}")
+        raise ConfigError(
+            f"--split {prefix!r}: expected the start of a dev or test split name of the config's "
+            f"tasks (dev, test, ...); they have {defined}"
+        )
     return prefix
 
 
-def evaluate(data: TaskData, runner: Runner, models: dict[str, Path], out: Path | None = None, split: str = "dev",
-             test: bool = False) -> dict:
+def evaluate(
+    data: TaskData,
+    runner: Runner,
+    models: dict[str, Path],
+    out: Path | None = None,
+    split: str = "dev",
+    test: bool = False,
+) -> dict:
     """Score the splits whose names start with `split` (dev: the dev sets after dev_cap; test...:
     the labelled test splits, under "test"); with `test` (the evaluate stage of `mtkd run`) the
     labelled test splits as well. Returns what metrics.json holds."""
@@ -80,24 +88,33 @@ def evaluate(data: TaskData, runner: Runner, models: dict[str, Path], out: Path 
     if runner.main and absent:
         log.info("test files not found, not scored: %s", ", ".join(absent))
     if test_prefix is not None and not test and not tested:
-        raise ConfigError(f"--split {split!r}: no labelled split to score"
-                          + "".join(f"; {what}: {', '.join(names)}" for what, names in
-                                    (("without labels", unlabelled), ("file not found", absent)) if names))
+        raise ConfigError(
+            f"--split {split!r}: no labelled split to score"
+            + "".join(
+                f"; {what}: {', '.join(names)}"
+                for what, names in (("without labels", unlabelled), ("file not found", absent))
+                if names
+            )
+        )
     if tested:
         if TEST_RESULTS in results:
-            raise ConfigError(f"a dev split is reported as {TEST_RESULTS!r}, the key metrics.json keeps test results "
-                              f"under; give it another report_as")
+            raise ConfigError(
+                f"a dev split is reported as {TEST_RESULTS!r}, the key metrics.json keeps test results "
+                f"under; give it another report_as"
+            )
         results[TEST_RESULTS] = tested
     if out is not None and runner.main:
-        _write_results(data.specs, out, results, predicted, models, dev=dev_prefix is not None,
-                       test=test_prefix is not None)
+        _write_results(
+            data.specs, out, results, predicted, models, dev=dev_prefix is not None, test=test_prefix is not None
+        )
     if runner.main:  # each model folder's card gets the metrics it was scored with
         record_eval_metrics(data, models, results, runner.stages.model_tokenizer)
     return results
 
 
-def _score_dev(data: TaskData, runner: Runner, task: str, tokenizer, prefix: str, model, results: dict,
-               predicted: dict) -> None:
+def _score_dev(
+    data: TaskData, runner: Runner, task: str, tokenizer, prefix: str, model, results: dict, predicted: dict
+) -> None:
     """Each dev split of `task` starting with `prefix` (after dev_cap) into `results` (metrics) and
     `predicted` (per-example predictions); `model()` loads the model only when a split is scored."""
     spec = data.specs[task]
@@ -108,12 +125,17 @@ def _score_dev(data: TaskData, runner: Runner, task: str, tokenizer, prefix: str
             kind = kind_of(spec)
             pred = kind.predictions(runner.logits(model(), split, task, idx), groups)
             results[name] = kind.scores(split.labels[idx], pred, groups)
-            predicted[name] = {"ids": [split.ids[i] for i in idx], "labels": split.labels[idx],
-                               "predictions": pred, "groups": groups}
+            predicted[name] = {
+                "ids": [split.ids[i] for i in idx],
+                "labels": split.labels[idx],
+                "predictions": pred,
+                "groups": groups,
+            }
 
 
-def _score_tests(data: TaskData, runner: Runner, task: str, tokenizer, prefix: str, model, unlabelled: list,
-                 absent: list) -> dict:
+def _score_tests(
+    data: TaskData, runner: Runner, task: str, tokenizer, prefix: str, model, unlabelled: list, absent: list
+) -> dict:
     """{report name: metrics} of each labelled test split of `task` starting with `prefix`; the
     unlabelled ones and absent files are added to those lists (a malformed file is an error)."""
     spec = data.specs[task]
@@ -129,13 +151,15 @@ def _score_tests(data: TaskData, runner: Runner, task: str, tokenizer, prefix: s
         if split.labels is None:
             unlabelled.append(f"{task}/{s}")
             continue
-        tested[spec.report_name(s)] = kind_of(spec).score(runner.logits(model(), split, task), split.labels,
-                                                          split.groups)
+        tested[spec.report_name(s)] = kind_of(spec).score(
+            runner.logits(model(), split, task), split.labels, split.groups
+        )
     return tested
 
 
-def _write_results(specs: dict, out: Path, results: dict, predicted: dict, models: dict[str, Path],
-                   dev: bool, test: bool) -> None:
+def _write_results(
+    specs: dict, out: Path, results: dict, predicted: dict, models: dict[str, Path], dev: bool, test: bool
+) -> None:
     """DIR/metrics.json (merged with the previous file's other section), metrics.md, predictions.npz."""
     written = _merge_previous(out, results, models, dev=dev, test=test)
     out.mkdir(parents=True, exist_ok=True)

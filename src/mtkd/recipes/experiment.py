@@ -30,7 +30,9 @@ def results(cfg: RunConfig, data: TaskData, evaluated: dict[str, list[dict]], ou
     out = aggregate(per_seed, cfg.seeds)
     out["report_layout"] = report_layout(data.specs)  # which dev reports make each task's score
     out["comparison"] = compare(out["systems"], cfg.kd.teacher_tasks, out["report_layout"])
-    out["per_seed"] = {s: {str(seed): r for seed, r in zip(cfg.seeds, runs)} for s, runs in per_seed.items() if runs}
+    out["per_seed"] = {
+        s: {str(seed): r for seed, r in zip(cfg.seeds, runs, strict=False)} for s, runs in per_seed.items() if runs
+    }
     if main:
         timings_path = out_dir / "timings.json"
         timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}

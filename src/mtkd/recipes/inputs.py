@@ -33,8 +33,9 @@ def longest_max_len(cfg: RunConfig, specs: dict) -> tuple[int, str]:
     return best
 
 
-def check_inputs(cfg: RunConfig, data: TaskData, splits: tuple[str, ...] = ("train", "dev", "test"),
-                 rows: bool = False) -> list[str]:
+def check_inputs(
+    cfg: RunConfig, data: TaskData, splits: tuple[str, ...] = ("train", "dev", "test"), rows: bool = False
+) -> list[str]:
     """What is checked before anything is tokenised (by prepare_data, and by `mtkd check-config`):
     the longest length any task or split is cut at against every encoder's positions, then every
     file of the splits named `splits` (data.check_files: exists, header or columns, field
@@ -52,8 +53,9 @@ def check_inputs(cfg: RunConfig, data: TaskData, splits: tuple[str, ...] = ("tra
     return notes
 
 
-def prepare_data(cfg: RunConfig, data: TaskData, accelerator, splits: tuple[str, ...] = ("train", "dev", "test")
-                 ) -> None:
+def prepare_data(
+    cfg: RunConfig, data: TaskData, accelerator, splits: tuple[str, ...] = ("train", "dev", "test")
+) -> None:
     """Tokenise every split of every task once (those whose names start with `splits`), for every
     tokenizer the config uses, before any stage starts: every file is checked first
     (check_inputs), and rank 0 writes the caches while the others wait (the one collective of
@@ -90,7 +92,12 @@ def data_report(data: TaskData) -> dict:
                 r[split] = {"missing": str(e)}
                 continue
             used = len(data.train_set(t).indices) if split == "train" else len(d)
-            r[split] = {"file": d.meta["path"], "examples": len(d), "used": used,
-                        "truncated": d.meta["n_truncated"], "skipped_rows": len(d.meta["skipped_rows"])}
+            r[split] = {
+                "file": d.meta["path"],
+                "examples": len(d),
+                "used": used,
+                "truncated": d.meta["n_truncated"],
+                "skipped_rows": len(d.meta["skipped_rows"]),
+            }
         rep[t] = r
     return rep

@@ -18,11 +18,21 @@ from mtkd.recipes.runner import FreshEncoder, FromModel, TrainingJob
 from mtkd.task_data import TaskData
 
 
-def job(cfg: RunConfig, data: TaskData, out: Path, seed: int, *, tasks: list[str] | None = None,
-        train: TrainConfig | None = None, start: FreshEncoder | FromModel | None = None, loss=None,
-        desc: str = "mtl") -> TrainingJob:
+def job(
+    cfg: RunConfig,
+    data: TaskData,
+    out: Path,
+    seed: int,
+    *,
+    tasks: list[str] | None = None,
+    train: TrainConfig | None = None,
+    start: FreshEncoder | FromModel | None = None,
+    loss=None,
+    desc: str = "mtl",
+) -> TrainingJob:
     """Algorithm 1 on `tasks` (default: every task with training data) under `train` (default: the
     config's `mtl`), from `start` (default: the config's encoder), with `loss` (default: each
     task's own), in `out`."""
-    return TrainingJob(data, out, desc, seed, tasks or data.train_tasks(), train or cfg.mtl,
-                       start or FreshEncoder(cfg.encoder), loss)
+    return TrainingJob(
+        data, out, desc, seed, tasks or data.train_tasks(), train or cfg.mtl, start or FreshEncoder(cfg.encoder), loss
+    )

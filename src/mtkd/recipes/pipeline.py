@@ -18,10 +18,10 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 from mtkd import unlabeled
 from mtkd.config import RunConfig, Stage, save_config
@@ -109,12 +109,21 @@ def seed_steps(cfg: RunConfig, data: TaskData, out_dir: Path, seed: int) -> list
             models = {**models, **{t: models[s.head_of] for t, s in data.specs.items() if s.head_of in models}}
         if table3 or Stage.EVALUATE in stages:
             out = seed_dir / "eval" / system if table3 else seed_dir
-            steps.append(Step(None if table3 else f"seed-{seed}/evaluate",
-                              [partial(evaluate.evaluate, data, models=models, out=out, test=True)], system))
+            steps.append(
+                Step(
+                    None if table3 else f"seed-{seed}/evaluate",
+                    [partial(evaluate.evaluate, data, models=models, out=out, test=True)],
+                    system,
+                )
+            )
 
     if Stage.SINGLE_TASK in stages and (table3 or not stages & {Stage.MTL, Stage.FINETUNE}):
-        train("single_task", finetune.jobs(cfg, data, seed_dir / "single_task", seed, None, train=cfg.mtl,
-                                           tasks=tasks, desc="single-task"))
+        train(
+            "single_task",
+            finetune.jobs(
+                cfg, data, seed_dir / "single_task", seed, None, train=cfg.mtl, tasks=tasks, desc="single-task"
+            ),
+        )
         served = _folders(seed_dir / "single_task", tasks)
         evaluation("single_task", served)
     mtl_model = seed_dir / "mtl" / "model"
@@ -122,8 +131,12 @@ def seed_steps(cfg: RunConfig, data: TaskData, out_dir: Path, seed: int) -> list
         train("mtl", [mtl.job(cfg, data, seed_dir / "mtl", seed)])
     finetuned = Stage.MTL in stages if table3 else Stage.FINETUNE in stages  # Table 3's MT-DNN: MTL + fine-tuning
     if finetuned:
-        train("finetune", finetune.jobs(cfg, data, seed_dir / "finetune", seed,
-                                        mtl_model if Stage.MTL in stages else None, tasks=tasks))
+        train(
+            "finetune",
+            finetune.jobs(
+                cfg, data, seed_dir / "finetune", seed, mtl_model if Stage.MTL in stages else None, tasks=tasks
+            ),
+        )
     if Stage.MTL in stages or finetuned:
         served = {t: mtl_model for t in data.specs} if Stage.MTL in stages and not table3 else {}
         served.update(_folders(seed_dir / "finetune", tasks) if finetuned else {})
@@ -132,23 +145,34 @@ def seed_steps(cfg: RunConfig, data: TaskData, out_dir: Path, seed: int) -> list
         teaching = teach.jobs(cfg, data, seed_dir / "teach", seed, mtdnn_mtl=mtl_model)
         train("teach", teaching)
         ensembles = next(job for job in teaching if isinstance(job, teach.Ensembles))
-        steps.append(Step(None, [partial(teach.ensemble_results, ensembles, out=seed_dir / "eval" / "ensemble")],
-                          "ensemble"))
+        steps.append(
+            Step(None, [partial(teach.ensemble_results, ensembles, out=seed_dir / "eval" / "ensemble")], "ensemble")
+        )
     if Stage.DISTILL in stages:
         # the paper's MT-DNN-KD (the teacher tasks' soft targets only) and, with kd.unlabeled, the
         # extra row "MT-DNN-KD + unlabeled text" from the same teachers, beside it
         students = [("mtdnn_kd", "distill", None)]
         if unlabeled.pseudo_tasks(cfg):
-            students.append((unlabeled.STUDENT, unlabeled.STUDENT_FOLDER,
-                             seed_dir / "teach" / unlabeled.LABELS_FOLDER / "soft_targets"))
+            students.append(
+                (
+                    unlabeled.STUDENT,
+                    unlabeled.STUDENT_FOLDER,
+                    seed_dir / "teach" / unlabeled.LABELS_FOLDER / "soft_targets",
+                )
+            )
         for system, folder, text in students:
             train(folder, distill.jobs(cfg, data, seed_dir / folder, seed, seed_dir / "teach" / "soft_targets", text))
             evaluation(system, _folders(seed_dir / folder / "finetune", tasks))
         served = _folders(seed_dir / "distill" / "finetune", tasks)
-    if Stage.PREDICT in stages and seed == cfg.seeds[0] and cfg.predict.submission and \
-            (not table3 or stages & {Stage.DISTILL, Stage.MTL}):
-        steps.append(Step(f"seed-{seed}/predict", [partial(predict.predict, data, models=served, out=seed_dir,
-                                                           copy_to=out_dir)]))
+    if (
+        Stage.PREDICT in stages
+        and seed == cfg.seeds[0]
+        and cfg.predict.submission
+        and (not table3 or stages & {Stage.DISTILL, Stage.MTL})
+    ):
+        steps.append(
+            Step(f"seed-{seed}/predict", [partial(predict.predict, data, models=served, out=seed_dir, copy_to=out_dir)])
+        )
     return steps
 
 

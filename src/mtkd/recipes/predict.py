@@ -31,8 +31,9 @@ def is_glue(specs: dict) -> bool:
     return any(t in GLUE_TASK_NAMES for t in specs)
 
 
-def predict(data: TaskData, runner: Runner, models: dict[str, Path], out: Path, copy_to: Path | None = None
-            ) -> list[str]:
+def predict(
+    data: TaskData, runner: Runner, models: dict[str, Path], out: Path, copy_to: Path | None = None
+) -> list[str]:
     """models: task -> model folder (AX falls back to its head_of task's model); `copy_to`: a folder
     that gets a copy (the run folder: submission.zip, or the predictions folder). Returns the missing
     leaderboard entries (none without a GLUE task)."""

@@ -11,9 +11,10 @@ predictions are functions of the runner: they run every time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -98,8 +99,16 @@ class Runner:
     def logits(self, model: MTModel, data, task: str, indices=None):
         """(N, C) logits of examples `indices` of an encoded split, every rank predicting its share
         with the config's `predict` batches and `mtl.precision` (mtkd.loop.predict_logits)."""
-        return predict_logits(model, data, task, indices, self.cfg.predict.batch_size, self.cfg.predict.max_tokens,
-                              self.accelerator, self.cfg.mtl.precision)
+        return predict_logits(
+            model,
+            data,
+            task,
+            indices,
+            self.cfg.predict.batch_size,
+            self.cfg.predict.max_tokens,
+            self.accelerator,
+            self.cfg.mtl.precision,
+        )
 
 
 # -------------------------------------------------------------------------------- training jobs
@@ -108,6 +117,7 @@ class FreshEncoder:
     """Start from a pretrained encoder with fresh heads: an encoder section of the config (`encoder`,
     or a student's); `dropout` and `encoder` override its shared-layer dropout and weights (a
     teacher candidate)."""
+
     encoder_cfg: EncoderConfig
     dropout: float | None = None
     encoder: str | None = None
@@ -118,8 +128,13 @@ class FreshEncoder:
     def identity(self, stages: Stages) -> dict:
         """The encoder (its weights' checksum), depth, dropout and init."""
         name, e = self.tokenizer(stages), self.encoder_cfg
-        return {"encoder": name, "weights": stages.encoder_weights(name), "num_hidden_layers": e.num_hidden_layers,
-                "dropout": e.dropout if self.dropout is None else self.dropout, "init": e.init}
+        return {
+            "encoder": name,
+            "weights": stages.encoder_weights(name),
+            "num_hidden_layers": e.num_hidden_layers,
+            "dropout": e.dropout if self.dropout is None else self.dropout,
+            "init": e.init,
+        }
 
     def build(self, specs: dict, device) -> MTModel:
         return new_model(self.encoder_cfg, specs, device, dropout=self.dropout, encoder=self.encoder)
@@ -129,6 +144,7 @@ class FreshEncoder:
 class FromModel:
     """Start from a saved model folder (an MTL model to fine-tune); a task it has no head for gets a
     fresh one (fine-tuning on a new task)."""
+
     folder: Path
 
     def tokenizer(self, stages: Stages) -> str:
@@ -145,6 +161,7 @@ class FromModel:
 class Loss:
     """A loss in place of each task's own: `factory(model)` gives the loop's loss_fn, `record` is
     what it depends on (part of the stage's identity)."""
+
     factory: Callable[[MTModel], LossFn]
     record: dict | None = None
 
@@ -165,9 +182,13 @@ class TrainingJob(Job):
 
     def identity(self, runner: Runner) -> dict:
         tokenizer = self.start.tokenizer(runner.stages)  # the data is read by the tokenizer of the model trained
-        return {"seed": self.seed, "tasks": {t: self.data.data_identity(t, "train", tokenizer) for t in self.tasks},
-                "train": train_settings(self.train, runner.device), "init": self.start.identity(runner.stages),
-                "loss": self.loss.identity(runner.stages) if self.loss else None}
+        return {
+            "seed": self.seed,
+            "tasks": {t: self.data.data_identity(t, "train", tokenizer) for t in self.tasks},
+            "train": train_settings(self.train, runner.device),
+            "init": self.start.identity(runner.stages),
+            "loss": self.loss.identity(runner.stages) if self.loss else None,
+        }
 
     def registers(self, runner: Runner) -> tuple[Path, str]:
         runner.stages.check_inside(self.out / "checkpoints")  # before any work: the cleanup at the end must not fail
@@ -181,14 +202,34 @@ class TrainingJob(Job):
         model = self.start.build(self.data.specs, runner.device)
         loss_fn = self.loss.factory(model) if self.loss else None
         self.out.mkdir(parents=True, exist_ok=True)
-        summary = train(model, train_sets, self.train, self.seed, self.out, runner.accelerator, loss_fn=loss_fn,
-                        run_config=to_dict(self.data.cfg), desc=self.desc, identity=identity)
+        summary = train(
+            model,
+            train_sets,
+            self.train,
+            self.seed,
+            self.out,
+            runner.accelerator,
+            loss_fn=loss_fn,
+            run_config=to_dict(self.data.cfg),
+            desc=self.desc,
+            identity=identity,
+        )
         if runner.main:  # the model card's training record: settings, data, the start, distillation
-            model.save_pretrained(self.out / "model", card=training_record(
-                self.data.cfg, self.data.specs, identity, desc=self.desc, train_sets=train_sets, summary=summary,
-                init_from=getattr(self.start, "folder", None)))
-        summary.update(tasks=self.tasks, seed=self.seed,
-                       train_examples={t: len(s.indices) for t, s in train_sets.items()})
+            model.save_pretrained(
+                self.out / "model",
+                card=training_record(
+                    self.data.cfg,
+                    self.data.specs,
+                    identity,
+                    desc=self.desc,
+                    train_sets=train_sets,
+                    summary=summary,
+                    init_from=getattr(self.start, "folder", None),
+                ),
+            )
+        summary.update(
+            tasks=self.tasks, seed=self.seed, train_examples={t: len(s.indices) for t, s in train_sets.items()}
+        )
         runner.stages.mark_done(self.out, summary, identity)
         if runner.main:  # the finished model is in OUT/model; the resume state is no longer needed
             runner.stages.remove_inside(self.out / "checkpoints")

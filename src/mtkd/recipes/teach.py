@@ -51,11 +51,31 @@ def jobs(cfg: RunConfig, data: TaskData, out: Path, seed: int, mtdnn_mtl: Path |
     (OUT/unlabeled). `mtdnn_mtl`: this seed's MT-DNN MTL model, which the from_mtdnn candidates continue."""
     cands = cfg.kd.seeded_candidates(seed)
     teacher_mtl, teacher_ft = teacher_train_config(cfg, "mtl"), teacher_train_config(cfg, "finetune")
-    candidates = [mtl.job(cfg, data, out / f"candidate-{i}" / "mtl", c.seed, train=teacher_mtl,
-                          start=_start(cfg, c, mtdnn_mtl), desc=f"teacher candidate {i}") for i, c in enumerate(cands)]
-    members = [finetune.jobs(cfg, data, out / f"candidate-{i}" / "finetune", c.seed, out / f"candidate-{i}" / "mtl" /
-                             "model", train=teacher_ft, tasks=list(cfg.kd.teacher_tasks), desc=f"teacher {i}")
-               for i, c in enumerate(cands)]
+    candidates = [
+        mtl.job(
+            cfg,
+            data,
+            out / f"candidate-{i}" / "mtl",
+            c.seed,
+            train=teacher_mtl,
+            start=_start(cfg, c, mtdnn_mtl),
+            desc=f"teacher candidate {i}",
+        )
+        for i, c in enumerate(cands)
+    ]
+    members = [
+        finetune.jobs(
+            cfg,
+            data,
+            out / f"candidate-{i}" / "finetune",
+            c.seed,
+            out / f"candidate-{i}" / "mtl" / "model",
+            train=teacher_ft,
+            tasks=list(cfg.kd.teacher_tasks),
+            desc=f"teacher {i}",
+        )
+        for i, c in enumerate(cands)
+    ]
     ensembles = Ensembles(cfg, data, out, cands, members)
     text = [LabelText(data, out / unlabeled.LABELS_FOLDER, ensembles)] if unlabeled.pseudo_tasks(cfg) else []
     return candidates + [ensembles] + text
@@ -76,6 +96,7 @@ class Ensembles(Job):
     """Steps 2-4, one stage (OUT/DONE.json, its key in the soft targets' provenance): select the
     candidates, fine-tune the members (`members[i]`: candidate i's fine-tuning), write the teacher
     tasks' soft targets and score each teacher task's ensemble."""
+
     cfg: RunConfig
     data: TaskData
     out: Path
@@ -89,16 +110,24 @@ class Ensembles(Job):
         fine-tuning (kd.teacher_finetune on top of `finetune`), selection and the teacher tasks' data
         (not kd.unlabeled's text: a sub-stage of its own labels it)."""
         kd, data = self.cfg.kd, self.data
-        return {"candidates": [runner.stages.model_identity(self.out / f"candidate-{i}" / "mtl" / "model")
-                               for i in range(len(self.cands))],
-                "finetune": train_settings(teacher_train_config(self.cfg, "finetune"), runner.device),
-                "teacher_tasks": list(kd.teacher_tasks), "select_by": list(kd.select_by), "top_k": kd.top_k,
-                "temperature": kd.temperature,
-                "selection_data": {f"{t}/{s}": data.data_identity(t, s) for t in kd.select_by or kd.teacher_tasks
-                                   for s in data.specs[t].eval_splits("dev")},
-                "dev_caps": {t: data.cap(t, "dev_cap")
-                             for t in dict.fromkeys(list(kd.select_by) + list(kd.teacher_tasks))},
-                "labelled": {t: data.data_identity(t, "train") for t in kd.teacher_tasks}}
+        return {
+            "candidates": [
+                runner.stages.model_identity(self.out / f"candidate-{i}" / "mtl" / "model")
+                for i in range(len(self.cands))
+            ],
+            "finetune": train_settings(teacher_train_config(self.cfg, "finetune"), runner.device),
+            "teacher_tasks": list(kd.teacher_tasks),
+            "select_by": list(kd.select_by),
+            "top_k": kd.top_k,
+            "temperature": kd.temperature,
+            "selection_data": {
+                f"{t}/{s}": data.data_identity(t, s)
+                for t in kd.select_by or kd.teacher_tasks
+                for s in data.specs[t].eval_splits("dev")
+            },
+            "dev_caps": {t: data.cap(t, "dev_cap") for t in dict.fromkeys(list(kd.select_by) + list(kd.teacher_tasks))},
+            "labelled": {t: data.data_identity(t, "train") for t in kd.teacher_tasks},
+        }
 
     def registers(self, runner: Runner) -> tuple[Path, str]:
         return self.out / "soft_targets", ""
@@ -113,8 +142,10 @@ class Ensembles(Job):
     def run(self, runner: Runner, identity: dict) -> dict:
         kd, out = self.cfg.kd, self.out
         # 2. score each candidate on the selection tasks' dev sets, keep the top k
-        scores = [_dev_score(runner, self.data, out / f"candidate-{i}" / "mtl" / "model",
-                             kd.select_by or kd.teacher_tasks) for i in range(len(self.cands))]
+        scores = [
+            _dev_score(runner, self.data, out / f"candidate-{i}" / "mtl" / "model", kd.select_by or kd.teacher_tasks)
+            for i in range(len(self.cands))
+        ]
         members = sorted(range(len(self.cands)), key=lambda i: -scores[i])[: kd.top_k]
         self.summary = {"candidates": to_dict(self.cands), "selection_scores": scores, "members": members}
         # 3. fine-tune every member on every teacher task
@@ -152,23 +183,44 @@ class Ensembles(Job):
         if self._loaded[0] != task:
             self._loaded = (task, [load_model(f, self.data.specs, runner.device) for f in self.folders(task)])
         kind = kind_of(self.data.specs[name])
-        return ensemble_average([
-            kind.teacher_output(runner.logits(m, self.data.encoded(name, split, runner.stages.model_tokenizer(f)),
-                                              name, indices), temperature)
-            for m, f in zip(self._loaded[1], self.folders(task))])
+        return ensemble_average(
+            [
+                kind.teacher_output(
+                    runner.logits(m, self.data.encoded(name, split, runner.stages.model_tokenizer(f)), name, indices),
+                    temperature,
+                )
+                for m, f in zip(self._loaded[1], self.folders(task), strict=False)
+            ]
+        )
 
     def soft_targets(self, runner: Runner, task: str, name: str, rows, **provenance) -> SoftTargets:
         """`task`'s ensemble on the training rows `rows` of `name` (the task, or its unlabeled text)."""
         kd, spec, scores = self.cfg.kd, self.data.specs[name], self.summary.get("selection_scores")
-        return SoftTargets(name, [rows.data.ids[i] for i in rows.indices],
-                           self.average(runner, task, name, "train", rows.indices, kd.temperature), {
-            "members": [{"candidate": i, **to_dict(self.cands[i]), "model": str(f),
-                         "selection_dev_score": scores[i] if scores else None}
-                        for i, f in zip(self.summary["members"], self.folders(task))],
-            "teacher_key": runner.stages.stage_key(self.out / "soft_targets"), "data_file": rows.data.meta["path"],
-            "data_fingerprint": rows.data.fingerprint, "tokenizer_fingerprint": rows.data.meta["tokenizer_fingerprint"],
-            "max_len": rows.data.meta["max_len"], "temperature": kd.temperature, "kind": spec.head.value,
-            "labels": list(spec.labels), **provenance})
+        return SoftTargets(
+            name,
+            [rows.data.ids[i] for i in rows.indices],
+            self.average(runner, task, name, "train", rows.indices, kd.temperature),
+            {
+                "members": [
+                    {
+                        "candidate": i,
+                        **to_dict(self.cands[i]),
+                        "model": str(f),
+                        "selection_dev_score": scores[i] if scores else None,
+                    }
+                    for i, f in zip(self.summary["members"], self.folders(task), strict=False)
+                ],
+                "teacher_key": runner.stages.stage_key(self.out / "soft_targets"),
+                "data_file": rows.data.meta["path"],
+                "data_fingerprint": rows.data.fingerprint,
+                "tokenizer_fingerprint": rows.data.meta["tokenizer_fingerprint"],
+                "max_len": rows.data.meta["max_len"],
+                "temperature": kd.temperature,
+                "kind": spec.head.value,
+                "labels": list(spec.labels),
+                **provenance,
+            },
+        )
 
     def score(self, runner: Runner, task: str, ensemble_dev: dict, predicted: dict) -> None:
         """`task`'s ensemble on its dev splits (T = 1): metrics into `ensemble_dev` and per-example
@@ -188,6 +240,7 @@ class Ensembles(Job):
 class LabelText(Job):
     """Step 5, a sub-stage of its own (OUT/DONE.json, OUT/soft_targets): kd.unlabeled's text labelled
     by the ensembles (mtkd.unlabeled.label), keyed by the teachers and the text."""
+
     data: TaskData
     out: Path
     ensembles: Ensembles
@@ -199,8 +252,12 @@ class LabelText(Job):
         return self.out / "soft_targets", ""
 
     def run(self, runner: Runner, identity: dict) -> dict:
-        info = {**unlabeled.label(self.data, partial(self.ensembles.soft_targets, runner), self.out, digest(identity),
-                                  runner.main), "members": self.ensembles.summary["members"]}
+        info = {
+            **unlabeled.label(
+                self.data, partial(self.ensembles.soft_targets, runner), self.out, digest(identity), runner.main
+            ),
+            "members": self.ensembles.summary["members"],
+        }
         self.ensembles.unload()
         runner.stages.mark_done(self.out, info, identity)
         return info

@@ -14,5 +14,16 @@ from mtkd.report.markdown import results_markdown
 from mtkd.report.results import combine, write_results
 from mtkd.report.scores import SYSTEM_NAMES, SYSTEMS, aggregate, compare, targets
 
-__all__ = ["SYSTEMS", "SYSTEM_NAMES", "aggregate", "combine", "compare", "paired_intervals", "plot_charts",
-           "plot_paired_differences", "results_markdown", "targets", "write_results"]
+__all__ = [
+    "SYSTEMS",
+    "SYSTEM_NAMES",
+    "aggregate",
+    "combine",
+    "compare",
+    "paired_intervals",
+    "plot_charts",
+    "plot_paired_differences",
+    "results_markdown",
+    "targets",
+    "write_results",
+]

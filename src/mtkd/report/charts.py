@@ -7,10 +7,20 @@ from pathlib import Path
 from mtkd.report.intervals import INTERVAL_SYSTEMS
 from mtkd.report.scores import SYSTEM_NAMES, cell_value
 
-CHART_COLORS = {"single_task": "#999999", "mtdnn": "#4c72b0", "ensemble": "#dd8452", "mtdnn_kd": "#55a868",
-                "mtdnn_kd_unlabeled": "#8172b3"}
-CHART_LABELS = {"single_task": "single-task", "mtdnn": "MT-DNN", "ensemble": "ensemble\n(teachers)", "mtdnn_kd": "MT-DNN-KD",
-                "mtdnn_kd_unlabeled": "MT-DNN-KD\n+ unlabeled"}
+CHART_COLORS = {
+    "single_task": "#999999",
+    "mtdnn": "#4c72b0",
+    "ensemble": "#dd8452",
+    "mtdnn_kd": "#55a868",
+    "mtdnn_kd_unlabeled": "#8172b3",
+}
+CHART_LABELS = {
+    "single_task": "single-task",
+    "mtdnn": "MT-DNN",
+    "ensemble": "ensemble\n(teachers)",
+    "mtdnn_kd": "MT-DNN-KD",
+    "mtdnn_kd_unlabeled": "MT-DNN-KD\n+ unlabeled",
+}
 
 
 def _pyplot():
@@ -36,13 +46,18 @@ def plot_charts(results: dict, folder: Path) -> list[Path]:
         values = [cell_value(systems[s][t]) for s in names]
         errors = [cell_value(std[s][t]) if s in std and t in std[s] else 0.0 for s in names]
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.bar([CHART_LABELS.get(s, s) for s in names], values, yerr=errors, capsize=4,
-               color=[CHART_COLORS.get(s, "#8172b3") for s in names])
+        ax.bar(
+            [CHART_LABELS.get(s, s) for s in names],
+            values,
+            yerr=errors,
+            capsize=4,
+            color=[CHART_COLORS.get(s, "#8172b3") for s in names],
+        )
         metrics = list(systems[names[0]][t])
         ax.set_ylabel(("mean of " if len(metrics) > 1 else "") + "/".join(metrics) + " (dev, x100)")
         ax.set_title(t)
-        ax.set_ylim(max(0, min(values) - 5), max(v + e for v, e in zip(values, errors)) + 3)
-        for x, (v, e) in enumerate(zip(values, errors)):  # above the error bar, so the two do not overlap
+        ax.set_ylim(max(0, min(values) - 5), max(v + e for v, e in zip(values, errors, strict=False)) + 3)
+        for x, (v, e) in enumerate(zip(values, errors, strict=False)):  # above the error bar, so the two do not overlap
             ax.text(x, v + e + 0.3, f"{v:.1f}", ha="center", fontsize=8)
         fig.tight_layout()
         path = folder / f"{t}.png"
@@ -72,8 +87,16 @@ def plot_paired_differences(results: dict, path: Path) -> Path | None:
             r = comparisons[s]["mean"] if t == "mean" else comparisons[s]["tasks"].get(t)
             if r is None:
                 continue
-            ax.errorbar([x + offset], [r["diff"]], yerr=[[r["diff"] - r["low"]], [r["high"] - r["diff"]]], fmt="s",
-                        color=color, capsize=3, markersize=5, label=label)
+            ax.errorbar(
+                [x + offset],
+                [r["diff"]],
+                yerr=[[r["diff"] - r["low"]], [r["high"] - r["diff"]]],
+                fmt="s",
+                color=color,
+                capsize=3,
+                markersize=5,
+                label=label,
+            )
             label = None  # one legend entry per system
             ax.scatter([x + offset] * len(r["per_seed"]), r["per_seed"], color=color, s=12, alpha=0.5, zorder=3)
     ax.axhline(0, color="black", linewidth=0.8)

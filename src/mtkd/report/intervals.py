@@ -15,12 +15,14 @@ from mtkd.tasks import load_task_specs
 
 INTERVAL_SYSTEMS = ("mtdnn_kd", "mtdnn_kd_unlabeled", "ensemble")  # each compared with BASELINE
 INTERVAL_REPLICATES, INTERVAL_LEVEL, INTERVAL_BOOTSTRAP_SEED = 1000, 0.95, 0
-INTERVAL_METHOD = (f"paired percentile bootstrap over dev examples and seeds (mtkd.stats.paired_bootstrap): each of "
-                   f"{INTERVAL_REPLICATES} replicates (random generator seed {INTERVAL_BOOTSTRAP_SEED}) draws the seeds "
-                   "with replacement and each dev set's examples with replacement, the same draw for both systems and "
-                   "every seed, recomputes both systems' task scores and takes the mean over the drawn seeds of their "
-                   f"difference; the {INTERVAL_LEVEL:.0%} interval is the 2.5th-97.5th percentile of the replicates, "
-                   "per task and on the mean over tasks (MNLI-m/mm one task; extra evaluation splits not counted)")
+INTERVAL_METHOD = (
+    f"paired percentile bootstrap over dev examples and seeds (mtkd.stats.paired_bootstrap): each of "
+    f"{INTERVAL_REPLICATES} replicates (random generator seed {INTERVAL_BOOTSTRAP_SEED}) draws the seeds "
+    "with replacement and each dev set's examples with replacement, the same draw for both systems and "
+    "every seed, recomputes both systems' task scores and takes the mean over the drawn seeds of their "
+    f"difference; the {INTERVAL_LEVEL:.0%} interval is the 2.5th-97.5th percentile of the replicates, "
+    "per task and on the mean over tasks (MNLI-m/mm one task; extra evaluation splits not counted)"
+)
 
 
 def paired_intervals(specs: dict, results: dict, seed_dirs: dict[int, Path]) -> dict:
@@ -37,8 +39,10 @@ def paired_intervals(specs: dict, results: dict, seed_dirs: dict[int, Path]) -> 
     notes = []
     comparisons = {}
     if missing:
-        notes.append(f"no per-example dev predictions of MT-DNN ({', '.join(missing)}): written by mtkd runs "
-                     "since the paired intervals were added; rerun the experiment (finished stages are reused)")
+        notes.append(
+            f"no per-example dev predictions of MT-DNN ({', '.join(missing)}): written by mtkd runs "
+            "since the paired intervals were added; rerun the experiment (finished stages are reused)"
+        )
     for system in systems if not missing else []:
         runs, gone = _load_seed_predictions(seed_dirs, system)
         if gone:
@@ -46,8 +50,15 @@ def paired_intervals(specs: dict, results: dict, seed_dirs: dict[int, Path]) -> 
             continue
         try:
             a, b = _paired(baseline, runs)
-            result = paired_bootstrap(specs, a, b, replicates=INTERVAL_REPLICATES, seed=INTERVAL_BOOTSTRAP_SEED,
-                                      level=INTERVAL_LEVEL, layout=task_layout)
+            result = paired_bootstrap(
+                specs,
+                a,
+                b,
+                replicates=INTERVAL_REPLICATES,
+                seed=INTERVAL_BOOTSTRAP_SEED,
+                level=INTERVAL_LEVEL,
+                layout=task_layout,
+            )
         except ValueError as e:
             notes.append(f"{SYSTEM_NAMES[system]}: {e}")
             continue
@@ -56,9 +67,15 @@ def paired_intervals(specs: dict, results: dict, seed_dirs: dict[int, Path]) -> 
         comparisons[system] = result
     out: dict = {}
     if comparisons:
-        out["intervals"] = {"baseline": BASELINE, "method": INTERVAL_METHOD, "replicates": INTERVAL_REPLICATES,
-                            "level": INTERVAL_LEVEL, "bootstrap_seed": INTERVAL_BOOTSTRAP_SEED,
-                            "seeds": sorted(int(s) for s in seed_dirs), "comparisons": comparisons}
+        out["intervals"] = {
+            "baseline": BASELINE,
+            "method": INTERVAL_METHOD,
+            "replicates": INTERVAL_REPLICATES,
+            "level": INTERVAL_LEVEL,
+            "bootstrap_seed": INTERVAL_BOOTSTRAP_SEED,
+            "seeds": sorted(int(s) for s in seed_dirs),
+            "comparisons": comparisons,
+        }
     if notes:
         out["intervals_note"] = "; ".join(notes)
     return out
@@ -87,7 +104,7 @@ def _paired(base: list[dict], other: list[dict]) -> tuple[list[dict], list[dict]
     """{report: Evaluated} per seed for MT-DNN and another system, over the reports both have; the
     two must have predicted the same dev examples (ids) in the same order."""
     a, b = [], []
-    for ra, rb in zip(base, other):
+    for ra, rb in zip(base, other, strict=False):
         common = [r for r in ra if r in rb]
         for r in common:
             if not np.array_equal(ra[r]["ids"], rb[r]["ids"]):

@@ -37,7 +37,9 @@ def combine(paths: list[Path], out_dir: Path) -> dict:
     first = loaded[0][1]
     per_seed = _merge_seeds(loaded)
     seeds = sorted({int(s) for runs in per_seed.values() for s in runs})
-    ordered = {s: [per_seed[s][str(seed)] for seed in seeds if str(seed) in per_seed[s]] for s in SYSTEMS if s in per_seed}
+    ordered = {
+        s: [per_seed[s][str(seed)] for seed in seeds if str(seed) in per_seed[s]] for s in SYSTEMS if s in per_seed
+    }
     missing = {s: [seed for seed in seeds if str(seed) not in per_seed[s]] for s in ordered}
     if any(missing.values()):
         raise ConfigError("systems missing seeds: " + "; ".join(f"{s}: {m}" for s, m in missing.items() if m))
@@ -50,8 +52,12 @@ def combine(paths: list[Path], out_dir: Path) -> dict:
     timings = {}
     for _, res in loaded:
         timings.update({k: v for k, v in res.get("timings", {}).items() if k.startswith("seed-")})
-    results.update(timings=timings, config={**first["config"], "seeds": seeds}, notes=first.get("notes", {}),
-                   combined_from=[str(path) for path, _ in loaded])
+    results.update(
+        timings=timings,
+        config={**first["config"], "seeds": seeds},
+        notes=first.get("notes", {}),
+        combined_from=[str(path) for path, _ in loaded],
+    )
     results.update(_combined_intervals(loaded, results))
     results["targets"] = targets(results, teacher_tasks)
     write_results(results, out_dir)
@@ -102,7 +108,9 @@ def _per_seed_of(path: Path, res: dict) -> dict[str, dict[str, dict]]:
         return res["per_seed"]
     if len(res.get("seeds", [])) == 1:
         return {s: {str(res["seeds"][0]): v} for s, v in res["systems"].items()}
-    raise ConfigError(f"{path}: no 'per_seed' field and {len(res.get('seeds', []))} seeds: cannot recover each seed's numbers")
+    raise ConfigError(
+        f"{path}: no 'per_seed' field and {len(res.get('seeds', []))} seeds: cannot recover each seed's numbers"
+    )
 
 
 def _combined_intervals(loaded: list[tuple[Path, dict]], results: dict) -> dict:

@@ -14,8 +14,13 @@ from mtkd.metrics import report_layout, task_scores
 from mtkd.tasks import glue_tasks
 
 SYSTEMS = ("single_task", "mtdnn", "ensemble", "mtdnn_kd", "mtdnn_kd_unlabeled")
-SYSTEM_NAMES = {"single_task": "Single-task fine-tuning", "mtdnn": "MT-DNN", "ensemble": "MT-DNN ensemble (teachers)",
-                "mtdnn_kd": "MT-DNN-KD", "mtdnn_kd_unlabeled": "MT-DNN-KD + unlabeled text"}
+SYSTEM_NAMES = {
+    "single_task": "Single-task fine-tuning",
+    "mtdnn": "MT-DNN",
+    "ensemble": "MT-DNN ensemble (teachers)",
+    "mtdnn_kd": "MT-DNN-KD",
+    "mtdnn_kd_unlabeled": "MT-DNN-KD + unlabeled text",
+}
 KD_SYSTEMS = {"mtdnn_kd": "kd", "mtdnn_kd_unlabeled": "kd_unlabeled"}  # system -> its keys' prefix in "comparison"
 BASELINE = "mtdnn"  # what the students and the ensemble are measured against
 
@@ -62,8 +67,10 @@ def beside_names(layout: dict) -> dict[str, str]:
 
 # ------------------------------------------------------------------------ the paper's Table 3 questions
 MIN_GAIN_FOR_SHARE = 0.5  # points (x100): below this the ensemble's gain is within dev-set rounding noise
-SHARE_DEFINITION = ("share = (MT-DNN-KD - MT-DNN) / (ensemble - MT-DNN), per teacher task: how much of the "
-                    "ensemble's gain over MT-DNN the student keeps")
+SHARE_DEFINITION = (
+    "share = (MT-DNN-KD - MT-DNN) / (ensemble - MT-DNN), per teacher task: how much of the "
+    "ensemble's gain over MT-DNN the student keeps"
+)
 
 
 def compare(systems: dict, teacher_tasks, layout: dict | None = None) -> dict:
@@ -107,8 +114,11 @@ def _diff(scores: dict, a: str, b: str, tasks=None) -> dict[str, float]:
 def _wins(diff: dict[str, float], tasks=None) -> dict:
     """The tasks where the difference is positive, out of how many, and the mean difference."""
     chosen = {t: v for t, v in diff.items() if tasks is None or t in tasks}
-    return {"tasks": sorted(t for t, v in chosen.items() if v > 0), "of": len(chosen),
-            "mean_diff": round(float(np.mean(list(chosen.values()))), 4) if chosen else None}
+    return {
+        "tasks": sorted(t for t, v in chosen.items() if v > 0),
+        "of": len(chosen),
+        "mean_diff": round(float(np.mean(list(chosen.values()))), 4) if chosen else None,
+    }
 
 
 def _student_comparison(prefix: str, student: dict[str, float], extra_splits: dict[str, float], teachers: set) -> dict:
@@ -117,10 +127,15 @@ def _student_comparison(prefix: str, student: dict[str, float], extra_splits: di
     if not student:
         return {}
     wins, wins_without_teacher = _wins(student), _wins(student, [t for t in student if t not in teachers])
-    out = {f"{prefix}_minus_mtdnn": student,
-           f"{prefix}_beats_mtdnn": {**wins, "tasks_without_teacher": wins_without_teacher["tasks"],
-                                     "of_without_teacher": wins_without_teacher["of"],
-                                     "mean_diff_without_teacher": wins_without_teacher["mean_diff"]}}
+    out = {
+        f"{prefix}_minus_mtdnn": student,
+        f"{prefix}_beats_mtdnn": {
+            **wins,
+            "tasks_without_teacher": wins_without_teacher["tasks"],
+            "of_without_teacher": wins_without_teacher["of"],
+            "mean_diff_without_teacher": wins_without_teacher["mean_diff"],
+        },
+    }
     if extra_splits:
         out[f"{prefix}_minus_mtdnn_extra_splits"] = extra_splits
     return out
@@ -157,8 +172,13 @@ def targets(results: dict, teacher_tasks) -> list[dict]:
         student_gain = comparison.get(f"{prefix}_minus_mtdnn", {})
         common = [t for t in ensemble_gain if t in student_gain]
         if common:
-            out.append(_gain_kept_target(system, float(np.mean([ensemble_gain[t] for t in common])),
-                                         float(np.mean([student_gain[t] for t in common]))))
+            out.append(
+                _gain_kept_target(
+                    system,
+                    float(np.mean([ensemble_gain[t] for t in common])),
+                    float(np.mean([student_gain[t] for t in common])),
+                )
+            )
     return out
 
 
@@ -172,9 +192,12 @@ def _ensemble_gain_target(per_seed: dict, layout: dict, teachers: set) -> dict:
             common = [t for t in ens_scores if t in mtdnn_scores and t in teachers]
             if common:
                 gains[seed] = round(float(np.mean([ens_scores[t] - mtdnn_scores[t] for t in common])), 4)
-    return {"target": f"ensemble − MT-DNN ≥ {TARGET_ENSEMBLE_GAIN} points on the teacher-task mean in every seed",
-            "system": "ensemble", "value": {"per_seed": gains},
-            "met": bool(gains) and all(v >= TARGET_ENSEMBLE_GAIN for v in gains.values())}
+    return {
+        "target": f"ensemble − MT-DNN ≥ {TARGET_ENSEMBLE_GAIN} points on the teacher-task mean in every seed",
+        "system": "ensemble",
+        "value": {"per_seed": gains},
+        "met": bool(gains) and all(v >= TARGET_ENSEMBLE_GAIN for v in gains.values()),
+    }
 
 
 def _beats_target(system: str, beats: dict, mean_interval: dict | None) -> dict:
@@ -182,20 +205,31 @@ def _beats_target(system: str, beats: dict, mean_interval: dict | None) -> dict:
     measured (None) without an interval unless the counts already fail."""
     need = math.ceil(TARGET_TASKS_WON * beats["of"] - 1e-9)
     counted = len(beats["tasks"]) >= need and (beats["mean_diff"] or 0) > 0
-    return {"target": f"{SYSTEM_NAMES[system]} beats MT-DNN on ≥ {need} of {beats['of']} tasks and on the mean, "
-                      "the mean's 95% interval above 0",
-            "system": system,
-            "value": {"tasks_better": len(beats["tasks"]), "of": beats["of"], "mean_diff": beats["mean_diff"],
-                      "mean_interval": [mean_interval["low"], mean_interval["high"]] if mean_interval else None},
-            "met": (counted and mean_interval["low"] > 0) if mean_interval else (False if not counted else None)}
+    return {
+        "target": f"{SYSTEM_NAMES[system]} beats MT-DNN on ≥ {need} of {beats['of']} tasks and on the mean, "
+        "the mean's 95% interval above 0",
+        "system": system,
+        "value": {
+            "tasks_better": len(beats["tasks"]),
+            "of": beats["of"],
+            "mean_diff": beats["mean_diff"],
+            "mean_interval": [mean_interval["low"], mean_interval["high"]] if mean_interval else None,
+        },
+        "met": (counted and mean_interval["low"] > 0) if mean_interval else (False if not counted else None),
+    }
 
 
 def _gain_kept_target(system: str, ensemble_gain: float, student_gain: float) -> dict:
     """The student keeps enough of the ensemble's gain on the teacher-task mean."""
     kept = student_gain / ensemble_gain if ensemble_gain > 0 else None
-    return {"target": f"{SYSTEM_NAMES[system]} keeps ≥ {TARGET_GAIN_KEPT:.0%} of the ensemble's gain over "
-                      "MT-DNN on the teacher-task mean",
-            "system": system,
-            "value": {"student_gain": round(student_gain, 4), "ensemble_gain": round(ensemble_gain, 4),
-                      "kept": round(kept, 4) if kept is not None else None},
-            "met": kept is not None and kept >= TARGET_GAIN_KEPT}
+    return {
+        "target": f"{SYSTEM_NAMES[system]} keeps ≥ {TARGET_GAIN_KEPT:.0%} of the ensemble's gain over "
+        "MT-DNN on the teacher-task mean",
+        "system": system,
+        "value": {
+            "student_gain": round(student_gain, 4),
+            "ensemble_gain": round(ensemble_gain, 4),
+            "kept": round(kept, 4) if kept is not None else None,
+        },
+        "met": kept is not None and kept >= TARGET_GAIN_KEPT,
+    }
