@@ -95,7 +95,6 @@ def infer_batches(ctx, task: str, data, indices) -> list[tuple[str, int, int]]:
 def plan(ctx, seed: int, pad: int) -> list[dict]:
     """Every stage of the KD experiment: its training runs (batches x epochs), inference batches, saves."""
     from mtkd.loop import total_steps
-    from mtkd.recipes.teach import candidates
 
     cfg, kd = ctx.cfg, ctx.cfg.kd
     tasks = cfg.finetune_tasks or ctx.train_tasks()
@@ -114,7 +113,7 @@ def plan(ctx, seed: int, pad: int) -> list[dict]:
     def dev_batches(task_list):
         return [b for t in task_list for data, idx in ctx.dev_sets(t).values() for b in infer_batches(ctx, t, data, idx)]
 
-    n_cand = len(candidates(ctx, seed))
+    n_cand = len(kd.seeded_candidates(seed))
     teacher_infer = []
     for t in kd.teacher_tasks:  # each member labels the task's training set and its dev set
         ts = ctx.train_set(t)
