@@ -57,8 +57,8 @@ def soft_target_tables(env, tasks: list[str]) -> dict:
     g = torch.Generator().manual_seed(0)
     tables = {}
     for t in tasks:
-        data = env.ctx.train_set(t).data
-        tables[t] = torch.softmax(torch.randn(len(data), env.ctx.specs[t].num_outputs, generator=g) * 2, dim=-1)
+        data = env.data.train_set(t).data
+        tables[t] = torch.softmax(torch.randn(len(data), env.data.specs[t].num_outputs, generator=g) * 2, dim=-1)
     return tables
 
 
@@ -66,7 +66,7 @@ def frozen_teachers(env) -> list:
     """The 3 ensemble members (dropout 0.1/0.2/0.3), eval mode, no gradients."""
     teachers = []
     for d in (0.1, 0.2, 0.3):
-        t = env.ctx.new_model(dropout=d)
+        t = env.new_model(dropout=d)
         t.eval()
         for p in t.parameters():
             p.requires_grad_(False)
@@ -76,7 +76,7 @@ def frozen_teachers(env) -> list:
 
 def run(env) -> dict:
     mode = env.mode
-    tasks = [t for t in TEACHER_TASKS if t in env.ctx.specs]
+    tasks = [t for t in TEACHER_TASKS if t in env.data.specs]
     tables = soft_target_tables(env, tasks)
     teachers = frozen_teachers(env)
     cache: dict = {}

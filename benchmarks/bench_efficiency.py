@@ -94,7 +94,7 @@ def full_width_sets(env, n_batches: int, seed: int, width: int = 128) -> dict:
     from mtkd.data import EncodedSplit
     from mtkd.loop import TrainSet
 
-    task = "SST-2" if "SST-2" in env.ctx.specs else env.ctx.train_tasks()[0]
+    task = "SST-2" if "SST-2" in env.data.specs else env.data.train_tasks()[0]
     n = n_batches * BATCH
     rng = np.random.default_rng(seed)
     ids = rng.integers(1000, 2000, size=n * width).astype(np.int32)
@@ -132,25 +132,27 @@ def rss_child(args) -> None:
     import torch
 
     from mtkd.config import load_config
-    from mtkd.loop import train
-    from mtkd.recipes.context import RunContext
+    from mtkd.loop import make_accelerator, train
+    from mtkd.model import new_model
+    from mtkd.task_data import TaskData
 
     if args.threads:
         torch.set_num_threads(args.threads)
     marks = {"after_imports": rss_now_mb()}
     work = Path(tempfile.mkdtemp(prefix="mtkd-rss-"))
-    ctx = RunContext(load_config(CONFIG, json.loads(args.overrides)), out_dir=work)
-    train_sets = {t: ctx.train_set(t) for t in ctx.train_tasks()}
+    run_cfg = load_config(CONFIG, json.loads(args.overrides))
+    data, accelerator = TaskData(run_cfg), make_accelerator()
+    train_sets = {t: data.train_set(t) for t in data.train_tasks()}
     marks["after_data"] = rss_now_mb()
     # the peak so far: tokenising (on a cold cache) can exceed training's peak; reported apart
     peak_data = peak_rss_mb()
-    model = ctx.new_model()
+    model = new_model(run_cfg.encoder, data.specs, accelerator.device)
     marks["after_model"] = rss_now_mb()
-    cfg = ctx.cfg.mtl.model_copy(update={"max_steps": args.steps})  # the config's checkpointing kept
+    cfg = run_cfg.mtl.model_copy(update={"max_steps": args.steps})  # the config's checkpointing kept
     run_dir = work / "run"
     run_dir.mkdir()
     t0 = time.time()
-    summary = train(model, train_sets, cfg, 0, run_dir, ctx.accelerator, desc="rss")
+    summary = train(model, train_sets, cfg, 0, run_dir, accelerator, desc="rss")
     marks["after_train"] = rss_now_mb()
     peak = peak_rss_mb()
     shutil.rmtree(work, ignore_errors=True)
@@ -193,7 +195,7 @@ def flops_table(mode, summaries: dict) -> str:
 def timed_rounds(env, flop_model: dict) -> dict[str, list[dict]]:
     """The matmul peak and both training workloads, interleaved."""
     mode = env.mode
-    tasks = env.ctx.train_tasks()
+    tasks = env.data.train_tasks()
     mtl_cache: dict = {}
     wide_cache: dict = {}
 
@@ -223,9 +225,9 @@ def timed_rounds(env, flop_model: dict) -> dict[str, list[dict]]:
 
 
 def run(env) -> dict:
-    mode, ctx = env.mode, env.ctx
-    probe = ctx.new_model()
-    flop_model = fit_flop_model(probe, "SST-2" if "SST-2" in ctx.specs else ctx.train_tasks()[0])
+    mode = env.mode
+    probe = env.new_model()
+    flop_model = fit_flop_model(probe, "SST-2" if "SST-2" in env.data.specs else env.data.train_tasks()[0])
     del probe
     runs = timed_rounds(env, flop_model)
     rss = measure_rss(env)

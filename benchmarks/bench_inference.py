@@ -52,9 +52,9 @@ def soft_target_generation(env, student) -> dict[str, list[dict]]:
     from mtkd.data import collate
     from mtkd.loop import predict_logits
 
-    mode, ctx = env.mode, env.ctx
-    data, pool = ctx.train_set(GEN_TASK).data, ctx.train_set(GEN_TASK).indices
-    n_labels = ctx.specs[GEN_TASK].num_outputs
+    mode, cfg = env.mode, env.cfg
+    data, pool = env.data.train_set(GEN_TASK).data, env.data.train_set(GEN_TASK).indices
+    n_labels = env.data.specs[GEN_TASK].num_outputs
     hf = AutoModelForSequenceClassification.from_pretrained(env.encoder, num_labels=n_labels)
     hf.eval()
 
@@ -64,8 +64,8 @@ def soft_target_generation(env, student) -> dict[str, list[dict]]:
     def mtkd_gen(r):
         idx = gen_idx(r)
         t0 = time.perf_counter()
-        out = predict_logits(student, data, GEN_TASK, indices=idx, batch_size=ctx.cfg.predict.batch_size,
-                             max_tokens=ctx.cfg.predict.max_tokens)
+        out = predict_logits(student, data, GEN_TASK, indices=idx, batch_size=cfg.predict.batch_size,
+                             max_tokens=cfg.predict.max_tokens)
         dt = time.perf_counter() - t0
         assert out.shape == (len(idx), n_labels)
         return _throughput(len(idx), int(data.lengths[idx].sum()), dt)
@@ -75,7 +75,7 @@ def soft_target_generation(env, student) -> dict[str, list[dict]]:
         batches = []  # built before the clock starts: the HF side is timed on the model alone
         for i in range(0, len(idx), HF_BATCH):
             b = collate(data, idx[i:i + HF_BATCH])
-            pad = ctx.cfg.data.max_seq_len - b["input_ids"].shape[1]
+            pad = cfg.data.max_seq_len - b["input_ids"].shape[1]
             batches.append({k: torch.nn.functional.pad(b[k], (0, pad)) for k in ("input_ids", "attention_mask", "token_type_ids")})
         outs = []
         t0 = time.perf_counter()
@@ -92,7 +92,7 @@ def soft_target_generation(env, student) -> dict[str, list[dict]]:
 def all_heads(env, student, head_tasks: list[str]) -> dict[str, list[dict]]:
     """Part 2: one encoder pass + every head against one model copy per head."""
     mode = env.mode
-    data, pool = env.ctx.train_set(GEN_TASK).data, env.ctx.train_set(GEN_TASK).indices
+    data, pool = env.data.train_set(GEN_TASK).data, env.data.train_set(GEN_TASK).indices
     per_task = [copy.deepcopy(student) for _ in head_tasks]
 
     def head_batches(r):
@@ -126,11 +126,11 @@ def all_heads(env, student, head_tasks: list[str]) -> dict[str, list[dict]]:
 
 
 def run(env) -> dict:
-    mode, ctx = env.mode, env.ctx
-    student = ctx.new_model()
+    mode, cfg = env.mode, env.cfg
+    student = env.new_model()
     student.eval()
     gen_runs = soft_target_generation(env, student)
-    head_tasks = [t for t, s in ctx.specs.items() if s.head_of is None]
+    head_tasks = [t for t, s in env.data.specs.items() if s.head_of is None]
     head_runs = all_heads(env, student, head_tasks)
     del student
 
@@ -151,8 +151,8 @@ def run(env) -> dict:
              f"all heads on {mode.heads_examples}; {mode.repeats} rounds interleaved)")
     print(f"\n{title}\n\n{t1}\n\n{t2}\n", flush=True)
     settings = {"softtarget_task": GEN_TASK, "softtarget_examples": mode.infer_examples,
-                "mtkd_batch_size": ctx.cfg.predict.batch_size, "mtkd_max_tokens": ctx.cfg.predict.max_tokens,
-                "hf_batch_size": HF_BATCH, "hf_padding": f"max_length {ctx.cfg.data.max_seq_len}",
+                "mtkd_batch_size": cfg.predict.batch_size, "mtkd_max_tokens": cfg.predict.max_tokens,
+                "hf_batch_size": HF_BATCH, "hf_padding": f"max_length {cfg.data.max_seq_len}",
                 "heads_examples": mode.heads_examples, "head_tasks": head_tasks, "heads_batch_size": HEADS_BATCH,
                 "rounds": mode.repeats, "grad_mode": "torch.inference_mode for every contender"}
     return bench_document(env, NAME, settings, summaries, ratios, [title, t1, t2], what=what)

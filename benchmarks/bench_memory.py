@@ -48,7 +48,7 @@ def child(mode: str, path: str, cache: str) -> None:
     from transformers import AutoTokenizer
 
     from mtkd.data import collate, encode_split
-    from mtkd.model import resolve_encoder
+    from mtkd.encoders import resolve_encoder
     from mtkd.sampler import MultiTaskBatchSampler
 
     from machine import peak_rss_mb

@@ -166,7 +166,8 @@ def load_contenders(mode: Mode, model_dir: Path, work: Path, data_root: Path, th
     from mtkd import inference
     from mtkd.export import dev_sets
     from mtkd.onnx_model import OnnxModel
-    from mtkd.model import MTModel, max_positions
+    from mtkd.encoders import max_positions
+    from mtkd.model import MTModel
 
     model = MTModel.from_pretrained(model_dir).eval()
     specs, tok = model.tasks, model.tokenizer

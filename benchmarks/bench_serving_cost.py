@@ -146,12 +146,12 @@ def main() -> None:
     from mtkd.config import load_config
     from mtkd.data import resolve_data_root
     from mtkd.model import MTModel
-    from mtkd.recipes.context import RunContext
+    from mtkd.task_data import TaskData
 
     quiet_hf()
     torch.manual_seed(0)
     cfg = load_config(KD_CONFIG)
-    specs = RunContext(cfg, REPO / "runs" / "bench-serving-cost").specs
+    specs = TaskData(cfg).specs
     root = resolve_data_root(args.data_root or cfg.data.root)
     texts, pairs = requests(specs, root, args.per_task)
     settings = {"batch_size": cfg.predict.batch_size, "max_tokens": cfg.predict.max_tokens, "max_len": cfg.data.max_seq_len}

@@ -41,7 +41,7 @@ KEYS = ["examples_per_s", "tokens_per_s", "padded_tokens_per_s", "padding_fracti
 
 def workloads(env) -> dict[str, tuple[list[str], int]]:
     """short name -> (tasks, num_labels of the Trainer model)."""
-    return {"sst2": (["SST-2"], 2), "mrpc": (["MRPC"], 2), "mtl": (env.ctx.train_tasks(), 3)}
+    return {"sst2": (["SST-2"], 2), "mrpc": (["MRPC"], 2), "mtl": (env.data.train_tasks(), 3)}
 
 
 def contenders(env, loads: dict) -> list[tuple[str, object]]:
@@ -65,7 +65,7 @@ def contenders(env, loads: dict) -> list[tuple[str, object]]:
         def fn(r):
             _, batches = plan(key, r)
             num_labels = loads[key][1]
-            feats = hf_features(batches, pad_to=None if dynamic else env.ctx.cfg.data.max_seq_len, num_labels=num_labels)
+            feats = hf_features(batches, pad_to=None if dynamic else env.cfg.data.max_seq_len, num_labels=num_labels)
             return run_trainer(env, feats, len(batches), seed=1000 + r, dynamic=dynamic, num_labels=num_labels,
                                sampling=sampling)
         return fn

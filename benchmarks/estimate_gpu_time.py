@@ -55,25 +55,25 @@ def model_flops(config) -> tuple[float, float]:
     return 2.0 * weights, 4.0 * d * n
 
 
-def _sampler(ctx, tasks: list[str], cfg, seed: int):
+def _sampler(data, tasks: list[str], cfg, seed: int):
     """The training loop's own batch sampler (mtkd.loop.make_sampler) for these tasks and settings."""
     from mtkd.loop import make_sampler
 
-    sets = {t: ctx.train_set(t) for t in tasks}
+    sets = {t: data.train_set(t) for t in tasks}
     return sets, make_sampler(sets, cfg, seed)
 
 
-def train_batches(ctx, tasks: list[str], cfg, seed: int, pad: int) -> list[tuple[str, int, int]]:
+def train_batches(data, tasks: list[str], cfg, seed: int, pad: int) -> list[tuple[str, int, int]]:
     """One epoch of (task, rows, padded width) as the training loop batches it."""
-    sets, sampler = _sampler(ctx, tasks, cfg, seed)
+    sets, sampler = _sampler(data, tasks, cfg, seed)
     return [(task, len(idx), -(-int(sets[task].data.lengths[idx].max()) // pad) * pad) for task, idx, _ in sampler]
 
 
-def collate_ms(ctx, cfg, seed: int, n: int = 300) -> float:
+def collate_ms(data, cfg, seed: int, n: int = 300) -> float:
     """Median host time of building one training batch (mtkd.data.collate) over the MTL epoch's first n."""
     from mtkd.data import collate
 
-    sets, sampler = _sampler(ctx, ctx.train_tasks(), cfg, seed)
+    sets, sampler = _sampler(data, data.train_tasks(), cfg, seed)
     ts = []
     for i, (task, idx, _) in enumerate(sampler):
         if i == n:
@@ -84,23 +84,23 @@ def collate_ms(ctx, cfg, seed: int, n: int = 300) -> float:
     return statistics.median(ts)
 
 
-def infer_batches(ctx, task: str, data, indices) -> list[tuple[str, int, int]]:
+def infer_batches(data, task: str, split, indices) -> list[tuple[str, int, int]]:
     from mtkd.inference import length_batches
 
-    lens = data.lengths[indices]
+    lens = split.lengths[indices]
     return [(task, len(sel), int(lens[sel].max()))
-            for sel in length_batches(lens, ctx.cfg.predict.batch_size, ctx.cfg.predict.max_tokens)]
+            for sel in length_batches(lens, data.cfg.predict.batch_size, data.cfg.predict.max_tokens)]
 
 
-def plan(ctx, seed: int, pad: int) -> list[dict]:
+def plan(data, seed: int, pad: int) -> list[dict]:
     """Every stage of the KD experiment: its training runs (batches x epochs), inference batches, saves."""
     from mtkd.loop import total_steps
 
-    cfg, kd = ctx.cfg, ctx.cfg.kd
-    tasks = cfg.finetune_tasks or ctx.train_tasks()
+    cfg, kd = data.cfg, data.cfg.kd
+    tasks = cfg.finetune_tasks or data.train_tasks()
 
     def training_run(task_list, cfg_):
-        batches = train_batches(ctx, task_list, cfg_, seed, pad)
+        batches = train_batches(data, task_list, cfg_, seed, pad)
         steps = total_steps(cfg_, len(batches))
         return {"batches": batches, "epochs": cfg_.epochs, "steps": steps,
                 "checkpoints": steps // cfg_.checkpoint_every + math.ceil(cfg_.epochs)}
@@ -108,16 +108,17 @@ def plan(ctx, seed: int, pad: int) -> list[dict]:
     def finetunes(task_list, cfg_):  # one run per task
         return [training_run([t], cfg_) for t in task_list]
 
-    mtl_run = training_run(ctx.train_tasks(), cfg.mtl)
+    mtl_run = training_run(data.train_tasks(), cfg.mtl)
 
     def dev_batches(task_list):
-        return [b for t in task_list for data, idx in ctx.dev_sets(t).values() for b in infer_batches(ctx, t, data, idx)]
+        return [b for t in task_list for split, idx in data.dev_sets(t).values()
+                for b in infer_batches(data, t, split, idx)]
 
     n_cand = len(kd.seeded_candidates(seed))
     teacher_infer = []
     for t in kd.teacher_tasks:  # each member labels the task's training set and its dev set
-        ts = ctx.train_set(t)
-        teacher_infer += kd.top_k * (infer_batches(ctx, t, ts.data, ts.indices) + dev_batches([t]))
+        ts = data.train_set(t)
+        teacher_infer += kd.top_k * (infer_batches(data, t, ts.data, ts.indices) + dev_batches([t]))
     return [
         {"stage": "single_task", "train": finetunes(tasks, cfg.mtl), "infer": dev_batches(tasks)},
         {"stage": "mtl", "train": [mtl_run], "infer": []},
@@ -131,16 +132,17 @@ def plan(ctx, seed: int, pad: int) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ measuring
-def tiny_twin(ctx):
+def tiny_twin(data):
     """The default encoder's architecture at hidden 48 (12 heads of 4), PyTorch dropout + SDPA."""
     from transformers import AutoConfig
 
-    from mtkd.model import MTModel, _encoder_from, resolve_encoder
+    from mtkd.encoders import load_encoder, resolve_encoder
+    from mtkd.model import MTModel
 
-    path = resolve_encoder(ctx.cfg.encoder.name)
+    path = resolve_encoder(data.cfg.encoder.name)
     full = AutoConfig.from_pretrained(path)
     tiny = AutoConfig.from_pretrained(path, hidden_size=4 * full.num_attention_heads, intermediate_size=8 * full.num_attention_heads)
-    model = use_torch_dropout(MTModel(_encoder_from(tiny, None), ctx.specs, None, encoder_name="tiny-twin"))
+    model = use_torch_dropout(MTModel(load_encoder(tiny, None), data.specs, None, encoder_name="tiny-twin"))
     return model, full
 
 
@@ -240,11 +242,13 @@ def _under_foreach(e) -> bool:
     return False
 
 
-def save_times(ctx, folder: Path) -> dict:
+def save_times(data, folder: Path) -> dict:
     """Seconds to write one training checkpoint (model + Adamax state) and one model folder, full size."""
     from mtkd.checkpoint import save_checkpoint
+    from mtkd.loop import make_accelerator
+    from mtkd.model import new_model
 
-    model = ctx.new_model()
+    model = new_model(data.cfg.encoder, data.specs, make_accelerator().device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adamax(params, lr=1e-5)
     for p in params:  # an optimizer state of the real size
@@ -274,23 +278,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 def measure(args) -> dict:
     """Everything counted and measured here: the stages' plan, tokenising, the host costs, the saves."""
     from mtkd.config import load_config
-    from mtkd.recipes.context import RunContext
+    from mtkd.task_data import TaskData
 
     overrides = [f"data.root={args.data_root}"] if args.data_root else []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(args.config, overrides + [f"data.cache_dir={tmp}/cache"])
-        ctx = RunContext(cfg, Path(tmp) / "run")
+        data = TaskData(cfg)
         seed = cfg.seeds[0]
         t0 = time.perf_counter()
-        for t, spec in ctx.specs.items():  # cold tokenisation of every split, as the first stage does
+        for t, spec in data.specs.items():  # cold tokenisation of every split, as the first stage does
             for split in spec.splits:
-                ctx.encoded(t, split)
+                data.encoded(t, split)
         tokenise_s = time.perf_counter() - t0
-        stages = plan(ctx, seed, pad=8)  # AMP pads batches to a multiple of 8
-        twin, full_config = tiny_twin(ctx)
-        host = host_times(twin, next(iter(ctx.train_tasks())), args.host_steps)
-        host["collate_ms"] = collate_ms(ctx, cfg.mtl, seed)
-        saves = save_times(ctx, Path(tmp))
+        stages = plan(data, seed, pad=8)  # AMP pads batches to a multiple of 8
+        twin, full_config = tiny_twin(data)
+        host = host_times(twin, next(iter(data.train_tasks())), args.host_steps)
+        host["collate_ms"] = collate_ms(data, cfg.mtl, seed)
+        saves = save_times(data, Path(tmp))
     return {"tokenise_s": tokenise_s, "stages": stages, "host": host, "saves": saves, "full_config": full_config}
 
 

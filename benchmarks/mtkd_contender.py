@@ -17,7 +17,7 @@ from timing import StepClock
 def mtkd_train_config(env: Env, steps: int):
     """The config's MTL settings (Adamax, lr 2e-4, clip 1.0, bucket 50, warm-up 0.1), max_steps=steps;
     no checkpoint inside the timed steps (the final one is tear-down, timed apart)."""
-    return env.ctx.cfg.mtl.model_copy(update=dict(batch_size=BATCH, lr=LR, max_steps=steps, checkpoint_every=10 ** 9))
+    return env.cfg.mtl.model_copy(update=dict(batch_size=BATCH, lr=LR, max_steps=steps, checkpoint_every=10 ** 9))
 
 
 def _steps_of(train_sets: dict) -> int:
@@ -39,13 +39,13 @@ def run_mtkd(env: Env, train_sets: dict, seed: int, loss_fn_factory=None, model=
     from mtkd.loop import train
 
     steps = _steps_of(train_sets)
-    model = model if model is not None else env.ctx.new_model()
+    model = model if model is not None else env.new_model()
     cfg = mtkd_train_config(env, steps)
     run_dir = Path(tempfile.mkdtemp(prefix="mtkd-run-", dir=env.work))
     loss_fn = loss_fn_factory(model) if loss_fn_factory else None
     try:
         with StepClock(model) as clock:
-            summary = train(model, train_sets, cfg, seed, run_dir, env.ctx.accelerator, loss_fn=loss_fn, desc="bench")
+            summary = train(model, train_sets, cfg, seed, run_dir, env.accelerator, loss_fn=loss_fn, desc="bench")
         res = clock.result(expect_steps=steps)
         res["loop_reported_seconds"] = float(summary["seconds"])
         return res

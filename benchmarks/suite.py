@@ -79,11 +79,19 @@ class Env:
     out_dir: Path
     encoder: str  # folder of the encoder (HF layout, tokenizer included)
     encoder_label: str
-    ctx: object  # mtkd.recipes.context.RunContext over configs/glue-cpu.yaml
+    cfg: object  # configs/glue-cpu.yaml with the benchmark's overrides (mtkd.config.RunConfig)
+    data: object  # its tasks and data (mtkd.task_data.TaskData)
+    accelerator: object
     work: Path  # scratch folder (run folders, tiny encoder), removed at the end
     data_root: Path
     threads: int
     overrides: list
+
+    def new_model(self, dropout: float | None = None):
+        """A fresh MT-DNN on the config's encoder (`dropout`: its shared-layer dropout)."""
+        from mtkd.model import new_model
+
+        return new_model(self.cfg.encoder, self.data.specs, self.accelerator.device, dropout=dropout)
 
 
 def default_data_root() -> Path:
@@ -130,7 +138,7 @@ def _mode_of(args) -> Mode:
 
 def _encoder_of(args, mode: Mode, work: Path) -> tuple[str, str]:
     """(encoder folder, its label): --encoder, else a tiny random one (smoke), else the default."""
-    from mtkd.model import resolve_encoder
+    from mtkd.encoders import resolve_encoder
     from mtkd.testing import save_tiny_encoder
 
     if getattr(args, "encoder", None):
@@ -144,7 +152,8 @@ def make_env(args) -> Env:
     import torch
 
     from mtkd.config import load_config
-    from mtkd.recipes.context import RunContext
+    from mtkd.loop import make_accelerator
+    from mtkd.task_data import TaskData
 
     quiet_hf()
     mode = _mode_of(args)
@@ -156,10 +165,11 @@ def make_env(args) -> Env:
     overrides = [f"encoder.name={encoder}", f"data.root={data_root}", "mtl.precision=fp32", "finetune.precision=fp32"]
     if args.cache_dir:
         overrides.append(f"data.cache_dir={Path(args.cache_dir).expanduser().resolve()}")
-    ctx = RunContext(load_config(CONFIG, overrides), out_dir=work / "ctx")
+    cfg = load_config(CONFIG, overrides)
     warn_if_busy(mode.name)
     out_dir = Path(args.out) if args.out else DEFAULT_OUT
-    return Env(mode, out_dir, encoder, label, ctx, work, data_root, torch.get_num_threads(), overrides)
+    return Env(mode, out_dir, encoder, label, cfg, TaskData(cfg), make_accelerator(), work, data_root,
+               torch.get_num_threads(), overrides)
 
 
 def close_env(env: Env) -> None:

@@ -32,7 +32,7 @@ def fixed_train_sets(env: Env, tasks: list[str], n_batches: int, seed: int) -> d
     capped training set: one pass over them is exactly n_batches full single-task batches."""
     from mtkd.loop import TrainSet
 
-    full = {t: env.ctx.train_set(t) for t in tasks}
+    full = {t: env.data.train_set(t) for t in tasks}
     alloc = allocate_batches({t: len(s.indices) for t, s in full.items()}, n_batches) if len(tasks) > 1 else {tasks[0]: n_batches}
     return {t: TrainSet(full[t].data, subset(full[t].indices, k * BATCH, seed * 1009 + i))
             for i, (t, k) in enumerate(alloc.items())}

@@ -72,7 +72,7 @@ def run_trainer(env: Env, features: list[dict], steps: int, seed: int, dynamic: 
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(env.encoder, num_labels=num_labels)
     run_dir = Path(tempfile.mkdtemp(prefix="hf-run-", dir=env.work))
-    tok = env.ctx.tokenizer()
+    tok = env.data.tokenizer()
     optimizer = torch.optim.Adamax(model.parameters(), lr=LR, weight_decay=0.0)
     trainer = Trainer(model=model, args=training_args(run_dir, steps, seed, sampling), train_dataset=features,
                       data_collator=DataCollatorWithPadding(tok) if dynamic else default_data_collator,

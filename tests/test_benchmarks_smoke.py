@@ -151,11 +151,11 @@ def test_estimate_gpu_time_counts_the_pipeline(tmp_path):
     assert "| stage | training runs | steps |" in proc.stdout and "minutes (lower bound" in proc.stdout
     doc = json.loads(out.read_text())
     from mtkd.config import load_config
-    from mtkd.recipes.context import RunContext
+    from mtkd.task_data import TaskData
 
     cfg = load_config(config, [f"data.root={DATA_ROOT}", f"data.cache_dir={tmp_path / 'cache'}"])
-    ctx = RunContext(cfg, tmp_path / "run")
-    batches = {t: math.ceil(len(ctx.train_set(t).indices) / cfg.mtl.batch_size) for t in ctx.train_tasks()}
+    data = TaskData(cfg)
+    batches = {t: math.ceil(len(data.train_set(t).indices) / cfg.mtl.batch_size) for t in data.train_tasks()}
     steps = {s["stage"]: s["train_steps"] for s in doc["stages"]}
     mtl = math.ceil(cfg.mtl.epochs * sum(batches.values()))
     assert steps["mtl"] == mtl

@@ -22,7 +22,7 @@ def _write(tmp_path, raw, name="cfg.yaml") -> Path:
 
 
 def _specs(cfg: RunConfig):
-    """Resolve the task list the way the recipes do (recipes/context.py)."""
+    """Resolve the task list the way the recipes do (mtkd.task_data.TaskData)."""
     return load_task_specs({n: o.override for n, o in cfg.tasks.items()}, cfg.tasks_file)
 
 

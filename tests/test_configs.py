@@ -50,8 +50,6 @@ def test_kd_v2_config_plans_every_stage(tmp_path, tiny_encoder):
 
     from conftest import write_glue_fixture
     from mtkd.recipes import pipeline
-    from mtkd.recipes.context import RunContext
-    from mtkd.recipes.inputs import prepare_data
 
     glue = write_glue_fixture(tmp_path / "glue")
     qnli = glue / "QNLI" / "partial" / "powerfulpromptft_sample"  # the config's QNLI sample file
@@ -62,10 +60,9 @@ def test_kd_v2_config_plans_every_stage(tmp_path, tiny_encoder):
     overrides = [f"data.root={glue}", f"data.cache_dir={tmp_path / 'cache'}", f"encoder.name={tiny_encoder}",
                  "data.max_seq_len=32"] + [f"tasks.{t}.train_cap=30" for t in ("CoLA", "SST-2", "QQP", "MNLI", "QNLI")]
     out = tmp_path / "out"
-    ctx = RunContext(load_config(V2, overrides), out)
-    prepare_data(ctx)
-    keys = pipeline.plan(ctx)
-    assert not ctx.stages.problems
+    data, runner, _ = pipeline.plan(load_config(V2, overrides), out)
+    keys = runner.stages.planned_keys()
+    assert not runner.stages.problems
     planned = {Path(f).relative_to(out.resolve()).as_posix() for f in keys}
     assert {"seed-42/mtl/model", "seed-42/distill/mtl/model", "seed-42/distill_unlabeled/mtl/model",
             "seed-42/teach/soft_targets", "seed-42/teach/unlabeled/soft_targets"} <= planned
@@ -75,7 +72,7 @@ def test_kd_v2_config_plans_every_stage(tmp_path, tiny_encoder):
     by_folder = {Path(f).relative_to(out.resolve()).as_posix(): k for f, k in keys.items()}
     assert len({by_folder[c] for c in candidates}) == 3  # three seeds, three different teachers
     for t in ("MNLI", "QNLI", "QQP"):  # the unused rows: 18 of 48, none of them labelled training data
-        labelled, unlabeled = ctx.train_set(t), ctx.train_set(f"{t}+unlabeled")
+        labelled, unlabeled = data.train_set(t), data.train_set(f"{t}+unlabeled")
         assert len(unlabeled.indices) == 18 and not set(labelled.indices) & set(unlabeled.indices)
 
 

@@ -98,11 +98,12 @@ def test_check_every_logs_and_checks_every_n_steps(glue_root, tiny_encoder, tmp_
     monkeypatch.setattr(mtkd.loop, "default_loss", nan_at_6)
     from mtkd.config import load_config
     from mtkd.recipes import mtl
-    from mtkd.recipes.context import RunContext
+    from mtkd.recipes.runner import Runner
+    from mtkd.task_data import TaskData
 
-    ctx = RunContext(load_config(path, ["mtl.checkpoint_every=2"]), tmp_path / "nan")
+    cfg = load_config(path, ["mtl.checkpoint_every=2"])
     with pytest.raises(TrainingDiverged, match=r"at step 7, .*read every 4 steps, so the last good state is the newest checkpoint"):
-        mtl.run(ctx, tmp_path / "nan", 0)
+        Runner(cfg, tmp_path / "nan").run([mtl.job(cfg, TaskData(cfg), tmp_path / "nan", 0)])
     from safetensors.torch import load_file
 
     from mtkd.checkpoint import STATE_FILE, list_checkpoints

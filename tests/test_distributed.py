@@ -31,8 +31,9 @@ from conftest import tiny_config, write_glue_fixture
 from mtkd.checkpoint import STATE_FILE, list_checkpoints
 from mtkd.cli import main as cli_main
 from mtkd.config import load_config
-from mtkd.recipes import evaluate
-from mtkd.recipes.context import RunContext
+from mtkd.recipes.evaluate import evaluate
+from mtkd.recipes.runner import Runner
+from mtkd.task_data import TaskData
 
 HELPER = Path(__file__).parent / "_train_helper.py"
 TASKS = ("SST-2", "STS-B", "MNLI")
@@ -145,9 +146,10 @@ def test_two_processes_train_the_same_model_as_one(runs, tiny_encoder):
     init = load_file(str(tiny_encoder / "model.safetensors"))  # and the runs did move the encoder
     key = "encoder.layer.0.attention.self.query.weight"
     assert float((a["encoder." + key] - init[key]).abs().max()) > 10 * TOLERANCE
-    ctx = RunContext(load_config(runs.cfg), runs.base / "eval")
-    m1 = evaluate.run(ctx, {t: runs.single / "model" for t in ctx.specs})
-    m2 = evaluate.run(ctx, {t: runs.ddp / "model" for t in ctx.specs})
+    cfg = load_config(runs.cfg)
+    data, runner = TaskData(cfg), Runner(cfg, runs.base / "eval")
+    m1 = evaluate(data, runner, {t: runs.single / "model" for t in data.specs})
+    m2 = evaluate(data, runner, {t: runs.ddp / "model" for t in data.specs})
     assert m1.keys() == m2.keys() == set(TASKS)
     for task in m1:
         assert m1[task].keys() == m2[task].keys()

@@ -21,8 +21,8 @@ from mtkd.cli import main
 from mtkd.data import collate, encode_split
 from mtkd.dropout import ATTENTION_NAME, FastDropout, use_fast_dropout
 from mtkd.errors import ConfigError
-from mtkd.model import (MTModel, check_encoder_dropout, check_first_token_pooling, encoder_dropout_rates,
-                        set_encoder_dropout)
+from mtkd.encoders import check_encoder_dropout, check_first_token_pooling, encoder_dropout_rates, set_encoder_dropout
+from mtkd.model import MTModel
 from mtkd.tasks import glue_tasks
 from mtkd.testing import FAMILIES, save_tiny_family_encoder, tiny_tokenizer
 

@@ -26,7 +26,8 @@ import mtkd.checkpoint as ckpt
 from mtkd.checkpoint import STATE_FILE, file_digest, list_checkpoints, load_latest_checkpoint, save_checkpoint
 from mtkd.cli import main as cli_main
 from mtkd.errors import CheckpointError, DiskFullError
-from mtkd.model import MTModel, resolve_encoder, weights_sha256
+from mtkd.encoders import resolve_encoder
+from mtkd.model import MTModel, weights_sha256
 from mtkd.tasks import glue_tasks
 
 EXPECT = {"tasks": ["SST-2"], "encoder": "lin"}
@@ -137,21 +138,23 @@ def test_training_resumes_from_the_newest_good_checkpoint(tmp_path, tiny_encoder
     from conftest import tiny_config, write_glue_fixture
     from mtkd.config import load_config
     from mtkd.loop import train
-    from mtkd.recipes.context import RunContext
+    from mtkd.model import new_model
+    from mtkd.recipes.runner import Runner
+    from mtkd.task_data import TaskData
 
     raw = tiny_config(write_glue_fixture(tmp_path / "glue", n_train=16), tiny_encoder, tmp_path / "cache", tasks=("SST-2",),
                       mtl={"max_steps": 3, "checkpoint_every": 1})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
     cfg = load_config(tmp_path / "c.yaml")
-    ctx = RunContext(cfg, tmp_path / "run")
+    data, runner = TaskData(cfg), Runner(cfg, tmp_path / "run")
     out = tmp_path / "run"
     out.mkdir()
-    sets = {"SST-2": ctx.train_set("SST-2")}
-    assert train(ctx.new_model(), sets, cfg.mtl, 0, out, ctx.accelerator)["steps"] == 3
+    sets = {"SST-2": data.train_set("SST-2")}
+    assert train(new_model(cfg.encoder, data.specs, runner.device), sets, cfg.mtl, 0, out, runner.accelerator)["steps"] == 3
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-000000002", "step-000000003"]
     _truncate(out / "checkpoints" / "step-000000003" / "model.safetensors")
     with caplog.at_level(logging.INFO):
-        summary = train(ctx.new_model(), sets, cfg.mtl, 0, out, ctx.accelerator)
+        summary = train(new_model(cfg.encoder, data.specs, runner.device), sets, cfg.mtl, 0, out, runner.accelerator)
     messages = [r.getMessage() for r in caplog.records]
     assert any("step-000000003 is damaged (model.safetensors is" in m for m in messages)
     assert any("step-000000002 (step 2 of 3)" in m for m in messages)
@@ -323,7 +326,7 @@ def test_hub_name_offline_needs_a_network_or_a_local_copy(tmp_path, monkeypatch)
 def test_hub_name_without_network(monkeypatch):
     import huggingface_hub.constants
 
-    import mtkd.model
+    import mtkd.encoders
 
     def no_network(*a, **k):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them "
@@ -331,7 +334,7 @@ def test_hub_name_without_network(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(mtkd.model.AutoConfig, "from_pretrained", no_network)
+    monkeypatch.setattr(mtkd.encoders.AutoConfig, "from_pretrained", no_network)
     with pytest.raises(CheckpointError, match="as a hub name it needs a network connection or a local copy "
                                               r"\(the hub could not provide it: We couldn't connect to 'https://huggingface.co'"):
         resolve_encoder("bert-tiny-nonexistent")

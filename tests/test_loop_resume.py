@@ -31,9 +31,10 @@ from mtkd.cli import main as cli_main
 from mtkd.config import load_config
 from mtkd.errors import CheckpointError, TrainingDiverged
 from mtkd.loop import default_loss, train
+from mtkd.model import new_model
 from mtkd.recipes import mtl
-from mtkd.recipes.context import RunContext
-from mtkd.recipes.job import Loss, train_stage
+from mtkd.recipes.runner import Loss, Runner
+from mtkd.task_data import TaskData
 
 HELPER = Path(__file__).parent / "_train_helper.py"
 TASKS = ("SST-2", "STS-B", "MNLI")
@@ -166,7 +167,7 @@ def test_sigint_from_outside_at_an_arbitrary_step_then_resume_is_exact(setup, tm
 
 def test_nan_loss_raises_with_step_and_task_and_keeps_the_last_good_state(setup, tmp_path):
     out = tmp_path / "run"
-    ctx = RunContext(load_config(setup.cfg), out)
+    cfg = load_config(setup.cfg)
     seen: list[str] = []
     snapshot: dict[str, torch.Tensor] = {}
 
@@ -183,7 +184,7 @@ def test_nan_loss_raises_with_step_and_task_and_keeps_the_last_good_state(setup,
         return loss_fn
 
     with pytest.raises(TrainingDiverged) as e:
-        train_stage(ctx, out, mtl.job(ctx, 0, loss=Loss(factory, None)))
+        Runner(cfg, out).run([mtl.job(cfg, TaskData(cfg), out, 0, loss=Loss(factory))])
     msg = str(e.value)
     assert "loss is nan at step 7" in msg and f"task {seen[-1]}," in msg
     assert ckpt_steps(out)[-1] == 7
@@ -194,13 +195,17 @@ def test_nan_loss_raises_with_step_and_task_and_keeps_the_last_good_state(setup,
     assert not (out / "model").exists() and not (out / "DONE.json").exists()
 
 
+def _run_mtl(cfg, out):
+    return Runner(cfg, out).run([mtl.job(cfg, TaskData(cfg), out, 0)])[0]
+
+
 def test_resume_refuses_a_checkpoint_of_another_task_set(setup, tmp_path):
     out = tmp_path / "run"
     cfg = load_config(setup.cfg)
-    ctx = RunContext(cfg, out)
+    data, runner = TaskData(cfg), Runner(cfg, out)
     out.mkdir()
-    train(ctx.new_model(), {t: ctx.train_set(t) for t in TASKS},
-          cfg.mtl.model_copy(update={"max_steps": 3, "checkpoint_every": 1}), 0, out, ctx.accelerator)
+    train(new_model(cfg.encoder, data.specs, runner.device), {t: data.train_set(t) for t in TASKS},
+          cfg.mtl.model_copy(update={"max_steps": 3, "checkpoint_every": 1}), 0, out, runner.accelerator)
     assert ckpt_steps(out) == [2, 3]
     before = sorted(p.name for p in (out / "checkpoints").iterdir())
 
@@ -208,10 +213,10 @@ def test_resume_refuses_a_checkpoint_of_another_task_set(setup, tmp_path):
     cfg2 = tmp_path / "other.yaml"
     cfg2.write_text(yaml.safe_dump(other))
     with pytest.raises(CheckpointError, match=r"checkpoint tasks is \['MNLI', 'SST-2', 'STS-B'\] but this run has \['SST-2', 'STS-B'\]"):
-        mtl.run(RunContext(load_config(cfg2, ["mtl.max_steps=3"]), out), out, 0)
+        _run_mtl(load_config(cfg2, ["mtl.max_steps=3"]), out)
     # same tasks, another length of run: the learning-rate schedule differs, refused too
     with pytest.raises(CheckpointError, match="total_steps is 3 but this run has 4"):
-        mtl.run(RunContext(load_config(setup.cfg, ["mtl.max_steps=4"]), out), out, 0)
+        _run_mtl(load_config(setup.cfg, ["mtl.max_steps=4"]), out)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
     assert not (out / "model").exists()
 

@@ -224,10 +224,11 @@ def test_a_ranking_task_can_select_teachers(runs):
     """kd.select_by with a ranking task: the candidate's selection score is its per-query dev score
     (groups passed through), equal to scoring the saved model independently."""
     from mtkd.config import load_config
-    from mtkd.recipes.context import RunContext
+    from mtkd.recipes.runner import Runner
     from mtkd.recipes.teach import _dev_score
+    from mtkd.task_data import TaskData
 
-    ctx = RunContext(load_config(runs.cfg), runs.base / "select")
-    score = _dev_score(ctx, runs.single / "model", ["Rank"])
+    cfg = load_config(runs.cfg)
+    score = _dev_score(Runner(cfg, runs.base / "select"), TaskData(cfg), runs.single / "model", ["Rank"])
     expected = dev_metrics(runs.single / "model", runs.spec, runs.dev)
     assert abs(score - float(np.mean(list(expected.values())))) < 1e-4

@@ -19,7 +19,7 @@ from mtkd.cli import main
 from mtkd.config import load_config
 from mtkd.errors import ConfigError
 from mtkd.model import MTModel
-from mtkd.recipes.context import RunContext
+from mtkd.task_data import TaskData
 from mtkd.tasks import glue_tasks, load_task_specs, task_from_dict
 
 BASE = {"head": "classification", "labels": ["neg", "pos"], "metrics": ["accuracy"],
@@ -126,15 +126,15 @@ def _csv_texts(path) -> list[str]:
 
 
 def test_each_split_is_tokenised_at_its_own_length(trained):
-    ctx = RunContext(load_config(trained.cfg), trained.tmp / "ctx")
-    assert {(t, s): ctx.max_len(t, s) for t in ("Reviews", "Short") for s in ("train", "dev")} == {
+    data = TaskData(load_config(trained.cfg))
+    assert {(t, s): data.max_len(t, s) for t in ("Reviews", "Short") for s in ("train", "dev")} == {
         ("Reviews", "train"): 16, ("Reviews", "dev"): 48, ("Short", "train"): 64, ("Short", "dev"): 64}
     for (t, s), n in {("Reviews", "train"): 16, ("Reviews", "dev"): 48, ("Short", "train"): 64}.items():
-        data = ctx.encoded(t, s)
-        assert data.meta["max_len"] == n and int(data.lengths.max()) <= n
-        assert ctx.data_identity(t, s)["max_len"] == n
+        split = data.encoded(t, s)
+        assert split.meta["max_len"] == n and int(split.lengths.max()) <= n
+        assert data.data_identity(t, s)["max_len"] == n
     # the truncation counts of the data report, against the tokenizer run here
-    tok = ctx.tokenizer()
+    tok = data.tokenizer()
     rep = json.loads((trained.out / "data_report.json").read_text())
     train, dev = _csv_texts(trained.root / "Reviews" / "train.csv"), _csv_texts(trained.root / "Reviews" / "dev.csv")
     assert rep["Reviews"]["train"]["truncated"] == _n_longer(tok, train, 16) == 24  # every review is longer than 16
@@ -146,8 +146,8 @@ def test_each_split_is_tokenised_at_its_own_length(trained):
 
 
 def test_changing_one_tasks_length_changes_only_its_data_identity(trained):
-    a = RunContext(load_config(trained.cfg), trained.tmp / "a")
-    b = RunContext(load_config(trained.cfg, ["tasks.Reviews.max_seq_len=24"]), trained.tmp / "b")
+    a = TaskData(load_config(trained.cfg))
+    b = TaskData(load_config(trained.cfg, ["tasks.Reviews.max_seq_len=24"]))
     assert b.max_len("Reviews", "train") == 24 and b.max_len("Reviews", "dev") == 48  # the split's own stays
     assert a.data_identity("Reviews", "train") != b.data_identity("Reviews", "train")
     assert a.data_identity("Short", "train") == b.data_identity("Short", "train")

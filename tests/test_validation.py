@@ -15,7 +15,7 @@ from mtkd.cli import main
 from mtkd.config import load_config
 from mtkd.errors import ConfigError, DataError
 from mtkd.metrics import write_submission_file
-from mtkd.model import check_max_seq_len, max_positions
+from mtkd.encoders import check_max_seq_len, max_positions
 from mtkd.tasks import GLUE_TASK_NAMES, check_name, glue_tasks, load_task_specs
 
 MY_TASK = {"head": "classification", "labels": ["0", "1"], "fields": {"text_a": "sentence", "label": "label"},

@@ -5,7 +5,7 @@
 Writes OUT/ (git-ignored):
   glue.tar.xz          every GLUE file the config's tasks read (train/dev/test splits that exist),
                        relative to the data root, compressed with xz -9
-  encoder-fp16.tar     the default encoder (mtkd.model.resolve_encoder("default")): config and
+  encoder-fp16.tar     the default encoder (mtkd.encoders.resolve_encoder("default")): config and
                        tokenizer files as they are, model.safetensors with every floating tensor
                        halved to fp16 (run.sh turns it back into an fp32 folder: the weights it trains
                        from are fp16-rounded, which run.sh says in its results)
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from mtkd.data import resolve_data_root
-    from mtkd.model import resolve_encoder
+    from mtkd.encoders import resolve_encoder
 
     root = Path(resolve_data_root(args.data_root)).resolve()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -273,26 +273,30 @@ def _dispatch(args) -> int:
     if args.command == "check-config":
         return _check_config(args, cfg)
     from mtkd.recipes import evaluate, finetune, mtl, pipeline, predict
-    from mtkd.recipes.context import RunContext
     from mtkd.recipes.inputs import prepare_data
+    from mtkd.recipes.runner import Runner
+    from mtkd.task_data import TaskData
 
     if args.command == "run":
         pipeline.run(cfg, args.output_dir)
         return 0
-    ctx = RunContext(cfg, args.output_dir)
+    data, runner = TaskData(cfg), Runner(cfg, args.output_dir)
+    out = runner.out_dir
     # every rank at the same point: rank 0 tokenises what the command reads, the others wait
-    prepare_data(ctx, {"mtl": ("train",), "finetune": ("train",), "predict": ("test",)}.get(args.command)
-                 or (evaluate.split_prefix(ctx, args.split),))
+    prepare_data(cfg, data, runner.accelerator, {"mtl": ("train",), "finetune": ("train",), "predict": ("test",)}.get(
+        args.command) or (evaluate.split_prefix(data.specs, args.split),))
     seed = cfg.seeds[0] if getattr(args, "seed", None) is None else args.seed
     if args.command == "mtl":
-        print(json.dumps(mtl.run(ctx, ctx.out_dir, seed), indent=2))
+        print(json.dumps(runner.run([mtl.job(cfg, data, out, seed)])[0], indent=2))
     elif args.command == "finetune":
-        print(json.dumps(finetune.run(ctx, ctx.out_dir, seed, args.init, cfg=cfg.finetune if args.init else cfg.mtl), indent=2))
+        jobs = finetune.jobs(cfg, data, out, seed, args.init, train=cfg.finetune if args.init else cfg.mtl)
+        print(json.dumps({job.tasks[0]: summary for job, summary in zip(jobs, runner.run(jobs))}, indent=2))
     elif args.command == "evaluate":
-        print(json.dumps(evaluate.run(ctx, {t: args.model for t in ctx.specs}, ctx.out_dir, split=args.split), indent=2))
+        print(json.dumps(evaluate.evaluate(data, runner, {t: args.model for t in data.specs}, out, split=args.split),
+                         indent=2))
     elif args.command == "predict":
-        missing = predict.run(ctx, {t: args.model for t in ctx.specs}, ctx.out_dir)
-        written = ctx.out_dir / ("submission.zip" if predict.is_glue(ctx) else "predictions")
+        missing = predict.predict(data, runner, {t: args.model for t in data.specs}, out)
+        written = out / ("submission.zip" if predict.is_glue(data.specs) else "predictions")
         print(f"wrote {written}" + (f" (missing: {', '.join(missing)})" if missing else ""))
     return 0
 
@@ -359,22 +363,22 @@ def _tasks(args) -> int:
 
 def _check_config(args, cfg) -> int:
     """`mtkd check-config CONFIG [--data]`: the checks `run` makes before training (the config's rules
-    checked by _dispatch, RunContext builds the tasks, check_inputs the lengths and files), then the
+    checked by _dispatch, TaskData builds the tasks, check_inputs the lengths and files), then the
     resolved config on stdout."""
     import yaml
 
     from mtkd.config import to_dict
-    from mtkd.recipes.context import RunContext
     from mtkd.recipes.inputs import check_inputs
+    from mtkd.task_data import TaskData
 
-    ctx = RunContext(cfg, Path("."))
-    notes = check_inputs(ctx, rows=args.data)
+    data = TaskData(cfg)
+    notes = check_inputs(cfg, data, rows=args.data)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     for note in notes:
         print(f"note: {note}: predict skips it with a warning (a GLUE leaderboard entry is also listed "
               f"in submission.zip's MISSING.txt)", file=sys.stderr)
-    n_files = sum(1 for s in ctx.specs.values() for _ in s.splits) - len(notes)
-    print(f"checked: config, tasks ({len(ctx.specs)}), encoder lengths, files ({n_files}: "
+    n_files = sum(1 for s in data.specs.values() for _ in s.splits) - len(notes)
+    print(f"checked: config, tasks ({len(data.specs)}), encoder lengths, files ({n_files}: "
           f"{'every row' if args.data else 'headers, columns, first rows; rows not read: add --data'})", file=sys.stderr)
     return 0
 

@@ -290,7 +290,7 @@ def validate(cfg: RunConfig, specs: dict[str, TaskSpec] | None = None, where: st
     kd.select_by are in the list, and teachers are of a kind that can have them; kd.unlabeled's
     tasks have teachers and a from_train one a training file; kd.top_k is at most the number of
     candidates, and no two candidates train the same model. Every refusal names the key and the
-    value. (data.max_seq_len against the encoder's positions: mtkd.model.check_max_seq_len.)"""
+    value. (data.max_seq_len against the encoder's positions: mtkd.encoders.check_max_seq_len.)"""
     kd = cfg.kd
     if not cfg.seeds:
         raise ConfigError(f"{where}: seeds must hold at least one seed")

@@ -508,6 +508,13 @@ def collate(data: EncodedSplit, indices, pad_id: int | None = None, pad_multiple
     return batch
 
 
+@dataclass
+class TrainSet:
+    """The examples of a split a stage trains on: the split and its indices after caps."""
+    data: EncodedSplit
+    indices: np.ndarray
+
+
 def subsample(n: int, cap: int | None, seed: int) -> np.ndarray:
     """Indices of a seeded random subset of size `cap` (all, in order, when cap is None or >= n)."""
     if cap is None or cap >= n:

@@ -578,7 +578,8 @@ def export_onnx(model_folder: str | Path, out_dir: str | Path, quantize: str | N
     PyTorch within `atol`; nothing is left in `out_dir` then."""
     from mtkd.files import file_digest
     from mtkd.data import resolve_data_root
-    from mtkd.model import MTModel, max_positions
+    from mtkd.encoders import max_positions
+    from mtkd.model import MTModel
 
     _check_export_args(quantize, exporter, dev_cap)
     model_folder, out_dir = Path(model_folder), Path(out_dir)

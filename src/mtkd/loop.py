@@ -24,24 +24,18 @@ from tqdm.auto import tqdm
 
 from mtkd.checkpoint import load_latest_checkpoint, save_checkpoint
 from mtkd.config import Optimizer, Precision, TrainConfig
-from mtkd.data import EncodedSplit, collate
+from mtkd.data import EncodedSplit, TrainSet, collate
 from mtkd.errors import CheckpointError, TrainingDiverged
 from mtkd.files import atomic_write
-from mtkd.identity import checkpoint_problem
 from mtkd.inference import batched_logits
 from mtkd.losses import task_loss
 from mtkd.sampler import MultiTaskBatchSampler
+from mtkd.stages import checkpoint_problem
 
 log = logging.getLogger(__name__)
 
 # loss_fn(task, logits, batch) -> per-example losses (B,)
 LossFn = Callable[[str, torch.Tensor, dict], torch.Tensor]
-
-
-@dataclass
-class TrainSet:
-    data: EncodedSplit
-    indices: np.ndarray  # which examples of `data` to train on (after caps)
 
 
 class TrainingInterrupted(SystemExit):
@@ -136,7 +130,7 @@ def train(model, train_sets: dict[str, TrainSet], cfg: TrainConfig, seed: int, o
           identity: dict | None = None) -> dict:
     """Algorithm 1 with the paper's optimiser settings; resumes from out_dir/checkpoints if present.
 
-    `identity` (what the stage depends on, see mtkd.identity) is stored in every checkpoint; a
+    `identity` (what the stage depends on, see mtkd.stages) is stored in every checkpoint; a
     checkpoint written under another identity is refused. Returns {"steps", "epochs"}: where the
     run ended (all updates, resumed ones included), and {"seconds", "examples", "tokens"} for this
     call (not counting work done before a resume)."""
@@ -385,14 +379,30 @@ def _tensorboard(folder: Path):
     return SummaryWriter(str(folder))
 
 
-@torch.inference_mode()
 def predict_logits(model, data: EncodedSplit, task: str, indices=None, batch_size: int = 128,
-                   max_tokens: int | None = None) -> np.ndarray:
+                   max_tokens: int | None = None, accelerator=None, precision: Precision = Precision.FP32
+                   ) -> np.ndarray:
     """Logits (N, C) for examples `indices` of `data` (default: all), in the given order, in the
     prediction side's length-sorted batches of at most `batch_size` examples and `max_tokens` padded
-    tokens (`mtkd.inference.batched_logits`), so batches carry little padding."""
-    model.eval()
+    tokens (`mtkd.inference.batched_logits`), so batches carry little padding. Under several
+    processes (`accelerator`) each rank predicts every n-th example (round-robin over lengths) and
+    every rank gets all of them, in order (a collective: every rank calls it at the same point)."""
     indices = np.arange(len(data)) if indices is None else np.asarray(indices)
+    n = accelerator.num_processes if accelerator is not None else 1
+    mine = np.arange(accelerator.process_index, len(indices), n) if n > 1 else np.arange(len(indices))
+    rows = indices[mine]
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    model.eval()
     width = {task: model.heads[model.tasks[task].head_name].out.out_features}
-    return batched_logits(model.run_batch, [task], width, data.rows(indices), data.rows(indices, data.token_type_ids),
-                          int(data.meta.get("pad_id", 0)), batch_size, max_tokens)[task]
+    with torch.inference_mode(), autocast(precision, device)[0]:
+        part = batched_logits(model.run_batch, [task], width, data.rows(rows), data.rows(rows, data.token_type_ids),
+                              int(data.meta.get("pad_id", 0)), batch_size, max_tokens)[task]
+    if n == 1:
+        return part
+    from accelerate.utils import gather_object
+
+    out = None
+    for pos, values in gather_object([(mine, part)]):
+        out = np.zeros((len(indices), values.shape[1]), dtype=np.float32) if out is None else out
+        out[pos] = values
+    return out

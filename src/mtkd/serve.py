@@ -131,7 +131,7 @@ def position_limit(model) -> int | None:
     (`max_positions`), so serving one never imports torch."""
     config = getattr(getattr(model, "encoder", None), "config", None)
     if config is not None:
-        from mtkd.model import max_positions
+        from mtkd.encoders import max_positions
 
         return max_positions(config)
     limit = getattr(model, "max_positions", None)

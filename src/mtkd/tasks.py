@@ -186,41 +186,18 @@ class TaskSpec(Schema, frozen=True):
                 seen[report] = split
         return self
 
-    # ------------------------------------------------------------------------------ head-kind rules
     @model_validator(mode="wrap")
     @classmethod
     def _head_kind_rules(cls, data, handler):
-        """What each head kind asks of a definition, all here: a ranking task's labels default to
-        ["0", "1"] with "1" relevant; it has exactly 2 and names the relevant one (positive_label),
-        which no other kind has; a classification task has at least 2 labels; only a regression task
-        has a label_range; the metrics are ones that score the kind (f1: 2 labels, the second positive)."""
-        if isinstance(data, dict) and data.get("head") == HeadKind.RANKING and not data.get("labels"):
-            data = {**data, "labels": ["0", "1"]}
-            if data.get("positive_label") is None:
-                data["positive_label"] = "1"
+        """What the task's head kind asks of its definition: its defaults and its rules
+        (mtkd.heads: `definition_defaults`, `definition_problem`)."""
+        head = data.get("head") if isinstance(data, dict) else None
+        if isinstance(head, str) and head in [k.value for k in KINDS]:  # else the schema refuses it
+            data = KINDS[HeadKind(head)].definition_defaults(data)
         spec = handler(data)
-        head, labels, positive = spec.head, list(spec.labels), spec.positive_label
-        if head == HeadKind.CLASSIFICATION and len(labels) < 2:
-            raise refuse("a classification task needs at least 2 label names", at=("labels",))
-        if head == HeadKind.RANKING:
-            if len(labels) != 2:
-                raise refuse(f"a ranking task has exactly 2 labels (relevant / not), got {labels}", at=("labels",))
-            if positive is None:
-                raise refuse(f"a ranking task with labels {labels} must say which one marks a relevant candidate, "
-                             f"e.g. positive_label: {labels[0]}", at=("positive_label",))
-            if positive not in labels:
-                raise refuse(f"{positive!r} is not one of the labels {labels}", at=("positive_label",))
-        elif positive is not None:
-            raise refuse(f"only ranking tasks have one (head is {head.value})", at=("positive_label",))
-        scoring = KINDS[head].metric_names
-        for m in spec.metrics:
-            if m not in scoring:
-                raise refuse(f"{m!r} does not score a {head.value} task; use {list(scoring)}", at=("metrics",))
-            if m == "f1" and len(labels) != 2:
-                raise refuse(f"f1 scores a task with 2 labels (the second is the positive class), this one has "
-                             f"{len(labels)}", at=("metrics",))
-        if spec.label_range is not None and head != HeadKind.REGRESSION:
-            raise refuse(f"only regression tasks have one (head is {head.value})", at=("label_range",))
+        problem = KINDS[spec.head].definition_problem(spec)
+        if problem:
+            raise refuse(problem[1], at=(problem[0],))
         return spec
 
     # ------------------------------------------------------------------------------ reading
@@ -240,7 +217,7 @@ class TaskSpec(Schema, frozen=True):
     def positive_index(self) -> int:
         """Ranking: the index in `labels` of the label that marks a relevant candidate (the encoded
         labels are indices into `labels`)."""
-        if self.head != HeadKind.RANKING or self.positive_label is None:
+        if self.positive_label is None:  # only ranking definitions have one
             raise ValueError(f"task {self.name!r} is not a ranking task with a positive_label")
         return self.labels.index(self.positive_label)
 

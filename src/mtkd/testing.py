@@ -14,7 +14,7 @@ def save_tiny_encoder(folder: Path, max_positions: int = 512) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from mtkd.model import resolve_encoder
+    from mtkd.encoders import resolve_encoder
 
     tok = AutoTokenizer.from_pretrained(resolve_encoder("default"), use_fast=True)
     torch.manual_seed(0)

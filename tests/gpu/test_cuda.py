@@ -5,6 +5,7 @@ of mtkd's CPU masks, every model on the GPU, and a tiny KD pipeline end to end o
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,8 +16,9 @@ from mtkd.checkpoint import STATE_FILE, list_checkpoints
 from mtkd.cli import main
 from mtkd.config import load_config
 from mtkd.loop import train
-from mtkd.model import MTModel
-from mtkd.recipes.context import RunContext
+from mtkd.model import MTModel, new_model
+from mtkd.recipes.runner import Runner
+from mtkd.task_data import TaskData
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -26,7 +28,10 @@ def _ctx(glue_root, tiny_encoder, tmp_path, **mtl):
     cfg["mtl"].update(mtl)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return RunContext(load_config(path), tmp_path / "out")
+    cfg = load_config(path)
+    data, runner = TaskData(cfg), Runner(cfg, tmp_path / "out")
+    return SimpleNamespace(cfg=cfg, accelerator=runner.accelerator, train_set=data.train_set,
+                           new_model=lambda dropout=None: new_model(cfg.encoder, data.specs, runner.device, dropout))
 
 
 @pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])

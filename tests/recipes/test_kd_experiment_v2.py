@@ -27,14 +27,16 @@ import pytest
 import yaml
 
 from conftest import tiny_config, write_glue_fixture
+from mtkd import unlabeled
 from mtkd.cli import main
 from mtkd.config import load_config, teacher_train_config
 from mtkd.errors import ConfigError
 from mtkd.heads import kind_of
-from mtkd.recipes.context import RunContext
 from mtkd.metrics import load_predictions
 from mtkd.recipes.inputs import prepare_data
+from mtkd.recipes.runner import Runner
 from mtkd.stats import Evaluated, paired_bootstrap
+from mtkd.task_data import TaskData
 
 TASKS = ("SST-2", "RTE", "STS-B")
 RTE_CAP, UNLABELED_CAP, N_TRAIN = 30, 10, 48
@@ -58,9 +60,7 @@ def run(tmp_path_factory, tiny_encoder):
     path = base / "kd.yaml"
     path.write_text(yaml.safe_dump(_config(glue, tiny_encoder, base / "cache")))
     out = base / "out"
-    ctx = RunContext(load_config(path), out)  # the plan, made before anything trains
-    prepare_data(ctx)
-    planned = pipeline.plan(ctx)
+    planned = pipeline.plan(load_config(path), out)[1].stages.planned_keys()  # the plan, made before anything trains
     assert main(["run", str(path), "--output-dir", str(out)]) == 0
     return SimpleNamespace(base=base, glue=glue, path=path, out=out, sd=out / "seed-0", planned=planned,
                            res=json.loads((out / "results.json").read_text()))
@@ -108,25 +108,25 @@ def test_unlabeled_from_train_is_validated(tmp_path, glue_root, tiny_encoder):
             load_config(path, [override])
     # the older form, a file of extra text, still loads (it now trains the extra row, see docs/distillation.md)
     old = load_config(path, ["kd.unlabeled.RTE={path: x.tsv, fields: {text_a: a}}"])
-    ctx = RunContext(old, tmp_path / "o")
-    assert ctx.specs["RTE+unlabeled"].splits["train"].path == "x.tsv" and ctx.from_train("RTE+unlabeled") is None
+    assert TaskData(old).specs["RTE+unlabeled"].splits["train"].path == "x.tsv"
+    assert unlabeled.from_train(old, "RTE+unlabeled") is None
 
 
 def test_from_train_takes_exactly_the_unused_training_rows(tmp_path, glue_root, tiny_encoder):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(_config(glue_root, tiny_encoder, tmp_path / "cache")))
-    ctx = RunContext(load_config(path, ["kd.unlabeled.RTE.cap=null"]), tmp_path / "o")
-    labelled, unlabeled = ctx.train_set("RTE"), ctx.train_set("RTE+unlabeled")
-    assert unlabeled.data.labels is None and unlabeled.data.ids == labelled.data.ids  # the same file, no labels
-    assert len(labelled.indices) == RTE_CAP and len(unlabeled.indices) == N_TRAIN - RTE_CAP  # cap null: every unused row
-    assert sorted(set(labelled.indices) | set(unlabeled.indices)) == list(range(N_TRAIN))
-    assert not set(labelled.indices) & set(unlabeled.indices)
-    capped = RunContext(load_config(path), tmp_path / "o").train_set("RTE+unlabeled")
-    assert len(capped.indices) == UNLABELED_CAP and set(capped.indices) <= set(unlabeled.indices)
-    ident = RunContext(load_config(path), tmp_path / "o").data_identity("RTE+unlabeled", "train")
+    data = TaskData(load_config(path, ["kd.unlabeled.RTE.cap=null"]))
+    labelled, text = data.train_set("RTE"), data.train_set("RTE+unlabeled")
+    assert text.data.labels is None and text.data.ids == labelled.data.ids  # the same file, no labels
+    assert len(labelled.indices) == RTE_CAP and len(text.indices) == N_TRAIN - RTE_CAP  # cap null: every unused row
+    assert sorted(set(labelled.indices) | set(text.indices)) == list(range(N_TRAIN))
+    assert not set(labelled.indices) & set(text.indices)
+    capped = TaskData(load_config(path)).train_set("RTE+unlabeled")
+    assert len(capped.indices) == UNLABELED_CAP and set(capped.indices) <= set(text.indices)
+    ident = TaskData(load_config(path)).data_identity("RTE+unlabeled", "train")
     assert ident["cap"] == UNLABELED_CAP and ident["from_train"] == {"task": "RTE", "train_cap": RTE_CAP}
     with pytest.raises(ConfigError, match="keeps all 48 rows .*no row is left unused"):
-        RunContext(load_config(path, [f"tasks.RTE.train_cap={N_TRAIN}"]), tmp_path / "o").train_set("RTE+unlabeled")
+        TaskData(load_config(path, [f"tasks.RTE.train_cap={N_TRAIN}"])).train_set("RTE+unlabeled")
 
 
 def test_from_train_with_no_row_left_is_refused_before_training(tmp_path, glue_root, tiny_encoder, capsys):
@@ -140,9 +140,9 @@ def test_from_train_with_no_row_left_is_refused_before_training(tmp_path, glue_r
     capsys.readouterr()
     assert main(["check-config", str(path), "--data", *over]) == 2
     assert f"keeps all {N_TRAIN} rows" in capsys.readouterr().err
-    ctx = RunContext(load_config(path, over[1:]), tmp_path / "o")
+    cfg = load_config(path, over[1:])
     with pytest.raises(ConfigError, match=f"keeps all {N_TRAIN} rows .*no row is left unused"):
-        prepare_data(ctx)
+        prepare_data(cfg, TaskData(cfg), Runner(cfg, tmp_path / "o").accelerator)
 
 
 # ------------------------------------------------------------------------------ the experiment
@@ -175,13 +175,13 @@ def test_two_students_from_the_same_teachers_the_paper_row_without_the_unlabeled
 
 
 def test_the_teachers_label_only_unused_rows(run):
-    ctx = RunContext(load_config(run.path), run.out)
-    labelled = {ctx.train_set("RTE").data.ids[i] for i in ctx.train_set("RTE").indices}
+    data = TaskData(load_config(run.path))
+    labelled = {data.train_set("RTE").data.ids[i] for i in data.train_set("RTE").indices}
     soft = json.loads((run.sd / "teach" / "soft_targets" / "RTE.json").read_text())
     extra = json.loads((run.sd / "teach" / "unlabeled" / "soft_targets" / "RTE+unlabeled.json").read_text())
     assert set(soft["ids"]) == labelled and len(extra["ids"]) == UNLABELED_CAP
     assert not set(extra["ids"]) & labelled  # no example is both labelled and unlabeled
-    assert set(extra["ids"]) <= set(ctx.train_set("RTE").data.ids)
+    assert set(extra["ids"]) <= set(data.train_set("RTE").data.ids)
     assert extra["provenance"]["teacher_key"] == _done(run.sd / "teach")["stage_key"]
     assert len(extra["provenance"]["members"]) == 2
 
@@ -195,30 +195,31 @@ def test_mtdnn_and_the_paper_student_see_the_same_batches_in_the_same_order(run)
     for t in TASKS:
         assert _steps(run.sd / "finetune" / t) == _steps(run.sd / "distill" / "finetune" / t)
     # the batch plans themselves: same tasks, same examples per batch, same order
-    ctx = RunContext(load_config(run.path), run.out)
-    assert student_tasks(ctx, unlabeled=False) == ctx.train_tasks()
+    cfg = load_config(run.path)
+    data = TaskData(cfg)
+    assert student_tasks(cfg, data, with_text=False) == data.train_tasks()
 
     def plan(tasks):
-        sampler = make_sampler({t: ctx.train_set(t) for t in tasks}, ctx.cfg.mtl, 0)
+        sampler = make_sampler({t: data.train_set(t) for t in tasks}, cfg.mtl, 0)
         return [(t, b.tolist()) for t, b in sampler.epoch_batches(0)]
 
-    assert plan(ctx.train_tasks()) == plan(student_tasks(ctx, unlabeled=False))
-    assert plan(student_tasks(ctx, unlabeled=True)) != plan(ctx.train_tasks())  # the extra row adds batches
+    assert plan(data.train_tasks()) == plan(student_tasks(cfg, data, with_text=False))
+    assert plan(student_tasks(cfg, data, with_text=True)) != plan(data.train_tasks())  # the extra row adds batches
 
 
 def test_every_evaluation_keeps_its_per_example_predictions(run):
-    ctx = RunContext(load_config(run.path), run.out)
+    data = TaskData(load_config(run.path))
     for system in ("mtdnn", "mtdnn_kd", "mtdnn_kd_unlabeled", "ensemble"):
         preds = load_predictions(run.sd / "eval" / system / "predictions.npz")
         expected = run.res["per_seed"][system]["0"]
         assert set(preds) == set(expected), system
         for report, p in preds.items():
             task = report  # one dev split per task here
-            data, idx = ctx.dev_sets(task)[report]
-            assert p["ids"].tolist() == [data.ids[i] for i in idx]
-            assert np.array_equal(p["labels"], data.labels[idx])
+            split, idx = data.dev_sets(task)[report]
+            assert p["ids"].tolist() == [split.ids[i] for i in idx]
+            assert np.array_equal(p["labels"], split.labels[idx])
             # the saved predictions give the reported metrics exactly
-            assert kind_of(ctx.specs[task]).scores(p["labels"], p["predictions"]) == expected[report], (system, report)
+            assert kind_of(data.specs[task]).scores(p["labels"], p["predictions"]) == expected[report], (system, report)
     assert set(load_predictions(run.sd / "eval" / "ensemble" / "predictions.npz")) == {"RTE"}  # teacher tasks
     assert (run.sd / "teach" / "ensemble_predictions.npz").is_file()
 
@@ -229,7 +230,7 @@ def test_results_hold_the_paired_intervals_computed_from_the_predictions(run):
     assert set(iv["comparisons"]) == {"mtdnn_kd", "mtdnn_kd_unlabeled", "ensemble"}
     assert set(iv["comparisons"]["mtdnn_kd"]["tasks"]) == set(TASKS)
     assert set(iv["comparisons"]["ensemble"]["tasks"]) == {"RTE"}  # the ensemble: teacher tasks only
-    ctx = RunContext(load_config(run.path), run.out)
+    data = TaskData(load_config(run.path))
 
     def evaluated(system):
         return [{r: Evaluated(p["labels"], p["predictions"]) for r, p in
@@ -237,7 +238,7 @@ def test_results_hold_the_paired_intervals_computed_from_the_predictions(run):
 
     base = evaluated("mtdnn")
     order = list(run.res["report_layout"])  # the tasks in the order the run drew their rows
-    again = paired_bootstrap({t: ctx.specs[t] for t in order}, base, evaluated("mtdnn_kd"), replicates=1000, seed=0)
+    again = paired_bootstrap({t: data.specs[t] for t in order}, base, evaluated("mtdnn_kd"), replicates=1000, seed=0)
     kd = iv["comparisons"]["mtdnn_kd"]
     assert kd["tasks"] == again["tasks"] and kd["mean"] == again["mean"]  # recomputed from the files: the same
     comp = run.res["comparison"]["kd_minus_mtdnn"]

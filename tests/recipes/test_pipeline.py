@@ -28,7 +28,8 @@ from mtkd.loop import TrainingInterrupted
 from mtkd.metrics import glue_score
 from mtkd.model import MTModel, weights_sha256
 from mtkd.recipes import finetune
-from mtkd.recipes.context import RunContext
+from mtkd.recipes.runner import Runner
+from mtkd.task_data import TaskData
 
 TASKS = ("SST-2", "MRPC", "STS-B", "MNLI", "AX")
 N_DEV, N_TEST = 16, 12
@@ -193,7 +194,8 @@ def test_finetune_from_a_model_with_other_labels_for_a_task_is_refused(run, tmp_
     path.write_text(yaml.safe_dump(other))
     mtl_model = run.seed / "mtl" / "model"
     with pytest.raises(CheckpointError, match=r"task 'SST-2': checkpoint head is classification \['0', '1'\]"):
-        finetune.run(RunContext(load_config(path), tmp_path / "ft"), tmp_path / "ft", 0, mtl_model)
+        cfg = load_config(path)
+        Runner(cfg, tmp_path / "ft").run(finetune.jobs(cfg, TaskData(cfg), tmp_path / "ft", 0, mtl_model))
     assert main(["finetune", str(path), "--init", str(mtl_model), "--output-dir", str(tmp_path / "ft2")]) == 2
     assert "checkpoint does not match the configured tasks" in capsys.readouterr().err
     assert not list(tmp_path.rglob("model.safetensors"))  # nothing trained

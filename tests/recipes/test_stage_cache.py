@@ -21,8 +21,7 @@ from mtkd.checkpoint import STATE_FILE, list_checkpoints
 from mtkd.cli import main
 from mtkd.config import load_config
 from mtkd.errors import ConfigError
-from mtkd.recipes.context import RunContext
-from mtkd.recipes.inputs import prepare_data
+from mtkd.stages import Stages
 
 HELPER = Path(__file__).parents[1] / "_train_helper.py"
 
@@ -106,19 +105,18 @@ def test_resume_under_changed_settings_is_refused_before_anything_is_written(glu
     assert max(lrs) <= 0.001  # no step ran under the refused learning rate
 
 
-def test_cleanup_never_deletes_outside_the_run_folder(glue_root, tiny_encoder, tmp_path):
-    path = _config(glue_root, tiny_encoder, tmp_path)
-    ctx = RunContext(load_config(path), tmp_path / "run")
+def test_cleanup_never_deletes_outside_the_run_folder(tmp_path):
+    stages = Stages(tmp_path / "run", accelerator=None)
     outside = tmp_path / "precious" / "checkpoints"
     outside.mkdir(parents=True)
     (outside / "keep.txt").write_text("x")
     for target in (outside, tmp_path / "run" / ".." / "precious" / "checkpoints", tmp_path / "run"):
         with pytest.raises(ConfigError, match="not inside the run folder"):
-            ctx.stages.remove_inside(target)
+            stages.remove_inside(target)
     assert (outside / "keep.txt").read_text() == "x"
     inside = tmp_path / "run" / "seed-0" / "mtl" / "checkpoints"
     inside.mkdir(parents=True)
-    ctx.stages.remove_inside(inside)
+    stages.remove_inside(inside)
     assert not inside.exists()
 
 
@@ -133,9 +131,7 @@ def test_planning_computes_the_keys_the_run_stores(glue_root, tiny_encoder, tmp_
     path = tmp_path / "kd.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"
-    ctx = RunContext(load_config(path), out)
-    prepare_data(ctx)
-    planned = pipeline.plan(ctx)
+    planned = pipeline.plan(load_config(path), out)[1].stages.planned_keys()
     assert main(["run", str(path), "--output-dir", str(out)]) == 0
     done = {p.parent: json.loads(p.read_text())["stage_key"] for p in out.rglob("DONE.json")}
     trained = {folder: key for folder, key in done.items() if (folder / "model").is_dir()}

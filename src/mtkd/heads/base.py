@@ -72,9 +72,42 @@ class HeadKindRules:
     metric_names: tuple[str, ...] = ()  # the metrics that can score this kind
     has_teachers = True  # can be a teacher task (kd.teacher_tasks)
     label_dtype: Any = np.int64  # how parsed labels are stored
+    takes_positive_label = False  # a definition may name the label of a relevant candidate
+    takes_label_range = False  # a definition may give [low, high] to clip predictions to
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec
+
+    # ------------------------------------------------------------------------------ definition
+    @classmethod
+    def definition_defaults(cls, definition: dict) -> dict:
+        """A task definition (its YAML mapping) with this kind's defaults filled in."""
+        return definition
+
+    @classmethod
+    def label_problem(cls, spec: TaskSpec) -> tuple[str, str] | None:
+        """(field, message) when the definition's labels do not suit this kind."""
+        return None
+
+    @classmethod
+    def definition_problem(cls, spec: TaskSpec) -> tuple[str, str] | None:
+        """(field, message) of the first rule of this kind the definition breaks, else None: its
+        labels, the fields only some kinds take, the metrics that score it (f1: 2 labels, the second
+        positive)."""
+        problem = cls.label_problem(spec)
+        if problem:
+            return problem
+        if spec.positive_label is not None and not cls.takes_positive_label:
+            return "positive_label", f"only ranking tasks have one (head is {cls.kind.value})"
+        for m in spec.metrics:
+            if m not in cls.metric_names:
+                return "metrics", f"{m!r} does not score a {cls.kind.value} task; use {list(cls.metric_names)}"
+            if m == "f1" and len(spec.labels) != 2:
+                return "metrics", (f"f1 scores a task with 2 labels (the second is the positive class), this one "
+                                   f"has {len(spec.labels)}")
+        if spec.label_range is not None and not cls.takes_label_range:
+            return "label_range", f"only regression tasks have one (head is {cls.kind.value})"
+        return None
 
     # ------------------------------------------------------------------------------ labels
     @property

@@ -40,6 +40,12 @@ class Classification(HeadKindRules):
     kind = HeadKind.CLASSIFICATION
     metric_names = ("accuracy", "f1", "mcc")
 
+    @classmethod
+    def label_problem(cls, spec):
+        if len(spec.labels) < 2:
+            return "labels", "a classification task needs at least 2 label names"
+        return None
+
     @property
     def num_outputs(self) -> int:
         return len(self.spec.labels)

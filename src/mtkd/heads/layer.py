@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from mtkd.heads.base import HeadKind
+if TYPE_CHECKING:
+    from mtkd.heads.base import HeadKind
 
 
 class TaskHead(nn.Module):
@@ -14,7 +17,7 @@ class TaskHead(nn.Module):
 
     def __init__(self, hidden_size: int, kind: HeadKind, num_outputs: int, dropout: float):
         super().__init__()
-        self.kind = HeadKind(kind)
+        self.kind = kind
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, num_outputs)
 

@@ -38,6 +38,26 @@ class Ranking(HeadKindRules):
     kind = HeadKind.RANKING
     metric_names = ("accuracy", "f1", "mcc")
     has_teachers = False
+    takes_positive_label = True
+
+    @classmethod
+    def definition_defaults(cls, definition):
+        """Without labels: ["0", "1"], "1" the relevant one."""
+        if definition.get("labels"):
+            return definition
+        return {**definition, "labels": ["0", "1"], "positive_label": definition.get("positive_label") or "1"}
+
+    @classmethod
+    def label_problem(cls, spec):
+        labels, positive = list(spec.labels), spec.positive_label
+        if len(labels) != 2:
+            return "labels", f"a ranking task has exactly 2 labels (relevant / not), got {labels}"
+        if positive is None:
+            return "positive_label", (f"a ranking task with labels {labels} must say which one marks a relevant "
+                                      f"candidate, e.g. positive_label: {labels[0]}")
+        if positive not in labels:
+            return "positive_label", f"{positive!r} is not one of the labels {labels}"
+        return None
 
     @property
     def positive(self) -> int:

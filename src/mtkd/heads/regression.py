@@ -20,6 +20,7 @@ class Regression(HeadKindRules):
     kind = HeadKind.REGRESSION
     metric_names = ("pearson", "spearman")
     label_dtype = np.float32
+    takes_label_range = True
 
     def parse_label(self, value: str) -> float:
         try:

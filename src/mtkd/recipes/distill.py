@@ -4,9 +4,10 @@ The student is an MTL run (Algorithm 1) in which every teacher task is trained o
 hard and its soft cross-entropy against the teachers' averaged probabilities,
     (1 - w) * hard cross-entropy (Eq. 2) + w * soft cross-entropy (Eq. 4)   (w = kd.soft_weight = 0.5),
 and every other task keeps its hard loss; then per-task fine-tuning (by default with the same KD
-loss on teacher tasks, kd.finetune_with_soft). With the soft targets of kd.unlabeled's text the
-student also trains on that text (soft loss only). The student's encoder may differ from the
-teachers' (kd.student, e.g. fewer layers): soft targets are per example, so nothing else changes.
+loss on teacher tasks, kd.finetune_with_soft). With the soft targets of kd.unlabeled's text
+(mtkd.unlabeled) the student also trains on that text (soft loss only). The student's encoder may
+differ from the teachers' (kd.student, e.g. fewer layers): soft targets are per example, so nothing
+else changes.
 Refuses soft targets written for other data (fingerprint) or missing training examples.
 
 The Table 3 experiment around the student is recipes/experiment.py; its report is mtkd.report.
@@ -14,30 +15,79 @@ The Table 3 experiment around the student is recipes/experiment.py; its report i
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from mtkd import unlabeled
+from mtkd.config import RunConfig
 from mtkd.errors import ConfigError
 from mtkd.losses import kd_loss, task_loss
 from mtkd.recipes import finetune, mtl
-from mtkd.recipes.context import RunContext
-from mtkd.recipes.job import FreshEncoder, Loss, train_stage
+from mtkd.recipes.runner import FreshEncoder, TrainingJob
 from mtkd.soft_targets import SoftTargets
+from mtkd.stages import Stages
+from mtkd.task_data import TaskData
 
 
-def kd_loss_factory(ctx: RunContext, soft_dir: Path, unlabeled_dir: Path | None = None):
-    """loss_fn factory for mtkd.loop.train: the KD loss on teacher tasks (soft targets in `soft_dir`)
-    and, with `unlabeled_dir`, on kd.unlabeled's pseudo-tasks (soft loss only); the hard loss
-    elsewhere. Soft targets are aligned to each split's row order once, so a batch's `index` looks them up."""
-    kd = ctx.cfg.kd
-    tables = {}
-    sources = [(t, soft_dir) for t in kd.teacher_tasks] + [(t, unlabeled_dir) for t in ctx.unlabeled_tasks() if unlabeled_dir]
-    for task, folder in sources:
-        ts = ctx.train_set(task)
-        tables[task] = torch.from_numpy(SoftTargets.load(folder, task).aligned_to(ts.data, ts.indices))
+def jobs(cfg: RunConfig, data: TaskData, out: Path, seed: int, teachers: Path, text: Path | None = None
+         ) -> list[TrainingJob]:
+    """The student (MTL with soft targets, then fine-tuning) in `out`, from the teacher tasks' soft
+    targets in `teachers`. Without `text` this is the paper's MT-DNN-KD; with it (the soft targets
+    of kd.unlabeled's text, DIR/teach/unlabeled/soft_targets) the student also trains on that text."""
+    if text is not None and not unlabeled.pseudo_tasks(cfg):
+        raise ConfigError("distill: unlabeled soft targets given, but kd.unlabeled is empty")
+    loss = KDLoss(cfg, data, teachers, text)
+    student_mtl = mtl.job(cfg, data, out / "mtl", seed, tasks=student_tasks(cfg, data, text is not None),
+                          start=FreshEncoder(cfg.kd.student or cfg.encoder), loss=loss,
+                          desc="student mtl" + (" + unlabeled text" if text is not None else ""))
+    return [student_mtl] + finetune.jobs(cfg, data, out / "finetune", seed, out / "mtl" / "model",
+                                         loss=loss if cfg.kd.finetune_with_soft else None, desc="student finetune")
 
-    def factory(model):
+
+def student_tasks(cfg: RunConfig, data: TaskData, with_text: bool) -> list[str]:
+    """The tasks of a student's MTL: those of MT-DNN's MTL, in the same order (so the paper's student
+    sees MT-DNN's batches in MT-DNN's order at the same seed), then, for the student with unlabeled
+    text, kd.unlabeled's pseudo-tasks (soft loss only: no labels)."""
+    return data.train_tasks() + (list(unlabeled.pseudo_tasks(cfg)) if with_text else [])
+
+
+@dataclass(frozen=True)
+class KDLoss:
+    """The student's loss: the KD loss (Eq. 4 mixed with Eq. 2) on each teacher task against the soft
+    targets in `teachers` and, with `text`, on kd.unlabeled's pseudo-tasks against theirs (soft
+    loss only); each task's own loss elsewhere."""
+    cfg: RunConfig
+    data: TaskData
+    teachers: Path
+    text: Path | None = None
+    _tables: dict = field(default_factory=dict, compare=False, repr=False)  # task -> targets in row order
+
+    def identity(self, stages: Stages) -> dict:
+        """What the loss depends on: the teachers (their stage's key), the KD settings and, for the
+        student with unlabeled text, that text's soft targets."""
+        kd = self.cfg.kd
+        out = {"teachers": _targets_key(stages, self.teachers, kd.teacher_tasks[0] if kd.teacher_tasks else None,
+                                        "teacher_key"),
+               "soft_weight": kd.soft_weight, "temperature": kd.temperature,
+               "soft_tasks": list(kd.teacher_tasks) + list(unlabeled.soft_tasks(self.cfg, self.text))}
+        if self.text is not None:
+            first = next(iter(unlabeled.pseudo_tasks(self.cfg)), None)
+            out["unlabeled_targets"] = _targets_key(stages, self.text, first, "unlabeled_key")
+        return out
+
+    def factory(self, model):
+        """The loop's loss_fn. Soft targets are aligned to each split's row order once (refused when
+        written for other data), so a batch's `index` looks them up."""
+        kd = self.cfg.kd
+        sources = {t: self.teachers for t in kd.teacher_tasks} | unlabeled.soft_tasks(self.cfg, self.text)
+        for task, folder in sources.items():
+            if task not in self._tables:
+                ts = self.data.train_set(task)
+                self._tables[task] = torch.from_numpy(SoftTargets.load(folder, task).aligned_to(ts.data, ts.indices))
+        tables = self._tables
+
         def loss_fn(task, logits, batch):
             kind = model.tasks[task].head
             if task in tables:
@@ -45,50 +95,12 @@ def kd_loss_factory(ctx: RunContext, soft_dir: Path, unlabeled_dir: Path | None 
                 return kd_loss(kind, logits, batch.get("labels"), soft, kd.soft_weight, kd.temperature)
             return task_loss(model.tasks[task], logits, batch)
         return loss_fn
-    return factory
 
 
-def _targets_key(ctx: RunContext, folder: Path, task: str, field: str) -> str | None:
+def _targets_key(stages: Stages, folder: Path, task: str | None, provenance_key: str) -> str | None:
     """The key of the stage of this run that writes `folder`, else (soft targets made by another run)
     the key their provenance names."""
-    key = ctx.stages.stage_key(folder)
+    key = stages.stage_key(folder)
     if key is None and task is not None:
-        key = SoftTargets.load(folder, task).provenance.get(field)
+        key = SoftTargets.load(folder, task).provenance.get(provenance_key)
     return key
-
-
-def soft_loss_identity(ctx: RunContext, soft_dir: Path, unlabeled_dir: Path | None = None) -> dict:
-    """What the student's loss depends on: the teachers (their stage's key), the KD settings and,
-    for the student with unlabeled text, that text's soft targets."""
-    kd = ctx.cfg.kd
-    teachers = _targets_key(ctx, soft_dir, kd.teacher_tasks[0] if kd.teacher_tasks else None, "teacher_key")
-    out = {"teachers": teachers, "soft_weight": kd.soft_weight, "temperature": kd.temperature,
-           "soft_tasks": list(kd.teacher_tasks) + (list(ctx.unlabeled_tasks()) if unlabeled_dir is not None else [])}
-    if unlabeled_dir is not None:
-        out["unlabeled_targets"] = _targets_key(ctx, unlabeled_dir, next(iter(ctx.unlabeled_tasks()), None), "unlabeled_key")
-    return out
-
-
-def student_tasks(ctx: RunContext, unlabeled: bool) -> list[str]:
-    """The tasks of a student's MTL: those of MT-DNN's MTL, in the same order (so the paper's student
-    sees MT-DNN's batches in MT-DNN's order at the same seed), then, for the student with unlabeled
-    text, kd.unlabeled's pseudo-tasks (soft loss only: no labels)."""
-    return ctx.train_tasks() + (list(ctx.unlabeled_tasks()) if unlabeled else [])
-
-
-def run(ctx: RunContext, out: Path, seed: int, soft_dir: Path, unlabeled_dir: Path | None = None) -> dict[str, Path]:
-    """Train the student (MTL with soft targets, then fine-tune). Returns task -> model folder.
-    Without `unlabeled_dir` this is the paper's MT-DNN-KD; with it (the soft targets of
-    kd.unlabeled's text, teach.label_unlabeled) the student also trains on that text."""
-    if unlabeled_dir is not None and not ctx.unlabeled_tasks():
-        raise ConfigError("distill: unlabeled soft targets given, but kd.unlabeled is empty")
-    # the KD loss on teacher tasks (Eq. 4 mixed with Eq. 2), each task's own loss elsewhere
-    loss = Loss(factory=None if ctx.stages.planning else kd_loss_factory(ctx, soft_dir, unlabeled_dir),
-                identity=soft_loss_identity(ctx, soft_dir, unlabeled_dir))
-    student_mtl = mtl.job(ctx, seed, tasks=student_tasks(ctx, unlabeled_dir is not None),
-                          start=FreshEncoder(encoder_cfg=ctx.cfg.kd.student), loss=loss,
-                          desc="student mtl" + (" + unlabeled text" if unlabeled_dir is not None else ""))
-    train_stage(ctx, out / "mtl", student_mtl)
-    finetune.run(ctx, out / "finetune", seed, out / "mtl" / "model", loss=loss if ctx.cfg.kd.finetune_with_soft else None,
-                 desc="student finetune")
-    return {t: out / "finetune" / t / "model" for t in (ctx.cfg.finetune_tasks or ctx.train_tasks())}

@@ -28,48 +28,56 @@ from mtkd.data import split_path
 from mtkd.errors import ConfigError, DataError
 from mtkd.heads import kind_of
 from mtkd.metrics import PREDICTIONS_FILE, TEST_RESULTS, markdown_table, save_predictions
-from mtkd.model import weights_sha256
+from mtkd.model import load_model, weights_sha256
 from mtkd.model_card import record_eval_metrics
-from mtkd.recipes.context import RunContext
+from mtkd.recipes.runner import Runner
+from mtkd.task_data import TaskData
 
 log = logging.getLogger(__name__)
 
 EVAL_PREFIXES = ("dev", "test")
-def split_prefix(ctx: RunContext, prefix: str) -> str:
+
+
+def split_prefix(specs: dict, prefix: str) -> str:
     """Check `mtkd evaluate --split PREFIX`: a dev or test split prefix some task of the config has."""
-    defined = sorted({s for spec in ctx.specs.values() for s in spec.splits if s.startswith(EVAL_PREFIXES)})
+    defined = sorted({s for spec in specs.values() for s in spec.splits if s.startswith(EVAL_PREFIXES)})
     if not prefix.startswith(EVAL_PREFIXES) or not any(s.startswith(prefix) for s in defined):
         raise ConfigError(f"--split {prefix!r}: expected the start of a dev or test split name of the config's "
                           f"tasks (dev, test, ...); they have {defined}")
     return prefix
 
 
-def run(ctx: RunContext, models: dict[str, Path], out: Path | None = None, split: str = "dev",
-        test: bool = False) -> dict:
+def evaluate(data: TaskData, runner: Runner, models: dict[str, Path], out: Path | None = None, split: str = "dev",
+             test: bool = False) -> dict:
     """Score the splits whose names start with `split` (dev: the dev sets after dev_cap; test...:
     the labelled test splits, under "test"); with `test` (the evaluate stage of `mtkd run`) the
     labelled test splits as well. Returns what metrics.json holds."""
     results: dict = {}
-    if ctx.stages.planning:
-        return results
     dev_prefix = split if split.startswith("dev") else None
     test_prefix = split if split.startswith("test") else ("test" if test else None)
     tested: dict[str, dict[str, float]] = {}
     predicted: dict[str, dict] = {}  # report name -> the dev examples' ids, labels, predictions, groups
     unlabelled, absent = [], []  # test splits not scored, as "task/split"
-    model_for = _OneModelAtATime(ctx)
+    loaded: dict = {}
+
+    def model_for(folder):  # loaded on first use; one model in memory at a time
+        if folder not in loaded:
+            loaded.clear()
+            loaded[folder] = load_model(folder, data.specs, runner.device)
+        return loaded[folder]
+
     for task, folder in models.items():
-        if not ctx.specs[task].metrics:
+        if not data.specs[task].metrics:
             continue
-        tokenizer = ctx.stages.model_tokenizer(folder)
-        load_model = functools.partial(model_for, folder)  # loaded only once a split is scored
+        tokenizer = runner.stages.model_tokenizer(folder)
+        model = functools.partial(model_for, folder)  # loaded only once a split is scored
         if dev_prefix is not None:
-            _score_dev(ctx, task, tokenizer, dev_prefix, load_model, results, predicted)
+            _score_dev(data, runner, task, tokenizer, dev_prefix, model, results, predicted)
         if test_prefix is not None:
-            tested.update(_score_tests(ctx, task, tokenizer, test_prefix, load_model, unlabelled, absent))
-    if ctx.main and unlabelled:
+            tested.update(_score_tests(data, runner, task, tokenizer, test_prefix, model, unlabelled, absent))
+    if runner.main and unlabelled:
         log.info("test splits without labels, not scored (unlabelled): %s", ", ".join(unlabelled))
-    if ctx.main and absent:
+    if runner.main and absent:
         log.info("test files not found, not scored: %s", ", ".join(absent))
     if test_prefix is not None and not test and not tested:
         raise ConfigError(f"--split {split!r}: no labelled split to score"
@@ -80,69 +88,60 @@ def run(ctx: RunContext, models: dict[str, Path], out: Path | None = None, split
             raise ConfigError(f"a dev split is reported as {TEST_RESULTS!r}, the key metrics.json keeps test results "
                               f"under; give it another report_as")
         results[TEST_RESULTS] = tested
-    if out is not None and ctx.main:
-        _write_results(ctx, out, results, predicted, models, dev=dev_prefix is not None, test=test_prefix is not None)
-    if ctx.main:  # each model folder's card gets the metrics it was scored with
-        record_eval_metrics(ctx, models, results)
+    if out is not None and runner.main:
+        _write_results(data.specs, out, results, predicted, models, dev=dev_prefix is not None,
+                       test=test_prefix is not None)
+    if runner.main:  # each model folder's card gets the metrics it was scored with
+        record_eval_metrics(data, models, results, runner.stages.model_tokenizer)
     return results
 
 
-class _OneModelAtATime:
-    """`model_for(folder)`: the model of `folder`, loaded on first use; one model in memory at a time."""
-
-    def __init__(self, ctx: RunContext):
-        self.ctx, self.loaded = ctx, {}
-
-    def __call__(self, folder):
-        if folder not in self.loaded:
-            self.loaded.clear()
-            self.loaded[folder] = self.ctx.load_model(folder)
-        return self.loaded[folder]
-
-
-def _score_dev(ctx: RunContext, task: str, tokenizer, prefix: str, load_model, results: dict, predicted: dict) -> None:
+def _score_dev(data: TaskData, runner: Runner, task: str, tokenizer, prefix: str, model, results: dict,
+               predicted: dict) -> None:
     """Each dev split of `task` starting with `prefix` (after dev_cap) into `results` (metrics) and
-    `predicted` (per-example predictions); `load_model()` loads the model only when a split is scored."""
-    spec = ctx.specs[task]
+    `predicted` (per-example predictions); `model()` loads the model only when a split is scored."""
+    spec = data.specs[task]
     names = {spec.report_name(s) for s in spec.eval_splits(prefix)}
-    for name, (data, idx) in ctx.dev_sets(task, tokenizer).items():
+    for name, (split, idx) in data.dev_sets(task, tokenizer).items():
         if name in names:
-            groups = data.groups[idx] if data.groups is not None else None
+            groups = split.groups[idx] if split.groups is not None else None
             kind = kind_of(spec)
-            pred = kind.predictions(ctx.logits(load_model(), data, task, idx), groups)
-            results[name] = kind.scores(data.labels[idx], pred, groups)
-            predicted[name] = {"ids": [data.ids[i] for i in idx], "labels": data.labels[idx],
+            pred = kind.predictions(runner.logits(model(), split, task, idx), groups)
+            results[name] = kind.scores(split.labels[idx], pred, groups)
+            predicted[name] = {"ids": [split.ids[i] for i in idx], "labels": split.labels[idx],
                                "predictions": pred, "groups": groups}
 
 
-def _score_tests(ctx: RunContext, task: str, tokenizer, prefix: str, load_model, unlabelled: list, absent: list) -> dict:
+def _score_tests(data: TaskData, runner: Runner, task: str, tokenizer, prefix: str, model, unlabelled: list,
+                 absent: list) -> dict:
     """{report name: metrics} of each labelled test split of `task` starting with `prefix`; the
     unlabelled ones and absent files are added to those lists (a malformed file is an error)."""
-    spec = ctx.specs[task]
+    spec = data.specs[task]
     tested = {}
     for s in spec.eval_splits(prefix):
         try:
-            data = ctx.encoded(task, s, tokenizer)
+            split = data.encoded(task, s, tokenizer)
         except DataError:
-            if split_path(spec, s, ctx.cfg.data.root).is_file():
+            if split_path(spec, s, data.cfg.data.root).is_file():
                 raise  # a malformed test file is an error; an absent one is noted
             absent.append(f"{task}/{s}")
             continue
-        if data.labels is None:
+        if split.labels is None:
             unlabelled.append(f"{task}/{s}")
             continue
-        tested[spec.report_name(s)] = kind_of(spec).score(ctx.logits(load_model(), data, task), data.labels, data.groups)
+        tested[spec.report_name(s)] = kind_of(spec).score(runner.logits(model(), split, task), split.labels,
+                                                          split.groups)
     return tested
 
 
-def _write_results(ctx: RunContext, out: Path, results: dict, predicted: dict, models: dict[str, Path],
+def _write_results(specs: dict, out: Path, results: dict, predicted: dict, models: dict[str, Path],
                    dev: bool, test: bool) -> None:
     """DIR/metrics.json (merged with the previous file's other section), metrics.md, predictions.npz."""
     written = _merge_previous(out, results, models, dev=dev, test=test)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(written, indent=2))
-    notes = {t: s.note for t, s in ctx.specs.items() if s.note}
-    (out / "metrics.md").write_text(markdown_table(written, notes, ctx.specs))
+    notes = {t: s.note for t, s in specs.items() if s.note}
+    (out / "metrics.md").write_text(markdown_table(written, notes, specs))
     if predicted:
         save_predictions(out / PREDICTIONS_FILE, predicted)
 

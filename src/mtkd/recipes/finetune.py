@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mtkd.config import TrainConfig
-from mtkd.recipes.context import RunContext
-from mtkd.recipes.job import FreshEncoder, FromModel, Loss, TrainingJob, train_stage
+from mtkd.config import RunConfig, TrainConfig
+from mtkd.recipes.runner import FreshEncoder, FromModel, TrainingJob
+from mtkd.task_data import TaskData
 
 
-def run(ctx: RunContext, out: Path, seed: int, init_from: Path | None, cfg: TrainConfig | None = None,
-        tasks: list[str] | None = None, loss: Loss | None = None, desc: str = "finetune") -> dict[str, dict]:
+def jobs(cfg: RunConfig, data: TaskData, out: Path, seed: int, init_from: Path | None, *,
+         train: TrainConfig | None = None, tasks: list[str] | None = None, loss=None,
+         desc: str = "finetune") -> list[TrainingJob]:
     """Fine-tune `init_from` (None: the config's encoder) on each of `tasks` (default: the config's
-    finetune_tasks, else every task with training data), under `cfg` (default: the config's
-    `finetune`), with `loss` (default: each task's own). Returns task -> stage summary."""
-    start = FromModel(init_from) if init_from else FreshEncoder()
-    return {t: train_stage(ctx, out / t, TrainingJob(desc=f"{desc} {t}", seed=seed, tasks=[t], cfg=cfg or ctx.cfg.finetune,
-                                                     start=start, loss=loss))
-            for t in tasks or ctx.cfg.finetune_tasks or ctx.train_tasks()}
+    finetune_tasks, else every task with training data) in `out`/<task>, under `train` (default:
+    the config's `finetune`), with `loss` (default: each task's own)."""
+    start = FromModel(init_from) if init_from else FreshEncoder(cfg.encoder)
+    return [TrainingJob(data, out / t, f"{desc} {t}", seed, [t], train or cfg.finetune, start, loss)
+            for t in tasks or cfg.finetune_tasks or data.train_tasks()]

@@ -1,9 +1,10 @@
 """Recipe: the experiment a config describes, stage by stage (`mtkd run CONFIG --output-dir DIR`).
 
 Stages (config `stages`): single_task, mtl, finetune, evaluate, predict; teach and distill for
-MT-DNN-KD, which make the run the Table 3 experiment (recipes/experiment.py). Each stage writes
-DONE.json when it finishes, so a rerun of the same command skips finished stages and resumes the
-unfinished one from its checkpoints.
+MT-DNN-KD, which make the run the Table 3 experiment (its report: recipes/experiment.py). One
+sequence serves both (seed_steps). The whole run is planned first (recipes.runner), so a checkpoint
+of other settings is refused before anything is written; a rerun of the same command skips
+finished stages (DONE.json) and resumes the unfinished one from its checkpoints.
 
 Outputs: DIR/config.yaml (resolved config), DIR/data_report.json, DIR/seed-<s>/<stage>/...,
 DIR/metrics.json + metrics.md (dev results of MT-DNN: MTL + fine-tune, and its labelled test splits
@@ -17,94 +18,158 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
+from mtkd import unlabeled
 from mtkd.config import RunConfig, Stage, save_config
 from mtkd.errors import CheckpointError
 from mtkd.metrics import markdown_table
-from mtkd.recipes import evaluate, experiment, finetune, mtl, predict
-from mtkd.recipes.context import RunContext
+from mtkd.recipes import distill, evaluate, experiment, finetune, mtl, predict, teach
 from mtkd.recipes.inputs import data_report, prepare_data
+from mtkd.recipes.runner import Runner
 from mtkd.report import aggregate
+from mtkd.task_data import TaskData
 
 log = logging.getLogger(__name__)
 
 
-def plan(ctx: RunContext) -> dict[str, str]:
-    """Every stage's identity, without training: model folder -> stage key. What a run would refuse
-    (a checkpoint of other settings or data) is collected in ctx.stages.problems."""
-    ctx.stages.planning = True
-    _stages(ctx, lambda name, fn: fn())
-    ctx.stages.planning = False
-    return ctx.stages.planned_keys()
+@dataclass
+class Step:
+    name: str | None  # its entry in timings.json (None: not timed)
+    jobs: list  # recipes.runner.Job, or functions of the runner (evaluation, predictions)
+    system: str | None = None  # a system's evaluation: its one job's result is that system's row
+
+
+def plan(cfg: RunConfig, out_dir: Path) -> tuple[TaskData, Runner, list[Step]]:
+    """The run's steps with every stage's identity computed; nothing is trained or written. Every
+    file is checked and tokenised first (prepare_data). What running the steps would refuse (a
+    checkpoint of other settings or data) is in runner.stages.problems."""
+    data, runner = TaskData(cfg), Runner(cfg, out_dir)
+    prepare_data(cfg, data, runner.accelerator)
+    steps = [step for seed in cfg.seeds for step in seed_steps(cfg, data, runner.out_dir, seed)]
+    runner.plan([job for step in steps for job in step.jobs])
+    return data, runner, steps
 
 
 def run(cfg: RunConfig, out_dir: Path) -> dict:
-    ctx = RunContext(cfg, out_dir)
-    out_dir = ctx.out_dir
-    prepare_data(ctx)  # every file read and checked (and tokenised once) before anything trains
-    plan(ctx)  # refuse checkpoints of other settings before anything (config.yaml included) is written
-    ctx.accelerator.wait_for_everyone()  # no rank starts changing the folder while another still plans
-    if ctx.stages.problems:
-        raise CheckpointError("this run cannot resume as asked:\n  " + "\n  ".join(ctx.stages.problems))
-    if ctx.main:
+    data, runner, steps = plan(cfg, out_dir)  # before anything (config.yaml included) is written
+    runner.accelerator.wait_for_everyone()  # no rank starts changing the folder while another still plans
+    if runner.stages.problems:
+        raise CheckpointError("this run cannot resume as asked:\n  " + "\n  ".join(runner.stages.problems))
+    out_dir = runner.out_dir
+    if runner.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
-    timings = StageTimings(out_dir / "timings.json", write=ctx.main)
+    timings = StageTimings(out_dir / "timings.json", write=runner.main)
 
-    def timed(name, fn):
-        finished_before = ctx.stages.finished
-        with timings.stage(name, worked=lambda: ctx.stages.finished > finished_before):
-            return fn()
+    def timed(name: str | None):
+        if name is None:
+            return contextlib.nullcontext()
+        finished_before = runner.stages.finished
+        return timings.stage(name, worked=lambda: runner.stages.finished > finished_before)
 
-    if ctx.main:
-        report = timed("data", lambda: data_report(ctx))
+    if runner.main:
+        with timed("data"):
+            report = data_report(data)
         (out_dir / "data_report.json").write_text(json.dumps(report, indent=2))
-    return _stages(ctx, timed)
+    evaluated: dict[str, list[dict]] = {}  # system -> each seed's results
+    for step in steps:
+        with timed(step.name):
+            outputs = runner.run(step.jobs)
+        if step.system:
+            evaluated.setdefault(step.system, []).extend(outputs)
+    if _table3(cfg):
+        return experiment.results(cfg, data, evaluated, out_dir, runner.main)
+    return _metrics(cfg, data, [r for runs in evaluated.values() for r in runs], out_dir, runner.main)
 
 
-def _stages(ctx: RunContext, timed) -> dict:
-    """The stages the config lists, for each seed (planned, or run)."""
-    cfg, out_dir = ctx.cfg, ctx.out_dir
-    stages = set(cfg.stages)
-    if Stage.TEACH in stages or Stage.DISTILL in stages:
-        return experiment.run_experiment(ctx, timed)
+def _table3(cfg: RunConfig) -> bool:
+    return bool({Stage.TEACH, Stage.DISTILL} & set(cfg.stages))
 
-    per_seed = []
-    for i, seed in enumerate(cfg.seeds):
-        seed_dir = out_dir / f"seed-{seed}"
-        models: dict[str, Path] = {}
-        if Stage.MTL in stages:
-            timed(f"seed-{seed}/mtl", lambda: mtl.run(ctx, seed_dir / "mtl", seed))
-            models = {t: seed_dir / "mtl" / "model" for t in ctx.specs}
-        if Stage.FINETUNE in stages:
-            init = seed_dir / "mtl" / "model" if Stage.MTL in stages else None
-            timed(f"seed-{seed}/finetune", lambda: finetune.run(ctx, seed_dir / "finetune", seed, init))
-            models.update({t: seed_dir / "finetune" / t / "model" for t in (cfg.finetune_tasks or ctx.train_tasks())})
-        if Stage.SINGLE_TASK in stages and not models:
-            timed(f"seed-{seed}/single_task",
-                  lambda: finetune.run(ctx, seed_dir / "single_task", seed, None, cfg=cfg.mtl, desc="single-task"))
-            models = {t: seed_dir / "single_task" / t / "model" for t in ctx.train_tasks()}
-        for t, spec in ctx.specs.items():  # AX is served by MNLI's (fine-tuned) model
-            if spec.head_of and spec.head_of in models:
-                models[t] = models[spec.head_of]
-        if Stage.EVALUATE in stages:
-            per_seed.append(timed(f"seed-{seed}/evaluate", lambda: evaluate.run(ctx, models, seed_dir, test=True)))
-        if Stage.PREDICT in stages and i == 0 and cfg.predict.submission:
-            timed(f"seed-{seed}/predict", lambda: predict.run(ctx, models, seed_dir))
-            if ctx.main and not ctx.stages.planning:
-                predict.copy_outputs(ctx, seed_dir, out_dir)
-    results = {}
-    if per_seed and ctx.main and not ctx.stages.planning:
-        aggregated = aggregate({"mtdnn": per_seed}, cfg.seeds)  # the one seed-mean/std helper
-        results, std = aggregated["systems"]["mtdnn"], aggregated["std"]["mtdnn"]
-        (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
-        if len(per_seed) > 1:
-            (out_dir / "metrics_std.json").write_text(json.dumps(std, indent=2))
-        notes = {t: s.note for t, s in ctx.specs.items() if s.note}
-        (out_dir / "metrics.md").write_text(markdown_table(results, notes, ctx.specs))
-        log.info("results:\n%s", markdown_table(results, notes, ctx.specs))
+
+def seed_steps(cfg: RunConfig, data: TaskData, out_dir: Path, seed: int) -> list[Step]:
+    """One seed's steps in order: each system the config trains, then its evaluation. The Table 3
+    experiment (teach or distill listed) trains every system listed and evaluates each in
+    seed-S/eval/<system>; an MT-DNN config trains MT-DNN (or, without mtl and finetune, the
+    single-task baseline) and evaluates it in seed-S. The first seed's test predictions are those of
+    the last system trained."""
+    stages, table3, seed_dir = set(cfg.stages), _table3(cfg), out_dir / f"seed-{seed}"
+    tasks = cfg.finetune_tasks or data.train_tasks()
+    steps: list[Step] = []
+    served: dict[str, Path] = {}
+
+    def train(stage: str, jobs: list) -> None:
+        steps.append(Step(f"seed-{seed}/{stage}", jobs))
+
+    def evaluation(system: str, models: dict[str, Path]) -> None:
+        if not table3:  # a shared head's task (AX) is served by its task's model
+            models = {**models, **{t: models[s.head_of] for t, s in data.specs.items() if s.head_of in models}}
+        if table3 or Stage.EVALUATE in stages:
+            out = seed_dir / "eval" / system if table3 else seed_dir
+            steps.append(Step(None if table3 else f"seed-{seed}/evaluate",
+                              [partial(evaluate.evaluate, data, models=models, out=out, test=True)], system))
+
+    if Stage.SINGLE_TASK in stages and (table3 or not stages & {Stage.MTL, Stage.FINETUNE}):
+        train("single_task", finetune.jobs(cfg, data, seed_dir / "single_task", seed, None, train=cfg.mtl,
+                                           tasks=tasks, desc="single-task"))
+        served = _folders(seed_dir / "single_task", tasks)
+        evaluation("single_task", served)
+    mtl_model = seed_dir / "mtl" / "model"
+    if Stage.MTL in stages:
+        train("mtl", [mtl.job(cfg, data, seed_dir / "mtl", seed)])
+    finetuned = Stage.MTL in stages if table3 else Stage.FINETUNE in stages  # Table 3's MT-DNN: MTL + fine-tuning
+    if finetuned:
+        train("finetune", finetune.jobs(cfg, data, seed_dir / "finetune", seed,
+                                        mtl_model if Stage.MTL in stages else None, tasks=tasks))
+    if Stage.MTL in stages or finetuned:
+        served = {t: mtl_model for t in data.specs} if Stage.MTL in stages and not table3 else {}
+        served.update(_folders(seed_dir / "finetune", tasks) if finetuned else {})
+        evaluation("mtdnn", served)
+    if table3:
+        teaching = teach.jobs(cfg, data, seed_dir / "teach", seed, mtdnn_mtl=mtl_model)
+        train("teach", teaching)
+        ensembles = next(job for job in teaching if isinstance(job, teach.Ensembles))
+        steps.append(Step(None, [partial(teach.ensemble_results, ensembles, out=seed_dir / "eval" / "ensemble")],
+                          "ensemble"))
+    if Stage.DISTILL in stages:
+        # the paper's MT-DNN-KD (the teacher tasks' soft targets only) and, with kd.unlabeled, the
+        # extra row "MT-DNN-KD + unlabeled text" from the same teachers, beside it
+        students = [("mtdnn_kd", "distill", None)]
+        if unlabeled.pseudo_tasks(cfg):
+            students.append((unlabeled.STUDENT, unlabeled.STUDENT_FOLDER,
+                             seed_dir / "teach" / unlabeled.LABELS_FOLDER / "soft_targets"))
+        for system, folder, text in students:
+            train(folder, distill.jobs(cfg, data, seed_dir / folder, seed, seed_dir / "teach" / "soft_targets", text))
+            evaluation(system, _folders(seed_dir / folder / "finetune", tasks))
+        served = _folders(seed_dir / "distill" / "finetune", tasks)
+    if Stage.PREDICT in stages and seed == cfg.seeds[0] and cfg.predict.submission and \
+            (not table3 or stages & {Stage.DISTILL, Stage.MTL}):
+        steps.append(Step(f"seed-{seed}/predict", [partial(predict.predict, data, models=served, out=seed_dir,
+                                                           copy_to=out_dir)]))
+    return steps
+
+
+def _folders(out: Path, tasks: list[str]) -> dict[str, Path]:
+    """task -> its model folder of a per-task stage (fine-tuning) in `out`."""
+    return {t: out / t / "model" for t in tasks}
+
+
+def _metrics(cfg: RunConfig, data: TaskData, runs: list[dict], out_dir: Path, main: bool) -> dict:
+    """DIR/metrics.json + metrics.md: the mean over seeds of each seed's dev and labelled test
+    results (DIR/metrics_std.json: their std, with several seeds). Rank 0 writes and returns them."""
+    if not runs or not main:
+        return {}
+    aggregated = aggregate({"mtdnn": runs}, cfg.seeds)  # the one seed-mean/std helper
+    results, std = aggregated["systems"]["mtdnn"], aggregated["std"]["mtdnn"]
+    (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    if len(runs) > 1:
+        (out_dir / "metrics_std.json").write_text(json.dumps(std, indent=2))
+    notes = {t: s.note for t, s in data.specs.items() if s.note}
+    (out_dir / "metrics.md").write_text(markdown_table(results, notes, data.specs))
+    log.info("results:\n%s", markdown_table(results, notes, data.specs))
     return results
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from mtkd.errors import ConfigError, MtkdError
 from mtkd.files import atomic_write, write_json
-from mtkd.identity import changed
 from mtkd.report.charts import plot_charts
 from mtkd.report.intervals import interval_specs, paired_intervals
 from mtkd.report.markdown import results_markdown
 from mtkd.report.scores import SYSTEMS, aggregate, compare, targets
+from mtkd.stages import changed
 
 log = logging.getLogger(__name__)
 

@@ -1,41 +1,67 @@
-"""What the pipeline manages about stages: their identity, whether one is done, and its folders.
+"""A run's stages: each stage's identity, whether it is done, and the folders it owns.
 
-A stage is reused only when everything it depends on is unchanged: its own settings, the identity
-of the model it starts from (an upstream stage's key, or the encoder's weights) and the fingerprints
-of the data it reads. That record's hash is stored in the stage's DONE.json and in every checkpoint.
-A finished stage whose inputs changed is trained again; a checkpoint of a stage whose inputs changed
-is refused (resuming it would mix two experiments).
-
-Planning (`mtkd run` before training): recipes compute every identity and check every existing
-stage, but train and predict nothing; what would be refused is collected in `problems`.
+A stage's identity records everything its result depends on: its own settings, the model it starts
+from (an upstream stage's key, or the encoder's weights) and the fingerprints of the data it reads.
+Its hash, the stage key, is in the stage's DONE.json, the record in every checkpoint. A finished
+stage is reused only under the same identity, a changed one is done again, and a checkpoint written
+under another identity is refused (resuming it would mix two experiments), naming what differs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 from pathlib import Path
 
-from mtkd.config import EncoderConfig, TrainConfig, to_dict
-from mtkd.files import file_fingerprint
+from mtkd.checkpoint import STATE_FILE, list_checkpoints
+from mtkd.encoders import resolve_encoder
 from mtkd.errors import CheckpointError, ConfigError
-from mtkd.identity import checkpoint_problem, differences, digest, plain
-from mtkd.loop import autocast
-from mtkd.model import resolve_encoder
+from mtkd.files import file_fingerprint
+from mtkd.model import weights_sha256
 
 log = logging.getLogger(__name__)
 
-# TrainConfig fields that do not change what a stage computes (resume and reuse ignore them)
-NOT_SHAPING = ("checkpoint_every", "keep_checkpoints", "log_every", "check_every")
+
+def plain(identity):
+    """The record as stored (JSON: tuples become lists, paths strings)."""
+    return json.loads(json.dumps(identity, default=str))
 
 
-def train_settings(cfg: TrainConfig, device=None) -> dict:
-    """The settings that shape a training run; `precision` as applied on `device` (fp32 on a CPU)."""
-    out = {k: v for k, v in to_dict(cfg).items() if k not in NOT_SHAPING}
-    if device is not None:
-        out["precision"] = autocast(cfg.precision, device)[1]
-    return out
+def digest(identity) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _show(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+def changed(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, old value, new value) wherever two nested records differ, in key order."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in sorted(set(old) | set(new), key=str)
+                for c in changed(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def differences(old, new) -> list[str]:
+    """What differs between two nested records, e.g. ['train.lr: 0.001 -> 0.5']."""
+    return [f"{key}: {_show(a)} -> {_show(b)}" for key, a, b in changed(old, new)]
+
+
+def checkpoint_problem(folder: Path, identity: dict | None) -> str | None:
+    """Why the newest checkpoint under `folder` must not be resumed under `identity` (None: it may,
+    or there is none)."""
+    ckpts = list_checkpoints(Path(folder))
+    stored = json.loads((ckpts[-1] / STATE_FILE).read_text()).get("identity") if ckpts else None
+    if identity is None or stored is None or plain(stored) == plain(identity):
+        return None
+    folder, changes = ckpts[-1].parent, differences(plain(stored), plain(identity))
+    return (f"{folder.parent}: its checkpoint {ckpts[-1].name} was written under other settings or data "
+            f"({'; '.join(changes[:8])}). Rerun with the settings it was started with to resume it, or delete "
+            f"{folder} to train that stage from the start (or use another --output-dir)")
 
 
 class Stages:
@@ -46,7 +72,6 @@ class Stages:
     def __init__(self, out_dir: Path, accelerator):
         self.out_dir = Path(out_dir)
         self.accelerator = accelerator
-        self.planning = False
         self.problems: list[str] = []  # refusals found while planning
         self._models: dict[str, dict] = {}  # model folder -> {"key", "tokenizer"}
         self._weights: dict[str, str | None] = {}
@@ -54,18 +79,12 @@ class Stages:
         self.finished = 0  # stages this process has marked done (trained or computed, not found done)
 
     # ------------------------------------------------------------------------------ identities
-    def encoder_identity(self, encoder_cfg: EncoderConfig, dropout: float | None = None,
-                         encoder: str | None = None) -> dict:
-        """A fresh model's start: the encoder (its weights' checksum), depth, dropout and init."""
-        name = str(encoder or encoder_cfg.name)
-        return {"encoder": name, "weights": self._encoder_weights(name), "num_hidden_layers": encoder_cfg.num_hidden_layers,
-                "dropout": encoder_cfg.dropout if dropout is None else dropout, "init": encoder_cfg.init}
-
-    def _encoder_weights(self, name: str) -> str | None:
+    def encoder_weights(self, name: str) -> str | None:
         """sha256 of a local encoder's weights file (a hub name is identified by its name)."""
         if name not in self._weights:
             folder = Path(resolve_encoder(name))
-            files = (sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))) if folder.is_dir() else []
+            files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin")) \
+                if folder.is_dir() else []
             files += [folder / "config.json"] if (folder / "config.json").is_file() else []
             self._weights[name] = digest([file_fingerprint(f) for f in files]) if files else None
         return self._weights[name]
@@ -89,8 +108,6 @@ class Stages:
         key = self.stage_key(folder)
         if key is not None:
             return {"stage": key}
-        from mtkd.model import weights_sha256
-
         if not (Path(folder) / "model.safetensors").is_file():
             raise CheckpointError(f"{folder}: not an mtkd model folder (no model.safetensors)")
         return {"weights": weights_sha256(folder)}
@@ -114,7 +131,8 @@ class Stages:
             return info
         if self.accelerator.is_main_process and str(folder) not in self._reported:  # once (planning sees it first)
             self._reported.add(str(folder))
-            changed = differences(info.get("identity"), plain(identity)) if "identity" in info else ["made by an older mtkd"]
+            changed = differences(info.get("identity"), plain(identity)) if "identity" in info \
+                else ["made by an older mtkd"]
             log.warning("%s is out of date, training it again (%s)", folder, "; ".join(changed[:8]))
         return None
 
@@ -129,7 +147,8 @@ class Stages:
         if self.accelerator.is_main_process:
             Path(folder).mkdir(parents=True, exist_ok=True)
             tmp = Path(folder) / "DONE.json.tmp"
-            tmp.write_text(json.dumps({**info, "stage_key": digest(identity), "identity": identity}, indent=2, default=str))
+            tmp.write_text(json.dumps({**info, "stage_key": digest(identity), "identity": identity}, indent=2,
+                                      default=str))
             tmp.replace(Path(folder) / "DONE.json")
         self.accelerator.wait_for_everyone()
 
