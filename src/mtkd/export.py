@@ -222,27 +222,28 @@ def _export_graph(
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+            names = {"input_names": input_names, "output_names": heads}
             if exporter == "dynamo":
                 batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+                shapes = {n: {0: batch, 1: seq} for n in input_names}
                 torch.onnx.export(
                     wrapper,
                     args,
                     str(path),
-                    input_names=input_names,
-                    output_names=heads,
-                    dynamic_shapes={n: {0: batch, 1: seq} for n in input_names},
+                    **names,
+                    dynamic_shapes=shapes,
                     opset_version=max(opset, 18),
                     dynamo=True,
                     external_data=False,
                 )
             else:
+                axes = {**axes, **{h: {0: "batch"} for h in heads}}
                 torch.onnx.export(
                     wrapper,
                     args,
                     str(path),
-                    input_names=input_names,
-                    output_names=heads,
-                    dynamic_axes={**axes, **{h: {0: "batch"} for h in heads}},
+                    **names,
+                    dynamic_axes=axes,
                     opset_version=opset,
                     dynamo=False,
                     do_constant_folding=True,
@@ -575,20 +576,9 @@ def _plain_and_fused(
     return plain, diff, None
 
 
-def _fp32_graph(
-    model,
-    check: _ExportCheck,
-    input_names: list[str],
-    heads: list[str],
-    tmp: Path,
-    exporter: str,
-    opset: int,
-    atol: float,
-    optimize: bool,
-    echo,
-) -> tuple[Path, dict, dict | None]:
-    """The fp32 graph (_plain_and_fused) and its check: (the graph, the check record of
-    mtkd_export.json, the fused operators' counts or None); ExportError past `atol`."""
+def _fp32_graph(model, check, input_names, heads, tmp, exporter, opset, atol, optimize, echo):
+    """The fp32 graph (_plain_and_fused, same arguments) and its check: (the graph, the check record
+    of mtkd_export.json, the fused operators' counts or None); ExportError past `atol`."""
     graph, diff, fused = _plain_and_fused(model, check, input_names, heads, tmp, exporter, opset, atol, optimize, echo)
     n_ex, rows, where = len(check.examples), check.rows, check.source
     echo(

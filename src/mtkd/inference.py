@@ -189,9 +189,7 @@ def check_request(
 
 
 def predict(
-    specs: Mapping[str, TaskSpec],
-    tokenizer,
-    run_batch: RunBatch,
+    model,
     tasks: str | Sequence[str],
     texts,
     text_pairs=None,
@@ -203,10 +201,11 @@ def predict(
     max_positions: int | None = None,
     as_json: bool = False,
 ):
-    """The whole of `MTModel.predict` (see there) over any model given as `run_batch`: for one task
-    a list (labels, scores, or (N, C) probabilities; with `as_json` the HTTP API's answer objects),
-    for several {task: list}. Tasks of different cut lengths are served per length (texts
-    tokenised once per distinct length)."""
+    """The whole of `MTModel.predict` (see there) over any model with `.tasks`, `.tokenizer` and
+    `.run_batch`: for one task a list (labels, scores, or (N, C) probabilities; with `as_json` the
+    HTTP API's answer objects), for several {task: list}. Tasks of different cut lengths are served
+    per length (texts tokenised once per distinct length)."""
+    specs, tokenizer, run_batch = model.tasks, model.tokenizer, model.run_batch
     single, names = check_request(specs, tasks, texts, text_pairs)
     outs = task_logits(
         specs,

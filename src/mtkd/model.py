@@ -225,9 +225,7 @@ class MTModel(nn.Module):
         self.eval()
         try:
             return inference.predict(
-                self.tasks,
-                self.tokenizer,
-                self.run_batch,
+                self,
                 tasks,
                 texts,
                 text_pairs,

@@ -136,34 +136,13 @@ class OnnxModel:
         return inference.train_max_len(self.tasks[task])
 
     def predict(
-        self,
-        tasks: str | Sequence[str],
-        texts: Sequence[str],
-        text_pairs: Sequence[str] | None = None,
-        batch_size: int = 64,
-        max_len: int | None = None,
-        return_probs: bool = False,
-        max_tokens: int | None = 8192,
-        as_json: bool = False,
+        self, tasks: str | Sequence[str], texts: Sequence[str], text_pairs: Sequence[str] | None = None, **options
     ):
-        """As `MTModel.predict`: length-sorted batches of at most `batch_size` texts and `max_tokens`
-        padded tokens, input order kept; inputs cut at `max_len` (None: each task's trained length),
-        at most the encoder's positions. One task -> a list (labels, clipped regression scores,
+        """As `MTModel.predict`, with its options (batch_size, max_len, return_probs, max_tokens,
+        as_json): length-sorted batches, input order kept, inputs cut at each task's trained length
+        (at most the encoder's positions). One task -> a list (labels, clipped regression scores,
         ranking scores; (N, C) probabilities with return_probs), several -> {task: list}."""
-        return inference.predict(
-            self.tasks,
-            self.tokenizer,
-            self.run_batch,
-            tasks,
-            texts,
-            text_pairs,
-            batch_size=batch_size,
-            max_len=max_len,
-            return_probs=return_probs,
-            max_tokens=max_tokens,
-            max_positions=self.max_positions,
-            as_json=as_json,
-        )
+        return inference.predict(self, tasks, texts, text_pairs, max_positions=self.max_positions, **options)
 
 
 def is_export(folder: str | Path) -> bool:

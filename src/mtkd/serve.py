@@ -753,6 +753,10 @@ def create_app(
             {"error": message, **({"field": where} if where else {})}, status_code=status, headers=headers
         )
 
+    def busy(status: int, message: str) -> JSONResponse:
+        """A refusal the client should retry a little later (503, 504)."""
+        return error(status, message, headers={"Retry-After": "1"})
+
     app.add_middleware(_Guard, hosts=allowed_hosts, api_key=api_key, refuse=error)
 
     @app.exception_handler(StarletteHTTPException)
@@ -784,21 +788,19 @@ def create_app(
             return error(e.status, e.message, e.field)
         if batcher.queued_texts + len(job.texts) > max_queue and batcher.queued:
             counters.busy += 1
-            return error(
+            return busy(
                 503,
                 f"the server is busy: {batcher.queued_texts} texts are waiting (mtkd serve "
                 f"--max-queue {max_queue}); retry shortly",
-                headers={"Retry-After": "1"},
             )
         try:
             res = await batcher.submit(job, timeout_s - (time.monotonic() - start), _disconnect_of(request))
         except TimeoutError:
             counters.timed_out += 1
-            return error(
+            return busy(
                 504,
                 f"no answer within {timeout_s:g} s (mtkd serve --timeout-s): the server is busy; "
                 f"retry later, or send fewer texts",
-                headers={"Retry-After": "1"},
             )
         except ClientGone:
             counters.abandoned += 1
