@@ -719,7 +719,7 @@ def test_a_body_trickled_after_the_answer_does_not_hold_the_connection(model):
     import socket
     import time
 
-    with BackgroundServer(create_app(model)) as u:
+    with BackgroundServer(create_app(model), header_timeout_s=0.5) as u:
         s = socket.create_connection(("127.0.0.1", int(u.rsplit(":", 1)[1])))
         s.settimeout(10)
         s.sendall(

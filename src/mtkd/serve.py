@@ -871,7 +871,13 @@ def _http_protocol(header_timeout_s: float):
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if self.conn.their_state is h11.SEND_BODY:  # answered before its body arrived (408, 415, 401):
-                self.transport.close()  # a client still trickling it in does not hold the connection
+                # the rest of the body gets the header deadline, then the connection closes (at once would
+                # reset a client still sending a small body and lose the answer it is about to read)
+                self.loop.call_later(header_timeout_s, self._close_if_body_still_arriving)
+
+        def _close_if_body_still_arriving(self) -> None:
+            if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+                self.transport.close()
 
         def connection_lost(self, exc):
             self._disarm()
